@@ -1,0 +1,104 @@
+//! `wwep-server`: serves WWEP on an open and a TLS port at once.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use wwep::config::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, ServerConfig};
+use wwep::protocol::ErrorDetail;
+use wwep::tls::IdentitySource;
+
+/// WWEP register server: an open port and a TLS port served at once.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Address to listen on (`::` listens on IPv6 and, where the system allows, IPv4).
+    #[arg(long, env = "WWEP_BIND", default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// Port of the open (plain TCP) listener; 0 picks a free port.
+    #[arg(long, env = "WWEP_PLAIN_PORT", default_value_t = DEFAULT_PLAIN_PORT)]
+    plain_port: u16,
+    /// Port of the TLS listener; 0 picks a free port.
+    #[arg(long, env = "WWEP_TLS_PORT", default_value_t = DEFAULT_TLS_PORT)]
+    tls_port: u16,
+    /// Do not serve the open port.
+    #[arg(long, env = "WWEP_NO_PLAIN")]
+    no_plain: bool,
+    /// Do not serve the TLS port.
+    #[arg(long, env = "WWEP_NO_TLS")]
+    no_tls: bool,
+    /// Server certificate, PEM: the leaf first, then any intermediates.
+    #[arg(long, env = "WWEP_CERT", requires = "key", conflicts_with = "pkcs12")]
+    cert: Option<PathBuf>,
+    /// Private key for --cert: PKCS#8, PKCS#1 (RSA) or SEC1 (EC), PEM or DER.
+    #[arg(long, env = "WWEP_KEY", requires = "cert")]
+    key: Option<PathBuf>,
+    /// PKCS#12 bundle with certificate and key, instead of --cert/--key; its
+    /// password is read from WWEP_PKCS12_PASSWORD (empty when unset).
+    #[arg(long, env = "WWEP_PKCS12")]
+    pkcs12: Option<PathBuf>,
+    /// Worker threads serving connections.
+    #[arg(long, env = "WWEP_WORKERS", default_value_t = 64)]
+    workers: usize,
+    /// Connections queued or being served at once; more are refused immediately.
+    #[arg(long, env = "WWEP_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
+    /// Milliseconds a connection has to deliver its message (TLS handshake included).
+    #[arg(long, env = "WWEP_TIMEOUT_MS", default_value_t = 5000)]
+    timeout_ms: u64,
+    /// Milliseconds a started message may pause before it is judged as it stands.
+    #[arg(long, env = "WWEP_GAP_MS", default_value_t = 100)]
+    gap_ms: u64,
+    /// Append a short reason to each X (`X not found`, `X bad length`, ...).
+    #[arg(long, env = "WWEP_EXPLAIN_ERRORS")]
+    explain_errors: bool,
+}
+
+impl Args {
+    fn into_config(self) -> ServerConfig {
+        let identity = match (self.cert, self.key, self.pkcs12) {
+            (Some(cert), Some(key), _) => Some(IdentitySource::Pem { cert, key }),
+            (_, _, Some(file)) => Some(IdentitySource::Pkcs12 {
+                file,
+                password: std::env::var("WWEP_PKCS12_PASSWORD").unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        ServerConfig {
+            bind: self.bind,
+            plain_port: (!self.no_plain).then_some(self.plain_port),
+            tls_port: (!self.no_tls).then_some(self.tls_port),
+            identity,
+            workers: self.workers,
+            max_connections: self.max_connections,
+            timeout: Duration::from_millis(self.timeout_ms),
+            gap: Duration::from_millis(self.gap_ms),
+            error_detail: if self.explain_errors {
+                ErrorDetail::Explained
+            } else {
+                ErrorDetail::Bare
+            },
+            ..ServerConfig::default()
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // A panic is logged as one line; the worker pool replaces the thread.
+    std::panic::set_hook(Box::new(|info| log::error!("{info}")));
+    let config = args.into_config();
+    match wwep::server::start(config) {
+        Ok(server) => {
+            server.wait();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("wwep-server: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! Server settings with their defaults; parsing argv is the binary's job.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use crate::protocol::ErrorDetail;
+use crate::tls::IdentitySource;
+
+pub const DEFAULT_PLAIN_PORT: u16 = 27708;
+pub const DEFAULT_TLS_PORT: u16 = 40508;
+
+/// Which listener a connection arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Plain,
+    Tls,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Plain => "plain",
+            Transport::Tls => "tls",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub bind: IpAddr,
+    /// `None` disables the open listener; `Some(0)` asks for an ephemeral port.
+    pub plain_port: Option<u16>,
+    /// `None` disables the TLS listener; `Some(0)` asks for an ephemeral port.
+    pub tls_port: Option<u16>,
+    /// Certificate and key for the TLS listener.
+    pub identity: Option<IdentitySource>,
+    pub workers: usize,
+    /// Connections queued or being served at once; more are refused at accept.
+    pub max_connections: usize,
+    /// How long a connection may take to deliver its message, TLS handshake included.
+    pub timeout: Duration,
+    /// How long a started message may pause before it is judged as it stands.
+    pub gap: Duration,
+    /// How long to read and discard what a client still sends after the reply, so
+    /// unread bytes never turn the close into a reset that destroys the reply.
+    pub linger: Duration,
+    pub error_detail: ErrorDetail,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            plain_port: Some(DEFAULT_PLAIN_PORT),
+            tls_port: Some(DEFAULT_TLS_PORT),
+            identity: None,
+            workers: 64,
+            max_connections: 1024,
+            timeout: Duration::from_millis(5000),
+            gap: Duration::from_millis(100),
+            linger: Duration::from_millis(250),
+            error_detail: ErrorDetail::Bare,
+        }
+    }
+}
+
+/// A setting that cannot work, named by its command-line flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    NoListener,
+    TlsWithoutIdentity,
+    Zero(&'static str),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::NoListener => {
+                f.write_str("--no-plain and --no-tls together leave nothing to serve")
+            }
+            ConfigError::TlsWithoutIdentity => f.write_str(
+                "the TLS listener needs --cert and --key (or --pkcs12); pass --no-tls to serve only the open port",
+            ),
+            ConfigError::Zero(flag) => write!(f, "{flag} must be greater than 0"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ServerConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.plain_port.is_none() && self.tls_port.is_none() {
+            return Err(ConfigError::NoListener);
+        }
+        if self.tls_port.is_some() && self.identity.is_none() {
+            return Err(ConfigError::TlsWithoutIdentity);
+        }
+        for (value, flag) in [
+            (self.workers, "--workers"),
+            (self.max_connections, "--max-connections"),
+            (self.timeout.as_millis() as usize, "--timeout-ms"),
+            (self.gap.as_millis() as usize, "--gap-ms"),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(flag));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> Option<IdentitySource> {
+        Some(IdentitySource::Pem {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+        })
+    }
+
+    #[test]
+    fn defaults_need_an_identity_for_tls() {
+        let config = ServerConfig::default();
+        assert_eq!(config.validate(), Err(ConfigError::TlsWithoutIdentity));
+        let config = ServerConfig {
+            identity: identity(),
+            ..ServerConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.plain_port, Some(27708));
+        assert_eq!(config.tls_port, Some(40508));
+    }
+
+    #[test]
+    fn invalid_settings_name_their_flag() {
+        let base = ServerConfig {
+            identity: identity(),
+            ..ServerConfig::default()
+        };
+        let cases = [
+            (
+                ServerConfig {
+                    plain_port: None,
+                    tls_port: None,
+                    ..base.clone()
+                },
+                ConfigError::NoListener,
+            ),
+            (
+                ServerConfig {
+                    workers: 0,
+                    ..base.clone()
+                },
+                ConfigError::Zero("--workers"),
+            ),
+            (
+                ServerConfig {
+                    max_connections: 0,
+                    ..base.clone()
+                },
+                ConfigError::Zero("--max-connections"),
+            ),
+            (
+                ServerConfig {
+                    timeout: Duration::ZERO,
+                    ..base.clone()
+                },
+                ConfigError::Zero("--timeout-ms"),
+            ),
+            (
+                ServerConfig {
+                    gap: Duration::ZERO,
+                    ..base.clone()
+                },
+                ConfigError::Zero("--gap-ms"),
+            ),
+        ];
+        for (config, want) in cases {
+            assert_eq!(config.validate(), Err(want.clone()));
+            assert!(want.to_string().contains("--") || want == ConfigError::NoListener);
+        }
+    }
+}

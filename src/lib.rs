@@ -1,0 +1,15 @@
+//! wwep — a server and client for WWEP, the register protocol embedded Wi-Fi boards
+//! speak over TCP and TLS.
+//!
+//! The crate is layered so each piece can be tested alone: [`protocol`] is the pure
+//! wire grammar, [`store`] the register map, [`connection`] one transaction over any
+//! stream, [`server`] the listeners, pool and limits, [`tls`] everything about
+//! certificates, and [`client`] the blocking client the CLI and tests use.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod connection;
+pub mod protocol;
+pub mod server;
+pub mod store;
+pub mod tls;

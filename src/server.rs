@@ -1,0 +1,501 @@
+//! Listeners, admission, the worker pool and shutdown.
+//!
+//! Each listener has its own accept thread, which never does I/O with a client: it
+//! admits the connection (or refuses it at once when the server is full) and hands
+//! it to the pool, where the TLS handshake, the read and the reply happen.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use threadpool::ThreadPool;
+
+use crate::config::{ConfigError, ServerConfig, Transport};
+use crate::connection::{self, Conn, Outcome, Timing, Transaction};
+use crate::protocol::{Escaped, Failure, Reply, Terminator};
+use crate::store::RegisterStore;
+use crate::tls::{self, Acceptor, Identity, TlsError};
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum ServerError {
+    Config(ConfigError),
+    Tls(TlsError),
+    Bind { addr: SocketAddr, source: io::Error },
+    Thread(io::Error),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Config(e) => e.fmt(f),
+            ServerError::Tls(e) => e.fmt(f),
+            ServerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            ServerError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+impl From<ConfigError> for ServerError {
+    fn from(e: ConfigError) -> Self {
+        ServerError::Config(e)
+    }
+}
+
+impl From<TlsError> for ServerError {
+    fn from(e: TlsError) -> Self {
+        ServerError::Tls(e)
+    }
+}
+
+/// Logs a warning at most once per interval and says how many were held back.
+struct RateLimitedWarning {
+    interval_ms: u64,
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the last warning logged, plus one (0 = never).
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RateLimitedWarning {
+    fn new(interval: Duration) -> Self {
+        RateLimitedWarning {
+            interval_ms: interval.as_millis() as u64,
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    fn warn(&self, message: fmt::Arguments<'_>) {
+        let now = self.epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= self.interval_ms;
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let held = self.suppressed.swap(0, Ordering::Relaxed);
+            if held > 0 {
+                warn!("{message} ({held} more like this not shown)");
+            } else {
+                warn!("{message}");
+            }
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counters an operator or a test can read while the server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages judged and answered.
+    pub transactions: u64,
+    /// Connections refused because the server was full.
+    pub rejected: u64,
+    /// Connections queued or being served now.
+    pub in_flight: usize,
+}
+
+struct Shared {
+    config: ServerConfig,
+    store: Arc<RegisterStore>,
+    acceptor: Option<Acceptor>,
+    in_flight: AtomicUsize,
+    transactions: AtomicU64,
+    rejected: AtomicU64,
+    shutting_down: AtomicBool,
+    full_warning: RateLimitedWarning,
+    accept_warning: RateLimitedWarning,
+}
+
+/// Holds one in-flight slot; taken on the accept thread before the job is queued
+/// (so queued connections count) and released when the job ends, even by panic.
+struct Admission {
+    shared: Arc<Shared>,
+}
+
+impl Admission {
+    fn try_new(shared: &Arc<Shared>) -> Option<Admission> {
+        let before = shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        if before >= shared.config.max_connections {
+            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Admission {
+            shared: Arc::clone(shared),
+        })
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A running server. Dropping it does not stop it; call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    shared: Arc<Shared>,
+    plain_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    accept_threads: Vec<JoinHandle<()>>,
+    pool: ThreadPool,
+}
+
+/// Starts a server with an empty in-memory store.
+pub fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    start_with_store(config, Arc::new(RegisterStore::new()))
+}
+
+/// Starts a server over an existing store: loads the TLS identity, binds both
+/// listeners and spawns their accept threads.
+pub fn start_with_store(
+    config: ServerConfig,
+    store: Arc<RegisterStore>,
+) -> Result<RunningServer, ServerError> {
+    config.validate()?;
+    let acceptor = match (&config.tls_port, &config.identity) {
+        (Some(_), Some(source)) => {
+            let identity = Identity::load(source)?;
+            for warning in identity.expiry_warnings() {
+                warn!("{warning}");
+            }
+            Some(Acceptor::new(&identity)?)
+        }
+        _ => None,
+    };
+    let bind = |port: Option<u16>| -> Result<Option<TcpListener>, ServerError> {
+        let Some(port) = port else { return Ok(None) };
+        let addr = SocketAddr::new(config.bind, port);
+        TcpListener::bind(addr)
+            .map(Some)
+            .map_err(|source| ServerError::Bind { addr, source })
+    };
+    let plain = bind(config.plain_port)?;
+    let secure = bind(config.tls_port)?;
+    let pool = threadpool::Builder::new()
+        .num_threads(config.workers)
+        .thread_name("wwep-worker".to_string())
+        .build();
+    let shared = Arc::new(Shared {
+        config,
+        store,
+        acceptor,
+        in_flight: AtomicUsize::new(0),
+        transactions: AtomicU64::new(0),
+        rejected: AtomicU64::new(0),
+        shutting_down: AtomicBool::new(false),
+        full_warning: RateLimitedWarning::new(Duration::from_secs(1)),
+        accept_warning: RateLimitedWarning::new(Duration::from_secs(1)),
+    });
+    let mut server = RunningServer {
+        shared: Arc::clone(&shared),
+        plain_addr: None,
+        tls_addr: None,
+        accept_threads: Vec::new(),
+        pool: pool.clone(),
+    };
+    for (listener, transport) in [(plain, Transport::Plain), (secure, Transport::Tls)] {
+        let Some(listener) = listener else { continue };
+        let addr = listener.local_addr().map_err(ServerError::Thread)?;
+        info!("{transport} listener on {addr}");
+        match transport {
+            Transport::Plain => server.plain_addr = Some(addr),
+            Transport::Tls => server.tls_addr = Some(addr),
+        }
+        let shared = Arc::clone(&shared);
+        let pool = pool.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("wwep-accept-{transport}"))
+            .spawn(move || accept_loop(listener, transport, shared, pool));
+        match spawned {
+            Ok(handle) => server.accept_threads.push(handle),
+            Err(e) => {
+                server.stop();
+                return Err(ServerError::Thread(e));
+            }
+        }
+    }
+    Ok(server)
+}
+
+impl RunningServer {
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain_addr
+    }
+
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    pub fn store(&self) -> &Arc<RegisterStore> {
+        &self.shared.store
+    }
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            transactions: self.shared.transactions.load(Ordering::Relaxed),
+            rejected: self.shared.rejected.load(Ordering::Relaxed),
+            in_flight: self.shared.in_flight.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Blocks for as long as the listeners run.
+    pub fn wait(mut self) {
+        for handle in self.accept_threads.drain(..) {
+            let _ = handle.join();
+        }
+        self.pool.join();
+    }
+
+    /// Stops accepting, lets in-flight connections finish (each bounded by the
+    /// timeout), and returns when they have.
+    pub fn shutdown(mut self) {
+        self.stop();
+        self.pool.join();
+    }
+
+    fn stop(&mut self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        // A blocked accept() only returns for a connection: make one to each listener.
+        for addr in [self.plain_addr, self.tls_addr].into_iter().flatten() {
+            let _ = TcpStream::connect_timeout(&wake_address(addr), Duration::from_secs(1));
+        }
+        for handle in self.accept_threads.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Where to connect to reach a listener bound to `addr`.
+fn wake_address(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
+}
+
+fn is_fd_exhaustion(e: &io::Error) -> bool {
+    // EMFILE and ENFILE: the process or the system is out of file descriptors.
+    matches!(e.raw_os_error(), Some(23) | Some(24))
+}
+
+fn accept_loop(listener: TcpListener, transport: Transport, shared: Arc<Shared>, pool: ThreadPool) {
+    loop {
+        let accepted = listener.accept();
+        if shared.shutting_down.load(Ordering::SeqCst) {
+            break;
+        }
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) if is_fd_exhaustion(&e) => {
+                shared.accept_warning.warn(format_args!(
+                    "{transport} listener cannot accept: {e}; backing off"
+                ));
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            Err(e) => {
+                debug!("{transport} accept failed: {e}");
+                continue;
+            }
+        };
+        let Some(admission) = Admission::try_new(&shared) else {
+            refuse(stream, peer, transport, &shared);
+            continue;
+        };
+        let accepted_at = Instant::now();
+        pool.execute(move || {
+            let _admission = admission;
+            let shared = &_admission.shared;
+            let served = catch_unwind(AssertUnwindSafe(|| {
+                handle(stream, peer, transport, accepted_at, shared)
+            }));
+            if served.is_err() {
+                error!("connection from {peer} abandoned after a panic in its worker");
+            }
+        });
+    }
+    debug!("{transport} accept loop stopped");
+}
+
+/// Turns a connection away without blocking the accept thread: an `X` on the open
+/// port (the socket buffer is empty, so the write cannot block), nothing on the TLS
+/// port, where no handshake has happened.
+fn refuse(stream: TcpStream, peer: SocketAddr, transport: Transport, shared: &Shared) {
+    shared.rejected.fetch_add(1, Ordering::Relaxed);
+    shared.full_warning.warn(format_args!(
+        "refusing {transport} connection from {peer}: {} connections in flight (--max-connections)",
+        shared.config.max_connections
+    ));
+    if transport == Transport::Plain && stream.set_nonblocking(true).is_ok() {
+        let reply =
+            Reply::Failed(Failure::Busy).encode(shared.config.error_detail, Terminator::None);
+        let _ = (&stream).write(reply.as_bytes());
+        let _ = stream.shutdown(Shutdown::Write);
+        // Whatever already arrived is read so the close is a FIN, not a reset.
+        let mut scratch = [0u8; 256];
+        while matches!((&stream).read(&mut scratch), Ok(n) if n > 0) {}
+    }
+}
+
+struct PlainConn(TcpStream);
+
+impl Read for PlainConn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for PlainConn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Conn for PlainConn {
+    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        self.0.set_read_timeout(Some(timeout))
+    }
+    fn close_gracefully(&mut self, linger: Duration) {
+        close_tcp(&self.0, linger);
+    }
+}
+
+struct TlsConn(tls::ServerStream);
+
+impl Read for TlsConn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for TlsConn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Conn for TlsConn {
+    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
+        self.0.get_ref().set_read_timeout(Some(timeout))
+    }
+    fn close_gracefully(&mut self, linger: Duration) {
+        let _ = self.0.shutdown();
+        close_tcp(self.0.get_ref(), linger);
+    }
+}
+
+fn close_tcp(stream: &TcpStream, linger: Duration) {
+    if stream.shutdown(Shutdown::Write).is_err() {
+        return;
+    }
+    if stream.set_read_timeout(Some(linger)).is_ok() {
+        connection::drain(stream, linger);
+    }
+}
+
+fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    transport: Transport,
+    accepted_at: Instant,
+    shared: &Shared,
+) {
+    let config = &shared.config;
+    let mut timing = Timing {
+        deadline: accepted_at + config.timeout,
+        gap: config.gap,
+        linger: config.linger,
+    };
+    if let Err(e) = stream
+        .set_read_timeout(Some(config.timeout))
+        .and_then(|()| stream.set_write_timeout(Some(config.timeout)))
+    {
+        debug!("{transport} {peer}: cannot set timeouts: {e}");
+        return;
+    }
+    let transaction = match transport {
+        Transport::Plain => connection::serve(
+            &mut PlainConn(stream),
+            &shared.store,
+            config.error_detail,
+            &timing,
+        ),
+        Transport::Tls => {
+            let Some(acceptor) = &shared.acceptor else {
+                return;
+            };
+            // The handshake is several small writes; Nagle would delay each.
+            let _ = stream.set_nodelay(true);
+            let tls_stream = match acceptor.accept(stream) {
+                Ok(s) => s,
+                Err(reason) => {
+                    debug!("tls {peer}: handshake failed: {reason}");
+                    return;
+                }
+            };
+            let left = timing.deadline.saturating_duration_since(Instant::now());
+            if left < Duration::from_millis(1) {
+                debug!("tls {peer}: handshake used up the timeout");
+                return;
+            }
+            timing.deadline = Instant::now() + left;
+            let mut conn = TlsConn(tls_stream);
+            if conn.set_read_timeout(left).is_err() {
+                return;
+            }
+            connection::serve(&mut conn, &shared.store, config.error_detail, &timing)
+        }
+    };
+    log_transaction(&transaction, peer, transport, accepted_at, shared);
+}
+
+fn log_transaction(
+    t: &Transaction,
+    peer: SocketAddr,
+    transport: Transport,
+    accepted_at: Instant,
+    shared: &Shared,
+) {
+    let micros = accepted_at.elapsed().as_micros();
+    let reply = t.reply.as_ref().map(|r| r.as_bytes()).unwrap_or_default();
+    match t.outcome {
+        Outcome::Served => {
+            let n = shared.transactions.fetch_add(1, Ordering::Relaxed) + 1;
+            info!(
+                "#{n} {transport} {peer} \"{}\" -> \"{}\" {micros}us",
+                Escaped(t.request()),
+                Escaped(reply)
+            );
+        }
+        Outcome::TimedOut => debug!(
+            "{transport} {peer}: nothing received in time; sent \"{}\"",
+            Escaped(reply)
+        ),
+        Outcome::Failed(kind) => debug!(
+            "{transport} {peer}: connection failed ({kind}) after \"{}\"",
+            Escaped(t.request())
+        ),
+    }
+}
