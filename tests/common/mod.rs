@@ -1,0 +1,538 @@
+//! Shared helpers for the integration tests: certificates made for the test, a
+//! server on ephemeral loopback ports, and clients that never wait forever.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openssl::asn1::{Asn1Integer, Asn1Time};
+use openssl::bn::BigNum;
+use openssl::ec::{EcGroup, EcKey};
+use openssl::hash::MessageDigest;
+use openssl::nid::Nid;
+use openssl::pkey::{PKey, Private};
+use openssl::rsa::Rsa;
+use openssl::x509::extension::{
+    BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
+};
+use openssl::x509::{X509, X509NameBuilder};
+use wwep::config::ServerConfig;
+use wwep::server::RunningServer;
+use wwep::tls::IdentitySource;
+
+pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    Rsa2048,
+    EcP256,
+}
+
+pub fn new_key(kind: KeyKind) -> PKey<Private> {
+    match kind {
+        KeyKind::Rsa2048 => PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap(),
+        KeyKind::EcP256 => {
+            let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+            PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
+        }
+    }
+}
+
+/// A certificate with its key.
+pub struct Issued {
+    pub cert: X509,
+    pub key: PKey<Private>,
+}
+
+/// How a test certificate is made.
+pub struct CertSpec<'a> {
+    pub cn: &'a str,
+    pub sans: &'a [&'a str],
+    pub kind: KeyKind,
+    pub digest: MessageDigest,
+    /// Validity as seconds relative to now.
+    pub not_before: i64,
+    pub not_after: i64,
+    pub is_ca: bool,
+    pub client: bool,
+}
+
+impl<'a> CertSpec<'a> {
+    pub fn server(cn: &'a str) -> Self {
+        CertSpec {
+            cn,
+            sans: &["localhost", "127.0.0.1"],
+            kind: KeyKind::EcP256,
+            digest: MessageDigest::sha256(),
+            not_before: -3600,
+            not_after: 30 * 86400 * 12,
+            is_ca: false,
+            client: false,
+        }
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Makes a certificate signed by `issuer`, or self-signed when `issuer` is None.
+pub fn issue(spec: &CertSpec, issuer: Option<&Issued>) -> Issued {
+    let key = new_key(spec.kind);
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_nid(Nid::COMMONNAME, spec.cn).unwrap();
+    let name = name.build();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    let serial = BigNum::from_u32(rand_u32()).unwrap();
+    b.set_serial_number(&Asn1Integer::from_bn(&serial).unwrap())
+        .unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::from_unix(now_unix() + spec.not_before).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::from_unix(now_unix() + spec.not_after).unwrap())
+        .unwrap();
+    if spec.is_ca {
+        b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+            .unwrap();
+        b.append_extension(
+            KeyUsage::new()
+                .critical()
+                .key_cert_sign()
+                .crl_sign()
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+    } else {
+        b.append_extension(BasicConstraints::new().build().unwrap())
+            .unwrap();
+        let eku = if spec.client {
+            ExtendedKeyUsage::new().client_auth().build().unwrap()
+        } else {
+            ExtendedKeyUsage::new().server_auth().build().unwrap()
+        };
+        b.append_extension(eku).unwrap();
+    }
+    if !spec.sans.is_empty() {
+        let mut san = SubjectAlternativeName::new();
+        for s in spec.sans {
+            if s.parse::<std::net::IpAddr>().is_ok() {
+                san.ip(s);
+            } else {
+                san.dns(s);
+            }
+        }
+        let ctx = match issuer {
+            Some(i) => b.x509v3_context(Some(&i.cert), None),
+            None => b.x509v3_context(None, None),
+        };
+        let ext = san.build(&ctx).unwrap();
+        b.append_extension(ext).unwrap();
+    }
+    match issuer {
+        Some(i) => {
+            b.set_issuer_name(i.cert.subject_name()).unwrap();
+            b.sign(&i.key, spec.digest).unwrap();
+        }
+        None => {
+            b.set_issuer_name(&name).unwrap();
+            b.sign(&key, spec.digest).unwrap();
+        }
+    }
+    Issued {
+        cert: b.build(),
+        key,
+    }
+}
+
+fn rand_u32() -> u32 {
+    let mut buf = [0u8; 4];
+    openssl::rand::rand_bytes(&mut buf).unwrap();
+    u32::from_le_bytes(buf) >> 1
+}
+
+/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate,
+/// written as PEM files into a temporary directory.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca: Issued,
+    pub server: Issued,
+    pub client: Issued,
+}
+
+impl Pki {
+    pub fn new(kind: KeyKind) -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = issue(
+            &CertSpec {
+                is_ca: true,
+                sans: &[],
+                kind,
+                ..CertSpec::server("wwep test CA")
+            },
+            None,
+        );
+        let server = issue(
+            &CertSpec {
+                kind,
+                ..CertSpec::server("localhost")
+            },
+            Some(&ca),
+        );
+        let client = issue(
+            &CertSpec {
+                kind,
+                sans: &[],
+                client: true,
+                ..CertSpec::server("test client")
+            },
+            Some(&ca),
+        );
+        let pki = Pki {
+            dir,
+            ca,
+            server,
+            client,
+        };
+        pki.write("ca.pem", &pki.ca.cert.to_pem().unwrap());
+        pki.write("server.pem", &pki.server.cert.to_pem().unwrap());
+        pki.write(
+            "server.key",
+            &pki.server.key.private_key_to_pem_pkcs8().unwrap(),
+        );
+        pki.write("client.pem", &pki.client.cert.to_pem().unwrap());
+        pki.write(
+            "client.key",
+            &pki.client.key.private_key_to_pem_pkcs8().unwrap(),
+        );
+        pki
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    pub fn identity(&self) -> IdentitySource {
+        IdentitySource::Pem {
+            cert: self.path("server.pem"),
+            key: self.path("server.key"),
+        }
+    }
+
+    pub fn connector(&self) -> native_tls::TlsConnector {
+        native_tls::TlsConnector::builder()
+            .add_root_certificate(
+                native_tls::Certificate::from_pem(&self.ca.cert.to_pem().unwrap()).unwrap(),
+            )
+            .disable_built_in_roots(true)
+            .build()
+            .unwrap()
+    }
+}
+
+/// A server on 127.0.0.1 with both listeners on ephemeral ports; shut down and
+/// joined on drop.
+pub struct TestServer {
+    server: Option<RunningServer>,
+    pub pki: Arc<Pki>,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::with(|_| {})
+    }
+
+    pub fn with(adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        Self::with_pki(Arc::new(Pki::new(KeyKind::EcP256)), adjust)
+    }
+
+    pub fn with_pki(pki: Arc<Pki>, adjust: impl FnOnce(&mut ServerConfig)) -> TestServer {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let mut config = ServerConfig {
+            bind: "127.0.0.1".parse().unwrap(),
+            plain_port: Some(0),
+            tls_port: Some(0),
+            identity: Some(pki.identity()),
+            ..ServerConfig::default()
+        };
+        adjust(&mut config);
+        let server = wwep::server::start(config).expect("server starts");
+        TestServer {
+            server: Some(server),
+            pki,
+        }
+    }
+
+    pub fn server(&self) -> &RunningServer {
+        self.server.as_ref().unwrap()
+    }
+
+    pub fn plain(&self) -> SocketAddr {
+        self.server().plain_addr().unwrap()
+    }
+
+    pub fn tls(&self) -> SocketAddr {
+        self.server().tls_addr().unwrap()
+    }
+
+    /// One transaction on the open port: send, half-close nothing, read to EOF.
+    pub fn plain_transact(&self, request: &[u8]) -> Vec<u8> {
+        transact(&mut connect(self.plain()), request)
+    }
+
+    /// One transaction on the TLS port, verifying the server against the test CA.
+    pub fn tls_transact(&self, request: &[u8]) -> Vec<u8> {
+        let tcp = connect(self.tls());
+        let mut tls = self
+            .pki
+            .connector()
+            .connect("localhost", tcp)
+            .expect("handshake");
+        transact(&mut tls, request)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+        }
+    }
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+/// Writes `request` and reads until the server closes.
+pub fn transact(stream: &mut (impl Read + Write), request: &[u8]) -> Vec<u8> {
+    stream.write_all(request).expect("write request");
+    read_to_close(stream)
+}
+
+pub fn read_to_close(stream: &mut impl Read) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("read failed after {:?}: {e}", String::from_utf8_lossy(&out)),
+        }
+    }
+}
+
+/// Reads exactly `n` bytes the way a device client does: within `within`,
+/// without closing its side.
+pub fn read_exact_within(stream: &mut TcpStream, n: usize, within: Duration) -> Vec<u8> {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut out = vec![0u8; n];
+    let mut got = 0;
+    while got < n {
+        match stream.read(&mut out[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) => panic!("no reply within {within:?} (had {got} bytes): {e}"),
+        }
+    }
+    out.truncate(got);
+    out
+}
+
+pub fn half_close(stream: &TcpStream) {
+    stream.shutdown(Shutdown::Write).unwrap();
+}
+
+/// Polls `check` until it holds or `limit` passes.
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether an external tool is on PATH. Missing tools skip the test with a
+/// message, unless WWEP_REQUIRE_TOOLS=1, where they fail it.
+pub fn have_tool(name: &str) -> bool {
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var("WWEP_REQUIRE_TOOLS").as_deref() == Ok("1") {
+            panic!("{name} is required (WWEP_REQUIRE_TOOLS=1) but not installed");
+        }
+        eprintln!("skipping: {name} is not installed");
+    }
+    found
+}
+
+/// A `wwep-server` process on ephemeral loopback ports, killed by PID on drop.
+pub struct ServerProcess {
+    pub child: Child,
+    pub plain: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl ServerProcess {
+    pub fn start(args: &[&str]) -> ServerProcess {
+        Self::start_env(args, &[])
+    }
+
+    pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep-server"));
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--plain-port",
+            "0",
+            "--tls-port",
+            "0",
+        ])
+        .args(args)
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn wwep-server");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = tx.send(line.clone());
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let wants_plain = !args.contains(&"--no-plain");
+        let wants_tls = !args.contains(&"--no-tls");
+        let mut proc = ServerProcess {
+            child,
+            plain: None,
+            tls: None,
+            log,
+        };
+        let until = Instant::now() + Duration::from_secs(20);
+        while (wants_plain && proc.plain.is_none()) || (wants_tls && proc.tls.is_none()) {
+            let left = until.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let addr = line.rsplit(' ').next().and_then(|a| a.parse().ok());
+                    if line.contains("plain listener on") {
+                        proc.plain = addr;
+                    } else if line.contains("tls listener on") {
+                        proc.tls = addr;
+                    }
+                }
+                Err(_) => panic!(
+                    "wwep-server did not report its listeners: {:?}",
+                    proc.log.lock().unwrap()
+                ),
+            }
+        }
+        proc
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command with stdin from `input`; kills it by PID if it has not finished
+/// within 20 seconds.
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let until = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            break child.wait().expect("wait");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _ = writer.join();
+    std::process::Output {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+pub fn describe(cmd: &Command, out: &std::process::Output) -> String {
+    format!(
+        "command: {cmd:?}\nstatus: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+pub fn file_exists(p: &Path) -> bool {
+    p.exists()
+}

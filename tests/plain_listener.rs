@@ -1,0 +1,270 @@
+//! The open port: the spec's sequence, every framing rule, concurrency and hostile
+//! input, driven by std sockets against a real server on ephemeral ports.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use wwep::protocol::ErrorDetail;
+
+#[test]
+fn spec_sequence() {
+    let s = TestServer::start();
+    assert_eq!(
+        s.plain_transact(b"R0FAC0B"),
+        b"X",
+        "nothing exists before the first write"
+    );
+    assert_eq!(s.plain_transact(b"W0FAC0B1234"), b"A0FAC0B1234");
+    assert_eq!(s.plain_transact(b"R0FAC0B"), b"A0FAC0B1234");
+    assert_eq!(s.plain_transact(b"W01234"), b"X");
+    assert_eq!(s.plain_transact(b"w0FAC0B1234\n"), b"X\n");
+    assert_eq!(s.plain_transact(b"R0FAC0G\n"), b"X\n");
+    // Devices have separate register sets.
+    assert_eq!(s.plain_transact(b"W1234050001"), b"A1234050001");
+    assert_eq!(s.plain_transact(b"WABCD050002"), b"AABCD050002");
+    assert_eq!(s.plain_transact(b"R123405"), b"A1234050001");
+    assert_eq!(s.plain_transact(b"Rabcd05"), b"AABCD050002");
+    // Lowercase hex is accepted; replies are uppercase and zero-padded.
+    assert_eq!(s.plain_transact(b"W0fac0b00ff"), b"A0FAC0B00FF");
+    assert_eq!(s.server().stats().transactions, 11);
+}
+
+#[test]
+fn explained_errors() {
+    let s = TestServer::with(|c| c.error_detail = ErrorDetail::Explained);
+    assert_eq!(s.plain_transact(b"R0FAC0B\n"), b"X not found\n");
+    assert_eq!(s.plain_transact(b"W01234\n"), b"X bad length\n");
+    assert_eq!(s.plain_transact(b"W0FAC0BXYZW\n"), b"X bad hex\n");
+    assert_eq!(s.plain_transact(b"Q0FAC0B\n"), b"X bad command\n");
+}
+
+#[test]
+fn terminators_are_echoed() {
+    let s = TestServer::start();
+    assert_eq!(s.plain_transact(b"W0FAC0B1234\n"), b"A0FAC0B1234\n");
+    assert_eq!(s.plain_transact(b"R0FAC0B\r\n"), b"A0FAC0B1234\r\n");
+    assert_eq!(s.plain_transact(b"R0FAC0B"), b"A0FAC0B1234");
+}
+
+#[test]
+fn device_client_without_terminator_or_close_gets_its_reply_within_500ms() {
+    let s = TestServer::start();
+    let mut c = connect(s.plain());
+    c.write_all(b"W0FAC0B1234").unwrap();
+    assert_eq!(
+        read_exact_within(&mut c, 11, Duration::from_millis(500)),
+        b"A0FAC0B1234"
+    );
+    let mut c = connect(s.plain());
+    c.write_all(b"R0FAC0B").unwrap();
+    assert_eq!(
+        read_exact_within(&mut c, 11, Duration::from_millis(500)),
+        b"A0FAC0B1234"
+    );
+}
+
+#[test]
+fn short_illegal_message_without_terminator_is_answered_promptly() {
+    let s = TestServer::start();
+    let mut c = connect(s.plain());
+    c.write_all(b"W01234").unwrap();
+    assert_eq!(
+        read_exact_within(&mut c, 1, Duration::from_millis(500)),
+        b"X"
+    );
+}
+
+#[test]
+fn half_close_ends_the_message() {
+    let s = TestServer::with(|c| c.gap = Duration::from_secs(3));
+    assert_eq!(s.plain_transact(b"W0FAC0B1234"), b"A0FAC0B1234");
+    for (request, want) in [(&b"R0FAC0B"[..], &b"A0FAC0B1234"[..]), (b"R0FAC", b"X")] {
+        let mut c = connect(s.plain());
+        c.write_all(request).unwrap();
+        half_close(&c);
+        let started = Instant::now();
+        assert_eq!(read_to_close(&mut c), want);
+        // Answered at the end of file, not after the 3 s gap timer.
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+}
+
+#[test]
+fn message_split_across_two_writes() {
+    let s = TestServer::start();
+    let mut c = connect(s.plain());
+    c.set_nodelay(true).unwrap();
+    c.write_all(b"W0FAC").unwrap();
+    thread::sleep(Duration::from_millis(30));
+    c.write_all(b"0B4321\n").unwrap();
+    assert_eq!(read_to_close(&mut c), b"A0FAC0B4321\n");
+    let mut c = connect(s.plain());
+    c.set_nodelay(true).unwrap();
+    c.write_all(b"R0FAC0B\r").unwrap();
+    thread::sleep(Duration::from_millis(30));
+    c.write_all(b"\n").unwrap();
+    assert_eq!(read_to_close(&mut c), b"A0FAC0B4321\r\n");
+}
+
+#[test]
+fn overlong_message_in_one_segment_is_x_and_not_stored() {
+    let s = TestServer::start();
+    assert_eq!(s.plain_transact(b"W0FAC0B12345"), b"X");
+    assert_eq!(s.plain_transact(b"R0FAC0B"), b"X");
+}
+
+#[test]
+fn trailing_garbage_still_gets_its_reply() {
+    let s = TestServer::start();
+    let mut request = b"W0FAC0B1234\n".to_vec();
+    request.extend(std::iter::repeat_n(b'g', 4000));
+    assert_eq!(s.plain_transact(&request), b"A0FAC0B1234\n");
+    assert_eq!(
+        s.plain_transact(b"R0FAC0B\ngarbage\nmore"),
+        b"A0FAC0B1234\n"
+    );
+}
+
+#[test]
+fn garbage_and_oversize_input_get_x_and_the_server_stays_healthy() {
+    let s = TestServer::start();
+    let inputs: Vec<Vec<u8>> = vec![
+        vec![0u8; 10],
+        vec![0xFF; 100],
+        b"\r\n".to_vec(),
+        b"\n".to_vec(),
+        vec![b'Z'; 10_000],
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        b"R\xc3\xa9\xc3\xa9\xc3\xa9\n".to_vec(),
+    ];
+    for input in &inputs {
+        let reply = s.plain_transact(input);
+        assert_eq!(
+            reply.first(),
+            Some(&b'X'),
+            "input {:?}",
+            String::from_utf8_lossy(input)
+        );
+        assert!(reply.len() <= 3);
+    }
+    assert_eq!(s.plain_transact(b"W0000000001"), b"A0000000001");
+}
+
+#[test]
+fn silent_connection_gets_x_after_the_timeout() {
+    let s = TestServer::with(|c| c.timeout = Duration::from_millis(300));
+    let mut c = connect(s.plain());
+    let started = Instant::now();
+    assert_eq!(read_to_close(&mut c), b"X");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert_eq!(s.server().stats().transactions, 0);
+}
+
+#[test]
+fn tls_hello_on_the_plain_port_is_refused_and_the_server_stays_healthy() {
+    let s = TestServer::start();
+    let tcp = connect(s.plain());
+    let attempt = s.pki.connector().connect("localhost", tcp);
+    assert!(
+        attempt.is_err(),
+        "a TLS handshake cannot succeed on the open port"
+    );
+    assert_eq!(s.plain_transact(b"W0FAC0B0001"), b"A0FAC0B0001");
+    assert_eq!(s.tls_transact(b"R0FAC0B"), b"A0FAC0B0001");
+}
+
+#[test]
+fn concurrent_clients_write_distinct_registers_then_read_them_back() {
+    let s = TestServer::start();
+    let plain = s.plain();
+    let writers: Vec<_> = (0..64u16)
+        .map(|i| {
+            thread::spawn(move || {
+                let device = 0x1000 + i;
+                let register = (i * 3) as u8;
+                let value = i.wrapping_mul(0x0101);
+                let request = format!("W{device:04X}{register:02X}{value:04X}");
+                let reply = transact(&mut connect(plain), request.as_bytes());
+                assert_eq!(
+                    reply,
+                    format!("A{device:04X}{register:02X}{value:04X}").as_bytes()
+                );
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert_eq!(s.server().store().len(), 64);
+    for i in 0..64u16 {
+        let device = 0x1000 + i;
+        let register = (i * 3) as u8;
+        let value = i.wrapping_mul(0x0101);
+        let reply = s.plain_transact(format!("R{device:04X}{register:02X}").as_bytes());
+        assert_eq!(
+            reply,
+            format!("A{device:04X}{register:02X}{value:04X}").as_bytes()
+        );
+    }
+}
+
+#[test]
+fn over_the_connection_limit_is_refused_at_once_with_x() {
+    let s = TestServer::with(|c| {
+        c.max_connections = 2;
+        c.workers = 2;
+        c.timeout = Duration::from_secs(3);
+    });
+    // Two silent connections fill the server.
+    let holders = [connect(s.plain()), connect(s.plain())];
+    assert!(eventually(Duration::from_secs(2), || s
+        .server()
+        .stats()
+        .in_flight
+        == 2));
+    let started = Instant::now();
+    let mut refused = connect(s.plain());
+    refused.write_all(b"R0FAC0B").unwrap();
+    assert_eq!(read_to_close(&mut refused), b"X");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused before the timeout"
+    );
+    // The TLS port closes without a handshake.
+    let tcp = connect(s.tls());
+    assert!(s.pki.connector().connect("localhost", tcp).is_err());
+    assert_eq!(s.server().stats().rejected, 2);
+    drop(holders);
+    // Once the holders are gone, service resumes.
+    assert!(eventually(Duration::from_secs(5), || s
+        .server()
+        .stats()
+        .in_flight
+        == 0));
+    assert_eq!(s.plain_transact(b"W0FAC0B0002"), b"A0FAC0B0002");
+}
+
+#[test]
+fn reply_survives_a_client_that_keeps_sending() {
+    // The server must read what follows the message, or its close would reset the
+    // connection and destroy the reply before the client reads it.
+    let s = TestServer::start();
+    let mut c = connect(s.plain());
+    let mut request = b"W0FAC0B1234\n".to_vec();
+    request.extend([b'.'; 2000]);
+    c.write_all(&request).unwrap();
+    // Let the reply and the close happen before the client reads anything.
+    thread::sleep(Duration::from_millis(150));
+    let mut reply = Vec::new();
+    c.read_to_end(&mut reply).expect("no reset");
+    assert_eq!(reply, b"A0FAC0B1234\n");
+    // A reset would leave its error pending on the socket.
+    assert!(
+        c.take_error().unwrap().is_none(),
+        "the server reset the connection"
+    );
+}
