@@ -49,6 +49,8 @@ pub struct Transaction {
     request_len: usize,
     pub reply: Option<EncodedReply>,
     pub outcome: Outcome,
+    /// When the reply was handed to the stream.
+    pub replied_at: Option<Instant>,
 }
 
 impl Transaction {
@@ -158,7 +160,9 @@ fn receive<C: Conn>(
     Received::Message(message_len, terminator)
 }
 
-/// Serves one connection: one message in, one reply out, then a graceful close.
+/// Serves one connection: one message in, one reply out. When the reply went out
+/// ([`Outcome::Served`] or [`Outcome::TimedOut`]) the caller closes the stream with
+/// [`Conn::close_gracefully`]; the split lets the transaction be logged first.
 pub fn serve<C: Conn>(
     conn: &mut C,
     store: &RegisterStore,
@@ -185,14 +189,12 @@ pub fn serve<C: Conn>(
                 request_len: len,
                 reply: None,
                 outcome: Outcome::Failed(kind),
+                replied_at: None,
             };
         }
     };
     let outcome = match conn.write_all(reply.as_bytes()).and_then(|()| conn.flush()) {
-        Ok(()) => {
-            conn.close_gracefully(timing.linger);
-            outcome
-        }
+        Ok(()) => outcome,
         Err(e) => Outcome::Failed(e.kind()),
     };
     Transaction {
@@ -200,6 +202,7 @@ pub fn serve<C: Conn>(
         request_len: len,
         reply: Some(reply),
         outcome,
+        replied_at: Some(Instant::now()),
     }
 }
 
@@ -307,6 +310,7 @@ mod tests {
     fn run(steps: Vec<Step>, store: &RegisterStore, detail: ErrorDetail) -> (Script, Transaction) {
         let mut script = Script::new(steps);
         let t = serve(&mut script, store, detail, &timing());
+        assert!(!script.closed, "closing is the caller's");
         (script, t)
     }
 
@@ -315,7 +319,6 @@ mod tests {
         let store = RegisterStore::new();
         let (s, t) = run(vec![Step::Bytes(b"W0FAC0B1234")], &store, ErrorDetail::Bare);
         assert_eq!(s.written, b"A0FAC0B1234");
-        assert!(s.closed);
         assert_eq!(t.outcome, Outcome::Served);
         assert_eq!(t.request(), b"W0FAC0B1234");
         // No gap timer was needed for a whole message.
@@ -433,7 +436,6 @@ mod tests {
         script.fail_writes = true;
         let t = serve(&mut script, &store, ErrorDetail::Bare, &timing());
         assert_eq!(t.outcome, Outcome::Failed(ErrorKind::BrokenPipe));
-        assert!(!script.closed);
         // The write was applied before the reply was lost.
         assert_eq!(store.read(0x0FAC, 0x0B), Some(0x1234));
     }

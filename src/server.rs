@@ -435,13 +435,11 @@ fn handle(
         debug!("{transport} {peer}: cannot set timeouts: {e}");
         return;
     }
-    let transaction = match transport {
-        Transport::Plain => connection::serve(
-            &mut PlainConn(stream),
-            &shared.store,
-            config.error_detail,
-            &timing,
-        ),
+    match transport {
+        Transport::Plain => {
+            let mut conn = PlainConn(stream);
+            serve_and_close(&mut conn, peer, transport, accepted_at, &timing, shared);
+        }
         Transport::Tls => {
             let Some(acceptor) = &shared.acceptor else {
                 return;
@@ -455,20 +453,38 @@ fn handle(
                     return;
                 }
             };
-            let left = timing.deadline.saturating_duration_since(Instant::now());
-            if left < Duration::from_millis(1) {
+            let mut conn = TlsConn(tls_stream);
+            // The handshake spent part of the time the message has.
+            let Some(left) = timing
+                .deadline
+                .checked_duration_since(Instant::now())
+                .filter(|left| *left >= Duration::from_millis(1))
+            else {
                 debug!("tls {peer}: handshake used up the timeout");
                 return;
-            }
-            timing.deadline = Instant::now() + left;
-            let mut conn = TlsConn(tls_stream);
+            };
             if conn.set_read_timeout(left).is_err() {
                 return;
             }
-            connection::serve(&mut conn, &shared.store, config.error_detail, &timing)
+            timing.deadline = Instant::now() + left;
+            serve_and_close(&mut conn, peer, transport, accepted_at, &timing, shared);
         }
-    };
+    }
+}
+
+fn serve_and_close<C: Conn>(
+    conn: &mut C,
+    peer: SocketAddr,
+    transport: Transport,
+    accepted_at: Instant,
+    timing: &Timing,
+    shared: &Shared,
+) {
+    let transaction = connection::serve(conn, &shared.store, shared.config.error_detail, timing);
     log_transaction(&transaction, peer, transport, accepted_at, shared);
+    if transaction.replied_at.is_some() && !matches!(transaction.outcome, Outcome::Failed(_)) {
+        conn.close_gracefully(timing.linger);
+    }
 }
 
 fn log_transaction(
@@ -478,7 +494,11 @@ fn log_transaction(
     accepted_at: Instant,
     shared: &Shared,
 ) {
-    let micros = accepted_at.elapsed().as_micros();
+    let micros = t
+        .replied_at
+        .unwrap_or_else(Instant::now)
+        .saturating_duration_since(accepted_at)
+        .as_micros();
     let reply = t.reply.as_ref().map(|r| r.as_bytes()).unwrap_or_default();
     match t.outcome {
         Outcome::Served => {

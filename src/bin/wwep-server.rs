@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use wwep::config::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, ServerConfig};
 use wwep::protocol::ErrorDetail;
+use wwep::server::ServerError;
 use wwep::tls::IdentitySource;
 
 /// WWEP register server: an open port and a TLS port served at once.
@@ -98,7 +99,11 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("wwep-server: {e}");
-            ExitCode::from(1)
+            // A setting that cannot work is a usage error; the rest are failures.
+            match e {
+                ServerError::Config(_) => ExitCode::from(2),
+                _ => ExitCode::from(1),
+            }
         }
     }
 }

@@ -1,0 +1,228 @@
+//! The `wwep-server` binary: startup failures, flags and environment, and the
+//! real tools people use against it (`nc`, `openssl s_client`).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn server_cmd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep-server"));
+    cmd.args(["--bind", "127.0.0.1", "--plain-port", "0", "--tls-port", "0"]);
+    cmd
+}
+
+/// Runs the server expecting it to refuse to start; returns its stderr.
+fn refuses_to_start(cmd: &mut Command, code: i32) -> String {
+    let out = run_with_input(cmd, b"");
+    let text = describe(cmd, &out);
+    assert_eq!(out.status.code(), Some(code), "{text}");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {text}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{text}");
+    stderr
+}
+
+#[test]
+fn bad_certificate_or_key_exits_non_zero_naming_the_file() {
+    let pki = Pki::new(KeyKind::EcP256);
+    let other = Pki::new(KeyKind::EcP256);
+    let garbage = pki.write("garbage.pem", b"this is not a certificate\n");
+    let empty = pki.write("empty.pem", b"");
+    let key_as_cert = pki.write("keyascert.pem", &pki.server.key.private_key_to_pem_pkcs8().unwrap());
+    let encrypted = pki.write(
+        "encrypted.key",
+        &pki.server
+            .key
+            .private_key_to_pem_pkcs8_passphrase(openssl::symm::Cipher::aes_256_cbc(), b"pw")
+            .unwrap(),
+    );
+    let other_key = other.write("other.key", &other.server.key.private_key_to_pem_pkcs8().unwrap());
+    let cert = pki.path("server.pem");
+    let key = pki.path("server.key");
+    let missing = pki.path("missing.pem");
+    let cases = [
+        (missing.clone(), key.clone(), missing.clone(), "cannot read"),
+        (cert.clone(), missing.clone(), missing.clone(), "cannot read"),
+        (garbage.clone(), key.clone(), garbage.clone(), "no certificate"),
+        (empty.clone(), key.clone(), empty.clone(), "no certificate"),
+        (key_as_cert.clone(), key.clone(), key_as_cert.clone(), "certificate"),
+        (cert.clone(), garbage.clone(), garbage.clone(), "no private key"),
+        (cert.clone(), encrypted.clone(), encrypted.clone(), "encrypted"),
+        (cert.clone(), other_key.clone(), cert.clone(), "does not match"),
+        (pki.dir.path().to_path_buf(), key.clone(), pki.dir.path().to_path_buf(), "cannot read"),
+    ];
+    for (cert, key, named, problem) in cases {
+        let mut cmd = server_cmd();
+        cmd.arg("--cert").arg(&cert).arg("--key").arg(&key);
+        let stderr = refuses_to_start(&mut cmd, 1);
+        assert!(
+            stderr.contains(&*named.to_string_lossy()) && stderr.contains(problem),
+            "expected {named:?} and {problem:?} in: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let stderr = refuses_to_start(&mut server_cmd(), 2);
+    assert!(stderr.contains("--cert") && stderr.contains("--no-tls"), "{stderr}");
+    let stderr = refuses_to_start(server_cmd().args(["--no-tls", "--no-plain"]), 2);
+    assert!(stderr.contains("--no-plain"), "{stderr}");
+    let stderr = refuses_to_start(server_cmd().args(["--no-tls", "--workers", "0"]), 2);
+    assert!(stderr.contains("--workers"), "{stderr}");
+    let out = run_with_input(server_cmd().args(["--plain-port", "70000"]), b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--plain-port"));
+}
+
+#[test]
+fn busy_port_exits_1_naming_the_address() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port().to_string();
+    let stderr = refuses_to_start(
+        Command::new(env!("CARGO_BIN_EXE_wwep-server")).args(["--bind", "127.0.0.1", "--no-tls", "--plain-port", &port]),
+        1,
+    );
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+}
+
+#[test]
+fn help_and_version() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wwep-server")).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--bind",
+        "--plain-port",
+        "--tls-port",
+        "--no-plain",
+        "--no-tls",
+        "--cert",
+        "--key",
+        "--pkcs12",
+        "--workers",
+        "--max-connections",
+        "--timeout-ms",
+        "--gap-ms",
+        "--explain-errors",
+        "WWEP_PLAIN_PORT",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_wwep-server")).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn serves_both_ports_and_logs_each_transaction() {
+    let pki = Pki::new(KeyKind::EcP256);
+    let server = ServerProcess::start(&[
+        "--cert",
+        pki.path("server.pem").to_str().unwrap(),
+        "--key",
+        pki.path("server.key").to_str().unwrap(),
+    ]);
+    let plain = server.plain.unwrap();
+    assert_eq!(transact(&mut connect(plain), b"W0FAC0B1234\n"), b"A0FAC0B1234\n");
+    let mut tls = pki.connector().connect("localhost", connect(server.tls.unwrap())).unwrap();
+    assert_eq!(transact(&mut tls, b"R0FAC0B"), b"A0FAC0B1234");
+    assert_eq!(transact(&mut connect(plain), b"\x1b[2J\n"), b"X\n");
+    assert!(eventually(std::time::Duration::from_secs(5), || server.log_text().contains("#3 ")));
+    let log = server.log_text();
+    assert!(log.contains("#1 plain 127.0.0.1:") && log.contains("\"W0FAC0B1234\\n\" -> \"A0FAC0B1234\\n\""), "{log}");
+    assert!(log.contains("#2 tls 127.0.0.1:") && log.contains("\"R0FAC0B\" -> \"A0FAC0B1234\""), "{log}");
+    // Control bytes from a client are escaped, never written raw to the console.
+    assert!(log.contains("\"\\x1B[2J\\n\" -> \"X\\n\"") && !log.contains('\x1b'), "{log}");
+}
+
+#[test]
+fn settings_come_from_the_environment() {
+    let server = ServerProcess::start_env(&[], &[("WWEP_NO_TLS", "true"), ("WWEP_EXPLAIN_ERRORS", "true")]);
+    assert!(server.tls.is_none());
+    assert_eq!(transact(&mut connect(server.plain.unwrap()), b"R0FAC0B\n"), b"X not found\n");
+}
+
+#[test]
+fn ipv6_bind() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipping: no IPv6 loopback here");
+        return;
+    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep-server"));
+    cmd.args(["--bind", "::1", "--plain-port", "0", "--no-tls"])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let line = lines.next().unwrap().unwrap();
+    let addr: std::net::SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(addr.is_ipv6(), "{line}");
+    let reply = transact(&mut connect(addr), b"W0001020003");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(reply, b"A0001020003");
+}
+
+#[test]
+fn netcat_reads_and_writes() {
+    if !have_tool("nc") {
+        return;
+    }
+    let server = ServerProcess::start(&["--no-tls"]);
+    let port = server.plain.unwrap().port().to_string();
+    let nc = |input: &[u8]| {
+        let mut cmd = Command::new("nc");
+        cmd.args(["-w", "5", "127.0.0.1", &port]);
+        let out = run_with_input(&mut cmd, input);
+        assert!(out.status.success(), "{}", describe(&cmd, &out));
+        out.stdout
+    };
+    assert_eq!(nc(b"R0FAC0B\n"), b"X\n");
+    assert_eq!(nc(b"W0FAC0B1234\n"), b"A0FAC0B1234\n");
+    assert_eq!(nc(b"R0FAC0B\n"), b"A0FAC0B1234\n");
+    assert_eq!(nc(b"R0FAC0B"), b"A0FAC0B1234");
+    assert_eq!(nc(b"W01234"), b"X");
+    assert_eq!(nc(b"hello\n"), b"X\n");
+}
+
+#[test]
+fn openssl_s_client_reads_and_writes() {
+    if !have_tool("openssl") {
+        return;
+    }
+    let pki = Pki::new(KeyKind::Rsa2048);
+    let server = ServerProcess::start(&[
+        "--no-plain",
+        "--cert",
+        pki.path("server.pem").to_str().unwrap(),
+        "--key",
+        pki.path("server.key").to_str().unwrap(),
+    ]);
+    let connect_to = format!("127.0.0.1:{}", server.tls.unwrap().port());
+    let s_client = |input: &[u8], extra: &[&str]| {
+        let mut cmd = Command::new("openssl");
+        cmd.args(["s_client", "-quiet", "-connect", &connect_to, "-verify_return_error"])
+            .arg("-CAfile")
+            .arg(pki.path("ca.pem"))
+            .args(extra);
+        let out = run_with_input(&mut cmd, input);
+        (out.stdout.clone(), describe(&cmd, &out))
+    };
+    let (out, text) = s_client(b"W0FAC0B1234\n", &[]);
+    assert_eq!(out, b"A0FAC0B1234\n", "{text}");
+    let (out, text) = s_client(b"R0FAC0B\n", &["-crlf"]);
+    assert_eq!(out, b"A0FAC0B1234\r\n", "{text}");
+    let (out, text) = s_client(b"R0FAC0B\n", &["-tls1_2"]);
+    assert_eq!(out, b"A0FAC0B1234\n", "{text}");
+    // Verification really happens: a CA that did not sign the server fails.
+    let stranger = Pki::new(KeyKind::EcP256);
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-quiet", "-connect", &connect_to, "-verify_return_error"])
+        .arg("-CAfile")
+        .arg(stranger.path("ca.pem"));
+    let out = run_with_input(&mut cmd, b"R0FAC0B\n");
+    assert!(!out.stdout.starts_with(b"A"), "{}", describe(&cmd, &out));
+}
