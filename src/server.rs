@@ -179,7 +179,7 @@ pub fn start_with_store(
     let bind = |port: Option<u16>| -> Result<Option<TcpListener>, ServerError> {
         let Some(port) = port else { return Ok(None) };
         let addr = SocketAddr::new(config.bind, port);
-        TcpListener::bind(addr)
+        listen(addr, config.max_connections)
             .map(Some)
             .map_err(|source| ServerError::Bind { addr, source })
     };
@@ -277,6 +277,22 @@ impl RunningServer {
             let _ = handle.join();
         }
     }
+}
+
+/// Binds a listener whose backlog can hold a burst as large as the admission limit
+/// (std's fixed 128 would drop SYNs and cost clients a one-second retry).
+fn listen(addr: SocketAddr, backlog: usize) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // A restart must not wait for the old connections' TIME_WAIT to expire.
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        // `::` serves IPv4 too where the system allows it.
+        let _ = socket.set_only_v6(false);
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.clamp(128, 65535) as i32)?;
+    Ok(socket.into())
 }
 
 /// Where to connect to reach a listener bound to `addr`.

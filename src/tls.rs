@@ -275,3 +275,52 @@ impl Acceptor {
         })
     }
 }
+
+/// How a client decides to trust a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// The system's root certificates.
+    System,
+    /// Exactly the certificates in this file (PEM bundle or DER); system roots off.
+    CaFile(PathBuf),
+    /// No verification at all: encrypted, but open to a man in the middle.
+    Insecure,
+}
+
+/// Builds a client connector (TLS 1.2 and later) with the given trust and, for
+/// mutual TLS, a client certificate.
+pub fn client_connector(
+    trust: &Trust,
+    identity: Option<&IdentitySource>,
+) -> Result<native_tls::TlsConnector, TlsError> {
+    let mut builder = native_tls::TlsConnector::builder();
+    builder.min_protocol_version(Some(native_tls::Protocol::Tlsv12));
+    let mut context = PathBuf::new();
+    match trust {
+        Trust::System => {}
+        Trust::CaFile(path) => {
+            context = path.clone();
+            builder.disable_built_in_roots(true);
+            for cert in load_certificates(path)? {
+                let der = cert
+                    .to_der()
+                    .map_err(|e| TlsError::new(path, first_reason(&e)))?;
+                let root = native_tls::Certificate::from_der(&der)
+                    .map_err(|e| TlsError::new(path, format!("unusable CA certificate: {e}")))?;
+                builder.add_root_certificate(root);
+            }
+        }
+        Trust::Insecure => {
+            builder.danger_accept_invalid_certs(true);
+            builder.danger_accept_invalid_hostnames(true);
+        }
+    }
+    if let Some(source) = identity {
+        let identity = Identity::load(source)?;
+        context = identity.cert_path.clone();
+        builder.identity(identity.to_native()?);
+    }
+    builder
+        .build()
+        .map_err(|e| TlsError::new(&context, format!("cannot set up TLS: {e}")))
+}

@@ -9,7 +9,14 @@ use common::*;
 
 fn server_cmd() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep-server"));
-    cmd.args(["--bind", "127.0.0.1", "--plain-port", "0", "--tls-port", "0"]);
+    cmd.args([
+        "--bind",
+        "127.0.0.1",
+        "--plain-port",
+        "0",
+        "--tls-port",
+        "0",
+    ]);
     cmd
 }
 
@@ -20,7 +27,10 @@ fn refuses_to_start(cmd: &mut Command, code: i32) -> String {
     assert_eq!(out.status.code(), Some(code), "{text}");
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {text}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{text}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{text}"
+    );
     stderr
 }
 
@@ -30,7 +40,10 @@ fn bad_certificate_or_key_exits_non_zero_naming_the_file() {
     let other = Pki::new(KeyKind::EcP256);
     let garbage = pki.write("garbage.pem", b"this is not a certificate\n");
     let empty = pki.write("empty.pem", b"");
-    let key_as_cert = pki.write("keyascert.pem", &pki.server.key.private_key_to_pem_pkcs8().unwrap());
+    let key_as_cert = pki.write(
+        "keyascert.pem",
+        &pki.server.key.private_key_to_pem_pkcs8().unwrap(),
+    );
     let encrypted = pki.write(
         "encrypted.key",
         &pki.server
@@ -38,20 +51,58 @@ fn bad_certificate_or_key_exits_non_zero_naming_the_file() {
             .private_key_to_pem_pkcs8_passphrase(openssl::symm::Cipher::aes_256_cbc(), b"pw")
             .unwrap(),
     );
-    let other_key = other.write("other.key", &other.server.key.private_key_to_pem_pkcs8().unwrap());
+    let other_key = other.write(
+        "other.key",
+        &other.server.key.private_key_to_pem_pkcs8().unwrap(),
+    );
     let cert = pki.path("server.pem");
     let key = pki.path("server.key");
     let missing = pki.path("missing.pem");
     let cases = [
         (missing.clone(), key.clone(), missing.clone(), "cannot read"),
-        (cert.clone(), missing.clone(), missing.clone(), "cannot read"),
-        (garbage.clone(), key.clone(), garbage.clone(), "no certificate"),
+        (
+            cert.clone(),
+            missing.clone(),
+            missing.clone(),
+            "cannot read",
+        ),
+        (
+            garbage.clone(),
+            key.clone(),
+            garbage.clone(),
+            "no certificate",
+        ),
         (empty.clone(), key.clone(), empty.clone(), "no certificate"),
-        (key_as_cert.clone(), key.clone(), key_as_cert.clone(), "certificate"),
-        (cert.clone(), garbage.clone(), garbage.clone(), "no private key"),
-        (cert.clone(), encrypted.clone(), encrypted.clone(), "encrypted"),
-        (cert.clone(), other_key.clone(), cert.clone(), "does not match"),
-        (pki.dir.path().to_path_buf(), key.clone(), pki.dir.path().to_path_buf(), "cannot read"),
+        (
+            key_as_cert.clone(),
+            key.clone(),
+            key_as_cert.clone(),
+            "certificate",
+        ),
+        (
+            cert.clone(),
+            garbage.clone(),
+            garbage.clone(),
+            "no private key",
+        ),
+        (
+            cert.clone(),
+            encrypted.clone(),
+            encrypted.clone(),
+            "encrypted",
+        ),
+        (
+            cert.clone(),
+            other_key.clone(),
+            cert.clone(),
+            "does not match",
+        ),
+        (
+            pki.dir.path().to_path_buf(),
+            key.clone(),
+            pki.dir.path().to_path_buf(),
+            "cannot read",
+        ),
     ];
     for (cert, key, named, problem) in cases {
         let mut cmd = server_cmd();
@@ -67,7 +118,10 @@ fn bad_certificate_or_key_exits_non_zero_naming_the_file() {
 #[test]
 fn usage_errors_exit_2() {
     let stderr = refuses_to_start(&mut server_cmd(), 2);
-    assert!(stderr.contains("--cert") && stderr.contains("--no-tls"), "{stderr}");
+    assert!(
+        stderr.contains("--cert") && stderr.contains("--no-tls"),
+        "{stderr}"
+    );
     let stderr = refuses_to_start(server_cmd().args(["--no-tls", "--no-plain"]), 2);
     assert!(stderr.contains("--no-plain"), "{stderr}");
     let stderr = refuses_to_start(server_cmd().args(["--no-tls", "--workers", "0"]), 2);
@@ -82,7 +136,13 @@ fn busy_port_exits_1_naming_the_address() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port().to_string();
     let stderr = refuses_to_start(
-        Command::new(env!("CARGO_BIN_EXE_wwep-server")).args(["--bind", "127.0.0.1", "--no-tls", "--plain-port", &port]),
+        Command::new(env!("CARGO_BIN_EXE_wwep-server")).args([
+            "--bind",
+            "127.0.0.1",
+            "--no-tls",
+            "--plain-port",
+            &port,
+        ]),
         1,
     );
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
@@ -90,7 +150,10 @@ fn busy_port_exits_1_naming_the_address() {
 
 #[test]
 fn help_and_version() {
-    let out = Command::new(env!("CARGO_BIN_EXE_wwep-server")).arg("--help").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wwep-server"))
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
@@ -111,7 +174,10 @@ fn help_and_version() {
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_wwep-server")).arg("--version").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_wwep-server"))
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
 
@@ -125,23 +191,47 @@ fn serves_both_ports_and_logs_each_transaction() {
         pki.path("server.key").to_str().unwrap(),
     ]);
     let plain = server.plain.unwrap();
-    assert_eq!(transact(&mut connect(plain), b"W0FAC0B1234\n"), b"A0FAC0B1234\n");
-    let mut tls = pki.connector().connect("localhost", connect(server.tls.unwrap())).unwrap();
+    assert_eq!(
+        transact(&mut connect(plain), b"W0FAC0B1234\n"),
+        b"A0FAC0B1234\n"
+    );
+    let mut tls = pki
+        .connector()
+        .connect("localhost", connect(server.tls.unwrap()))
+        .unwrap();
     assert_eq!(transact(&mut tls, b"R0FAC0B"), b"A0FAC0B1234");
     assert_eq!(transact(&mut connect(plain), b"\x1b[2J\n"), b"X\n");
-    assert!(eventually(std::time::Duration::from_secs(5), || server.log_text().contains("#3 ")));
+    assert!(eventually(std::time::Duration::from_secs(5), || server
+        .log_text()
+        .contains("#3 ")));
     let log = server.log_text();
-    assert!(log.contains("#1 plain 127.0.0.1:") && log.contains("\"W0FAC0B1234\\n\" -> \"A0FAC0B1234\\n\""), "{log}");
-    assert!(log.contains("#2 tls 127.0.0.1:") && log.contains("\"R0FAC0B\" -> \"A0FAC0B1234\""), "{log}");
+    assert!(
+        log.contains("#1 plain 127.0.0.1:")
+            && log.contains("\"W0FAC0B1234\\n\" -> \"A0FAC0B1234\\n\""),
+        "{log}"
+    );
+    assert!(
+        log.contains("#2 tls 127.0.0.1:") && log.contains("\"R0FAC0B\" -> \"A0FAC0B1234\""),
+        "{log}"
+    );
     // Control bytes from a client are escaped, never written raw to the console.
-    assert!(log.contains("\"\\x1B[2J\\n\" -> \"X\\n\"") && !log.contains('\x1b'), "{log}");
+    assert!(
+        log.contains("\"\\x1B[2J\\n\" -> \"X\\n\"") && !log.contains('\x1b'),
+        "{log}"
+    );
 }
 
 #[test]
 fn settings_come_from_the_environment() {
-    let server = ServerProcess::start_env(&[], &[("WWEP_NO_TLS", "true"), ("WWEP_EXPLAIN_ERRORS", "true")]);
+    let server = ServerProcess::start_env(
+        &[],
+        &[("WWEP_NO_TLS", "true"), ("WWEP_EXPLAIN_ERRORS", "true")],
+    );
     assert!(server.tls.is_none());
-    assert_eq!(transact(&mut connect(server.plain.unwrap()), b"R0FAC0B\n"), b"X not found\n");
+    assert_eq!(
+        transact(&mut connect(server.plain.unwrap()), b"R0FAC0B\n"),
+        b"X not found\n"
+    );
 }
 
 #[test]
@@ -204,10 +294,16 @@ fn openssl_s_client_reads_and_writes() {
     let connect_to = format!("127.0.0.1:{}", server.tls.unwrap().port());
     let s_client = |input: &[u8], extra: &[&str]| {
         let mut cmd = Command::new("openssl");
-        cmd.args(["s_client", "-quiet", "-connect", &connect_to, "-verify_return_error"])
-            .arg("-CAfile")
-            .arg(pki.path("ca.pem"))
-            .args(extra);
+        cmd.args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &connect_to,
+            "-verify_return_error",
+        ])
+        .arg("-CAfile")
+        .arg(pki.path("ca.pem"))
+        .args(extra);
         let out = run_with_input(&mut cmd, input);
         (out.stdout.clone(), describe(&cmd, &out))
     };
@@ -220,9 +316,15 @@ fn openssl_s_client_reads_and_writes() {
     // Verification really happens: a CA that did not sign the server fails.
     let stranger = Pki::new(KeyKind::EcP256);
     let mut cmd = Command::new("openssl");
-    cmd.args(["s_client", "-quiet", "-connect", &connect_to, "-verify_return_error"])
-        .arg("-CAfile")
-        .arg(stranger.path("ca.pem"));
+    cmd.args([
+        "s_client",
+        "-quiet",
+        "-connect",
+        &connect_to,
+        "-verify_return_error",
+    ])
+    .arg("-CAfile")
+    .arg(stranger.path("ca.pem"));
     let out = run_with_input(&mut cmd, b"R0FAC0B\n");
     assert!(!out.stdout.starts_with(b"A"), "{}", describe(&cmd, &out));
 }

@@ -441,7 +441,8 @@ impl ServerProcess {
             });
         }
         let wants_plain = !args.contains(&"--no-plain");
-        let wants_tls = !args.contains(&"--no-tls") && !env.iter().any(|(k, _)| *k == "WWEP_NO_TLS");
+        let wants_tls =
+            !args.contains(&"--no-tls") && !env.iter().any(|(k, _)| *k == "WWEP_NO_TLS");
         let mut proc = ServerProcess {
             child,
             plain: None,

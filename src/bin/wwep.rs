@@ -1,0 +1,369 @@
+//! `wwep`: the WWEP client — read, write, raw send, the course's LED toggle and
+//! MAC device ids, over the open port or TLS.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use wwep::client::{self, Client, Link, ServerAddress};
+use wwep::protocol::{Escaped, Reply, Request};
+use wwep::tls::{IdentitySource, Trust};
+
+/// WWEP client: reads and writes registers on a wwep server.
+///
+/// Exit status: 0 when the server accepted (A), 1 when it failed the request (X),
+/// 2 on a usage, network or TLS error.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(flatten)]
+    connection: ConnectionArgs,
+    /// Print the result as one JSON object.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct ConnectionArgs {
+    /// Server as HOST or HOST:PORT ([V6]:PORT for IPv6); port 27708, or 40508 with --tls.
+    #[arg(long, global = true, default_value = "localhost")]
+    server: String,
+    /// Use the secure port and TLS.
+    #[arg(long, global = true)]
+    tls: bool,
+    /// Trust exactly the CA certificates in FILE (PEM bundle or DER) instead of the system's.
+    #[arg(long, global = true, value_name = "FILE", conflicts_with = "insecure")]
+    ca: Option<PathBuf>,
+    /// Verify the server's certificate against NAME instead of the --server host.
+    #[arg(long, global = true, value_name = "NAME")]
+    servername: Option<String>,
+    /// Skip certificate verification (the link is then open to a man in the middle).
+    #[arg(long, global = true)]
+    insecure: bool,
+    /// Client certificate (PEM) to present, for servers that require one.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        requires = "key",
+        conflicts_with = "pkcs12"
+    )]
+    cert: Option<PathBuf>,
+    /// Private key of --cert: PKCS#8, PKCS#1 or SEC1, PEM or DER.
+    #[arg(long, global = true, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Client certificate and key as PKCS#12; password from WWEP_PKCS12_PASSWORD.
+    #[arg(long, global = true, value_name = "FILE")]
+    pkcs12: Option<PathBuf>,
+    /// Milliseconds for connect, handshake and reply together.
+    #[arg(long, global = true, default_value_t = 2000, value_name = "MS")]
+    timeout_ms: u64,
+    /// Use the device id of this MAC address (the sum of its six bytes) as DEVICE.
+    #[arg(long, global = true, value_name = "MAC")]
+    device_from_mac: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Read a register: prints the reply (A… with the value, or X).
+    #[command(
+        override_usage = "wwep read [OPTIONS] <DEVICE> <REGISTER>\n       wwep read [OPTIONS] --device-from-mac <MAC> <REGISTER>"
+    )]
+    Read {
+        /// DEVICE (hex 0000-FFFF; omitted with --device-from-mac) and REGISTER (hex 00-FF).
+        #[arg(value_name = "FIELDS", num_args = 1..=2, required = true)]
+        fields: Vec<String>,
+    },
+    /// Write a register: prints the reply (A… on success, or X).
+    #[command(
+        override_usage = "wwep write [OPTIONS] <DEVICE> <REGISTER> <VALUE>\n       wwep write [OPTIONS] --device-from-mac <MAC> <REGISTER> <VALUE>"
+    )]
+    Write {
+        /// DEVICE (hex; omitted with --device-from-mac), REGISTER (hex 00-FF), VALUE (hex 0000-FFFF).
+        #[arg(value_name = "FIELDS", num_args = 2..=3, required = true)]
+        fields: Vec<String>,
+    },
+    /// Send MESSAGE exactly as given (escapes \n \r \t \\ \xNN) and print the reply.
+    Send {
+        #[arg(allow_hyphen_values = true)]
+        message: String,
+    },
+    /// The course's button press: flip the LED register 05 of DEVICE between 0000 and 0001.
+    #[command(
+        override_usage = "wwep toggle [OPTIONS] <DEVICE>\n       wwep toggle [OPTIONS] --device-from-mac <MAC>"
+    )]
+    Toggle {
+        /// DEVICE (hex 0000-FFFF); omitted with --device-from-mac.
+        device: Option<String>,
+    },
+    /// Print the device id of a MAC address: the 16-bit sum of its six bytes.
+    DeviceId { mac: String },
+}
+
+/// The LED register of the course's button exercise.
+const LED_REGISTER: u8 = 0x05;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("wwep: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    let json = cli.json;
+    let c = &cli.connection;
+    let mac_device = c
+        .device_from_mac
+        .as_deref()
+        .map(client::device_id_from_mac)
+        .transpose()?;
+    match &cli.command {
+        Command::DeviceId { mac } => {
+            let id = client::device_id_from_mac(mac)?;
+            if json {
+                println!(
+                    "{{\"mac\":{},\"device\":\"{id:04X}\"}}",
+                    json_string(mac.as_bytes())
+                );
+            } else {
+                println!("{id:04X}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Read { fields } => {
+            let [device, register] = device_fields(fields, mac_device, &["REGISTER"])?[..] else {
+                unreachable!("device_fields returns one value per name plus the device")
+            };
+            let request = Request::Read {
+                device: device as u16,
+                register: register as u8,
+            };
+            let client = connect(c)?;
+            report(
+                &client
+                    .transact(request.encode().as_bytes())
+                    .map_err(|e| e.to_string())?,
+                json,
+                None,
+            )
+        }
+        Command::Write { fields } => {
+            let [device, register, value] =
+                device_fields(fields, mac_device, &["REGISTER", "VALUE"])?[..]
+            else {
+                unreachable!("device_fields returns one value per name plus the device")
+            };
+            let request = Request::Write {
+                device: device as u16,
+                register: register as u8,
+                value: value as u16,
+            };
+            let client = connect(c)?;
+            report(
+                &client
+                    .transact(request.encode().as_bytes())
+                    .map_err(|e| e.to_string())?,
+                json,
+                None,
+            )
+        }
+        Command::Send { message } => {
+            let bytes = client::unescape(message)?;
+            let client = connect(c)?;
+            report(
+                &client.transact(&bytes).map_err(|e| e.to_string())?,
+                json,
+                None,
+            )
+        }
+        Command::Toggle { device } => {
+            let device = match (device, mac_device) {
+                (Some(_), Some(_)) => {
+                    return Err("give DEVICE or --device-from-mac, not both".into());
+                }
+                (Some(d), None) => client::parse_hex(d, "DEVICE", 0xFFFF)? as u16,
+                (None, Some(d)) => d,
+                (None, None) => return Err("toggle needs DEVICE or --device-from-mac".into()),
+            };
+            let client = connect(c)?;
+            let read = Request::Read {
+                device,
+                register: LED_REGISTER,
+            };
+            let current = client
+                .transact(read.encode().as_bytes())
+                .map_err(|e| e.to_string())?;
+            // A register never written counts as off, as on a board fresh from reset.
+            let was_on =
+                matches!(Reply::parse(&current), Some(Reply::Accepted { value, .. }) if value != 0);
+            let value = u16::from(!was_on);
+            let write = Request::Write {
+                device,
+                register: LED_REGISTER,
+                value,
+            };
+            let reply = client
+                .transact(write.encode().as_bytes())
+                .map_err(|e| e.to_string())?;
+            let state = if value == 1 { "on" } else { "off" };
+            report(&reply, json, Some(state))
+        }
+    }
+}
+
+/// Parses DEVICE (unless it comes from --device-from-mac) followed by `names`.
+fn device_fields(
+    fields: &[String],
+    mac_device: Option<u16>,
+    names: &[&str],
+) -> Result<Vec<u32>, String> {
+    let mut values = Vec::with_capacity(names.len() + 1);
+    let rest = match mac_device {
+        Some(device) => {
+            if fields.len() != names.len() {
+                return Err(format!(
+                    "with --device-from-mac give only {}",
+                    names.join(" ")
+                ));
+            }
+            values.push(u32::from(device));
+            fields
+        }
+        None => {
+            if fields.len() != names.len() + 1 {
+                return Err(format!(
+                    "expected DEVICE {} (or --device-from-mac MAC)",
+                    names.join(" ")
+                ));
+            }
+            values.push(client::parse_hex(&fields[0], "DEVICE", 0xFFFF)?);
+            &fields[1..]
+        }
+    };
+    for (text, name) in rest.iter().zip(names) {
+        let max = if *name == "REGISTER" { 0xFF } else { 0xFFFF };
+        values.push(client::parse_hex(text, name, max)?);
+    }
+    Ok(values)
+}
+
+fn connect(c: &ConnectionArgs) -> Result<Client, String> {
+    let address = ServerAddress::parse(&c.server)?;
+    let tls_only = [
+        (c.ca.is_some(), "--ca"),
+        (c.servername.is_some(), "--servername"),
+        (c.insecure, "--insecure"),
+        (
+            c.cert.is_some() || c.pkcs12.is_some(),
+            "a client certificate",
+        ),
+    ];
+    let link = if c.tls {
+        let trust = match (&c.ca, c.insecure) {
+            (Some(ca), _) => Trust::CaFile(ca.clone()),
+            (None, true) => {
+                eprintln!(
+                    "wwep: warning: --insecure: the server's certificate is not verified; the link is encrypted but open to a man in the middle"
+                );
+                Trust::Insecure
+            }
+            (None, false) => Trust::System,
+        };
+        let identity = match (&c.cert, &c.key, &c.pkcs12) {
+            (Some(cert), Some(key), _) => Some(IdentitySource::Pem {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            (_, _, Some(file)) => Some(IdentitySource::Pkcs12 {
+                file: file.clone(),
+                password: std::env::var("WWEP_PKCS12_PASSWORD").unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        let connector =
+            wwep::tls::client_connector(&trust, identity.as_ref()).map_err(|e| e.to_string())?;
+        Link::Tls {
+            connector,
+            servername: c.servername.clone().unwrap_or_else(|| address.host.clone()),
+        }
+    } else {
+        if let Some((_, flag)) = tls_only.iter().find(|(given, _)| *given) {
+            return Err(format!("{flag} needs --tls"));
+        }
+        Link::Plain
+    };
+    if c.timeout_ms == 0 {
+        return Err("--timeout-ms must be greater than 0".into());
+    }
+    Client::new(&address, link, Duration::from_millis(c.timeout_ms)).map_err(|e| e.to_string())
+}
+
+/// Prints a reply and picks the exit status: 0 for A, 1 for X, 2 for anything else.
+fn report(reply: &[u8], json: bool, state: Option<&str>) -> Result<ExitCode, String> {
+    let parsed = Reply::parse(reply);
+    let text = reply
+        .strip_suffix(b"\r\n")
+        .or_else(|| reply.strip_suffix(b"\n"))
+        .unwrap_or(reply);
+    if json {
+        let (accepted, device, register, value) = match parsed {
+            Some(Reply::Accepted {
+                device,
+                register,
+                value,
+            }) => (
+                "true",
+                format!("\"{device:04X}\""),
+                format!("\"{register:02X}\""),
+                format!("\"{value:04X}\""),
+            ),
+            _ => ("false", "null".into(), "null".into(), "null".into()),
+        };
+        let state = state
+            .map(|s| format!(",\"state\":\"{s}\""))
+            .unwrap_or_default();
+        println!(
+            "{{\"reply\":{},\"accepted\":{accepted},\"device\":{device},\"register\":{register},\"value\":{value}{state}}}",
+            json_string(text)
+        );
+    } else {
+        match state {
+            Some(state) if matches!(parsed, Some(Reply::Accepted { .. })) => println!("{state}"),
+            _ => println!("{}", Escaped(text)),
+        }
+    }
+    Ok(match parsed {
+        Some(Reply::Accepted { .. }) => ExitCode::SUCCESS,
+        Some(Reply::Failed(_)) => ExitCode::from(1),
+        None => {
+            eprintln!(
+                "wwep: the server's reply is not WWEP: \"{}\"",
+                Escaped(reply)
+            );
+            ExitCode::from(2)
+        }
+    })
+}
+
+/// A JSON string literal for bytes a server sent.
+fn json_string(bytes: &[u8]) -> String {
+    let mut out = String::from("\"");
+    for &b in bytes {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(char::from(b)),
+            _ => out.push_str(&format!("\\u{:04x}", b)),
+        }
+    }
+    out.push('"');
+    out
+}

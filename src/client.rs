@@ -1,0 +1,552 @@
+//! The blocking client the CLI, the benchmark and the tests use: one connection per
+//! message, as the device clients do.
+
+use std::fmt;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use crate::config::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT};
+use crate::protocol::{MAX_MESSAGE_BYTES, Reply, Request, WRITE_LEN};
+
+/// Where a client connects: `HOST`, `HOST:PORT`, `[V6]:PORT` or a bare IPv6 address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerAddress {
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl ServerAddress {
+    pub fn parse(text: &str) -> Result<ServerAddress, String> {
+        let bad_port = |p: &str| format!("invalid port '{p}' in --server '{text}'");
+        if let Some(rest) = text.strip_prefix('[') {
+            let (host, after) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("missing ']' in --server '{text}'"))?;
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .and_then(|p| p.parse().ok())
+                        .ok_or_else(|| bad_port(p))?,
+                ),
+            };
+            return Ok(ServerAddress {
+                host: host.to_string(),
+                port,
+            });
+        }
+        match text.matches(':').count() {
+            0 => Ok(ServerAddress {
+                host: text.to_string(),
+                port: None,
+            }),
+            1 => {
+                let (host, port) = text.split_once(':').unwrap_or((text, ""));
+                Ok(ServerAddress {
+                    host: host.to_string(),
+                    port: Some(port.parse().map_err(|_| bad_port(port))?),
+                })
+            }
+            // Several colons and no brackets: an IPv6 address without a port.
+            _ => Ok(ServerAddress {
+                host: text.to_string(),
+                port: None,
+            }),
+        }
+        .and_then(|a| {
+            if a.host.is_empty() {
+                Err(format!("missing host in --server '{text}'"))
+            } else {
+                Ok(a)
+            }
+        })
+    }
+}
+
+/// What a client connection goes through.
+#[derive(Clone)]
+pub enum Link {
+    Plain,
+    Tls {
+        connector: native_tls::TlsConnector,
+        /// The name the certificate is verified against (and sent as SNI).
+        servername: String,
+    },
+}
+
+/// Why a transaction did not produce a reply.
+#[derive(Debug)]
+pub enum ClientError {
+    Resolve {
+        host: String,
+        reason: String,
+    },
+    Refused {
+        addr: SocketAddr,
+    },
+    Connect {
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    TimedOut {
+        stage: &'static str,
+        after: Duration,
+    },
+    NotTrusted {
+        reason: String,
+    },
+    HostnameMismatch {
+        name: String,
+    },
+    Handshake {
+        reason: String,
+    },
+    Io {
+        stage: &'static str,
+        source: io::Error,
+    },
+    NoReply,
+}
+
+impl ClientError {
+    /// A short name for the kind of error, for counting in the benchmark.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientError::Resolve { .. } => "resolve",
+            ClientError::Refused { .. } | ClientError::Connect { .. } => "connect",
+            ClientError::TimedOut { .. } => "timeout",
+            ClientError::NotTrusted { .. }
+            | ClientError::HostnameMismatch { .. }
+            | ClientError::Handshake { .. } => "tls",
+            ClientError::Io { .. } | ClientError::NoReply => "io",
+        }
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Resolve { host, reason } => write!(f, "cannot resolve {host}: {reason}"),
+            ClientError::Refused { addr } => write!(f, "connection refused by {addr}"),
+            ClientError::Connect { addr, source } => {
+                write!(f, "cannot connect to {addr}: {source}")
+            }
+            ClientError::TimedOut { stage, after } => {
+                write!(f, "timed out after {} ms {stage}", after.as_millis())
+            }
+            ClientError::NotTrusted { reason } => write!(f, "certificate not trusted: {reason}"),
+            ClientError::HostnameMismatch { name } => write!(
+                f,
+                "hostname mismatch: the server's certificate is not valid for '{name}' (see --servername)"
+            ),
+            ClientError::Handshake { reason } => write!(f, "TLS handshake failed: {reason}"),
+            ClientError::Io { stage, source } => write!(f, "connection failed {stage}: {source}"),
+            ClientError::NoReply => f.write_str("the server closed the connection without a reply"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// Sorts a handshake failure into the few causes a person can act on.
+fn classify_handshake(reason: String, servername: &str) -> ClientError {
+    let lower = reason.to_ascii_lowercase();
+    if lower.contains("hostname mismatch") || lower.contains("ip address mismatch") {
+        ClientError::HostnameMismatch {
+            name: servername.to_string(),
+        }
+    } else if reason.contains("certificate verify failed") {
+        // openssl appends the verification result in parentheses.
+        let detail = reason
+            .rsplit_once('(')
+            .map(|(_, d)| d.trim_end_matches(')').to_string())
+            .unwrap_or(reason);
+        ClientError::NotTrusted { reason: detail }
+    } else {
+        ClientError::Handshake { reason }
+    }
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+/// A client bound to one server: addresses resolved once, TLS set up once.
+#[derive(Clone)]
+pub struct Client {
+    addrs: Vec<SocketAddr>,
+    link: Link,
+    timeout: Duration,
+    source_ip: Option<std::net::IpAddr>,
+}
+
+impl Client {
+    /// Resolves `address`; the port defaults by link (27708 plain, 40508 TLS).
+    pub fn new(
+        address: &ServerAddress,
+        link: Link,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let port = address.port.unwrap_or(match link {
+            Link::Plain => DEFAULT_PLAIN_PORT,
+            Link::Tls { .. } => DEFAULT_TLS_PORT,
+        });
+        let addrs: Vec<SocketAddr> = (address.host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| ClientError::Resolve {
+                host: address.host.clone(),
+                reason: e.to_string(),
+            })?
+            .collect();
+        if addrs.is_empty() {
+            return Err(ClientError::Resolve {
+                host: address.host.clone(),
+                reason: "no addresses".to_string(),
+            });
+        }
+        Ok(Client {
+            addrs,
+            link,
+            timeout,
+            source_ip: None,
+        })
+    }
+
+    /// Connects from this local address (the benchmark's `--source-ip`).
+    pub fn with_source_ip(mut self, ip: std::net::IpAddr) -> Client {
+        self.source_ip = Some(ip);
+        self
+    }
+
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Connects to each resolved address in turn until one answers.
+    fn connect(&self, deadline: Instant) -> Result<TcpStream, ClientError> {
+        let mut last = None;
+        for &addr in &self.addrs {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let attempt = match self.source_ip {
+                Some(ip) => connect_from(ip, addr, left),
+                None => TcpStream::connect_timeout(&addr, left),
+            };
+            match attempt {
+                Ok(stream) => return Ok(stream),
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                    last = Some(ClientError::Refused { addr })
+                }
+                Err(e) if is_timeout(&e) => {
+                    last = Some(ClientError::TimedOut {
+                        stage: "connecting",
+                        after: self.timeout,
+                    })
+                }
+                Err(source) => last = Some(ClientError::Connect { addr, source }),
+            }
+        }
+        Err(last.unwrap_or(ClientError::TimedOut {
+            stage: "connecting",
+            after: self.timeout,
+        }))
+    }
+
+    /// One transaction: connect, handshake, send `request` exactly, read the reply
+    /// until the server closes (or, for a request with no terminator, until 11 bytes,
+    /// as a device does). The timeout covers all of it.
+    pub fn transact(&self, request: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let deadline = Instant::now() + self.timeout;
+        let stream = self.connect(deadline)?;
+        let _ = stream.set_nodelay(true);
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        stream
+            .set_read_timeout(Some(left))
+            .and_then(|()| stream.set_write_timeout(Some(left)))
+            .map_err(|source| ClientError::Io {
+                stage: "setting up",
+                source,
+            })?;
+        let device_style = !request.ends_with(b"\n");
+        match &self.link {
+            Link::Plain => exchange(stream, request, deadline, self.timeout, device_style),
+            Link::Tls {
+                connector,
+                servername,
+            } => {
+                let tls = connector.connect(servername, stream).map_err(|e| match e {
+                    native_tls::HandshakeError::Failure(e) => {
+                        classify_handshake(e.to_string(), servername)
+                    }
+                    native_tls::HandshakeError::WouldBlock(_) => ClientError::TimedOut {
+                        stage: "in the TLS handshake",
+                        after: self.timeout,
+                    },
+                })?;
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1));
+                let _ = tls.get_ref().set_read_timeout(Some(left));
+                exchange(tls, request, deadline, self.timeout, device_style)
+            }
+        }
+    }
+
+    /// Sends a request and parses the reply.
+    pub fn request(&self, request: Request) -> Result<Reply, ClientError> {
+        let bytes = self.transact(request.encode().as_bytes())?;
+        Reply::parse(&bytes).ok_or(ClientError::NoReply)
+    }
+}
+
+fn connect_from(
+    ip: std::net::IpAddr,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.bind(&SocketAddr::new(ip, 0).into())?;
+    socket.connect_timeout(&addr.into(), timeout)?;
+    Ok(socket.into())
+}
+
+fn exchange<S: Read + Write>(
+    mut stream: S,
+    request: &[u8],
+    deadline: Instant,
+    timeout: Duration,
+    device_style: bool,
+) -> Result<Vec<u8>, ClientError> {
+    stream
+        .write_all(request)
+        .and_then(|()| stream.flush())
+        .map_err(|source| {
+            if is_timeout(&source) {
+                ClientError::TimedOut {
+                    stage: "sending",
+                    after: timeout,
+                }
+            } else {
+                ClientError::Io {
+                    stage: "sending",
+                    source,
+                }
+            }
+        })?;
+    let mut buf = [0u8; MAX_MESSAGE_BYTES];
+    let mut len = 0;
+    while len < buf.len() {
+        if device_style && len >= WRITE_LEN {
+            break;
+        }
+        match stream.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            // A reset after a whole reply has arrived does not undo the reply.
+            Err(_) if len > 0 && (buf[0] == b'X' || len >= WRITE_LEN) => break,
+            Err(e) if is_timeout(&e) || Instant::now() >= deadline => {
+                return Err(ClientError::TimedOut {
+                    stage: "waiting for the reply",
+                    after: timeout,
+                });
+            }
+            Err(source) => {
+                return Err(ClientError::Io {
+                    stage: "reading the reply",
+                    source,
+                });
+            }
+        }
+    }
+    if len == 0 {
+        return Err(ClientError::NoReply);
+    }
+    Ok(buf[..len].to_vec())
+}
+
+/// Parses a hex field as people type it (`0FAC`, `0x0fac`, `fac`), up to `max`.
+pub fn parse_hex(text: &str, name: &str, max: u32) -> Result<u32, String> {
+    let digits = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .unwrap_or(text);
+    let width = if max > 0xFF { 4 } else { 2 };
+    let range = format!("{:0w$X}-{max:0w$X}", 0, w = width);
+    if digits.is_empty() || digits.len() > 8 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("invalid {name} '{text}': expected hex {range}"));
+    }
+    match u32::from_str_radix(digits, 16) {
+        Ok(v) if v <= max => Ok(v),
+        _ => Err(format!(
+            "{name} '{text}' is out of range: expected hex {range}"
+        )),
+    }
+}
+
+/// The course's device id: the 16-bit sum of the six bytes of a MAC address given
+/// as `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabbccddeeff`.
+pub fn device_id_from_mac(mac: &str) -> Result<u16, String> {
+    let bad = || {
+        format!(
+            "invalid MAC address '{mac}': expected aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff or aabbccddeeff"
+        )
+    };
+    let parts: Vec<&str> = if mac.contains(':') {
+        mac.split(':').collect()
+    } else if mac.contains('-') {
+        mac.split('-').collect()
+    } else if mac.len() == 12 && mac.is_ascii() {
+        (0..6).map(|i| &mac[2 * i..2 * i + 2]).collect()
+    } else {
+        return Err(bad());
+    };
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    parts.iter().try_fold(0u16, |sum, part| {
+        if part.len() != 2 {
+            return Err(bad());
+        }
+        let byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        Ok(sum.wrapping_add(u16::from(byte)))
+    })
+}
+
+/// Decodes the escapes `wwep send` takes: `\n`, `\r`, `\t`, `\\` and `\xNN`.
+pub fn unescape(text: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(text.len());
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        match bytes.get(i + 1) {
+            Some(b'n') => out.push(b'\n'),
+            Some(b'r') => out.push(b'\r'),
+            Some(b't') => out.push(b'\t'),
+            Some(b'\\') => out.push(b'\\'),
+            Some(b'x') => {
+                let hex = text
+                    .get(i + 2..i + 4)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| {
+                        format!("invalid escape at byte {i} of '{text}': \\x needs two hex digits")
+                    })?;
+                out.push(hex);
+                i += 4;
+                continue;
+            }
+            _ => {
+                return Err(format!(
+                    "invalid escape at byte {i} of '{text}': use \\n, \\r, \\t, \\\\ or \\xNN"
+                ));
+            }
+        }
+        i += 2;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_fields_as_people_type_them() {
+        assert_eq!(parse_hex("0FAC", "DEVICE", 0xFFFF), Ok(0x0FAC));
+        assert_eq!(parse_hex("0x0fac", "DEVICE", 0xFFFF), Ok(0x0FAC));
+        assert_eq!(parse_hex("fac", "DEVICE", 0xFFFF), Ok(0x0FAC));
+        assert_eq!(parse_hex("FF", "REGISTER", 0xFF), Ok(0xFF));
+        assert_eq!(parse_hex("0", "VALUE", 0xFFFF), Ok(0));
+        assert_eq!(
+            parse_hex("100", "REGISTER", 0xFF),
+            Err("REGISTER '100' is out of range: expected hex 00-FF".to_string())
+        );
+        assert_eq!(
+            parse_hex("10000", "DEVICE", 0xFFFF),
+            Err("DEVICE '10000' is out of range: expected hex 0000-FFFF".to_string())
+        );
+        for bad in ["", "0x", "xyz", "-1", "12 3", "0xfffffffff"] {
+            let err = parse_hex(bad, "VALUE", 0xFFFF).unwrap_err();
+            assert!(err.contains("VALUE"), "{err}");
+        }
+    }
+
+    #[test]
+    fn mac_device_id_is_the_byte_sum() {
+        // 0xaa+0xbb+0xcc+0xdd+0xee+0xff = 0x04FB
+        assert_eq!(device_id_from_mac("aa:bb:cc:dd:ee:ff"), Ok(0x04FB));
+        assert_eq!(device_id_from_mac("AA-BB-CC-DD-EE-FF"), Ok(0x04FB));
+        assert_eq!(device_id_from_mac("aabbccddeeff"), Ok(0x04FB));
+        assert_eq!(device_id_from_mac("00:00:00:00:00:01"), Ok(1));
+        assert_eq!(device_id_from_mac("ff:ff:ff:ff:ff:ff"), Ok(0x05FA));
+        for bad in [
+            "",
+            "aa:bb:cc:dd:ee",
+            "aa:bb:cc:dd:ee:ff:00",
+            "aabbccddeef",
+            "aa:bb:cc:dd:ee:gg",
+            "a:bb:cc:dd:ee:fff",
+            "ééééééé",
+        ] {
+            assert!(device_id_from_mac(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn send_escapes() {
+        assert_eq!(unescape("W01234"), Ok(b"W01234".to_vec()));
+        assert_eq!(unescape("R0FAC0B\\r\\n"), Ok(b"R0FAC0B\r\n".to_vec()));
+        assert_eq!(unescape("\\x00\\xfF\\\\\\t"), Ok(b"\x00\xff\\\t".to_vec()));
+        assert!(unescape("\\q").is_err());
+        assert!(unescape("\\x1").is_err());
+        assert!(unescape("\\").is_err());
+    }
+
+    #[test]
+    fn server_addresses() {
+        let a = |host: &str, port: Option<u16>| {
+            Ok(ServerAddress {
+                host: host.to_string(),
+                port,
+            })
+        };
+        assert_eq!(ServerAddress::parse("localhost"), a("localhost", None));
+        assert_eq!(ServerAddress::parse("h:1234"), a("h", Some(1234)));
+        assert_eq!(ServerAddress::parse("[::1]:99"), a("::1", Some(99)));
+        assert_eq!(ServerAddress::parse("[::1]"), a("::1", None));
+        assert_eq!(ServerAddress::parse("::1"), a("::1", None));
+        assert!(ServerAddress::parse("h:port").is_err());
+        assert!(ServerAddress::parse("h:70000").is_err());
+        assert!(ServerAddress::parse(":1").is_err());
+        assert!(ServerAddress::parse("[::1").is_err());
+    }
+
+    #[test]
+    fn handshake_errors_are_sorted() {
+        let e = classify_handshake(
+            "error:0A000086:SSL routines:tls_post_process_server_certificate:certificate verify failed:ssl/statem/statem_clnt.c:1889: (unable to get local issuer certificate)".into(),
+            "localhost",
+        );
+        assert!(
+            matches!(e, ClientError::NotTrusted { ref reason } if reason == "unable to get local issuer certificate")
+        );
+        let e = classify_handshake(
+            "... certificate verify failed ... (hostname mismatch)".into(),
+            "other",
+        );
+        assert!(matches!(e, ClientError::HostnameMismatch { ref name } if name == "other"));
+        let e = classify_handshake("unexpected eof".into(), "x");
+        assert!(matches!(e, ClientError::Handshake { .. }));
+    }
+}
