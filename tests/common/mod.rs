@@ -172,12 +172,14 @@ pub struct Pki {
 impl Pki {
     pub fn new(kind: KeyKind) -> Pki {
         let dir = tempfile::tempdir().unwrap();
+        // Each test CA has its own name, as real CAs do; OpenSSL finds issuers by name.
+        let ca_name = format!("wwep test CA {:08x}", rand_u32());
         let ca = issue(
             &CertSpec {
                 is_ca: true,
                 sans: &[],
                 kind,
-                ..CertSpec::server("wwep test CA")
+                ..CertSpec::server(&ca_name)
             },
             None,
         );
