@@ -351,6 +351,13 @@ fn exchange<S: Read + Write>(
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             // A reset after a whole reply has arrived does not undo the reply.
             Err(_) if len > 0 && (buf[0] == b'X' || len >= WRITE_LEN) => break,
+            // TLS 1.3 finishes the client's handshake before the server has judged
+            // the client certificate; its refusal arrives as an alert here.
+            Err(e) if e.to_string().contains("alert") => {
+                return Err(ClientError::Handshake {
+                    reason: format!("the server refused the connection: {e}"),
+                });
+            }
             Err(e) if is_timeout(&e) || Instant::now() >= deadline => {
                 return Err(ClientError::TimedOut {
                     stage: "waiting for the reply",

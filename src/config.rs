@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use crate::protocol::ErrorDetail;
-use crate::tls::IdentitySource;
+use crate::tls::{ClientAuth, IdentitySource};
 
 pub const DEFAULT_PLAIN_PORT: u16 = 27708;
 pub const DEFAULT_TLS_PORT: u16 = 40508;
@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub tls_port: Option<u16>,
     /// Certificate and key for the TLS listener.
     pub identity: Option<IdentitySource>,
+    /// Whether TLS clients must present a certificate.
+    pub client_auth: ClientAuth,
     pub workers: usize,
     /// Connections queued or being served at once; more are refused at accept.
     pub max_connections: usize,
@@ -61,6 +63,7 @@ impl Default for ServerConfig {
             plain_port: Some(DEFAULT_PLAIN_PORT),
             tls_port: Some(DEFAULT_TLS_PORT),
             identity: None,
+            client_auth: ClientAuth::Off,
             workers: 64,
             max_connections: 1024,
             timeout: Duration::from_millis(5000),

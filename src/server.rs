@@ -118,6 +118,7 @@ struct Shared {
     shutting_down: AtomicBool,
     full_warning: RateLimitedWarning,
     accept_warning: RateLimitedWarning,
+    handshake_warning: RateLimitedWarning,
 }
 
 /// Holds one in-flight slot; taken on the accept thread before the job is queued
@@ -172,7 +173,7 @@ pub fn start_with_store(
             for warning in identity.expiry_warnings() {
                 warn!("{warning}");
             }
-            Some(Acceptor::new(&identity)?)
+            Some(Acceptor::new(&identity, &config.client_auth)?)
         }
         _ => None,
     };
@@ -199,6 +200,7 @@ pub fn start_with_store(
         shutting_down: AtomicBool::new(false),
         full_warning: RateLimitedWarning::new(Duration::from_secs(1)),
         accept_warning: RateLimitedWarning::new(Duration::from_secs(1)),
+        handshake_warning: RateLimitedWarning::new(Duration::from_secs(1)),
     });
     let mut server = RunningServer {
         shared: Arc::clone(&shared),
@@ -395,30 +397,32 @@ impl Conn for PlainConn {
     }
 }
 
-struct TlsConn(tls::ServerStream);
+struct TlsConn {
+    stream: tls::ServerStream,
+}
 
 impl Read for TlsConn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        self.stream.read(buf)
     }
 }
 
 impl Write for TlsConn {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
+        self.stream.write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
+        self.stream.flush()
     }
 }
 
 impl Conn for TlsConn {
     fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        self.0.get_ref().set_read_timeout(Some(timeout))
+        self.stream.tcp().set_read_timeout(Some(timeout))
     }
     fn close_gracefully(&mut self, linger: Duration) {
-        let _ = self.0.shutdown();
-        close_tcp(self.0.get_ref(), linger);
+        self.stream.close_notify();
+        close_tcp(self.stream.tcp(), linger);
     }
 }
 
@@ -454,7 +458,15 @@ fn handle(
     match transport {
         Transport::Plain => {
             let mut conn = PlainConn(stream);
-            serve_and_close(&mut conn, peer, transport, accepted_at, &timing, shared);
+            serve_and_close(
+                &mut conn,
+                peer,
+                None,
+                transport,
+                accepted_at,
+                &timing,
+                shared,
+            );
         }
         Transport::Tls => {
             let Some(acceptor) = &shared.acceptor else {
@@ -462,14 +474,24 @@ fn handle(
             };
             // The handshake is several small writes; Nagle would delay each.
             let _ = stream.set_nodelay(true);
-            let tls_stream = match acceptor.accept(stream) {
+            let stream = match acceptor.accept(stream) {
                 Ok(s) => s,
-                Err(reason) => {
-                    debug!("tls {peer}: handshake failed: {reason}");
+                Err(failure) => {
+                    if failure.client_refused {
+                        shared
+                            .handshake_warning
+                            .warn(format_args!("tls {peer}: refused: {}", failure.reason));
+                    } else {
+                        debug!("tls {peer}: handshake failed: {}", failure.reason);
+                    }
+                    if let Some(stream) = failure.stream {
+                        close_tcp(&stream, config.linger);
+                    }
                     return;
                 }
             };
-            let mut conn = TlsConn(tls_stream);
+            let client = stream.peer_common_name();
+            let mut conn = TlsConn { stream };
             // The handshake spent part of the time the message has.
             let Some(left) = timing
                 .deadline
@@ -483,7 +505,15 @@ fn handle(
                 return;
             }
             timing.deadline = Instant::now() + left;
-            serve_and_close(&mut conn, peer, transport, accepted_at, &timing, shared);
+            serve_and_close(
+                &mut conn,
+                peer,
+                client.as_deref(),
+                transport,
+                accepted_at,
+                &timing,
+                shared,
+            );
         }
     }
 }
@@ -491,13 +521,14 @@ fn handle(
 fn serve_and_close<C: Conn>(
     conn: &mut C,
     peer: SocketAddr,
+    client: Option<&str>,
     transport: Transport,
     accepted_at: Instant,
     timing: &Timing,
     shared: &Shared,
 ) {
     let transaction = connection::serve(conn, &shared.store, shared.config.error_detail, timing);
-    log_transaction(&transaction, peer, transport, accepted_at, shared);
+    log_transaction(&transaction, peer, client, transport, accepted_at, shared);
     if transaction.replied_at.is_some() && !matches!(transaction.outcome, Outcome::Failed(_)) {
         conn.close_gracefully(timing.linger);
     }
@@ -506,6 +537,7 @@ fn serve_and_close<C: Conn>(
 fn log_transaction(
     t: &Transaction,
     peer: SocketAddr,
+    client: Option<&str>,
     transport: Transport,
     accepted_at: Instant,
     shared: &Shared,
@@ -519,11 +551,19 @@ fn log_transaction(
     match t.outcome {
         Outcome::Served => {
             let n = shared.transactions.fetch_add(1, Ordering::Relaxed) + 1;
-            info!(
-                "#{n} {transport} {peer} \"{}\" -> \"{}\" {micros}us",
-                Escaped(t.request()),
-                Escaped(reply)
-            );
+            match client {
+                Some(cn) => info!(
+                    "#{n} {transport} {peer} cn=\"{}\" \"{}\" -> \"{}\" {micros}us",
+                    Escaped(cn.as_bytes()),
+                    Escaped(t.request()),
+                    Escaped(reply)
+                ),
+                None => info!(
+                    "#{n} {transport} {peer} \"{}\" -> \"{}\" {micros}us",
+                    Escaped(t.request()),
+                    Escaped(reply)
+                ),
+            }
         }
         Outcome::TimedOut => debug!(
             "{transport} {peer}: nothing received in time; sent \"{}\"",

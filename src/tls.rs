@@ -248,31 +248,211 @@ pub fn subject_name(cert: &X509) -> String {
     }
 }
 
-/// The server's TLS acceptor, built once and shared by every worker.
-pub struct Acceptor {
-    inner: native_tls::TlsAcceptor,
+/// Whether the TLS listener demands a certificate from its clients.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ClientAuth {
+    #[default]
+    Off,
+    /// Every client must present a certificate signed by a CA in this file.
+    Required { ca: PathBuf },
 }
 
-pub type ServerStream = native_tls::TlsStream<std::net::TcpStream>;
+/// The server's TLS acceptor, built once and shared by every worker.
+///
+/// native-tls serves the usual case; it cannot ask clients for certificates, so
+/// mutual TLS is built on the openssl crate native-tls itself uses on Linux.
+pub struct Acceptor(AcceptorImpl);
+
+enum AcceptorImpl {
+    Native(native_tls::TlsAcceptor),
+    OpenSsl(openssl::ssl::SslAcceptor),
+}
+
+/// Why a handshake failed.
+#[derive(Debug)]
+pub struct HandshakeFailure {
+    pub reason: String,
+    /// The client's certificate was missing or not trusted (mutual TLS only).
+    pub client_refused: bool,
+    /// The connection, where it can still be closed gracefully so the client
+    /// receives the alert that says why.
+    pub stream: Option<std::net::TcpStream>,
+}
+
+/// A server-side TLS stream from either acceptor.
+pub struct ServerStream(StreamImpl);
+
+enum StreamImpl {
+    Native(native_tls::TlsStream<std::net::TcpStream>),
+    OpenSsl(openssl::ssl::SslStream<std::net::TcpStream>),
+}
 
 impl Acceptor {
     /// Builds an acceptor that speaks TLS 1.2 and later.
-    pub fn new(identity: &Identity) -> Result<Acceptor, TlsError> {
-        let inner = native_tls::TlsAcceptor::builder(identity.to_native()?)
-            .min_protocol_version(Some(native_tls::Protocol::Tlsv12))
-            .build()
-            .map_err(|e| {
-                TlsError::new(&identity.cert_path, format!("cannot use certificate: {e}"))
-            })?;
-        Ok(Acceptor { inner })
+    pub fn new(identity: &Identity, client_auth: &ClientAuth) -> Result<Acceptor, TlsError> {
+        match client_auth {
+            ClientAuth::Off => {
+                let inner = native_tls::TlsAcceptor::builder(identity.to_native()?)
+                    .min_protocol_version(Some(native_tls::Protocol::Tlsv12))
+                    .build()
+                    .map_err(|e| {
+                        TlsError::new(&identity.cert_path, format!("cannot use certificate: {e}"))
+                    })?;
+                Ok(Acceptor(AcceptorImpl::Native(inner)))
+            }
+            ClientAuth::Required { ca } => Ok(Acceptor(AcceptorImpl::OpenSsl(mutual_acceptor(
+                identity, ca,
+            )?))),
+        }
     }
 
     /// Runs the server side of the handshake on a stream whose timeouts are set.
-    pub fn accept(&self, stream: std::net::TcpStream) -> Result<ServerStream, String> {
-        self.inner.accept(stream).map_err(|e| match e {
-            native_tls::HandshakeError::Failure(e) => e.to_string(),
-            native_tls::HandshakeError::WouldBlock(_) => "handshake timed out".to_string(),
-        })
+    pub fn accept(&self, stream: std::net::TcpStream) -> Result<ServerStream, HandshakeFailure> {
+        match &self.0 {
+            AcceptorImpl::Native(a) => a
+                .accept(stream)
+                .map(|s| ServerStream(StreamImpl::Native(s)))
+                .map_err(|e| HandshakeFailure {
+                    reason: match e {
+                        native_tls::HandshakeError::Failure(e) => e.to_string(),
+                        native_tls::HandshakeError::WouldBlock(_) => "timed out".to_string(),
+                    },
+                    client_refused: false,
+                    stream: None,
+                }),
+            AcceptorImpl::OpenSsl(a) => a
+                .accept(stream)
+                .map(|s| ServerStream(StreamImpl::OpenSsl(s)))
+                .map_err(|e| {
+                    use openssl::ssl::HandshakeError;
+                    match e {
+                        HandshakeError::SetupFailure(e) => HandshakeFailure {
+                            reason: first_reason(&e),
+                            client_refused: false,
+                            stream: None,
+                        },
+                        HandshakeError::Failure(mid) | HandshakeError::WouldBlock(mid) => {
+                            let verify = mid.ssl().verify_result();
+                            let error = mid.error();
+                            let text = error
+                                .ssl_error()
+                                .and_then(|s| {
+                                    s.errors()
+                                        .first()
+                                        .and_then(|e| e.reason().map(str::to_string))
+                                })
+                                .or_else(|| error.io_error().map(|e| e.to_string()))
+                                .unwrap_or_else(|| error.to_string());
+                            let (reason, client_refused) =
+                                if verify != openssl::x509::X509VerifyResult::OK {
+                                    (
+                                        format!(
+                                            "client certificate not trusted ({})",
+                                            verify.error_string()
+                                        ),
+                                        true,
+                                    )
+                                } else if text.contains("peer did not return a certificate") {
+                                    ("client presented no certificate".to_string(), true)
+                                } else {
+                                    (text, false)
+                                };
+                            HandshakeFailure {
+                                reason,
+                                client_refused,
+                                stream: mid.get_ref().try_clone().ok(),
+                            }
+                        }
+                    }
+                }),
+        }
+    }
+}
+
+fn mutual_acceptor(
+    identity: &Identity,
+    ca_path: &Path,
+) -> Result<openssl::ssl::SslAcceptor, TlsError> {
+    use openssl::ssl::{SslAcceptor, SslMethod, SslVerifyMode, SslVersion};
+    use openssl::x509::store::X509StoreBuilder;
+    let cert_err =
+        |e: openssl::error::ErrorStack| TlsError::new(&identity.cert_path, first_reason(&e));
+    let ca_err = |e: openssl::error::ErrorStack| TlsError::new(ca_path, first_reason(&e));
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(cert_err)?;
+    b.set_private_key(&identity.key).map_err(cert_err)?;
+    b.set_certificate(&identity.chain[0]).map_err(cert_err)?;
+    for extra in &identity.chain[1..] {
+        b.add_extra_chain_cert(extra.clone()).map_err(cert_err)?;
+    }
+    b.set_min_proto_version(Some(SslVersion::TLS1_2))
+        .map_err(cert_err)?;
+    let mut store = X509StoreBuilder::new().map_err(ca_err)?;
+    for ca in load_certificates(ca_path)? {
+        b.add_client_ca(&ca).map_err(ca_err)?;
+        store.add_cert(ca).map_err(ca_err)?;
+    }
+    b.set_verify_cert_store(store.build()).map_err(ca_err)?;
+    b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    // Session resumption with client certificates needs a context id.
+    b.set_session_id_context(b"wwep").map_err(cert_err)?;
+    Ok(b.build())
+}
+
+impl ServerStream {
+    pub fn tcp(&self) -> &std::net::TcpStream {
+        match &self.0 {
+            StreamImpl::Native(s) => s.get_ref(),
+            StreamImpl::OpenSsl(s) => s.get_ref(),
+        }
+    }
+
+    /// Sends close_notify.
+    pub fn close_notify(&mut self) {
+        match &mut self.0 {
+            StreamImpl::Native(s) => {
+                let _ = s.shutdown();
+            }
+            StreamImpl::OpenSsl(s) => {
+                let _ = s.shutdown();
+            }
+        }
+    }
+
+    /// The common name of the client's verified certificate (mutual TLS).
+    pub fn peer_common_name(&self) -> Option<String> {
+        let StreamImpl::OpenSsl(s) = &self.0 else {
+            return None;
+        };
+        let cert = s.ssl().peer_certificate()?;
+        let cn = cert
+            .subject_name()
+            .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+            .next()?;
+        cn.data().to_string().ok()
+    }
+}
+
+impl std::io::Read for ServerStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match &mut self.0 {
+            StreamImpl::Native(s) => s.read(buf),
+            StreamImpl::OpenSsl(s) => s.read(buf),
+        }
+    }
+}
+
+impl std::io::Write for ServerStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.0 {
+            StreamImpl::Native(s) => s.write(buf),
+            StreamImpl::OpenSsl(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.0 {
+            StreamImpl::Native(s) => s.flush(),
+            StreamImpl::OpenSsl(s) => s.flush(),
+        }
     }
 }
 

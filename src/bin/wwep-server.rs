@@ -9,7 +9,7 @@ use clap::Parser;
 use wwep::config::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, ServerConfig};
 use wwep::protocol::ErrorDetail;
 use wwep::server::ServerError;
-use wwep::tls::IdentitySource;
+use wwep::tls::{ClientAuth, IdentitySource};
 
 /// WWEP register server: an open port and a TLS port served at once.
 #[derive(Parser, Debug)]
@@ -40,6 +40,9 @@ struct Args {
     /// password is read from WWEP_PKCS12_PASSWORD (empty when unset).
     #[arg(long, env = "WWEP_PKCS12")]
     pkcs12: Option<PathBuf>,
+    /// Require TLS clients to present a certificate signed by a CA in FILE (mutual TLS).
+    #[arg(long, env = "WWEP_CLIENT_CA", value_name = "FILE")]
+    client_ca: Option<PathBuf>,
     /// Worker threads serving connections.
     #[arg(long, env = "WWEP_WORKERS", default_value_t = 64)]
     workers: usize,
@@ -72,6 +75,10 @@ impl Args {
             plain_port: (!self.no_plain).then_some(self.plain_port),
             tls_port: (!self.no_tls).then_some(self.tls_port),
             identity,
+            client_auth: match self.client_ca {
+                Some(ca) => ClientAuth::Required { ca },
+                None => ClientAuth::Off,
+            },
             workers: self.workers,
             max_connections: self.max_connections,
             timeout: Duration::from_millis(self.timeout_ms),
