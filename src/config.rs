@@ -4,8 +4,10 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use crate::journal::{CompactionPolicy, Fsync};
 use crate::protocol::ErrorDetail;
 use crate::tls::{ClientAuth, IdentitySource};
+use std::path::PathBuf;
 
 pub const DEFAULT_PLAIN_PORT: u16 = 27708;
 pub const DEFAULT_TLS_PORT: u16 = 40508;
@@ -32,6 +34,16 @@ impl fmt::Display for Transport {
     }
 }
 
+/// Where and how registers are made durable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataConfig {
+    pub path: PathBuf,
+    pub fsync: Fsync,
+    pub compaction: CompactionPolicy,
+    /// Keep the valid prefix of a damaged file instead of refusing to start.
+    pub repair: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub bind: IpAddr,
@@ -54,6 +66,8 @@ pub struct ServerConfig {
     /// unread bytes never turn the close into a reset that destroys the reply.
     pub linger: Duration,
     pub error_detail: ErrorDetail,
+    /// The data file; `None` keeps registers in memory only.
+    pub data: Option<DataConfig>,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +84,7 @@ impl Default for ServerConfig {
             gap: Duration::from_millis(100),
             linger: Duration::from_millis(250),
             error_detail: ErrorDetail::Bare,
+            data: None,
         }
     }
 }
@@ -80,6 +95,7 @@ pub enum ConfigError {
     NoListener,
     TlsWithoutIdentity,
     Zero(&'static str),
+    CompactRatio,
 }
 
 impl fmt::Display for ConfigError {
@@ -92,6 +108,7 @@ impl fmt::Display for ConfigError {
                 "the TLS listener needs --cert and --key (or --pkcs12); pass --no-tls to serve only the open port",
             ),
             ConfigError::Zero(flag) => write!(f, "{flag} must be greater than 0"),
+            ConfigError::CompactRatio => f.write_str("--compact-ratio must be at least 1"),
         }
     }
 }
@@ -114,6 +131,11 @@ impl ServerConfig {
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(flag));
+            }
+        }
+        if let Some(data) = &self.data {
+            if !(data.compaction.ratio >= 1.0) {
+                return Err(ConfigError::CompactRatio);
             }
         }
         Ok(())

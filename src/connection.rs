@@ -95,14 +95,14 @@ pub fn apply(request: Request, store: &RegisterStore) -> Reply {
             device,
             register,
             value,
-        } => {
-            store.write(device, register, value);
-            Reply::Accepted {
+        } => match store.write(device, register, value) {
+            Ok(()) => Reply::Accepted {
                 device,
                 register,
                 value,
-            }
-        }
+            },
+            Err(_) => Reply::Failed(Failure::Storage),
+        },
     }
 }
 
@@ -373,7 +373,7 @@ mod tests {
     #[test]
     fn half_close_ends_the_message() {
         let store = RegisterStore::new();
-        store.write(1, 2, 3);
+        store.write(1, 2, 3).unwrap();
         let (s, _) = run(
             vec![Step::Bytes(b"R000102"), Step::Eof],
             &store,

@@ -10,6 +10,8 @@
 pub mod client;
 pub mod config;
 pub mod connection;
+pub mod journal;
+pub mod notify;
 pub mod protocol;
 pub mod server;
 pub mod store;

@@ -8,8 +8,8 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use threadpool::ThreadPool;
 
 use crate::config::{ConfigError, ServerConfig, Transport};
 use crate::connection::{self, Conn, Outcome, Timing, Transaction};
+use crate::journal::JournalError;
 use crate::protocol::{Escaped, Failure, Reply, Terminator};
 use crate::store::RegisterStore;
 use crate::tls::{self, Acceptor, Identity, TlsError};
@@ -28,6 +29,7 @@ pub enum ServerError {
     Config(ConfigError),
     Tls(TlsError),
     Bind { addr: SocketAddr, source: io::Error },
+    Data(JournalError),
     Thread(io::Error),
 }
 
@@ -37,6 +39,7 @@ impl fmt::Display for ServerError {
             ServerError::Config(e) => e.fmt(f),
             ServerError::Tls(e) => e.fmt(f),
             ServerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            ServerError::Data(e) => e.fmt(f),
             ServerError::Thread(e) => write!(f, "cannot start a thread: {e}"),
         }
     }
@@ -111,7 +114,10 @@ pub struct Stats {
 struct Shared {
     config: ServerConfig,
     store: Arc<RegisterStore>,
-    acceptor: Option<Acceptor>,
+    /// Swapped whole on SIGHUP; a handshake holds its own `Arc`.
+    acceptor: RwLock<Option<Arc<Acceptor>>>,
+    /// The bound listener addresses, to wake blocked accepts on shutdown.
+    addrs: Vec<SocketAddr>,
     in_flight: AtomicUsize,
     transactions: AtomicU64,
     rejected: AtomicU64,
@@ -119,6 +125,15 @@ struct Shared {
     full_warning: RateLimitedWarning,
     accept_warning: RateLimitedWarning,
     handshake_warning: RateLimitedWarning,
+}
+
+impl Shared {
+    fn acceptor(&self) -> Option<Arc<Acceptor>> {
+        self.acceptor
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// Holds one in-flight slot; taken on the accept thread before the job is queued
@@ -146,18 +161,79 @@ impl Drop for Admission {
     }
 }
 
-/// A running server. Dropping it does not stop it; call [`RunningServer::shutdown`].
+/// A running server. Dropping it does not stop it: call [`RunningServer::shutdown`],
+/// or [`ServerControl::shutdown`] from another thread and then [`RunningServer::wait`].
 pub struct RunningServer {
     shared: Arc<Shared>,
     plain_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
     accept_threads: Vec<JoinHandle<()>>,
     pool: ThreadPool,
+    maintenance: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
 }
 
-/// Starts a server with an empty in-memory store.
+/// Stops or reconfigures a running server from another thread (a signal handler).
+#[derive(Clone)]
+pub struct ServerControl {
+    shared: Arc<Shared>,
+}
+
+/// Starts a server; with `config.data`, the store is first rebuilt from the data
+/// file, before any listener binds.
 pub fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
-    start_with_store(config, Arc::new(RegisterStore::new()))
+    config.validate()?;
+    // Certificates first: a bad one fails fast, before any file is touched.
+    let acceptor = load_acceptor(&config)?;
+    let store = match &config.data {
+        None => {
+            let server = launch(config, Arc::new(RegisterStore::new()), acceptor)?;
+            info!(
+                "no --data file: registers are kept in memory only and lost when the server stops"
+            );
+            return Ok(server);
+        }
+        Some(data) => {
+            let (store, report) =
+                RegisterStore::open(&data.path, data.fsync, data.compaction, data.repair)
+                    .map_err(ServerError::Data)?;
+            let path = data.path.display();
+            if report.created {
+                info!("data file {path} created (fsync {})", data.fsync.name());
+            } else {
+                info!(
+                    "data file {path}: {} records replayed, {} registers (fsync {})",
+                    report.records,
+                    store.len(),
+                    data.fsync.name()
+                );
+            }
+            if report.torn_bytes > 0 {
+                warn!(
+                    "data file {path}: dropped {} bytes of a record cut short by a crash; every complete record was kept",
+                    report.torn_bytes
+                );
+            }
+            if report.repaired_bytes > 0 {
+                warn!(
+                    "data file {path}: --repair dropped {} bytes from the first damaged record on",
+                    report.repaired_bytes
+                );
+            }
+            store
+        }
+    };
+    launch(config, Arc::new(store), acceptor)
+}
+
+fn load_acceptor(config: &ServerConfig) -> Result<Option<Acceptor>, TlsError> {
+    let (Some(_), Some(source)) = (&config.tls_port, &config.identity) else {
+        return Ok(None);
+    };
+    let identity = Identity::load(source)?;
+    for warning in identity.expiry_warnings() {
+        warn!("{warning}");
+    }
+    Acceptor::new(&identity, &config.client_auth).map(Some)
 }
 
 /// Starts a server over an existing store: loads the TLS identity, binds both
@@ -167,22 +243,24 @@ pub fn start_with_store(
     store: Arc<RegisterStore>,
 ) -> Result<RunningServer, ServerError> {
     config.validate()?;
-    let acceptor = match (&config.tls_port, &config.identity) {
-        (Some(_), Some(source)) => {
-            let identity = Identity::load(source)?;
-            for warning in identity.expiry_warnings() {
-                warn!("{warning}");
-            }
-            Some(Acceptor::new(&identity, &config.client_auth)?)
-        }
-        _ => None,
-    };
-    let bind = |port: Option<u16>| -> Result<Option<TcpListener>, ServerError> {
+    let acceptor = load_acceptor(&config)?;
+    launch(config, store, acceptor)
+}
+
+fn launch(
+    config: ServerConfig,
+    store: Arc<RegisterStore>,
+    acceptor: Option<Acceptor>,
+) -> Result<RunningServer, ServerError> {
+    let bind = |port: Option<u16>| -> Result<Option<(TcpListener, SocketAddr)>, ServerError> {
         let Some(port) = port else { return Ok(None) };
         let addr = SocketAddr::new(config.bind, port);
-        listen(addr, config.max_connections)
-            .map(Some)
-            .map_err(|source| ServerError::Bind { addr, source })
+        let listener = listen(addr, config.max_connections)
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        Ok(Some((listener, bound)))
     };
     let plain = bind(config.plain_port)?;
     let secure = bind(config.tls_port)?;
@@ -190,10 +268,13 @@ pub fn start_with_store(
         .num_threads(config.workers)
         .thread_name("wwep-worker".to_string())
         .build();
+    let plain_addr = plain.as_ref().map(|(_, a)| *a);
+    let tls_addr = secure.as_ref().map(|(_, a)| *a);
     let shared = Arc::new(Shared {
         config,
-        store,
-        acceptor,
+        store: Arc::clone(&store),
+        acceptor: RwLock::new(acceptor.map(Arc::new)),
+        addrs: plain_addr.into_iter().chain(tls_addr).collect(),
         in_flight: AtomicUsize::new(0),
         transactions: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
@@ -202,21 +283,22 @@ pub fn start_with_store(
         accept_warning: RateLimitedWarning::new(Duration::from_secs(1)),
         handshake_warning: RateLimitedWarning::new(Duration::from_secs(1)),
     });
+    let stop_maintenance = Arc::new(AtomicBool::new(false));
     let mut server = RunningServer {
         shared: Arc::clone(&shared),
-        plain_addr: None,
-        tls_addr: None,
+        plain_addr,
+        tls_addr,
         accept_threads: Vec::new(),
         pool: pool.clone(),
+        maintenance: store
+            .spawn_maintenance(Arc::clone(&stop_maintenance))
+            .map(|handle| (stop_maintenance, handle)),
     };
     for (listener, transport) in [(plain, Transport::Plain), (secure, Transport::Tls)] {
-        let Some(listener) = listener else { continue };
-        let addr = listener.local_addr().map_err(ServerError::Thread)?;
+        let Some((listener, addr)) = listener else {
+            continue;
+        };
         info!("{transport} listener on {addr}");
-        match transport {
-            Transport::Plain => server.plain_addr = Some(addr),
-            Transport::Tls => server.tls_addr = Some(addr),
-        }
         let shared = Arc::clone(&shared);
         let pool = pool.clone();
         let spawned = thread::Builder::new()
@@ -225,7 +307,8 @@ pub fn start_with_store(
         match spawned {
             Ok(handle) => server.accept_threads.push(handle),
             Err(e) => {
-                server.stop();
+                server.control().shutdown();
+                let _ = server.wait();
                 return Err(ServerError::Thread(e));
             }
         }
@@ -254,30 +337,58 @@ impl RunningServer {
         }
     }
 
-    /// Blocks for as long as the listeners run.
-    pub fn wait(mut self) {
+    pub fn control(&self) -> ServerControl {
+        ServerControl {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Blocks until a shutdown is requested, lets in-flight connections finish
+    /// (each bounded by the timeout), then forces the data file to disk.
+    pub fn wait(mut self) -> io::Result<()> {
         for handle in self.accept_threads.drain(..) {
             let _ = handle.join();
         }
         self.pool.join();
+        if let Some((stop, handle)) = self.maintenance.take() {
+            stop.store(true, Ordering::Release);
+            let _ = handle.join();
+        }
+        self.shared.store.sync()
     }
 
-    /// Stops accepting, lets in-flight connections finish (each bounded by the
-    /// timeout), and returns when they have.
-    pub fn shutdown(mut self) {
-        self.stop();
-        self.pool.join();
+    /// Stops accepting, finishes in-flight connections and syncs the data file.
+    pub fn shutdown(self) -> io::Result<()> {
+        self.control().shutdown();
+        self.wait()
     }
+}
 
-    fn stop(&mut self) {
-        self.shared.shutting_down.store(true, Ordering::SeqCst);
+impl ServerControl {
+    /// Stops the accept loops; [`RunningServer::wait`] then drains and returns.
+    pub fn shutdown(&self) {
+        if self.shared.shutting_down.swap(true, Ordering::SeqCst) {
+            return;
+        }
         // A blocked accept() only returns for a connection: make one to each listener.
-        for addr in [self.plain_addr, self.tls_addr].into_iter().flatten() {
-            let _ = TcpStream::connect_timeout(&wake_address(addr), Duration::from_secs(1));
+        for addr in &self.shared.addrs {
+            let _ = TcpStream::connect_timeout(&wake_address(*addr), Duration::from_secs(1));
         }
-        for handle in self.accept_threads.drain(..) {
-            let _ = handle.join();
+    }
+
+    /// Loads the certificate and key again from the configured files and serves
+    /// new connections with them; on any error the old pair stays in service.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        let acceptor = load_acceptor(&self.shared.config)?;
+        let mut slot = self
+            .shared
+            .acceptor
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if acceptor.is_some() {
+            *slot = acceptor.map(Arc::new);
         }
+        Ok(())
     }
 }
 
@@ -469,7 +580,7 @@ fn handle(
             );
         }
         Transport::Tls => {
-            let Some(acceptor) = &shared.acceptor else {
+            let Some(acceptor) = shared.acceptor() else {
                 return;
             };
             // The handshake is several small writes; Nagle would delay each.

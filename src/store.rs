@@ -1,17 +1,54 @@
-//! The register store: every register of every device id, in memory.
+//! The register store: every register of every device id, in memory, optionally
+//! written through a [`Journal`] so acknowledged writes survive a restart.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::journal::{
+    CompactionPolicy, CompactionReport, Fsync, Journal, JournalError, OpenReport, StorageError,
+};
 
 /// Registers keyed by (device id, register). Nothing exists before its first write.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RegisterStore {
     registers: Mutex<HashMap<(u16, u8), u16>>,
+    journal: Option<Journal>,
 }
 
 impl RegisterStore {
+    /// A memory-only store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store backed by a data file, rebuilt from the file's records.
+    pub fn open(
+        path: &Path,
+        fsync: Fsync,
+        compaction: CompactionPolicy,
+        repair: bool,
+    ) -> Result<(RegisterStore, OpenReport), JournalError> {
+        let (journal, records, report) = Journal::open(path, fsync, compaction, repair)?;
+        let mut map = HashMap::new();
+        for (key, value) in records {
+            map.insert(key, value);
+        }
+        Ok((
+            RegisterStore {
+                registers: Mutex::new(map),
+                journal: Some(journal),
+            },
+            report,
+        ))
+    }
+
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
     }
 
     /// A panic while the lock was held cannot leave the map half-updated (every
@@ -27,9 +64,90 @@ impl RegisterStore {
         self.map().get(&(device, register)).copied()
     }
 
-    /// Stores a value, replacing any earlier one.
-    pub fn write(&self, device: u16, register: u8, value: u16) {
-        self.map().insert((device, register), value);
+    /// Stores a value, replacing any earlier one. With a data file, returns once
+    /// the write is in the file (on disk under `--fsync always`); a write that
+    /// cannot be made durable is undone and fails.
+    pub fn write(&self, device: u16, register: u8, value: u16) -> Result<(), StorageError> {
+        let key = (device, register);
+        let mut map = self.map();
+        let old = map.insert(key, value);
+        let Some(journal) = &self.journal else {
+            return Ok(());
+        };
+        let ticket = journal.append(key, value, old);
+        drop(map);
+        journal.wait(ticket, &|| self.map())
+    }
+
+    /// Forces written records to disk.
+    pub fn sync(&self) -> io::Result<()> {
+        match &self.journal {
+            Some(j) => j.sync(),
+            None => Ok(()),
+        }
+    }
+
+    /// Rewrites the data file as a snapshot of the live registers, if it has
+    /// outgrown them (or always, with `force`). Writers keep going meanwhile.
+    pub fn compact(&self, force: bool) -> Result<Option<CompactionReport>, JournalError> {
+        let Some(journal) = &self.journal else {
+            return Ok(None);
+        };
+        let snapshot = {
+            let map = self.map();
+            if !force && !journal.wants_compaction(map.len()) {
+                return Ok(None);
+            }
+            // The snapshot is the durable state: what is applied but not yet
+            // written is taken back out, and reaches the new file as it is written.
+            let mut snapshot = map.clone();
+            let began = journal.begin_capture(&mut |open, inflight| {
+                for (key, old) in open.iter().rev().chain(inflight.iter().rev()) {
+                    match old {
+                        Some(v) => snapshot.insert(*key, *v),
+                        None => snapshot.remove(key),
+                    };
+                }
+            });
+            if !began {
+                return Ok(None);
+            }
+            snapshot
+        };
+        journal.finish_compaction(&snapshot).map(Some)
+    }
+
+    /// Starts the thread that fsyncs once a second under `everysec` and compacts
+    /// the data file when it has grown; it ends when `stop` is set.
+    pub fn spawn_maintenance(self: &Arc<Self>, stop: Arc<AtomicBool>) -> Option<JoinHandle<()>> {
+        let journal = self.journal.as_ref()?;
+        let everysec = journal.policy() == Fsync::EverySec;
+        let store = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("wwep-journal".to_string())
+            .spawn(move || {
+                let mut ticks = 0u32;
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    ticks += 1;
+                    if ticks % 10 != 0 {
+                        continue;
+                    }
+                    if everysec {
+                        if let Err(e) = store.sync() {
+                            log::error!("data file fsync failed: {e}");
+                        }
+                    }
+                    match store.compact(false) {
+                        Ok(Some(r)) => {
+                            log::info!("compacted the data file: {} -> {} bytes", r.before, r.after)
+                        }
+                        Ok(None) => {}
+                        Err(e) => log::error!("compaction failed: {e}"),
+                    }
+                }
+            })
+            .ok()
     }
 
     /// How many registers have been written.
@@ -52,7 +170,7 @@ mod tests {
         let store = RegisterStore::new();
         assert_eq!(store.read(0x0FAC, 0x0B), None);
         assert!(store.is_empty());
-        store.write(0x0FAC, 0x0B, 0x1234);
+        store.write(0x0FAC, 0x0B, 0x1234).unwrap();
         assert_eq!(store.read(0x0FAC, 0x0B), Some(0x1234));
         assert_eq!(store.read(0x0FAC, 0x0C), None);
         assert_eq!(store.len(), 1);
@@ -61,8 +179,8 @@ mod tests {
     #[test]
     fn devices_have_separate_registers() {
         let store = RegisterStore::new();
-        store.write(0x1234, 0x05, 1);
-        store.write(0xABCD, 0x05, 2);
+        store.write(0x1234, 0x05, 1).unwrap();
+        store.write(0xABCD, 0x05, 2).unwrap();
         assert_eq!(store.read(0x1234, 0x05), Some(1));
         assert_eq!(store.read(0xABCD, 0x05), Some(2));
     }
@@ -71,8 +189,8 @@ mod tests {
     fn later_write_wins_at_the_key_space_edges() {
         let store = RegisterStore::new();
         for (d, r) in [(0, 0), (0xFFFF, 0xFF), (0, 0xFF), (0xFFFF, 0)] {
-            store.write(d, r, 0xFFFF);
-            store.write(d, r, 0);
+            store.write(d, r, 0xFFFF).unwrap();
+            store.write(d, r, 0).unwrap();
             assert_eq!(store.read(d, r), Some(0));
         }
         assert_eq!(store.len(), 4);
@@ -81,7 +199,7 @@ mod tests {
     #[test]
     fn a_poisoned_lock_keeps_serving() {
         let store = Arc::new(RegisterStore::new());
-        store.write(1, 1, 7);
+        store.write(1, 1, 7).unwrap();
         let s = Arc::clone(&store);
         let _ = std::thread::spawn(move || {
             let _guard = s.map();
@@ -90,7 +208,7 @@ mod tests {
         .join();
         assert!(store.registers.is_poisoned());
         assert_eq!(store.read(1, 1), Some(7));
-        store.write(1, 2, 8);
+        store.write(1, 2, 8).unwrap();
         assert_eq!(store.read(1, 2), Some(8));
     }
 }

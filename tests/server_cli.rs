@@ -240,19 +240,10 @@ fn ipv6_bind() {
         eprintln!("skipping: no IPv6 loopback here");
         return;
     }
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep-server"));
-    cmd.args(["--bind", "::1", "--plain-port", "0", "--no-tls"])
-        .env("RUST_LOG", "info")
-        .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-    let line = lines.next().unwrap().unwrap();
-    let addr: std::net::SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(addr.is_ipv6(), "{line}");
+    let server = ServerProcess::spawn(&["--bind", "::1", "--plain-port", "0", "--no-tls"], &[]);
+    let addr = server.plain.unwrap();
+    assert!(addr.is_ipv6(), "{addr}");
     let reply = transact(&mut connect(addr), b"W0001020003");
-    let _ = child.kill();
-    let _ = child.wait();
     assert_eq!(reply, b"A0001020003");
 }
 

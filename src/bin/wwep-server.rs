@@ -6,14 +6,21 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use wwep::config::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, ServerConfig};
+use log::{error, info, warn};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use wwep::config::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, DataConfig, ServerConfig};
+use wwep::journal::{CompactionPolicy, Fsync};
+use wwep::notify::notify;
 use wwep::protocol::ErrorDetail;
 use wwep::server::ServerError;
 use wwep::tls::{ClientAuth, IdentitySource};
 
 /// WWEP register server: an open port and a TLS port served at once.
+///
+/// SIGTERM or SIGINT stops accepting, finishes the connections in flight, syncs
+/// the data file and exits 0. SIGHUP reloads the TLS certificate and key.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about)]
 struct Args {
     /// Address to listen on (`::` listens on IPv6 and, where the system allows, IPv4).
     #[arg(long, env = "WWEP_BIND", default_value = "0.0.0.0")]
@@ -58,6 +65,21 @@ struct Args {
     /// Append a short reason to each X (`X not found`, `X bad length`, ...).
     #[arg(long, env = "WWEP_EXPLAIN_ERRORS")]
     explain_errors: bool,
+    /// Keep registers in this append-only data file, replayed at startup.
+    #[arg(long, env = "WWEP_DATA", value_name = "FILE")]
+    data: Option<PathBuf>,
+    /// When writes reach the disk: always (before each A), everysec, or never (the OS decides).
+    #[arg(long, env = "WWEP_FSYNC", default_value = "everysec", value_parser = ["always", "everysec", "never"])]
+    fsync: String,
+    /// Start from a damaged data file by keeping its valid records and dropping the rest.
+    #[arg(long, env = "WWEP_REPAIR")]
+    repair: bool,
+    /// Rewrite the data file once it is this many times the size of the live registers.
+    #[arg(long, env = "WWEP_COMPACT_RATIO", default_value_t = 4.0)]
+    compact_ratio: f64,
+    /// ...and at least this many bytes.
+    #[arg(long, env = "WWEP_COMPACT_MIN_BYTES", default_value_t = 1 << 20)]
+    compact_min_bytes: u64,
 }
 
 impl Args {
@@ -88,6 +110,16 @@ impl Args {
             } else {
                 ErrorDetail::Bare
             },
+            data: self.data.map(|path| DataConfig {
+                path,
+                // clap has checked the value against the same three names.
+                fsync: Fsync::parse(&self.fsync).unwrap_or_default(),
+                compaction: CompactionPolicy {
+                    ratio: self.compact_ratio,
+                    min_bytes: self.compact_min_bytes,
+                },
+                repair: self.repair,
+            }),
             ..ServerConfig::default()
         }
     }
@@ -99,18 +131,57 @@ fn main() -> ExitCode {
     // A panic is logged as one line; the worker pool replaces the thread.
     std::panic::set_hook(Box::new(|info| log::error!("{info}")));
     let config = args.into_config();
-    match wwep::server::start(config) {
-        Ok(server) => {
-            server.wait();
-            ExitCode::SUCCESS
+    // Signals are caught before the listeners exist, so none is lost at startup.
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("wwep-server: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
         }
+    };
+    let server = match wwep::server::start(config) {
+        Ok(server) => server,
         Err(e) => {
             eprintln!("wwep-server: {e}");
             // A setting that cannot work is a usage error; the rest are failures.
-            match e {
+            return match e {
                 ServerError::Config(_) => ExitCode::from(2),
                 _ => ExitCode::from(1),
+            };
+        }
+    };
+    let control = server.control();
+    let handle = signals.handle();
+    let signal_thread = std::thread::spawn(move || {
+        for signal in signals.forever() {
+            match signal {
+                SIGHUP => match control.reload_tls() {
+                    Ok(()) => info!("SIGHUP: reloaded the TLS certificate and key"),
+                    Err(e) => error!("SIGHUP: keeping the old certificate: {e}"),
+                },
+                _ => {
+                    info!("signal {signal}: stopping; finishing connections in flight");
+                    let _ = notify("STOPPING=1");
+                    control.shutdown();
+                    break;
+                }
             }
+        }
+    });
+    if let Err(e) = notify("READY=1") {
+        warn!("cannot notify the service manager: {e}");
+    }
+    let result = server.wait();
+    handle.close();
+    let _ = signal_thread.join();
+    match result {
+        Ok(()) => {
+            info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("the data file could not be synced at shutdown: {e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -312,7 +312,7 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(server) = self.server.take() {
-            server.shutdown();
+            let _ = server.shutdown();
         }
     }
 }
@@ -410,20 +410,26 @@ impl ServerProcess {
     }
 
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep-server"));
-        cmd.args([
+        let mut full = vec![
             "--bind",
             "127.0.0.1",
             "--plain-port",
             "0",
             "--tls-port",
             "0",
-        ])
-        .args(args)
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        ];
+        full.extend_from_slice(args);
+        Self::spawn(&full, env)
+    }
+
+    /// Starts the server with exactly `args` and waits for its listeners.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep-server"));
+        cmd.args(args)
+            .env("RUST_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
