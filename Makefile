@@ -5,7 +5,13 @@ CERTS ?= certs
 KEY ?= rsa
 ARGS ?=
 
-.PHONY: all build release run test certs clean
+PREFIX ?= /usr/local
+DESTDIR ?=
+SYSTEMD_DIR ?= /etc/systemd/system
+SYSUSERS_DIR ?= /usr/lib/sysusers.d
+CONF_DIR ?= /etc/wwep
+
+.PHONY: all build release run test certs clean install
 
 all: build
 
@@ -27,6 +33,16 @@ run: release $(CERTS)/server.pem $(CERTS)/server.key
 
 test:
 	$(CARGO) test --all-targets
+
+# Installs the binaries, the systemd unit (pointing at $(PREFIX)/bin) and an
+# example environment file (kept if one exists).
+install: release
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSTEMD_DIR) $(DESTDIR)$(SYSUSERS_DIR) $(DESTDIR)$(CONF_DIR)
+	install -m 0644 dist/wwep.sysusers $(DESTDIR)$(SYSUSERS_DIR)/wwep.conf
+	install -m 0755 target/release/wwep-server target/release/wwep $(DESTDIR)$(PREFIX)/bin/
+	sed 's|/usr/local/bin/wwep-server|$(PREFIX)/bin/wwep-server|' dist/wwep.service > $(DESTDIR)$(SYSTEMD_DIR)/wwep.service
+	chmod 0644 $(DESTDIR)$(SYSTEMD_DIR)/wwep.service
+	[ -e $(DESTDIR)$(CONF_DIR)/wwep.env ] || install -m 0644 dist/wwep.env $(DESTDIR)$(CONF_DIR)/wwep.env
 
 clean:
 	$(CARGO) clean

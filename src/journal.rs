@@ -672,3 +672,145 @@ fn sync_dir(path: &Path) -> io::Result<()> {
     };
     File::open(dir)?.sync_all()
 }
+
+#[cfg(test)]
+impl Journal {
+    /// Points the journal at another file, to make writes fail (`/dev/full`).
+    pub(crate) fn swap_file_for_test(&self, file: File) -> File {
+        let mut st = self.state();
+        let old = std::mem::replace(&mut st.file, Arc::new(file));
+        Arc::try_unwrap(old).unwrap_or_else(|_| panic!("file in use"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(records: &[(Key, u16)]) -> Vec<u8> {
+        let mut bytes = MAGIC.to_vec();
+        for &(k, v) in records {
+            bytes.extend(encode_record(k, v));
+        }
+        bytes
+    }
+
+    #[test]
+    fn records_round_trip() {
+        for (key, value) in [
+            ((0, 0), 0),
+            ((0xFFFF, 0xFF), 0xFFFF),
+            ((0x0FAC, 0x0B), 0x1234),
+        ] {
+            let r = encode_record(key, value);
+            assert_eq!(decode_record(&r), Some((key, value)));
+        }
+    }
+
+    #[test]
+    fn scan_verdicts() {
+        let two = file(&[((1, 1), 1), ((2, 2), 2)]);
+        assert_eq!(
+            scan(b""),
+            Scan::Valid {
+                valid_len: 0,
+                records: 0,
+                torn_bytes: 0
+            }
+        );
+        assert_eq!(
+            scan(b"WWEP"),
+            Scan::Valid {
+                valid_len: 0,
+                records: 0,
+                torn_bytes: 4
+            }
+        );
+        assert_eq!(scan(b"JUNK"), Scan::NotAJournal);
+        assert_eq!(scan(b"not a journal at all"), Scan::NotAJournal);
+        assert_eq!(
+            scan(MAGIC),
+            Scan::Valid {
+                valid_len: 8,
+                records: 0,
+                torn_bytes: 0
+            }
+        );
+        assert_eq!(
+            scan(&two),
+            Scan::Valid {
+                valid_len: 26,
+                records: 2,
+                torn_bytes: 0
+            }
+        );
+        // A record cut short by a crash.
+        for cut in 1..RECORD_BYTES {
+            let torn = &two[..two.len() - cut];
+            assert_eq!(
+                scan(torn),
+                Scan::Valid {
+                    valid_len: 17,
+                    records: 1,
+                    torn_bytes: (RECORD_BYTES - cut) as u64
+                }
+            );
+        }
+        // A last record whose bytes arrived but not all of them right.
+        let mut bad_last = two.clone();
+        bad_last[20] ^= 0xFF;
+        assert_eq!(
+            scan(&bad_last),
+            Scan::Valid {
+                valid_len: 17,
+                records: 1,
+                torn_bytes: 9
+            }
+        );
+        // Damage before the last record.
+        let mut bad_first = two.clone();
+        bad_first[9] ^= 0x01;
+        assert_eq!(
+            scan(&bad_first),
+            Scan::Corrupt {
+                offset: 8,
+                records: 0,
+                bytes_after: 18
+            }
+        );
+        let replay: Vec<_> = records(&two, 26).collect();
+        assert_eq!(replay, vec![((1, 1), 1), ((2, 2), 2)]);
+    }
+
+    #[test]
+    fn open_repairs_or_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let mut bytes = file(&[((1, 1), 1), ((2, 2), 2), ((3, 3), 3)]);
+        bytes[9] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Journal::open(&path, Fsync::Never, CompactionPolicy::default(), false)
+            .err()
+            .unwrap();
+        let text = err.to_string();
+        assert!(
+            text.contains("byte 8") && text.contains("--repair") && text.contains("data"),
+            "{text}"
+        );
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "a refused file is left as it was"
+        );
+        let (_, replay, report) =
+            Journal::open(&path, Fsync::Never, CompactionPolicy::default(), true).unwrap();
+        assert!(replay.is_empty());
+        assert_eq!(report.repaired_bytes, 27);
+        assert_eq!(std::fs::read(&path).unwrap(), MAGIC);
+        std::fs::write(&path, b"something else entirely").unwrap();
+        assert!(matches!(
+            Journal::open(&path, Fsync::Never, CompactionPolicy::default(), true),
+            Err(JournalError::NotAJournal { .. })
+        ));
+    }
+}

@@ -163,7 +163,7 @@ impl RegisterStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use std::fs::OpenOptions;
 
     #[test]
     fn nothing_exists_before_the_first_write() {
@@ -194,6 +194,126 @@ mod tests {
             assert_eq!(store.read(d, r), Some(0));
         }
         assert_eq!(store.len(), 4);
+    }
+
+    fn open(dir: &Path, fsync: Fsync, compaction: CompactionPolicy) -> RegisterStore {
+        RegisterStore::open(&dir.join("data"), fsync, compaction, false)
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn writes_survive_a_reopen_under_every_policy() {
+        for fsync in [Fsync::Always, Fsync::EverySec, Fsync::Never] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let store = open(dir.path(), fsync, CompactionPolicy::default());
+                for i in 0..100u16 {
+                    store.write(i, (i % 7) as u8, i * 3).unwrap();
+                }
+                store.write(500, 5, 0xAAAA).unwrap();
+                store.write(500, 5, 0xBBBB).unwrap();
+                store.sync().unwrap();
+            }
+            let store = open(dir.path(), fsync, CompactionPolicy::default());
+            assert_eq!(store.len(), 101);
+            assert_eq!(store.read(99, 99 % 7), Some(297));
+            assert_eq!(store.read(500, 5), Some(0xBBBB));
+        }
+    }
+
+    #[test]
+    fn concurrent_writers_share_fsyncs_and_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(dir.path(), Fsync::Always, CompactionPolicy::default()));
+        let threads: Vec<_> = (0..16u16)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    for i in 0..50u16 {
+                        store.write(t, i as u8, i).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(store);
+        let store = open(dir.path(), Fsync::Always, CompactionPolicy::default());
+        assert_eq!(store.len(), 16 * 50);
+        assert_eq!(store.read(15, 49), Some(49));
+    }
+
+    #[test]
+    fn a_write_that_cannot_reach_the_disk_fails_and_is_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), Fsync::Always, CompactionPolicy::default());
+        store.write(1, 1, 1).unwrap();
+        let journal = store.journal().unwrap();
+        let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
+        let real = journal.swap_file_for_test(full);
+        assert_eq!(store.write(1, 1, 2), Err(StorageError));
+        assert_eq!(
+            store.write(2, 2, 2),
+            Err(StorageError),
+            "writes keep failing"
+        );
+        assert_eq!(store.read(1, 1), Some(1), "the failed write is not visible");
+        assert_eq!(store.read(2, 2), None);
+        journal.swap_file_for_test(real);
+        store.write(3, 3, 3).unwrap();
+        drop(store);
+        let store = open(dir.path(), Fsync::Always, CompactionPolicy::default());
+        assert_eq!(
+            (store.read(1, 1), store.read(2, 2), store.read(3, 3)),
+            (Some(1), None, Some(3))
+        );
+    }
+
+    #[test]
+    fn compaction_shrinks_the_file_and_keeps_every_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = CompactionPolicy {
+            ratio: 2.0,
+            min_bytes: 100,
+        };
+        let store = Arc::new(open(dir.path(), Fsync::Never, policy));
+        for round in 0..50u16 {
+            for r in 0..10u8 {
+                store.write(7, r, round).unwrap();
+            }
+        }
+        let before = store.journal().unwrap().len();
+        // Writers race the rewrite.
+        let racer = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for i in 0..50u16 {
+                    store.write(8, i as u8, i).unwrap();
+                }
+            })
+        };
+        let report = store
+            .compact(false)
+            .unwrap()
+            .expect("the file had outgrown its data");
+        racer.join().unwrap();
+        assert!(report.before >= before);
+        assert!(report.after < before / 2, "{report:?}");
+        let expected: Vec<_> = (0..10u8)
+            .map(|r| store.read(7, r))
+            .chain((0..50u8).map(|r| store.read(8, r)))
+            .collect();
+        drop(store);
+        let store = open(dir.path(), Fsync::Never, policy);
+        let got: Vec<_> = (0..10u8)
+            .map(|r| store.read(7, r))
+            .chain((0..50u8).map(|r| store.read(8, r)))
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(store.read(7, 0), Some(49));
+        assert_eq!(store.read(8, 49), Some(49));
     }
 
     #[test]
