@@ -133,10 +133,9 @@ impl ServerConfig {
                 return Err(ConfigError::Zero(flag));
             }
         }
-        if let Some(data) = &self.data {
-            if !(data.compaction.ratio >= 1.0) {
-                return Err(ConfigError::CompactRatio);
-            }
+        let ratio_ok = |d: &DataConfig| d.compaction.ratio >= 1.0;
+        if self.data.as_ref().is_some_and(|d| !ratio_ok(d)) {
+            return Err(ConfigError::CompactRatio);
         }
         Ok(())
     }

@@ -24,6 +24,12 @@ pub const RECORD_BYTES: usize = 9;
 
 pub type Key = (u16, u8);
 
+/// What a store write replaced: how to undo it.
+pub type Undo = (Key, Option<u16>);
+
+/// Records to replay into the store, in file order.
+pub type Replay = Vec<(Key, u16)>;
+
 /// When appended records are forced to disk (Redis `appendfsync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Fsync {
@@ -262,7 +268,7 @@ struct Batch {
     /// What each record replaced in the store, to undo a batch that cannot be
     /// written: a write that was not made durable is never acknowledged, and must
     /// not stay visible either.
-    undo: Vec<(Key, Option<u16>)>,
+    undo: Vec<Undo>,
     outcome: Arc<Outcome>,
 }
 
@@ -282,7 +288,7 @@ struct State {
     good_len: u64,
     open: Batch,
     /// Undo entries of the batch being written now, if any.
-    inflight_undo: Vec<(Key, Option<u16>)>,
+    inflight_undo: Vec<Undo>,
     flushing: bool,
     /// A failed write left bytes past `good_len` that could not be cut off yet.
     needs_truncate: bool,
@@ -320,7 +326,7 @@ impl Journal {
         policy: Fsync,
         compaction: CompactionPolicy,
         repair: bool,
-    ) -> Result<(Journal, Vec<(Key, u16)>, OpenReport), JournalError> {
+    ) -> Result<(Journal, Replay, OpenReport), JournalError> {
         let created = !path.exists();
         let bytes = if created {
             Vec::new()
@@ -370,7 +376,7 @@ impl Journal {
                 valid_len
             }
         };
-        let replay: Vec<(Key, u16)> = records(&bytes, valid_len).collect();
+        let replay: Replay = records(&bytes, valid_len).collect();
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -574,10 +580,7 @@ impl Journal {
     /// entries of everything not yet durable (the open batch, then the one being
     /// written; each oldest first), under the journal's lock. Called with the
     /// store's lock held. Returns false if a compaction is already running.
-    pub(crate) fn begin_capture(
-        &self,
-        f: &mut dyn FnMut(&[(Key, Option<u16>)], &[(Key, Option<u16>)]),
-    ) -> bool {
+    pub(crate) fn begin_capture(&self, f: &mut dyn FnMut(&[Undo], &[Undo])) -> bool {
         let mut st = self.state();
         if st.compacting {
             return false;

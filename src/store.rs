@@ -130,13 +130,11 @@ impl RegisterStore {
                 while !stop.load(Ordering::Acquire) {
                     std::thread::sleep(Duration::from_millis(100));
                     ticks += 1;
-                    if ticks % 10 != 0 {
+                    if !ticks.is_multiple_of(10) {
                         continue;
                     }
-                    if everysec {
-                        if let Err(e) = store.sync() {
-                            log::error!("data file fsync failed: {e}");
-                        }
+                    if everysec && let Err(e) = store.sync() {
+                        log::error!("data file fsync failed: {e}");
                     }
                     match store.compact(false) {
                         Ok(Some(r)) => {

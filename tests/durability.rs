@@ -354,10 +354,11 @@ fn the_example_environment_file_names_real_flags() {
         .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     for line in env.lines().map(|l| l.trim_start_matches('#')) {
-        if let Some((var, _)) = line.split_once('=') {
-            if var.starts_with("WWEP_") && var != "WWEP_PKCS12_PASSWORD" {
-                assert!(help.contains(var), "{var} is not a server flag's variable");
-            }
+        if let Some((var, _)) = line.split_once('=')
+            && var.starts_with("WWEP_")
+            && var != "WWEP_PKCS12_PASSWORD"
+        {
+            assert!(help.contains(var), "{var} is not a server flag's variable");
         }
     }
 }
