@@ -4,6 +4,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use crate::access::Cidr;
+use crate::connection::Access;
 use crate::journal::{CompactionPolicy, Fsync};
 use crate::protocol::ErrorDetail;
 use crate::tls::{ClientAuth, IdentitySource};
@@ -68,6 +70,12 @@ pub struct ServerConfig {
     pub error_detail: ErrorDetail,
     /// The data file; `None` keeps registers in memory only.
     pub data: Option<DataConfig>,
+    /// Client addresses that may connect; empty = everyone.
+    pub allow: Vec<Cidr>,
+    /// Connections queued or served at once for one client address.
+    pub max_per_ip: usize,
+    /// What the open port may do; the TLS port may always read and write.
+    pub plain_access: Access,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +93,9 @@ impl Default for ServerConfig {
             linger: Duration::from_millis(250),
             error_detail: ErrorDetail::Bare,
             data: None,
+            allow: Vec::new(),
+            max_per_ip: 32,
+            plain_access: Access::ReadWrite,
         }
     }
 }
@@ -128,6 +139,7 @@ impl ServerConfig {
             (self.max_connections, "--max-connections"),
             (self.timeout.as_millis() as usize, "--timeout-ms"),
             (self.gap.as_millis() as usize, "--gap-ms"),
+            (self.max_per_ip, "--max-per-ip"),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(flag));

@@ -80,9 +80,19 @@ fn remaining(deadline: Instant) -> Option<Duration> {
     (left >= Duration::from_millis(1)).then_some(left)
 }
 
+/// What a listener lets its clients do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Access {
+    #[default]
+    ReadWrite,
+    /// Writes are answered `X` (the open port, when writes need TLS).
+    ReadOnly,
+}
+
 /// Applies a request to the store and says what to answer.
-pub fn apply(request: Request, store: &RegisterStore) -> Reply {
+pub fn apply(request: Request, store: &RegisterStore, access: Access) -> Reply {
     match request {
+        Request::Write { .. } if access == Access::ReadOnly => Reply::Failed(Failure::Forbidden),
         Request::Read { device, register } => match store.read(device, register) {
             Some(value) => Reply::Accepted {
                 device,
@@ -166,6 +176,7 @@ fn receive<C: Conn>(
 pub fn serve<C: Conn>(
     conn: &mut C,
     store: &RegisterStore,
+    access: Access,
     detail: ErrorDetail,
     timing: &Timing,
 ) -> Transaction {
@@ -174,7 +185,7 @@ pub fn serve<C: Conn>(
     let (reply, outcome) = match receive(conn, &mut buf, &mut len, timing) {
         Received::Message(message_len, terminator) => {
             let reply = match Request::parse(&buf[..message_len]) {
-                Ok(request) => apply(request, store),
+                Ok(request) => apply(request, store, access),
                 Err(e) => Reply::Failed(Failure::Protocol(e)),
             };
             (reply.encode(detail, terminator), Outcome::Served)
@@ -309,7 +320,7 @@ mod tests {
 
     fn run(steps: Vec<Step>, store: &RegisterStore, detail: ErrorDetail) -> (Script, Transaction) {
         let mut script = Script::new(steps);
-        let t = serve(&mut script, store, detail, &timing());
+        let t = serve(&mut script, store, Access::ReadWrite, detail, &timing());
         assert!(!script.closed, "closing is the caller's");
         (script, t)
     }
@@ -396,7 +407,13 @@ mod tests {
             deadline: Instant::now(),
             ..timing()
         };
-        let t = serve(&mut script, &store, ErrorDetail::Explained, &timing);
+        let t = serve(
+            &mut script,
+            &store,
+            Access::ReadWrite,
+            ErrorDetail::Explained,
+            &timing,
+        );
         assert_eq!(script.written, b"X timeout");
         assert_eq!(t.outcome, Outcome::TimedOut);
         let (s, t) = run(vec![Step::Eof], &store, ErrorDetail::Bare);
@@ -434,7 +451,13 @@ mod tests {
         let store = RegisterStore::new();
         let mut script = Script::new(vec![Step::Bytes(b"W0FAC0B1234")]);
         script.fail_writes = true;
-        let t = serve(&mut script, &store, ErrorDetail::Bare, &timing());
+        let t = serve(
+            &mut script,
+            &store,
+            Access::ReadWrite,
+            ErrorDetail::Bare,
+            &timing(),
+        );
         assert_eq!(t.outcome, Outcome::Failed(ErrorKind::BrokenPipe));
         // The write was applied before the reply was lost.
         assert_eq!(store.read(0x0FAC, 0x0B), Some(0x1234));
@@ -454,6 +477,31 @@ mod tests {
         );
         assert_eq!(s.written, b"X bad length");
         assert_eq!(store.read(0x0FAC, 0x0B), None);
+    }
+
+    #[test]
+    fn read_only_refuses_writes_and_serves_reads() {
+        let store = RegisterStore::new();
+        store.write(1, 1, 1).unwrap();
+        let mut script = Script::new(vec![Step::Bytes(b"W0001010002\n")]);
+        serve(
+            &mut script,
+            &store,
+            Access::ReadOnly,
+            ErrorDetail::Explained,
+            &timing(),
+        );
+        assert_eq!(script.written, b"X forbidden\n");
+        assert_eq!(store.read(1, 1), Some(1));
+        let mut script = Script::new(vec![Step::Bytes(b"R000101")]);
+        serve(
+            &mut script,
+            &store,
+            Access::ReadOnly,
+            ErrorDetail::Bare,
+            &timing(),
+        );
+        assert_eq!(script.written, b"A0001010001");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! certificates, and [`client`] the blocking client the CLI and tests use.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod client;
 pub mod config;
 pub mod connection;

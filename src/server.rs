@@ -4,20 +4,22 @@
 //! admits the connection (or refuses it at once when the server is full) and hands
 //! it to the pool, where the TLS handshake, the read and the reply happen.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 use threadpool::ThreadPool;
 
+use crate::access;
 use crate::config::{ConfigError, ServerConfig, Transport};
-use crate::connection::{self, Conn, Outcome, Timing, Transaction};
+use crate::connection::{self, Access, Conn, Outcome, Timing, Transaction};
 use crate::journal::JournalError;
 use crate::protocol::{Escaped, Failure, Reply, Terminator};
 use crate::store::RegisterStore;
@@ -105,8 +107,11 @@ impl RateLimitedWarning {
 pub struct Stats {
     /// Messages judged and answered.
     pub transactions: u64,
-    /// Connections refused because the server was full.
+    /// Connections refused because the server, or the client's address, was at
+    /// its limit.
     pub rejected: u64,
+    /// Connections closed because the client's address is not allowed.
+    pub denied: u64,
     /// Connections queued or being served now.
     pub in_flight: usize,
 }
@@ -121,13 +126,21 @@ struct Shared {
     in_flight: AtomicUsize,
     transactions: AtomicU64,
     rejected: AtomicU64,
+    denied: AtomicU64,
+    /// In-flight connections per client address, for `--max-per-ip`.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
     shutting_down: AtomicBool,
     full_warning: RateLimitedWarning,
+    denied_warning: RateLimitedWarning,
     accept_warning: RateLimitedWarning,
     handshake_warning: RateLimitedWarning,
 }
 
 impl Shared {
+    fn per_ip(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.per_ip.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn acceptor(&self) -> Option<Arc<Acceptor>> {
         self.acceptor
             .read()
@@ -136,27 +149,53 @@ impl Shared {
     }
 }
 
-/// Holds one in-flight slot; taken on the accept thread before the job is queued
-/// (so queued connections count) and released when the job ends, even by panic.
+/// Holds one in-flight slot, overall and for the client's address; taken on the
+/// accept thread before the job is queued (so queued connections count) and
+/// released when the job ends, even by panic.
 struct Admission {
     shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+/// Why a connection was turned away at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Full,
+    PerIp,
 }
 
 impl Admission {
-    fn try_new(shared: &Arc<Shared>) -> Option<Admission> {
+    fn try_new(shared: &Arc<Shared>, ip: IpAddr) -> Result<Admission, Refusal> {
         let before = shared.in_flight.fetch_add(1, Ordering::AcqRel);
         if before >= shared.config.max_connections {
             shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            return Err(Refusal::Full);
         }
-        Some(Admission {
+        let mut per_ip = shared.per_ip();
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= shared.config.max_per_ip {
+            drop(per_ip);
+            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::PerIp);
+        }
+        *count += 1;
+        Ok(Admission {
             shared: Arc::clone(shared),
+            ip,
         })
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
+        let mut per_ip = self.shared.per_ip();
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        drop(per_ip);
         self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -278,8 +317,11 @@ fn launch(
         in_flight: AtomicUsize::new(0),
         transactions: AtomicU64::new(0),
         rejected: AtomicU64::new(0),
+        denied: AtomicU64::new(0),
+        per_ip: Mutex::new(HashMap::new()),
         shutting_down: AtomicBool::new(false),
         full_warning: RateLimitedWarning::new(Duration::from_secs(1)),
+        denied_warning: RateLimitedWarning::new(Duration::from_secs(1)),
         accept_warning: RateLimitedWarning::new(Duration::from_secs(1)),
         handshake_warning: RateLimitedWarning::new(Duration::from_secs(1)),
     });
@@ -333,6 +375,7 @@ impl RunningServer {
         Stats {
             transactions: self.shared.transactions.load(Ordering::Relaxed),
             rejected: self.shared.rejected.load(Ordering::Relaxed),
+            denied: self.shared.denied.load(Ordering::Relaxed),
             in_flight: self.shared.in_flight.load(Ordering::Relaxed),
         }
     }
@@ -443,9 +486,20 @@ fn accept_loop(listener: TcpListener, transport: Transport, shared: Arc<Shared>,
                 continue;
             }
         };
-        let Some(admission) = Admission::try_new(&shared) else {
-            refuse(stream, peer, transport, &shared);
+        let ip = peer.ip().to_canonical();
+        if !access::allowed(&shared.config.allow, ip) {
+            shared.denied.fetch_add(1, Ordering::Relaxed);
+            shared.denied_warning.warn(format_args!(
+                "closed {transport} connection from {peer}: address not in --allow"
+            ));
             continue;
+        }
+        let admission = match Admission::try_new(&shared, ip) {
+            Ok(admission) => admission,
+            Err(refusal) => {
+                refuse(stream, peer, transport, refusal, &shared);
+                continue;
+            }
         };
         let accepted_at = Instant::now();
         pool.execute(move || {
@@ -465,12 +519,24 @@ fn accept_loop(listener: TcpListener, transport: Transport, shared: Arc<Shared>,
 /// Turns a connection away without blocking the accept thread: an `X` on the open
 /// port (the socket buffer is empty, so the write cannot block), nothing on the TLS
 /// port, where no handshake has happened.
-fn refuse(stream: TcpStream, peer: SocketAddr, transport: Transport, shared: &Shared) {
+fn refuse(
+    stream: TcpStream,
+    peer: SocketAddr,
+    transport: Transport,
+    refusal: Refusal,
+    shared: &Shared,
+) {
     shared.rejected.fetch_add(1, Ordering::Relaxed);
-    shared.full_warning.warn(format_args!(
-        "refusing {transport} connection from {peer}: {} connections in flight (--max-connections)",
-        shared.config.max_connections
-    ));
+    match refusal {
+        Refusal::Full => shared.full_warning.warn(format_args!(
+            "refusing {transport} connection from {peer}: {} connections in flight (--max-connections)",
+            shared.config.max_connections
+        )),
+        Refusal::PerIp => shared.full_warning.warn(format_args!(
+            "refusing {transport} connection from {peer}: {} connections from that address in flight (--max-per-ip)",
+            shared.config.max_per_ip
+        )),
+    }
     if transport == Transport::Plain && stream.set_nonblocking(true).is_ok() {
         let reply =
             Reply::Failed(Failure::Busy).encode(shared.config.error_detail, Terminator::None);
@@ -638,7 +704,17 @@ fn serve_and_close<C: Conn>(
     timing: &Timing,
     shared: &Shared,
 ) {
-    let transaction = connection::serve(conn, &shared.store, shared.config.error_detail, timing);
+    let access = match transport {
+        Transport::Plain => shared.config.plain_access,
+        Transport::Tls => Access::ReadWrite,
+    };
+    let transaction = connection::serve(
+        conn,
+        &shared.store,
+        access,
+        shared.config.error_detail,
+        timing,
+    );
     log_transaction(&transaction, peer, client, transport, accepted_at, shared);
     if transaction.replied_at.is_some() && !matches!(transaction.outcome, Outcome::Failed(_)) {
         conn.close_gracefully(timing.linger);

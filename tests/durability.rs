@@ -95,7 +95,9 @@ fn sigkill_right_after_acknowledged_writes_loses_none_under_fsync_always() {
 fn memory_only_without_data_says_so() {
     let server = ServerProcess::start(&["--no-tls"]);
     assert!(
-        eventually(Duration::from_secs(5), || server.log_text().contains("memory only")),
+        eventually(Duration::from_secs(5), || server
+            .log_text()
+            .contains("memory only")),
         "{}",
         server.log_text()
     );

@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::Parser;
 use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use wwep::access::Cidr;
 use wwep::config::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, DataConfig, ServerConfig};
+use wwep::connection::Access;
 use wwep::journal::{CompactionPolicy, Fsync};
 use wwep::notify::notify;
 use wwep::protocol::ErrorDetail;
@@ -50,6 +52,16 @@ struct Args {
     /// Require TLS clients to present a certificate signed by a CA in FILE (mutual TLS).
     #[arg(long, env = "WWEP_CLIENT_CA", value_name = "FILE")]
     client_ca: Option<PathBuf>,
+    /// Accept connections only from these addresses or CIDR ranges (repeatable,
+    /// or comma-separated); others are closed without a reply. Default: everyone.
+    #[arg(long, env = "WWEP_ALLOW", value_name = "CIDR", value_delimiter = ',')]
+    allow: Vec<Cidr>,
+    /// Connections queued or being served at once from one client address.
+    #[arg(long, env = "WWEP_MAX_PER_IP", default_value_t = 32)]
+    max_per_ip: usize,
+    /// Serve only reads on the open port; writes there get X and need the TLS port.
+    #[arg(long, env = "WWEP_PLAIN_READ_ONLY")]
+    plain_read_only: bool,
     /// Worker threads serving connections.
     #[arg(long, env = "WWEP_WORKERS", default_value_t = 64)]
     workers: usize,
@@ -100,6 +112,13 @@ impl Args {
             client_auth: match self.client_ca {
                 Some(ca) => ClientAuth::Required { ca },
                 None => ClientAuth::Off,
+            },
+            allow: self.allow,
+            max_per_ip: self.max_per_ip,
+            plain_access: if self.plain_read_only {
+                Access::ReadOnly
+            } else {
+                Access::ReadWrite
             },
             workers: self.workers,
             max_connections: self.max_connections,
