@@ -11,7 +11,7 @@ SYSTEMD_DIR ?= /etc/systemd/system
 SYSUSERS_DIR ?= /usr/lib/sysusers.d
 CONF_DIR ?= /etc/wwep
 
-.PHONY: all build release run test certs clean install
+.PHONY: all build release run test bench certs clean install
 
 all: build
 
@@ -43,6 +43,10 @@ install: release
 	sed 's|/usr/local/bin/wwep-server|$(PREFIX)/bin/wwep-server|' dist/wwep.service > $(DESTDIR)$(SYSTEMD_DIR)/wwep.service
 	chmod 0644 $(DESTDIR)$(SYSTEMD_DIR)/wwep.service
 	[ -e $(DESTDIR)$(CONF_DIR)/wwep.env ] || install -m 0644 dist/wwep.env $(DESTDIR)$(CONF_DIR)/wwep.env
+
+# Our server against nginx's one-shot limit on this machine; see README.
+bench:
+	./scripts/bench.sh
 
 clean:
 	$(CARGO) clean

@@ -179,6 +179,7 @@ pub fn serve<C: Conn>(
     access: Access,
     detail: ErrorDetail,
     timing: &Timing,
+    before_reply: &mut dyn FnMut(),
 ) -> Transaction {
     let mut buf = [0u8; MAX_MESSAGE_BYTES];
     let mut len = 0;
@@ -204,6 +205,7 @@ pub fn serve<C: Conn>(
             };
         }
     };
+    before_reply();
     let outcome = match conn.write_all(reply.as_bytes()).and_then(|()| conn.flush()) {
         Ok(()) => outcome,
         Err(e) => Outcome::Failed(e.kind()),
@@ -320,7 +322,14 @@ mod tests {
 
     fn run(steps: Vec<Step>, store: &RegisterStore, detail: ErrorDetail) -> (Script, Transaction) {
         let mut script = Script::new(steps);
-        let t = serve(&mut script, store, Access::ReadWrite, detail, &timing());
+        let t = serve(
+            &mut script,
+            store,
+            Access::ReadWrite,
+            detail,
+            &timing(),
+            &mut || {},
+        );
         assert!(!script.closed, "closing is the caller's");
         (script, t)
     }
@@ -413,6 +422,7 @@ mod tests {
             Access::ReadWrite,
             ErrorDetail::Explained,
             &timing,
+            &mut || {},
         );
         assert_eq!(script.written, b"X timeout");
         assert_eq!(t.outcome, Outcome::TimedOut);
@@ -457,6 +467,7 @@ mod tests {
             Access::ReadWrite,
             ErrorDetail::Bare,
             &timing(),
+            &mut || {},
         );
         assert_eq!(t.outcome, Outcome::Failed(ErrorKind::BrokenPipe));
         // The write was applied before the reply was lost.
@@ -490,6 +501,7 @@ mod tests {
             Access::ReadOnly,
             ErrorDetail::Explained,
             &timing(),
+            &mut || {},
         );
         assert_eq!(script.written, b"X forbidden\n");
         assert_eq!(store.read(1, 1), Some(1));
@@ -500,6 +512,7 @@ mod tests {
             Access::ReadOnly,
             ErrorDetail::Bare,
             &timing(),
+            &mut || {},
         );
         assert_eq!(script.written, b"A0001010001");
     }

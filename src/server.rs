@@ -155,6 +155,7 @@ impl Shared {
 struct Admission {
     shared: Arc<Shared>,
     ip: IpAddr,
+    holds_ip_slot: bool,
 }
 
 /// Why a connection was turned away at accept.
@@ -182,12 +183,18 @@ impl Admission {
         Ok(Admission {
             shared: Arc::clone(shared),
             ip,
+            holds_ip_slot: true,
         })
     }
-}
 
-impl Drop for Admission {
-    fn drop(&mut self) {
+    /// Gives back the address's slot once the connection is answered: what the
+    /// per-address limit bounds is connections still waiting for their reply. A
+    /// client that opens its next connection on receiving a reply never finds its
+    /// previous one still counted, so N sequential clients fit a limit of N.
+    fn release_ip_slot(&mut self) {
+        if !std::mem::replace(&mut self.holds_ip_slot, false) {
+            return;
+        }
         let mut per_ip = self.shared.per_ip();
         if let Some(count) = per_ip.get_mut(&self.ip) {
             *count -= 1;
@@ -195,7 +202,12 @@ impl Drop for Admission {
                 per_ip.remove(&self.ip);
             }
         }
-        drop(per_ip);
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.release_ip_slot();
         self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -503,10 +515,9 @@ fn accept_loop(listener: TcpListener, transport: Transport, shared: Arc<Shared>,
         };
         let accepted_at = Instant::now();
         pool.execute(move || {
-            let _admission = admission;
-            let shared = &_admission.shared;
+            let mut admission = admission;
             let served = catch_unwind(AssertUnwindSafe(|| {
-                handle(stream, peer, transport, accepted_at, shared)
+                handle(stream, peer, transport, accepted_at, &mut admission)
             }));
             if served.is_err() {
                 error!("connection from {peer} abandoned after a panic in its worker");
@@ -617,8 +628,10 @@ fn handle(
     peer: SocketAddr,
     transport: Transport,
     accepted_at: Instant,
-    shared: &Shared,
+    admission: &mut Admission,
 ) {
+    let shared = Arc::clone(&admission.shared);
+    let shared = &*shared;
     let config = &shared.config;
     let mut timing = Timing {
         deadline: accepted_at + config.timeout,
@@ -642,7 +655,7 @@ fn handle(
                 transport,
                 accepted_at,
                 &timing,
-                shared,
+                admission,
             );
         }
         Transport::Tls => {
@@ -689,7 +702,7 @@ fn handle(
                 transport,
                 accepted_at,
                 &timing,
-                shared,
+                admission,
             );
         }
     }
@@ -702,8 +715,9 @@ fn serve_and_close<C: Conn>(
     transport: Transport,
     accepted_at: Instant,
     timing: &Timing,
-    shared: &Shared,
+    admission: &mut Admission,
 ) {
+    let shared = Arc::clone(&admission.shared);
     let access = match transport {
         Transport::Plain => shared.config.plain_access,
         Transport::Tls => Access::ReadWrite,
@@ -714,8 +728,9 @@ fn serve_and_close<C: Conn>(
         access,
         shared.config.error_detail,
         timing,
+        &mut || admission.release_ip_slot(),
     );
-    log_transaction(&transaction, peer, client, transport, accepted_at, shared);
+    log_transaction(&transaction, peer, client, transport, accepted_at, &shared);
     if transaction.replied_at.is_some() && !matches!(transaction.outcome, Outcome::Failed(_)) {
         conn.close_gracefully(timing.linger);
     }

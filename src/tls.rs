@@ -472,9 +472,13 @@ pub enum Trust {
 pub fn client_connector(
     trust: &Trust,
     identity: Option<&IdentitySource>,
+    only_tls12: bool,
 ) -> Result<native_tls::TlsConnector, TlsError> {
     let mut builder = native_tls::TlsConnector::builder();
     builder.min_protocol_version(Some(native_tls::Protocol::Tlsv12));
+    if only_tls12 {
+        builder.max_protocol_version(Some(native_tls::Protocol::Tlsv12));
+    }
     let mut context = PathBuf::new();
     match trust {
         Trust::System => {}

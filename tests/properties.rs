@@ -8,17 +8,24 @@ use wwep::protocol::{
 
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
-        (any::<u16>(), any::<u8>()).prop_map(|(device, register)| Request::Read { device, register }),
-        (any::<u16>(), any::<u8>(), any::<u16>()).prop_map(|(device, register, value)| Request::Write {
-            device,
-            register,
-            value
+        (any::<u16>(), any::<u8>())
+            .prop_map(|(device, register)| Request::Read { device, register }),
+        (any::<u16>(), any::<u8>(), any::<u16>()).prop_map(|(device, register, value)| {
+            Request::Write {
+                device,
+                register,
+                value,
+            }
         }),
     ]
 }
 
 fn terminator() -> impl Strategy<Value = Terminator> {
-    prop_oneof![Just(Terminator::None), Just(Terminator::Lf), Just(Terminator::CrLf)]
+    prop_oneof![
+        Just(Terminator::None),
+        Just(Terminator::Lf),
+        Just(Terminator::CrLf)
+    ]
 }
 
 proptest! {

@@ -101,6 +101,39 @@ enum Command {
     },
     /// Print the device id of a MAC address: the 16-bit sum of its six bytes.
     DeviceId { mac: String },
+    /// Load benchmark: concurrent one-shot transactions; prints rate and latency.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+struct BenchArgs {
+    /// Concurrent workers, each one connection at a time.
+    #[arg(short, long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds to measure (after the warm-up).
+    #[arg(long, default_value_t = 10.0, conflicts_with = "requests")]
+    duration: f64,
+    /// Stop after this many completed transactions instead of after --duration.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Seconds of load before measuring starts.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// write, read, or READ/WRITE percentages such as 80/20.
+    #[arg(long, default_value = "write")]
+    mix: String,
+    /// Spread requests over this many device ids instead of all 65,536.
+    #[arg(long)]
+    devices: Option<u32>,
+    /// Connect from this local address.
+    #[arg(long, value_name = "IP")]
+    source_ip: Option<std::net::IpAddr>,
+    /// Offer only TLS 1.2, as embedded TLS stacks do.
+    #[arg(long)]
+    tls12: bool,
+    /// No progress line on stderr.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 /// The LED register of the course's button exercise.
@@ -126,6 +159,43 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         .map(client::device_id_from_mac)
         .transpose()?;
     match &cli.command {
+        Command::Bench(b) => {
+            let seconds = |v: f64, flag: &str| {
+                if v.is_finite() && v >= 0.0 {
+                    Ok(Duration::from_secs_f64(v))
+                } else {
+                    Err(format!("{flag} must be a number of seconds, not {v}"))
+                }
+            };
+            let config = wwep::bench::BenchConfig {
+                concurrency: b.concurrency.max(1),
+                duration: if b.requests.is_some() {
+                    None
+                } else {
+                    Some(seconds(b.duration, "--duration")?)
+                },
+                requests: b.requests,
+                warmup: seconds(b.warmup, "--warmup")?,
+                mix: wwep::bench::Mix::parse(&b.mix)?,
+                devices: b.devices,
+                progress: !b.quiet,
+            };
+            let mut client = connect_with(c, b.tls12)?;
+            if let Some(ip) = b.source_ip {
+                client = client.with_source_ip(ip);
+            }
+            let report = wwep::bench::run(&client, &config);
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(if report.summary.completed > 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
         Command::DeviceId { mac } => {
             let id = client::device_id_from_mac(mac)?;
             if json {
@@ -256,6 +326,10 @@ fn device_fields(
 }
 
 fn connect(c: &ConnectionArgs) -> Result<Client, String> {
+    connect_with(c, false)
+}
+
+fn connect_with(c: &ConnectionArgs, only_tls12: bool) -> Result<Client, String> {
     let address = ServerAddress::parse(&c.server)?;
     let tls_only = [
         (c.ca.is_some(), "--ca"),
@@ -288,8 +362,8 @@ fn connect(c: &ConnectionArgs) -> Result<Client, String> {
             }),
             _ => None,
         };
-        let connector =
-            wwep::tls::client_connector(&trust, identity.as_ref()).map_err(|e| e.to_string())?;
+        let connector = wwep::tls::client_connector(&trust, identity.as_ref(), only_tls12)
+            .map_err(|e| e.to_string())?;
         Link::Tls {
             connector,
             servername: c.servername.clone().unwrap_or_else(|| address.host.clone()),

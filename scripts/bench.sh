@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# `make bench`: our server against the practical limit for a one-shot server on
+# this machine (nginx's stream module answering a constant reply, no parsing, no
+# state), plain and TLS (RSA-2048 and ECDSA P-256), at concurrency 1 and 32,
+# alternating the two servers. Loopback only; every process is stopped by PID.
+#
+# DURATION (seconds per run, default 3) and ROUNDS (default 2) tune the length.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-3}
+ROUNDS=${ROUNDS:-2}
+WARMUP=${WARMUP:-1}
+
+cargo build --release -q
+wwep=./target/release/wwep
+server=./target/release/wwep-server
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+KEY=rsa ./scripts/make-certs.sh "$tmp/rsa" >/dev/null
+KEY=ec ./scripts/make-certs.sh "$tmp/ec" >/dev/null
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start_ours NAME CERTDIR EXTRA...: runs wwep-server with its defaults (logging
+# included, to a file as under journald) on ephemeral loopback ports.
+start_ours() {
+  local name=$1 dir=$2
+  shift 2
+  "$server" --bind 127.0.0.1 --plain-port 0 --tls-port 0 \
+    --cert "$dir/server.pem" --key "$dir/server.key" "$@" 2>"$tmp/$name.log" &
+  pids+=($!)
+  for _ in $(seq 100); do
+    grep -q "tls listener on" "$tmp/$name.log" 2>/dev/null && break
+    sleep 0.1
+  done
+}
+port_of() { grep -o "$2 listener on [0-9.:]*" "$tmp/$1.log" | awk -F: '{print $NF}'; }
+
+start_ours ours-rsa "$tmp/rsa"
+start_ours ours-ec "$tmp/ec" --no-plain
+ours_plain=$(port_of ours-rsa plain)
+ours_rsa=$(port_of ours-rsa tls)
+ours_ec=$(port_of ours-ec tls)
+
+stream_module=/usr/lib/nginx/modules/ngx_stream_module.so
+have_nginx() { command -v nginx >/dev/null 2>&1 && [ -e "$stream_module" ]; }
+if ! have_nginx && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing nginx and its stream module for the comparison..." >&2
+  (apt-get install -y -qq nginx-light libnginx-mod-stream >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nginx-light libnginx-mod-stream >/dev/null 2>&1; }) || true
+fi
+limit=none
+if have_nginx; then
+  ng_plain=$(free_port); ng_rsa=$(free_port); ng_ec=$(free_port)
+  mkdir -p "$tmp/nginx"
+  cat >"$tmp/nginx.conf" <<CONF
+load_module $stream_module;
+worker_processes auto;
+pid $tmp/nginx.pid;
+error_log $tmp/nginx-error.log warn;
+events { worker_connections 8192; }
+stream {
+  server { listen 127.0.0.1:$ng_plain; return "A0FAC0B1234"; }
+  server {
+    listen 127.0.0.1:$ng_rsa ssl;
+    ssl_certificate $tmp/rsa/server.pem; ssl_certificate_key $tmp/rsa/server.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    return "A0FAC0B1234";
+  }
+  server {
+    listen 127.0.0.1:$ng_ec ssl;
+    ssl_certificate $tmp/ec/server.pem; ssl_certificate_key $tmp/ec/server.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    return "A0FAC0B1234";
+  }
+}
+CONF
+  nginx -e "$tmp/nginx-error.log" -p "$tmp/nginx" -c "$tmp/nginx.conf" -g 'daemon off;' &
+  pids+=($!)
+  for _ in $(seq 50); do
+    (echo >"/dev/tcp/127.0.0.1/$ng_plain") 2>/dev/null && break
+    sleep 0.1
+  done
+  limit=nginx
+fi
+
+# run PORT CA CONCURRENCY [tls]: one measurement, as JSON.
+run() {
+  local port=$1 ca=$2 conc=$3 tls=${4:-}
+  local args=(--server "localhost:$port" --json bench -c "$conc" --duration "$DURATION" --warmup "$WARMUP" --quiet)
+  if [ -n "$tls" ]; then args=(--tls --ca "$ca" "${args[@]}"); fi
+  "$wwep" "${args[@]}" || echo '{"per_second":0,"p50_us":0,"p99_us":0,"errors":{"run":1}}'
+}
+field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
+errors() { sed -n 's/.*"errors":{\([^}]*\)}.*/\1/p' <<<"$1"; }
+
+results="$tmp/results"
+: >"$results"
+cases=("plain 1 $ours_plain ${ng_plain:-} -" "plain 32 $ours_plain ${ng_plain:-} -"
+       "tls-rsa 1 $ours_rsa ${ng_rsa:-} $tmp/rsa/ca.pem" "tls-rsa 32 $ours_rsa ${ng_rsa:-} $tmp/rsa/ca.pem"
+       "tls-ec 1 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem" "tls-ec 32 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem")
+for round in $(seq "$ROUNDS"); do
+  for c in "${cases[@]}"; do
+    read -r name conc ours theirs ca <<<"$c"
+    tls=""; [ "$ca" != "-" ] && tls=1
+    echo "round $round: $name c=$conc" >&2
+    r=$(run "$ours" "$ca" "$conc" $tls)
+    echo "$name $conc ours $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(errors "$r")" >>"$results"
+    if [ "$limit" = nginx ]; then
+      r=$(run "$theirs" "$ca" "$conc" $tls)
+      echo "$name $conc limit $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(errors "$r")" >>"$results"
+    fi
+  done
+done
+
+echo
+echo "wwep vs. the one-shot limit on this machine ($(nproc) cores), ${ROUNDS}x${DURATION} s each, loopback"
+[ "$limit" = none ] && echo "(nginx with its stream module is not available here: ours alone)"
+awk -v limit="$limit" '
+  { key=$1" "$2; who=$3; n[key,who]++; tps[key,who]+=$4; p50[key,who]+=$5; p99[key,who]+=$6
+    if ($7 != "") err[key,who]=err[key,who] " " $7
+    if (!(key in seen)) { seen[key]=1; order[++k]=key } }
+  END {
+    if (limit == "none") {
+      printf "| %-8s | %4s | %10s | %9s | %9s |\n", "case", "conc", "ours tx/s", "p50 ms", "p99 ms"
+      printf "|----------|------|------------|-----------|-----------|\n"
+    } else {
+      printf "| %-8s | %4s | %10s | %10s | %6s | %9s | %9s | %9s | %9s | %8s |\n", "case", "conc", "ours tx/s", "limit tx/s", "ratio", "ours p50", "limit p50", "ours p99", "limit p99", "p99 ratio"
+      printf "|----------|------|------------|------------|--------|-----------|-----------|-----------|-----------|----------|\n"
+    }
+    for (i=1; i<=k; i++) {
+      key=order[i]; split(key, f, " ")
+      o=tps[key,"ours"]/n[key,"ours"]; o50=p50[key,"ours"]/n[key,"ours"]/1000; o99=p99[key,"ours"]/n[key,"ours"]/1000
+      if (limit == "none") { printf "| %-8s | %4s | %10.0f | %9.3f | %9.3f |\n", f[1], f[2], o, o50, o99; continue }
+      t=tps[key,"limit"]/n[key,"limit"]; t50=p50[key,"limit"]/n[key,"limit"]/1000; t99=p99[key,"limit"]/n[key,"limit"]/1000
+      printf "| %-8s | %4s | %10.0f | %10.0f | %6.2f | %9.3f | %9.3f | %9.3f | %9.3f | %8.2f |\n", f[1], f[2], o, t, (t>0?o/t:0), o50, t50, o99, t99, (t99>0?o99/t99:0)
+    }
+    for (key in err) if (err[key] != "") { split(key, g, SUBSEP); print "errors " g[1] " " g[2] ":" err[key] }
+  }' "$results"
