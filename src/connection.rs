@@ -27,6 +27,8 @@ pub trait Conn: Read + Write {
 pub struct Timing {
     /// When the message must have arrived, counted from accept.
     pub deadline: Instant,
+    /// The longest a started message may pause; also the stream's read timeout
+    /// when [`serve`] is called.
     pub gap: Duration,
     pub linger: Duration,
 }
@@ -123,13 +125,28 @@ enum Received {
 }
 
 /// Reads until the framing rules say the message is complete. The stream's read
-/// timeout is expected to be set to the time left before `timing.deadline`.
+/// timeout is expected to be `timing.gap` on entry: silence before the first byte
+/// is waited out in gap-long steps until the deadline, so the common case (a
+/// whole message in one read) costs no timeout changes at all.
 fn receive<C: Conn>(
     conn: &mut C,
     buf: &mut [u8; MAX_MESSAGE_BYTES],
     len: &mut usize,
     timing: &Timing,
 ) -> Received {
+    let mut current = timing.gap;
+    // Never wait past the deadline: shorten the timeout only when it would.
+    let mut fit_to_deadline = |conn: &mut C| -> Result<bool, ErrorKind> {
+        let Some(left) = remaining(timing.deadline) else {
+            return Ok(false);
+        };
+        let wanted = timing.gap.min(left);
+        if wanted != current {
+            conn.set_read_timeout(wanted).map_err(|e| e.kind())?;
+            current = wanted;
+        }
+        Ok(true)
+    };
     loop {
         match read_some(conn, &mut buf[*len..]) {
             Ok(0) if *len == 0 => return Received::Nothing,
@@ -144,23 +161,20 @@ fn receive<C: Conn>(
                     return Received::Message(message_len, terminator);
                 }
                 // Started but unfinished: wait at most the gap for the next byte.
-                let Some(left) = remaining(timing.deadline) else {
-                    break;
-                };
-                if let Err(e) = conn.set_read_timeout(timing.gap.min(left)) {
-                    return Received::Broken(e.kind());
+                match fit_to_deadline(conn) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(kind) => return Received::Broken(kind),
                 }
             }
             Err(e) if is_timeout(&e) => {
                 if *len > 0 {
                     break;
                 }
-                // A socket timeout can fire a little early; wait out the deadline.
-                let Some(left) = remaining(timing.deadline) else {
-                    return Received::Nothing;
-                };
-                if let Err(e) = conn.set_read_timeout(left) {
-                    return Received::Broken(e.kind());
+                match fit_to_deadline(conn) {
+                    Ok(true) => {}
+                    Ok(false) => return Received::Nothing,
+                    Err(kind) => return Received::Broken(kind),
                 }
             }
             Err(e) => return Received::Broken(e.kind()),
@@ -374,8 +388,7 @@ mod tests {
         );
         assert_eq!(s.written, b"A0FAC0B1234\n");
         assert_eq!(t.request(), b"W0FAC0B1234\n");
-        assert_eq!(s.timeouts.len(), 2, "gap timer set after each partial read");
-        assert!(s.timeouts.iter().all(|t| *t <= Duration::from_millis(100)));
+        assert!(s.timeouts.is_empty(), "the gap timeout is already in place");
     }
 
     #[test]
@@ -440,7 +453,33 @@ mod tests {
             ErrorDetail::Bare,
         );
         assert_eq!(s.written, b"A000000FFFF");
-        assert_eq!(s.timeouts.len(), 1);
+        assert!(s.timeouts.is_empty());
+    }
+
+    #[test]
+    fn the_timeout_shrinks_only_near_the_deadline() {
+        let store = RegisterStore::new();
+        let mut script = Script::new(vec![Step::Timeout, Step::Bytes(b"R0"), Step::Timeout]);
+        let timing = Timing {
+            deadline: Instant::now() + Duration::from_millis(50),
+            ..timing()
+        };
+        serve(
+            &mut script,
+            &store,
+            Access::ReadWrite,
+            ErrorDetail::Explained,
+            &timing,
+            &mut || {},
+        );
+        assert_eq!(script.written, b"X bad length");
+        assert!(
+            !script.timeouts.is_empty()
+                && script
+                    .timeouts
+                    .iter()
+                    .all(|t| *t <= Duration::from_millis(50))
+        );
     }
 
     #[test]

@@ -410,15 +410,25 @@ pub struct Escaped<'a>(pub &'a [u8]);
 
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for &b in self.0 {
-            match b {
+        let safe = |b: u8| (0x20..=0x7e).contains(&b) && b != b'\\' && b != b'"';
+        let mut rest = self.0;
+        while !rest.is_empty() {
+            // Runs of plain characters go out in one piece.
+            let run = rest.iter().position(|&b| !safe(b)).unwrap_or(rest.len());
+            if run > 0 {
+                // Printable ASCII is valid UTF-8.
+                f.write_str(std::str::from_utf8(&rest[..run]).map_err(|_| fmt::Error)?)?;
+                rest = &rest[run..];
+                continue;
+            }
+            match rest[0] {
                 b'\n' => f.write_str("\\n")?,
                 b'\r' => f.write_str("\\r")?,
                 b'\\' => f.write_str("\\\\")?,
                 b'"' => f.write_str("\\\"")?,
-                0x20..=0x7e => fmt::Write::write_char(f, char::from(b))?,
-                _ => write!(f, "\\x{b:02X}")?,
+                b => write!(f, "\\x{b:02X}")?,
             }
+            rest = &rest[1..];
         }
         Ok(())
     }

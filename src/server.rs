@@ -559,17 +559,20 @@ fn refuse(
     }
 }
 
-struct PlainConn(TcpStream);
+struct PlainConn {
+    stream: TcpStream,
+    read_timeout: Duration,
+}
 
 impl Read for PlainConn {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        self.stream.read(buf)
     }
 }
 
 impl Write for PlainConn {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
+        self.stream.write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -578,15 +581,18 @@ impl Write for PlainConn {
 
 impl Conn for PlainConn {
     fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        self.0.set_read_timeout(Some(timeout))
+        self.stream.set_read_timeout(Some(timeout))?;
+        self.read_timeout = timeout;
+        Ok(())
     }
     fn close_gracefully(&mut self, linger: Duration) {
-        close_tcp(&self.0, linger);
+        close_tcp(&self.stream, self.read_timeout, linger);
     }
 }
 
 struct TlsConn {
     stream: tls::ServerStream,
+    read_timeout: Duration,
 }
 
 impl Read for TlsConn {
@@ -606,21 +612,27 @@ impl Write for TlsConn {
 
 impl Conn for TlsConn {
     fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        self.stream.tcp().set_read_timeout(Some(timeout))
+        self.stream.tcp().set_read_timeout(Some(timeout))?;
+        self.read_timeout = timeout;
+        Ok(())
     }
     fn close_gracefully(&mut self, linger: Duration) {
         self.stream.close_notify();
-        close_tcp(self.stream.tcp(), linger);
+        close_tcp(self.stream.tcp(), self.read_timeout, linger);
     }
 }
 
-fn close_tcp(stream: &TcpStream, linger: Duration) {
+/// Half-closes, then reads and discards what the peer still sends for `linger`.
+/// The socket's read timeout (`read_timeout`) is kept when it is no longer than
+/// the linger, which saves a system call on every connection.
+fn close_tcp(stream: &TcpStream, read_timeout: Duration, linger: Duration) {
     if stream.shutdown(Shutdown::Write).is_err() {
         return;
     }
-    if stream.set_read_timeout(Some(linger)).is_ok() {
-        connection::drain(stream, linger);
+    if read_timeout > linger && stream.set_read_timeout(Some(linger)).is_err() {
+        return;
     }
+    connection::drain(stream, linger);
 }
 
 fn handle(
@@ -638,16 +650,18 @@ fn handle(
         gap: config.gap,
         linger: config.linger,
     };
-    if let Err(e) = stream
-        .set_read_timeout(Some(config.timeout))
-        .and_then(|()| stream.set_write_timeout(Some(config.timeout)))
-    {
-        debug!("{transport} {peer}: cannot set timeouts: {e}");
-        return;
-    }
     match transport {
         Transport::Plain => {
-            let mut conn = PlainConn(stream);
+            // One timeout serves the whole connection (see `connection::serve`).
+            // No write timeout: the reply is a few bytes into an empty send buffer.
+            if let Err(e) = stream.set_read_timeout(Some(config.gap)) {
+                debug!("{transport} {peer}: cannot set timeouts: {e}");
+                return;
+            }
+            let mut conn = PlainConn {
+                stream,
+                read_timeout: config.gap,
+            };
             serve_and_close(
                 &mut conn,
                 peer,
@@ -662,6 +676,14 @@ fn handle(
             let Some(acceptor) = shared.acceptor() else {
                 return;
             };
+            // An embedded client may take seconds between handshake messages.
+            if let Err(e) = stream
+                .set_read_timeout(Some(config.timeout))
+                .and_then(|()| stream.set_write_timeout(Some(config.timeout)))
+            {
+                debug!("{transport} {peer}: cannot set timeouts: {e}");
+                return;
+            }
             // The handshake is several small writes; Nagle would delay each.
             let _ = stream.set_nodelay(true);
             let stream = match acceptor.accept(stream) {
@@ -675,13 +697,16 @@ fn handle(
                         debug!("tls {peer}: handshake failed: {}", failure.reason);
                     }
                     if let Some(stream) = failure.stream {
-                        close_tcp(&stream, config.linger);
+                        close_tcp(&stream, config.timeout, config.linger);
                     }
                     return;
                 }
             };
             let client = stream.peer_common_name();
-            let mut conn = TlsConn { stream };
+            let mut conn = TlsConn {
+                stream,
+                read_timeout: config.timeout,
+            };
             // The handshake spent part of the time the message has.
             let Some(left) = timing
                 .deadline
@@ -691,10 +716,10 @@ fn handle(
                 debug!("tls {peer}: handshake used up the timeout");
                 return;
             };
-            if conn.set_read_timeout(left).is_err() {
+            timing.deadline = Instant::now() + left;
+            if conn.set_read_timeout(config.gap.min(left)).is_err() {
                 return;
             }
-            timing.deadline = Instant::now() + left;
             serve_and_close(
                 &mut conn,
                 peer,

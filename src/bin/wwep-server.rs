@@ -146,7 +146,7 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    wwep::logging::init();
     // A panic is logged as one line; the worker pool replaces the thread.
     std::panic::set_hook(Box::new(|info| log::error!("{info}")));
     let config = args.into_config();
