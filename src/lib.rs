@@ -13,6 +13,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod journal;
+pub mod linger;
 pub mod logging;
 pub mod notify;
 pub mod protocol;

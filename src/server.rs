@@ -21,6 +21,7 @@ use crate::access;
 use crate::config::{ConfigError, ServerConfig, Transport};
 use crate::connection::{self, Access, Conn, Outcome, Timing, Transaction};
 use crate::journal::JournalError;
+use crate::linger::Lingerer;
 use crate::protocol::{Escaped, Failure, Reply, Terminator};
 use crate::store::RegisterStore;
 use crate::tls::{self, Acceptor, Identity, TlsError};
@@ -134,6 +135,7 @@ struct Shared {
     denied_warning: RateLimitedWarning,
     accept_warning: RateLimitedWarning,
     handshake_warning: RateLimitedWarning,
+    lingerer: Lingerer,
 }
 
 impl Shared {
@@ -319,6 +321,9 @@ fn launch(
         .num_threads(config.workers)
         .thread_name("wwep-worker".to_string())
         .build();
+    // Lingering closes are bounded like connections are.
+    let lingerer =
+        Lingerer::start(config.max_connections.saturating_mul(4)).map_err(ServerError::Thread)?;
     let plain_addr = plain.as_ref().map(|(_, a)| *a);
     let tls_addr = secure.as_ref().map(|(_, a)| *a);
     let shared = Arc::new(Shared {
@@ -336,6 +341,7 @@ fn launch(
         denied_warning: RateLimitedWarning::new(Duration::from_secs(1)),
         accept_warning: RateLimitedWarning::new(Duration::from_secs(1)),
         handshake_warning: RateLimitedWarning::new(Duration::from_secs(1)),
+        lingerer,
     });
     let stop_maintenance = Arc::new(AtomicBool::new(false));
     let mut server = RunningServer {
@@ -405,6 +411,7 @@ impl RunningServer {
             let _ = handle.join();
         }
         self.pool.join();
+        self.shared.lingerer.stop();
         if let Some((stop, handle)) = self.maintenance.take() {
             stop.store(true, Ordering::Release);
             let _ = handle.join();
@@ -559,49 +566,51 @@ fn refuse(
     }
 }
 
-struct PlainConn {
+struct PlainConn<'a> {
     stream: TcpStream,
-    read_timeout: Duration,
+    lingerer: &'a Lingerer,
 }
 
-impl Read for PlainConn {
+impl Read for PlainConn<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.stream.read(buf)
     }
 }
 
-impl Write for PlainConn {
+impl Write for PlainConn<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.write(buf)
+        // The reply is all this connection will send: MSG_MORE holds it for the
+        // FIN that `close_gracefully` adds at once, so both leave in one segment.
+        socket2::SockRef::from(&self.stream).send_with_flags(buf, libc::MSG_MORE)
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
 }
 
-impl Conn for PlainConn {
+impl Conn for PlainConn<'_> {
     fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        self.stream.set_read_timeout(Some(timeout))?;
-        self.read_timeout = timeout;
-        Ok(())
+        self.stream.set_read_timeout(Some(timeout))
     }
-    fn close_gracefully(&mut self, linger: Duration) {
-        close_tcp(&self.stream, self.read_timeout, linger);
+    fn close_gracefully(self, linger: Duration) {
+        if self.stream.shutdown(Shutdown::Write).is_ok() {
+            self.lingerer.close(self.stream, linger);
+        }
     }
 }
 
-struct TlsConn {
+struct TlsConn<'a> {
     stream: tls::ServerStream,
-    read_timeout: Duration,
+    lingerer: &'a Lingerer,
 }
 
-impl Read for TlsConn {
+impl Read for TlsConn<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.stream.read(buf)
     }
 }
 
-impl Write for TlsConn {
+impl Write for TlsConn<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.stream.write(buf)
     }
@@ -610,29 +619,25 @@ impl Write for TlsConn {
     }
 }
 
-impl Conn for TlsConn {
+impl Conn for TlsConn<'_> {
     fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        self.stream.tcp().set_read_timeout(Some(timeout))?;
-        self.read_timeout = timeout;
-        Ok(())
+        self.stream.tcp().set_read_timeout(Some(timeout))
     }
-    fn close_gracefully(&mut self, linger: Duration) {
+    fn close_gracefully(mut self, linger: Duration) {
         self.stream.close_notify();
-        close_tcp(self.stream.tcp(), self.read_timeout, linger);
+        close_tcp(self.stream.tcp(), self.lingerer, linger);
     }
 }
 
-/// Half-closes, then reads and discards what the peer still sends for `linger`.
-/// The socket's read timeout (`read_timeout`) is kept when it is no longer than
-/// the linger, which saves a system call on every connection.
-fn close_tcp(stream: &TcpStream, read_timeout: Duration, linger: Duration) {
+/// Half-closes a stream that something else owns and lingers on a duplicate of
+/// its socket, which stays open until the lingering is done.
+fn close_tcp(stream: &TcpStream, lingerer: &Lingerer, linger: Duration) {
     if stream.shutdown(Shutdown::Write).is_err() {
         return;
     }
-    if read_timeout > linger && stream.set_read_timeout(Some(linger)).is_err() {
-        return;
+    if let Ok(dup) = stream.try_clone() {
+        lingerer.close(dup, linger);
     }
-    connection::drain(stream, linger);
 }
 
 fn handle(
@@ -658,19 +663,11 @@ fn handle(
                 debug!("{transport} {peer}: cannot set timeouts: {e}");
                 return;
             }
-            let mut conn = PlainConn {
+            let conn = PlainConn {
                 stream,
-                read_timeout: config.gap,
+                lingerer: &shared.lingerer,
             };
-            serve_and_close(
-                &mut conn,
-                peer,
-                None,
-                transport,
-                accepted_at,
-                &timing,
-                admission,
-            );
+            serve_and_close(conn, peer, None, transport, accepted_at, &timing, admission);
         }
         Transport::Tls => {
             let Some(acceptor) = shared.acceptor() else {
@@ -697,7 +694,7 @@ fn handle(
                         debug!("tls {peer}: handshake failed: {}", failure.reason);
                     }
                     if let Some(stream) = failure.stream {
-                        close_tcp(&stream, config.timeout, config.linger);
+                        close_tcp(&stream, &shared.lingerer, config.linger);
                     }
                     return;
                 }
@@ -705,7 +702,7 @@ fn handle(
             let client = stream.peer_common_name();
             let mut conn = TlsConn {
                 stream,
-                read_timeout: config.timeout,
+                lingerer: &shared.lingerer,
             };
             // The handshake spent part of the time the message has.
             let Some(left) = timing
@@ -721,7 +718,7 @@ fn handle(
                 return;
             }
             serve_and_close(
-                &mut conn,
+                conn,
                 peer,
                 client.as_deref(),
                 transport,
@@ -734,7 +731,7 @@ fn handle(
 }
 
 fn serve_and_close<C: Conn>(
-    conn: &mut C,
+    mut conn: C,
     peer: SocketAddr,
     client: Option<&str>,
     transport: Transport,
@@ -748,7 +745,7 @@ fn serve_and_close<C: Conn>(
         Transport::Tls => Access::ReadWrite,
     };
     let transaction = connection::serve(
-        conn,
+        &mut conn,
         &shared.store,
         access,
         shared.config.error_detail,

@@ -1,0 +1,258 @@
+//! Lingering closes without holding a worker.
+//!
+//! After its reply the server half-closes and must keep reading (and discarding)
+//! what the client still sends until the client closes, or the close would turn
+//! into a reset that can destroy the reply. Most clients close within a
+//! millisecond; a worker blocked on that read costs a sleep and a wake-up per
+//! connection. Instead one thread holds the half-closed sockets and polls them
+//! with non-blocking reads every few milliseconds until each client has closed
+//! or its linger time is up.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How often held sockets are polled.
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// Reads per socket per poll, so one client streaming garbage cannot stall the rest.
+const READS_PER_POLL: usize = 8;
+
+/// What a non-blocking drain found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    /// The client closed (or the connection failed): nothing left to protect.
+    Closed,
+    /// The client is still connected and quiet.
+    Open,
+}
+
+/// Reads and discards whatever has arrived, without waiting.
+fn drain_now(stream: &TcpStream) -> Drained {
+    let socket = socket2::SockRef::from(stream);
+    let mut scratch = [MaybeUninit::<u8>::uninit(); 1024];
+    for _ in 0..READS_PER_POLL {
+        match socket.recv_with_flags(&mut scratch, libc::MSG_DONTWAIT) {
+            Ok(0) => return Drained::Closed,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drained::Open,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return Drained::Closed,
+        }
+    }
+    Drained::Open
+}
+
+struct Queue {
+    incoming: Vec<(TcpStream, Instant)>,
+    /// The thread is waiting for work (not polling).
+    idle: bool,
+}
+
+struct Inner {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    stop: AtomicBool,
+    held: AtomicUsize,
+    capacity: usize,
+}
+
+impl Inner {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The thread that finishes lingering closes.
+pub struct Lingerer {
+    inner: Arc<Inner>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Lingerer {
+    /// Starts the thread; at most `capacity` sockets are held at once.
+    pub fn start(capacity: usize) -> io::Result<Lingerer> {
+        let inner = Arc::new(Inner {
+            queue: Mutex::new(Queue {
+                incoming: Vec::new(),
+                idle: true,
+            }),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+            held: AtomicUsize::new(0),
+            capacity,
+        });
+        let for_thread = Arc::clone(&inner);
+        let thread = std::thread::Builder::new()
+            .name("wwep-linger".to_string())
+            .spawn(move || run(&for_thread))?;
+        Ok(Lingerer {
+            inner,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Finishes the close of a stream whose sending side is already shut down:
+    /// at once if the client has closed, else on the linger thread. When that is
+    /// full, lingers here, blocking.
+    pub fn close(&self, stream: TcpStream, linger: Duration) {
+        if drain_now(&stream) == Drained::Closed {
+            return;
+        }
+        let until = Instant::now() + linger;
+        if !self.inner.stop.load(Ordering::Acquire)
+            && self.inner.held.fetch_add(1, Ordering::AcqRel) < self.inner.capacity
+        {
+            let mut queue = self.inner.queue();
+            queue.incoming.push((stream, until));
+            if queue.idle {
+                queue.idle = false;
+                self.inner.wake.notify_one();
+            }
+            return;
+        }
+        self.inner.held.fetch_sub(1, Ordering::AcqRel);
+        linger_blocking(&stream, until);
+    }
+
+    /// Sockets held now.
+    pub fn held(&self) -> usize {
+        self.inner.held.load(Ordering::Acquire)
+    }
+
+    /// Closes every held socket and ends the thread.
+    pub fn stop(&self) {
+        self.inner.stop.store(true, Ordering::Release);
+        self.inner.wake.notify_one();
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Lingerer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn linger_blocking(stream: &TcpStream, until: Instant) {
+    while let Some(left) = until
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+    {
+        if drain_now(stream) == Drained::Closed {
+            return;
+        }
+        std::thread::sleep(left.min(POLL_INTERVAL));
+    }
+}
+
+fn run(inner: &Inner) {
+    let mut held: Vec<(TcpStream, Instant)> = Vec::new();
+    loop {
+        {
+            let mut queue = inner.queue();
+            while held.is_empty()
+                && queue.incoming.is_empty()
+                && !inner.stop.load(Ordering::Acquire)
+            {
+                queue.idle = true;
+                queue = inner.wake.wait(queue).unwrap_or_else(|p| p.into_inner());
+            }
+            held.append(&mut queue.incoming);
+        }
+        if inner.stop.load(Ordering::Acquire) {
+            let n = held.len();
+            held.clear();
+            inner.held.fetch_sub(n, Ordering::AcqRel);
+            let mut queue = inner.queue();
+            let late = queue.incoming.len();
+            queue.incoming.clear();
+            inner.held.fetch_sub(late, Ordering::AcqRel);
+            return;
+        }
+        let now = Instant::now();
+        let before = held.len();
+        held.retain(|(stream, until)| now < *until && drain_now(stream) == Drained::Open);
+        inner.held.fetch_sub(before - held.len(), Ordering::AcqRel);
+        if !held.is_empty() {
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener};
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (server, client)
+    }
+
+    #[test]
+    fn late_bytes_are_read_so_the_reply_survives() {
+        let lingerer = Lingerer::start(16).unwrap();
+        let (server, mut client) = pair();
+        (&server).write_all(b"A0FAC0B1234").unwrap();
+        server.shutdown(Shutdown::Write).unwrap();
+        lingerer.close(server, Duration::from_secs(2));
+        assert_eq!(lingerer.held(), 1, "the client has not closed yet");
+        // The client sends more after the reply, then reads it: no reset.
+        client.write_all(b"\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).unwrap();
+        assert_eq!(reply, b"A0FAC0B1234");
+        assert!(client.take_error().unwrap().is_none());
+        drop(client);
+        let until = Instant::now() + Duration::from_secs(2);
+        while lingerer.held() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(lingerer.held(), 0, "released once the client closed");
+    }
+
+    #[test]
+    fn a_closed_client_is_finished_at_once_and_a_silent_one_at_the_linger() {
+        let lingerer = Lingerer::start(16).unwrap();
+        let (server, client) = pair();
+        drop(client);
+        std::thread::sleep(Duration::from_millis(20));
+        server.shutdown(Shutdown::Write).unwrap();
+        lingerer.close(server, Duration::from_secs(5));
+        assert_eq!(lingerer.held(), 0);
+        let (server, _client) = pair();
+        server.shutdown(Shutdown::Write).unwrap();
+        lingerer.close(server, Duration::from_millis(30));
+        assert_eq!(lingerer.held(), 1);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(lingerer.held(), 0, "dropped when the linger ran out");
+    }
+
+    #[test]
+    fn when_full_the_caller_lingers_and_stop_releases_everything() {
+        let lingerer = Lingerer::start(1).unwrap();
+        let (a, _ca) = pair();
+        let (b, _cb) = pair();
+        lingerer.close(a, Duration::from_secs(10));
+        let started = Instant::now();
+        lingerer.close(b, Duration::from_millis(50));
+        assert!(
+            started.elapsed() >= Duration::from_millis(40),
+            "lingered in the caller"
+        );
+        assert_eq!(lingerer.held(), 1);
+        lingerer.stop();
+        assert_eq!(lingerer.held(), 0);
+    }
+}
