@@ -11,7 +11,7 @@ SYSTEMD_DIR ?= /etc/systemd/system
 SYSUSERS_DIR ?= /usr/lib/sysusers.d
 CONF_DIR ?= /etc/wwep
 
-.PHONY: all build release run test bench certs clean install
+.PHONY: all build release run test bench microbench certs clean install
 
 all: build
 
@@ -44,9 +44,13 @@ install: release
 	chmod 0644 $(DESTDIR)$(SYSTEMD_DIR)/wwep.service
 	[ -e $(DESTDIR)$(CONF_DIR)/wwep.env ] || install -m 0644 dist/wwep.env $(DESTDIR)$(CONF_DIR)/wwep.env
 
-# Our server against nginx's one-shot limit on this machine; see README.
-bench:
+# Our server against nginx's one-shot limit on this machine, then our own code
+# alone (frame, parse, store, encode); see README.
+bench: microbench
 	./scripts/bench.sh
+
+microbench:
+	$(CARGO) bench --bench hot_path -- --warm-up-time 1 --measurement-time 3
 
 clean:
 	$(CARGO) clean
