@@ -188,7 +188,8 @@ fn receive<C: Conn>(
 
 /// Serves one connection: one message in, one reply out. When the reply went out
 /// ([`Outcome::Served`] or [`Outcome::TimedOut`]) the caller closes the stream with
-/// [`Conn::close_gracefully`]; the split lets the transaction be logged first.
+/// [`Conn::close_gracefully`], which may be what sends it (the plain listener
+/// holds the reply back to send it with the FIN).
 pub fn serve<C: Conn>(
     conn: &mut C,
     store: &RegisterStore,

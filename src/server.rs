@@ -752,10 +752,12 @@ fn serve_and_close<C: Conn>(
         timing,
         &mut || admission.release_ip_slot(),
     );
-    log_transaction(&transaction, peer, client, transport, accepted_at, &shared);
+    // Close first: the reply leaves with the FIN, and the log line is not on the
+    // client's critical path.
     if transaction.replied_at.is_some() && !matches!(transaction.outcome, Outcome::Failed(_)) {
         conn.close_gracefully(timing.linger);
     }
+    log_transaction(&transaction, peer, client, transport, accepted_at, &shared);
 }
 
 fn log_transaction(
