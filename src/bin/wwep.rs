@@ -216,14 +216,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 device: device as u16,
                 register: register as u8,
             };
-            let client = connect(c)?;
-            report(
-                &client
-                    .transact(request.encode().as_bytes())
-                    .map_err(|e| e.to_string())?,
-                json,
-                None,
-            )
+            exchange(c, request.encode().as_bytes(), json)
         }
         Command::Write { fields } => {
             let [device, register, value] =
@@ -236,23 +229,10 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 register: register as u8,
                 value: value as u16,
             };
-            let client = connect(c)?;
-            report(
-                &client
-                    .transact(request.encode().as_bytes())
-                    .map_err(|e| e.to_string())?,
-                json,
-                None,
-            )
+            exchange(c, request.encode().as_bytes(), json)
         }
         Command::Send { message } => {
-            let bytes = client::unescape(message)?;
-            let client = connect(c)?;
-            report(
-                &client.transact(&bytes).map_err(|e| e.to_string())?,
-                json,
-                None,
-            )
+            exchange(c, &client::unescape(message)?, json)
         }
         Command::Toggle { device } => {
             let device = match (device, mac_device) {
@@ -287,6 +267,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             report(&reply, json, Some(state))
         }
     }
+}
+
+/// One transaction, reported.
+fn exchange(c: &ConnectionArgs, request: &[u8], json: bool) -> Result<ExitCode, String> {
+    let reply = connect(c)?.transact(request).map_err(|e| e.to_string())?;
+    report(&reply, json, None)
 }
 
 /// Parses DEVICE (unless it comes from --device-from-mac) followed by `names`.
