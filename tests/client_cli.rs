@@ -345,3 +345,95 @@ fn server_address_forms() {
             .fails_with("connection refused");
     }
 }
+
+#[test]
+fn bench_runs_a_bounded_load_and_reports_json() {
+    let s = TestServer::start();
+    let srv = plain_server(&s);
+    let run = wwep(&[
+        "--server",
+        &srv,
+        "--json",
+        "bench",
+        "-c",
+        "4",
+        "--requests",
+        "300",
+        "--warmup",
+        "0",
+        "--mix",
+        "50/50",
+        "--devices",
+        "2",
+        "--source-ip",
+        "127.0.0.2",
+        "--quiet",
+    ]);
+    assert_eq!(run.code(), Some(0), "{}", run.text);
+    let out = run.stdout();
+    let completed: u64 = out
+        .split("\"completed\":")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // Workers already mid-transaction when the count is reached still finish.
+    assert!((300..=304).contains(&completed), "{out}");
+    assert!(
+        out.contains("\"errors\":{}") && out.contains("\"bad_replies\":0"),
+        "{out}"
+    );
+    // Writes went to the two devices only.
+    let written = (0..=1u16)
+        .map(|d| {
+            (0..=255u8)
+                .filter(|&r| s.server().store().read(d, r).is_some())
+                .count()
+        })
+        .sum::<usize>();
+    assert!(
+        written > 0 && s.server().store().len() == written,
+        "{written} of {}",
+        s.server().store().len()
+    );
+    let text = wwep(&[
+        "--server",
+        &srv,
+        "bench",
+        "-c",
+        "2",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0",
+        "--quiet",
+    ]);
+    assert_eq!(text.code(), Some(0), "{}", text.text);
+    assert!(
+        text.stdout().contains("transactions/s") && text.stdout().contains("errors: none"),
+        "{}",
+        text.text
+    );
+    // Against nothing: every transaction fails, counted by kind, exit 2.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = wwep(&[
+        "--server",
+        &format!("127.0.0.1:{port}"),
+        "--json",
+        "bench",
+        "-c",
+        "1",
+        "--duration",
+        "0.2",
+        "--warmup",
+        "0",
+        "-q",
+    ]);
+    assert_eq!(dead.code(), Some(2), "{}", dead.text);
+    assert!(dead.stdout().contains("\"connect\":"), "{}", dead.text);
+    wwep(&["bench", "--mix", "60/60"]).fails_with("add up to 100");
+}

@@ -231,9 +231,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             };
             exchange(c, request.encode().as_bytes(), json)
         }
-        Command::Send { message } => {
-            exchange(c, &client::unescape(message)?, json)
-        }
+        Command::Send { message } => exchange(c, &client::unescape(message)?, json),
         Command::Toggle { device } => {
             let device = match (device, mac_device) {
                 (Some(_), Some(_)) => {
