@@ -48,8 +48,24 @@ start_ours() {
 }
 port_of() { grep -o "$2 listener on [0-9.:]*" "$tmp/$1.log" | awk -F: '{print $NF}'; }
 
+# cpu_ticks PID...: user+system clock ticks of these processes and their children's
+# threads, to price a transaction in server CPU.
+cpu_ticks() {
+  local total=0 pid task
+  for pid in "$@" $(for p in "$@"; do pgrep -P "$p"; done); do
+    for task in /proc/"$pid"/task/*/stat; do
+      [ -r "$task" ] || continue
+      total=$((total + $(sed 's/.*) //' "$task" | awk '{print $12 + $13}')))
+    done
+  done
+  echo "$total"
+}
+tick=$(getconf CLK_TCK)
+
 start_ours ours-rsa "$tmp/rsa"
+ours_rsa_pid=${pids[-1]}
 start_ours ours-ec "$tmp/ec" --no-plain
+ours_ec_pid=${pids[-1]}
 ours_plain=$(port_of ours-rsa plain)
 ours_rsa=$(port_of ours-rsa tls)
 ours_ec=$(port_of ours-ec tls)
@@ -89,6 +105,7 @@ stream {
 CONF
   nginx -e "$tmp/nginx-error.log" -p "$tmp/nginx" -c "$tmp/nginx.conf" -g 'daemon off;' &
   pids+=($!)
+  nginx_pid=$!
   for _ in $(seq 50); do
     (echo >"/dev/tcp/127.0.0.1/$ng_plain") 2>/dev/null && break
     sleep 0.1
@@ -96,12 +113,27 @@ CONF
   limit=nginx
 fi
 
-# run PORT CA CONCURRENCY [tls]: one measurement, as JSON.
-run() {
-  local port=$1 ca=$2 conc=$3 tls=${4:-}
-  local args=(--server "localhost:$port" --json bench -c "$conc" --duration "$DURATION" --warmup "$WARMUP" --quiet)
+# bench_cmd PORT CA CONCURRENCY SECONDS [tls]: the wwep bench command line.
+bench_cmd() {
+  local port=$1 ca=$2 conc=$3 secs=$4 tls=${5:-}
+  local args=(--server "localhost:$port" --json bench -c "$conc" --duration "$secs" --warmup 0 --quiet)
   if [ -n "$tls" ]; then args=(--tls --ca "$ca" "${args[@]}"); fi
-  "$wwep" "${args[@]}" || echo '{"per_second":0,"p50_us":0,"p99_us":0,"errors":{"run":1}}'
+  echo "$wwep" "${args[@]}"
+}
+
+# run PORT CA CONCURRENCY SERVER_PID [tls]: warm up, then one measurement as
+# JSON, with the server's CPU per completed transaction added as "cpu_us".
+run() {
+  local port=$1 ca=$2 conc=$3 pid=$4 tls=${5:-}
+  $(bench_cmd "$port" "$ca" "$conc" "$WARMUP" $tls) >/dev/null 2>&1 || true
+  local before out after n cpu=0
+  before=$(cpu_ticks "$pid")
+  out=$($(bench_cmd "$port" "$ca" "$conc" "$DURATION" $tls) ||
+    echo '{"completed":0,"per_second":0,"p50_us":0,"p99_us":0,"errors":{"run":1}}')
+  after=$(cpu_ticks "$pid")
+  n=$(field "$out" completed)
+  [ "${n:-0}" -gt 0 ] && cpu=$(( (after - before) * 1000000 / tick / n ))
+  echo "${out%\}},\"cpu_us\":$cpu}"
 }
 field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
 errors() { sed -n 's/.*"errors":{\([^}]*\)}.*/\1/p' <<<"$1"; }
@@ -116,11 +148,12 @@ for round in $(seq "$ROUNDS"); do
     read -r name conc ours theirs ca <<<"$c"
     tls=""; [ "$ca" != "-" ] && tls=1
     echo "round $round: $name c=$conc" >&2
-    r=$(run "$ours" "$ca" "$conc" $tls)
-    echo "$name $conc ours $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(errors "$r")" >>"$results"
+    ours_pid=$ours_rsa_pid; [ "$name" = tls-ec ] && ours_pid=$ours_ec_pid
+    r=$(run "$ours" "$ca" "$conc" "$ours_pid" $tls)
+    echo "$name $conc ours $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(field "$r" cpu_us) $(errors "$r")" >>"$results"
     if [ "$limit" = nginx ]; then
-      r=$(run "$theirs" "$ca" "$conc" $tls)
-      echo "$name $conc limit $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(errors "$r")" >>"$results"
+      r=$(run "$theirs" "$ca" "$conc" "$nginx_pid" $tls)
+      echo "$name $conc limit $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(field "$r" cpu_us) $(errors "$r")" >>"$results"
     fi
   done
 done
@@ -129,23 +162,23 @@ echo
 echo "wwep vs. the one-shot limit on this machine ($(nproc) cores), ${ROUNDS}x${DURATION} s each, loopback"
 [ "$limit" = none ] && echo "(nginx with its stream module is not available here: ours alone)"
 awk -v limit="$limit" '
-  { key=$1" "$2; who=$3; n[key,who]++; tps[key,who]+=$4; p50[key,who]+=$5; p99[key,who]+=$6
-    if ($7 != "") err[key,who]=err[key,who] " " $7
+  { key=$1" "$2; who=$3; n[key,who]++; tps[key,who]+=$4; p50[key,who]+=$5; p99[key,who]+=$6; cpu[key,who]+=$7
+    if ($8 != "") err[key,who]=err[key,who] " " $8
     if (!(key in seen)) { seen[key]=1; order[++k]=key } }
   END {
     if (limit == "none") {
-      printf "| %-8s | %4s | %10s | %9s | %9s |\n", "case", "conc", "ours tx/s", "p50 ms", "p99 ms"
-      printf "|----------|------|------------|-----------|-----------|\n"
+      printf "| %-8s | %4s | %10s | %9s | %9s | %11s |\n", "case", "conc", "ours tx/s", "p50 ms", "p99 ms", "cpu us/tx"
+      printf "|----------|------|------------|-----------|-----------|-------------|\n"
     } else {
-      printf "| %-8s | %4s | %10s | %10s | %6s | %9s | %9s | %9s | %9s | %8s |\n", "case", "conc", "ours tx/s", "limit tx/s", "ratio", "ours p50", "limit p50", "ours p99", "limit p99", "p99 ratio"
-      printf "|----------|------|------------|------------|--------|-----------|-----------|-----------|-----------|----------|\n"
+      printf "| %-8s | %4s | %10s | %10s | %6s | %9s | %9s | %9s | %9s | %8s | %8s | %9s |\n", "case", "conc", "ours tx/s", "limit tx/s", "ratio", "ours p50", "limit p50", "ours p99", "limit p99", "p99 ratio", "ours cpu", "limit cpu"
+      printf "|----------|------|------------|------------|--------|-----------|-----------|-----------|-----------|----------|----------|-----------|\n"
     }
     for (i=1; i<=k; i++) {
       key=order[i]; split(key, f, " ")
-      o=tps[key,"ours"]/n[key,"ours"]; o50=p50[key,"ours"]/n[key,"ours"]/1000; o99=p99[key,"ours"]/n[key,"ours"]/1000
-      if (limit == "none") { printf "| %-8s | %4s | %10.0f | %9.3f | %9.3f |\n", f[1], f[2], o, o50, o99; continue }
-      t=tps[key,"limit"]/n[key,"limit"]; t50=p50[key,"limit"]/n[key,"limit"]/1000; t99=p99[key,"limit"]/n[key,"limit"]/1000
-      printf "| %-8s | %4s | %10.0f | %10.0f | %6.2f | %9.3f | %9.3f | %9.3f | %9.3f | %8.2f |\n", f[1], f[2], o, t, (t>0?o/t:0), o50, t50, o99, t99, (t99>0?o99/t99:0)
+      o=tps[key,"ours"]/n[key,"ours"]; o50=p50[key,"ours"]/n[key,"ours"]/1000; o99=p99[key,"ours"]/n[key,"ours"]/1000; oc=cpu[key,"ours"]/n[key,"ours"]
+      if (limit == "none") { printf "| %-8s | %4s | %10.0f | %9.3f | %9.3f | %11.0f |\n", f[1], f[2], o, o50, o99, oc; continue }
+      t=tps[key,"limit"]/n[key,"limit"]; t50=p50[key,"limit"]/n[key,"limit"]/1000; t99=p99[key,"limit"]/n[key,"limit"]/1000; tc=cpu[key,"limit"]/n[key,"limit"]
+      printf "| %-8s | %4s | %10.0f | %10.0f | %6.2f | %9.3f | %9.3f | %9.3f | %9.3f | %8.2f | %8.0f | %9.0f |\n", f[1], f[2], o, t, (t>0?o/t:0), o50, t50, o99, t99, (t99>0?o99/t99:0), oc, tc
     }
     for (key in err) if (err[key] != "") { split(key, g, SUBSEP); print "errors " g[1] " " g[2] ":" err[key] }
   }' "$results"
