@@ -667,7 +667,13 @@ fn handle(
                 stream,
                 lingerer: &shared.lingerer,
             };
-            serve_and_close(conn, peer, None, transport, accepted_at, &timing, admission);
+            let session = Session {
+                peer,
+                transport,
+                accepted_at,
+                client: None,
+            };
+            serve_and_close(conn, &session, &timing, admission);
         }
         Transport::Tls => {
             let Some(acceptor) = shared.acceptor() else {
@@ -717,30 +723,34 @@ fn handle(
             if conn.set_read_timeout(config.gap.min(left)).is_err() {
                 return;
             }
-            serve_and_close(
-                conn,
+            let session = Session {
                 peer,
-                client.as_deref(),
                 transport,
                 accepted_at,
-                &timing,
-                admission,
-            );
+                client: client.as_deref(),
+            };
+            serve_and_close(conn, &session, &timing, admission);
         }
     }
 }
 
-fn serve_and_close<C: Conn>(
-    mut conn: C,
+/// Who a connection is, for its transaction line.
+struct Session<'a> {
     peer: SocketAddr,
-    client: Option<&str>,
     transport: Transport,
     accepted_at: Instant,
+    /// The client certificate's common name (mutual TLS).
+    client: Option<&'a str>,
+}
+
+fn serve_and_close<C: Conn>(
+    mut conn: C,
+    session: &Session<'_>,
     timing: &Timing,
     admission: &mut Admission,
 ) {
     let shared = Arc::clone(&admission.shared);
-    let access = match transport {
+    let access = match session.transport {
         Transport::Plain => shared.config.plain_access,
         Transport::Tls => Access::ReadWrite,
     };
@@ -757,17 +767,16 @@ fn serve_and_close<C: Conn>(
     if transaction.replied_at.is_some() && !matches!(transaction.outcome, Outcome::Failed(_)) {
         conn.close_gracefully(timing.linger);
     }
-    log_transaction(&transaction, peer, client, transport, accepted_at, &shared);
+    log_transaction(&transaction, session, &shared);
 }
 
-fn log_transaction(
-    t: &Transaction,
-    peer: SocketAddr,
-    client: Option<&str>,
-    transport: Transport,
-    accepted_at: Instant,
-    shared: &Shared,
-) {
+fn log_transaction(t: &Transaction, session: &Session<'_>, shared: &Shared) {
+    let Session {
+        peer,
+        transport,
+        accepted_at,
+        client,
+    } = *session;
     let micros = t
         .replied_at
         .unwrap_or_else(Instant::now)
