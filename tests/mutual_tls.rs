@@ -155,9 +155,12 @@ fn cli_client_certificate_and_logged_common_name() {
     assert!(eventually(std::time::Duration::from_secs(5), || server
         .log_text()
         .contains("refused: client presented no certificate")));
-    let log = server.log_text();
+    let logged = "cn=\"test client\" \"W0001020003\" -> \"A0001020003\"";
     assert!(
-        log.contains("cn=\"test client\" \"W0001020003\" -> \"A0001020003\""),
-        "{log}"
+        eventually(std::time::Duration::from_secs(5), || server
+            .log_text()
+            .contains(logged)),
+        "{}",
+        server.log_text()
     );
 }

@@ -31,7 +31,11 @@ fn spec_sequence() {
     // Lowercase hex is accepted; replies are uppercase and zero-padded.
     assert_eq!(s.plain_transact(b"W0fac0b00ff"), b"A0FAC0B00FF");
     // Counted as the transaction is logged, just after the reply has gone.
-    assert!(eventually(Duration::from_secs(2), || s.server().stats().transactions == 11));
+    assert!(eventually(Duration::from_secs(2), || s
+        .server()
+        .stats()
+        .transactions
+        == 11));
 }
 
 #[test]
