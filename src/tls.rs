@@ -289,20 +289,38 @@ enum StreamImpl {
 
 impl Acceptor {
     /// Builds an acceptor that speaks TLS 1.2 and later.
+    ///
+    /// OpenSSL's default security level refuses what old course certificates
+    /// have (RSA-1024 keys, SHA-1 signatures by a CA). Such an identity is still
+    /// served, as the course's boards expect, at security level 0 and with a
+    /// warning that names the file.
     pub fn new(identity: &Identity, client_auth: &ClientAuth) -> Result<Acceptor, TlsError> {
-        match client_auth {
-            ClientAuth::Off => {
-                let inner = native_tls::TlsAcceptor::builder(identity.to_native()?)
-                    .min_protocol_version(Some(native_tls::Protocol::Tlsv12))
-                    .build()
-                    .map_err(|e| {
-                        TlsError::new(&identity.cert_path, format!("cannot use certificate: {e}"))
-                    })?;
-                Ok(Acceptor(AcceptorImpl::Native(inner)))
+        let client_ca = match client_auth {
+            ClientAuth::Off => None,
+            ClientAuth::Required { ca } => Some(ca.as_path()),
+        };
+        let first = match client_ca {
+            None => native_tls::TlsAcceptor::builder(identity.to_native()?)
+                .min_protocol_version(Some(native_tls::Protocol::Tlsv12))
+                .build()
+                .map(|inner| Acceptor(AcceptorImpl::Native(inner)))
+                .map_err(|e| {
+                    TlsError::new(&identity.cert_path, format!("cannot use certificate: {e}"))
+                }),
+            Some(ca) => openssl_acceptor(identity, Some(ca), false)
+                .map(|a| Acceptor(AcceptorImpl::OpenSsl(a))),
+        };
+        match first {
+            Err(e) if is_weak_certificate(&e.problem) => {
+                let acceptor = openssl_acceptor(identity, client_ca, true)?;
+                log::warn!(
+                    "{}: {}; serving it at OpenSSL security level 0 as old boards need. Replace it with an RSA-2048 or ECDSA certificate",
+                    identity.cert_path.display(),
+                    weak_reason(&e.problem)
+                );
+                Ok(Acceptor(AcceptorImpl::OpenSsl(acceptor)))
             }
-            ClientAuth::Required { ca } => Ok(Acceptor(AcceptorImpl::OpenSsl(mutual_acceptor(
-                identity, ca,
-            )?))),
+            other => other,
         }
     }
 
@@ -369,16 +387,35 @@ impl Acceptor {
     }
 }
 
-fn mutual_acceptor(
+/// Whether OpenSSL refused a certificate only for its age: a short key or a weak
+/// signature digest ("ee key too small", "ca md too weak", ...).
+fn is_weak_certificate(problem: &str) -> bool {
+    problem.contains("too small") || problem.contains("too weak")
+}
+
+fn weak_reason(problem: &str) -> &'static str {
+    if problem.contains("too small") {
+        "its key is shorter than OpenSSL accepts by default"
+    } else {
+        "its signature digest is weaker than OpenSSL accepts by default"
+    }
+}
+
+/// An acceptor built on the openssl crate: for mutual TLS (`client_ca`), which
+/// native-tls cannot ask for, and for old certificates (`legacy`: security level 0).
+fn openssl_acceptor(
     identity: &Identity,
-    ca_path: &Path,
+    client_ca: Option<&Path>,
+    legacy: bool,
 ) -> Result<openssl::ssl::SslAcceptor, TlsError> {
     use openssl::ssl::{SslAcceptor, SslMethod, SslVerifyMode, SslVersion};
     use openssl::x509::store::X509StoreBuilder;
     let cert_err =
         |e: openssl::error::ErrorStack| TlsError::new(&identity.cert_path, first_reason(&e));
-    let ca_err = |e: openssl::error::ErrorStack| TlsError::new(ca_path, first_reason(&e));
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(cert_err)?;
+    if legacy {
+        b.set_security_level(0);
+    }
     b.set_private_key(&identity.key).map_err(cert_err)?;
     b.set_certificate(&identity.chain[0]).map_err(cert_err)?;
     for extra in &identity.chain[1..] {
@@ -386,15 +423,18 @@ fn mutual_acceptor(
     }
     b.set_min_proto_version(Some(SslVersion::TLS1_2))
         .map_err(cert_err)?;
-    let mut store = X509StoreBuilder::new().map_err(ca_err)?;
-    for ca in load_certificates(ca_path)? {
-        b.add_client_ca(&ca).map_err(ca_err)?;
-        store.add_cert(ca).map_err(ca_err)?;
+    if let Some(ca_path) = client_ca {
+        let ca_err = |e: openssl::error::ErrorStack| TlsError::new(ca_path, first_reason(&e));
+        let mut store = X509StoreBuilder::new().map_err(ca_err)?;
+        for ca in load_certificates(ca_path)? {
+            b.add_client_ca(&ca).map_err(ca_err)?;
+            store.add_cert(ca).map_err(ca_err)?;
+        }
+        b.set_verify_cert_store(store.build()).map_err(ca_err)?;
+        b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        // Session resumption with client certificates needs a context id.
+        b.set_session_id_context(b"wwep").map_err(cert_err)?;
     }
-    b.set_verify_cert_store(store.build()).map_err(ca_err)?;
-    b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
-    // Session resumption with client certificates needs a context id.
-    b.set_session_id_context(b"wwep").map_err(cert_err)?;
     Ok(b.build())
 }
 

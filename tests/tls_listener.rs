@@ -188,6 +188,48 @@ fn expired_sha1_self_signed_certificate_loads_with_a_warning() {
 }
 
 #[test]
+fn old_weak_certificates_are_still_served() {
+    // RSA-1024 self-signed, and a SHA-1 leaf signed by an (RSA-2048) CA: both
+    // refused by OpenSSL's default security level, both in course material.
+    let pki = Pki::new(KeyKind::Rsa2048);
+    let short_key = issue(
+        &CertSpec {
+            kind: KeyKind::Rsa1024,
+            digest: MessageDigest::sha1(),
+            ..CertSpec::server("rsa1024 board server")
+        },
+        None,
+    );
+    let sha1_leaf = issue(
+        &CertSpec {
+            kind: KeyKind::Rsa2048,
+            digest: MessageDigest::sha1(),
+            ..CertSpec::server("sha1 leaf")
+        },
+        Some(&pki.ca),
+    );
+    let connector = native_tls::TlsConnector::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let pki = Arc::new(pki);
+    for (name, issued) in [("short", &short_key), ("sha1", &sha1_leaf)] {
+        let cert = pki.write(&format!("{name}.pem"), &issued.cert.to_pem().unwrap());
+        let key = pki.write(
+            &format!("{name}.key"),
+            &issued.key.private_key_to_pem_pkcs8().unwrap(),
+        );
+        let s = TestServer::with_pki(Arc::clone(&pki), |c| {
+            c.identity = Some(IdentitySource::Pem { cert, key })
+        });
+        let mut tls = connector
+            .connect("localhost", connect(s.tls()))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(transact(&mut tls, b"W0001020003"), b"A0001020003", "{name}");
+    }
+}
+
+#[test]
 fn certificate_expiring_soon_is_warned_about() {
     let pki = Pki::new(KeyKind::EcP256);
     let soon = issue(

@@ -30,11 +30,14 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum KeyKind {
     Rsa2048,
     EcP256,
+    /// What old course material used; refused by OpenSSL's default security level.
+    Rsa1024,
 }
 
 pub fn new_key(kind: KeyKind) -> PKey<Private> {
     match kind {
         KeyKind::Rsa2048 => PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap(),
+        KeyKind::Rsa1024 => PKey::from_rsa(Rsa::generate(1024).unwrap()).unwrap(),
         KeyKind::EcP256 => {
             let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
             PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap()
