@@ -331,3 +331,93 @@ fn openssl_s_client_reads_and_writes() {
     let out = run_with_input(&mut cmd, b"R0FAC0B\n");
     assert!(!out.stdout.starts_with(b"A"), "{}", describe(&cmd, &out));
 }
+
+#[test]
+fn access_and_limit_flags_reach_the_server() {
+    let server = ServerProcess::start_env(
+        &[
+            "--no-tls",
+            "--plain-read-only",
+            "--max-per-ip",
+            "5",
+            "--max-connections",
+            "100",
+            "--timeout-ms",
+            "2000",
+            "--gap-ms",
+            "50",
+            "--workers",
+            "4",
+            "--explain-errors",
+        ],
+        &[("WWEP_ALLOW", "10.0.0.0/8,127.0.0.1")],
+    );
+    let addr = server.plain.unwrap();
+    assert_eq!(
+        transact(&mut connect(addr), b"W0001010001\n"),
+        b"X forbidden\n"
+    );
+    assert_eq!(transact(&mut connect(addr), b"R000101\n"), b"X not found\n");
+    // 127.0.0.2 is not in WWEP_ALLOW: closed without a reply.
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(
+            &"127.0.0.2:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut denied: std::net::TcpStream = socket.into();
+    denied
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let _ = std::io::Write::write_all(&mut denied, b"R000101\n");
+    let mut got = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut denied, &mut got);
+    assert!(got.is_empty(), "{got:?}");
+    assert!(eventually(std::time::Duration::from_secs(5), || server
+        .log_text()
+        .contains("not in --allow")));
+    // The gap is 50 ms: a short message without terminator is judged quickly.
+    let mut c = connect(addr);
+    std::io::Write::write_all(&mut c, b"R00").unwrap();
+    assert_eq!(
+        read_exact_within(&mut c, 12, std::time::Duration::from_millis(500)),
+        b"X bad length"
+    );
+}
+
+#[test]
+fn pkcs12_identity_from_the_command_line() {
+    let pki = Pki::new(KeyKind::EcP256);
+    let p12 = openssl::pkcs12::Pkcs12::builder()
+        .name("server")
+        .pkey(&pki.server.key)
+        .cert(&pki.server.cert)
+        .build2("secret")
+        .unwrap()
+        .to_der()
+        .unwrap();
+    let file = pki.write("server.p12", &p12);
+    let server = ServerProcess::start_env(
+        &["--no-plain", "--pkcs12", file.to_str().unwrap()],
+        &[("WWEP_PKCS12_PASSWORD", "secret")],
+    );
+    let mut tls = pki
+        .connector()
+        .connect("localhost", connect(server.tls.unwrap()))
+        .unwrap();
+    assert_eq!(transact(&mut tls, b"W0001020003"), b"A0001020003");
+    let mut cmd = server_cmd();
+    cmd.args(["--no-plain", "--pkcs12"])
+        .arg(&file)
+        .env("WWEP_PKCS12_PASSWORD", "wrong");
+    let stderr = refuses_to_start(&mut cmd, 1);
+    assert!(
+        stderr.contains("server.p12") && stderr.contains("password"),
+        "{stderr}"
+    );
+}
