@@ -5,7 +5,7 @@
 //! into a reset that can destroy the reply. Most clients close within a
 //! millisecond; a worker blocked on that read costs a sleep and a wake-up per
 //! connection. Instead one thread holds the half-closed sockets and polls them
-//! with non-blocking reads every few milliseconds until each client has closed
+//! with non-blocking reads every millisecond until each client has closed
 //! or its linger time is up.
 
 use std::io;
@@ -16,8 +16,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How often held sockets are polled.
-const POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// How often held sockets are polled: short, so each round is small and does not
+/// hold up the transactions around it (at 5 ms, p99 at concurrency 1 was ~1.6x).
+const POLL_INTERVAL: Duration = Duration::from_millis(1);
 /// Reads per socket per poll, so one client streaming garbage cannot stall the rest.
 const READS_PER_POLL: usize = 8;
 
