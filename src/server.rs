@@ -2,15 +2,15 @@
 //!
 //! Each listener has its own accept thread, which never does I/O with a client: it
 //! admits the connection (or refuses it at once when the server is full) and hands
-//! it to the pool's workers, where the TLS handshake, the read and the reply happen.
+//! it to the pool, where the TLS handshake, the read and the reply happen.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -136,7 +136,6 @@ struct Shared {
     accept_warning: RateLimitedWarning,
     handshake_warning: RateLimitedWarning,
     lingerer: Lingerer,
-    handoff: Handoff,
 }
 
 impl Shared {
@@ -212,92 +211,6 @@ impl Drop for Admission {
     fn drop(&mut self) {
         self.release_ip_slot();
         self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// An admitted connection waiting for a worker.
-struct Accepted {
-    stream: TcpStream,
-    peer: SocketAddr,
-    transport: Transport,
-    accepted_at: Instant,
-    admission: Admission,
-}
-
-/// The queue between the accept threads and the pool's workers.
-///
-/// Each worker runs one long job that takes connections from here. A condition
-/// variable wakes exactly one idle worker per connection, where `threadpool`'s own
-/// job channel (a receiver behind a mutex) also wakes the next idle worker in
-/// line on every hand-off: one context switch per connection saved.
-struct Handoff {
-    queue: Mutex<HandoffQueue>,
-    ready: Condvar,
-}
-
-struct HandoffQueue {
-    jobs: VecDeque<Accepted>,
-    closed: bool,
-}
-
-impl Handoff {
-    fn new() -> Handoff {
-        Handoff {
-            queue: Mutex::new(HandoffQueue {
-                jobs: VecDeque::new(),
-                closed: false,
-            }),
-            ready: Condvar::new(),
-        }
-    }
-
-    fn queue(&self) -> std::sync::MutexGuard<'_, HandoffQueue> {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn push(&self, job: Accepted) {
-        self.queue().jobs.push_back(job);
-        self.ready.notify_one();
-    }
-
-    /// The next connection; `None` once closed and empty.
-    fn pop(&self) -> Option<Accepted> {
-        let mut queue = self.queue();
-        loop {
-            if let Some(job) = queue.jobs.pop_front() {
-                return Some(job);
-            }
-            if queue.closed {
-                return None;
-            }
-            queue = self.ready.wait(queue).unwrap_or_else(|p| p.into_inner());
-        }
-    }
-
-    /// Lets workers finish what is queued, then end.
-    fn close(&self) {
-        self.queue().closed = true;
-        self.ready.notify_all();
-    }
-}
-
-/// One worker: serves connections until the hand-off closes. A panic while
-/// serving one connection is logged and the worker goes on with the next.
-fn worker_loop(shared: &Shared) {
-    while let Some(job) = shared.handoff.pop() {
-        let Accepted {
-            stream,
-            peer,
-            transport,
-            accepted_at,
-            mut admission,
-        } = job;
-        let served = catch_unwind(AssertUnwindSafe(|| {
-            handle(stream, peer, transport, accepted_at, &mut admission)
-        }));
-        if served.is_err() {
-            error!("connection from {peer} abandoned after a panic in its worker");
-        }
     }
 }
 
@@ -429,12 +342,7 @@ fn launch(
         accept_warning: RateLimitedWarning::new(Duration::from_secs(1)),
         handshake_warning: RateLimitedWarning::new(Duration::from_secs(1)),
         lingerer,
-        handoff: Handoff::new(),
     });
-    for _ in 0..shared.config.workers {
-        let shared = Arc::clone(&shared);
-        pool.execute(move || worker_loop(&shared));
-    }
     let stop_maintenance = Arc::new(AtomicBool::new(false));
     let mut server = RunningServer {
         shared: Arc::clone(&shared),
@@ -452,9 +360,10 @@ fn launch(
         };
         info!("{transport} listener on {addr}");
         let shared = Arc::clone(&shared);
+        let pool = pool.clone();
         let spawned = thread::Builder::new()
             .name(format!("wwep-accept-{transport}"))
-            .spawn(move || accept_loop(listener, transport, shared));
+            .spawn(move || accept_loop(listener, transport, shared, pool));
         match spawned {
             Ok(handle) => server.accept_threads.push(handle),
             Err(e) => {
@@ -501,7 +410,6 @@ impl RunningServer {
         for handle in self.accept_threads.drain(..) {
             let _ = handle.join();
         }
-        self.shared.handoff.close();
         self.pool.join();
         self.shared.lingerer.stop();
         if let Some((stop, handle)) = self.maintenance.take() {
@@ -577,7 +485,7 @@ fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(23) | Some(24))
 }
 
-fn accept_loop(listener: TcpListener, transport: Transport, shared: Arc<Shared>) {
+fn accept_loop(listener: TcpListener, transport: Transport, shared: Arc<Shared>, pool: ThreadPool) {
     loop {
         let accepted = listener.accept();
         if shared.shutting_down.load(Ordering::SeqCst) {
@@ -612,12 +520,15 @@ fn accept_loop(listener: TcpListener, transport: Transport, shared: Arc<Shared>)
                 continue;
             }
         };
-        shared.handoff.push(Accepted {
-            stream,
-            peer,
-            transport,
-            accepted_at: Instant::now(),
-            admission,
+        let accepted_at = Instant::now();
+        pool.execute(move || {
+            let mut admission = admission;
+            let served = catch_unwind(AssertUnwindSafe(|| {
+                handle(stream, peer, transport, accepted_at, &mut admission)
+            }));
+            if served.is_err() {
+                error!("connection from {peer} abandoned after a panic in its worker");
+            }
         });
     }
     debug!("{transport} accept loop stopped");
