@@ -219,10 +219,6 @@ impl Client {
         self
     }
 
-    pub fn addrs(&self) -> &[SocketAddr] {
-        &self.addrs
-    }
-
     /// Connects to each resolved address in turn until one answers.
     fn connect(&self, deadline: Instant) -> Result<TcpStream, ClientError> {
         let mut last = None;
