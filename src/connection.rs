@@ -8,8 +8,8 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::protocol::{
-    EncodedReply, ErrorDetail, Failure, Frame, MAX_MESSAGE_BYTES, Reply, Request, Terminator,
-    frame, frame_final,
+    Encoded, ErrorDetail, Failure, Frame, MAX_MESSAGE_BYTES, Reply, Request, Terminator, frame,
+    frame_final,
 };
 use crate::store::RegisterStore;
 
@@ -51,7 +51,7 @@ pub enum Outcome {
 pub struct Transaction {
     request: [u8; MAX_MESSAGE_BYTES],
     request_len: usize,
-    pub reply: Option<EncodedReply>,
+    pub reply: Option<Encoded>,
     pub outcome: Outcome,
     /// When the reply was handed to the stream.
     pub replied_at: Option<Instant>,

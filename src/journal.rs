@@ -27,6 +27,17 @@ pub type Key = (u16, u8);
 /// What a store write replaced: how to undo it.
 pub type Undo = (Key, Option<u16>);
 
+/// Takes back what is not yet durable: `open` (the batch still gathering), then
+/// `inflight` (the batch being written), each newest entry first.
+pub(crate) fn undo(map: &mut HashMap<Key, u16>, open: &[Undo], inflight: &[Undo]) {
+    for (key, old) in open.iter().rev().chain(inflight.iter().rev()) {
+        match old {
+            Some(v) => map.insert(*key, *v),
+            None => map.remove(key),
+        };
+    }
+}
+
 /// Records to replay into the store, in file order.
 pub type Replay = Vec<(Key, u16)>;
 
@@ -520,12 +531,7 @@ impl Journal {
                 // Those gathered meanwhile fail too, since they were applied after it.
                 let open = std::mem::replace(&mut st.open, Batch::new());
                 let inflight = std::mem::take(&mut st.inflight_undo);
-                for (key, old) in open.undo.iter().rev().chain(inflight.iter().rev()) {
-                    match old {
-                        Some(v) => map.insert(*key, *v),
-                        None => map.remove(key),
-                    };
-                }
+                undo(&mut map, &open.undo, &inflight);
                 drop(map);
                 open.outcome.set(FAILED);
                 batch.outcome.set(FAILED);

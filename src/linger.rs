@@ -25,7 +25,7 @@ const READS_PER_POLL: usize = 8;
 
 /// What a non-blocking drain found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Drained {
+pub(crate) enum Drained {
     /// The client closed (or the connection failed): nothing left to protect.
     Closed,
     /// The client is still connected and quiet.
@@ -33,7 +33,7 @@ enum Drained {
 }
 
 /// Reads and discards whatever has arrived, without waiting.
-fn drain_now(stream: &TcpStream) -> Drained {
+pub(crate) fn drain_now(stream: &TcpStream) -> Drained {
     let socket = socket2::SockRef::from(stream);
     let mut scratch = [MaybeUninit::<u8>::uninit(); 1024];
     for _ in 0..READS_PER_POLL {

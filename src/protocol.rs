@@ -210,8 +210,8 @@ impl Request {
     }
 
     /// The request as the spec formats it: 7 or 11 bytes, uppercase, no terminator.
-    pub fn encode(&self) -> EncodedReply {
-        let mut out = EncodedReply::new();
+    pub fn encode(&self) -> Encoded {
+        let mut out = Encoded::new();
         match *self {
             Request::Read { device, register } => {
                 out.push(b'R');
@@ -293,8 +293,8 @@ pub enum ErrorDetail {
 
 impl Reply {
     /// Encodes the reply, followed by `terminator`.
-    pub fn encode(&self, detail: ErrorDetail, terminator: Terminator) -> EncodedReply {
-        let mut out = EncodedReply::new();
+    pub fn encode(&self, detail: ErrorDetail, terminator: Terminator) -> Encoded {
+        let mut out = Encoded::new();
         match *self {
             Reply::Accepted {
                 device,
@@ -360,16 +360,17 @@ impl Failure {
     }
 }
 
-/// A reply (or request) encoded without allocation.
+/// A message as it goes on the wire (a reply, or a client's request), built
+/// without allocation.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct EncodedReply {
+pub struct Encoded {
     buf: [u8; 32],
     len: usize,
 }
 
-impl EncodedReply {
+impl Encoded {
     fn new() -> Self {
-        EncodedReply {
+        Encoded {
             buf: [0; 32],
             len: 0,
         }
@@ -398,7 +399,7 @@ impl EncodedReply {
     }
 }
 
-impl fmt::Debug for EncodedReply {
+impl fmt::Debug for Encoded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "\"{}\"", Escaped(self.as_bytes()))
     }

@@ -21,7 +21,7 @@ use crate::access;
 use crate::config::{ConfigError, ServerConfig, Transport};
 use crate::connection::{self, Access, Conn, Outcome, Timing, Transaction};
 use crate::journal::JournalError;
-use crate::linger::Lingerer;
+use crate::linger::{self, Lingerer};
 use crate::protocol::{Escaped, Failure, Reply, Terminator};
 use crate::store::RegisterStore;
 use crate::tls::{self, Acceptor, Identity, TlsError};
@@ -534,9 +534,9 @@ fn accept_loop(listener: TcpListener, transport: Transport, shared: Arc<Shared>,
     debug!("{transport} accept loop stopped");
 }
 
-/// Turns a connection away without blocking the accept thread: an `X` on the open
-/// port (the socket buffer is empty, so the write cannot block), nothing on the TLS
-/// port, where no handshake has happened.
+/// Turns a connection away without blocking the accept thread (every call here is
+/// non-blocking): an `X` on the open port, nothing on the TLS port, where no
+/// handshake has happened.
 fn refuse(
     stream: TcpStream,
     peer: SocketAddr,
@@ -555,14 +555,14 @@ fn refuse(
             shared.config.max_per_ip
         )),
     }
-    if transport == Transport::Plain && stream.set_nonblocking(true).is_ok() {
+    if transport == Transport::Plain {
         let reply =
             Reply::Failed(Failure::Busy).encode(shared.config.error_detail, Terminator::None);
-        let _ = (&stream).write(reply.as_bytes());
+        let _ =
+            socket2::SockRef::from(&stream).send_with_flags(reply.as_bytes(), libc::MSG_DONTWAIT);
         let _ = stream.shutdown(Shutdown::Write);
         // Whatever already arrived is read so the close is a FIN, not a reset.
-        let mut scratch = [0u8; 256];
-        while matches!((&stream).read(&mut scratch), Ok(n) if n > 0) {}
+        linger::drain_now(&stream);
     }
 }
 

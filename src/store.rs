@@ -10,7 +10,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::journal::{
-    CompactionPolicy, CompactionReport, Fsync, Journal, JournalError, OpenReport, StorageError,
+    self, CompactionPolicy, CompactionReport, Fsync, Journal, JournalError, OpenReport,
+    StorageError,
 };
 
 /// Registers keyed by (device id, register). Nothing exists before its first write.
@@ -101,14 +102,8 @@ impl RegisterStore {
             // The snapshot is the durable state: what is applied but not yet
             // written is taken back out, and reaches the new file as it is written.
             let mut snapshot = map.clone();
-            let began = journal.begin_capture(&mut |open, inflight| {
-                for (key, old) in open.iter().rev().chain(inflight.iter().rev()) {
-                    match old {
-                        Some(v) => snapshot.insert(*key, *v),
-                        None => snapshot.remove(key),
-                    };
-                }
-            });
+            let began = journal
+                .begin_capture(&mut |open, inflight| journal::undo(&mut snapshot, open, inflight));
             if !began {
                 return Ok(None);
             }
