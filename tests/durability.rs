@@ -164,16 +164,8 @@ fn damage_before_the_last_record_refuses_to_start_until_repair() {
     let mut bytes = journal_bytes(&[((1, 1), 0x1111), ((2, 2), 0x2222), ((3, 3), 0x3333)]);
     bytes[8 + 9 + 2] ^= 0x40;
     std::fs::write(&data, &bytes).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep-server"));
-    cmd.args([
-        "--bind",
-        "127.0.0.1",
-        "--plain-port",
-        "0",
-        "--no-tls",
-        "--data",
-    ])
-    .arg(&data);
+    let mut cmd = server_cmd();
+    cmd.args(["--no-tls", "--data"]).arg(&data);
     let out = run_with_input(&mut cmd, b"");
     let text = describe(&cmd, &out);
     assert_eq!(out.status.code(), Some(1), "{text}");

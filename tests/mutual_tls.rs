@@ -123,15 +123,7 @@ fn cli_client_certificate_and_logged_common_name() {
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert_eq!(out.stdout, b"A0001020003\n", "{text}");
     // The same certificate from a PKCS#12 bundle.
-    let p12 = openssl::pkcs12::Pkcs12::builder()
-        .name("client")
-        .pkey(&pki.client.key)
-        .cert(&pki.client.cert)
-        .build2("pw")
-        .unwrap()
-        .to_der()
-        .unwrap();
-    let p12 = pki.write("client.p12", &p12);
+    let p12 = pki.write("client.p12", &pkcs12(&pki.client, "client", "pw"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep"));
     cmd.args([
         "--server",

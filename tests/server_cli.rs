@@ -7,19 +7,6 @@ use std::process::Command;
 
 use common::*;
 
-fn server_cmd() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep-server"));
-    cmd.args([
-        "--bind",
-        "127.0.0.1",
-        "--plain-port",
-        "0",
-        "--tls-port",
-        "0",
-    ]);
-    cmd
-}
-
 /// Runs the server expecting it to refuse to start; returns its stderr.
 fn refuses_to_start(cmd: &mut Command, code: i32) -> String {
     let out = run_with_input(cmd, b"");
@@ -295,7 +282,7 @@ fn openssl_s_client_reads_and_writes() {
         pki.path("server.key").to_str().unwrap(),
     ]);
     let connect_to = format!("127.0.0.1:{}", server.tls.unwrap().port());
-    let s_client = |input: &[u8], extra: &[&str]| {
+    let s_client_cmd = |ca: &std::path::Path| {
         let mut cmd = Command::new("openssl");
         cmd.args([
             "s_client",
@@ -303,10 +290,14 @@ fn openssl_s_client_reads_and_writes() {
             "-connect",
             &connect_to,
             "-verify_return_error",
+            "-CAfile",
         ])
-        .arg("-CAfile")
-        .arg(pki.path("ca.pem"))
-        .args(extra);
+        .arg(ca);
+        cmd
+    };
+    let s_client = |input: &[u8], extra: &[&str]| {
+        let mut cmd = s_client_cmd(&pki.path("ca.pem"));
+        cmd.args(extra);
         let out = run_with_input(&mut cmd, input);
         (out.stdout.clone(), describe(&cmd, &out))
     };
@@ -318,16 +309,7 @@ fn openssl_s_client_reads_and_writes() {
     assert_eq!(out, b"A0FAC0B1234\n", "{text}");
     // Verification really happens: a CA that did not sign the server fails.
     let stranger = Pki::new(KeyKind::EcP256);
-    let mut cmd = Command::new("openssl");
-    cmd.args([
-        "s_client",
-        "-quiet",
-        "-connect",
-        &connect_to,
-        "-verify_return_error",
-    ])
-    .arg("-CAfile")
-    .arg(stranger.path("ca.pem"));
+    let mut cmd = s_client_cmd(&stranger.path("ca.pem"));
     let out = run_with_input(&mut cmd, b"R0FAC0B\n");
     assert!(!out.stdout.starts_with(b"A"), "{}", describe(&cmd, &out));
 }
@@ -393,15 +375,7 @@ fn access_and_limit_flags_reach_the_server() {
 #[test]
 fn pkcs12_identity_from_the_command_line() {
     let pki = Pki::new(KeyKind::EcP256);
-    let p12 = openssl::pkcs12::Pkcs12::builder()
-        .name("server")
-        .pkey(&pki.server.key)
-        .cert(&pki.server.cert)
-        .build2("secret")
-        .unwrap()
-        .to_der()
-        .unwrap();
-    let file = pki.write("server.p12", &p12);
+    let file = pki.write("server.p12", &pkcs12(&pki.server, "server", "secret"));
     let server = ServerProcess::start_env(
         &["--no-plain", "--pkcs12", file.to_str().unwrap()],
         &[("WWEP_PKCS12_PASSWORD", "secret")],

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use openssl::hash::MessageDigest;
-use openssl::pkcs12::Pkcs12;
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
 use wwep::tls::{Identity, IdentitySource};
 
@@ -98,15 +97,7 @@ fn every_key_form_openssl_writes_is_accepted() {
 #[test]
 fn pkcs12_identity_is_accepted() {
     let pki = Pki::new(KeyKind::EcP256);
-    let p12 = Pkcs12::builder()
-        .name("server")
-        .pkey(&pki.server.key)
-        .cert(&pki.server.cert)
-        .build2("s3cret")
-        .unwrap()
-        .to_der()
-        .unwrap();
-    let file = pki.write("server.p12", &p12);
+    let file = pki.write("server.p12", &pkcs12(&pki.server, "server", "s3cret"));
     let wrong = IdentitySource::Pkcs12 {
         file: file.clone(),
         password: "wrong".into(),

@@ -399,6 +399,35 @@ pub fn have_tool(name: &str) -> bool {
     found
 }
 
+/// Server flags for loopback and ephemeral ports, as every test server uses.
+pub const LOOPBACK_EPHEMERAL: [&str; 6] = [
+    "--bind",
+    "127.0.0.1",
+    "--plain-port",
+    "0",
+    "--tls-port",
+    "0",
+];
+
+/// `wwep-server` with [`LOOPBACK_EPHEMERAL`], not started.
+pub fn server_cmd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep-server"));
+    cmd.args(LOOPBACK_EPHEMERAL);
+    cmd
+}
+
+/// A PKCS#12 bundle of a certificate and its key, as DER.
+pub fn pkcs12(issued: &Issued, name: &str, password: &str) -> Vec<u8> {
+    openssl::pkcs12::Pkcs12::builder()
+        .name(name)
+        .pkey(&issued.key)
+        .cert(&issued.cert)
+        .build2(password)
+        .unwrap()
+        .to_der()
+        .unwrap()
+}
+
 /// A `wwep-server` process on ephemeral loopback ports, killed by PID on drop.
 pub struct ServerProcess {
     pub child: Child,
@@ -413,14 +442,7 @@ impl ServerProcess {
     }
 
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
-        let mut full = vec![
-            "--bind",
-            "127.0.0.1",
-            "--plain-port",
-            "0",
-            "--tls-port",
-            "0",
-        ];
+        let mut full = LOOPBACK_EPHEMERAL.to_vec();
         full.extend_from_slice(args);
         Self::spawn(&full, env)
     }
