@@ -317,15 +317,18 @@ mod tests {
     }
 
     fn run(steps: Vec<Step>, store: &RegisterStore, detail: ErrorDetail) -> (Script, Transaction) {
+        run_with(steps, store, Access::ReadWrite, detail, &timing())
+    }
+
+    fn run_with(
+        steps: Vec<Step>,
+        store: &RegisterStore,
+        access: Access,
+        detail: ErrorDetail,
+        timing: &Timing,
+    ) -> (Script, Transaction) {
         let mut script = Script::new(steps);
-        let t = serve(
-            &mut script,
-            store,
-            Access::ReadWrite,
-            detail,
-            &timing(),
-            &mut || {},
-        );
+        let t = serve(&mut script, store, access, detail, timing, &mut || {});
         (script, t)
     }
 
@@ -405,18 +408,16 @@ mod tests {
     #[test]
     fn nothing_before_the_deadline_gets_x() {
         let store = RegisterStore::new();
-        let mut script = Script::new(vec![Step::Timeout]);
         let timing = Timing {
             deadline: Instant::now(),
             ..timing()
         };
-        let t = serve(
-            &mut script,
+        let (script, t) = run_with(
+            vec![Step::Timeout],
             &store,
             Access::ReadWrite,
             ErrorDetail::Explained,
             &timing,
-            &mut || {},
         );
         assert_eq!(script.written, b"X timeout");
         assert_eq!(t.outcome, Outcome::TimedOut);
@@ -440,18 +441,16 @@ mod tests {
     #[test]
     fn the_timeout_shrinks_only_near_the_deadline() {
         let store = RegisterStore::new();
-        let mut script = Script::new(vec![Step::Timeout, Step::Bytes(b"R0"), Step::Timeout]);
         let timing = Timing {
             deadline: Instant::now() + Duration::from_millis(50),
             ..timing()
         };
-        serve(
-            &mut script,
+        let (script, _) = run_with(
+            vec![Step::Timeout, Step::Bytes(b"R0"), Step::Timeout],
             &store,
             Access::ReadWrite,
             ErrorDetail::Explained,
             &timing,
-            &mut || {},
         );
         assert_eq!(script.written, b"X bad length");
         assert!(
@@ -514,25 +513,21 @@ mod tests {
     fn read_only_refuses_writes_and_serves_reads() {
         let store = RegisterStore::new();
         store.write(1, 1, 1).unwrap();
-        let mut script = Script::new(vec![Step::Bytes(b"W0001010002\n")]);
-        serve(
-            &mut script,
+        let (script, _) = run_with(
+            vec![Step::Bytes(b"W0001010002\n")],
             &store,
             Access::ReadOnly,
             ErrorDetail::Explained,
             &timing(),
-            &mut || {},
         );
         assert_eq!(script.written, b"X forbidden\n");
         assert_eq!(store.read(1, 1), Some(1));
-        let mut script = Script::new(vec![Step::Bytes(b"R000101")]);
-        serve(
-            &mut script,
+        let (script, _) = run_with(
+            vec![Step::Bytes(b"R000101")],
             &store,
             Access::ReadOnly,
             ErrorDetail::Bare,
             &timing(),
-            &mut || {},
         );
         assert_eq!(script.written, b"A0001010001");
     }

@@ -51,11 +51,7 @@ fn per_address_limit_answers_x_and_spares_other_addresses() {
     let holders: Vec<_> = (0..3)
         .map(|_| connect_from("127.0.0.2", s.plain()).unwrap())
         .collect();
-    assert!(eventually(Duration::from_secs(2), || s
-        .server()
-        .stats()
-        .in_flight
-        == 3));
+    assert!(s.in_flight_becomes(3, Duration::from_secs(2)));
     let mut fourth = connect_from("127.0.0.2", s.plain()).unwrap();
     fourth.write_all(b"R000101").unwrap();
     assert_eq!(read_to_close(&mut fourth), b"X");
@@ -64,11 +60,7 @@ fn per_address_limit_answers_x_and_spares_other_addresses() {
     assert_eq!(transact(&mut other, b"W0001010001"), b"A0001010001");
     assert_eq!(s.server().stats().rejected, 1);
     drop(holders);
-    assert!(eventually(Duration::from_secs(5), || s
-        .server()
-        .stats()
-        .in_flight
-        == 0));
+    assert!(s.in_flight_becomes(0, Duration::from_secs(5)));
     let mut again = connect_from("127.0.0.2", s.plain()).unwrap();
     assert_eq!(transact(&mut again, b"R000101"), b"A0001010001");
 }

@@ -228,11 +228,7 @@ fn over_the_connection_limit_is_refused_at_once_with_x() {
     });
     // Two silent connections fill the server.
     let holders = [connect(s.plain()), connect(s.plain())];
-    assert!(eventually(Duration::from_secs(2), || s
-        .server()
-        .stats()
-        .in_flight
-        == 2));
+    assert!(s.in_flight_becomes(2, Duration::from_secs(2)));
     let started = Instant::now();
     let mut refused = connect(s.plain());
     refused.write_all(b"R0FAC0B").unwrap();
@@ -247,11 +243,7 @@ fn over_the_connection_limit_is_refused_at_once_with_x() {
     assert_eq!(s.server().stats().rejected, 2);
     drop(holders);
     // Once the holders are gone, service resumes.
-    assert!(eventually(Duration::from_secs(5), || s
-        .server()
-        .stats()
-        .in_flight
-        == 0));
+    assert!(s.in_flight_becomes(0, Duration::from_secs(5)));
     assert_eq!(s.plain_transact(b"W0FAC0B0002"), b"A0FAC0B0002");
 }
 

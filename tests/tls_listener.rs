@@ -293,11 +293,7 @@ fn unfinished_handshake_is_dropped_after_the_timeout() {
     let got = read_to_close_lenient(&mut c);
     assert!(got.is_empty());
     assert!(started.elapsed() >= Duration::from_millis(250));
-    assert!(eventually(Duration::from_secs(2), || s
-        .server()
-        .stats()
-        .in_flight
-        == 0));
+    assert!(s.in_flight_becomes(0, Duration::from_secs(2)));
     assert_eq!(s.tls_transact(b"W0FAC0B0001"), b"A0FAC0B0001");
 }
 

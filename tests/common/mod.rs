@@ -291,6 +291,11 @@ impl TestServer {
         self.server().plain_addr().unwrap()
     }
 
+    /// Waits until exactly `n` connections are in flight; false after `limit`.
+    pub fn in_flight_becomes(&self, n: usize, limit: Duration) -> bool {
+        eventually(limit, || self.server().stats().in_flight == n)
+    }
+
     pub fn tls(&self) -> SocketAddr {
         self.server().tls_addr().unwrap()
     }
