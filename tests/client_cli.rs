@@ -437,3 +437,77 @@ fn bench_runs_a_bounded_load_and_reports_json() {
     assert!(dead.stdout().contains("\"connect\":"), "{}", dead.text);
     wwep(&["bench", "--mix", "60/60"]).fails_with("add up to 100");
 }
+
+#[test]
+fn bench_over_tls_offering_only_tls_1_2() {
+    let s = TestServer::start();
+    let ca = s.pki.path("ca.pem");
+    let run = wwep(&[
+        "--server",
+        &tls_server(&s),
+        "--tls",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--json",
+        "bench",
+        "--tls12",
+        "-c",
+        "2",
+        "--requests",
+        "20",
+        "--warmup",
+        "0",
+        "-q",
+    ]);
+    assert_eq!(run.code(), Some(0), "{}", run.text);
+    assert!(run.stdout().contains("\"errors\":{}"), "{}", run.text);
+    assert!(s.server().store().len() >= 1, "{}", run.text);
+
+    // Against a server that speaks only TLS 1.3, every --tls12 handshake fails.
+    use openssl::ssl::{SslAcceptor, SslMethod, SslVersion};
+    let mut b = SslAcceptor::mozilla_modern_v5(SslMethod::tls_server()).unwrap();
+    b.set_private_key(&s.pki.server.key).unwrap();
+    b.set_certificate(&s.pki.server.cert).unwrap();
+    b.set_min_proto_version(Some(SslVersion::TLS1_3)).unwrap();
+    let acceptor = b.build();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopper = std::sync::Arc::clone(&stop);
+    let tls13_only = std::thread::spawn(move || {
+        while !stopper.load(std::sync::atomic::Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(false).unwrap();
+                    stream
+                        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                        .unwrap();
+                    let _ = acceptor.accept(stream);
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+    });
+    let refused = wwep(&[
+        "--server",
+        &format!("localhost:{port}"),
+        "--tls",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--json",
+        "bench",
+        "--tls12",
+        "-c",
+        "1",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0",
+        "-q",
+    ]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    tls13_only.join().unwrap();
+    assert_eq!(refused.code(), Some(2), "{}", refused.text);
+    assert!(refused.stdout().contains("\"tls\":"), "{}", refused.text);
+}

@@ -119,6 +119,31 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
+fn help_lists_every_flag_with_its_variable() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wwep-server"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (flag, var) in [
+        ("--client-ca", "WWEP_CLIENT_CA"),
+        ("--allow", "WWEP_ALLOW"),
+        ("--max-per-ip", "WWEP_MAX_PER_IP"),
+        ("--plain-read-only", "WWEP_PLAIN_READ_ONLY"),
+        ("--data", "WWEP_DATA"),
+        ("--fsync", "WWEP_FSYNC"),
+        ("--repair", "WWEP_REPAIR"),
+        ("--compact-ratio", "WWEP_COMPACT_RATIO"),
+        ("--compact-min-bytes", "WWEP_COMPACT_MIN_BYTES"),
+    ] {
+        assert!(
+            help.contains(flag) && help.contains(var),
+            "--help lacks {flag} / {var}"
+        );
+    }
+}
+
+#[test]
 fn busy_port_exits_1_naming_the_address() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port().to_string();
