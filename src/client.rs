@@ -6,7 +6,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use crate::config::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT};
+use crate::protocol::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT};
 use crate::protocol::{MAX_MESSAGE_BYTES, Reply, Request, WRITE_LEN};
 
 /// Where a client connects: `HOST`, `HOST:PORT`, `[V6]:PORT` or a bare IPv6 address.

@@ -11,8 +11,7 @@ use crate::protocol::ErrorDetail;
 use crate::tls::{ClientAuth, IdentitySource};
 use std::path::PathBuf;
 
-pub const DEFAULT_PLAIN_PORT: u16 = 27708;
-pub const DEFAULT_TLS_PORT: u16 = 40508;
+pub use crate::protocol::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT};
 
 /// Which listener a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,6 +8,11 @@
 
 use std::fmt;
 
+/// The open (plain TCP) port of the protocol.
+pub const DEFAULT_PLAIN_PORT: u16 = 27708;
+/// The secure (TLS) port of the protocol.
+pub const DEFAULT_TLS_PORT: u16 = 40508;
+
 /// The most bytes a connection's message may occupy before it is judged as it stands.
 /// A valid request with its terminator is at most 13 bytes; the rest is slack for
 /// humans, never a reason to buffer more.
