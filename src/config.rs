@@ -4,14 +4,37 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use crate::access::Cidr;
 use crate::connection::Access;
 use crate::journal::{CompactionPolicy, Fsync};
+use crate::net::allow::Cidr;
 use crate::protocol::ErrorDetail;
 use crate::tls::{ClientAuth, IdentitySource};
 use std::path::PathBuf;
 
 pub use crate::protocol::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT};
+
+/// Worker threads: enough to keep both cores busy while some wait on the data
+/// file's fsync; workers never wait on clients.
+pub const DEFAULT_WORKERS: usize = 64;
+/// The most worker threads that make sense; more only cost memory.
+pub const MAX_WORKERS: usize = 4096;
+/// Open connections at once. A connection that waits costs a file descriptor
+/// and a few hundred bytes, so the table is large; when it is full the oldest
+/// silent connection is shed to make room.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
+pub const MAX_MAX_CONNECTIONS: usize = 1_000_000;
+/// Unfinished connections (no complete message yet) from one address. A busy
+/// client sends its message at once, so only abusers meet this; 1,024 lets a
+/// whole classroom or a load balancer through while one address can hold at
+/// most an eighth of the table.
+pub const DEFAULT_MAX_PER_IP: usize = 1024;
+/// How long a connection has to deliver its message, TLS handshake included.
+pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// How long a started message may pause (the reference server's 100 ms).
+pub const DEFAULT_GAP_MS: u64 = 100;
+/// How long a close waits for the client's own close before giving up.
+pub const DEFAULT_LINGER_MS: u64 = 250;
 
 /// Which listener a connection arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,15 +108,15 @@ impl Default for ServerConfig {
             tls_port: Some(DEFAULT_TLS_PORT),
             identity: None,
             client_auth: ClientAuth::Off,
-            workers: 64,
-            max_connections: 1024,
-            timeout: Duration::from_millis(5000),
-            gap: Duration::from_millis(100),
-            linger: Duration::from_millis(250),
+            workers: DEFAULT_WORKERS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+            gap: Duration::from_millis(DEFAULT_GAP_MS),
+            linger: Duration::from_millis(DEFAULT_LINGER_MS),
             error_detail: ErrorDetail::Bare,
             data: None,
             allow: Vec::new(),
-            max_per_ip: 32,
+            max_per_ip: DEFAULT_MAX_PER_IP,
             plain_access: Access::ReadWrite,
         }
     }
@@ -105,6 +128,12 @@ pub enum ConfigError {
     NoListener,
     TlsWithoutIdentity,
     Zero(&'static str),
+    /// A value outside what the flag can sensibly take.
+    TooLarge {
+        flag: &'static str,
+        max: u64,
+    },
+    GapBeyondTimeout,
     CompactRatio,
 }
 
@@ -118,6 +147,8 @@ impl fmt::Display for ConfigError {
                 "the TLS listener needs --cert and --key (or --pkcs12); pass --no-tls to serve only the open port",
             ),
             ConfigError::Zero(flag) => write!(f, "{flag} must be greater than 0"),
+            ConfigError::TooLarge { flag, max } => write!(f, "{flag} must be at most {max}"),
+            ConfigError::GapBeyondTimeout => f.write_str("--gap-ms must not exceed --timeout-ms"),
             ConfigError::CompactRatio => f.write_str("--compact-ratio must be at least 1"),
         }
     }
@@ -143,6 +174,31 @@ impl ServerConfig {
             if value == 0 {
                 return Err(ConfigError::Zero(flag));
             }
+        }
+        for (value, flag, max) in [
+            (self.workers as u64, "--workers", MAX_WORKERS as u64),
+            (
+                self.max_connections as u64,
+                "--max-connections",
+                MAX_MAX_CONNECTIONS as u64,
+            ),
+            (
+                self.max_per_ip as u64,
+                "--max-per-ip",
+                MAX_MAX_CONNECTIONS as u64,
+            ),
+            (
+                self.timeout.as_millis() as u64,
+                "--timeout-ms",
+                MAX_TIMEOUT_MS,
+            ),
+        ] {
+            if value > max {
+                return Err(ConfigError::TooLarge { flag, max });
+            }
+        }
+        if self.gap > self.timeout {
+            return Err(ConfigError::GapBeyondTimeout);
         }
         let ratio_ok = |d: &DataConfig| d.compaction.ratio >= 1.0;
         if self.data.as_ref().is_some_and(|d| !ratio_ok(d)) {
@@ -218,6 +274,33 @@ mod tests {
                     ..base.clone()
                 },
                 ConfigError::Zero("--gap-ms"),
+            ),
+            (
+                ServerConfig {
+                    workers: 100_000,
+                    ..base.clone()
+                },
+                ConfigError::TooLarge {
+                    flag: "--workers",
+                    max: MAX_WORKERS as u64,
+                },
+            ),
+            (
+                ServerConfig {
+                    max_connections: usize::MAX,
+                    ..base.clone()
+                },
+                ConfigError::TooLarge {
+                    flag: "--max-connections",
+                    max: MAX_MAX_CONNECTIONS as u64,
+                },
+            ),
+            (
+                ServerConfig {
+                    gap: Duration::from_secs(10),
+                    ..base.clone()
+                },
+                ConfigError::GapBeyondTimeout,
             ),
         ];
         for (config, want) in cases {

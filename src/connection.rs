@@ -1,8 +1,11 @@
-//! One transaction over any stream: read one message, apply it, reply, close.
+//! One transaction's logic, with no sockets: receive → respond → send.
 //!
-//! Plain TCP and TLS both come here through [`Conn`], so framing, timeouts and the
-//! graceful close are written once. Nothing here logs; the caller gets a
-//! [`Transaction`] describing what happened.
+//! [`Incoming`] gathers the message from whatever a stream has ready (it never
+//! waits: a stream that would block is handed back to the caller, which parks the
+//! connection until more bytes arrive); [`respond`] parses, applies and encodes;
+//! [`send`] writes what it can of the reply. Timers are the caller's: when the gap
+//! or the deadline passes, [`Incoming::judge`] decides on the bytes already there.
+//! Nothing here logs.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
@@ -13,75 +16,107 @@ use crate::protocol::{
 };
 use crate::store::RegisterStore;
 
-/// A byte stream with the socket controls a transaction needs.
-pub trait Conn: Read + Write {
-    /// Sets how long the next reads may block. Never called with zero.
-    fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()>;
-    /// Ends the sending side (TLS: close_notify first), then reads and discards what
-    /// the peer still sends for at most `linger`, so the close is never a reset.
-    fn close_gracefully(self, linger: Duration)
-    where
-        Self: Sized;
-}
-
-/// The time limits of one connection.
-#[derive(Debug, Clone, Copy)]
-pub struct Timing {
-    /// When the message must have arrived, counted from accept.
-    pub deadline: Instant,
-    /// The longest a started message may pause; also the stream's read timeout
-    /// when [`serve`] is called.
-    pub gap: Duration,
-    pub linger: Duration,
-}
-
 /// How a transaction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// A message was judged and its reply sent.
     Served,
-    /// Nothing arrived before the deadline; `X` was sent.
+    /// Nothing arrived before the deadline (or the client closed without a
+    /// word); `X` was sent.
     TimedOut,
     /// The stream failed; the reply, if any, may not have arrived.
     Failed(ErrorKind),
 }
 
-/// What one connection carried, for the transaction log.
+/// A complete message: `len` bytes of the buffer, then `terminator`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Message {
+    pub len: usize,
+    pub terminator: Terminator,
+}
+
+/// What [`Incoming::receive`] found on the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// The message is complete.
+    Message(Message),
+    /// No more bytes for now; the message is not complete yet.
+    Waiting,
+    /// The client closed before sending anything.
+    Closed,
+    /// The stream failed.
+    Broken(ErrorKind),
+}
+
+/// The bytes of the one message a connection carries, as they arrive.
 #[derive(Clone)]
-pub struct Transaction {
-    request: [u8; MAX_MESSAGE_BYTES],
-    request_len: usize,
-    pub reply: Option<Encoded>,
-    pub outcome: Outcome,
-    /// When the reply was handed to the stream.
-    pub replied_at: Option<Instant>,
+pub struct Incoming {
+    buf: [u8; MAX_MESSAGE_BYTES],
+    len: usize,
+    last_byte_at: Option<Instant>,
 }
 
-impl Transaction {
-    /// The bytes the client sent (the whole message, terminator included).
-    pub fn request(&self) -> &[u8] {
-        &self.request[..self.request_len]
-    }
-}
-
-/// Reads `buf.len()` bytes at most, ignoring interrupts.
-fn read_some<C: Conn>(conn: &mut C, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        match conn.read(buf) {
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            other => return other,
+impl Default for Incoming {
+    fn default() -> Self {
+        Incoming {
+            buf: [0; MAX_MESSAGE_BYTES],
+            len: 0,
+            last_byte_at: None,
         }
     }
 }
 
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
-}
+impl Incoming {
+    /// Reads what `stream` has ready until the message is complete or the stream
+    /// would block. Never more than [`MAX_MESSAGE_BYTES`] are kept.
+    pub fn receive<R: Read>(&mut self, stream: &mut R, now: Instant) -> Received {
+        loop {
+            if self.len == MAX_MESSAGE_BYTES {
+                return Received::Message(self.judge());
+            }
+            match stream.read(&mut self.buf[self.len..]) {
+                Ok(0) if self.len == 0 => return Received::Closed,
+                Ok(0) => return Received::Message(self.judge()),
+                Ok(n) => {
+                    self.len += n;
+                    self.last_byte_at = Some(now);
+                    if let Frame::Complete {
+                        message_len,
+                        terminator,
+                    } = frame(&self.buf[..self.len])
+                    {
+                        return Received::Message(Message {
+                            len: message_len,
+                            terminator,
+                        });
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Received::Waiting,
+                Err(e) => return Received::Broken(e.kind()),
+            }
+        }
+    }
 
-/// What remains until `deadline`, or `None` when too little is left to wait on.
-fn remaining(deadline: Instant) -> Option<Duration> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    (left >= Duration::from_millis(1)).then_some(left)
+    /// The message as it stands, when no more bytes will be waited for.
+    pub fn judge(&self) -> Message {
+        let (len, terminator) = frame_final(&self.buf[..self.len]);
+        Message { len, terminator }
+    }
+
+    /// Every byte received so far (terminator and anything after it included).
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// When a started message stops being waited for: `gap` after its last byte.
+    pub fn gap_ends(&self, gap: Duration) -> Option<Instant> {
+        self.last_byte_at.map(|at| at + gap)
+    }
 }
 
 /// What a listener lets its clients do.
@@ -120,120 +155,59 @@ pub fn apply(request: Request, store: &RegisterStore, access: Access) -> Reply {
     }
 }
 
-enum Received {
-    Message(usize, Terminator),
-    Nothing,
-    Broken(ErrorKind),
-}
-
-/// Reads until the framing rules say the message is complete. The stream's read
-/// timeout is expected to be `timing.gap` on entry: silence before the first byte
-/// is waited out in gap-long steps until the deadline, so the common case (a
-/// whole message in one read) costs no timeout changes at all.
-fn receive<C: Conn>(
-    conn: &mut C,
-    buf: &mut [u8; MAX_MESSAGE_BYTES],
-    len: &mut usize,
-    timing: &Timing,
-) -> Received {
-    let mut current = timing.gap;
-    // Never wait past the deadline: shorten the timeout only when it would.
-    let mut fit_to_deadline = |conn: &mut C| -> Result<bool, ErrorKind> {
-        let Some(left) = remaining(timing.deadline) else {
-            return Ok(false);
-        };
-        let wanted = timing.gap.min(left);
-        if wanted != current {
-            conn.set_read_timeout(wanted).map_err(|e| e.kind())?;
-            current = wanted;
-        }
-        Ok(true)
-    };
-    loop {
-        match read_some(conn, &mut buf[*len..]) {
-            Ok(0) if *len == 0 => return Received::Nothing,
-            Ok(0) => break,
-            Ok(n) => {
-                *len += n;
-                if let Frame::Complete {
-                    message_len,
-                    terminator,
-                } = frame(&buf[..*len])
-                {
-                    return Received::Message(message_len, terminator);
-                }
-                // Started but unfinished: wait at most the gap for the next byte.
-                match fit_to_deadline(conn) {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    Err(kind) => return Received::Broken(kind),
-                }
-            }
-            Err(e) if is_timeout(&e) => {
-                if *len > 0 {
-                    break;
-                }
-                match fit_to_deadline(conn) {
-                    Ok(true) => {}
-                    Ok(false) => return Received::Nothing,
-                    Err(kind) => return Received::Broken(kind),
-                }
-            }
-            Err(e) => return Received::Broken(e.kind()),
-        }
-    }
-    let (message_len, terminator) = frame_final(&buf[..*len]);
-    Received::Message(message_len, terminator)
-}
-
-/// Serves one connection: one message in, one reply out. When the reply went out
-/// ([`Outcome::Served`] or [`Outcome::TimedOut`]) the caller closes the stream with
-/// [`Conn::close_gracefully`], which may be what sends it (the plain listener
-/// holds the reply back to send it with the FIN).
-pub fn serve<C: Conn>(
-    conn: &mut C,
+/// Parses a complete message, applies it and encodes the reply, ended the way
+/// the request was.
+pub fn respond(
+    incoming: &Incoming,
+    message: Message,
     store: &RegisterStore,
     access: Access,
     detail: ErrorDetail,
-    timing: &Timing,
-    before_reply: &mut dyn FnMut(),
-) -> Transaction {
-    let mut buf = [0u8; MAX_MESSAGE_BYTES];
-    let mut len = 0;
-    let (reply, outcome) = match receive(conn, &mut buf, &mut len, timing) {
-        Received::Message(message_len, terminator) => {
-            let reply = match Request::parse(&buf[..message_len]) {
-                Ok(request) => apply(request, store, access),
-                Err(e) => Reply::Failed(Failure::Protocol(e)),
-            };
-            (reply.encode(detail, terminator), Outcome::Served)
-        }
-        Received::Nothing => (
-            Reply::Failed(Failure::Timeout).encode(detail, Terminator::None),
-            Outcome::TimedOut,
-        ),
-        Received::Broken(kind) => {
-            return Transaction {
-                request: buf,
-                request_len: len,
-                reply: None,
-                outcome: Outcome::Failed(kind),
-                replied_at: None,
-            };
-        }
+) -> Encoded {
+    let reply = match Request::parse(&incoming.bytes()[..message.len]) {
+        Ok(request) => apply(request, store, access),
+        Err(e) => Reply::Failed(Failure::Protocol(e)),
     };
-    before_reply();
-    let outcome = match conn.write_all(reply.as_bytes()).and_then(|()| conn.flush()) {
-        Ok(()) => outcome,
-        Err(e) => Outcome::Failed(e.kind()),
-    };
-    Transaction {
-        request: buf,
-        request_len: len,
-        reply: Some(reply),
-        outcome,
-        replied_at: Some(Instant::now()),
+    reply.encode(detail, message.terminator)
+}
+
+/// The reply to a connection that sent nothing in time.
+pub fn timed_out(detail: ErrorDetail) -> Encoded {
+    Reply::Failed(Failure::Timeout).encode(detail, Terminator::None)
+}
+
+/// What [`send`] managed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Every byte of the reply was handed to the stream.
+    All,
+    /// The stream would block; `sent` bytes are out so far.
+    Partly,
+    Broken(ErrorKind),
+}
+
+/// Writes the rest of `reply` (from `*sent` on) without waiting.
+pub fn send<W: Write>(stream: &mut W, reply: &Encoded, sent: &mut usize) -> Sent {
+    let bytes = reply.as_bytes();
+    while *sent < bytes.len() {
+        match stream.write(&bytes[*sent..]) {
+            Ok(0) => return Sent::Broken(ErrorKind::WriteZero),
+            Ok(n) => *sent += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Sent::Partly,
+            Err(e) => return Sent::Broken(e.kind()),
+        }
     }
+    match stream.flush() {
+        Ok(()) => Sent::All,
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Sent::Partly,
+        Err(e) => Sent::Broken(e.kind()),
+    }
+}
+
+/// Whether an I/O error only means "not now".
+pub fn is_would_block(e: &io::Error) -> bool {
+    e.kind() == ErrorKind::WouldBlock
 }
 
 #[cfg(test)]
@@ -244,7 +218,8 @@ mod tests {
     /// What a scripted peer does on the next read.
     enum Step {
         Bytes(&'static [u8]),
-        Timeout,
+        /// Nothing has arrived yet: the read would block.
+        Block,
         Eof,
         Reset,
     }
@@ -253,7 +228,8 @@ mod tests {
     struct Script {
         steps: VecDeque<Step>,
         written: Vec<u8>,
-        timeouts: Vec<Duration>,
+        /// Bytes each write accepts before it would block (`None`: all).
+        write_room: Option<usize>,
         fail_writes: bool,
     }
 
@@ -262,7 +238,7 @@ mod tests {
             Script {
                 steps: steps.into(),
                 written: Vec::new(),
-                timeouts: Vec::new(),
+                write_room: None,
                 fail_writes: false,
             }
         }
@@ -279,9 +255,9 @@ mod tests {
                     }
                     Ok(n)
                 }
-                Some(Step::Timeout) => Err(ErrorKind::WouldBlock.into()),
+                Some(Step::Block) | None => Err(ErrorKind::WouldBlock.into()),
                 Some(Step::Reset) => Err(ErrorKind::ConnectionReset.into()),
-                Some(Step::Eof) | None => Ok(0),
+                Some(Step::Eof) => Ok(0),
             }
         }
     }
@@ -291,33 +267,60 @@ mod tests {
             if self.fail_writes {
                 return Err(ErrorKind::BrokenPipe.into());
             }
-            self.written.extend_from_slice(buf);
-            Ok(buf.len())
+            let n = match &mut self.write_room {
+                Some(0) => return Err(ErrorKind::WouldBlock.into()),
+                Some(room) => {
+                    let n = (*room).min(buf.len());
+                    *room -= n;
+                    n
+                }
+                None => buf.len(),
+            };
+            self.written.extend_from_slice(&buf[..n]);
+            Ok(n)
         }
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
     }
 
-    impl Conn for Script {
-        fn set_read_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-            assert!(!timeout.is_zero());
-            self.timeouts.push(timeout);
-            Ok(())
+    /// Receives until the script blocks, then judges what is there, as the
+    /// server does when the gap timer fires; replies and returns what was read.
+    fn transact(
+        script: &mut Script,
+        store: &RegisterStore,
+        access: Access,
+        detail: ErrorDetail,
+    ) -> (Incoming, Option<Encoded>) {
+        let mut incoming = Incoming::default();
+        let now = Instant::now();
+        let reply = loop {
+            match incoming.receive(script, now) {
+                Received::Message(m) => break Some(respond(&incoming, m, store, access, detail)),
+                Received::Waiting if incoming.is_empty() => {
+                    // The deadline passed with nothing received.
+                    if script.steps.is_empty() {
+                        break Some(timed_out(detail));
+                    }
+                }
+                Received::Waiting => {
+                    if script.steps.is_empty() {
+                        break Some(respond(&incoming, incoming.judge(), store, access, detail));
+                    }
+                }
+                Received::Closed => break Some(timed_out(detail)),
+                Received::Broken(_) => break None,
+            }
+        };
+        if let Some(reply) = &reply {
+            let mut sent = 0;
+            let _ = send(script, reply, &mut sent);
         }
-        fn close_gracefully(self, _linger: Duration) {}
+        (incoming, reply)
     }
 
-    fn timing() -> Timing {
-        Timing {
-            deadline: Instant::now() + Duration::from_secs(5),
-            gap: Duration::from_millis(100),
-            linger: Duration::from_millis(10),
-        }
-    }
-
-    fn run(steps: Vec<Step>, store: &RegisterStore, detail: ErrorDetail) -> (Script, Transaction) {
-        run_with(steps, store, Access::ReadWrite, detail, &timing())
+    fn run(steps: Vec<Step>, store: &RegisterStore, detail: ErrorDetail) -> Script {
+        run_with(steps, store, Access::ReadWrite, detail)
     }
 
     fn run_with(
@@ -325,32 +328,44 @@ mod tests {
         store: &RegisterStore,
         access: Access,
         detail: ErrorDetail,
-        timing: &Timing,
-    ) -> (Script, Transaction) {
+    ) -> Script {
         let mut script = Script::new(steps);
-        let t = serve(&mut script, store, access, detail, timing, &mut || {});
-        (script, t)
+        transact(&mut script, store, access, detail);
+        script
     }
 
     #[test]
     fn write_then_read_in_one_segment_each() {
         let store = RegisterStore::new();
-        let (s, t) = run(vec![Step::Bytes(b"W0FAC0B1234")], &store, ErrorDetail::Bare);
-        assert_eq!(s.written, b"A0FAC0B1234");
-        assert_eq!(t.outcome, Outcome::Served);
-        assert_eq!(t.request(), b"W0FAC0B1234");
-        // No gap timer was needed for a whole message.
-        assert!(s.timeouts.is_empty());
-        let (s, _) = run(vec![Step::Bytes(b"r0fac0b\r\n")], &store, ErrorDetail::Bare);
+        let mut script = Script::new(vec![Step::Bytes(b"W0FAC0B1234")]);
+        let (incoming, _) = transact(&mut script, &store, Access::ReadWrite, ErrorDetail::Bare);
+        assert_eq!(script.written, b"A0FAC0B1234");
+        assert_eq!(incoming.bytes(), b"W0FAC0B1234");
+        let s = run(vec![Step::Bytes(b"r0fac0b\r\n")], &store, ErrorDetail::Bare);
         assert_eq!(s.written, b"X\r\n", "lowercase command is illegal");
-        let (s, _) = run(vec![Step::Bytes(b"R0fac0b\r\n")], &store, ErrorDetail::Bare);
+        let s = run(vec![Step::Bytes(b"R0fac0b\r\n")], &store, ErrorDetail::Bare);
         assert_eq!(s.written, b"A0FAC0B1234\r\n");
+    }
+
+    #[test]
+    fn a_whole_message_never_waits() {
+        let mut incoming = Incoming::default();
+        let mut script = Script::new(vec![Step::Bytes(b"R0FAC0B"), Step::Block]);
+        let got = incoming.receive(&mut script, Instant::now());
+        assert_eq!(
+            got,
+            Received::Message(Message {
+                len: 7,
+                terminator: Terminator::None
+            })
+        );
+        assert_eq!(script.steps.len(), 1, "nothing read past the message");
     }
 
     #[test]
     fn unknown_register_is_x() {
         let store = RegisterStore::new();
-        let (s, _) = run(
+        let s = run(
             vec![Step::Bytes(b"R0FAC0B\n")],
             &store,
             ErrorDetail::Explained,
@@ -359,45 +374,55 @@ mod tests {
     }
 
     #[test]
-    fn split_message_is_joined() {
+    fn split_message_is_joined_across_waits() {
         let store = RegisterStore::new();
-        let (s, t) = run(
-            vec![
-                Step::Bytes(b"W0FA"),
-                Step::Bytes(b"C0B12"),
-                Step::Bytes(b"34\n"),
-            ],
-            &store,
-            ErrorDetail::Bare,
+        let mut script = Script::new(vec![
+            Step::Bytes(b"W0FA"),
+            Step::Block,
+            Step::Bytes(b"C0B12"),
+            Step::Block,
+            Step::Bytes(b"34\n"),
+        ]);
+        let (incoming, _) = transact(&mut script, &store, Access::ReadWrite, ErrorDetail::Bare);
+        assert_eq!(script.written, b"A0FAC0B1234\n");
+        assert_eq!(incoming.bytes(), b"W0FAC0B1234\n");
+    }
+
+    #[test]
+    fn waiting_reports_when_the_gap_ends() {
+        let mut incoming = Incoming::default();
+        assert_eq!(incoming.gap_ends(Duration::from_millis(100)), None);
+        let now = Instant::now();
+        let mut script = Script::new(vec![Step::Bytes(b"W01"), Step::Block]);
+        assert_eq!(incoming.receive(&mut script, now), Received::Waiting);
+        assert_eq!(
+            incoming.gap_ends(Duration::from_millis(100)),
+            Some(now + Duration::from_millis(100))
         );
-        assert_eq!(s.written, b"A0FAC0B1234\n");
-        assert_eq!(t.request(), b"W0FAC0B1234\n");
-        assert!(s.timeouts.is_empty(), "the gap timeout is already in place");
     }
 
     #[test]
     fn short_message_is_judged_after_the_gap() {
         let store = RegisterStore::new();
-        let (s, t) = run(
-            vec![Step::Bytes(b"W01234"), Step::Timeout],
+        let s = run(
+            vec![Step::Bytes(b"W01234"), Step::Block],
             &store,
             ErrorDetail::Explained,
         );
         assert_eq!(s.written, b"X bad length");
-        assert_eq!(t.outcome, Outcome::Served);
     }
 
     #[test]
     fn half_close_ends_the_message() {
         let store = RegisterStore::new();
         store.write(1, 2, 3).unwrap();
-        let (s, _) = run(
+        let s = run(
             vec![Step::Bytes(b"R000102"), Step::Eof],
             &store,
             ErrorDetail::Bare,
         );
         assert_eq!(s.written, b"A0001020003");
-        let (s, _) = run(
+        let s = run(
             vec![Step::Bytes(b"R0001"), Step::Eof],
             &store,
             ErrorDetail::Explained,
@@ -408,99 +433,79 @@ mod tests {
     #[test]
     fn nothing_before_the_deadline_gets_x() {
         let store = RegisterStore::new();
-        let timing = Timing {
-            deadline: Instant::now(),
-            ..timing()
-        };
-        let (script, t) = run_with(
-            vec![Step::Timeout],
-            &store,
-            Access::ReadWrite,
-            ErrorDetail::Explained,
-            &timing,
-        );
-        assert_eq!(script.written, b"X timeout");
-        assert_eq!(t.outcome, Outcome::TimedOut);
-        let (s, t) = run(vec![Step::Eof], &store, ErrorDetail::Bare);
-        assert_eq!(s.written, b"X");
-        assert_eq!(t.outcome, Outcome::TimedOut);
-    }
-
-    #[test]
-    fn an_early_socket_timeout_waits_out_the_deadline() {
-        let store = RegisterStore::new();
-        let (s, _) = run(
-            vec![Step::Timeout, Step::Bytes(b"W000000FFFF")],
-            &store,
-            ErrorDetail::Bare,
-        );
-        assert_eq!(s.written, b"A000000FFFF");
-        assert!(s.timeouts.is_empty());
-    }
-
-    #[test]
-    fn the_timeout_shrinks_only_near_the_deadline() {
-        let store = RegisterStore::new();
-        let timing = Timing {
-            deadline: Instant::now() + Duration::from_millis(50),
-            ..timing()
-        };
-        let (script, _) = run_with(
-            vec![Step::Timeout, Step::Bytes(b"R0"), Step::Timeout],
-            &store,
-            Access::ReadWrite,
-            ErrorDetail::Explained,
-            &timing,
-        );
-        assert_eq!(script.written, b"X bad length");
-        assert!(
-            !script.timeouts.is_empty()
-                && script
-                    .timeouts
-                    .iter()
-                    .all(|t| *t <= Duration::from_millis(50))
+        let s = run(vec![Step::Block], &store, ErrorDetail::Explained);
+        assert_eq!(s.written, b"X timeout");
+        let mut incoming = Incoming::default();
+        let mut script = Script::new(vec![Step::Eof]);
+        assert_eq!(
+            incoming.receive(&mut script, Instant::now()),
+            Received::Closed
         );
     }
 
     #[test]
     fn reset_sends_nothing() {
-        let store = RegisterStore::new();
-        let (s, t) = run(
-            vec![Step::Bytes(b"W0F"), Step::Reset],
-            &store,
-            ErrorDetail::Bare,
+        let mut incoming = Incoming::default();
+        let mut script = Script::new(vec![Step::Bytes(b"W0F"), Step::Reset]);
+        assert_eq!(
+            incoming.receive(&mut script, Instant::now()),
+            Received::Broken(ErrorKind::ConnectionReset)
         );
-        assert!(s.written.is_empty());
-        assert_eq!(t.outcome, Outcome::Failed(ErrorKind::ConnectionReset));
-        assert!(t.reply.is_none());
+        assert!(script.written.is_empty());
     }
 
     #[test]
-    fn failed_write_is_reported() {
+    fn failed_write_is_reported_after_the_store_changed() {
         let store = RegisterStore::new();
         let mut script = Script::new(vec![Step::Bytes(b"W0FAC0B1234")]);
         script.fail_writes = true;
-        let t = serve(
-            &mut script,
-            &store,
-            Access::ReadWrite,
-            ErrorDetail::Bare,
-            &timing(),
-            &mut || {},
+        let mut incoming = Incoming::default();
+        let Received::Message(m) = incoming.receive(&mut script, Instant::now()) else {
+            panic!("a whole message was scripted");
+        };
+        let reply = respond(&incoming, m, &store, Access::ReadWrite, ErrorDetail::Bare);
+        let mut sent = 0;
+        assert_eq!(
+            send(&mut script, &reply, &mut sent),
+            Sent::Broken(ErrorKind::BrokenPipe)
         );
-        assert_eq!(t.outcome, Outcome::Failed(ErrorKind::BrokenPipe));
-        // The write was applied before the reply was lost.
         assert_eq!(store.read(0x0FAC, 0x0B), Some(0x1234));
+    }
+
+    #[test]
+    fn a_blocked_send_resumes_where_it_stopped() {
+        let reply = Reply::Accepted {
+            device: 1,
+            register: 2,
+            value: 3,
+        }
+        .encode(ErrorDetail::Bare, Terminator::Lf);
+        let mut script = Script::new(vec![]);
+        script.write_room = Some(4);
+        let mut sent = 0;
+        assert_eq!(send(&mut script, &reply, &mut sent), Sent::Partly);
+        assert_eq!(sent, 4);
+        assert_eq!(send(&mut script, &reply, &mut sent), Sent::Partly);
+        assert_eq!(sent, 4);
+        script.write_room = None;
+        assert_eq!(send(&mut script, &reply, &mut sent), Sent::All);
+        assert_eq!(script.written, b"A0001020003\n");
     }
 
     #[test]
     fn oversize_input_is_bounded() {
         let store = RegisterStore::new();
         let junk: &'static [u8] = &[b'Z'; 1000];
-        let (s, t) = run(vec![Step::Bytes(junk)], &store, ErrorDetail::Explained);
-        assert_eq!(s.written, b"X bad command");
-        assert_eq!(t.request().len(), MAX_MESSAGE_BYTES);
-        let (s, _) = run(
+        let mut script = Script::new(vec![Step::Bytes(junk)]);
+        let (incoming, _) = transact(
+            &mut script,
+            &store,
+            Access::ReadWrite,
+            ErrorDetail::Explained,
+        );
+        assert_eq!(script.written, b"X bad command");
+        assert_eq!(incoming.bytes().len(), MAX_MESSAGE_BYTES);
+        let s = run(
             vec![Step::Bytes(b"W0FAC0B12345678")],
             &store,
             ErrorDetail::Explained,
@@ -513,22 +518,20 @@ mod tests {
     fn read_only_refuses_writes_and_serves_reads() {
         let store = RegisterStore::new();
         store.write(1, 1, 1).unwrap();
-        let (script, _) = run_with(
+        let s = run_with(
             vec![Step::Bytes(b"W0001010002\n")],
             &store,
             Access::ReadOnly,
             ErrorDetail::Explained,
-            &timing(),
         );
-        assert_eq!(script.written, b"X forbidden\n");
+        assert_eq!(s.written, b"X forbidden\n");
         assert_eq!(store.read(1, 1), Some(1));
-        let (script, _) = run_with(
+        let s = run_with(
             vec![Step::Bytes(b"R000101")],
             &store,
             Access::ReadOnly,
             ErrorDetail::Bare,
-            &timing(),
         );
-        assert_eq!(script.written, b"A0001010001");
+        assert_eq!(s.written, b"A0001010001");
     }
 }

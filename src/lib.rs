@@ -2,21 +2,23 @@
 //! speak over TCP and TLS.
 //!
 //! The crate is layered so each piece can be tested alone: [`protocol`] is the pure
-//! wire grammar, [`store`] the register map, [`connection`] one transaction over any
-//! stream, [`server`] the listeners, pool and limits, [`tls`] everything about
-//! certificates, and [`client`] the blocking client the CLI and tests use.
+//! wire grammar, [`store`] the register map, [`connection`] one transaction's
+//! logic with no sockets, [`net`] the listeners, waiting room, admission, pool and
+//! shutdown, [`tls`] everything about certificates, and [`client`] the blocking
+//! client the CLI and tests use.
 #![forbid(unsafe_code)]
 
-pub mod access;
+pub use net::allow as access;
+pub use net::server;
+
 pub mod bench;
 pub mod client;
 pub mod config;
 pub mod connection;
 pub mod journal;
-pub mod linger;
 pub mod logging;
+pub mod net;
 pub mod notify;
 pub mod protocol;
-pub mod server;
 pub mod store;
 pub mod tls;

@@ -1,17 +1,28 @@
 //! Everything about certificates and keys: loading them from the files an operator
 //! or course hands out, and building the acceptors and connectors on top of them.
 //!
-//! native-tls only takes PKCS#8 keys, so keys are read with the openssl crate it is
-//! built on (PKCS#8, PKCS#1 `RSA PRIVATE KEY`, SEC1 `EC PRIVATE KEY`, PEM or DER) and
+//! The server side is the openssl crate directly (TLS 1.3, client certificates,
+//! session caches, non-blocking handshakes); the client keeps native-tls, which
+//! only takes PKCS#8 keys, so keys are read here in every form openssl writes
+//! (PKCS#8, PKCS#1 `RSA PRIVATE KEY`, SEC1 `EC PRIVATE KEY`, PEM or DER) and
 //! handed over as PKCS#8. Every error names the file it is about.
 
 use std::fmt;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 
 use openssl::asn1::Asn1Time;
+use openssl::error::ErrorStack;
+use openssl::nid::Nid;
 use openssl::pkcs12::Pkcs12;
-use openssl::pkey::{PKey, Private};
-use openssl::x509::X509;
+use openssl::pkey::{Id, PKey, Private};
+use openssl::ssl::{
+    ErrorCode, HandshakeError, MidHandshakeSslStream, Ssl, SslAcceptor, SslContext, SslMethod,
+    SslStream, SslVerifyMode, SslVersion,
+};
+use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::{X509, X509VerifyResult};
 
 /// A certificate or key file that could not be used, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,6 +211,27 @@ impl Identity {
         TlsError::new(&self.cert_path, first_reason(&e))
     }
 
+    /// Refuses a leaf certificate that is expired or not yet valid: what a
+    /// reload checks before it replaces a certificate in service. (At startup old
+    /// course certificates are served with a warning instead.)
+    pub fn check_validity_now(&self) -> Result<(), TlsError> {
+        let now = Asn1Time::days_from_now(0).map_err(|e| self.error(e))?;
+        let leaf = &self.chain[0];
+        if leaf.not_after() < now {
+            return Err(TlsError::new(
+                &self.cert_path,
+                format!("certificate expired on {}", leaf.not_after()),
+            ));
+        }
+        if leaf.not_before() > now {
+            return Err(TlsError::new(
+                &self.cert_path,
+                format!("certificate is not valid before {}", leaf.not_before()),
+            ));
+        }
+        Ok(())
+    }
+
     /// Warnings for certificates in the chain that have expired or expire within 30
     /// days. Old course certificates must still load, so these never fail.
     pub fn expiry_warnings(&self) -> Vec<String> {
@@ -257,242 +289,355 @@ pub enum ClientAuth {
     Required { ca: PathBuf },
 }
 
-/// The server's TLS acceptor, built once and shared by every worker.
-///
-/// native-tls serves the usual case; it cannot ask clients for certificates, so
-/// mutual TLS is built on the openssl crate native-tls itself uses on Linux.
-pub struct Acceptor(AcceptorImpl);
+/// TLS 1.2 suites served by default: forward-secret AEAD only, AES-CCM and CCM-8
+/// included for constrained devices. OpenSSL cipher-list syntax.
+pub const DEFAULT_TLS12_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:\
+ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:\
+ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:\
+ECDHE-ECDSA-AES128-CCM:ECDHE-ECDSA-AES256-CCM:ECDHE-ECDSA-AES128-CCM8:ECDHE-ECDSA-AES256-CCM8:\
+DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305:\
+DHE-RSA-AES128-CCM:DHE-RSA-AES256-CCM:DHE-RSA-AES128-CCM8:DHE-RSA-AES256-CCM8";
 
-enum AcceptorImpl {
-    Native(native_tls::TlsAcceptor),
-    OpenSsl(openssl::ssl::SslAcceptor),
+/// TLS 1.3 suites served by default (OpenSSL ciphersuites syntax).
+pub const DEFAULT_TLS13_CIPHERSUITES: &str = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:\
+TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_CCM_SHA256:TLS_AES_128_CCM_8_SHA256";
+
+/// The socket under a server-side TLS session. It is taken back out when the
+/// session closes, so the close can linger on the plain socket.
+pub struct TlsSocket(Option<TcpStream>);
+
+impl TlsSocket {
+    fn tcp(&self) -> Option<&TcpStream> {
+        self.0.as_ref()
+    }
 }
 
-/// Why a handshake failed.
-#[derive(Debug)]
+fn gone() -> std::io::Error {
+    std::io::Error::from(std::io::ErrorKind::NotConnected)
+}
+
+impl Read for TlsSocket {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.as_mut().ok_or_else(gone)?.read(buf)
+    }
+}
+
+impl Write for TlsSocket {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.as_mut().ok_or_else(gone)?.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The server's TLS context, built once (and again on reload) and shared by
+/// every worker. One engine whatever the authentication mode: the openssl crate,
+/// which can offer TLS 1.3, ask for client certificates and hold a session cache.
+pub struct Acceptor {
+    context: SslContext,
+}
+
+/// Why a handshake failed, by kind, for the log and the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HandshakeFailureKind {
+    /// Client and server have no cipher suite (or key-exchange group) in common.
+    NoSharedCipher,
+    /// The client offered only protocol versions the server does not speak.
+    ProtocolVersion,
+    /// The client's certificate was not signed by a CA in `--client-ca`.
+    UnknownCa,
+    /// The client's certificate has been revoked.
+    Revoked,
+    /// The client presented no certificate where one is required.
+    CertificateRequired,
+    /// What arrived was not TLS (plain WWEP or HTTP on the TLS port).
+    NotTls,
+    /// The client went away mid-handshake.
+    Closed,
+    /// The handshake did not finish before the connection's deadline.
+    Timeout,
+    Other,
+}
+
+impl HandshakeFailureKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            HandshakeFailureKind::NoSharedCipher => "no shared cipher",
+            HandshakeFailureKind::ProtocolVersion => "protocol version",
+            HandshakeFailureKind::UnknownCa => "unknown CA",
+            HandshakeFailureKind::Revoked => "certificate revoked",
+            HandshakeFailureKind::CertificateRequired => "certificate required",
+            HandshakeFailureKind::NotTls => "not TLS",
+            HandshakeFailureKind::Closed => "closed by client",
+            HandshakeFailureKind::Timeout => "timeout",
+            HandshakeFailureKind::Other => "failed",
+        }
+    }
+}
+
+impl fmt::Display for HandshakeFailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A handshake that failed.
 pub struct HandshakeFailure {
-    pub reason: String,
-    /// The client's certificate was missing or not trusted (mutual TLS only).
-    pub client_refused: bool,
+    pub kind: HandshakeFailureKind,
+    /// OpenSSL's own words, for the debug log.
+    pub detail: String,
     /// The connection, where it can still be closed gracefully so the client
     /// receives the alert that says why.
-    pub stream: Option<std::net::TcpStream>,
+    pub socket: Option<TcpStream>,
 }
 
-/// A server-side TLS stream from either acceptor.
-pub struct ServerStream(StreamImpl);
+/// Where a handshake stands after a step.
+pub enum Handshake {
+    Done(ServerStream),
+    /// The client has not sent its next flight yet (or the socket cannot take
+    /// ours): resume when the socket is ready.
+    Pending(PendingHandshake),
+    Failed(HandshakeFailure),
+}
 
-enum StreamImpl {
-    Native(native_tls::TlsStream<std::net::TcpStream>),
-    OpenSsl(openssl::ssl::SslStream<std::net::TcpStream>),
+/// A handshake waiting for its socket.
+pub struct PendingHandshake {
+    mid: MidHandshakeSslStream<TlsSocket>,
+}
+
+impl PendingHandshake {
+    /// Whether the handshake waits to write rather than to read.
+    pub fn wants_write(&self) -> bool {
+        self.mid.error().code() == ErrorCode::WANT_WRITE
+    }
+
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        self.mid.get_ref().tcp()
+    }
+
+    /// Continues the handshake with whatever the socket has now.
+    pub fn resume(self) -> Handshake {
+        classify(self.mid.handshake())
+    }
+
+    /// Gives up on the handshake (its deadline passed) and returns the socket.
+    pub fn abandon(mut self) -> Option<TcpStream> {
+        self.mid.get_mut().0.take()
+    }
+}
+
+// OpenSSL's reason codes (ssl/sslerr.h), stable across 1.1 and 3.x.
+const SSL_R_CERTIFICATE_VERIFY_FAILED: i32 = 134;
+const SSL_R_HTTP_REQUEST: i32 = 156;
+const SSL_R_NO_PROTOCOLS_AVAILABLE: i32 = 191;
+const SSL_R_NO_SHARED_CIPHER: i32 = 193;
+const SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE: i32 = 199;
+const SSL_R_UNSUPPORTED_PROTOCOL: i32 = 258;
+const SSL_R_WRONG_VERSION_NUMBER: i32 = 267;
+const SSL_R_UNEXPECTED_EOF_WHILE_READING: i32 = 294;
+const SSL_R_VERSION_TOO_LOW: i32 = 396;
+const SSL_R_NO_SHARED_GROUPS: i32 = 410;
+// x509_vfy.h
+const X509_V_ERR_CERT_REVOKED: i32 = 23;
+
+fn classify(result: Result<SslStream<TlsSocket>, HandshakeError<TlsSocket>>) -> Handshake {
+    match result {
+        Ok(ssl) => Handshake::Done(ServerStream { ssl }),
+        Err(HandshakeError::WouldBlock(mid)) => Handshake::Pending(PendingHandshake { mid }),
+        Err(HandshakeError::SetupFailure(e)) => Handshake::Failed(HandshakeFailure {
+            kind: HandshakeFailureKind::Other,
+            detail: first_reason(&e),
+            socket: None,
+        }),
+        Err(HandshakeError::Failure(mut mid)) => {
+            let verify = mid.ssl().verify_result();
+            let error = mid.error();
+            let reason = error
+                .ssl_error()
+                .and_then(|stack| stack.errors().first())
+                .map(|e| e.reason_code());
+            let kind = if verify.as_raw() == X509_V_ERR_CERT_REVOKED {
+                HandshakeFailureKind::Revoked
+            } else if verify != X509VerifyResult::OK {
+                HandshakeFailureKind::UnknownCa
+            } else {
+                match reason {
+                    Some(SSL_R_NO_SHARED_CIPHER | SSL_R_NO_SHARED_GROUPS) => {
+                        HandshakeFailureKind::NoSharedCipher
+                    }
+                    Some(
+                        SSL_R_UNSUPPORTED_PROTOCOL
+                        | SSL_R_VERSION_TOO_LOW
+                        | SSL_R_NO_PROTOCOLS_AVAILABLE,
+                    ) => HandshakeFailureKind::ProtocolVersion,
+                    Some(SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) => {
+                        HandshakeFailureKind::CertificateRequired
+                    }
+                    Some(SSL_R_CERTIFICATE_VERIFY_FAILED) => HandshakeFailureKind::UnknownCa,
+                    Some(SSL_R_WRONG_VERSION_NUMBER | SSL_R_HTTP_REQUEST) => {
+                        HandshakeFailureKind::NotTls
+                    }
+                    Some(SSL_R_UNEXPECTED_EOF_WHILE_READING) => HandshakeFailureKind::Closed,
+                    _ if error.code() == ErrorCode::ZERO_RETURN
+                        || (error.code() == ErrorCode::SYSCALL && error.io_error().is_none()) =>
+                    {
+                        HandshakeFailureKind::Closed
+                    }
+                    _ => HandshakeFailureKind::Other,
+                }
+            };
+            let detail = if verify != X509VerifyResult::OK {
+                verify.error_string().to_string()
+            } else {
+                error.to_string()
+            };
+            Handshake::Failed(HandshakeFailure {
+                kind,
+                detail,
+                socket: mid.get_mut().0.take(),
+            })
+        }
+    }
+}
+
+/// Whether OpenSSL's default security level would refuse this chain: an RSA or
+/// DSA key shorter than 2048 bits, or a certificate signed with MD5 or SHA-1 by
+/// a CA. Course material has such certificates and boards expect them served.
+fn is_legacy(identity: &Identity) -> bool {
+    let short_key = |key: &PKey<openssl::pkey::Public>| {
+        matches!(key.id(), Id::RSA | Id::DSA) && key.bits() < 2048
+    };
+    let weak_digest = |cert: &X509| {
+        let self_signed = cert.issued(cert) == X509VerifyResult::OK;
+        !self_signed
+            && matches!(
+                cert.signature_algorithm().object().nid(),
+                Nid::SHA1WITHRSAENCRYPTION
+                    | Nid::MD5WITHRSAENCRYPTION
+                    | Nid::ECDSA_WITH_SHA1
+                    | Nid::DSAWITHSHA1
+                    | Nid::SHA1WITHRSA
+            )
+    };
+    identity
+        .chain
+        .iter()
+        .any(|cert| cert.public_key().is_ok_and(|k| short_key(&k)) || weak_digest(cert))
 }
 
 impl Acceptor {
-    /// Builds an acceptor that speaks TLS 1.2 and later.
+    /// Builds the server context: TLS 1.2 and 1.3, forward-secret AEAD suites,
+    /// and for mutual TLS a required client certificate signed by a CA in the
+    /// given file.
     ///
     /// OpenSSL's default security level refuses what old course certificates
     /// have (RSA-1024 keys, SHA-1 signatures by a CA). Such an identity is still
     /// served, as the course's boards expect, at security level 0 and with a
     /// warning that names the file.
     pub fn new(identity: &Identity, client_auth: &ClientAuth) -> Result<Acceptor, TlsError> {
-        let client_ca = match client_auth {
-            ClientAuth::Off => None,
-            ClientAuth::Required { ca } => Some(ca.as_path()),
-        };
-        let first = match client_ca {
-            None => native_tls::TlsAcceptor::builder(identity.to_native()?)
-                .min_protocol_version(Some(native_tls::Protocol::Tlsv12))
-                .build()
-                .map(|inner| Acceptor(AcceptorImpl::Native(inner)))
-                .map_err(|e| {
-                    TlsError::new(&identity.cert_path, format!("cannot use certificate: {e}"))
-                }),
-            Some(ca) => openssl_acceptor(identity, Some(ca), false)
-                .map(|a| Acceptor(AcceptorImpl::OpenSsl(a))),
-        };
-        match first {
-            Err(e) if is_weak_certificate(&e.problem) => {
-                let acceptor = openssl_acceptor(identity, client_ca, true)?;
-                log::warn!(
-                    "{}: {}; serving it at OpenSSL security level 0 as old boards need. Replace it with an RSA-2048 or ECDSA certificate",
-                    identity.cert_path.display(),
-                    weak_reason(&e.problem)
-                );
-                Ok(Acceptor(AcceptorImpl::OpenSsl(acceptor)))
-            }
-            other => other,
+        let cert_err = |e: ErrorStack| TlsError::new(&identity.cert_path, first_reason(&e));
+        let mut b =
+            SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(cert_err)?;
+        if is_legacy(identity) {
+            b.set_security_level(0);
+            log::warn!(
+                "{}: the certificate has a key shorter than 2048 bits or a SHA-1/MD5 signature; serving it at OpenSSL security level 0 as old boards need. Replace it with an RSA-2048 or ECDSA certificate",
+                identity.cert_path.display()
+            );
         }
-    }
-
-    /// Runs the server side of the handshake on a stream whose timeouts are set.
-    pub fn accept(&self, stream: std::net::TcpStream) -> Result<ServerStream, HandshakeFailure> {
-        match &self.0 {
-            AcceptorImpl::Native(a) => a
-                .accept(stream)
-                .map(|s| ServerStream(StreamImpl::Native(s)))
-                .map_err(|e| HandshakeFailure {
-                    reason: match e {
-                        native_tls::HandshakeError::Failure(e) => e.to_string(),
-                        native_tls::HandshakeError::WouldBlock(_) => "timed out".to_string(),
-                    },
-                    client_refused: false,
-                    stream: None,
-                }),
-            AcceptorImpl::OpenSsl(a) => a
-                .accept(stream)
-                .map(|s| ServerStream(StreamImpl::OpenSsl(s)))
-                .map_err(|e| {
-                    use openssl::ssl::HandshakeError;
-                    match e {
-                        HandshakeError::SetupFailure(e) => HandshakeFailure {
-                            reason: first_reason(&e),
-                            client_refused: false,
-                            stream: None,
-                        },
-                        HandshakeError::Failure(mid) | HandshakeError::WouldBlock(mid) => {
-                            let verify = mid.ssl().verify_result();
-                            let error = mid.error();
-                            let text = error
-                                .ssl_error()
-                                .and_then(|s| {
-                                    s.errors()
-                                        .first()
-                                        .and_then(|e| e.reason().map(str::to_string))
-                                })
-                                .or_else(|| error.io_error().map(|e| e.to_string()))
-                                .unwrap_or_else(|| error.to_string());
-                            let (reason, client_refused) =
-                                if verify != openssl::x509::X509VerifyResult::OK {
-                                    (
-                                        format!(
-                                            "client certificate not trusted ({})",
-                                            verify.error_string()
-                                        ),
-                                        true,
-                                    )
-                                } else if text.contains("peer did not return a certificate") {
-                                    ("client presented no certificate".to_string(), true)
-                                } else {
-                                    (text, false)
-                                };
-                            HandshakeFailure {
-                                reason,
-                                client_refused,
-                                stream: mid.get_ref().try_clone().ok(),
-                            }
-                        }
-                    }
-                }),
+        b.set_min_proto_version(Some(SslVersion::TLS1_2))
+            .map_err(cert_err)?;
+        b.set_cipher_list(DEFAULT_TLS12_CIPHERS).map_err(cert_err)?;
+        b.set_ciphersuites(DEFAULT_TLS13_CIPHERSUITES)
+            .map_err(cert_err)?;
+        b.set_private_key(&identity.key).map_err(cert_err)?;
+        b.set_certificate(&identity.chain[0]).map_err(cert_err)?;
+        for extra in &identity.chain[1..] {
+            b.add_extra_chain_cert(extra.clone()).map_err(cert_err)?;
         }
-    }
-}
-
-/// Whether OpenSSL refused a certificate only for its age: a short key or a weak
-/// signature digest ("ee key too small", "ca md too weak", ...).
-fn is_weak_certificate(problem: &str) -> bool {
-    problem.contains("too small") || problem.contains("too weak")
-}
-
-fn weak_reason(problem: &str) -> &'static str {
-    if problem.contains("too small") {
-        "its key is shorter than OpenSSL accepts by default"
-    } else {
-        "its signature digest is weaker than OpenSSL accepts by default"
-    }
-}
-
-/// An acceptor built on the openssl crate: for mutual TLS (`client_ca`), which
-/// native-tls cannot ask for, and for old certificates (`legacy`: security level 0).
-fn openssl_acceptor(
-    identity: &Identity,
-    client_ca: Option<&Path>,
-    legacy: bool,
-) -> Result<openssl::ssl::SslAcceptor, TlsError> {
-    use openssl::ssl::{SslAcceptor, SslMethod, SslVerifyMode, SslVersion};
-    use openssl::x509::store::X509StoreBuilder;
-    let cert_err =
-        |e: openssl::error::ErrorStack| TlsError::new(&identity.cert_path, first_reason(&e));
-    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(cert_err)?;
-    if legacy {
-        b.set_security_level(0);
-    }
-    b.set_private_key(&identity.key).map_err(cert_err)?;
-    b.set_certificate(&identity.chain[0]).map_err(cert_err)?;
-    for extra in &identity.chain[1..] {
-        b.add_extra_chain_cert(extra.clone()).map_err(cert_err)?;
-    }
-    b.set_min_proto_version(Some(SslVersion::TLS1_2))
-        .map_err(cert_err)?;
-    if let Some(ca_path) = client_ca {
-        let ca_err = |e: openssl::error::ErrorStack| TlsError::new(ca_path, first_reason(&e));
-        let mut store = X509StoreBuilder::new().map_err(ca_err)?;
-        for ca in load_certificates(ca_path)? {
-            b.add_client_ca(&ca).map_err(ca_err)?;
-            store.add_cert(ca).map_err(ca_err)?;
-        }
-        b.set_verify_cert_store(store.build()).map_err(ca_err)?;
-        b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
-        // Session resumption with client certificates needs a context id.
+        b.check_private_key().map_err(cert_err)?;
+        // Sessions (with or without client certificates) resume only within a
+        // context that names itself.
         b.set_session_id_context(b"wwep").map_err(cert_err)?;
+        if let ClientAuth::Required { ca } = client_auth {
+            let ca_err = |e: ErrorStack| TlsError::new(ca, first_reason(&e));
+            let mut store = X509StoreBuilder::new().map_err(ca_err)?;
+            for cert in load_certificates(ca)? {
+                b.add_client_ca(&cert).map_err(ca_err)?;
+                store.add_cert(cert).map_err(ca_err)?;
+            }
+            b.set_verify_cert_store(store.build()).map_err(ca_err)?;
+            b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+        }
+        Ok(Acceptor {
+            context: b.build().into_context(),
+        })
     }
-    Ok(b.build())
+
+    /// Starts the server side of a handshake on a non-blocking socket.
+    pub fn start(&self, tcp: TcpStream) -> Handshake {
+        let ssl = match Ssl::new(&self.context) {
+            Ok(ssl) => ssl,
+            Err(e) => {
+                return Handshake::Failed(HandshakeFailure {
+                    kind: HandshakeFailureKind::Other,
+                    detail: first_reason(&e),
+                    socket: Some(tcp),
+                });
+            }
+        };
+        classify(ssl.accept(TlsSocket(Some(tcp))))
+    }
+}
+
+/// An established server-side TLS session.
+pub struct ServerStream {
+    ssl: SslStream<TlsSocket>,
 }
 
 impl ServerStream {
-    pub fn tcp(&self) -> &std::net::TcpStream {
-        match &self.0 {
-            StreamImpl::Native(s) => s.get_ref(),
-            StreamImpl::OpenSsl(s) => s.get_ref(),
-        }
-    }
-
-    /// Sends close_notify.
-    pub fn close_notify(&mut self) {
-        match &mut self.0 {
-            StreamImpl::Native(s) => {
-                let _ = s.shutdown();
-            }
-            StreamImpl::OpenSsl(s) => {
-                let _ = s.shutdown();
-            }
-        }
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        self.ssl.get_ref().tcp()
     }
 
     /// The common name of the client's verified certificate (mutual TLS).
     pub fn peer_common_name(&self) -> Option<String> {
-        let StreamImpl::OpenSsl(s) = &self.0 else {
-            return None;
-        };
-        let cert = s.ssl().peer_certificate()?;
-        let cn = cert
-            .subject_name()
-            .entries_by_nid(openssl::nid::Nid::COMMONNAME)
-            .next()?;
+        let cert = self.ssl.ssl().peer_certificate()?;
+        let cn = cert.subject_name().entries_by_nid(Nid::COMMONNAME).next()?;
         cn.data().to_string().ok()
     }
-}
 
-impl std::io::Read for ServerStream {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match &mut self.0 {
-            StreamImpl::Native(s) => s.read(buf),
-            StreamImpl::OpenSsl(s) => s.read(buf),
-        }
+    /// Whether the handshake resumed an earlier session.
+    pub fn resumed(&self) -> bool {
+        self.ssl.ssl().session_reused()
+    }
+
+    /// `TLSv1.2`, `TLSv1.3`.
+    pub fn version(&self) -> &'static str {
+        self.ssl.ssl().version_str()
+    }
+
+    /// Sends close_notify (without waiting for the client's) and returns the
+    /// socket for the rest of the close.
+    pub fn close(mut self) -> Option<TcpStream> {
+        let _ = self.ssl.shutdown();
+        self.ssl.get_mut().0.take()
     }
 }
 
-impl std::io::Write for ServerStream {
+impl Read for ServerStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.ssl.read(buf)
+    }
+}
+
+impl Write for ServerStream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match &mut self.0 {
-            StreamImpl::Native(s) => s.write(buf),
-            StreamImpl::OpenSsl(s) => s.write(buf),
-        }
+        self.ssl.write(buf)
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        match &mut self.0 {
-            StreamImpl::Native(s) => s.flush(),
-            StreamImpl::OpenSsl(s) => s.flush(),
-        }
+        self.ssl.flush()
     }
 }
 

@@ -146,7 +146,7 @@ fn cli_client_certificate_and_logged_common_name() {
     );
     assert!(eventually(std::time::Duration::from_secs(5), || server
         .log_text()
-        .contains("refused: client presented no certificate")));
+        .contains("handshake failed: certificate required")));
     let logged = "cn=\"test client\" \"W0001020003\" -> \"A0001020003\"";
     assert!(
         eventually(std::time::Duration::from_secs(5), || server

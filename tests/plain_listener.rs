@@ -220,14 +220,42 @@ fn concurrent_clients_write_distinct_registers_then_read_them_back() {
 }
 
 #[test]
-fn over_the_connection_limit_is_refused_at_once_with_x() {
+fn a_full_table_sheds_the_oldest_silent_connection_for_a_newcomer() {
     let s = TestServer::with(|c| {
         c.max_connections = 2;
         c.workers = 2;
         c.timeout = Duration::from_secs(3);
     });
-    // Two silent connections fill the server.
-    let holders = [connect(s.plain()), connect(s.plain())];
+    // Two silent connections fill the table.
+    let mut oldest = connect(s.plain());
+    assert!(s.in_flight_becomes(1, Duration::from_secs(2)));
+    let _younger = connect(s.plain());
+    assert!(s.in_flight_becomes(2, Duration::from_secs(2)));
+    let started = Instant::now();
+    // A board arriving now is served; the oldest silent connection makes room.
+    assert_eq!(s.plain_transact(b"W0FAC0B0001"), b"A0FAC0B0001");
+    assert_eq!(read_to_close(&mut oldest), b"X");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "shed before its timeout"
+    );
+    let stats = s.server().stats();
+    assert_eq!((stats.shed, stats.rejected), (1, 0));
+}
+
+#[test]
+fn a_table_full_of_unfinished_messages_refuses_at_once_with_x() {
+    let s = TestServer::with(|c| {
+        c.max_connections = 2;
+        c.workers = 2;
+        c.timeout = Duration::from_secs(3);
+        c.gap = Duration::from_secs(3);
+    });
+    // Two started messages fill the server: nobody is silent, nobody is shed.
+    let mut holders = [connect(s.plain()), connect(s.plain())];
+    for h in &mut holders {
+        h.write_all(b"R0").unwrap();
+    }
     assert!(s.in_flight_becomes(2, Duration::from_secs(2)));
     let started = Instant::now();
     let mut refused = connect(s.plain());
@@ -241,6 +269,7 @@ fn over_the_connection_limit_is_refused_at_once_with_x() {
     let tcp = connect(s.tls());
     assert!(s.pki.connector().connect("localhost", tcp).is_err());
     assert_eq!(s.server().stats().rejected, 2);
+    assert_eq!(s.server().stats().shed, 0);
     drop(holders);
     // Once the holders are gone, service resumes.
     assert!(s.in_flight_becomes(0, Duration::from_secs(5)));

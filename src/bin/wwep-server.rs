@@ -9,7 +9,10 @@ use clap::Parser;
 use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use wwep::access::Cidr;
-use wwep::config::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, DataConfig, ServerConfig};
+use wwep::config::{
+    DEFAULT_GAP_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_IP, DEFAULT_PLAIN_PORT,
+    DEFAULT_TIMEOUT_MS, DEFAULT_TLS_PORT, DEFAULT_WORKERS, DataConfig, ServerConfig,
+};
 use wwep::connection::Access;
 use wwep::journal::{CompactionPolicy, Fsync};
 use wwep::notify::notify;
@@ -56,23 +59,26 @@ struct Args {
     /// or comma-separated); others are closed without a reply. Default: everyone.
     #[arg(long, env = "WWEP_ALLOW", value_name = "CIDR", value_delimiter = ',')]
     allow: Vec<Cidr>,
-    /// Connections queued or being served at once from one client address.
-    #[arg(long, env = "WWEP_MAX_PER_IP", default_value_t = 32)]
+    /// Connections from one client address that may be open without a complete
+    /// message yet (busy clients that send at once never meet this).
+    #[arg(long, env = "WWEP_MAX_PER_IP", default_value_t = DEFAULT_MAX_PER_IP)]
     max_per_ip: usize,
     /// Serve only reads on the open port; writes there get X and need the TLS port.
     #[arg(long, env = "WWEP_PLAIN_READ_ONLY")]
     plain_read_only: bool,
     /// Worker threads serving connections.
-    #[arg(long, env = "WWEP_WORKERS", default_value_t = 64)]
+    #[arg(long, env = "WWEP_WORKERS", default_value_t = DEFAULT_WORKERS)]
     workers: usize,
-    /// Connections queued or being served at once; more are refused immediately.
-    #[arg(long, env = "WWEP_MAX_CONNECTIONS", default_value_t = 1024)]
+    /// Connections open at once; when full, the oldest that has sent nothing is
+    /// closed to make room, and only when none has is a newcomer refused.
+    #[arg(long, env = "WWEP_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
-    /// Milliseconds a connection has to deliver its message (TLS handshake included).
-    #[arg(long, env = "WWEP_TIMEOUT_MS", default_value_t = 5000)]
+    /// Milliseconds a connection has, from accept, to deliver its message (TLS
+    /// handshake included); also the longest a stop waits for a slow client.
+    #[arg(long, env = "WWEP_TIMEOUT_MS", default_value_t = DEFAULT_TIMEOUT_MS)]
     timeout_ms: u64,
     /// Milliseconds a started message may pause before it is judged as it stands.
-    #[arg(long, env = "WWEP_GAP_MS", default_value_t = 100)]
+    #[arg(long, env = "WWEP_GAP_MS", default_value_t = DEFAULT_GAP_MS)]
     gap_ms: u64,
     /// Append a short reason to each X (`X not found`, `X bad length`, ...).
     #[arg(long, env = "WWEP_EXPLAIN_ERRORS")]

@@ -1,0 +1,487 @@
+//! Starting, running and stopping the server: the listeners and their accept
+//! threads, the waiting room's thread, the worker pool and the counters they
+//! share.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use log::{error, info, warn};
+use mio::{Poll, Token, Waker};
+use threadpool::ThreadPool;
+
+use crate::config::{ConfigError, ServerConfig, Transport};
+use crate::journal::JournalError;
+use crate::net::admission::{AdmissionTable, Refusal};
+use crate::net::linger::Lingerer;
+use crate::net::listener;
+use crate::net::rate_limited::RateLimitedLog;
+use crate::net::waiting_room::WaitingRoom;
+use crate::store::RegisterStore;
+use crate::tls::{Acceptor, HandshakeFailureKind, Identity, TlsError};
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum ServerError {
+    Config(ConfigError),
+    Tls(TlsError),
+    Bind { addr: SocketAddr, source: io::Error },
+    Data(JournalError),
+    Thread(io::Error),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Config(e) => e.fmt(f),
+            ServerError::Tls(e) => e.fmt(f),
+            ServerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            ServerError::Data(e) => e.fmt(f),
+            ServerError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+impl From<ConfigError> for ServerError {
+    fn from(e: ConfigError) -> Self {
+        ServerError::Config(e)
+    }
+}
+
+impl From<TlsError> for ServerError {
+    fn from(e: TlsError) -> Self {
+        ServerError::Tls(e)
+    }
+}
+
+/// Counters an operator or a test can read while the server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages judged and answered.
+    pub transactions: u64,
+    /// Connections refused because the table was full (and nobody silent could be
+    /// shed) or their address held too many unfinished connections.
+    pub rejected: u64,
+    /// Connections closed because the client's address is not allowed.
+    pub denied: u64,
+    /// Silent connections closed to make room for newcomers.
+    pub shed: u64,
+    /// Connections open now (waiting, queued or being served).
+    pub in_flight: usize,
+    /// Connections in the waiting room now.
+    pub waiting: usize,
+    /// TLS handshakes that failed (any kind, timeouts included).
+    pub handshake_failures: u64,
+}
+
+/// What every thread of the server shares.
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    pub(crate) store: Arc<RegisterStore>,
+    /// Swapped whole on SIGHUP; a handshake holds its own `Arc`.
+    acceptor: RwLock<Option<Arc<Acceptor>>>,
+    pub(crate) table: Arc<AdmissionTable>,
+    pub(crate) room: WaitingRoom,
+    pub(crate) lingerer: Lingerer,
+    pool: ThreadPool,
+    next_token: AtomicUsize,
+    stopping: AtomicBool,
+    /// Wake the accept threads' pollers on shutdown.
+    accept_wakers: Mutex<Vec<Waker>>,
+    transactions: AtomicU64,
+    refusals: Mutex<HashMap<Refusal, u64>>,
+    handshake_failures: Mutex<HashMap<HandshakeFailureKind, u64>>,
+    pub(crate) refusal_log: RateLimitedLog,
+    pub(crate) accept_log: RateLimitedLog,
+    pub(crate) handshake_log: RateLimitedLog,
+}
+
+impl Shared {
+    pub(crate) fn acceptor(&self) -> Option<Arc<Acceptor>> {
+        self.acceptor
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn next_token(&self) -> Token {
+        // Token 0 is the waiting room's waker; tokens are never reused.
+        Token(self.next_token.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Runs a job on the pool; a panic in it is logged and costs only that
+    /// connection (dropping the session releases its place and closes it).
+    pub(crate) fn execute(&self, job: impl FnOnce() + Send + 'static) {
+        self.pool.execute(move || {
+            if catch_unwind(AssertUnwindSafe(job)).is_err() {
+                error!("a connection was abandoned after a panic in its worker");
+            }
+        });
+    }
+
+    pub(crate) fn count_transaction(&self) -> u64 {
+        self.transactions.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn count_refusal(&self, refusal: Refusal) {
+        *self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(refusal)
+            .or_insert(0) += 1;
+    }
+
+    pub(crate) fn count_handshake_failure(&self, kind: HandshakeFailureKind) {
+        *self
+            .handshake_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(kind)
+            .or_insert(0) += 1;
+    }
+
+    fn refusals(&self, refusal: Refusal) -> u64 {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&refusal)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// A running server. Dropping it does not stop it: call [`RunningServer::shutdown`],
+/// or [`ServerControl::shutdown`] from another thread and then [`RunningServer::wait`].
+pub struct RunningServer {
+    shared: Arc<Shared>,
+    plain_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    accept_threads: Vec<JoinHandle<()>>,
+    room_thread: Option<JoinHandle<()>>,
+    maintenance: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+}
+
+/// Stops or reconfigures a running server from another thread (a signal handler).
+#[derive(Clone)]
+pub struct ServerControl {
+    shared: Arc<Shared>,
+}
+
+/// Starts a server; with `config.data`, the store is first rebuilt from the data
+/// file, before any listener binds.
+pub fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    config.validate()?;
+    // Certificates first: a bad one fails fast, before any file is touched.
+    let acceptor = load_acceptor(&config)?;
+    let store = match &config.data {
+        None => {
+            let server = launch(config, Arc::new(RegisterStore::new()), acceptor)?;
+            info!(
+                "no --data file: registers are kept in memory only and lost when the server stops"
+            );
+            return Ok(server);
+        }
+        Some(data) => {
+            let (store, report) =
+                RegisterStore::open(&data.path, data.fsync, data.compaction, data.repair)
+                    .map_err(ServerError::Data)?;
+            let path = data.path.display();
+            if report.created {
+                info!("data file {path} created (fsync {})", data.fsync.name());
+            } else {
+                info!(
+                    "data file {path}: {} records replayed, {} registers (fsync {})",
+                    report.records,
+                    store.len(),
+                    data.fsync.name()
+                );
+            }
+            if report.torn_bytes > 0 {
+                warn!(
+                    "data file {path}: dropped {} bytes of a record cut short by a crash; every complete record was kept",
+                    report.torn_bytes
+                );
+            }
+            if report.repaired_bytes > 0 {
+                warn!(
+                    "data file {path}: --repair dropped {} bytes from the first damaged record on",
+                    report.repaired_bytes
+                );
+            }
+            store
+        }
+    };
+    launch(config, Arc::new(store), acceptor)
+}
+
+fn load_acceptor(config: &ServerConfig) -> Result<Option<Acceptor>, TlsError> {
+    let (Some(_), Some(source)) = (&config.tls_port, &config.identity) else {
+        return Ok(None);
+    };
+    let identity = Identity::load(source)?;
+    for warning in identity.expiry_warnings() {
+        warn!("{warning}");
+    }
+    Acceptor::new(&identity, &config.client_auth).map(Some)
+}
+
+/// Starts a server over an existing store: loads the TLS identity, binds both
+/// listeners and spawns their threads.
+pub fn start_with_store(
+    config: ServerConfig,
+    store: Arc<RegisterStore>,
+) -> Result<RunningServer, ServerError> {
+    config.validate()?;
+    let acceptor = load_acceptor(&config)?;
+    launch(config, store, acceptor)
+}
+
+/// File descriptors the server needs beyond its connections: listeners,
+/// pollers, the data file, logs.
+const SPARE_FDS: u64 = 64;
+
+/// Raises the soft limit on open files to what the connection table needs (each
+/// connection may also hold a lingering close), as Redis does for `maxclients`;
+/// where the hard limit is lower, the table shrinks to fit, with a warning.
+fn fit_open_files(config: &mut ServerConfig) {
+    let wanted = 2 * config.max_connections as u64 + SPARE_FDS;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got >= wanted => {}
+        Ok(got) => {
+            let fits = (got.saturating_sub(SPARE_FDS) / 2).max(1) as usize;
+            warn!(
+                "open-file limit is {got} (hard limit), below the {wanted} that --max-connections {} needs; serving at most {fits} connections at once (raise LimitNOFILE to allow more)",
+                config.max_connections
+            );
+            config.max_connections = fits;
+        }
+        Err(e) => warn!("cannot raise the open-file limit: {e}"),
+    }
+}
+
+fn launch(
+    mut config: ServerConfig,
+    store: Arc<RegisterStore>,
+    acceptor: Option<Acceptor>,
+) -> Result<RunningServer, ServerError> {
+    fit_open_files(&mut config);
+    let bind =
+        |port: Option<u16>| -> Result<Option<(std::net::TcpListener, SocketAddr)>, ServerError> {
+            let Some(port) = port else { return Ok(None) };
+            let addr = SocketAddr::new(config.bind, port);
+            let listener = listener::bind(addr, config.max_connections)
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            Ok(Some((listener, bound)))
+        };
+    let plain = bind(config.plain_port)?;
+    let secure = bind(config.tls_port)?;
+    let pool = threadpool::Builder::new()
+        .num_threads(config.workers)
+        .thread_name("wwep-worker".to_string())
+        .build();
+    let lingerer = Lingerer::start(config.max_connections).map_err(ServerError::Thread)?;
+    let (room, room_poll) = WaitingRoom::new().map_err(ServerError::Thread)?;
+    let plain_addr = plain.as_ref().map(|(_, a)| *a);
+    let tls_addr = secure.as_ref().map(|(_, a)| *a);
+    let table = AdmissionTable::new(config.max_connections, config.max_per_ip);
+    let client_log_interval = Duration::from_secs(1);
+    let shared = Arc::new(Shared {
+        config,
+        store: Arc::clone(&store),
+        acceptor: RwLock::new(acceptor.map(Arc::new)),
+        table,
+        room,
+        lingerer,
+        pool,
+        next_token: AtomicUsize::new(1),
+        stopping: AtomicBool::new(false),
+        accept_wakers: Mutex::new(Vec::new()),
+        transactions: AtomicU64::new(0),
+        refusals: Mutex::new(HashMap::new()),
+        handshake_failures: Mutex::new(HashMap::new()),
+        refusal_log: RateLimitedLog::new(log::Level::Warn, client_log_interval),
+        accept_log: RateLimitedLog::new(log::Level::Warn, client_log_interval),
+        handshake_log: RateLimitedLog::new(log::Level::Info, client_log_interval),
+    });
+    let stop_maintenance = Arc::new(AtomicBool::new(false));
+    let mut server = RunningServer {
+        shared: Arc::clone(&shared),
+        plain_addr,
+        tls_addr,
+        accept_threads: Vec::new(),
+        room_thread: None,
+        maintenance: store
+            .spawn_maintenance(Arc::clone(&stop_maintenance))
+            .map(|handle| (stop_maintenance, handle)),
+    };
+    let for_room = Arc::clone(&shared);
+    match thread::Builder::new()
+        .name("wwep-waiting-room".to_string())
+        .spawn(move || WaitingRoom::run(room_poll, for_room))
+    {
+        Ok(handle) => server.room_thread = Some(handle),
+        Err(e) => {
+            server.control().shutdown();
+            let _ = server.wait();
+            return Err(ServerError::Thread(e));
+        }
+    }
+    for (listener, transport) in [(plain, Transport::Plain), (secure, Transport::Tls)] {
+        let Some((listener, addr)) = listener else {
+            continue;
+        };
+        let started = Poll::new().and_then(|poll| {
+            let waker = Waker::new(poll.registry(), listener::STOP)?;
+            shared
+                .accept_wakers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(waker);
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name(format!("wwep-accept-{transport}"))
+                .spawn(move || listener::accept_loop(listener, poll, transport, shared))
+        });
+        match started {
+            Ok(handle) => {
+                info!("{transport} listener on {addr}");
+                server.accept_threads.push(handle);
+            }
+            Err(e) => {
+                server.control().shutdown();
+                let _ = server.wait();
+                return Err(ServerError::Thread(e));
+            }
+        }
+    }
+    Ok(server)
+}
+
+impl RunningServer {
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain_addr
+    }
+
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    pub fn store(&self) -> &Arc<RegisterStore> {
+        &self.shared.store
+    }
+
+    pub fn stats(&self) -> Stats {
+        let shared = &self.shared;
+        Stats {
+            transactions: shared.transactions.load(Ordering::Relaxed),
+            rejected: shared.refusals(Refusal::Full) + shared.refusals(Refusal::PerIp),
+            denied: shared.refusals(Refusal::NotAllowed),
+            shed: shared.refusals(Refusal::Shed),
+            in_flight: shared.table.open(),
+            waiting: shared.room.len(),
+            handshake_failures: shared
+                .handshake_failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .sum(),
+        }
+    }
+
+    pub fn control(&self) -> ServerControl {
+        ServerControl {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Blocks until a shutdown is requested, then lets the open connections
+    /// finish — each within its own deadline, so within `--timeout-ms` — and
+    /// forces the data file to disk.
+    pub fn wait(mut self) -> io::Result<()> {
+        for handle in self.accept_threads.drain(..) {
+            let _ = handle.join();
+        }
+        let shared = &self.shared;
+        // Connections that have sent nothing get their X now; the rest have
+        // until their deadlines, which the waiting room enforces.
+        shared.room.flush_silent();
+        let until = Instant::now() + shared.config.timeout + shared.config.gap;
+        if !shared.table.wait_empty(until) {
+            warn!(
+                "stopping with {} connections still open",
+                shared.table.open()
+            );
+        }
+        shared.room.stop();
+        if let Some(handle) = self.room_thread.take() {
+            let _ = handle.join();
+        }
+        shared.pool.join();
+        shared.lingerer.stop();
+        if let Some((stop, handle)) = self.maintenance.take() {
+            stop.store(true, Ordering::Release);
+            let _ = handle.join();
+        }
+        shared.store.sync()
+    }
+
+    /// Stops accepting, finishes open connections and syncs the data file.
+    pub fn shutdown(self) -> io::Result<()> {
+        self.control().shutdown();
+        self.wait()
+    }
+}
+
+impl ServerControl {
+    /// Stops the accept loops; [`RunningServer::wait`] then drains and returns.
+    pub fn shutdown(&self) {
+        if self.shared.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for waker in self
+            .shared
+            .accept_wakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = waker.wake();
+        }
+    }
+
+    /// Loads the certificate and key again from the configured files and serves
+    /// new connections with them. A pair that cannot serve verifying clients (a
+    /// certificate expired or not yet valid, or not matching its key) is refused
+    /// and the old pair stays in service.
+    pub fn reload_tls(&self) -> Result<(), TlsError> {
+        let config = &self.shared.config;
+        let (Some(_), Some(source)) = (&config.tls_port, &config.identity) else {
+            return Ok(());
+        };
+        let identity = Identity::load(source)?;
+        identity.check_validity_now()?;
+        let acceptor = Acceptor::new(&identity, &config.client_auth)?;
+        *self
+            .shared
+            .acceptor
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(acceptor));
+        Ok(())
+    }
+}

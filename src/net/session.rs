@@ -1,0 +1,450 @@
+//! The life of one connection, from accept to close: handshake (TLS), receive,
+//! respond, send, close, log.
+//!
+//! A [`Session`] owns its socket and its place in the connection table. A worker
+//! advances it as far as the socket allows without waiting; when the next step
+//! would block, the session goes back to the waiting room with the instant at
+//! which it must be looked at again (its deadline, or the end of the gap after a
+//! started message). No worker ever waits on a client.
+
+use std::io::ErrorKind;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Instant;
+
+use log::{debug, info};
+use mio::{Interest, Token};
+
+use crate::config::Transport;
+use crate::connection::{self, Incoming, Outcome, Received, Sent};
+use crate::net::admission::{Admission, Refusal};
+use crate::net::linger::{self, Drained};
+use crate::net::server::Shared;
+use crate::protocol::{Encoded, Escaped, Failure, Reply, Terminator};
+use crate::tls::{Handshake, HandshakeFailureKind, PendingHandshake, ServerStream};
+
+/// Why a worker is looking at a session now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Just accepted.
+    Accepted,
+    /// Its socket became ready.
+    Ready,
+    /// Its timer (gap or deadline) fired.
+    Timer,
+    /// The server is stopping and the session has sent nothing: answer now.
+    Shutdown,
+}
+
+/// What the session needs next.
+pub(crate) enum Step {
+    /// Wait in the waiting room for the socket (or until the instant).
+    Park(Interest, Instant),
+    Done,
+}
+
+/// The socket, as far as the connection has got.
+enum Link {
+    Plain(TcpStream),
+    /// A TLS connection on which nothing has arrived yet.
+    TlsFresh(TcpStream),
+    Handshaking(PendingHandshake),
+    Tls(ServerStream),
+    Closed,
+}
+
+/// The reply being sent.
+struct Sending {
+    reply: Encoded,
+    sent: usize,
+    outcome: Outcome,
+}
+
+/// One connection.
+pub(crate) struct Session {
+    token: Token,
+    link: Link,
+    peer: SocketAddr,
+    transport: Transport,
+    accepted_at: Instant,
+    deadline: Instant,
+    incoming: Incoming,
+    sending: Option<Sending>,
+    admission: Admission,
+    /// The client certificate's common name (mutual TLS).
+    client: Option<String>,
+    /// `TLSv1.3 resumed` and the like, for the transaction line.
+    tls_summary: Option<String>,
+    /// Whether the socket is registered with the waiting room's poller.
+    pub(crate) registered: bool,
+}
+
+impl Session {
+    pub(crate) fn new(
+        token: Token,
+        stream: TcpStream,
+        peer: SocketAddr,
+        transport: Transport,
+        admission: Admission,
+        shared: &Shared,
+    ) -> Session {
+        let accepted_at = Instant::now();
+        let link = match transport {
+            Transport::Plain => Link::Plain(stream),
+            Transport::Tls => {
+                // The handshake is several small writes; Nagle would delay each.
+                let _ = stream.set_nodelay(true);
+                Link::TlsFresh(stream)
+            }
+        };
+        Session {
+            token,
+            link,
+            peer,
+            transport,
+            accepted_at,
+            deadline: accepted_at + shared.config.timeout,
+            incoming: Incoming::default(),
+            sending: None,
+            admission,
+            client: None,
+            tls_summary: None,
+            registered: false,
+        }
+    }
+
+    pub(crate) fn token(&self) -> Token {
+        self.token
+    }
+
+    /// The socket, for the poller.
+    pub(crate) fn tcp(&self) -> Option<&TcpStream> {
+        match &self.link {
+            Link::Plain(s) | Link::TlsFresh(s) => Some(s),
+            Link::Handshaking(h) => h.tcp(),
+            Link::Tls(s) => s.tcp(),
+            Link::Closed => None,
+        }
+    }
+
+    /// Nothing has arrived on it yet: the first to go when the table is full.
+    pub(crate) fn is_silent(&self) -> bool {
+        match self.link {
+            Link::Plain(_) => self.incoming.is_empty(),
+            Link::TlsFresh(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Advances the session as far as it goes now, then parks it or ends it.
+    pub(crate) fn run(mut self, wake: Wake, shared: &Arc<Shared>) {
+        match self.advance(wake, shared) {
+            Step::Park(interest, until) => shared.room.park(self, interest, until),
+            Step::Done => {}
+        }
+    }
+
+    fn advance(&mut self, wake: Wake, shared: &Shared) -> Step {
+        let now = Instant::now();
+        let expired = now >= self.deadline || wake == Wake::Shutdown;
+        loop {
+            if self.sending.is_some() {
+                return self.send(now, shared);
+            }
+            match std::mem::replace(&mut self.link, Link::Closed) {
+                Link::TlsFresh(tcp) => {
+                    if expired {
+                        self.link = Link::TlsFresh(tcp);
+                        return self.handshake_failed(HandshakeFailureKind::Timeout, "", shared);
+                    }
+                    // Nothing arrived yet: wait without building any TLS state.
+                    match tcp.peek(&mut [0u8; 1]) {
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            self.link = Link::TlsFresh(tcp);
+                            return Step::Park(Interest::READABLE, self.deadline);
+                        }
+                        Ok(0) | Err(_) => {
+                            self.link = Link::TlsFresh(tcp);
+                            return self.finish(Outcome::Failed(ErrorKind::UnexpectedEof), shared);
+                        }
+                        Ok(_) => {}
+                    }
+                    let Some(acceptor) = shared.acceptor() else {
+                        self.link = Link::TlsFresh(tcp);
+                        return self.finish(Outcome::Failed(ErrorKind::NotConnected), shared);
+                    };
+                    self.link = self.handshake_step(acceptor.start(tcp), shared);
+                }
+                Link::Handshaking(pending) => {
+                    if expired {
+                        self.link = Link::Handshaking(pending);
+                        return self.handshake_failed(HandshakeFailureKind::Timeout, "", shared);
+                    }
+                    self.link = self.handshake_step(pending.resume(), shared);
+                }
+                Link::Closed => return Step::Done,
+                link @ (Link::Plain(_) | Link::Tls(_)) => {
+                    self.link = link;
+                    if let Some(step) = self.receive(now, expired, shared) {
+                        return step;
+                    }
+                }
+            }
+            match &self.link {
+                Link::Handshaking(pending) => {
+                    let interest = if pending.wants_write() {
+                        Interest::WRITABLE
+                    } else {
+                        Interest::READABLE
+                    };
+                    return Step::Park(interest, self.deadline);
+                }
+                Link::Closed => return Step::Done,
+                _ => {}
+            }
+        }
+    }
+
+    /// Takes a handshake step's result into the link (failures are closed and
+    /// logged here and leave [`Link::Closed`]).
+    fn handshake_step(&mut self, step: Handshake, shared: &Shared) -> Link {
+        match step {
+            Handshake::Done(stream) => {
+                self.client = stream.peer_common_name();
+                let kind = if stream.resumed() { "resumed" } else { "full" };
+                self.tls_summary = Some(format!("{} {kind}", stream.version()));
+                Link::Tls(stream)
+            }
+            Handshake::Pending(pending) => Link::Handshaking(pending),
+            Handshake::Failed(failure) => {
+                shared.count_handshake_failure(failure.kind);
+                shared.handshake_log.log(format_args!(
+                    "tls {}: handshake failed: {} ({})",
+                    self.peer, failure.kind, failure.detail
+                ));
+                if let Some(tcp) = failure.socket {
+                    shared.room.forget(self);
+                    // The alert that says why goes out before the FIN.
+                    if tcp.shutdown(Shutdown::Write).is_ok() {
+                        shared.lingerer.close(tcp, shared.config.linger);
+                    }
+                }
+                Link::Closed
+            }
+        }
+    }
+
+    fn handshake_failed(
+        &mut self,
+        kind: HandshakeFailureKind,
+        detail: &str,
+        shared: &Shared,
+    ) -> Step {
+        shared.count_handshake_failure(kind);
+        shared.handshake_log.log(format_args!(
+            "tls {}: handshake failed: {kind}{}{detail}",
+            self.peer,
+            if detail.is_empty() { "" } else { ": " }
+        ));
+        self.finish(Outcome::Failed(ErrorKind::TimedOut), shared)
+    }
+
+    /// Reads what has arrived; returns a step when the session must wait or is
+    /// done, `None` when a reply is ready to send.
+    fn receive(&mut self, now: Instant, expired: bool, shared: &Shared) -> Option<Step> {
+        let config = &shared.config;
+        let received = match &mut self.link {
+            Link::Plain(tcp) => self.incoming.receive(tcp, now),
+            Link::Tls(stream) => self.incoming.receive(stream, now),
+            _ => return Some(Step::Done),
+        };
+        let access = match self.transport {
+            Transport::Plain => config.plain_access,
+            Transport::Tls => connection::Access::ReadWrite,
+        };
+        let (reply, outcome) = match received {
+            Received::Message(message) => {
+                self.admission.finished();
+                (
+                    connection::respond(
+                        &self.incoming,
+                        message,
+                        &shared.store,
+                        access,
+                        config.error_detail,
+                    ),
+                    Outcome::Served,
+                )
+            }
+            Received::Waiting => {
+                let gap_ends = self.incoming.gap_ends(config.gap);
+                if expired || gap_ends.is_some_and(|at| at <= now) {
+                    if self.incoming.is_empty() {
+                        (
+                            connection::timed_out(config.error_detail),
+                            Outcome::TimedOut,
+                        )
+                    } else {
+                        self.admission.finished();
+                        let message = self.incoming.judge();
+                        (
+                            connection::respond(
+                                &self.incoming,
+                                message,
+                                &shared.store,
+                                access,
+                                config.error_detail,
+                            ),
+                            Outcome::Served,
+                        )
+                    }
+                } else {
+                    let until = gap_ends.map_or(self.deadline, |at| at.min(self.deadline));
+                    return Some(Step::Park(Interest::READABLE, until));
+                }
+            }
+            Received::Closed => (
+                connection::timed_out(config.error_detail),
+                Outcome::TimedOut,
+            ),
+            Received::Broken(kind) => return Some(self.finish(Outcome::Failed(kind), shared)),
+        };
+        self.sending = Some(Sending {
+            reply,
+            sent: 0,
+            outcome,
+        });
+        None
+    }
+
+    fn send(&mut self, now: Instant, shared: &Shared) -> Step {
+        let Some(sending) = &mut self.sending else {
+            return Step::Done;
+        };
+        let result = match &mut self.link {
+            Link::Plain(tcp) => {
+                connection::send(&mut PlainWriter(tcp), &sending.reply, &mut sending.sent)
+            }
+            Link::Tls(stream) => connection::send(stream, &sending.reply, &mut sending.sent),
+            _ => Sent::Broken(ErrorKind::NotConnected),
+        };
+        match result {
+            Sent::All => {
+                let outcome = sending.outcome;
+                self.finish(outcome, shared)
+            }
+            // A client that does not read its reply gets one gap past its deadline.
+            Sent::Partly if now < self.deadline + shared.config.gap => {
+                Step::Park(Interest::WRITABLE, self.deadline + shared.config.gap)
+            }
+            Sent::Partly => self.finish(Outcome::Failed(ErrorKind::TimedOut), shared),
+            Sent::Broken(kind) => self.finish(Outcome::Failed(kind), shared),
+        }
+    }
+
+    /// Closes the connection (gracefully when a reply went out) and logs it.
+    fn finish(&mut self, outcome: Outcome, shared: &Shared) -> Step {
+        shared.room.forget(self);
+        let replied = !matches!(outcome, Outcome::Failed(_));
+        let replied_at = Instant::now();
+        let tcp = match std::mem::replace(&mut self.link, Link::Closed) {
+            Link::Plain(tcp) => Some(tcp),
+            Link::Tls(stream) => stream.close(),
+            Link::TlsFresh(tcp) => Some(tcp),
+            Link::Handshaking(pending) => pending.abandon(),
+            Link::Closed => None,
+        };
+        if let Some(tcp) = tcp
+            && replied
+            && tcp.shutdown(Shutdown::Write).is_ok()
+        {
+            shared.lingerer.close(tcp, shared.config.linger);
+        }
+        self.log(outcome, replied_at, shared);
+        Step::Done
+    }
+
+    /// Closes a silent connection to make room for a newcomer (accept thread;
+    /// nothing here blocks).
+    pub(crate) fn shed(mut self, shared: &Shared) {
+        shared.room.forget(&mut self);
+        if let Link::Plain(tcp) = &self.link {
+            let reply =
+                Reply::Failed(Failure::Busy).encode(shared.config.error_detail, Terminator::None);
+            let _ = PlainWriter(tcp).write_now(reply.as_bytes());
+            let _ = tcp.shutdown(Shutdown::Write);
+            let _ = linger::drain_now(tcp) == Drained::Closed;
+        }
+        shared.count_refusal(Refusal::Shed);
+        shared.refusal_log.log(format_args!(
+            "closed silent {} connection from {} after {} ms: the connection table is full (--max-connections {})",
+            self.transport,
+            self.peer,
+            self.accepted_at.elapsed().as_millis(),
+            shared.config.max_connections
+        ));
+    }
+
+    fn log(&self, outcome: Outcome, replied_at: Instant, shared: &Shared) {
+        let micros = replied_at
+            .saturating_duration_since(self.accepted_at)
+            .as_micros();
+        let (peer, transport) = (self.peer, self.transport);
+        let reply = self
+            .sending
+            .as_ref()
+            .map(|s| s.reply.as_bytes())
+            .unwrap_or_default();
+        match outcome {
+            Outcome::Served => {
+                let n = shared.count_transaction();
+                let tls = self
+                    .tls_summary
+                    .as_deref()
+                    .map(|s| format!(" {s}"))
+                    .unwrap_or_default();
+                match &self.client {
+                    Some(cn) => info!(
+                        "#{n} {transport} {peer}{tls} cn=\"{}\" \"{}\" -> \"{}\" {micros}us",
+                        Escaped(cn.as_bytes()),
+                        Escaped(self.incoming.bytes()),
+                        Escaped(reply)
+                    ),
+                    None => info!(
+                        "#{n} {transport} {peer}{tls} \"{}\" -> \"{}\" {micros}us",
+                        Escaped(self.incoming.bytes()),
+                        Escaped(reply)
+                    ),
+                }
+            }
+            Outcome::TimedOut => debug!(
+                "{transport} {peer}: nothing received in time; sent \"{}\"",
+                Escaped(reply)
+            ),
+            Outcome::Failed(kind) => debug!(
+                "{transport} {peer}: connection failed ({kind}) after \"{}\"",
+                Escaped(self.incoming.bytes())
+            ),
+        }
+    }
+}
+
+/// Writes on the open port: the reply is all the connection will send, so
+/// MSG_MORE holds it for the FIN that follows at once and both leave in one
+/// segment.
+struct PlainWriter<'a>(&'a TcpStream);
+
+impl PlainWriter<'_> {
+    fn write_now(&self, bytes: &[u8]) -> std::io::Result<usize> {
+        socket2::SockRef::from(self.0).send_with_flags(bytes, libc::MSG_DONTWAIT)
+    }
+}
+
+impl std::io::Write for PlainWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        socket2::SockRef::from(self.0).send_with_flags(buf, libc::MSG_MORE | libc::MSG_DONTWAIT)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
