@@ -168,7 +168,15 @@ fn flood(tls_port: bool, first: &[u8]) {
         "only {} connections opened",
         held.len()
     );
-    // Meanwhile the server is alive and answers on the other port's address.
+    // Meanwhile the server is alive and answers others at once.
+    let during = Instant::now();
+    let mut c = connect(server.plain.unwrap());
+    assert_eq!(transact(&mut c, b"W0003030002"), b"A0003030002");
+    assert!(
+        during.elapsed() < Duration::from_secs(1),
+        "answered in {:?} during the flood",
+        during.elapsed()
+    );
     let peak = rss_kib(pid);
     assert!(
         server.child.try_wait().unwrap().is_none(),
@@ -190,8 +198,9 @@ fn flood(tls_port: bool, first: &[u8]) {
         closed.elapsed()
     );
     assert!(
-        server.log_text().contains("--max-connections"),
-        "refusals are logged"
+        server.child.try_wait().unwrap().is_none(),
+        "server died: {}",
+        server.log_text()
     );
 }
 
@@ -204,4 +213,150 @@ fn three_thousand_connections_at_once_on_the_open_port() {
 fn three_thousand_unfinished_tls_handshakes() {
     // Half a ClientHello record header, then nothing.
     flood(true, b"\x16\x03\x01");
+}
+
+/// The start of a TLS 1.2 ClientHello: record header, handshake header, version,
+/// then the random bytes.
+const CLIENT_HELLO_START: &[u8] = b"\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03\x03\
+\x5a\x11\x22\x33\x44\x55\x66\x77\x88\x99\xaa\xbb\xcc\xdd\xee\xff\
+\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10";
+
+/// Raises this process's open-file limit for a test that holds thousands of
+/// sockets; false when the hard limit does not allow `wanted`.
+fn enough_files(wanted: u64) -> bool {
+    rlimit::increase_nofile_limit(wanted).is_ok_and(|got| got >= wanted)
+}
+
+fn tls_transact(connector: &native_tls::TlsConnector, addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let tcp = connect_from("127.0.0.1", addr).unwrap();
+    tcp.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut tls = connector.connect("localhost", tcp).expect("handshake");
+    tls.write_all(request).unwrap();
+    read_to_close(&mut tls)
+}
+
+#[test]
+fn trickling_tls_clients_and_idle_floods_leave_service_to_others() {
+    const TRICKLERS: usize = 300;
+    const IDLE: usize = 2000;
+    if !enough_files(2 * (TRICKLERS + IDLE) as u64 + 1000) {
+        eprintln!("skipping: the open-files limit is too low for this test");
+        return;
+    }
+    let pki = Pki::new(KeyKind::EcP256);
+    let mut server = ServerProcess::start(&[
+        "--cert",
+        pki.path("server.pem").to_str().unwrap(),
+        "--key",
+        pki.path("server.key").to_str().unwrap(),
+    ]);
+    let (plain, tls) = (server.plain.unwrap(), server.tls.unwrap());
+    // Built once: loading trust roots is the client's cost, not the server's.
+    let connector = pki.connector();
+    // 300 TLS clients from 10 addresses start a ClientHello and trickle it.
+    let mut tricklers = Vec::new();
+    for i in 0..TRICKLERS {
+        let source = format!("127.0.1.{}", 10 + i % 10);
+        let mut c = connect_from(&source, tls).expect("trickler connects");
+        c.write_all(&CLIENT_HELLO_START[..1]).unwrap();
+        tricklers.push(c);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = {
+        let stop = std::sync::Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut sent = 1;
+            let until = Instant::now() + Duration::from_secs(30);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(250));
+                let byte = &CLIENT_HELLO_START[sent % CLIENT_HELLO_START.len()..][..1];
+                for c in &mut tricklers {
+                    let _ = c.write(byte);
+                }
+                sent += 1;
+            }
+            tricklers
+        })
+    };
+    // 2,000 idle connections from 8 other addresses, on both ports.
+    let mut idle = Vec::with_capacity(IDLE);
+    for i in 0..IDLE {
+        let source = format!("127.0.2.{}", 10 + i % 8);
+        let target = if i % 2 == 0 { plain } else { tls };
+        idle.push(connect_from(&source, target).expect("idle connection"));
+    }
+    // A well-behaved client on each port is still served promptly.
+    let mut plain_latency = Vec::new();
+    let mut tls_latency = Vec::new();
+    for i in 0..100u16 {
+        let request = format!("W0004{:02X}{i:04X}", i as u8);
+        let want = format!("A0004{:02X}{i:04X}", i as u8);
+        let started = Instant::now();
+        let mut c = connect_from("127.0.0.1", plain).unwrap();
+        assert_eq!(transact(&mut c, request.as_bytes()), want.as_bytes());
+        plain_latency.push(started.elapsed());
+        let started = Instant::now();
+        assert_eq!(
+            tls_transact(&connector, tls, request.as_bytes()),
+            want.as_bytes()
+        );
+        tls_latency.push(started.elapsed());
+    }
+    plain_latency.sort();
+    tls_latency.sort();
+    let (p99_plain, p99_tls) = (
+        percentile(&plain_latency, 0.99),
+        percentile(&tls_latency, 0.99),
+    );
+    eprintln!(
+        "under the floods: plain p50 {:?} p99 {p99_plain:?}, tls p50 {:?} p99 {p99_tls:?} max {:?}",
+        plain_latency[50], tls_latency[50], tls_latency[99]
+    );
+    assert!(
+        p99_plain < Duration::from_millis(100) && p99_tls < Duration::from_millis(100),
+        "p99 plain {p99_plain:?}, tls {p99_tls:?} under 300 tricklers and 2,000 idle connections"
+    );
+    // A stop does not wait on slow clients longer than the timeout (5 s).
+    let stopping = Instant::now();
+    server.signal("TERM");
+    let status = server.wait_exit(Duration::from_secs(10));
+    let took = stopping.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let tricklers = trickle.join().unwrap();
+    assert!(status.is_some_and(|s| s.success()), "{}", server.log_text());
+    eprintln!("SIGTERM to exit: {took:?}");
+    assert!(took < Duration::from_secs(6), "SIGTERM took {took:?}");
+    drop((tricklers, idle));
+}
+
+#[test]
+fn a_burst_of_busy_clients_from_one_address_is_never_refused() {
+    // Default limits, as shipped: a classroom behind one NAT.
+    let s = TestServer::start();
+    let addr = s.plain();
+    for round in 0..3u16 {
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(256));
+        let clients: Vec<_> = (0..256u16)
+            .map(|i| {
+                let barrier = std::sync::Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    let request = format!("W{round:04X}{:02X}{i:04X}", i as u8);
+                    let mut c = connect_from("127.0.0.1", addr).unwrap();
+                    barrier.wait();
+                    (transact(&mut c, request.as_bytes()), request)
+                })
+            })
+            .collect();
+        for client in clients {
+            let (reply, request) = client.join().unwrap();
+            assert_eq!(
+                reply[0],
+                b'A',
+                "{request} got {:?}",
+                String::from_utf8_lossy(&reply)
+            );
+        }
+    }
+    let stats = s.server().stats();
+    assert_eq!((stats.rejected, stats.shed), (0, 0));
 }

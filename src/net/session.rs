@@ -139,8 +139,26 @@ impl Session {
     /// Advances the session as far as it goes now, then parks it or ends it.
     pub(crate) fn run(mut self, wake: Wake, shared: &Arc<Shared>) {
         match self.advance(wake, shared) {
-            Step::Park(interest, until) => shared.room.park(self, interest, until),
+            Step::Park(interest, until) => {
+                if interest.is_readable() {
+                    self.ack_at_once();
+                }
+                shared.room.park(self, interest, until)
+            }
             Step::Done => {}
+        }
+    }
+
+    /// Makes the kernel acknowledge the client's next segment at once instead
+    /// of delaying the ACK up to 40 ms. A client with Nagle's algorithm on (as
+    /// embedded TLS stacks leave their sockets) sends its next small write only
+    /// once the previous one is acknowledged, so without this each of its writes
+    /// after the first would wait out the delayed ACK. Linux leaves quick-ACK
+    /// mode by itself, so it is re-armed before every wait for the client.
+    fn ack_at_once(&self) {
+        use std::os::linux::net::TcpStreamExt;
+        if let Some(tcp) = self.tcp() {
+            let _ = tcp.set_quickack(true);
         }
     }
 
