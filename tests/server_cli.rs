@@ -113,6 +113,16 @@ fn usage_errors_exit_2() {
     assert!(stderr.contains("--no-plain"), "{stderr}");
     let stderr = refuses_to_start(server_cmd().args(["--no-tls", "--workers", "0"]), 2);
     assert!(stderr.contains("--workers"), "{stderr}");
+    // Absurd sizes are refused in one line, before any thread or socket exists.
+    for (flag, value) in [
+        ("--workers", "100000"),
+        ("--max-connections", "100000000"),
+        ("--timeout-ms", "99999999999"),
+        ("--gap-ms", "9000"),
+    ] {
+        let stderr = refuses_to_start(server_cmd().args(["--no-tls", flag, value]), 2);
+        assert!(stderr.contains(flag), "{flag} {value}: {stderr}");
+    }
     let out = run_with_input(server_cmd().args(["--plain-port", "70000"]), b"");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--plain-port"));
