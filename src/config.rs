@@ -8,7 +8,7 @@ use crate::connection::Access;
 use crate::journal::{CompactionPolicy, Fsync};
 use crate::net::allow::Cidr;
 use crate::protocol::ErrorDetail;
-use crate::tls::{ClientAuth, IdentitySource};
+use crate::tls::{ClientAuth, IdentitySource, MAX_SESSION_LIFETIME_SECS, TlsSettings};
 use std::path::PathBuf;
 
 pub use crate::protocol::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT};
@@ -77,6 +77,11 @@ pub struct ServerConfig {
     pub tls_port: Option<u16>,
     /// Certificate and key for the TLS listener.
     pub identity: Option<IdentitySource>,
+    /// A second pair served beside the first (an ECDSA certificate beside an
+    /// RSA one): each client gets the one it can use.
+    pub extra_identity: Option<IdentitySource>,
+    /// Protocol versions, cipher suites, revocation and session resumption.
+    pub tls: TlsSettings,
     /// Whether TLS clients must present a certificate.
     pub client_auth: ClientAuth,
     pub workers: usize,
@@ -107,6 +112,8 @@ impl Default for ServerConfig {
             plain_port: Some(DEFAULT_PLAIN_PORT),
             tls_port: Some(DEFAULT_TLS_PORT),
             identity: None,
+            extra_identity: None,
+            tls: TlsSettings::default(),
             client_auth: ClientAuth::Off,
             workers: DEFAULT_WORKERS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -196,6 +203,16 @@ impl ServerConfig {
             if value > max {
                 return Err(ConfigError::TooLarge { flag, max });
             }
+        }
+        let lifetime = self.tls.session_lifetime.as_secs();
+        if lifetime == 0 {
+            return Err(ConfigError::Zero("--tls-session-lifetime"));
+        }
+        if lifetime > MAX_SESSION_LIFETIME_SECS {
+            return Err(ConfigError::TooLarge {
+                flag: "--tls-session-lifetime",
+                max: MAX_SESSION_LIFETIME_SECS,
+            });
         }
         if self.gap > self.timeout {
             return Err(ConfigError::GapBeyondTimeout);

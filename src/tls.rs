@@ -18,11 +18,13 @@ use openssl::nid::Nid;
 use openssl::pkcs12::Pkcs12;
 use openssl::pkey::{Id, PKey, Private};
 use openssl::ssl::{
-    ErrorCode, HandshakeError, MidHandshakeSslStream, Ssl, SslAcceptor, SslContext, SslMethod,
-    SslStream, SslVerifyMode, SslVersion,
+    ErrorCode, HandshakeError, MidHandshakeSslStream, Ssl, SslAcceptor, SslContext, SslFiletype,
+    SslMethod, SslSessionCacheMode, SslStream, SslVerifyMode, SslVersion,
 };
-use openssl::x509::store::X509StoreBuilder;
+use openssl::x509::store::{X509Lookup, X509StoreBuilder};
+use openssl::x509::verify::X509VerifyFlags;
 use openssl::x509::{X509, X509VerifyResult};
+use std::sync::Arc;
 
 /// A certificate or key file that could not be used, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -336,6 +338,8 @@ impl Write for TlsSocket {
 /// which can offer TLS 1.3, ask for client certificates and hold a session cache.
 pub struct Acceptor {
     context: SslContext,
+    material: Arc<Material>,
+    renew_at: std::time::Instant,
 }
 
 /// Why a handshake failed, by kind, for the log and the counters.
@@ -526,53 +530,237 @@ fn is_legacy(identity: &Identity) -> bool {
         .any(|cert| cert.public_key().is_ok_and(|k| short_key(&k)) || weak_digest(cert))
 }
 
+/// The oldest protocol version the TLS port accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TlsMin {
+    /// TLS 1.2 and 1.3: what embedded stacks of the boards' generation speak.
+    #[default]
+    #[value(name = "1.2")]
+    Tls12,
+    #[value(name = "1.3")]
+    Tls13,
+}
+
+/// How the TLS port negotiates, besides who it is and whom it asks for a
+/// certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub min: TlsMin,
+    /// TLS 1.2 cipher list (OpenSSL syntax) instead of [`DEFAULT_TLS12_CIPHERS`].
+    pub ciphers: Option<String>,
+    /// TLS 1.3 suites instead of [`DEFAULT_TLS13_CIPHERSUITES`].
+    pub ciphersuites: Option<String>,
+    /// Certificate revocation lists for client certificates (PEM or DER).
+    pub client_crls: Vec<PathBuf>,
+    /// Sessions kept for TLS 1.2 session-ID resumption; 0 turns the cache off.
+    pub session_cache: usize,
+    /// How long a session (cached or in a ticket) may be resumed: the session
+    /// cache and the ticket keys are renewed this often.
+    pub session_lifetime: std::time::Duration,
+}
+
+/// Sessions kept by default: a board's session is ~200 bytes in OpenSSL's cache.
+pub const DEFAULT_SESSION_CACHE: usize = 20_480;
+/// OpenSSL's own session timeout, which no API here can raise.
+pub const MAX_SESSION_LIFETIME_SECS: u64 = 300;
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        TlsSettings {
+            min: TlsMin::Tls12,
+            ciphers: None,
+            ciphersuites: None,
+            client_crls: Vec::new(),
+            session_cache: DEFAULT_SESSION_CACHE,
+            session_lifetime: std::time::Duration::from_secs(MAX_SESSION_LIFETIME_SECS),
+        }
+    }
+}
+
+/// Everything a server context is built from, loaded once: a renewal (fresh
+/// session cache and ticket keys) rebuilds the context from it without reading
+/// certificates again.
+struct Material {
+    identities: Vec<Identity>,
+    client_auth: ClientAuth,
+    client_cas: Vec<X509>,
+    settings: TlsSettings,
+    legacy: bool,
+}
+
+/// Checks that a CRL file holds at least one CRL, PEM or DER.
+fn check_crl_file(path: &Path) -> Result<(), TlsError> {
+    let bytes = read_file(path)?;
+    let parsed = if looks_like_pem(&bytes) {
+        openssl::x509::X509Crl::from_pem(&bytes).map(|_| ())
+    } else {
+        openssl::x509::X509Crl::from_der(&bytes).map(|_| ())
+    };
+    parsed.map_err(|_| {
+        TlsError::new(
+            path,
+            "no certificate revocation list found (expected PEM or DER)",
+        )
+    })?;
+    if path.to_str().is_none() {
+        return Err(TlsError::new(path, "the file name must be valid UTF-8"));
+    }
+    Ok(())
+}
+
 impl Acceptor {
-    /// Builds the server context: TLS 1.2 and 1.3, forward-secret AEAD suites,
-    /// and for mutual TLS a required client certificate signed by a CA in the
-    /// given file.
+    /// Builds the server context from one or two identities (an RSA and an
+    /// ECDSA certificate side by side: OpenSSL serves each client the one it
+    /// can use): TLS 1.2 and 1.3, forward-secret AEAD suites, a session cache
+    /// and session tickets, and for mutual TLS a required client certificate
+    /// signed by a CA in the given file, checked against the CRLs.
     ///
     /// OpenSSL's default security level refuses what old course certificates
     /// have (RSA-1024 keys, SHA-1 signatures by a CA). Such an identity is still
     /// served, as the course's boards expect, at security level 0 and with a
     /// warning that names the file.
-    pub fn new(identity: &Identity, client_auth: &ClientAuth) -> Result<Acceptor, TlsError> {
-        let cert_err = |e: ErrorStack| TlsError::new(&identity.cert_path, first_reason(&e));
-        let mut b =
-            SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(cert_err)?;
-        if is_legacy(identity) {
-            b.set_security_level(0);
+    pub fn new(
+        identities: Vec<Identity>,
+        client_auth: &ClientAuth,
+        settings: &TlsSettings,
+    ) -> Result<Acceptor, TlsError> {
+        let Some(first) = identities.first() else {
+            return Err(TlsError::new(Path::new("--cert"), "no certificate given"));
+        };
+        let legacy = identities.iter().any(is_legacy);
+        if legacy {
             log::warn!(
-                "{}: the certificate has a key shorter than 2048 bits or a SHA-1/MD5 signature; serving it at OpenSSL security level 0 as old boards need. Replace it with an RSA-2048 or ECDSA certificate",
-                identity.cert_path.display()
+                "{}: a certificate has a key shorter than 2048 bits or a SHA-1/MD5 signature; serving it at OpenSSL security level 0 as old boards need. Replace it with an RSA-2048 or ECDSA certificate",
+                first.cert_path.display()
             );
         }
-        b.set_min_proto_version(Some(SslVersion::TLS1_2))
-            .map_err(cert_err)?;
-        b.set_cipher_list(DEFAULT_TLS12_CIPHERS).map_err(cert_err)?;
-        b.set_ciphersuites(DEFAULT_TLS13_CIPHERSUITES)
-            .map_err(cert_err)?;
-        b.set_private_key(&identity.key).map_err(cert_err)?;
-        b.set_certificate(&identity.chain[0]).map_err(cert_err)?;
-        for extra in &identity.chain[1..] {
-            b.add_extra_chain_cert(extra.clone()).map_err(cert_err)?;
+        if settings.ciphers.is_some() || settings.ciphersuites.is_some() {
+            log::warn!(
+                "--tls-ciphers/--tls-ciphersuites replace the default forward-secret AEAD suites; check that nothing weaker than the boards need is admitted"
+            );
         }
-        b.check_private_key().map_err(cert_err)?;
+        let client_cas = match client_auth {
+            ClientAuth::Off => Vec::new(),
+            ClientAuth::Required { ca } => load_certificates(ca)?,
+        };
+        for crl in &settings.client_crls {
+            check_crl_file(crl)?;
+        }
+        let material = Arc::new(Material {
+            identities,
+            client_auth: client_auth.clone(),
+            client_cas,
+            settings: settings.clone(),
+            legacy,
+        });
+        Self::build(material)
+    }
+
+    fn build(material: Arc<Material>) -> Result<Acceptor, TlsError> {
+        let first = &material.identities[0];
+        let cert_err = |e: ErrorStack| TlsError::new(&first.cert_path, first_reason(&e));
+        let settings = &material.settings;
+        let mut b =
+            SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(cert_err)?;
+        if material.legacy {
+            b.set_security_level(0);
+        }
+        let min = match settings.min {
+            TlsMin::Tls12 => SslVersion::TLS1_2,
+            TlsMin::Tls13 => SslVersion::TLS1_3,
+        };
+        b.set_min_proto_version(Some(min)).map_err(cert_err)?;
+        let flag_err = |flag: &'static str| {
+            move |e: ErrorStack| {
+                TlsError::new(
+                    Path::new(flag),
+                    format!("not a usable list ({})", first_reason(&e)),
+                )
+            }
+        };
+        b.set_cipher_list(settings.ciphers.as_deref().unwrap_or(DEFAULT_TLS12_CIPHERS))
+            .map_err(flag_err("--tls-ciphers"))?;
+        b.set_ciphersuites(
+            settings
+                .ciphersuites
+                .as_deref()
+                .unwrap_or(DEFAULT_TLS13_CIPHERSUITES),
+        )
+        .map_err(flag_err("--tls-ciphersuites"))?;
+        let mut chain_seen: Vec<Vec<u8>> = Vec::new();
+        for identity in &material.identities {
+            let err = |e: ErrorStack| TlsError::new(&identity.cert_path, first_reason(&e));
+            b.set_certificate(&identity.chain[0]).map_err(err)?;
+            b.set_private_key(&identity.key).map_err(err)?;
+            b.check_private_key().map_err(err)?;
+            for extra in &identity.chain[1..] {
+                let der = extra.to_der().map_err(err)?;
+                if !chain_seen.contains(&der) {
+                    chain_seen.push(der);
+                    b.add_extra_chain_cert(extra.clone()).map_err(err)?;
+                }
+            }
+        }
         // Sessions (with or without client certificates) resume only within a
         // context that names itself.
         b.set_session_id_context(b"wwep").map_err(cert_err)?;
-        if let ClientAuth::Required { ca } = client_auth {
+        if settings.session_cache == 0 {
+            b.set_session_cache_mode(SslSessionCacheMode::OFF);
+        } else {
+            b.set_session_cache_mode(SslSessionCacheMode::SERVER);
+            b.set_session_cache_size(settings.session_cache.min(i32::MAX as usize) as i32);
+        }
+        if let ClientAuth::Required { ca } = &material.client_auth {
             let ca_err = |e: ErrorStack| TlsError::new(ca, first_reason(&e));
             let mut store = X509StoreBuilder::new().map_err(ca_err)?;
-            for cert in load_certificates(ca)? {
-                b.add_client_ca(&cert).map_err(ca_err)?;
-                store.add_cert(cert).map_err(ca_err)?;
+            for cert in &material.client_cas {
+                b.add_client_ca(cert).map_err(ca_err)?;
+                store.add_cert(cert.clone()).map_err(ca_err)?;
+            }
+            if !settings.client_crls.is_empty() {
+                let lookup = store.add_lookup(X509Lookup::file()).map_err(ca_err)?;
+                for crl in &settings.client_crls {
+                    let crl_err = |e: ErrorStack| TlsError::new(crl, first_reason(&e));
+                    let kind = if looks_like_pem(&read_file(crl)?) {
+                        SslFiletype::PEM
+                    } else {
+                        SslFiletype::ASN1
+                    };
+                    lookup.load_crl_file(crl, kind).map_err(crl_err)?;
+                }
+                store
+                    .set_flags(X509VerifyFlags::CRL_CHECK | X509VerifyFlags::CRL_CHECK_ALL)
+                    .map_err(ca_err)?;
             }
             b.set_verify_cert_store(store.build()).map_err(ca_err)?;
             b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
         }
+        let renew_at = std::time::Instant::now() + settings.session_lifetime;
         Ok(Acceptor {
             context: b.build().into_context(),
+            material,
+            renew_at,
         })
+    }
+
+    /// The same context with a fresh session cache and fresh ticket keys, so no
+    /// session outlives the configured lifetime.
+    pub fn renew(&self) -> Result<Acceptor, TlsError> {
+        Self::build(Arc::clone(&self.material))
+    }
+
+    /// Whether the session lifetime has run out and [`Acceptor::renew`] is due.
+    pub fn renewal_due(&self, now: std::time::Instant) -> bool {
+        now >= self.renew_at
+    }
+
+    /// The not-after dates of the served certificates.
+    pub fn not_after(&self) -> Vec<&openssl::asn1::Asn1TimeRef> {
+        self.material
+            .identities
+            .iter()
+            .map(|identity| identity.chain[0].not_after())
+            .collect()
     }
 
     /// Starts the server side of a handshake on a non-blocking socket.

@@ -18,7 +18,10 @@ use wwep::journal::{CompactionPolicy, Fsync};
 use wwep::notify::notify;
 use wwep::protocol::ErrorDetail;
 use wwep::server::ServerError;
-use wwep::tls::{ClientAuth, IdentitySource};
+use wwep::tls::{
+    ClientAuth, DEFAULT_SESSION_CACHE, IdentitySource, MAX_SESSION_LIFETIME_SECS, TlsMin,
+    TlsSettings,
+};
 
 /// WWEP register server: an open port and a TLS port served at once.
 ///
@@ -42,12 +45,20 @@ struct Args {
     /// Do not serve the TLS port.
     #[arg(long, env = "WWEP_NO_TLS")]
     no_tls: bool,
-    /// Server certificate, PEM: the leaf first, then any intermediates.
-    #[arg(long, env = "WWEP_CERT", requires = "key", conflicts_with = "pkcs12")]
-    cert: Option<PathBuf>,
+    /// Server certificate, PEM: the leaf first, then any intermediates. Give it
+    /// twice (with --key twice) to serve an RSA and an ECDSA certificate side by
+    /// side; each client gets the one it can use.
+    #[arg(
+        long,
+        env = "WWEP_CERT",
+        value_delimiter = ',',
+        requires = "key",
+        conflicts_with = "pkcs12"
+    )]
+    cert: Vec<PathBuf>,
     /// Private key for --cert: PKCS#8, PKCS#1 (RSA) or SEC1 (EC), PEM or DER.
-    #[arg(long, env = "WWEP_KEY", requires = "cert")]
-    key: Option<PathBuf>,
+    #[arg(long, env = "WWEP_KEY", value_delimiter = ',', requires = "cert")]
+    key: Vec<PathBuf>,
     /// PKCS#12 bundle with certificate and key, instead of --cert/--key; its
     /// password is read from WWEP_PKCS12_PASSWORD (empty when unset).
     #[arg(long, env = "WWEP_PKCS12")]
@@ -55,6 +66,34 @@ struct Args {
     /// Require TLS clients to present a certificate signed by a CA in FILE (mutual TLS).
     #[arg(long, env = "WWEP_CLIENT_CA", value_name = "FILE")]
     client_ca: Option<PathBuf>,
+    /// Refuse client certificates revoked in FILE (a PEM file of CRLs, or one DER
+    /// CRL; repeatable). Reloaded with SIGHUP.
+    #[arg(
+        long,
+        env = "WWEP_CLIENT_CRL",
+        value_name = "FILE",
+        value_delimiter = ',',
+        requires = "client_ca"
+    )]
+    client_crl: Vec<PathBuf>,
+    /// Oldest TLS version accepted.
+    #[arg(long, env = "WWEP_TLS_MIN", value_enum, default_value_t = TlsMin::Tls12)]
+    tls_min: TlsMin,
+    /// TLS 1.2 cipher suites (OpenSSL cipher-list syntax) instead of the default
+    /// forward-secret AEAD set, e.g. to admit an old board's CBC suite.
+    #[arg(long, env = "WWEP_TLS_CIPHERS", value_name = "LIST")]
+    tls_ciphers: Option<String>,
+    /// TLS 1.3 cipher suites (OpenSSL syntax) instead of the default five.
+    #[arg(long, env = "WWEP_TLS_CIPHERSUITES", value_name = "LIST")]
+    tls_ciphersuites: Option<String>,
+    /// TLS 1.2 sessions kept for session-ID resumption; 0 turns the cache off
+    /// (session tickets still work).
+    #[arg(long, env = "WWEP_TLS_SESSION_CACHE", default_value_t = DEFAULT_SESSION_CACHE)]
+    tls_session_cache: usize,
+    /// Seconds a TLS session may be resumed (at most 300, OpenSSL's own limit):
+    /// the session cache and ticket keys are renewed this often.
+    #[arg(long, env = "WWEP_TLS_SESSION_LIFETIME", default_value_t = MAX_SESSION_LIFETIME_SECS)]
+    tls_session_lifetime: u64,
     /// Accept connections only from these addresses or CIDR ranges (repeatable,
     /// or comma-separated); others are closed without a reply. Default: everyone.
     #[arg(long, env = "WWEP_ALLOW", value_name = "CIDR", value_delimiter = ',')]
@@ -101,16 +140,38 @@ struct Args {
 }
 
 impl Args {
-    fn into_config(self) -> ServerConfig {
-        let identity = match (self.cert, self.key, self.pkcs12) {
-            (Some(cert), Some(key), _) => Some(IdentitySource::Pem { cert, key }),
-            (_, _, Some(file)) => Some(IdentitySource::Pkcs12 {
-                file,
-                password: std::env::var("WWEP_PKCS12_PASSWORD").unwrap_or_default(),
-            }),
-            _ => None,
+    fn into_config(self) -> Result<ServerConfig, String> {
+        if self.cert.len() != self.key.len() || self.cert.len() > 2 {
+            return Err(
+                "--cert and --key come in pairs, at most two (an RSA and an ECDSA certificate)"
+                    .to_string(),
+            );
+        }
+        let mut pairs = self
+            .cert
+            .into_iter()
+            .zip(self.key)
+            .map(|(cert, key)| IdentitySource::Pem { cert, key });
+        let (identity, extra_identity) = match self.pkcs12 {
+            Some(file) => (
+                Some(IdentitySource::Pkcs12 {
+                    file,
+                    password: std::env::var("WWEP_PKCS12_PASSWORD").unwrap_or_default(),
+                }),
+                None,
+            ),
+            None => (pairs.next(), pairs.next()),
         };
-        ServerConfig {
+        Ok(ServerConfig {
+            extra_identity,
+            tls: TlsSettings {
+                min: self.tls_min,
+                ciphers: self.tls_ciphers,
+                ciphersuites: self.tls_ciphersuites,
+                client_crls: self.client_crl,
+                session_cache: self.tls_session_cache,
+                session_lifetime: Duration::from_secs(self.tls_session_lifetime),
+            },
             bind: self.bind,
             plain_port: (!self.no_plain).then_some(self.plain_port),
             tls_port: (!self.no_tls).then_some(self.tls_port),
@@ -146,7 +207,7 @@ impl Args {
                 repair: self.repair,
             }),
             ..ServerConfig::default()
-        }
+        })
     }
 }
 
@@ -155,7 +216,13 @@ fn main() -> ExitCode {
     wwep::logging::init();
     // A panic is logged as one line; the worker pool replaces the thread.
     std::panic::set_hook(Box::new(|info| log::error!("{info}")));
-    let config = args.into_config();
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("wwep-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // Signals are caught before the listeners exist, so none is lost at startup.
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
@@ -181,7 +248,7 @@ fn main() -> ExitCode {
         for signal in signals.forever() {
             match signal {
                 SIGHUP => match control.reload_tls() {
-                    Ok(()) => info!("SIGHUP: reloaded the TLS certificate and key"),
+                    Ok(()) => info!("SIGHUP: reloaded the TLS certificate and key, the client CA and the CRLs"),
                     Err(e) => error!("SIGHUP: keeping the old certificate: {e}"),
                 },
                 _ => {

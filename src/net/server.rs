@@ -105,11 +105,29 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The TLS context for a new handshake; renewed (fresh session cache and
+    /// ticket keys) once the session lifetime has run out.
     pub(crate) fn acceptor(&self) -> Option<Arc<Acceptor>> {
-        self.acceptor
+        let current = self
+            .acceptor
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone()?;
+        let now = Instant::now();
+        if !current.renewal_due(now) {
+            return Some(current);
+        }
+        let mut slot = self.acceptor.write().unwrap_or_else(|p| p.into_inner());
+        match slot.as_ref() {
+            Some(latest) if latest.renewal_due(now) => match latest.renew() {
+                Ok(renewed) => *slot = Some(Arc::new(renewed)),
+                Err(e) => self
+                    .accept_log
+                    .log(format_args!("cannot renew the TLS session keys: {e}")),
+            },
+            _ => {}
+        }
+        slot.clone()
     }
 
     pub(crate) fn next_token(&self) -> Token {
@@ -227,15 +245,25 @@ pub fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     launch(config, Arc::new(store), acceptor)
 }
 
+/// Loads the certificates and keys the TLS port serves.
+fn load_identities(config: &ServerConfig) -> Result<Vec<Identity>, TlsError> {
+    config
+        .identity
+        .iter()
+        .chain(&config.extra_identity)
+        .map(Identity::load)
+        .collect()
+}
+
 fn load_acceptor(config: &ServerConfig) -> Result<Option<Acceptor>, TlsError> {
-    let (Some(_), Some(source)) = (&config.tls_port, &config.identity) else {
+    if config.tls_port.is_none() || config.identity.is_none() {
         return Ok(None);
-    };
-    let identity = Identity::load(source)?;
-    for warning in identity.expiry_warnings() {
+    }
+    let identities = load_identities(config)?;
+    for warning in identities.iter().flat_map(Identity::expiry_warnings) {
         warn!("{warning}");
     }
-    Acceptor::new(&identity, &config.client_auth).map(Some)
+    Acceptor::new(identities, &config.client_auth, &config.tls).map(Some)
 }
 
 /// Starts a server over an existing store: loads the TLS identity, binds both
@@ -471,12 +499,14 @@ impl ServerControl {
     /// and the old pair stays in service.
     pub fn reload_tls(&self) -> Result<(), TlsError> {
         let config = &self.shared.config;
-        let (Some(_), Some(source)) = (&config.tls_port, &config.identity) else {
+        if config.tls_port.is_none() || config.identity.is_none() {
             return Ok(());
-        };
-        let identity = Identity::load(source)?;
-        identity.check_validity_now()?;
-        let acceptor = Acceptor::new(&identity, &config.client_auth)?;
+        }
+        let identities = load_identities(config)?;
+        for identity in &identities {
+            identity.check_validity_now()?;
+        }
+        let acceptor = Acceptor::new(identities, &config.client_auth, &config.tls)?;
         *self
             .shared
             .acceptor
