@@ -729,7 +729,7 @@ impl Acceptor {
                     lookup.load_crl_file(crl, kind).map_err(crl_err)?;
                 }
                 store
-                    .set_flags(X509VerifyFlags::CRL_CHECK | X509VerifyFlags::CRL_CHECK_ALL)
+                    .set_flags(X509VerifyFlags::CRL_CHECK)
                     .map_err(ca_err)?;
             }
             b.set_verify_cert_store(store.build()).map_err(ca_err)?;

@@ -248,7 +248,9 @@ fn main() -> ExitCode {
         for signal in signals.forever() {
             match signal {
                 SIGHUP => match control.reload_tls() {
-                    Ok(()) => info!("SIGHUP: reloaded the TLS certificate and key, the client CA and the CRLs"),
+                    Ok(()) => info!(
+                        "SIGHUP: reloaded the TLS certificate and key, the client CA and the CRLs"
+                    ),
                     Err(e) => error!("SIGHUP: keeping the old certificate: {e}"),
                 },
                 _ => {
