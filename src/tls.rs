@@ -26,25 +26,110 @@ use openssl::x509::verify::X509VerifyFlags;
 use openssl::x509::{X509, X509VerifyResult};
 use std::sync::Arc;
 
-/// A certificate or key file that could not be used, and why.
+/// A certificate, key or list file (or flag) that could not be used, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsError {
+    /// The file, or the flag for a setting given on the command line.
     pub path: PathBuf,
-    pub problem: String,
+    pub kind: TlsErrorKind,
+}
+
+/// What was wrong, by kind; the strings carried are the system's or OpenSSL's
+/// own words, for people, never matched on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsErrorKind {
+    Unreadable(String),
+    NoCertificate,
+    BadPem(String),
+    /// No private key where one was expected (`pem`: the file was PEM).
+    NoPrivateKey {
+        pem: bool,
+    },
+    EncryptedKey,
+    BadKey(String),
+    KeyMismatch {
+        key: PathBuf,
+    },
+    NotPkcs12,
+    Pkcs12Locked,
+    Pkcs12WithoutKey,
+    Expired {
+        not_after: String,
+    },
+    NotYetValid {
+        not_before: String,
+    },
+    NoRevocationList,
+    NonUtf8Name,
+    BadCipherList(String),
+    NoCertificateGiven,
+    /// OpenSSL refused to use it, for this reason.
+    Refused(String),
 }
 
 impl TlsError {
-    fn new(path: &Path, problem: impl Into<String>) -> Self {
+    fn new(path: &Path, kind: TlsErrorKind) -> Self {
         TlsError {
             path: path.to_path_buf(),
-            problem: problem.into(),
+            kind,
+        }
+    }
+
+    fn refused(path: &Path, e: &ErrorStack) -> Self {
+        Self::new(path, TlsErrorKind::Refused(first_reason(e)))
+    }
+}
+
+impl fmt::Display for TlsErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TlsErrorKind::Unreadable(e) => write!(f, "cannot read: {e}"),
+            TlsErrorKind::NoCertificate => {
+                f.write_str("no certificate found (expected PEM or DER X.509)")
+            }
+            TlsErrorKind::BadPem(reason) => {
+                write!(f, "not a valid PEM certificate file ({reason})")
+            }
+            TlsErrorKind::NoPrivateKey { pem: true } => {
+                f.write_str("no private key found (expected a PEM PRIVATE KEY block)")
+            }
+            TlsErrorKind::NoPrivateKey { pem: false } => {
+                f.write_str("no private key found (expected PEM or DER)")
+            }
+            TlsErrorKind::EncryptedKey => f.write_str(
+                "private key is encrypted; decrypt it with `openssl pkey -in KEY -out KEY.plain`",
+            ),
+            TlsErrorKind::BadKey(reason) => write!(f, "not a valid private key ({reason})"),
+            TlsErrorKind::KeyMismatch { key } => write!(
+                f,
+                "certificate does not match the private key in {}",
+                key.display()
+            ),
+            TlsErrorKind::NotPkcs12 => f.write_str("not a PKCS#12 file"),
+            TlsErrorKind::Pkcs12Locked => {
+                f.write_str("cannot open PKCS#12 file: wrong password or damaged file")
+            }
+            TlsErrorKind::Pkcs12WithoutKey => {
+                f.write_str("PKCS#12 file holds no certificate with a private key")
+            }
+            TlsErrorKind::Expired { not_after } => write!(f, "certificate expired on {not_after}"),
+            TlsErrorKind::NotYetValid { not_before } => {
+                write!(f, "certificate is not valid before {not_before}")
+            }
+            TlsErrorKind::NoRevocationList => {
+                f.write_str("no certificate revocation list found (expected PEM or DER)")
+            }
+            TlsErrorKind::NonUtf8Name => f.write_str("the file name must be valid UTF-8"),
+            TlsErrorKind::BadCipherList(reason) => write!(f, "not a usable list ({reason})"),
+            TlsErrorKind::NoCertificateGiven => f.write_str("no certificate given"),
+            TlsErrorKind::Refused(reason) => f.write_str(reason),
         }
     }
 }
 
 impl fmt::Display for TlsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.problem)
+        write!(f, "{}: {}", self.path.display(), self.kind)
     }
 }
 
@@ -69,7 +154,7 @@ pub struct Identity {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::new(path, format!("cannot read: {e}")))
+    std::fs::read(path).map_err(|e| TlsError::new(path, TlsErrorKind::Unreadable(e.to_string())))
 }
 
 fn looks_like_pem(bytes: &[u8]) -> bool {
@@ -80,24 +165,14 @@ fn looks_like_pem(bytes: &[u8]) -> bool {
 /// text between them, or a single DER certificate (`.cer`).
 pub fn load_certificates(path: &Path) -> Result<Vec<X509>, TlsError> {
     let bytes = read_file(path)?;
-    let certs =
-        if looks_like_pem(&bytes) {
-            X509::stack_from_pem(&bytes).map_err(|e| {
-                TlsError::new(
-                    path,
-                    format!("not a valid PEM certificate file ({})", first_reason(&e)),
-                )
-            })?
-        } else {
-            vec![X509::from_der(&bytes).map_err(|_| {
-                TlsError::new(path, "no certificate found (expected PEM or DER X.509)")
-            })?]
-        };
+    let certs = if looks_like_pem(&bytes) {
+        X509::stack_from_pem(&bytes)
+            .map_err(|e| TlsError::new(path, TlsErrorKind::BadPem(first_reason(&e))))?
+    } else {
+        vec![X509::from_der(&bytes).map_err(|_| TlsError::new(path, TlsErrorKind::NoCertificate))?]
+    };
     if certs.is_empty() {
-        return Err(TlsError::new(
-            path,
-            "no certificate found (expected PEM or DER X.509)",
-        ));
+        return Err(TlsError::new(path, TlsErrorKind::NoCertificate));
     }
     Ok(certs)
 }
@@ -109,27 +184,20 @@ pub fn load_private_key(path: &Path) -> Result<PKey<Private>, TlsError> {
     if looks_like_pem(&bytes) {
         let text = String::from_utf8_lossy(&bytes);
         if text.contains("ENCRYPTED") {
-            return Err(TlsError::new(
-                path,
-                "private key is encrypted; decrypt it with `openssl pkey -in KEY -out KEY.plain`",
-            ));
+            return Err(TlsError::new(path, TlsErrorKind::EncryptedKey));
         }
         if !text.contains("PRIVATE KEY-----") {
             return Err(TlsError::new(
                 path,
-                "no private key found (expected a PEM PRIVATE KEY block)",
+                TlsErrorKind::NoPrivateKey { pem: true },
             ));
         }
         // The callback refuses to supply a passphrase, so openssl never prompts.
-        PKey::private_key_from_pem_callback(&bytes, |_| Ok(0)).map_err(|e| {
-            TlsError::new(
-                path,
-                format!("not a valid private key ({})", first_reason(&e)),
-            )
-        })
+        PKey::private_key_from_pem_callback(&bytes, |_| Ok(0))
+            .map_err(|e| TlsError::new(path, TlsErrorKind::BadKey(first_reason(&e))))
     } else {
         PKey::private_key_from_der(&bytes)
-            .map_err(|_| TlsError::new(path, "no private key found (expected PEM or DER)"))
+            .map_err(|_| TlsError::new(path, TlsErrorKind::NoPrivateKey { pem: false }))
     }
 }
 
@@ -159,10 +227,7 @@ impl Identity {
                 {
                     return Err(TlsError::new(
                         cert,
-                        format!(
-                            "certificate does not match the private key in {}",
-                            key.display()
-                        ),
+                        TlsErrorKind::KeyMismatch { key: key.clone() },
                     ));
                 }
                 Ok(identity)
@@ -170,19 +235,11 @@ impl Identity {
             IdentitySource::Pkcs12 { file, password } => {
                 let bytes = read_file(file)?;
                 let parsed = Pkcs12::from_der(&bytes)
-                    .map_err(|_| TlsError::new(file, "not a PKCS#12 file"))?
+                    .map_err(|_| TlsError::new(file, TlsErrorKind::NotPkcs12))?
                     .parse2(password)
-                    .map_err(|_| {
-                        TlsError::new(
-                            file,
-                            "cannot open PKCS#12 file: wrong password or damaged file",
-                        )
-                    })?;
+                    .map_err(|_| TlsError::new(file, TlsErrorKind::Pkcs12Locked))?;
                 let (Some(leaf), Some(key)) = (parsed.cert, parsed.pkey) else {
-                    return Err(TlsError::new(
-                        file,
-                        "PKCS#12 file holds no certificate with a private key",
-                    ));
+                    return Err(TlsError::new(file, TlsErrorKind::Pkcs12WithoutKey));
                 };
                 let mut chain = vec![leaf];
                 chain.extend(parsed.ca.into_iter().flatten());
@@ -205,12 +262,16 @@ impl Identity {
             .key
             .private_key_to_pem_pkcs8()
             .map_err(|e| self.error(e))?;
-        native_tls::Identity::from_pkcs8(&pem, &key)
-            .map_err(|e| TlsError::new(&self.cert_path, format!("unusable identity: {e}")))
+        native_tls::Identity::from_pkcs8(&pem, &key).map_err(|e| {
+            TlsError::new(
+                &self.cert_path,
+                TlsErrorKind::Refused(format!("unusable identity: {e}")),
+            )
+        })
     }
 
     fn error(&self, e: openssl::error::ErrorStack) -> TlsError {
-        TlsError::new(&self.cert_path, first_reason(&e))
+        TlsError::refused(&self.cert_path, &e)
     }
 
     /// Refuses a leaf certificate that is expired or not yet valid: what a
@@ -222,13 +283,17 @@ impl Identity {
         if leaf.not_after() < now {
             return Err(TlsError::new(
                 &self.cert_path,
-                format!("certificate expired on {}", leaf.not_after()),
+                TlsErrorKind::Expired {
+                    not_after: leaf.not_after().to_string(),
+                },
             ));
         }
         if leaf.not_before() > now {
             return Err(TlsError::new(
                 &self.cert_path,
-                format!("certificate is not valid before {}", leaf.not_before()),
+                TlsErrorKind::NotYetValid {
+                    not_before: leaf.not_before().to_string(),
+                },
             ));
         }
         Ok(())
@@ -596,14 +661,9 @@ fn check_crl_file(path: &Path) -> Result<(), TlsError> {
     } else {
         openssl::x509::X509Crl::from_der(&bytes).map(|_| ())
     };
-    parsed.map_err(|_| {
-        TlsError::new(
-            path,
-            "no certificate revocation list found (expected PEM or DER)",
-        )
-    })?;
+    parsed.map_err(|_| TlsError::new(path, TlsErrorKind::NoRevocationList))?;
     if path.to_str().is_none() {
-        return Err(TlsError::new(path, "the file name must be valid UTF-8"));
+        return Err(TlsError::new(path, TlsErrorKind::NonUtf8Name));
     }
     Ok(())
 }
@@ -625,7 +685,10 @@ impl Acceptor {
         settings: &TlsSettings,
     ) -> Result<Acceptor, TlsError> {
         let Some(first) = identities.first() else {
-            return Err(TlsError::new(Path::new("--cert"), "no certificate given"));
+            return Err(TlsError::new(
+                Path::new("--cert"),
+                TlsErrorKind::NoCertificateGiven,
+            ));
         };
         let legacy = identities.iter().any(is_legacy);
         if legacy {
@@ -658,7 +721,7 @@ impl Acceptor {
 
     fn build(material: Arc<Material>) -> Result<Acceptor, TlsError> {
         let first = &material.identities[0];
-        let cert_err = |e: ErrorStack| TlsError::new(&first.cert_path, first_reason(&e));
+        let cert_err = |e: ErrorStack| TlsError::refused(&first.cert_path, &e);
         let settings = &material.settings;
         let mut b =
             SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(cert_err)?;
@@ -674,7 +737,7 @@ impl Acceptor {
             move |e: ErrorStack| {
                 TlsError::new(
                     Path::new(flag),
-                    format!("not a usable list ({})", first_reason(&e)),
+                    TlsErrorKind::BadCipherList(first_reason(&e)),
                 )
             }
         };
@@ -689,7 +752,7 @@ impl Acceptor {
         .map_err(flag_err("--tls-ciphersuites"))?;
         let mut chain_seen: Vec<Vec<u8>> = Vec::new();
         for identity in &material.identities {
-            let err = |e: ErrorStack| TlsError::new(&identity.cert_path, first_reason(&e));
+            let err = |e: ErrorStack| TlsError::refused(&identity.cert_path, &e);
             b.set_certificate(&identity.chain[0]).map_err(err)?;
             b.set_private_key(&identity.key).map_err(err)?;
             b.check_private_key().map_err(err)?;
@@ -711,7 +774,7 @@ impl Acceptor {
             b.set_session_cache_size(settings.session_cache.min(i32::MAX as usize) as i32);
         }
         if let ClientAuth::Required { ca } = &material.client_auth {
-            let ca_err = |e: ErrorStack| TlsError::new(ca, first_reason(&e));
+            let ca_err = |e: ErrorStack| TlsError::refused(ca, &e);
             let mut store = X509StoreBuilder::new().map_err(ca_err)?;
             for cert in &material.client_cas {
                 b.add_client_ca(cert).map_err(ca_err)?;
@@ -720,7 +783,7 @@ impl Acceptor {
             if !settings.client_crls.is_empty() {
                 let lookup = store.add_lookup(X509Lookup::file()).map_err(ca_err)?;
                 for crl in &settings.client_crls {
-                    let crl_err = |e: ErrorStack| TlsError::new(crl, first_reason(&e));
+                    let crl_err = |e: ErrorStack| TlsError::refused(crl, &e);
                     let kind = if looks_like_pem(&read_file(crl)?) {
                         SslFiletype::PEM
                     } else {
@@ -859,11 +922,13 @@ pub fn client_connector(
             context = path.clone();
             builder.disable_built_in_roots(true);
             for cert in load_certificates(path)? {
-                let der = cert
-                    .to_der()
-                    .map_err(|e| TlsError::new(path, first_reason(&e)))?;
-                let root = native_tls::Certificate::from_der(&der)
-                    .map_err(|e| TlsError::new(path, format!("unusable CA certificate: {e}")))?;
+                let der = cert.to_der().map_err(|e| TlsError::refused(path, &e))?;
+                let root = native_tls::Certificate::from_der(&der).map_err(|e| {
+                    TlsError::new(
+                        path,
+                        TlsErrorKind::Refused(format!("unusable CA certificate: {e}")),
+                    )
+                })?;
                 builder.add_root_certificate(root);
             }
         }
@@ -877,7 +942,10 @@ pub fn client_connector(
         context = identity.cert_path.clone();
         builder.identity(identity.to_native()?);
     }
-    builder
-        .build()
-        .map_err(|e| TlsError::new(&context, format!("cannot set up TLS: {e}")))
+    builder.build().map_err(|e| {
+        TlsError::new(
+            &context,
+            TlsErrorKind::Refused(format!("cannot set up TLS: {e}")),
+        )
+    })
 }

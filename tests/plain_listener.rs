@@ -100,7 +100,9 @@ fn half_close_ends_the_message() {
 
 #[test]
 fn message_split_across_two_writes() {
-    let s = TestServer::start();
+    // A gap far longer than the pause, so a busy machine cannot stretch the
+    // pause past it.
+    let s = TestServer::with(|c| c.gap = Duration::from_secs(2));
     let mut c = connect(s.plain());
     c.set_nodelay(true).unwrap();
     c.write_all(b"W0FAC").unwrap();

@@ -106,7 +106,7 @@ fn pkcs12_identity_is_accepted() {
         .err()
         .expect("wrong password is refused");
     assert_eq!(err.path, file);
-    assert!(err.problem.contains("password"), "{err}");
+    assert_eq!(err.kind, wwep::tls::TlsErrorKind::Pkcs12Locked, "{err}");
     let s = TestServer::with_pki(Arc::new(pki), |c| {
         c.identity = Some(IdentitySource::Pkcs12 {
             file,
