@@ -58,6 +58,16 @@ impl fmt::Display for Transport {
     }
 }
 
+/// Whether connections may start with a load balancer's PROXY header.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ProxyProtocol {
+    #[default]
+    Off,
+    /// Connections from these ranges must start with a PROXY header (v1 or v2);
+    /// from anywhere else, a header closes the connection.
+    From(Vec<Cidr>),
+}
+
 /// Where and how registers are made durable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataConfig {
@@ -103,6 +113,8 @@ pub struct ServerConfig {
     pub max_per_ip: usize,
     /// What the open port may do; the TLS port may always read and write.
     pub plain_access: Access,
+    /// PROXY protocol from load balancers, on both listeners.
+    pub proxy: ProxyProtocol,
 }
 
 impl Default for ServerConfig {
@@ -125,6 +137,7 @@ impl Default for ServerConfig {
             allow: Vec::new(),
             max_per_ip: DEFAULT_MAX_PER_IP,
             plain_access: Access::ReadWrite,
+            proxy: ProxyProtocol::Off,
         }
     }
 }
@@ -141,6 +154,7 @@ pub enum ConfigError {
         max: u64,
     },
     GapBeyondTimeout,
+    ProxyWithoutSenders,
     CompactRatio,
 }
 
@@ -156,6 +170,9 @@ impl fmt::Display for ConfigError {
             ConfigError::Zero(flag) => write!(f, "{flag} must be greater than 0"),
             ConfigError::TooLarge { flag, max } => write!(f, "{flag} must be at most {max}"),
             ConfigError::GapBeyondTimeout => f.write_str("--gap-ms must not exceed --timeout-ms"),
+            ConfigError::ProxyWithoutSenders => f.write_str(
+                "--proxy-protocol needs --proxy-from with the balancers' addresses",
+            ),
             ConfigError::CompactRatio => f.write_str("--compact-ratio must be at least 1"),
         }
     }
@@ -213,6 +230,9 @@ impl ServerConfig {
                 flag: "--tls-session-lifetime",
                 max: MAX_SESSION_LIFETIME_SECS,
             });
+        }
+        if self.proxy == ProxyProtocol::From(Vec::new()) {
+            return Err(ConfigError::ProxyWithoutSenders);
         }
         if self.gap > self.timeout {
             return Err(ConfigError::GapBeyondTimeout);

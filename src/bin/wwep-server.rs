@@ -11,7 +11,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use wwep::access::Cidr;
 use wwep::config::{
     DEFAULT_GAP_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_IP, DEFAULT_PLAIN_PORT,
-    DEFAULT_TIMEOUT_MS, DEFAULT_TLS_PORT, DEFAULT_WORKERS, DataConfig, ServerConfig,
+    DEFAULT_TIMEOUT_MS, DEFAULT_TLS_PORT, DEFAULT_WORKERS, DataConfig, ProxyProtocol, ServerConfig,
 };
 use wwep::connection::Access;
 use wwep::journal::{CompactionPolicy, Fsync};
@@ -102,6 +102,21 @@ struct Args {
     /// message yet (busy clients that send at once never meet this).
     #[arg(long, env = "WWEP_MAX_PER_IP", default_value_t = DEFAULT_MAX_PER_IP)]
     max_per_ip: usize,
+    /// Expect a PROXY protocol header (v1 or v2) from the load balancers in
+    /// --proxy-from, on both ports, and take the client's address from it.
+    #[arg(long, env = "WWEP_PROXY_PROTOCOL", requires = "proxy_from")]
+    proxy_protocol: bool,
+    /// Addresses or CIDR ranges of the balancers whose PROXY headers are
+    /// believed (repeatable, or comma-separated); a header from anywhere else
+    /// closes the connection.
+    #[arg(
+        long,
+        env = "WWEP_PROXY_FROM",
+        value_name = "CIDR",
+        value_delimiter = ',',
+        requires = "proxy_protocol"
+    )]
+    proxy_from: Vec<Cidr>,
     /// Serve only reads on the open port; writes there get X and need the TLS port.
     #[arg(long, env = "WWEP_PLAIN_READ_ONLY")]
     plain_read_only: bool,
@@ -163,6 +178,11 @@ impl Args {
             None => (pairs.next(), pairs.next()),
         };
         Ok(ServerConfig {
+            proxy: if self.proxy_protocol {
+                ProxyProtocol::From(self.proxy_from)
+            } else {
+                ProxyProtocol::Off
+            },
             extra_identity,
             tls: TlsSettings {
                 min: self.tls_min,

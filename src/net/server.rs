@@ -99,7 +99,9 @@ pub(crate) struct Shared {
     transactions: AtomicU64,
     refusals: Mutex<HashMap<Refusal, u64>>,
     handshake_failures: Mutex<HashMap<HandshakeFailureKind, u64>>,
-    pub(crate) refusal_log: RateLimitedLog,
+    /// One rate limit per kind of refusal, so a flood of one kind cannot hide
+    /// another.
+    refusal_logs: [RateLimitedLog; Refusal::KINDS],
     pub(crate) accept_log: RateLimitedLog,
     pub(crate) handshake_log: RateLimitedLog,
 }
@@ -151,6 +153,10 @@ impl Shared {
 
     pub(crate) fn count_transaction(&self) -> u64 {
         self.transactions.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn refusal_log(&self, refusal: Refusal) -> &RateLimitedLog {
+        &self.refusal_logs[refusal.index()]
     }
 
     pub(crate) fn count_refusal(&self, refusal: Refusal) {
@@ -343,7 +349,9 @@ fn launch(
         transactions: AtomicU64::new(0),
         refusals: Mutex::new(HashMap::new()),
         handshake_failures: Mutex::new(HashMap::new()),
-        refusal_log: RateLimitedLog::new(log::Level::Warn, client_log_interval),
+        refusal_logs: std::array::from_fn(|_| {
+            RateLimitedLog::new(log::Level::Warn, client_log_interval)
+        }),
         accept_log: RateLimitedLog::new(log::Level::Warn, client_log_interval),
         handshake_log: RateLimitedLog::new(log::Level::Info, client_log_interval),
     });
