@@ -12,7 +12,6 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod connection;
-pub mod journal;
 pub mod linger;
 pub mod logging;
 pub mod notify;
@@ -20,3 +19,6 @@ pub mod protocol;
 pub mod server;
 pub mod store;
 pub mod tls;
+
+/// The data file's journal, at the path the server has always imported it from.
+pub use store::journal;

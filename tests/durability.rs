@@ -138,20 +138,31 @@ fn torn_last_record_is_dropped_and_the_rest_kept() {
     );
 }
 
+/// Starts the server expecting it to refuse; returns its stderr.
+fn refused(data: &Path, extra: &[&str]) -> String {
+    let mut cmd = server_cmd();
+    cmd.args(["--no-tls", "--data"]).arg(data).args(extra);
+    let out = run_with_input(&mut cmd, b"");
+    let text = describe(&cmd, &out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
-fn corrupt_checksum_of_the_last_record_recovers_the_prefix() {
+fn a_whole_last_record_with_a_bad_crc_is_damage_not_a_torn_write() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("registers.wwep");
     let mut bytes = journal_bytes(&[((1, 1), 0x1111), ((2, 2), 0x2222)]);
     let last = bytes.len() - 1;
     bytes[last] ^= 0xFF;
     std::fs::write(&data, &bytes).unwrap();
-    let server = data_server(&data, &[]);
+    let stderr = refused(&data, &[]);
     assert!(
-        server.log_text().contains("dropped 9 bytes"),
-        "{}",
-        server.log_text()
+        stderr.contains(data.to_str().unwrap()) && stderr.contains("byte 17"),
+        "{stderr}"
     );
+    assert_eq!(std::fs::read(&data).unwrap(), bytes, "left alone");
+    let server = data_server(&data, &["--repair"]);
     let addr = server.plain.unwrap();
     assert_eq!(transact(&mut connect(addr), b"R000101"), b"A0001011111");
     assert_eq!(transact(&mut connect(addr), b"R000202"), b"X");
@@ -164,17 +175,12 @@ fn damage_before_the_last_record_refuses_to_start_until_repair() {
     let mut bytes = journal_bytes(&[((1, 1), 0x1111), ((2, 2), 0x2222), ((3, 3), 0x3333)]);
     bytes[8 + 9 + 2] ^= 0x40;
     std::fs::write(&data, &bytes).unwrap();
-    let mut cmd = server_cmd();
-    cmd.args(["--no-tls", "--data"]).arg(&data);
-    let out = run_with_input(&mut cmd, b"");
-    let text = describe(&cmd, &out);
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&data, &[]);
     assert!(
         stderr.contains(data.to_str().unwrap())
             && stderr.contains("byte 17")
             && stderr.contains("--repair"),
-        "{text}"
+        "{stderr}"
     );
     assert_eq!(
         std::fs::read(&data).unwrap(),
@@ -183,13 +189,14 @@ fn damage_before_the_last_record_refuses_to_start_until_repair() {
     );
     let server = data_server(&data, &["--repair"]);
     assert!(
-        server.log_text().contains("--repair dropped 18 bytes"),
+        server.log_text().contains("dropped 9 bytes"),
         "{}",
         server.log_text()
     );
     let addr = server.plain.unwrap();
     assert_eq!(transact(&mut connect(addr), b"R000101"), b"A0001011111");
-    assert_eq!(transact(&mut connect(addr), b"R000303"), b"X");
+    assert_eq!(transact(&mut connect(addr), b"R000202"), b"X");
+    assert_eq!(transact(&mut connect(addr), b"R000303"), b"A0003033333");
 }
 
 #[test]
