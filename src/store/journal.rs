@@ -645,6 +645,7 @@ impl Journal {
         st.flushing = true;
         let to = st.good_len;
         drop(st);
+        let held = Instant::now();
         let prepared = (|| {
             copy.to(to).map_err(&copy_failed)?;
             new.sync_data().map_err(&fsync_failed)?;
@@ -657,14 +658,20 @@ impl Journal {
             };
             std::fs::rename(&c.tmp, &self.path)
                 .map_err(failed("replace the data file with its compacted copy"))?;
+            if self.policy == Fsync::Always {
+                // Batches acknowledged from now on go to the new file: its name
+                // must be on disk first.
+                sync_dir(&self.path).map_err(failed("fsync the data file's directory"))?;
+            }
             Ok(kept)
         })();
         let after = copy.written();
         drop(copy);
         let mut st = self.state();
+        let mut old = None;
         let result = prepared.map(|kept| {
             // The new file is the data file now: continue on it whatever follows.
-            st.file = Arc::new(new);
+            old = Some(std::mem::replace(&mut st.file, Arc::new(new)));
             st.good_len = after;
             st.needs_truncate = false;
             st.dirty = false;
@@ -673,13 +680,18 @@ impl Journal {
                 before: c.before.max(to),
                 after,
                 damaged_copy: kept,
+                held_batches: held.elapsed(),
             }
         });
         st.flushing = false;
         self.written.notify_all();
         drop(st);
+        // Closing the replaced file frees its blocks: not while batches wait.
+        drop(old);
         let report = result?;
-        sync_dir(&self.path).map_err(failed("fsync the data file's directory"))?;
+        if self.policy != Fsync::Always {
+            sync_dir(&self.path).map_err(failed("fsync the data file's directory"))?;
+        }
         Ok(report)
     }
 }
@@ -791,9 +803,10 @@ pub(crate) struct Compaction {
 impl Compaction {
     /// Adds a register to the snapshot; the first error is reported by `finish`.
     pub(crate) fn push(&mut self, key: Key, value: u16) {
-        if self.error.is_none()
-            && let Err(e) = self.out.write_all(&encode_record(key, value))
-        {
+        if self.error.is_some() {
+            return;
+        }
+        if let Err(e) = self.out.write_all(&encode_record(key, value)) {
             self.error = Some(e);
         }
     }
@@ -820,6 +833,9 @@ pub struct CompactionReport {
     pub after: u64,
     /// Where a repair kept the damaged original.
     pub damaged_copy: Option<PathBuf>,
+    /// How long batches were held back while the new file was put in place (the
+    /// longest any write waited on the compaction itself).
+    pub held_batches: Duration,
 }
 
 fn sync_dir(path: &Path) -> io::Result<()> {

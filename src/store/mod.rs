@@ -280,10 +280,11 @@ impl RegisterStore {
                     let began = Instant::now();
                     match store.compact(false) {
                         Ok(Some(r)) => log::info!(
-                            "compacted the data file: {} -> {} bytes in {} ms",
+                            "compacted the data file: {} -> {} bytes in {} ms (writes held {} µs)",
                             r.before,
                             r.after,
-                            began.elapsed().as_millis()
+                            began.elapsed().as_millis(),
+                            r.held_batches.as_micros()
                         ),
                         Ok(None) => {}
                         Err(e) => log::error!("compaction failed: {e}"),
