@@ -522,6 +522,101 @@ fn a_full_disk_never_shows_an_unacknowledged_value() {
     no_dirty_reads_on_a_full_disk("everysec");
 }
 
+/// A small tmpfs, unmounted on drop; `None` where mounting is not allowed.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipping: cannot mount a tmpfs here (needs root)");
+            return None;
+        }
+        Some(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+#[test]
+fn a_disk_filled_by_the_log_compacts_itself() {
+    let Some(disk) = SmallDisk::mount("128k") else {
+        return;
+    };
+    let data = disk.dir.path().join("registers.wwep");
+    let reserve = disk.dir.path().join("registers.wwep.reserve");
+    {
+        let server = data_server(&data, &["--fsync", "never"]);
+        let addr = server.plain.unwrap();
+        assert!(
+            eventually(Duration::from_secs(10), || file_exists(&reserve)),
+            "{}",
+            server.log_text()
+        );
+        // Overwrite four registers until the log fills the disk.
+        let last = Arc::new(Mutex::new(HashMap::new()));
+        let full = AtomicBool::new(false);
+        thread::scope(|s| {
+            for t in 0..4u16 {
+                let (last, full) = (Arc::clone(&last), &full);
+                s.spawn(move || {
+                    for value in 1..=u16::MAX {
+                        if full.load(Ordering::Acquire) {
+                            return;
+                        }
+                        let request = format!("W00AA{t:02X}{value:04X}");
+                        match transact(&mut connect(addr), request.as_bytes()).first() {
+                            Some(b'A') => {
+                                last.lock().unwrap().insert(t, value);
+                            }
+                            _ => full.store(true, Ordering::Release),
+                        }
+                    }
+                });
+            }
+        });
+        assert!(full.load(Ordering::Acquire), "the disk never filled");
+        // The next maintenance tick compacts into the reserve's room.
+        assert!(
+            eventually(Duration::from_secs(15), || server
+                .log_text()
+                .contains("compacted the data file")),
+            "{}",
+            server.log_text()
+        );
+        assert!(
+            eventually(Duration::from_secs(10), || transact(
+                &mut connect(addr),
+                b"W00AA050001"
+            ) == b"A00AA050001"),
+            "writes work again: {}",
+            server.log_text()
+        );
+        let last = last.lock().unwrap().clone();
+        for (t, v) in last {
+            let reply = transact(&mut connect(addr), format!("R00AA{t:02X}").as_bytes());
+            assert_eq!(reply, format!("A00AA{t:02X}{v:04X}").as_bytes());
+        }
+    }
+    let server = data_server(&data, &[]);
+    assert_eq!(
+        transact(&mut connect(server.plain.unwrap()), b"R00AA05"),
+        b"A00AA050001"
+    );
+}
+
 /// Per-write latencies (µs) from `threads` writers until `until` says stop.
 fn write_latencies(
     store: &Arc<RegisterStore>,

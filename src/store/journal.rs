@@ -31,6 +31,12 @@ pub use super::format::{Key, MAGIC, RECORD_BYTES, encode_record};
 const REPLAY_CHUNK_BYTES: usize = 256 * 1024;
 /// Compaction catches up with the live file unlocked until less than this is left.
 const CATCH_UP_BYTES: u64 = 64 * 1024;
+/// The reserve covers the live data plus this, in whole pages.
+const RESERVE_SLACK_BYTES: u64 = 16 * 1024;
+const PAGE_BYTES: u64 = 4096;
+/// The reserve grows by at most this much per maintenance tick, so that filling
+/// it never competes with writers for the disk for long.
+const RESERVE_STEP_BYTES: u64 = 8 << 20;
 
 /// When appended records are forced to disk (Redis `appendfsync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -247,6 +253,15 @@ pub struct Journal {
     compaction: CompactionPolicy,
     state: Mutex<State>,
     written: Condvar,
+    reserve: Mutex<Reserve>,
+}
+
+/// `FILE.reserve`: zeros as large as a compacted copy of the live data, given back
+/// when a write fails (a full disk), so that compaction always has room.
+struct Reserve {
+    path: PathBuf,
+    /// The reserve could not grow last time (warned once until it can).
+    short: bool,
 }
 
 fn file_kind(t: std::fs::FileType) -> &'static str {
@@ -392,6 +407,10 @@ impl Journal {
                 last_error_log: None,
             }),
             written: Condvar::new(),
+            reserve: Mutex::new(Reserve {
+                path: suffixed(path, ".reserve"),
+                short: false,
+            }),
         };
         Ok((journal, report))
     }
@@ -563,7 +582,11 @@ impl Journal {
         st.compacting = true;
         let start = st.good_len;
         let before = st.good_len;
+        let disk_trouble = st.failed;
         drop(st);
+        if disk_trouble {
+            self.release_reserve();
+        }
         let tmp = tmp_path(&self.path);
         let created = (|| {
             match std::fs::remove_file(&tmp) {
@@ -696,6 +719,80 @@ impl Journal {
     }
 }
 
+impl Journal {
+    fn reserve(&self) -> MutexGuard<'_, Reserve> {
+        self.reserve.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where the reserve is kept.
+    pub fn reserve_path(&self) -> PathBuf {
+        self.reserve().path.clone()
+    }
+
+    /// Grows `FILE.reserve` towards the size a compacted copy of
+    /// `live_registers` needs (a step at a time); never shrinks it. Returns its size.
+    pub fn keep_reserve(&self, live_registers: usize) -> u64 {
+        let mut reserve = self.reserve();
+        let live = HEADER_BYTES + (live_registers * RECORD_BYTES) as u64 + RESERVE_SLACK_BYTES;
+        let target = live.div_ceil(PAGE_BYTES) * PAGE_BYTES;
+        let grown = (|| {
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&reserve.path)?;
+            let len = file.metadata()?.len();
+            if len >= target {
+                return Ok(len);
+            }
+            let goal = target.min(len + RESERVE_STEP_BYTES);
+            let zeros = vec![0u8; (goal - len).min(1 << 20) as usize];
+            let mut at = len;
+            while at < goal {
+                let n = zeros.len().min((goal - at) as usize);
+                if let Err(e) = file.write_all_at(&zeros[..n], at) {
+                    let _ = file.set_len(len);
+                    return Err(e);
+                }
+                at += n as u64;
+            }
+            Ok(goal)
+        })();
+        match grown {
+            Ok(len) => {
+                reserve.short = false;
+                len
+            }
+            Err(e) => {
+                if !reserve.short {
+                    log::warn!(
+                        "{}: cannot reserve room for compaction ({e}); a full disk may need space freed by hand",
+                        reserve.path.display()
+                    );
+                }
+                reserve.short = true;
+                std::fs::metadata(&reserve.path)
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+            }
+        }
+    }
+
+    /// Gives the reserve's space back to the file system for a compaction.
+    fn release_reserve(&self) {
+        let reserve = self.reserve();
+        match OpenOptions::new().write(true).open(&reserve.path) {
+            Ok(file) => {
+                if let Err(e) = file.set_len(0) {
+                    log::warn!("{}: cannot release: {e}", reserve.path.display());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("{}: cannot release: {e}", reserve.path.display()),
+        }
+    }
+}
+
 /// Copies what batches appended to the live file into the compacted one.
 struct CatchUp<'a> {
     old: Arc<File>,
@@ -731,10 +828,14 @@ impl CatchUp<'_> {
     }
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
-    name.push(".compact.tmp");
+    name.push(suffix);
     PathBuf::from(name)
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    suffixed(path, ".compact.tmp")
 }
 
 /// Keeps the file as `FILE.damaged-YYYYMMDDTHHMMSSZ` (a hard link, or a copy

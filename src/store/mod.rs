@@ -258,8 +258,9 @@ impl RegisterStore {
         journal.finish_compaction(compaction).map(Some)
     }
 
-    /// Starts the thread that fsyncs once a second under `everysec` and compacts
-    /// the data file when it has grown; it ends when `stop` is set.
+    /// Starts the thread that, once a second, fsyncs under `everysec`, compacts
+    /// the data file when it has grown (or a write failed and it holds dead
+    /// records) and grows `FILE.reserve`; it ends when `stop` is set.
     pub fn spawn_maintenance(self: &Arc<Self>, stop: Arc<AtomicBool>) -> Option<JoinHandle<()>> {
         let journal = self.journal.as_ref()?;
         let everysec = journal.policy() == Fsync::EverySec;
@@ -288,6 +289,9 @@ impl RegisterStore {
                         ),
                         Ok(None) => {}
                         Err(e) => log::error!("compaction failed: {e}"),
+                    }
+                    if let Some(journal) = store.journal() {
+                        journal.keep_reserve(store.len());
                     }
                 }
             })
@@ -594,5 +598,37 @@ mod tests {
         let (store, report) =
             RegisterStore::open(&path, Fsync::Never, CompactionPolicy::default(), false).unwrap();
         assert_eq!((report.records, store.len()), (1000, 1000));
+    }
+
+    #[test]
+    fn a_failed_write_gives_the_reserve_to_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), Fsync::Always, CompactionPolicy::default());
+        for v in 0..10 {
+            store.write(1, 1, v).unwrap();
+        }
+        let journal = store.journal().unwrap();
+        let reserve = journal.reserve_path();
+        assert_eq!(
+            journal.keep_reserve(store.len()),
+            20480,
+            "header, a record, slack, in pages"
+        );
+        assert_eq!(std::fs::metadata(&reserve).unwrap().len(), 20480);
+        assert!(!journal.wants_compaction(store.len()));
+        let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
+        let real = journal.swap_file_for_test(full);
+        assert_eq!(store.write(1, 1, 99), Err(StorageError));
+        journal.swap_file_for_test(real);
+        assert!(
+            journal.wants_compaction(store.len()),
+            "dead records and a failed write"
+        );
+        let report = store.compact(false).unwrap().expect("compacted");
+        assert_eq!((report.before, report.after), (8 + 90, 8 + 9));
+        assert_eq!(std::fs::metadata(&reserve).unwrap().len(), 0, "given back");
+        assert!(!journal.wants_compaction(store.len()));
+        assert_eq!(journal.keep_reserve(store.len()), 20480);
+        assert_eq!(store.read(1, 1), Some(9));
     }
 }
