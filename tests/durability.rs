@@ -415,6 +415,7 @@ fn no_dirty_reads_on_a_full_disk(fsync: &str) {
     const REGISTERS: u8 = 4;
     let stop = Arc::new(AtomicBool::new(false));
     let failed_writes = Arc::new(AtomicUsize::new(0));
+    let reads = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let (stop, failed_writes) = (Arc::clone(&stop), Arc::clone(&failed_writes));
@@ -442,7 +443,7 @@ fn no_dirty_reads_on_a_full_disk(fsync: &str) {
         .collect();
     let readers: Vec<_> = (0..4u16)
         .map(|t| {
-            let stop = Arc::clone(&stop);
+            let (stop, reads) = (Arc::clone(&stop), Arc::clone(&reads));
             thread::spawn(move || {
                 let mut seen = Vec::new();
                 let mut i = t as usize;
@@ -453,6 +454,7 @@ fn no_dirty_reads_on_a_full_disk(fsync: &str) {
                         &mut connect(addr),
                         format!("R{w:04X}{register:02X}").as_bytes(),
                     );
+                    reads.fetch_add(1, Ordering::Relaxed);
                     if reply.first() == Some(&b'A') {
                         let text = String::from_utf8_lossy(&reply[7..11]).into_owned();
                         let value = u16::from_str_radix(&text, 16).unwrap();
@@ -463,9 +465,10 @@ fn no_dirty_reads_on_a_full_disk(fsync: &str) {
             })
         })
         .collect();
-    // Run on until many writes have failed, so reads race failing batches.
+    // Run on until many writes have failed, with many reads among them, so
+    // reads race failing batches.
     let full = eventually(Duration::from_secs(60), || {
-        failed_writes.load(Ordering::Relaxed) >= 300
+        failed_writes.load(Ordering::Relaxed) >= 300 && reads.load(Ordering::Relaxed) >= 3000
     });
     stop.store(true, Ordering::Release);
     let mut acked = HashSet::new();
@@ -486,6 +489,13 @@ fn no_dirty_reads_on_a_full_disk(fsync: &str) {
         server.log_text()
     );
     let dirty: Vec<_> = seen.iter().filter(|v| !acked.contains(v)).collect();
+    eprintln!(
+        "fsync {fsync}: {} writes acknowledged, {} refused, {} reads of written registers, {} unacknowledged values read",
+        acked.len(),
+        refused.len(),
+        seen.len(),
+        dirty.len()
+    );
     assert!(
         dirty.is_empty(),
         "fsync {fsync}: {} of {} reads returned an unacknowledged value ({} of them refused), e.g. {:?}",
@@ -670,13 +680,13 @@ fn compaction_does_not_stall_writers() {
     let store = Arc::new(store);
     assert_eq!(store.len(), registers as usize);
 
-    let compactions = AtomicUsize::new(0);
+    let held = Mutex::new(Vec::new());
     let done = AtomicBool::new(false);
     let during = thread::scope(|s| {
         s.spawn(|| {
             for _ in 0..3 {
-                store.compact(true).unwrap().expect("compacted");
-                compactions.fetch_add(1, Ordering::Release);
+                let report = store.compact(true).unwrap().expect("compacted");
+                held.lock().unwrap().push(report.held_batches);
             }
             done.store(true, Ordering::Release);
         });
@@ -685,14 +695,23 @@ fn compaction_does_not_stall_writers() {
     let mut during = during;
     during.sort_unstable();
     let (p999, max) = (quantile(&during, 0.999), *during.last().unwrap());
+    let held = held.into_inner().unwrap();
     eprintln!(
-        "{} writes during 3 compactions of {registers} registers: p99.9 {p999} µs, max {max} µs",
+        "{} writes during 3 compactions of {registers} registers: p99.9 {p999} µs, max {max} µs; writes held back {held:?}",
         during.len()
     );
     // Generous for a loaded 2-core CI machine in a debug build; the tight
-    // targets are measured by `make bench-data`.
-    assert!(max < 400_000, "a write stalled {max} µs during compaction");
-    assert!(p999 < 100_000, "p99.9 {p999} µs during compaction");
+    // targets are measured by `make bench-data`. What the store itself
+    // controls is how long the swap holds batches back.
+    assert!(
+        held.iter().all(|h| *h < Duration::from_millis(250)),
+        "{held:?}"
+    );
+    assert!(
+        max < 1_000_000,
+        "a write stalled {max} µs during compaction"
+    );
+    assert!(p999 < 250_000, "p99.9 {p999} µs during compaction");
     let live = store.len();
     let sample: Vec<_> = (0..registers)
         .step_by(4099)

@@ -960,18 +960,21 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
     use std::sync::Mutex;
 
+    /// What was published, in order.
     #[derive(Default)]
-    struct Map(Mutex<HashMap<Key, u16>>);
+    struct Published(Mutex<Vec<(Key, u16)>>);
 
-    impl Publish for Map {
+    impl Publish for Published {
         fn publish(&self, records: &[(Key, u16)]) {
-            let mut map = self.0.lock().unwrap();
-            for &(k, v) in records {
-                map.insert(k, v);
-            }
+            self.0.lock().unwrap().extend_from_slice(records);
+        }
+    }
+
+    impl Published {
+        fn all(&self) -> Vec<(Key, u16)> {
+            self.0.lock().unwrap().clone()
         }
     }
 
@@ -1110,8 +1113,8 @@ mod tests {
             (report.torn_bytes, report.zero_bytes, report.repaired_bytes),
             (4096, 4096, 0)
         );
-        let map = Map::default();
-        j.commit(j.append((3, 3), 3), &map).unwrap();
+        let published = Published::default();
+        j.commit(j.append((3, 3), 3), &published).unwrap();
         drop(j);
         let (_, report, replay) = open(&path, false).unwrap();
         assert_eq!(replay.len(), 3);
@@ -1122,24 +1125,17 @@ mod tests {
     fn a_batch_is_published_only_once_written() {
         let dir = tempfile::tempdir().unwrap();
         let (j, _, _) = open(&dir.path().join("data"), false).unwrap();
-        let map = Map::default();
+        let published = Published::default();
         let ticket = j.append((1, 1), 7);
-        assert!(
-            map.0.lock().unwrap().is_empty(),
-            "not visible while pending"
-        );
-        j.commit(ticket, &map).unwrap();
-        assert_eq!(map.0.lock().unwrap().get(&(1, 1)), Some(&7));
+        assert!(published.all().is_empty(), "not visible while pending");
+        j.commit(ticket, &published).unwrap();
+        assert_eq!(published.all(), [((1, 1), 7)]);
         let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
         let real = j.swap_file_for_test(full);
-        assert_eq!(j.commit(j.append((1, 1), 8), &map), Err(StorageError));
-        assert_eq!(
-            map.0.lock().unwrap().get(&(1, 1)),
-            Some(&7),
-            "a failed batch never shows"
-        );
+        assert_eq!(j.commit(j.append((1, 1), 8), &published), Err(StorageError));
+        assert_eq!(published.all(), [((1, 1), 7)], "a failed batch never shows");
         j.swap_file_for_test(real);
-        j.commit(j.append((2, 2), 9), &map).unwrap();
-        assert_eq!(map.0.lock().unwrap().len(), 2);
+        j.commit(j.append((2, 2), 9), &published).unwrap();
+        assert_eq!(published.all(), [((1, 1), 7), ((2, 2), 9)]);
     }
 }
