@@ -625,4 +625,33 @@ mod tests {
         );
         assert_eq!((s.end, s.tail.zero_bytes, s.tail.torn_bytes), (46, 50, 0));
     }
+
+    proptest::proptest! {
+        /// Any bytes after a header: no panic, the same verdict however split,
+        /// every emitted record counted, and every byte accounted for.
+        #[test]
+        fn any_damage_scans_the_same_in_chunks(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+            good in proptest::collection::vec((0u16..4, 0u8..4, proptest::prelude::any::<u16>()), 0..6),
+            at in 0usize..200,
+        ) {
+            let good: Vec<_> = good.iter().map(|&(d, r, v)| ((d, r), v)).collect();
+            let mut bytes = file(&good);
+            bytes.extend(&body);
+            for &(k, v) in &good {
+                bytes.extend(encode_record(k, v));
+            }
+            let (verdict, got) = scan_all(&bytes);
+            let at = at.min(bytes.len());
+            proptest::prop_assert_eq!(scan_split(&bytes, at), (verdict, got.clone()));
+            let s = verdict.unwrap();
+            proptest::prop_assert_eq!(s.records as usize, got.len());
+            // The good records on both sides of the damage are all kept.
+            proptest::prop_assert_eq!(&got[..good.len()], &good[..]);
+            proptest::prop_assert_eq!(&got[got.len() - good.len()..], &good[..]);
+            let accounted = HEADER_BYTES + s.records * RECORD + s.damage.bytes + s.tail.bytes();
+            proptest::prop_assert_eq!(accounted, bytes.len() as u64);
+            proptest::prop_assert_eq!(s.end + s.tail.bytes(), bytes.len() as u64);
+        }
+    }
 }

@@ -631,4 +631,24 @@ mod tests {
         assert_eq!(journal.keep_reserve(store.len()), 20480);
         assert_eq!(store.read(1, 1), Some(9));
     }
+
+    #[test]
+    fn open_logged_opens_or_stops_when_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataConfig {
+            path: dir.path().join("data"),
+            fsync: Fsync::Always,
+            compaction: CompactionPolicy::default(),
+            repair: false,
+        };
+        let store = open_logged(&data, &AtomicBool::new(false)).unwrap();
+        store.write(1, 2, 3).unwrap();
+        drop(store);
+        assert!(matches!(
+            open_logged(&data, &AtomicBool::new(true)),
+            Err(JournalError::Cancelled { .. })
+        ));
+        let store = open_logged(&data, &AtomicBool::new(false)).unwrap();
+        assert_eq!(store.read(1, 2), Some(3));
+    }
 }
