@@ -55,8 +55,21 @@ fn options() -> Result<Options, String> {
     Ok(o)
 }
 
-fn write_latencies(store: &RegisterStore, writers: u16, stop: &AtomicBool) -> Vec<u64> {
+/// Oversleep (µs) of a thread sleeping 1 ms at a time: how long the machine
+/// itself keeps a ready thread waiting, whatever the store does.
+fn probe(stop: &AtomicBool) -> Vec<u64> {
+    let mut late = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        let began = Instant::now();
+        std::thread::sleep(Duration::from_millis(1));
+        late.push((began.elapsed().as_micros() as u64).saturating_sub(1000));
+    }
+    late
+}
+
+fn write_latencies(store: &RegisterStore, writers: u16, stop: &AtomicBool) -> (Vec<u64>, Vec<u64>) {
     std::thread::scope(|s| {
+        let probe = s.spawn(|| probe(stop));
         let handles: Vec<_> = (0..writers)
             .map(|t| {
                 s.spawn(move || {
@@ -76,10 +89,11 @@ fn write_latencies(store: &RegisterStore, writers: u16, stop: &AtomicBool) -> Ve
                 })
             })
             .collect();
-        handles
+        let lat = handles
             .into_iter()
             .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
+            .collect();
+        (lat, probe.join().unwrap_or_default())
     })
 }
 
@@ -200,7 +214,9 @@ fn main() -> ExitCode {
         });
         write_latencies(&store, o.writers, &stop)
     });
+    let ((outside, outside_probe), (during, during_probe)) = (outside, during);
     let (outside, during) = (summary(outside), summary(during));
+    let (outside_probe, during_probe) = (summary(outside_probe), summary(during_probe));
     println!(
         "{} writers, fsync {}, {} compactions (ms each: {:?}), {} registers live",
         o.writers,
@@ -218,6 +234,15 @@ fn main() -> ExitCode {
     for (name, s) in [
         ("outside compaction", &outside),
         ("during compaction", &during),
+    ] {
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            s.writes, s.p50, s.p99, s.p999, s.max
+        );
+    }
+    for (name, s) in [
+        ("machine: 1 ms sleep overshoot, outside", &outside_probe),
+        ("machine: 1 ms sleep overshoot, during", &during_probe),
     ] {
         println!(
             "| {name} | {} | {} | {} | {} | {} |",
