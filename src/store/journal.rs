@@ -31,6 +31,8 @@ pub use super::format::{Key, MAGIC, RECORD_BYTES, encode_record};
 const REPLAY_CHUNK_BYTES: usize = 256 * 1024;
 /// Compaction catches up with the live file unlocked until less than this is left.
 const CATCH_UP_BYTES: u64 = 64 * 1024;
+/// Under `always`, the snapshot is fsynced every this many bytes as it is written.
+const SNAPSHOT_SYNC_BYTES: u64 = 2 << 20;
 /// The reserve covers the live data plus this, in whole pages.
 const RESERVE_SLACK_BYTES: u64 = 16 * 1024;
 const PAGE_BYTES: u64 = 4096;
@@ -607,6 +609,8 @@ impl Journal {
                 tmp,
                 out,
                 error: None,
+                unsynced: 0,
+                sync_every: (self.policy == Fsync::Always).then_some(SNAPSHOT_SYNC_BYTES),
                 copied_to: start,
                 before,
                 keep_damaged,
@@ -895,6 +899,9 @@ pub(crate) struct Compaction {
     tmp: PathBuf,
     out: BufWriter<File>,
     error: Option<io::Error>,
+    /// Snapshot bytes written since the last fsync, and how many to allow.
+    unsynced: u64,
+    sync_every: Option<u64>,
     /// The live file is copied from here on after the snapshot.
     copied_to: u64,
     before: u64,
@@ -907,7 +914,21 @@ impl Compaction {
         if self.error.is_some() {
             return;
         }
-        if let Err(e) = self.out.write_all(&encode_record(key, value)) {
+        let mut written = self.out.write_all(&encode_record(key, value));
+        self.unsynced += RECORD_BYTES as u64;
+        if let (Ok(()), Some(every)) = (&written, self.sync_every) {
+            if self.unsynced >= every {
+                // Under `always` every batch fsyncs the file system's journal,
+                // which then also waits for whatever of the snapshot is still
+                // unwritten: keep that small.
+                self.unsynced = 0;
+                written = self
+                    .out
+                    .flush()
+                    .and_then(|()| self.out.get_ref().sync_data());
+            }
+        }
+        if let Err(e) = written {
             self.error = Some(e);
         }
     }
