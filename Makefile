@@ -49,6 +49,12 @@ install: release
 bench: microbench
 	./scripts/bench.sh
 
+# Write latency during compaction with all 16,777,216 registers written; see
+# scripts/bench-data.sh for its settings (REGISTERS, WRITERS, FSYNC, DIR, ...).
+.PHONY: bench-data
+bench-data:
+	./scripts/bench-data.sh
+
 microbench:
 	$(CARGO) bench --bench hot_path -- --warm-up-time 1 --measurement-time 3
 

@@ -3,6 +3,8 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
@@ -14,10 +16,11 @@ use wwep::config::{
     DEFAULT_TIMEOUT_MS, DEFAULT_TLS_PORT, DEFAULT_WORKERS, DataConfig, ProxyProtocol, ServerConfig,
 };
 use wwep::connection::Access;
+use wwep::journal::JournalError;
 use wwep::journal::{CompactionPolicy, Fsync};
 use wwep::notify::notify;
 use wwep::protocol::ErrorDetail;
-use wwep::server::ServerError;
+use wwep::server::{ServerControl, ServerError};
 use wwep::tls::{
     ClientAuth, DEFAULT_SESSION_CACHE, IdentitySource, MAX_SESSION_LIFETIME_SECS, TlsMin,
     TlsSettings,
@@ -141,8 +144,8 @@ struct Args {
     #[arg(long, env = "WWEP_DATA", value_name = "FILE")]
     data: Option<PathBuf>,
     /// When writes reach the disk: always (before each A), everysec, or never (the OS decides).
-    #[arg(long, env = "WWEP_FSYNC", default_value = "everysec", value_parser = ["always", "everysec", "never"])]
-    fsync: String,
+    #[arg(long, env = "WWEP_FSYNC", value_enum, default_value_t = Fsync::default())]
+    fsync: Fsync,
     /// Start from a damaged data file by keeping its valid records and dropping the rest.
     #[arg(long, env = "WWEP_REPAIR")]
     repair: bool,
@@ -219,7 +222,7 @@ impl Args {
             data: self.data.map(|path| DataConfig {
                 path,
                 // clap has checked the value against the same three names.
-                fsync: Fsync::parse(&self.fsync).unwrap_or_default(),
+                fsync: self.fsync,
                 compaction: CompactionPolicy {
                     ratio: self.compact_ratio,
                     min_bytes: self.compact_min_bytes,
@@ -236,14 +239,26 @@ fn main() -> ExitCode {
     wwep::logging::init();
     // A panic is logged as one line; the worker pool replaces the thread.
     std::panic::set_hook(Box::new(|info| log::error!("{info}")));
-    let config = match args.into_config() {
-        Ok(config) => config,
+    match args.into_config() {
+        Ok(config) => run(config),
         Err(e) => {
             eprintln!("wwep-server: {e}");
-            return ExitCode::from(2);
+            ExitCode::from(2)
         }
-    };
-    // Signals are caught before the listeners exist, so none is lost at startup.
+    }
+}
+
+/// What the signal thread acts on: nothing until the server runs.
+#[derive(Default)]
+struct Running {
+    control: Mutex<Option<ServerControl>>,
+    /// A stop was asked for (before or after the server came up).
+    stop: AtomicBool,
+}
+
+fn run(config: ServerConfig) -> ExitCode {
+    // Signals are caught before anything starts, so a stop during a long replay
+    // of the data file is obeyed, and none is lost at startup.
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
@@ -251,10 +266,51 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let server = match wwep::server::start(config) {
+    let running = Arc::new(Running::default());
+    let handle = signals.handle();
+    let signal_thread = {
+        let running = Arc::clone(&running);
+        std::thread::spawn(move || {
+            for signal in signals.forever() {
+                let control = running
+                    .control
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                match (signal, control) {
+                    (SIGHUP, Some(control)) => match control.reload_tls() {
+                        Ok(()) => info!(
+                            "SIGHUP: reloaded the TLS certificate and key, the client CA and the CRLs"
+                        ),
+                        Err(e) => error!("SIGHUP: keeping the old certificate: {e}"),
+                    },
+                    (SIGHUP, None) => info!("SIGHUP during startup: nothing to reload yet"),
+                    (_, control) => {
+                        info!("signal {signal}: stopping; finishing connections in flight");
+                        let _ = notify("STOPPING=1");
+                        running.stop.store(true, Ordering::SeqCst);
+                        if let Some(control) = control {
+                            control.shutdown();
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let stop_signals = move || {
+        handle.close();
+        let _ = signal_thread.join();
+    };
+    let server = match wwep::server::start_unless(config, &running.stop) {
         Ok(server) => server,
+        Err(ServerError::Data(JournalError::Cancelled { .. })) => {
+            info!("stopped during startup");
+            stop_signals();
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("wwep-server: {e}");
+            stop_signals();
             // A setting that cannot work is a usage error; the rest are failures.
             return match e {
                 ServerError::Config(_) => ExitCode::from(2),
@@ -262,32 +318,15 @@ fn main() -> ExitCode {
             };
         }
     };
-    let control = server.control();
-    let handle = signals.handle();
-    let signal_thread = std::thread::spawn(move || {
-        for signal in signals.forever() {
-            match signal {
-                SIGHUP => match control.reload_tls() {
-                    Ok(()) => info!(
-                        "SIGHUP: reloaded the TLS certificate and key, the client CA and the CRLs"
-                    ),
-                    Err(e) => error!("SIGHUP: keeping the old certificate: {e}"),
-                },
-                _ => {
-                    info!("signal {signal}: stopping; finishing connections in flight");
-                    let _ = notify("STOPPING=1");
-                    control.shutdown();
-                    break;
-                }
-            }
-        }
-    });
-    if let Err(e) = notify("READY=1") {
+    *running.control.lock().unwrap_or_else(|p| p.into_inner()) = Some(server.control());
+    if running.stop.load(Ordering::SeqCst) {
+        // The stop came between the replay and the line above.
+        server.control().shutdown();
+    } else if let Err(e) = notify("READY=1") {
         warn!("cannot notify the service manager: {e}");
     }
     let result = server.wait();
-    handle.close();
-    let _ = signal_thread.join();
+    stop_signals();
     match result {
         Ok(()) => {
             info!("stopped");

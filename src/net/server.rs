@@ -23,7 +23,7 @@ use crate::net::linger::Lingerer;
 use crate::net::listener;
 use crate::net::rate_limited::RateLimitedLog;
 use crate::net::waiting_room::WaitingRoom;
-use crate::store::RegisterStore;
+use crate::store::{RegisterStore, open_logged};
 use crate::tls::{Acceptor, HandshakeFailureKind, Identity, TlsError};
 
 /// Why the server could not start.
@@ -207,48 +207,29 @@ pub struct ServerControl {
 /// Starts a server; with `config.data`, the store is first rebuilt from the data
 /// file, before any listener binds.
 pub fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    start_unless(config, &AtomicBool::new(false))
+}
+
+/// [`start`], giving up (with [`JournalError::Cancelled`]) as soon as `cancel`
+/// is set while the data file is replayed: a stop asked for during a long replay
+/// is obeyed at once.
+pub fn start_unless(
+    config: ServerConfig,
+    cancel: &AtomicBool,
+) -> Result<RunningServer, ServerError> {
     config.validate()?;
     // Certificates first: a bad one fails fast, before any file is touched.
     let acceptor = load_acceptor(&config)?;
     let store = match &config.data {
-        None => {
-            let server = launch(config, Arc::new(RegisterStore::new()), acceptor)?;
-            info!(
-                "no --data file: registers are kept in memory only and lost when the server stops"
-            );
-            return Ok(server);
-        }
-        Some(data) => {
-            let (store, report) =
-                RegisterStore::open(&data.path, data.fsync, data.compaction, data.repair)
-                    .map_err(ServerError::Data)?;
-            let path = data.path.display();
-            if report.created {
-                info!("data file {path} created (fsync {})", data.fsync.name());
-            } else {
-                info!(
-                    "data file {path}: {} records replayed, {} registers (fsync {})",
-                    report.records,
-                    store.len(),
-                    data.fsync.name()
-                );
-            }
-            if report.torn_bytes > 0 {
-                warn!(
-                    "data file {path}: dropped {} bytes of a record cut short by a crash; every complete record was kept",
-                    report.torn_bytes
-                );
-            }
-            if report.repaired_bytes > 0 {
-                warn!(
-                    "data file {path}: --repair dropped {} bytes from the first damaged record on",
-                    report.repaired_bytes
-                );
-            }
-            store
-        }
+        None => RegisterStore::new(),
+        Some(data) => open_logged(data, cancel).map_err(ServerError::Data)?,
     };
-    launch(config, Arc::new(store), acceptor)
+    let in_memory = config.data.is_none();
+    let server = launch(config, Arc::new(store), acceptor)?;
+    if in_memory {
+        info!("no --data file: registers are kept in memory only and lost when the server stops");
+    }
+    Ok(server)
 }
 
 /// Loads the certificates and keys the TLS port serves.
