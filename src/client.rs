@@ -6,6 +6,8 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use socket2::{Domain, Socket, Type};
+
 use crate::protocol::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT};
 use crate::protocol::{MAX_MESSAGE_BYTES, Reply, Request, WRITE_LEN};
 
@@ -213,6 +215,16 @@ impl Client {
         })
     }
 
+    /// The first address the server's name resolved to.
+    pub fn addr(&self) -> SocketAddr {
+        // `new` refuses a name that resolves to nothing.
+        self.addrs[0]
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.link, Link::Tls { .. })
+    }
+
     /// Connects from this local address (the benchmark's `--source-ip`).
     pub fn with_source_ip(mut self, ip: std::net::IpAddr) -> Client {
         self.source_ip = Some(ip);
@@ -255,26 +267,50 @@ impl Client {
     /// until the server closes (or, for a request with no terminator, until 11 bytes,
     /// as a device does). The timeout covers all of it.
     pub fn transact(&self, request: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let mut reply = [0u8; MAX_MESSAGE_BYTES];
+        let len = self.transact_into(request, &mut reply)?;
+        Ok(reply[..len].to_vec())
+    }
+
+    /// [`transact`](Client::transact) into a caller's buffer, without allocating:
+    /// returns the length of the reply. On the open port this is the load
+    /// generator's hot path, so it makes as few system calls as it can: socket,
+    /// two timeouts, connect, send, one read (usually), close.
+    pub fn transact_into(
+        &self,
+        request: &[u8],
+        reply: &mut [u8; MAX_MESSAGE_BYTES],
+    ) -> Result<usize, ClientError> {
         let deadline = Instant::now() + self.timeout;
-        let stream = self.connect(deadline)?;
-        let _ = stream.set_nodelay(true);
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        stream
-            .set_read_timeout(Some(left))
-            .and_then(|()| stream.set_write_timeout(Some(left)))
-            .map_err(|source| ClientError::Io {
-                stage: "setting up",
-                source,
-            })?;
         let device_style = !request.ends_with(b"\n");
         match &self.link {
-            Link::Plain => exchange(stream, request, deadline, self.timeout, device_style),
+            Link::Plain => {
+                let stream = self.connect_plain()?;
+                exchange(
+                    &stream,
+                    request,
+                    reply,
+                    deadline,
+                    self.timeout,
+                    device_style,
+                )
+            }
             Link::Tls {
                 connector,
                 servername,
             } => {
+                let stream = self.connect(deadline)?;
+                let _ = stream.set_nodelay(true);
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1));
+                stream
+                    .set_read_timeout(Some(left))
+                    .and_then(|()| stream.set_write_timeout(Some(left)))
+                    .map_err(|source| ClientError::Io {
+                        stage: "setting up",
+                        source,
+                    })?;
                 let tls = connector.connect(servername, stream).map_err(|e| match e {
                     native_tls::HandshakeError::Failure(e) => {
                         classify_handshake(e.to_string(), servername)
@@ -288,9 +324,48 @@ impl Client {
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(1));
                 let _ = tls.get_ref().set_read_timeout(Some(left));
-                exchange(tls, request, deadline, self.timeout, device_style)
+                exchange(tls, request, reply, deadline, self.timeout, device_style)
             }
         }
+    }
+
+    /// A plain connection in the fewest system calls: a blocking socket whose send
+    /// timeout bounds the connect and whose receive timeout bounds the reply (so a
+    /// transaction takes at most twice the timeout), instead of a non-blocking
+    /// connect, a poll and three more `setsockopt`s.
+    fn connect_plain(&self) -> Result<Socket, ClientError> {
+        let mut last = None;
+        for &addr in &self.addrs {
+            match self.try_connect_plain(addr) {
+                Ok(socket) => return Ok(socket),
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                    last = Some(ClientError::Refused { addr })
+                }
+                // A blocking connect that runs out of SO_SNDTIMEO fails with EINPROGRESS.
+                Err(e) if is_timeout(&e) || e.raw_os_error() == Some(libc::EINPROGRESS) => {
+                    last = Some(ClientError::TimedOut {
+                        stage: "connecting",
+                        after: self.timeout,
+                    })
+                }
+                Err(source) => last = Some(ClientError::Connect { addr, source }),
+            }
+        }
+        Err(last.unwrap_or(ClientError::TimedOut {
+            stage: "connecting",
+            after: self.timeout,
+        }))
+    }
+
+    fn try_connect_plain(&self, addr: SocketAddr) -> io::Result<Socket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_write_timeout(Some(self.timeout))?;
+        socket.set_read_timeout(Some(self.timeout))?;
+        if let Some(ip) = self.source_ip {
+            socket.bind(&SocketAddr::new(ip, 0).into())?;
+        }
+        socket.connect(&addr.into())?;
+        Ok(socket)
     }
 
     /// Sends a request and parses the reply.
@@ -315,10 +390,11 @@ fn connect_from(
 fn exchange<S: Read + Write>(
     mut stream: S,
     request: &[u8],
+    buf: &mut [u8; MAX_MESSAGE_BYTES],
     deadline: Instant,
     timeout: Duration,
     device_style: bool,
-) -> Result<Vec<u8>, ClientError> {
+) -> Result<usize, ClientError> {
     stream
         .write_all(request)
         .and_then(|()| stream.flush())
@@ -335,7 +411,6 @@ fn exchange<S: Read + Write>(
                 }
             }
         })?;
-    let mut buf = [0u8; MAX_MESSAGE_BYTES];
     let mut len = 0;
     while len < buf.len() {
         if device_style && len >= WRITE_LEN {
@@ -371,150 +446,12 @@ fn exchange<S: Read + Write>(
     if len == 0 {
         return Err(ClientError::NoReply);
     }
-    Ok(buf[..len].to_vec())
-}
-
-/// Parses a hex field as people type it (`0FAC`, `0x0fac`, `fac`), up to `max`.
-pub fn parse_hex(text: &str, name: &str, max: u32) -> Result<u32, String> {
-    let digits = text
-        .strip_prefix("0x")
-        .or_else(|| text.strip_prefix("0X"))
-        .unwrap_or(text);
-    let width = if max > 0xFF { 4 } else { 2 };
-    let range = format!("{:0w$X}-{max:0w$X}", 0, w = width);
-    if digits.is_empty() || digits.len() > 8 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!("invalid {name} '{text}': expected hex {range}"));
-    }
-    match u32::from_str_radix(digits, 16) {
-        Ok(v) if v <= max => Ok(v),
-        _ => Err(format!(
-            "{name} '{text}' is out of range: expected hex {range}"
-        )),
-    }
-}
-
-/// The course's device id: the 16-bit sum of the six bytes of a MAC address given
-/// as `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabbccddeeff`.
-pub fn device_id_from_mac(mac: &str) -> Result<u16, String> {
-    let bad = || {
-        format!(
-            "invalid MAC address '{mac}': expected aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff or aabbccddeeff"
-        )
-    };
-    let parts: Vec<&str> = if mac.contains(':') {
-        mac.split(':').collect()
-    } else if mac.contains('-') {
-        mac.split('-').collect()
-    } else if mac.len() == 12 && mac.is_ascii() {
-        (0..6).map(|i| &mac[2 * i..2 * i + 2]).collect()
-    } else {
-        return Err(bad());
-    };
-    if parts.len() != 6 {
-        return Err(bad());
-    }
-    parts.iter().try_fold(0u16, |sum, part| {
-        if part.len() != 2 {
-            return Err(bad());
-        }
-        let byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-        Ok(sum.wrapping_add(u16::from(byte)))
-    })
-}
-
-/// Decodes the escapes `wwep send` takes: `\n`, `\r`, `\t`, `\\` and `\xNN`.
-pub fn unescape(text: &str) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(text.len());
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'\\' {
-            out.push(bytes[i]);
-            i += 1;
-            continue;
-        }
-        match bytes.get(i + 1) {
-            Some(b'n') => out.push(b'\n'),
-            Some(b'r') => out.push(b'\r'),
-            Some(b't') => out.push(b'\t'),
-            Some(b'\\') => out.push(b'\\'),
-            Some(b'x') => {
-                let hex = text
-                    .get(i + 2..i + 4)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| {
-                        format!("invalid escape at byte {i} of '{text}': \\x needs two hex digits")
-                    })?;
-                out.push(hex);
-                i += 4;
-                continue;
-            }
-            _ => {
-                return Err(format!(
-                    "invalid escape at byte {i} of '{text}': use \\n, \\r, \\t, \\\\ or \\xNN"
-                ));
-            }
-        }
-        i += 2;
-    }
-    Ok(out)
+    Ok(len)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_fields_as_people_type_them() {
-        assert_eq!(parse_hex("0FAC", "DEVICE", 0xFFFF), Ok(0x0FAC));
-        assert_eq!(parse_hex("0x0fac", "DEVICE", 0xFFFF), Ok(0x0FAC));
-        assert_eq!(parse_hex("fac", "DEVICE", 0xFFFF), Ok(0x0FAC));
-        assert_eq!(parse_hex("FF", "REGISTER", 0xFF), Ok(0xFF));
-        assert_eq!(parse_hex("0", "VALUE", 0xFFFF), Ok(0));
-        assert_eq!(
-            parse_hex("100", "REGISTER", 0xFF),
-            Err("REGISTER '100' is out of range: expected hex 00-FF".to_string())
-        );
-        assert_eq!(
-            parse_hex("10000", "DEVICE", 0xFFFF),
-            Err("DEVICE '10000' is out of range: expected hex 0000-FFFF".to_string())
-        );
-        for bad in ["", "0x", "xyz", "-1", "12 3", "0xfffffffff"] {
-            let err = parse_hex(bad, "VALUE", 0xFFFF).unwrap_err();
-            assert!(err.contains("VALUE"), "{err}");
-        }
-    }
-
-    #[test]
-    fn mac_device_id_is_the_byte_sum() {
-        // 0xaa+0xbb+0xcc+0xdd+0xee+0xff = 0x04FB
-        assert_eq!(device_id_from_mac("aa:bb:cc:dd:ee:ff"), Ok(0x04FB));
-        assert_eq!(device_id_from_mac("AA-BB-CC-DD-EE-FF"), Ok(0x04FB));
-        assert_eq!(device_id_from_mac("aabbccddeeff"), Ok(0x04FB));
-        assert_eq!(device_id_from_mac("00:00:00:00:00:01"), Ok(1));
-        assert_eq!(device_id_from_mac("ff:ff:ff:ff:ff:ff"), Ok(0x05FA));
-        for bad in [
-            "",
-            "aa:bb:cc:dd:ee",
-            "aa:bb:cc:dd:ee:ff:00",
-            "aabbccddeef",
-            "aa:bb:cc:dd:ee:gg",
-            "a:bb:cc:dd:ee:fff",
-            "ééééééé",
-        ] {
-            assert!(device_id_from_mac(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn send_escapes() {
-        assert_eq!(unescape("W01234"), Ok(b"W01234".to_vec()));
-        assert_eq!(unescape("R0FAC0B\\r\\n"), Ok(b"R0FAC0B\r\n".to_vec()));
-        assert_eq!(unescape("\\x00\\xfF\\\\\\t"), Ok(b"\x00\xff\\\t".to_vec()));
-        assert!(unescape("\\q").is_err());
-        assert!(unescape("\\x1").is_err());
-        assert!(unescape("\\").is_err());
-    }
 
     #[test]
     fn server_addresses() {

@@ -6,9 +6,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use wwep::client::{self, Client, Link, ServerAddress};
-use wwep::protocol::{Escaped, Reply, Request};
+use wwep::bench::{self, AbuseConfig, BenchConfig, Load, Mix, Until};
+use wwep::client::{Client, Link, ServerAddress};
+use wwep::protocol::{Reply, Request};
 use wwep::tls::{IdentitySource, Trust};
+
+mod args;
+mod output;
+
+use args::parse_hex;
 
 /// WWEP client: reads and writes registers on a wwep server.
 ///
@@ -108,39 +114,100 @@ enum Command {
 #[derive(Args, Debug)]
 struct BenchArgs {
     /// Concurrent workers, each one connection at a time.
-    #[arg(short, long, default_value_t = 32)]
-    concurrency: usize,
+    #[arg(short, long, default_value_t = bench::DEFAULT_CONCURRENCY as u64, value_parser = args::at_least_one)]
+    concurrency: u64,
     /// Seconds to measure (after the warm-up).
-    #[arg(long, default_value_t = 10.0, conflicts_with = "requests")]
+    #[arg(long, default_value_t = bench::DEFAULT_DURATION_SECS, value_name = "SECS", value_parser = args::seconds, conflicts_with = "requests")]
     duration: f64,
     /// Stop after this many completed transactions instead of after --duration.
-    #[arg(long)]
+    #[arg(long, value_parser = args::at_least_one)]
     requests: Option<u64>,
     /// Seconds of load before measuring starts.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = bench::DEFAULT_WARMUP_SECS, value_name = "SECS", value_parser = args::seconds)]
     warmup: f64,
+    /// Open loop: this many transactions per second in total, on a fixed schedule;
+    /// latency counts from the scheduled time and late or missed sends are reported.
+    #[arg(long, value_name = "PER_SEC", value_parser = args::rate)]
+    rate: Option<f64>,
     /// write, read, or READ/WRITE percentages such as 80/20.
-    #[arg(long, default_value = "write")]
-    mix: String,
+    #[arg(long, default_value = "write", value_parser = args::mix)]
+    mix: Mix,
     /// Spread requests over this many device ids instead of all 65,536.
     #[arg(long)]
     devices: Option<u32>,
-    /// Connect from this local address.
-    #[arg(long, value_name = "IP")]
+    /// Connect from this local (loopback) address.
+    #[arg(long, value_name = "IP", value_parser = args::loopback)]
     source_ip: Option<std::net::IpAddr>,
     /// Offer only TLS 1.2, as embedded TLS stacks do.
     #[arg(long)]
     tls12: bool,
+    /// Meanwhile hold N idle connections that send nothing (reopened when closed).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    idle: usize,
+    /// Meanwhile hold N connections that send their request (with --tls, a
+    /// ClientHello) one byte per --slow-interval-ms.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    slow: usize,
+    /// Pause between the bytes of a --slow connection.
+    #[arg(long, value_name = "MS", default_value_t = bench::DEFAULT_SLOW_INTERVAL_MS)]
+    slow_interval_ms: u64,
+    /// Loopback addresses to spread the --idle and --slow connections over.
+    #[arg(long, value_name = "IP", num_args = 1.., value_parser = args::loopback)]
+    idle_from: Vec<std::net::IpAddr>,
     /// No progress line on stderr.
     #[arg(short, long)]
     quiet: bool,
+}
+
+impl BenchArgs {
+    fn config(&self) -> Result<BenchConfig, String> {
+        let config = BenchConfig {
+            concurrency: usize::try_from(self.concurrency)
+                .map_err(|_| "--concurrency is too large".to_string())?,
+            until: match self.requests {
+                Some(n) => Until::Completed(n),
+                None => Until::Elapsed(Duration::from_secs_f64(self.duration)),
+            },
+            warmup: Duration::from_secs_f64(self.warmup),
+            load: match self.rate {
+                Some(per_second) => Load::Open { per_second },
+                None => Load::Closed,
+            },
+            mix: self.mix,
+            devices: self.devices,
+            abuse: AbuseConfig {
+                idle: self.idle,
+                slow: self.slow,
+                slow_interval: Duration::from_millis(self.slow_interval_ms),
+                from: self.idle_from.clone(),
+            },
+            progress: !self.quiet,
+        };
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 /// The LED register of the course's button exercise.
 const LED_REGISTER: u8 = 0x05;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A bad value is one line naming the flag; other usage errors show the usage.
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue
+            ) =>
+        {
+            let rendered = e.to_string();
+            let line = rendered.lines().next().unwrap_or_default();
+            eprintln!("wwep: {}", line.strip_prefix("error: ").unwrap_or(line));
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
     match run(cli) {
         Ok(code) => code,
         Err(message) => {
@@ -156,35 +223,16 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     let mac_device = c
         .device_from_mac
         .as_deref()
-        .map(client::device_id_from_mac)
+        .map(args::device_id_from_mac)
         .transpose()?;
     match &cli.command {
         Command::Bench(b) => {
-            let seconds = |v: f64, flag: &str| {
-                if v.is_finite() && v >= 0.0 {
-                    Ok(Duration::from_secs_f64(v))
-                } else {
-                    Err(format!("{flag} must be a number of seconds, not {v}"))
-                }
-            };
-            let config = wwep::bench::BenchConfig {
-                concurrency: b.concurrency.max(1),
-                duration: if b.requests.is_some() {
-                    None
-                } else {
-                    Some(seconds(b.duration, "--duration")?)
-                },
-                requests: b.requests,
-                warmup: seconds(b.warmup, "--warmup")?,
-                mix: wwep::bench::Mix::parse(&b.mix)?,
-                devices: b.devices,
-                progress: !b.quiet,
-            };
+            let config = b.config()?;
             let mut client = connect_with(c, b.tls12)?;
             if let Some(ip) = b.source_ip {
                 client = client.with_source_ip(ip);
             }
-            let report = wwep::bench::run(&client, &config);
+            let report = bench::run(&client, &config)?;
             if json {
                 println!("{}", report.to_json());
             } else {
@@ -197,11 +245,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             })
         }
         Command::DeviceId { mac } => {
-            let id = client::device_id_from_mac(mac)?;
+            let id = args::device_id_from_mac(mac)?;
             if json {
                 println!(
                     "{{\"mac\":{},\"device\":\"{id:04X}\"}}",
-                    json_string(mac.as_bytes())
+                    output::json_string(mac.as_bytes())
                 );
             } else {
                 println!("{id:04X}");
@@ -231,13 +279,13 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             };
             exchange(c, request.encode().as_bytes(), json)
         }
-        Command::Send { message } => exchange(c, &client::unescape(message)?, json),
+        Command::Send { message } => exchange(c, &args::unescape(message)?, json),
         Command::Toggle { device } => {
             let device = match (device, mac_device) {
                 (Some(_), Some(_)) => {
                     return Err("give DEVICE or --device-from-mac, not both".into());
                 }
-                (Some(d), None) => client::parse_hex(d, "DEVICE", 0xFFFF)? as u16,
+                (Some(d), None) => parse_hex(d, "DEVICE", 0xFFFF)? as u16,
                 (None, Some(d)) => d,
                 (None, None) => return Err("toggle needs DEVICE or --device-from-mac".into()),
             };
@@ -262,7 +310,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 .transact(write.encode().as_bytes())
                 .map_err(|e| e.to_string())?;
             let state = if value == 1 { "on" } else { "off" };
-            report(&reply, json, Some(state))
+            output::report(&reply, json, Some(state))
         }
     }
 }
@@ -270,7 +318,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
 /// One transaction, reported.
 fn exchange(c: &ConnectionArgs, request: &[u8], json: bool) -> Result<ExitCode, String> {
     let reply = connect(c)?.transact(request).map_err(|e| e.to_string())?;
-    report(&reply, json, None)
+    output::report(&reply, json, None)
 }
 
 /// Parses DEVICE (unless it comes from --device-from-mac) followed by `names`.
@@ -298,13 +346,13 @@ fn device_fields(
                     names.join(" ")
                 ));
             }
-            values.push(client::parse_hex(&fields[0], "DEVICE", 0xFFFF)?);
+            values.push(parse_hex(&fields[0], "DEVICE", 0xFFFF)?);
             &fields[1..]
         }
     };
     for (text, name) in rest.iter().zip(names) {
         let max = if *name == "REGISTER" { 0xFF } else { 0xFFFF };
-        values.push(client::parse_hex(text, name, max)?);
+        values.push(parse_hex(text, name, max)?);
     }
     Ok(values)
 }
@@ -362,66 +410,4 @@ fn connect_with(c: &ConnectionArgs, only_tls12: bool) -> Result<Client, String> 
         return Err("--timeout-ms must be greater than 0".into());
     }
     Client::new(&address, link, Duration::from_millis(c.timeout_ms)).map_err(|e| e.to_string())
-}
-
-/// Prints a reply and picks the exit status: 0 for A, 1 for X, 2 for anything else.
-fn report(reply: &[u8], json: bool, state: Option<&str>) -> Result<ExitCode, String> {
-    let parsed = Reply::parse(reply);
-    let text = reply
-        .strip_suffix(b"\r\n")
-        .or_else(|| reply.strip_suffix(b"\n"))
-        .unwrap_or(reply);
-    if json {
-        let (accepted, device, register, value) = match parsed {
-            Some(Reply::Accepted {
-                device,
-                register,
-                value,
-            }) => (
-                "true",
-                format!("\"{device:04X}\""),
-                format!("\"{register:02X}\""),
-                format!("\"{value:04X}\""),
-            ),
-            _ => ("false", "null".into(), "null".into(), "null".into()),
-        };
-        let state = state
-            .map(|s| format!(",\"state\":\"{s}\""))
-            .unwrap_or_default();
-        println!(
-            "{{\"reply\":{},\"accepted\":{accepted},\"device\":{device},\"register\":{register},\"value\":{value}{state}}}",
-            json_string(text)
-        );
-    } else {
-        match state {
-            Some(state) if matches!(parsed, Some(Reply::Accepted { .. })) => println!("{state}"),
-            _ => println!("{}", Escaped(text)),
-        }
-    }
-    Ok(match parsed {
-        Some(Reply::Accepted { .. }) => ExitCode::SUCCESS,
-        Some(Reply::Failed(_)) => ExitCode::from(1),
-        None => {
-            eprintln!(
-                "wwep: the server's reply is not WWEP: \"{}\"",
-                Escaped(reply)
-            );
-            ExitCode::from(2)
-        }
-    })
-}
-
-/// A JSON string literal for bytes a server sent.
-fn json_string(bytes: &[u8]) -> String {
-    let mut out = String::from("\"");
-    for &b in bytes {
-        match b {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            0x20..=0x7e => out.push(char::from(b)),
-            _ => out.push_str(&format!("\\u{:04x}", b)),
-        }
-    }
-    out.push('"');
-    out
 }
