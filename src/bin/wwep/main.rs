@@ -114,20 +114,20 @@ enum Command {
 #[derive(Args, Debug)]
 struct BenchArgs {
     /// Concurrent workers, each one connection at a time.
-    #[arg(short, long, default_value_t = bench::DEFAULT_CONCURRENCY as u64, value_parser = args::at_least_one)]
+    #[arg(allow_negative_numbers = true, short, long, default_value_t = bench::DEFAULT_CONCURRENCY as u64, value_parser = args::at_least_one)]
     concurrency: u64,
     /// Seconds to measure (after the warm-up).
-    #[arg(long, default_value_t = bench::DEFAULT_DURATION_SECS, value_name = "SECS", value_parser = args::seconds, conflicts_with = "requests")]
+    #[arg(allow_negative_numbers = true, long, default_value_t = bench::DEFAULT_DURATION_SECS, value_name = "SECS", value_parser = args::seconds, conflicts_with = "requests")]
     duration: f64,
     /// Stop after this many completed transactions instead of after --duration.
-    #[arg(long, value_parser = args::at_least_one)]
+    #[arg(allow_negative_numbers = true, long, value_parser = args::at_least_one)]
     requests: Option<u64>,
     /// Seconds of load before measuring starts.
-    #[arg(long, default_value_t = bench::DEFAULT_WARMUP_SECS, value_name = "SECS", value_parser = args::seconds)]
+    #[arg(allow_negative_numbers = true, long, default_value_t = bench::DEFAULT_WARMUP_SECS, value_name = "SECS", value_parser = args::seconds)]
     warmup: f64,
     /// Open loop: this many transactions per second in total, on a fixed schedule;
     /// latency counts from the scheduled time and late or missed sends are reported.
-    #[arg(long, value_name = "PER_SEC", value_parser = args::rate)]
+    #[arg(allow_negative_numbers = true, long, value_name = "PER_SEC", value_parser = args::rate)]
     rate: Option<f64>,
     /// write, read, or READ/WRITE percentages such as 80/20.
     #[arg(long, default_value = "write", value_parser = args::mix)]
@@ -142,14 +142,24 @@ struct BenchArgs {
     #[arg(long)]
     tls12: bool,
     /// Meanwhile hold N idle connections that send nothing (reopened when closed).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        allow_negative_numbers = true,
+        long,
+        value_name = "N",
+        default_value_t = 0
+    )]
     idle: usize,
     /// Meanwhile hold N connections that send their request (with --tls, a
     /// ClientHello) one byte per --slow-interval-ms.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        allow_negative_numbers = true,
+        long,
+        value_name = "N",
+        default_value_t = 0
+    )]
     slow: usize,
     /// Pause between the bytes of a --slow connection.
-    #[arg(long, value_name = "MS", default_value_t = bench::DEFAULT_SLOW_INTERVAL_MS)]
+    #[arg(allow_negative_numbers = true, long, value_name = "MS", default_value_t = bench::DEFAULT_SLOW_INTERVAL_MS)]
     slow_interval_ms: u64,
     /// Loopback addresses to spread the --idle and --slow connections over.
     #[arg(long, value_name = "IP", num_args = 1.., value_parser = args::loopback)]
