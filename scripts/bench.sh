@@ -4,13 +4,21 @@
 # state), plain and TLS (RSA-2048 and ECDSA P-256), at concurrency 1 and 32,
 # alternating the two servers. Loopback only; every process is stopped by PID.
 #
-# DURATION (seconds per run, default 3) and ROUNDS (default 2) tune the length.
+# Then it checks the generator itself: `wwep bench` against scripts/refgen.c (the
+# smallest one-shot generator: blocking threads doing socket, connect, write,
+# read, close, with no timing) on nginx's open port, alternating, and prints the
+# median rates and their ratio.
+#
+# DURATION (seconds per run, default 3) and ROUNDS (default 2) tune the length;
+# GEN_ROUNDS (default 7) and GEN_DURATION (seconds, default 2) the generator check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-3}
 ROUNDS=${ROUNDS:-2}
 WARMUP=${WARMUP:-1}
+GEN_ROUNDS=${GEN_ROUNDS:-7}
+GEN_DURATION=${GEN_DURATION:-2}
 
 cargo build --release -q
 wwep=./target/release/wwep
@@ -182,3 +190,35 @@ awk -v limit="$limit" '
     }
     for (key in err) if (err[key] != "") { split(key, g, SUBSEP); print "errors " g[1] " " g[2] ":" err[key] }
   }' "$results"
+
+# The generator against the reference generator, on the same nginx port in the
+# same run, alternating; medians, since other load on the machine moves single runs.
+if [ "$limit" != nginx ]; then
+  echo
+  echo "generator check skipped: needs nginx with its stream module"
+  exit 0
+fi
+if ! command -v cc >/dev/null 2>&1; then
+  echo
+  echo "generator check skipped: needs a C compiler (cc) for scripts/refgen.c"
+  exit 0
+fi
+cc -O2 -pthread -o "$tmp/refgen" scripts/refgen.c
+gen="$tmp/generators"
+: >"$gen"
+echo "generator check: ${GEN_ROUNDS}x${GEN_DURATION} s each, c=32, nginx open port" >&2
+"$tmp/refgen" 127.0.0.1 "$ng_plain" 32 1 >/dev/null
+for _ in $(seq "$GEN_ROUNDS"); do
+  r=$("$tmp/refgen" 127.0.0.1 "$ng_plain" 32 "$GEN_DURATION")
+  w=$("$wwep" --server "127.0.0.1:$ng_plain" --json bench -c 32 --duration "$GEN_DURATION" --warmup 0 --quiet || true)
+  echo "$(field "$r" per_second) $(field "$w" per_second)" >>"$gen"
+done
+echo
+# median COLUMN: the median of one column of the pairs.
+median() { awk -v c="$1" '{ print $c }' "$gen" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+awk '{ print $0, ($1 > 0 ? $2 / $1 : 0) }' "$gen" >"$gen.ratios" && mv "$gen.ratios" "$gen"
+ref=$(median 1); ours=$(median 2); paired=$(median 3)
+low=$(awk '{ print $3 }' "$gen" | sort -g | head -1); high=$(awk '{ print $3 }' "$gen" | sort -g | tail -1)
+awk -v ref="$ref" -v ours="$ours" -v paired="$paired" -v low="$low" -v high="$high" -v rounds="$GEN_ROUNDS" 'BEGIN {
+  printf "generator check (nginx open port, c=32, %d alternating pairs): refgen median %.0f tx/s, wwep bench median %.0f tx/s; ratio of medians %.2f, median paired ratio %.2f (range %.2f-%.2f)\n",
+    rounds, ref, ours, (ref > 0 ? ours / ref : 0), paired, low, high }'
