@@ -261,8 +261,16 @@ impl Tally {
 struct Shared {
     recording: AtomicBool,
     stop: AtomicBool,
+    /// Transactions recorded, counted only for `Until::Completed`.
     completed: AtomicU64,
+    /// Each worker's recorded transactions, for the progress line; a line each
+    /// so that workers on different cores do not contend.
+    progress: Vec<PerWorker>,
 }
+
+#[repr(align(128))]
+#[derive(Default)]
+struct PerWorker(AtomicU64);
 
 /// Sleeps until `until`, in steps short enough to notice `stop`.
 fn sleep_until(until: Instant, stop: &AtomicBool) {
@@ -328,8 +336,13 @@ fn work(
                 }
                 mine.latencies.record(ended - measured_from);
                 mine.late += u64::from(late);
-                let n = shared.completed.fetch_add(1, Ordering::Relaxed) + 1;
-                if matches!(config.until, Until::Completed(limit) if n >= limit) {
+                let mine_so_far = mine.latencies.len();
+                shared.progress[worker]
+                    .0
+                    .store(mine_so_far, Ordering::Relaxed);
+                if let Until::Completed(limit) = config.until
+                    && shared.completed.fetch_add(1, Ordering::Relaxed) + 1 >= limit
+                {
                     shared.stop.store(true, Ordering::Relaxed);
                 }
             }
@@ -346,7 +359,7 @@ pub fn run(client: &Client, config: &BenchConfig) -> Result<Report, String> {
     config.validate()?;
     let abuse = if config.abuse.is_active() {
         Some(
-            abuse::start(client.addr(), client.is_tls(), &config.abuse)
+            abuse::start(&client.addrs(), client.is_tls(), &config.abuse)
                 .map_err(|e| format!("cannot start the abuse connections: {e}"))?,
         )
     } else {
@@ -356,6 +369,9 @@ pub fn run(client: &Client, config: &BenchConfig) -> Result<Report, String> {
         recording: AtomicBool::new(config.warmup.is_zero()),
         stop: AtomicBool::new(false),
         completed: AtomicU64::new(0),
+        progress: (0..config.concurrency)
+            .map(|_| PerWorker::default())
+            .collect(),
     });
     let epoch = Instant::now();
     let workers: Vec<_> = (0..config.concurrency)
@@ -386,7 +402,11 @@ pub fn run(client: &Client, config: &BenchConfig) -> Result<Report, String> {
             break;
         }
         if show && last.0.elapsed() >= Duration::from_secs(1) {
-            let n = shared.completed.load(Ordering::Relaxed);
+            let n: u64 = shared
+                .progress
+                .iter()
+                .map(|p| p.0.load(Ordering::Relaxed))
+                .sum();
             let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64();
             eprint!(
                 "\r{:>6.1} s  {n:>9} transactions  {rate:>9.0}/s ",

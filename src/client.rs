@@ -4,6 +4,8 @@
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
@@ -177,7 +179,11 @@ fn is_timeout(e: &io::Error) -> bool {
 /// A client bound to one server: addresses resolved once, TLS set up once.
 #[derive(Clone)]
 pub struct Client {
-    addrs: Vec<SocketAddr>,
+    addrs: Arc<[SocketAddr]>,
+    /// The address that answered last, tried first (shared by clones): a name
+    /// that resolves to `::1` and `127.0.0.1` for a server on one of them costs a
+    /// refused connect once, not on every transaction.
+    preferred: Arc<AtomicUsize>,
     link: Link,
     timeout: Duration,
     source_ip: Option<std::net::IpAddr>,
@@ -208,17 +214,20 @@ impl Client {
             });
         }
         Ok(Client {
-            addrs,
+            addrs: addrs.into(),
+            preferred: Arc::new(AtomicUsize::new(0)),
             link,
             timeout,
             source_ip: None,
         })
     }
 
-    /// The first address the server's name resolved to.
-    pub fn addr(&self) -> SocketAddr {
-        // `new` refuses a name that resolves to nothing.
-        self.addrs[0]
+    /// The addresses the server's name resolved to, the one that answered last first.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        let first = self.preferred.load(Ordering::Relaxed);
+        (0..self.addrs.len())
+            .map(|i| self.addrs[(first + i) % self.addrs.len()])
+            .collect()
     }
 
     pub fn is_tls(&self) -> bool {
@@ -231,24 +240,29 @@ impl Client {
         self
     }
 
-    /// Connects to each resolved address in turn until one answers.
-    fn connect(&self, deadline: Instant) -> Result<TcpStream, ClientError> {
+    /// Tries each resolved address in turn (the one that answered last first)
+    /// until `attempt` connects to one, and remembers which.
+    fn connect_any<T>(
+        &self,
+        mut attempt: impl FnMut(SocketAddr) -> io::Result<T>,
+    ) -> Result<T, ClientError> {
+        let first = self.preferred.load(Ordering::Relaxed);
         let mut last = None;
-        for &addr in &self.addrs {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let attempt = match self.source_ip {
-                Some(ip) => connect_from(ip, addr, left),
-                None => TcpStream::connect_timeout(&addr, left),
-            };
-            match attempt {
-                Ok(stream) => return Ok(stream),
+        for i in 0..self.addrs.len() {
+            let index = (first + i) % self.addrs.len();
+            let addr = self.addrs[index];
+            match attempt(addr) {
+                Ok(connected) => {
+                    if index != first {
+                        self.preferred.store(index, Ordering::Relaxed);
+                    }
+                    return Ok(connected);
+                }
                 Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
                     last = Some(ClientError::Refused { addr })
                 }
-                Err(e) if is_timeout(&e) => {
+                // A blocking connect that runs out of SO_SNDTIMEO fails with EINPROGRESS.
+                Err(e) if is_timeout(&e) || e.raw_os_error() == Some(libc::EINPROGRESS) => {
                     last = Some(ClientError::TimedOut {
                         stage: "connecting",
                         after: self.timeout,
@@ -261,6 +275,20 @@ impl Client {
             stage: "connecting",
             after: self.timeout,
         }))
+    }
+
+    /// Connects within `deadline`, for the TLS path.
+    fn connect(&self, deadline: Instant) -> Result<TcpStream, ClientError> {
+        self.connect_any(|addr| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::from(ErrorKind::TimedOut));
+            }
+            match self.source_ip {
+                Some(ip) => connect_from(ip, addr, left),
+                None => TcpStream::connect_timeout(&addr, left),
+            }
+        })
     }
 
     /// One transaction: connect, handshake, send `request` exactly, read the reply
@@ -334,27 +362,7 @@ impl Client {
     /// transaction takes at most twice the timeout), instead of a non-blocking
     /// connect, a poll and three more `setsockopt`s.
     fn connect_plain(&self) -> Result<Socket, ClientError> {
-        let mut last = None;
-        for &addr in &self.addrs {
-            match self.try_connect_plain(addr) {
-                Ok(socket) => return Ok(socket),
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                    last = Some(ClientError::Refused { addr })
-                }
-                // A blocking connect that runs out of SO_SNDTIMEO fails with EINPROGRESS.
-                Err(e) if is_timeout(&e) || e.raw_os_error() == Some(libc::EINPROGRESS) => {
-                    last = Some(ClientError::TimedOut {
-                        stage: "connecting",
-                        after: self.timeout,
-                    })
-                }
-                Err(source) => last = Some(ClientError::Connect { addr, source }),
-            }
-        }
-        Err(last.unwrap_or(ClientError::TimedOut {
-            stage: "connecting",
-            after: self.timeout,
-        }))
+        self.connect_any(|addr| self.try_connect_plain(addr))
     }
 
     fn try_connect_plain(&self, addr: SocketAddr) -> io::Result<Socket> {
@@ -470,6 +478,39 @@ mod tests {
         assert!(ServerAddress::parse("h:70000").is_err());
         assert!(ServerAddress::parse(":1").is_err());
         assert!(ServerAddress::parse("[::1").is_err());
+    }
+
+    #[test]
+    fn the_address_that_answered_is_tried_first() {
+        // One address refuses (a port bound and released), the other answers.
+        let refused = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let live_addr = live.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (mut s, _) = live.accept().unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut buf = [0u8; 11];
+                s.read_exact(&mut buf).unwrap();
+                s.write_all(b"A0001020003").unwrap();
+            }
+        });
+        let client = Client {
+            addrs: vec![refused, live_addr].into(),
+            preferred: Arc::new(AtomicUsize::new(0)),
+            link: Link::Plain,
+            timeout: Duration::from_secs(5),
+            source_ip: None,
+        };
+        let clone = client.clone();
+        assert_eq!(client.transact(b"W0001020003").unwrap(), b"A0001020003");
+        // The clone shares what the first transaction learnt.
+        assert_eq!(clone.addrs(), vec![live_addr, refused]);
+        assert_eq!(clone.transact(b"W0001020003").unwrap(), b"A0001020003");
+        server.join().unwrap();
     }
 
     #[test]

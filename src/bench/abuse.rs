@@ -125,8 +125,9 @@ enum Kind {
     Slow { interval: Duration, tls: bool },
 }
 
-/// Starts the abuse connections against `target`.
-pub fn start(target: SocketAddr, tls: bool, config: &AbuseConfig) -> std::io::Result<Abuse> {
+/// Starts the abuse connections against the first of `targets` that accepts.
+pub fn start(targets: &[SocketAddr], tls: bool, config: &AbuseConfig) -> std::io::Result<Abuse> {
+    let targets: Arc<[SocketAddr]> = targets.into();
     let total = config.idle + config.slow;
     let stop = Arc::new(AtomicBool::new(false));
     let open: Arc<Vec<Mutex<Option<TcpStream>>>> =
@@ -154,7 +155,7 @@ pub fn start(target: SocketAddr, tls: bool, config: &AbuseConfig) -> std::io::Re
         };
         let source = (!config.from.is_empty()).then(|| config.from[slot % config.from.len()]);
         let connection = Connection {
-            target,
+            targets: Arc::clone(&targets),
             source,
             slot,
             stop: Arc::clone(&abuse.stop),
@@ -196,7 +197,7 @@ impl Abuse {
 }
 
 struct Connection {
-    target: SocketAddr,
+    targets: Arc<[SocketAddr]>,
     source: Option<IpAddr>,
     slot: usize,
     stop: Arc<AtomicBool>,
@@ -254,14 +255,10 @@ impl Connection {
 
     /// Connects and registers the socket so that stopping can shut it down.
     fn connect(&self) -> Option<TcpStream> {
-        let socket = Socket::new(Domain::for_address(self.target), Type::STREAM, None).ok()?;
-        if let Some(ip) = self.source {
-            socket.bind(&SocketAddr::new(ip, 0).into()).ok()?;
-        }
-        socket
-            .connect_timeout(&self.target.into(), CONNECT_TIMEOUT)
-            .ok()?;
-        let stream: TcpStream = socket.into();
+        let stream: TcpStream = self
+            .targets
+            .iter()
+            .find_map(|&target| self.connect_to(target))?;
         stream.set_write_timeout(Some(CONNECT_TIMEOUT)).ok()?;
         let mut slot = self.open[self.slot]
             .lock()
@@ -273,6 +270,17 @@ impl Connection {
         }
         *slot = Some(stream.try_clone().ok()?);
         Some(stream)
+    }
+
+    fn connect_to(&self, target: SocketAddr) -> Option<TcpStream> {
+        let socket = Socket::new(Domain::for_address(target), Type::STREAM, None).ok()?;
+        if let Some(ip) = self.source {
+            socket.bind(&SocketAddr::new(ip, 0).into()).ok()?;
+        }
+        socket
+            .connect_timeout(&target.into(), CONNECT_TIMEOUT)
+            .ok()?;
+        Some(socket.into())
     }
 
     /// Sends `message` one byte at a time, `interval` apart, then waits for the
@@ -386,7 +394,7 @@ mod tests {
             slow_interval: Duration::from_millis(50),
             from: vec!["127.0.0.1".parse().unwrap()],
         };
-        let abuse = start(target, false, &config).unwrap();
+        let abuse = start(&[target], false, &config).unwrap();
         assert_eq!(server.join().unwrap(), 6);
         let deadline = Instant::now() + Duration::from_secs(10);
         while abuse.idle.snapshot().closed_by_server + abuse.slow.snapshot().closed_by_server < 6
