@@ -134,8 +134,8 @@ pub struct Schedule {
     pub per_second: f64,
     /// Transactions due while measuring.
     pub scheduled: u64,
-    /// Of the transactions measured, those that started more than [`LATE_AFTER`]
-    /// after their scheduled time.
+    /// Of the transactions started while measuring (completed or failed), those
+    /// that started more than [`LATE_AFTER`] after their scheduled time.
     pub late: u64,
     /// Transactions due before the end that never started.
     pub missed: u64,
@@ -329,13 +329,13 @@ fn work(
         if !shared.recording.load(Ordering::Relaxed) {
             continue;
         }
+        mine.late += u64::from(late);
         match result {
             Ok(len) => {
                 if !reply_fits(&request, &reply[..len]) {
                     mine.bad_replies += 1;
                 }
                 mine.latencies.record(ended - measured_from);
-                mine.late += u64::from(late);
                 let mine_so_far = mine.latencies.len();
                 shared.progress[worker]
                     .0
