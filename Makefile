@@ -11,7 +11,7 @@ SYSTEMD_DIR ?= /etc/systemd/system
 SYSUSERS_DIR ?= /usr/lib/sysusers.d
 CONF_DIR ?= /etc/wwep
 
-.PHONY: all build release run test bench microbench certs clean install
+.PHONY: all build release run test bench bench-generator microbench certs clean install
 
 all: build
 
@@ -48,6 +48,10 @@ install: release
 # alone (frame, parse, store, encode); see README.
 bench: microbench
 	./scripts/bench.sh
+
+# Only the check that `wwep bench` keeps up with a minimal C generator on nginx.
+bench-generator:
+	GEN_ONLY=1 ./scripts/bench.sh
 
 microbench:
 	$(CARGO) bench --bench hot_path -- --warm-up-time 1 --measurement-time 3

@@ -10,7 +10,8 @@
 # median rates and their ratio.
 #
 # DURATION (seconds per run, default 3) and ROUNDS (default 2) tune the length;
-# GEN_ROUNDS (default 7) and GEN_DURATION (seconds, default 2) the generator check.
+# GEN_ROUNDS (default 7) and GEN_DURATION (seconds, default 2) the generator check;
+# GEN_ONLY=1 (`make bench-generator`) runs the generator check alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -146,50 +147,52 @@ run() {
 field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
 errors() { sed -n 's/.*"errors":{\([^}]*\)}.*/\1/p' <<<"$1"; }
 
-results="$tmp/results"
-: >"$results"
-cases=("plain 1 $ours_plain ${ng_plain:-} -" "plain 32 $ours_plain ${ng_plain:-} -"
-       "tls-rsa 1 $ours_rsa ${ng_rsa:-} $tmp/rsa/ca.pem" "tls-rsa 32 $ours_rsa ${ng_rsa:-} $tmp/rsa/ca.pem"
-       "tls-ec 1 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem" "tls-ec 32 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem")
-for round in $(seq "$ROUNDS"); do
-  for c in "${cases[@]}"; do
-    read -r name conc ours theirs ca <<<"$c"
-    tls=""; [ "$ca" != "-" ] && tls=1
-    echo "round $round: $name c=$conc" >&2
-    ours_pid=$ours_rsa_pid; [ "$name" = tls-ec ] && ours_pid=$ours_ec_pid
-    r=$(run "$ours" "$ca" "$conc" "$ours_pid" $tls)
-    echo "$name $conc ours $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(field "$r" cpu_us) $(errors "$r")" >>"$results"
-    if [ "$limit" = nginx ]; then
-      r=$(run "$theirs" "$ca" "$conc" "$nginx_pid" $tls)
-      echo "$name $conc limit $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(field "$r" cpu_us) $(errors "$r")" >>"$results"
-    fi
+if [ "${GEN_ONLY:-0}" != 1 ]; then
+  results="$tmp/results"
+  : >"$results"
+  cases=("plain 1 $ours_plain ${ng_plain:-} -" "plain 32 $ours_plain ${ng_plain:-} -"
+         "tls-rsa 1 $ours_rsa ${ng_rsa:-} $tmp/rsa/ca.pem" "tls-rsa 32 $ours_rsa ${ng_rsa:-} $tmp/rsa/ca.pem"
+         "tls-ec 1 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem" "tls-ec 32 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem")
+  for round in $(seq "$ROUNDS"); do
+    for c in "${cases[@]}"; do
+      read -r name conc ours theirs ca <<<"$c"
+      tls=""; [ "$ca" != "-" ] && tls=1
+      echo "round $round: $name c=$conc" >&2
+      ours_pid=$ours_rsa_pid; [ "$name" = tls-ec ] && ours_pid=$ours_ec_pid
+      r=$(run "$ours" "$ca" "$conc" "$ours_pid" $tls)
+      echo "$name $conc ours $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(field "$r" cpu_us) $(errors "$r")" >>"$results"
+      if [ "$limit" = nginx ]; then
+        r=$(run "$theirs" "$ca" "$conc" "$nginx_pid" $tls)
+        echo "$name $conc limit $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(field "$r" cpu_us) $(errors "$r")" >>"$results"
+      fi
+    done
   done
-done
 
-echo
-echo "wwep vs. the one-shot limit on this machine ($(nproc) cores), ${ROUNDS}x${DURATION} s each, loopback"
-[ "$limit" = none ] && echo "(nginx with its stream module is not available here: ours alone)"
-awk -v limit="$limit" '
-  { key=$1" "$2; who=$3; n[key,who]++; tps[key,who]+=$4; p50[key,who]+=$5; p99[key,who]+=$6; cpu[key,who]+=$7
-    if ($8 != "") err[key,who]=err[key,who] " " $8
-    if (!(key in seen)) { seen[key]=1; order[++k]=key } }
-  END {
-    if (limit == "none") {
-      printf "| %-8s | %4s | %10s | %9s | %9s | %11s |\n", "case", "conc", "ours tx/s", "p50 ms", "p99 ms", "cpu us/tx"
-      printf "|----------|------|------------|-----------|-----------|-------------|\n"
-    } else {
-      printf "| %-8s | %4s | %10s | %10s | %6s | %9s | %9s | %9s | %9s | %8s | %8s | %9s |\n", "case", "conc", "ours tx/s", "limit tx/s", "ratio", "ours p50", "limit p50", "ours p99", "limit p99", "p99 ratio", "ours cpu", "limit cpu"
-      printf "|----------|------|------------|------------|--------|-----------|-----------|-----------|-----------|----------|----------|-----------|\n"
-    }
-    for (i=1; i<=k; i++) {
-      key=order[i]; split(key, f, " ")
-      o=tps[key,"ours"]/n[key,"ours"]; o50=p50[key,"ours"]/n[key,"ours"]/1000; o99=p99[key,"ours"]/n[key,"ours"]/1000; oc=cpu[key,"ours"]/n[key,"ours"]
-      if (limit == "none") { printf "| %-8s | %4s | %10.0f | %9.3f | %9.3f | %11.0f |\n", f[1], f[2], o, o50, o99, oc; continue }
-      t=tps[key,"limit"]/n[key,"limit"]; t50=p50[key,"limit"]/n[key,"limit"]/1000; t99=p99[key,"limit"]/n[key,"limit"]/1000; tc=cpu[key,"limit"]/n[key,"limit"]
-      printf "| %-8s | %4s | %10.0f | %10.0f | %6.2f | %9.3f | %9.3f | %9.3f | %9.3f | %8.2f | %8.0f | %9.0f |\n", f[1], f[2], o, t, (t>0?o/t:0), o50, t50, o99, t99, (t99>0?o99/t99:0), oc, tc
-    }
-    for (key in err) if (err[key] != "") { split(key, g, SUBSEP); print "errors " g[1] " " g[2] ":" err[key] }
-  }' "$results"
+  echo
+  echo "wwep vs. the one-shot limit on this machine ($(nproc) cores), ${ROUNDS}x${DURATION} s each, loopback"
+  [ "$limit" = none ] && echo "(nginx with its stream module is not available here: ours alone)"
+  awk -v limit="$limit" '
+    { key=$1" "$2; who=$3; n[key,who]++; tps[key,who]+=$4; p50[key,who]+=$5; p99[key,who]+=$6; cpu[key,who]+=$7
+      if ($8 != "") err[key,who]=err[key,who] " " $8
+      if (!(key in seen)) { seen[key]=1; order[++k]=key } }
+    END {
+      if (limit == "none") {
+        printf "| %-8s | %4s | %10s | %9s | %9s | %11s |\n", "case", "conc", "ours tx/s", "p50 ms", "p99 ms", "cpu us/tx"
+        printf "|----------|------|------------|-----------|-----------|-------------|\n"
+      } else {
+        printf "| %-8s | %4s | %10s | %10s | %6s | %9s | %9s | %9s | %9s | %8s | %8s | %9s |\n", "case", "conc", "ours tx/s", "limit tx/s", "ratio", "ours p50", "limit p50", "ours p99", "limit p99", "p99 ratio", "ours cpu", "limit cpu"
+        printf "|----------|------|------------|------------|--------|-----------|-----------|-----------|-----------|----------|----------|-----------|\n"
+      }
+      for (i=1; i<=k; i++) {
+        key=order[i]; split(key, f, " ")
+        o=tps[key,"ours"]/n[key,"ours"]; o50=p50[key,"ours"]/n[key,"ours"]/1000; o99=p99[key,"ours"]/n[key,"ours"]/1000; oc=cpu[key,"ours"]/n[key,"ours"]
+        if (limit == "none") { printf "| %-8s | %4s | %10.0f | %9.3f | %9.3f | %11.0f |\n", f[1], f[2], o, o50, o99, oc; continue }
+        t=tps[key,"limit"]/n[key,"limit"]; t50=p50[key,"limit"]/n[key,"limit"]/1000; t99=p99[key,"limit"]/n[key,"limit"]/1000; tc=cpu[key,"limit"]/n[key,"limit"]
+        printf "| %-8s | %4s | %10.0f | %10.0f | %6.2f | %9.3f | %9.3f | %9.3f | %9.3f | %8.2f | %8.0f | %9.0f |\n", f[1], f[2], o, t, (t>0?o/t:0), o50, t50, o99, t99, (t99>0?o99/t99:0), oc, tc
+      }
+      for (key in err) if (err[key] != "") { split(key, g, SUBSEP); print "errors " g[1] " " g[2] ":" err[key] }
+    }' "$results"
+fi
 
 # The generator against the reference generator, on the same nginx port in the
 # same run, alternating; medians, since other load on the machine moves single runs.
