@@ -59,7 +59,8 @@ pub struct ConnectionArgs {
     /// Client certificate and key as PKCS#12; password from WWEP_PKCS12_PASSWORD.
     #[arg(long, global = true, value_name = "FILE")]
     pub pkcs12: Option<PathBuf>,
-    /// Milliseconds for connect, handshake and reply together.
+    /// Milliseconds for connect, handshake and reply together (in `bench` on the
+    /// open port, for the connect and for the reply each).
     #[arg(long, global = true, default_value_t = 2000, value_name = "MS")]
     pub timeout_ms: u64,
     /// Use the device id of this MAC address (the sum of its six bytes) as DEVICE.
@@ -107,6 +108,7 @@ pub enum Command {
 }
 
 #[derive(Args, Debug)]
+#[command(next_help_heading = "Benchmark options")]
 pub struct BenchArgs {
     /// Concurrent workers, each one connection at a time.
     #[arg(allow_negative_numbers = true, short, long, default_value_t = bench::DEFAULT_CONCURRENCY as u64, value_parser = args::at_least_one)]
