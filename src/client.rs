@@ -303,7 +303,7 @@ impl Client {
     /// [`transact`](Client::transact) into a caller's buffer, without allocating:
     /// returns the length of the reply. On the open port this is the load
     /// generator's hot path, so it makes as few system calls as it can: socket,
-    /// two timeouts, connect, send, one read (usually), close.
+    /// send timeout, connect, receive timeout, send, one read (usually), close.
     pub fn transact_into(
         &self,
         request: &[u8],
@@ -313,7 +313,7 @@ impl Client {
         let device_style = !request.ends_with(b"\n");
         match &self.link {
             Link::Plain => {
-                let stream = self.connect_plain()?;
+                let stream = self.connect_plain(deadline)?;
                 exchange(
                     &stream,
                     request,
@@ -358,21 +358,33 @@ impl Client {
     }
 
     /// A plain connection in the fewest system calls: a blocking socket whose send
-    /// timeout bounds the connect and whose receive timeout bounds the reply (so a
-    /// transaction takes at most twice the timeout), instead of a non-blocking
-    /// connect, a poll and three more `setsockopt`s.
-    fn connect_plain(&self) -> Result<Socket, ClientError> {
-        self.connect_any(|addr| self.try_connect_plain(addr))
+    /// timeout bounds the connect and whose receive timeout, set once connected,
+    /// is what is left for the reply, instead of a non-blocking connect, a poll and
+    /// three more `setsockopt`s.
+    fn connect_plain(&self, deadline: Instant) -> Result<Socket, ClientError> {
+        self.connect_any(|addr| self.try_connect_plain(addr, deadline))
     }
 
-    fn try_connect_plain(&self, addr: SocketAddr) -> io::Result<Socket> {
+    fn try_connect_plain(&self, addr: SocketAddr, deadline: Instant) -> io::Result<Socket> {
+        let left = |deadline: Instant| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                Err(io::Error::from(ErrorKind::TimedOut))
+            } else {
+                Ok(left)
+            }
+        };
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-        socket.set_write_timeout(Some(self.timeout))?;
-        socket.set_read_timeout(Some(self.timeout))?;
+        socket.set_write_timeout(Some(left(deadline)?))?;
         if let Some(ip) = self.source_ip {
             socket.bind(&SocketAddr::new(ip, 0).into())?;
         }
         socket.connect(&addr.into())?;
+        // The reply gets what the connect left of the deadline.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        socket.set_read_timeout(Some(left))?;
         Ok(socket)
     }
 

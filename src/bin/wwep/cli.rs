@@ -59,8 +59,7 @@ pub struct ConnectionArgs {
     /// Client certificate and key as PKCS#12; password from WWEP_PKCS12_PASSWORD.
     #[arg(long, global = true, value_name = "FILE")]
     pub pkcs12: Option<PathBuf>,
-    /// Milliseconds for connect, handshake and reply together (in `bench` on the
-    /// open port, for the connect and for the reply each).
+    /// Milliseconds for connect, handshake and reply together.
     #[arg(long, global = true, default_value_t = 2000, value_name = "MS")]
     pub timeout_ms: u64,
     /// Use the device id of this MAC address (the sum of its six bytes) as DEVICE.
