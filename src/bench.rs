@@ -1,5 +1,8 @@
 //! A load generator in the manner of redis-benchmark: N concurrent workers doing
-//! one-shot transactions, with the statistics as a pure, tested function.
+//! one-shot transactions, closed loop (as fast as the server answers) or open
+//! loop (`--rate`, on a schedule, timed from the scheduled send), optionally
+//! beside abuse connections ([`abuse`]). Each worker keeps its own latency
+//! [`Histogram`] and counts; the statistics are pure, tested functions.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -10,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::client::Client;
 use crate::protocol::{MAX_MESSAGE_BYTES, Reply, Request};
 
-mod abuse;
+pub mod abuse;
 mod histogram;
 
 pub use abuse::{AbuseConfig, AbuseCounts, AbuseReport, MAX_ABUSE_CONNECTIONS, RECONNECT_PAUSE};
