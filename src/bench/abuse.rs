@@ -224,6 +224,9 @@ impl Connection {
         while !self.stopped() {
             let opened = Instant::now();
             let Some(mut stream) = self.connect() else {
+                if self.stopped() {
+                    return;
+                }
                 self.counts.connect_failed.fetch_add(1, Ordering::Relaxed);
                 self.pause_until(opened + RECONNECT_PAUSE);
                 continue;
