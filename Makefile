@@ -11,7 +11,7 @@ SYSTEMD_DIR ?= /etc/systemd/system
 SYSUSERS_DIR ?= /usr/lib/sysusers.d
 CONF_DIR ?= /etc/wwep
 
-.PHONY: all build release run test bench microbench certs clean install
+.PHONY: all build release run test bench bench-generator microbench certs clean install
 
 all: build
 
@@ -54,6 +54,10 @@ bench: microbench
 .PHONY: bench-data
 bench-data:
 	./scripts/bench-data.sh
+
+# Only the check that `wwep bench` keeps up with a minimal C generator on nginx.
+bench-generator:
+	GEN_ONLY=1 ./scripts/bench.sh
 
 microbench:
 	$(CARGO) bench --bench hot_path -- --warm-up-time 1 --measurement-time 3
