@@ -8,6 +8,7 @@ use crate::connection::Access;
 use crate::journal::{CompactionPolicy, Fsync};
 use crate::net::allow::Cidr;
 use crate::protocol::ErrorDetail;
+use crate::store::redis::{DEFAULT_PREFIX, RedisSettings};
 use crate::tls::{ClientAuth, IdentitySource, MAX_SESSION_LIFETIME_SECS, TlsSettings};
 use std::path::PathBuf;
 
@@ -115,6 +116,8 @@ pub struct ServerConfig {
     pub plain_access: Access,
     /// PROXY protocol from load balancers, on both listeners.
     pub proxy: ProxyProtocol,
+    /// Where registers live: this process (default) or Valkey/Redis.
+    pub store: RedisSettings,
 }
 
 impl Default for ServerConfig {
@@ -138,6 +141,7 @@ impl Default for ServerConfig {
             max_per_ip: DEFAULT_MAX_PER_IP,
             plain_access: Access::ReadWrite,
             proxy: ProxyProtocol::Off,
+            store: RedisSettings::default(),
         }
     }
 }
@@ -155,6 +159,9 @@ pub enum ConfigError {
     },
     GapBeyondTimeout,
     ProxyWithoutSenders,
+    /// A flag for the shared store given with `--store memory`.
+    NeedsSharedStore(&'static str),
+    DataWithSharedStore,
     CompactRatio,
 }
 
@@ -172,6 +179,13 @@ impl fmt::Display for ConfigError {
             ConfigError::GapBeyondTimeout => f.write_str("--gap-ms must not exceed --timeout-ms"),
             ConfigError::ProxyWithoutSenders => f.write_str(
                 "--proxy-protocol needs --proxy-from with the balancers' addresses",
+            ),
+            ConfigError::NeedsSharedStore(flag) => write!(
+                f,
+                "{flag} applies to a shared store: give --store redis://HOST:PORT (or rediss://, redis+sentinel://)"
+            ),
+            ConfigError::DataWithSharedStore => f.write_str(
+                "--data keeps registers in this process's file; with --store redis://… they live in Redis: give one or the other",
             ),
             ConfigError::CompactRatio => f.write_str("--compact-ratio must be at least 1"),
         }
@@ -230,6 +244,20 @@ impl ServerConfig {
                 flag: "--tls-session-lifetime",
                 max: MAX_SESSION_LIFETIME_SECS,
             });
+        }
+        if self.store.location.is_memory() {
+            for (set, flag) in [
+                (self.store.ca.is_some(), "--store-ca"),
+                (self.store.wait_replicas > 0, "--store-wait-replicas"),
+                (self.store.wait_aof, "--store-wait-aof"),
+                (self.store.prefix != DEFAULT_PREFIX, "--store-prefix"),
+            ] {
+                if set {
+                    return Err(ConfigError::NeedsSharedStore(flag));
+                }
+            }
+        } else if self.data.is_some() {
+            return Err(ConfigError::DataWithSharedStore);
         }
         if self.proxy == ProxyProtocol::From(Vec::new()) {
             return Err(ConfigError::ProxyWithoutSenders);

@@ -21,6 +21,7 @@ use wwep::journal::{CompactionPolicy, Fsync};
 use wwep::notify::notify;
 use wwep::protocol::ErrorDetail;
 use wwep::server::{ServerControl, ServerError};
+use wwep::store::redis::{DEFAULT_PREFIX, RedisOpenError, RedisSettings, StoreLocation};
 use wwep::tls::{
     ClientAuth, DEFAULT_SESSION_CACHE, IdentitySource, MAX_SESSION_LIFETIME_SECS, TlsMin,
     TlsSettings,
@@ -140,6 +141,31 @@ struct Args {
     /// Append a short reason to each X (`X not found`, `X bad length`, ...).
     #[arg(long, env = "WWEP_EXPLAIN_ERRORS")]
     explain_errors: bool,
+    /// Where registers live: `memory` (this process; with --data, its data file),
+    /// `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS), or
+    /// `redis+sentinel://host:port[,host:port…]/PRIMARY[/db]`. Several servers
+    /// with the same Redis share one set of registers.
+    #[arg(long, env = "WWEP_STORE", value_name = "URL", default_value = "memory")]
+    store: StoreLocation,
+    /// Redis keys are PREFIX:DEVICE (a hash of registers), so deployments can
+    /// share one Redis.
+    #[arg(long, env = "WWEP_STORE_PREFIX", default_value = DEFAULT_PREFIX)]
+    store_prefix: String,
+    /// CA certificates (PEM) that sign the Redis server's certificate (rediss://).
+    #[arg(long, env = "WWEP_STORE_CA", value_name = "FILE")]
+    store_ca: Option<PathBuf>,
+    /// Acknowledge a write only once this many Redis replicas have it (WAIT).
+    #[arg(
+        long,
+        env = "WWEP_STORE_WAIT_REPLICAS",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    store_wait_replicas: u32,
+    /// Acknowledge a write only once it is in Redis's append-only file (WAITAOF;
+    /// Redis/Valkey 7.2 or later).
+    #[arg(long, env = "WWEP_STORE_WAIT_AOF")]
+    store_wait_aof: bool,
     /// Keep registers in this append-only data file, replayed at startup.
     #[arg(long, env = "WWEP_DATA", value_name = "FILE")]
     data: Option<PathBuf>,
@@ -181,6 +207,13 @@ impl Args {
             None => (pairs.next(), pairs.next()),
         };
         Ok(ServerConfig {
+            store: RedisSettings {
+                location: self.store,
+                prefix: self.store_prefix,
+                ca: self.store_ca,
+                wait_replicas: self.store_wait_replicas,
+                wait_aof: self.store_wait_aof,
+            },
             proxy: if self.proxy_protocol {
                 ProxyProtocol::From(self.proxy_from)
             } else {
@@ -313,7 +346,10 @@ fn run(config: ServerConfig) -> ExitCode {
             stop_signals();
             // A setting that cannot work is a usage error; the rest are failures.
             return match e {
-                ServerError::Config(_) => ExitCode::from(2),
+                ServerError::Config(_)
+                | ServerError::Store(RedisOpenError::Setup(_) | RedisOpenError::NoWaitAof(_)) => {
+                    ExitCode::from(2)
+                }
                 _ => ExitCode::from(1),
             };
         }

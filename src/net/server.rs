@@ -23,6 +23,8 @@ use crate::net::linger::Lingerer;
 use crate::net::listener;
 use crate::net::rate_limited::RateLimitedLog;
 use crate::net::waiting_room::WaitingRoom;
+use crate::store::backend::Backend;
+use crate::store::redis::{RedisOpenError, RedisStore};
 use crate::store::{RegisterStore, open_logged};
 use crate::tls::{Acceptor, HandshakeFailureKind, Identity, TlsError};
 
@@ -33,6 +35,7 @@ pub enum ServerError {
     Tls(TlsError),
     Bind { addr: SocketAddr, source: io::Error },
     Data(JournalError),
+    Store(RedisOpenError),
     Thread(io::Error),
 }
 
@@ -43,6 +46,7 @@ impl fmt::Display for ServerError {
             ServerError::Tls(e) => e.fmt(f),
             ServerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             ServerError::Data(e) => e.fmt(f),
+            ServerError::Store(e) => e.fmt(f),
             ServerError::Thread(e) => write!(f, "cannot start a thread: {e}"),
         }
     }
@@ -85,7 +89,10 @@ pub struct Stats {
 /// What every thread of the server shares.
 pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
-    pub(crate) store: Arc<RegisterStore>,
+    /// Where registers are read and written.
+    pub(crate) backend: Arc<dyn Backend>,
+    /// The in-process store, when that is the backend.
+    memory: Option<Arc<RegisterStore>>,
     /// Swapped whole on SIGHUP; a handshake holds its own `Arc`.
     acceptor: RwLock<Option<Arc<Acceptor>>>,
     pub(crate) table: Arc<AdmissionTable>,
@@ -220,12 +227,17 @@ pub fn start_unless(
     config.validate()?;
     // Certificates first: a bad one fails fast, before any file is touched.
     let acceptor = load_acceptor(&config)?;
-    let store = match &config.data {
+    if !config.store.location.is_memory() {
+        let shared = RedisStore::open(&config.store, config.workers, config.timeout)
+            .map_err(ServerError::Store)?;
+        return launch(config, Arc::new(shared), None, acceptor);
+    }
+    let store = Arc::new(match &config.data {
         None => RegisterStore::new(),
         Some(data) => open_logged(data, cancel).map_err(ServerError::Data)?,
-    };
+    });
     let in_memory = config.data.is_none();
-    let server = launch(config, Arc::new(store), acceptor)?;
+    let server = launch(config, store.clone(), Some(store), acceptor)?;
     if in_memory {
         info!("no --data file: registers are kept in memory only and lost when the server stops");
     }
@@ -261,7 +273,7 @@ pub fn start_with_store(
 ) -> Result<RunningServer, ServerError> {
     config.validate()?;
     let acceptor = load_acceptor(&config)?;
-    launch(config, store, acceptor)
+    launch(config, store.clone(), Some(store), acceptor)
 }
 
 /// File descriptors the server needs beyond its connections: listeners,
@@ -289,7 +301,8 @@ fn fit_open_files(config: &mut ServerConfig) {
 
 fn launch(
     mut config: ServerConfig,
-    store: Arc<RegisterStore>,
+    backend: Arc<dyn Backend>,
+    memory: Option<Arc<RegisterStore>>,
     acceptor: Option<Acceptor>,
 ) -> Result<RunningServer, ServerError> {
     fit_open_files(&mut config);
@@ -318,7 +331,8 @@ fn launch(
     let client_log_interval = Duration::from_secs(1);
     let shared = Arc::new(Shared {
         config,
-        store: Arc::clone(&store),
+        backend,
+        memory: memory.clone(),
         acceptor: RwLock::new(acceptor.map(Arc::new)),
         table,
         room,
@@ -343,8 +357,8 @@ fn launch(
         tls_addr,
         accept_threads: Vec::new(),
         room_thread: None,
-        maintenance: store
-            .spawn_maintenance(Arc::clone(&stop_maintenance))
+        maintenance: memory
+            .and_then(|store| store.spawn_maintenance(Arc::clone(&stop_maintenance)))
             .map(|handle| (stop_maintenance, handle)),
     };
     let for_room = Arc::clone(&shared);
@@ -399,8 +413,9 @@ impl RunningServer {
         self.tls_addr
     }
 
-    pub fn store(&self) -> &Arc<RegisterStore> {
-        &self.shared.store
+    /// The in-process store (absent when registers live in Redis).
+    pub fn store(&self) -> Option<&Arc<RegisterStore>> {
+        self.shared.memory.as_ref()
     }
 
     pub fn stats(&self) -> Stats {
@@ -455,7 +470,7 @@ impl RunningServer {
             stop.store(true, Ordering::Release);
             let _ = handle.join();
         }
-        shared.store.sync()
+        shared.backend.sync()
     }
 
     /// Stops accepting, finishes open connections and syncs the data file.

@@ -398,7 +398,7 @@ impl Session {
                     connection::respond(
                         &self.incoming,
                         message,
-                        &shared.store,
+                        &*shared.backend,
                         access,
                         config.error_detail,
                     ),
@@ -420,7 +420,7 @@ impl Session {
                             connection::respond(
                                 &self.incoming,
                                 message,
-                                &shared.store,
+                                &*shared.backend,
                                 access,
                                 config.error_detail,
                             ),

@@ -7,8 +7,10 @@
 //! store owns the map: the journal hands it durable batches through [`Publish`],
 //! and never holds its own lock while doing so, so the two locks never nest.
 
+pub mod backend;
 pub mod format;
 pub mod journal;
+pub mod redis;
 
 use std::io;
 use std::path::Path;
