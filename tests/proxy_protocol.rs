@@ -240,3 +240,108 @@ fn through_nginx_the_log_shows_the_board_not_the_balancer() {
     assert_eq!(transact(&mut tls, b"R0FAC0B"), b"A0FAC0B0006");
     assert!(logged(&server, "tls 127.0.0.4:"), "{}", server.log_text());
 }
+
+/// HAProxy with `dist/haproxy.cfg`, pointed at `plain` and `tls` pairs of front
+/// ends; killed by PID on drop.
+struct Haproxy {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_shipped_haproxy_config_spreads_boards_over_two_front_ends() {
+    if !have_tool("haproxy") {
+        return;
+    }
+    let pki = Pki::new(KeyKind::EcP256);
+    let a = proxied_server(&pki, &[]);
+    let b = proxied_server(&pki, &[]);
+    let (plain_port, tls_port) = (free_port(), free_port());
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dist/haproxy.cfg")).unwrap();
+    let port = |addr: Option<SocketAddr>| addr.unwrap().port();
+    let config = shipped
+        .replace("bind :27708", &format!("bind 127.0.0.1:{plain_port}"))
+        .replace("bind :40508", &format!("bind 127.0.0.1:{tls_port}"))
+        .replace(
+            "10.0.0.11:27708 check",
+            &format!("127.0.0.1:{} check", port(a.plain)),
+        )
+        .replace(
+            "10.0.0.12:27708 check",
+            &format!("127.0.0.1:{} check", port(b.plain)),
+        )
+        .replace(
+            "10.0.0.11:40508 check port 27708",
+            &format!("127.0.0.1:{} check port {}", port(a.tls), port(a.plain)),
+        )
+        .replace(
+            "10.0.0.12:40508 check port 27708",
+            &format!("127.0.0.1:{} check port {}", port(b.tls), port(b.plain)),
+        )
+        .replace("log stdout format raw local0 notice", "")
+        // The test machine's open-file limit, not a production box's.
+        .replace("maxconn 50000", "maxconn 1000");
+    assert!(
+        !config
+            .lines()
+            .any(|l| l.trim_start().starts_with("server") && l.contains("10.0.0.")),
+        "every front end was replaced"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start haproxy");
+    let _haproxy = Haproxy { child, _dir: dir };
+    let balanced = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
+    // Health checks reach both front ends (a read, answered X) before boards do.
+    assert!(
+        logged(&a, "\"R000000\\n\" -> \"X not found\\n\"") && logged(&b, "\"R000000\\n\""),
+        "{}",
+        a.log_text()
+    );
+    for i in 0..6u16 {
+        let source = format!("127.0.0.{}", 10 + i);
+        let request = format!("W00070{i}{i:04X}");
+        let mut c = connect_from(&source, balanced(plain_port));
+        assert_eq!(
+            transact(&mut c, request.as_bytes()),
+            format!("A00070{i}{i:04X}").as_bytes()
+        );
+        let tcp = connect_from(&source, balanced(tls_port));
+        let mut tls = pki
+            .connector()
+            .connect("localhost", tcp)
+            .expect("handshake");
+        let read = format!("R00070{i}");
+        let reply = transact(&mut tls, read.as_bytes());
+        // Each front end has its own memory here: the read may land on the
+        // other one. What matters is that both serve and see the board.
+        assert!(
+            reply.starts_with(b"A") || reply.starts_with(b"X"),
+            "{reply:?}"
+        );
+    }
+    let both = format!("{}\n{}", a.log_text(), b.log_text());
+    assert!(both.contains("plain 127.0.0.10:"), "{both}");
+    assert!(both.contains("tls 127.0.0.15:"), "{both}");
+    assert!(
+        a.log_text().contains("\"W00070") && b.log_text().contains("\"W00070"),
+        "leastconn spread the boards over both front ends"
+    );
+}
