@@ -390,6 +390,9 @@ impl Journal {
         }
         file.sync_all()
             .map_err(io_err(path, "fsync the data file"))?;
+        // A compaction cut short by a crash left its temporary file; the data
+        // file itself is whole (it is replaced only by a rename).
+        let _ = std::fs::remove_file(tmp_path(path));
         if created {
             sync_dir(path).map_err(io_err(path, "fsync the data file's directory"))?;
         }
@@ -916,17 +919,17 @@ impl Compaction {
         }
         let mut written = self.out.write_all(&encode_record(key, value));
         self.unsynced += RECORD_BYTES as u64;
-        if let (Ok(()), Some(every)) = (&written, self.sync_every) {
-            if self.unsynced >= every {
-                // Under `always` every batch fsyncs the file system's journal,
-                // which then also waits for whatever of the snapshot is still
-                // unwritten: keep that small.
-                self.unsynced = 0;
-                written = self
-                    .out
-                    .flush()
-                    .and_then(|()| self.out.get_ref().sync_data());
-            }
+        if let (Ok(()), Some(every)) = (&written, self.sync_every)
+            && self.unsynced >= every
+        {
+            // Under `always` every batch fsyncs the file system's journal, which
+            // then also waits for whatever of the snapshot is still unwritten:
+            // keep that small.
+            self.unsynced = 0;
+            written = self
+                .out
+                .flush()
+                .and_then(|()| self.out.get_ref().sync_data());
         }
         if let Err(e) = written {
             self.error = Some(e);
