@@ -171,10 +171,19 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
     println!(
-        "replayed {} registers in {:.2} s",
+        "replayed {} registers in {:.2} s; {}",
         store.len(),
-        began.elapsed().as_secs_f64()
+        began.elapsed().as_secs_f64(),
+        rss.split_whitespace().collect::<Vec<_>>().join(" ")
     );
 
     let stop = AtomicBool::new(false);
