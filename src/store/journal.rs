@@ -642,6 +642,14 @@ impl Journal {
         result
     }
 
+    /// Drops a rewrite that was begun: the data file stays as it is.
+    pub(crate) fn abandon_compaction(&self, c: Compaction) {
+        let tmp = c.tmp.clone();
+        drop(c);
+        let _ = std::fs::remove_file(&tmp);
+        self.state().compacting = false;
+    }
+
     fn swap_in(&self, c: Compaction) -> Result<CompactionReport, JournalError> {
         let failed = |action| io_err(&self.path, action);
         if let Some(e) = c.error {

@@ -121,10 +121,13 @@ impl Table {
     }
 
     /// Hands every register to `f`, one shard at a time: each shard's lock is held
-    /// only to copy its devices out.
-    fn snapshot(&self, f: &mut dyn FnMut(Key, u16)) {
+    /// only to copy its devices out. Gives up (returning false) once `stop` is set.
+    fn snapshot(&self, stop: &AtomicBool, f: &mut dyn FnMut(Key, u16)) -> bool {
         let mut copy: Vec<(u16, Registers)> = Vec::with_capacity(SLOTS);
         for (s, shard) in self.shards.iter().enumerate() {
+            if stop.load(Ordering::Acquire) {
+                return false;
+            }
             copy.clear();
             {
                 let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
@@ -138,6 +141,7 @@ impl Table {
                 regs.each(|r, v| f((*device, r), v));
             }
         }
+        true
     }
 }
 
@@ -197,7 +201,7 @@ impl RegisterStore {
             journal: Some(journal),
         };
         if report.damage.regions > 0 {
-            let compacted = store.rewrite(true, true)?;
+            let compacted = store.rewrite(true, true, &AtomicBool::new(false))?;
             report.damaged_copy = compacted.and_then(|c| c.damaged_copy);
         }
         Ok((store, report))
@@ -238,13 +242,24 @@ impl RegisterStore {
     /// Rewrites the data file as a snapshot of the live registers, if it has
     /// outgrown them (or always, with `force`). Writers keep going meanwhile.
     pub fn compact(&self, force: bool) -> Result<Option<CompactionReport>, JournalError> {
-        self.rewrite(force, false)
+        self.rewrite(force, false, &AtomicBool::new(false))
+    }
+
+    /// Compacts like [`compact`](RegisterStore::compact), abandoning the rewrite
+    /// (`Ok(None)`, the data file untouched) if `stop` is set meanwhile.
+    pub fn compact_unless(
+        &self,
+        force: bool,
+        stop: &AtomicBool,
+    ) -> Result<Option<CompactionReport>, JournalError> {
+        self.rewrite(force, false, stop)
     }
 
     fn rewrite(
         &self,
         force: bool,
         keep_damaged: bool,
+        stop: &AtomicBool,
     ) -> Result<Option<CompactionReport>, JournalError> {
         let Some(journal) = &self.journal else {
             return Ok(None);
@@ -253,8 +268,13 @@ impl RegisterStore {
         else {
             return Ok(None);
         };
-        self.table
-            .snapshot(&mut |key, value| compaction.push(key, value));
+        if !self
+            .table
+            .snapshot(stop, &mut |key, value| compaction.push(key, value))
+        {
+            journal.abandon_compaction(compaction);
+            return Ok(None);
+        }
         journal.finish_compaction(compaction).map(Some)
     }
 
@@ -279,7 +299,7 @@ impl RegisterStore {
                         log::error!("data file fsync failed: {e}");
                     }
                     let began = Instant::now();
-                    match store.compact(false) {
+                    match store.compact_unless(false, &stop) {
                         Ok(Some(r)) => log::info!(
                             "compacted the data file: {} -> {} bytes in {} ms (writes held {} µs)",
                             r.before,
@@ -551,7 +571,11 @@ mod tests {
             store.write(d, r, i as u16).unwrap();
         }
         let mut got = Vec::new();
-        store.table.snapshot(&mut |k, v| got.push((k, v)));
+        assert!(
+            store
+                .table
+                .snapshot(&AtomicBool::new(false), &mut |k, v| got.push((k, v)))
+        );
         got.sort();
         let mut want: Vec<_> = keys
             .iter()
@@ -561,6 +585,29 @@ mod tests {
         want.sort();
         assert_eq!(got, want);
         assert_eq!(store.len(), keys.len());
+        assert!(
+            !store
+                .table
+                .snapshot(&AtomicBool::new(true), &mut |_, _| panic!("stopped"))
+        );
+    }
+
+    #[test]
+    fn a_stopped_compaction_leaves_the_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), Fsync::Never, CompactionPolicy::default());
+        for v in 0..10 {
+            store.write(1, 1, v).unwrap();
+        }
+        let before = std::fs::read(dir.path().join("data")).unwrap();
+        assert_eq!(
+            store.compact_unless(true, &AtomicBool::new(true)).unwrap(),
+            None
+        );
+        assert_eq!(std::fs::read(dir.path().join("data")).unwrap(), before);
+        assert!(!dir.path().join("data.compact.tmp").exists());
+        let report = store.compact(true).unwrap().expect("not stopped");
+        assert_eq!(report.after, 8 + 9);
     }
 
     #[test]
