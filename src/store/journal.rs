@@ -2,14 +2,14 @@
 //! batches; the register map is the store's, and the journal only reaches it
 //! through [`Publish`].
 //!
-//! Writers add their record to the open batch ([`Journal::append`]) and wait for
-//! it ([`Journal::commit`]): one writer at a time writes every record gathered
+//! Writers add their record to the open batch (`Journal::append`) and wait for
+//! it (`Journal::commit`): one writer at a time writes every record gathered
 //! meanwhile (group commit), fsyncs under `Fsync::Always`, and hands the batch to
 //! [`Publish`] before any of its writers is told it succeeded. A value is therefore
 //! visible only once its record is in the file (on disk under `always`); a batch
 //! that cannot be written was never visible, so there is nothing to undo.
 //!
-//! Compaction ([`Journal::begin_compaction`]) writes a snapshot the store hands it
+//! Compaction (`Journal::begin_compaction`) writes a snapshot the store hands it
 //! to a temporary file without stopping writers, then copies the batches written
 //! meanwhile from the old file, fsyncs and renames. Only the last short catch-up,
 //! the rename and the directory fsync happen while batches wait.
@@ -287,10 +287,8 @@ impl Journal {
     /// `replay`, checking `cancel` between chunks. A tail a crash can leave (a
     /// record cut short, zeros) is trimmed. Damage fails with
     /// [`JournalError::Corrupt`] unless `repair`; then the report says what is
-    /// damaged, and the caller must rewrite the file by [`compaction`]
+    /// damaged, and the caller must rewrite the file by compaction
     /// (`begin_compaction(.., keep_damaged: true)`) before appending.
-    ///
-    /// [`compaction`]: Journal::begin_compaction
     pub fn open(
         path: &Path,
         policy: Fsync,
