@@ -11,8 +11,9 @@
 //!
 //! Compaction (`Journal::begin_compaction`) writes a snapshot the store hands it
 //! to a temporary file without stopping writers, then copies the batches written
-//! meanwhile from the old file, fsyncs and renames. Only the last short catch-up,
-//! the rename and the directory fsync happen while batches wait.
+//! meanwhile from the old file, fsyncs and renames. Only the last short catch-up
+//! and the rename (under `always`, with an fsync of that catch-up and of the
+//! directory) happen while batches wait.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -684,7 +685,12 @@ impl Journal {
         let held = Instant::now();
         let prepared = (|| {
             copy.to(to).map_err(&copy_failed)?;
-            new.sync_data().map_err(&fsync_failed)?;
+            // The bulk is on disk already. The last records need to be before
+            // the rename only if they were acknowledged as on disk; otherwise
+            // a power cut can at worst cut them short, which startup trims.
+            if self.policy == Fsync::Always {
+                new.sync_data().map_err(&fsync_failed)?;
+            }
             let kept = match c.keep_damaged {
                 true => Some(
                     keep_copy(&self.path)
@@ -710,7 +716,7 @@ impl Journal {
             old = Some(std::mem::replace(&mut st.file, Arc::new(new)));
             st.good_len = after;
             st.needs_truncate = false;
-            st.dirty = false;
+            st.dirty = self.policy != Fsync::Always;
             st.failed = false;
             CompactionReport {
                 before: c.before.max(to),
