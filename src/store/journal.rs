@@ -936,12 +936,15 @@ impl Compaction {
         {
             // Under `always` every batch fsyncs the file system's journal, which
             // then also waits for whatever of the snapshot is still unwritten:
-            // keep that small.
+            // keep that small, and leave the disk idle for as long as each part
+            // took to write, so the writers' fsyncs get at least half of it.
             self.unsynced = 0;
+            let began = Instant::now();
             written = self
                 .out
                 .flush()
                 .and_then(|()| self.out.get_ref().sync_data());
+            std::thread::sleep(began.elapsed().min(Duration::from_millis(100)));
         }
         if let Err(e) = written {
             self.error = Some(e);
