@@ -611,6 +611,7 @@ impl Journal {
                 tmp,
                 out,
                 error: None,
+                bytes: HEADER_BYTES,
                 unsynced: 0,
                 sync_every: (self.policy == Fsync::Always).then_some(SNAPSHOT_SYNC_BYTES),
                 copied_to: start,
@@ -683,7 +684,7 @@ impl Journal {
         let to = st.good_len;
         drop(st);
         let held = Instant::now();
-        let prepared = (|| {
+        let renamed = (|| {
             copy.to(to).map_err(&copy_failed)?;
             // The bulk is on disk already. The last records need to be before
             // the rename only if they were acknowledged as on disk; otherwise
@@ -700,18 +701,19 @@ impl Journal {
             };
             std::fs::rename(&c.tmp, &self.path)
                 .map_err(failed("replace the data file with its compacted copy"))?;
-            if self.policy == Fsync::Always {
-                // Batches acknowledged from now on go to the new file: its name
-                // must be on disk first.
-                sync_dir(&self.path).map_err(failed("fsync the data file's directory"))?;
-            }
             Ok(kept)
         })();
-        let after = copy.written();
+        // Batches acknowledged from now on go to the new file: under `always`
+        // its name must be on disk first.
+        let dir_synced = match (&renamed, self.policy) {
+            (Ok(_), Fsync::Always) => sync_dir(&self.path),
+            _ => Ok(()),
+        };
+        let after = c.bytes + (copy.copied_to - c.copied_to);
         drop(copy);
         let mut st = self.state();
         let mut old = None;
-        let result = prepared.map(|kept| {
+        let result = renamed.map(|kept| {
             // The new file is the data file now: continue on it whatever follows.
             old = Some(std::mem::replace(&mut st.file, Arc::new(new)));
             st.good_len = after;
@@ -730,6 +732,7 @@ impl Journal {
         drop(st);
         // Closing the replaced file frees its blocks: not while batches wait.
         drop(old);
+        dir_synced.map_err(failed("fsync the data file's directory"))?;
         let report = result?;
         if self.policy != Fsync::Always {
             sync_dir(&self.path).map_err(failed("fsync the data file's directory"))?;
@@ -840,11 +843,6 @@ impl CatchUp<'_> {
         }
         Ok(self.copied_to - from)
     }
-
-    /// Length of the compacted file.
-    fn written(&self) -> u64 {
-        self.new.metadata().map(|m| m.len()).unwrap_or(HEADER_BYTES)
-    }
 }
 
 fn suffixed(path: &Path, suffix: &str) -> PathBuf {
@@ -914,6 +912,8 @@ pub(crate) struct Compaction {
     tmp: PathBuf,
     out: BufWriter<File>,
     error: Option<io::Error>,
+    /// Bytes of the snapshot, header included.
+    bytes: u64,
     /// Snapshot bytes written since the last fsync, and how many to allow.
     unsynced: u64,
     sync_every: Option<u64>,
@@ -930,6 +930,7 @@ impl Compaction {
             return;
         }
         let mut written = self.out.write_all(&encode_record(key, value));
+        self.bytes += RECORD_BYTES as u64;
         self.unsynced += RECORD_BYTES as u64;
         if let (Ok(()), Some(every)) = (&written, self.sync_every)
             && self.unsynced >= every

@@ -522,6 +522,11 @@ mod tests {
             .unwrap()
             .expect("the file had outgrown its data");
         racer.join().unwrap();
+        assert_eq!(
+            store.journal().unwrap().len(),
+            std::fs::metadata(dir.path().join("data")).unwrap().len(),
+            "the journal knows the new file's length"
+        );
         assert!(report.before >= before);
         assert!(report.after < before / 2, "{report:?}");
         let expected: Vec<_> = (0..10u8)
