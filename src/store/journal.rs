@@ -251,7 +251,11 @@ struct State {
 
 /// The open data file.
 pub struct Journal {
+    /// The file as the user named it, for messages.
     path: PathBuf,
+    /// Where it really is (a symbolic link followed): compaction replaces this
+    /// file, and the files kept next to it go beside it.
+    real: PathBuf,
     policy: Fsync,
     compaction: CompactionPolicy,
     state: Mutex<State>,
@@ -391,12 +395,19 @@ impl Journal {
             .map_err(io_err(path, "fsync the data file"))?;
         // A compaction cut short by a crash left its temporary file; the data
         // file itself is whole (it is replaced only by a rename).
-        let _ = std::fs::remove_file(tmp_path(path));
+        let real = match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                std::fs::canonicalize(path).map_err(io_err(path, "follow the symbolic link"))?
+            }
+            _ => path.to_path_buf(),
+        };
+        let _ = std::fs::remove_file(tmp_path(&real));
         if created {
-            sync_dir(path).map_err(io_err(path, "fsync the data file's directory"))?;
+            sync_dir(&real).map_err(io_err(path, "fsync the data file's directory"))?;
         }
         let journal = Journal {
             path: path.to_path_buf(),
+            real: real.clone(),
             policy,
             compaction,
             state: Mutex::new(State {
@@ -412,7 +423,7 @@ impl Journal {
             }),
             written: Condvar::new(),
             reserve: Mutex::new(Reserve {
-                path: suffixed(path, ".reserve"),
+                path: suffixed(&real, ".reserve"),
                 short: false,
             }),
         };
@@ -591,7 +602,7 @@ impl Journal {
         if disk_trouble {
             self.release_reserve();
         }
-        let tmp = tmp_path(&self.path);
+        let tmp = tmp_path(&self.real);
         let created = (|| {
             match std::fs::remove_file(&tmp) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -602,6 +613,10 @@ impl Journal {
                 .append(true)
                 .create_new(true)
                 .open(&tmp)?;
+            // The new file takes the old one's place: with its permissions too.
+            if let Ok(meta) = std::fs::metadata(&self.real) {
+                file.set_permissions(meta.permissions())?;
+            }
             let mut out = BufWriter::with_capacity(1 << 20, file);
             out.write_all(MAGIC)?;
             Ok(out)
@@ -694,19 +709,19 @@ impl Journal {
             }
             let kept = match c.keep_damaged {
                 true => Some(
-                    keep_copy(&self.path)
+                    keep_copy(&self.real)
                         .map_err(failed("keep a copy of the damaged data file"))?,
                 ),
                 false => None,
             };
-            std::fs::rename(&c.tmp, &self.path)
+            std::fs::rename(&c.tmp, &self.real)
                 .map_err(failed("replace the data file with its compacted copy"))?;
             Ok(kept)
         })();
         // Batches acknowledged from now on go to the new file: under `always`
         // its name must be on disk first.
         let dir_synced = match (&renamed, self.policy) {
-            (Ok(_), Fsync::Always) => sync_dir(&self.path),
+            (Ok(_), Fsync::Always) => sync_dir(&self.real),
             _ => Ok(()),
         };
         let after = c.bytes + (copy.copied_to - c.copied_to);
@@ -735,7 +750,7 @@ impl Journal {
         dir_synced.map_err(failed("fsync the data file's directory"))?;
         let report = result?;
         if self.policy != Fsync::Always {
-            sync_dir(&self.path).map_err(failed("fsync the data file's directory"))?;
+            sync_dir(&self.real).map_err(failed("fsync the data file's directory"))?;
         }
         Ok(report)
     }

@@ -703,4 +703,44 @@ mod tests {
         let store = open_logged(&data, &AtomicBool::new(false)).unwrap();
         assert_eq!(store.read(1, 2), Some(3));
     }
+
+    #[test]
+    fn compaction_through_a_symbolic_link_replaces_the_real_file_and_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        {
+            let (store, _) =
+                RegisterStore::open(&link, Fsync::Never, CompactionPolicy::default(), false)
+                    .unwrap();
+            store.write(1, 1, 1).unwrap();
+        }
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let (store, _) =
+            RegisterStore::open(&link, Fsync::Never, CompactionPolicy::default(), false).unwrap();
+        store.write(1, 1, 2).unwrap();
+        store.compact(true).unwrap().expect("compacted");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        let meta = std::fs::metadata(&real).unwrap();
+        assert_eq!(
+            (meta.len(), meta.permissions().mode() & 0o777),
+            (8 + 9, 0o640)
+        );
+        assert_eq!(
+            store.journal().unwrap().reserve_path(),
+            dir.path().join("real.reserve")
+        );
+        store.write(1, 1, 3).unwrap();
+        drop(store);
+        let (store, _) =
+            RegisterStore::open(&link, Fsync::Never, CompactionPolicy::default(), false).unwrap();
+        assert_eq!(store.read(1, 1), Some(3));
+    }
 }
