@@ -1156,6 +1156,37 @@ mod tests {
     }
 
     #[test]
+    fn a_stop_request_during_replay_is_noticed_within_a_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let records: Vec<_> = (0..200_000u32)
+            .map(|i| (((i >> 8) as u16, i as u8), 1))
+            .collect();
+        std::fs::write(&path, file(&records)).unwrap();
+        let cancel = AtomicBool::new(false);
+        let mut replayed = 0usize;
+        let result = Journal::open(
+            &path,
+            Fsync::Never,
+            CompactionPolicy::default(),
+            false,
+            &cancel,
+            &mut |_, _| {
+                replayed += 1;
+                if replayed == 1000 {
+                    cancel.store(true, Ordering::Release);
+                }
+            },
+        );
+        assert!(matches!(result, Err(JournalError::Cancelled { .. })));
+        assert!(
+            replayed <= 1000 + REPLAY_CHUNK_BYTES / RECORD_BYTES + 1,
+            "{replayed} records replayed after the request"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), file(&records), "untouched");
+    }
+
+    #[test]
     fn tails_are_trimmed_and_new_records_follow() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data");
