@@ -24,6 +24,9 @@ use self::journal::{
 };
 use crate::config::DataConfig;
 
+/// How long the maintenance thread waits after a failed compaction.
+const COMPACTION_RETRY: Duration = Duration::from_secs(30);
+
 /// Shards of the device table; device `d` lives in shard `d % SHARDS`.
 pub const SHARDS: usize = 256;
 const SLOTS: usize = 65_536 / SHARDS;
@@ -289,6 +292,8 @@ impl RegisterStore {
             .name("wwep-journal".to_string())
             .spawn(move || {
                 let mut ticks = 0u32;
+                // After a failed compaction, wait before rewriting again.
+                let mut retry_at: Option<Instant> = None;
                 while !stop.load(Ordering::Acquire) {
                     std::thread::sleep(Duration::from_millis(100));
                     ticks += 1;
@@ -299,7 +304,11 @@ impl RegisterStore {
                         log::error!("data file fsync failed: {e}");
                     }
                     let began = Instant::now();
-                    match store.compact_unless(false, &stop) {
+                    let result = match retry_at {
+                        Some(t) if began < t => Ok(None),
+                        _ => store.compact_unless(false, &stop),
+                    };
+                    match result {
                         Ok(Some(r)) => log::info!(
                             "compacted the data file: {} -> {} bytes in {} ms (writes held {} µs)",
                             r.before,
@@ -308,7 +317,13 @@ impl RegisterStore {
                             r.held_batches.as_micros()
                         ),
                         Ok(None) => {}
-                        Err(e) => log::error!("compaction failed: {e}"),
+                        Err(e) => {
+                            log::error!(
+                                "compaction failed: {e}; next try in {} s",
+                                COMPACTION_RETRY.as_secs()
+                            );
+                            retry_at = Some(Instant::now() + COMPACTION_RETRY);
+                        }
                     }
                     if let Some(journal) = store.journal() {
                         journal.keep_reserve(store.len());
