@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: our server against the practical limit for a one-shot server on
 # this machine (nginx's stream module answering a constant reply, no parsing, no
-# state), plain and TLS (RSA-2048 and ECDSA P-256), at concurrency 1 and 32,
+# state), plain and TLS (RSA-2048 and ECDSA P-256), at concurrency 1 and 32, and
+# resumed TLS sessions (ECDSA; TLS 1.3 tickets, and TLS 1.2 as boards resume),
 # alternating the two servers. Loopback only; every process is stopped by PID.
 #
 # Then it checks the generator itself: `wwep bench` against scripts/refgen.c (the
@@ -108,6 +109,8 @@ stream {
     listen 127.0.0.1:$ng_ec ssl;
     ssl_certificate $tmp/ec/server.pem; ssl_certificate_key $tmp/ec/server.key;
     ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:wwep:10m;
+    ssl_session_tickets on;
     return "A0FAC0B1234";
   }
 }
@@ -122,22 +125,28 @@ CONF
   limit=nginx
 fi
 
-# bench_cmd PORT CA CONCURRENCY SECONDS [tls]: the wwep bench command line.
+# bench_cmd PORT CA CONCURRENCY SECONDS [tls [resume|resume12]]: the wwep bench
+# command line; resume offers each connection the previous session (resume12:
+# TLS 1.2 only, as embedded stacks of the boards' generation).
 bench_cmd() {
-  local port=$1 ca=$2 conc=$3 secs=$4 tls=${5:-}
+  local port=$1 ca=$2 conc=$3 secs=$4 tls=${5:-} resume=${6:-}
   local args=(--server "localhost:$port" --json bench -c "$conc" --duration "$secs" --warmup 0 --quiet)
+  case "$resume" in
+    resume) args=(--resume "${args[@]}") ;;
+    resume12) args=(--resume "${args[@]}" --tls12) ;;
+  esac
   if [ -n "$tls" ]; then args=(--tls --ca "$ca" "${args[@]}"); fi
   echo "$wwep" "${args[@]}"
 }
 
-# run PORT CA CONCURRENCY SERVER_PID [tls]: warm up, then one measurement as
-# JSON, with the server's CPU per completed transaction added as "cpu_us".
+# run PORT CA CONCURRENCY SERVER_PID [tls [resume]]: warm up, then one measurement
+# as JSON, with the server's CPU per completed transaction added as "cpu_us".
 run() {
-  local port=$1 ca=$2 conc=$3 pid=$4 tls=${5:-}
-  $(bench_cmd "$port" "$ca" "$conc" "$WARMUP" $tls) >/dev/null 2>&1 || true
+  local port=$1 ca=$2 conc=$3 pid=$4 tls=${5:-} resume=${6:-}
+  $(bench_cmd "$port" "$ca" "$conc" "$WARMUP" $tls $resume) >/dev/null 2>&1 || true
   local before out after n cpu=0
   before=$(cpu_ticks "$pid")
-  out=$($(bench_cmd "$port" "$ca" "$conc" "$DURATION" $tls) ||
+  out=$($(bench_cmd "$port" "$ca" "$conc" "$DURATION" $tls $resume) ||
     echo '{"completed":0,"per_second":0,"p50_us":0,"p99_us":0,"errors":{"run":1}}')
   after=$(cpu_ticks "$pid")
   n=$(field "$out" completed)
@@ -152,17 +161,23 @@ if [ "${GEN_ONLY:-0}" != 1 ]; then
   : >"$results"
   cases=("plain 1 $ours_plain ${ng_plain:-} -" "plain 32 $ours_plain ${ng_plain:-} -"
          "tls-rsa 1 $ours_rsa ${ng_rsa:-} $tmp/rsa/ca.pem" "tls-rsa 32 $ours_rsa ${ng_rsa:-} $tmp/rsa/ca.pem"
-         "tls-ec 1 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem" "tls-ec 32 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem")
+         "tls-ec 1 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem" "tls-ec 32 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem"
+         "ec-resumed 32 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem" "ec12-resumed 32 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem")
   for round in $(seq "$ROUNDS"); do
     for c in "${cases[@]}"; do
       read -r name conc ours theirs ca <<<"$c"
       tls=""; [ "$ca" != "-" ] && tls=1
+      resume=""
+      case "$name" in ec-resumed) resume=resume ;; ec12-resumed) resume=resume12 ;; esac
       echo "round $round: $name c=$conc" >&2
-      ours_pid=$ours_rsa_pid; [ "$name" = tls-ec ] && ours_pid=$ours_ec_pid
-      r=$(run "$ours" "$ca" "$conc" "$ours_pid" $tls)
+      case "$name" in
+        tls-ec | ec-resumed | ec12-resumed) ours_pid=$ours_ec_pid ;;
+        *) ours_pid=$ours_rsa_pid ;;
+      esac
+      r=$(run "$ours" "$ca" "$conc" "$ours_pid" $tls $resume)
       echo "$name $conc ours $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(field "$r" cpu_us) $(errors "$r")" >>"$results"
       if [ "$limit" = nginx ]; then
-        r=$(run "$theirs" "$ca" "$conc" "$nginx_pid" $tls)
+        r=$(run "$theirs" "$ca" "$conc" "$nginx_pid" $tls $resume)
         echo "$name $conc limit $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(field "$r" cpu_us) $(errors "$r")" >>"$results"
       fi
     done

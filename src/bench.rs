@@ -128,6 +128,9 @@ pub struct Report {
     pub schedule: Option<Schedule>,
     /// What the abuse connections went through, when there were any.
     pub abuse: Option<AbuseReport>,
+    /// With `--resume`: TLS handshakes done (warm-up included) and how many
+    /// resumed a session.
+    pub resumption: Option<(u64, u64)>,
 }
 
 /// An open-loop run against its schedule.
@@ -455,6 +458,7 @@ pub fn run(client: &Client, config: &BenchConfig) -> Result<Report, String> {
         bad_replies: all.bad_replies,
         schedule,
         abuse: abuse.map(|a| a.finish()),
+        resumption: client.resumption(),
     })
 }
 
@@ -497,6 +501,11 @@ impl Report {
                 ",\"abuse\":{{\"idle\":{},\"slow\":{}}}",
                 counts(&a.idle),
                 counts(&a.slow)
+            ));
+        }
+        if let Some((handshakes, resumed)) = self.resumption {
+            out.push_str(&format!(
+                ",\"handshakes\":{handshakes},\"resumed\":{resumed}"
             ));
         }
         out.push('}');
@@ -547,6 +556,11 @@ impl Report {
             out.push_str(&format!("errors: {errors} ({})\n", parts.join(", ")));
         }
         out.push_str(&format!("bad replies: {}\n", self.bad_replies));
+        if let Some((handshakes, resumed)) = self.resumption {
+            out.push_str(&format!(
+                "TLS handshakes: {handshakes} (warm-up included), {resumed} resumed a session\n"
+            ));
+        }
         if let Some(a) = &self.abuse {
             for (name, c) in [("idle", &a.idle), ("slow", &a.slow)] {
                 if c.opened + c.connect_failed == 0 {
@@ -691,6 +705,7 @@ mod tests {
             bad_replies: 1,
             schedule: None,
             abuse: None,
+            resumption: None,
         };
         let json = report.to_json();
         assert!(

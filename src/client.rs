@@ -5,7 +5,7 @@ use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
@@ -77,6 +77,49 @@ pub enum Link {
         /// The name the certificate is verified against (and sent as SNI).
         servername: String,
     },
+    /// TLS that offers the session of an earlier connection, as a board does.
+    TlsResuming {
+        config: Arc<rustls::ClientConfig>,
+        servername: rustls::pki_types::ServerName<'static>,
+        /// Handshakes done, and how many of them resumed a session.
+        handshakes: Arc<AtomicU64>,
+        resumed: Arc<AtomicU64>,
+    },
+}
+
+impl Link {
+    /// A resuming TLS link verifying the server as `servername`.
+    pub fn resuming(config: Arc<rustls::ClientConfig>, servername: &str) -> Result<Link, String> {
+        let servername = rustls::pki_types::ServerName::try_from(servername.to_string())
+            .map_err(|_| format!("'{servername}' is not a valid server name"))?;
+        Ok(Link::TlsResuming {
+            config,
+            servername,
+            handshakes: Arc::new(AtomicU64::new(0)),
+            resumed: Arc::new(AtomicU64::new(0)),
+        })
+    }
+}
+
+/// Sorts a rustls handshake failure by its kind.
+fn classify_rustls(e: rustls::Error, servername: &str) -> ClientError {
+    use rustls::CertificateError;
+    match e {
+        rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => ClientError::HostnameMismatch {
+            name: servername.to_string(),
+        },
+        rustls::Error::InvalidCertificate(reason) => ClientError::NotTrusted {
+            reason: format!("{reason:?}"),
+        },
+        rustls::Error::AlertReceived(alert) => ClientError::Handshake {
+            reason: format!("the server refused the connection ({alert:?})"),
+        },
+        other => ClientError::Handshake {
+            reason: other.to_string(),
+        },
+    }
 }
 
 /// Why a transaction did not produce a reply.
@@ -198,7 +241,7 @@ impl Client {
     ) -> Result<Client, ClientError> {
         let port = address.port.unwrap_or(match link {
             Link::Plain => DEFAULT_PLAIN_PORT,
-            Link::Tls { .. } => DEFAULT_TLS_PORT,
+            Link::Tls { .. } | Link::TlsResuming { .. } => DEFAULT_TLS_PORT,
         });
         let addrs: Vec<SocketAddr> = (address.host.as_str(), port)
             .to_socket_addrs()
@@ -231,7 +274,7 @@ impl Client {
     }
 
     pub fn is_tls(&self) -> bool {
-        matches!(self.link, Link::Tls { .. })
+        matches!(self.link, Link::Tls { .. } | Link::TlsResuming { .. })
     }
 
     /// Connects from this local address (the benchmark's `--source-ip`).
@@ -354,6 +397,77 @@ impl Client {
                 let _ = tls.get_ref().set_read_timeout(Some(left));
                 exchange(tls, request, reply, deadline, self.timeout, device_style)
             }
+            Link::TlsResuming {
+                config,
+                servername,
+                handshakes,
+                resumed,
+            } => {
+                let stream = self.connect(deadline)?;
+                let _ = stream.set_nodelay(true);
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1));
+                stream
+                    .set_read_timeout(Some(left))
+                    .and_then(|()| stream.set_write_timeout(Some(left)))
+                    .map_err(|source| ClientError::Io {
+                        stage: "setting up",
+                        source,
+                    })?;
+                let name = servername.to_str();
+                let connection =
+                    rustls::ClientConnection::new(Arc::clone(config), servername.clone())
+                        .map_err(|e| classify_rustls(e, &name))?;
+                let mut tls = rustls::StreamOwned::new(connection, stream);
+                while tls.conn.is_handshaking() {
+                    if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+                        return Err(
+                            match e
+                                .get_ref()
+                                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                            {
+                                Some(inner) => classify_rustls(inner.clone(), &name),
+                                None if is_timeout(&e) => ClientError::TimedOut {
+                                    stage: "in the TLS handshake",
+                                    after: self.timeout,
+                                },
+                                None => ClientError::Io {
+                                    stage: "in the TLS handshake",
+                                    source: e,
+                                },
+                            },
+                        );
+                    }
+                }
+                handshakes.fetch_add(1, Ordering::Relaxed);
+                if tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    resumed.fetch_add(1, Ordering::Relaxed);
+                }
+                exchange(
+                    &mut tls,
+                    request,
+                    reply,
+                    deadline,
+                    self.timeout,
+                    device_style,
+                )
+            }
+        }
+    }
+
+    /// For a resuming TLS link: handshakes done so far, and how many resumed.
+    pub fn resumption(&self) -> Option<(u64, u64)> {
+        match &self.link {
+            Link::TlsResuming {
+                handshakes,
+                resumed,
+                ..
+            } => Some((
+                handshakes.load(Ordering::Relaxed),
+                resumed.load(Ordering::Relaxed),
+            )),
+            _ => None,
         }
     }
 

@@ -892,6 +892,58 @@ impl Write for ServerStream {
     }
 }
 
+/// A client configuration that resumes TLS sessions the way a board does:
+/// TLS 1.2 by session ID or ticket, TLS 1.3 by ticket, from sessions kept in
+/// memory and shared by every connection made with it. It trusts exactly the
+/// certificates in `ca`. (rustls: native-tls and the openssl crate offer no safe
+/// way for a client to offer a saved session.)
+pub fn resuming_client_config(
+    ca: &Path,
+    identity: Option<&IdentitySource>,
+    only_tls12: bool,
+) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let refused =
+        |path: &Path, e: rustls::Error| TlsError::new(path, TlsErrorKind::Refused(e.to_string()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certificates(ca)? {
+        let der = cert.to_der().map_err(|e| TlsError::refused(ca, &e))?;
+        roots
+            .add(CertificateDer::from(der))
+            .map_err(|e| refused(ca, e))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&rustls::SupportedProtocolVersion] = if only_tls12 {
+        &[&rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| refused(ca, e))?
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(source) => {
+            let identity = Identity::load(source)?;
+            let chain = identity
+                .chain
+                .iter()
+                .map(|c| c.to_der().map(CertificateDer::from))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| identity.error(e))?;
+            let key = identity
+                .key
+                .private_key_to_pkcs8()
+                .map_err(|e| identity.error(e))?;
+            builder
+                .with_client_auth_cert(chain, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)))
+                .map_err(|e| refused(&identity.cert_path, e))?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
 /// How a client decides to trust a server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trust {

@@ -337,11 +337,18 @@ fn the_shipped_haproxy_config_spreads_boards_over_two_front_ends() {
             "{reply:?}"
         );
     }
-    let both = format!("{}\n{}", a.log_text(), b.log_text());
-    assert!(both.contains("plain 127.0.0.10:"), "{both}");
-    assert!(both.contains("tls 127.0.0.15:"), "{both}");
+    // Lines are logged just after each reply.
+    let both = || format!("{}\n{}", a.log_text(), b.log_text());
     assert!(
-        a.log_text().contains("\"W00070") && b.log_text().contains("\"W00070"),
+        eventually(Duration::from_secs(5), || both()
+            .contains("plain 127.0.0.10:")
+            && both().contains("tls 127.0.0.15:")),
+        "{}",
+        both()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || a.log_text().contains("\"W00070")
+            && b.log_text().contains("\"W00070")),
         "leastconn spread the boards over both front ends"
     );
 }

@@ -409,3 +409,46 @@ fn clients_with_nagle_on_are_not_held_by_delayed_acks() {
     assert!(plain < Duration::from_millis(10), "plain {plain:?}");
     assert!(tls < Duration::from_millis(10), "tls {tls:?}");
 }
+
+#[test]
+fn wwep_bench_resume_reuses_sessions_like_a_board() {
+    let s = TestServer::start();
+    let ca = s.pki.path("ca.pem");
+    for extra in [&[][..], &["--tls12"][..]] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep"));
+        cmd.arg("--server")
+            .arg(s.tls().to_string())
+            .args(["--servername", "localhost", "--tls", "--ca"])
+            .arg(&ca)
+            .args(["--resume", "--json", "bench", "-c", "2", "--requests", "40"])
+            .args(["--warmup", "0", "--quiet"])
+            .args(extra);
+        let out = run_with_input(&mut cmd, b"");
+        let text = describe(&cmd, &out);
+        assert_eq!(out.status.code(), Some(0), "{text}");
+        let json = stdout(&out);
+        let number = |field: &str| -> u64 {
+            json.split(&format!("\"{field}\":"))
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no {field} in {text}"))
+        };
+        let (handshakes, resumed) = (number("handshakes"), number("resumed"));
+        assert!(handshakes >= 40, "{text}");
+        assert!(resumed >= handshakes - 4, "most handshakes resume: {text}");
+    }
+    // Resumption needs a CA to trust.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep"));
+    cmd.arg("--server").arg(s.tls().to_string()).args([
+        "--tls",
+        "--insecure",
+        "--resume",
+        "read",
+        "1",
+        "1",
+    ]);
+    let out = run_with_input(&mut cmd, b"");
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&cmd, &out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--resume needs --ca"));
+}

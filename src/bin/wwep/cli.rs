@@ -44,6 +44,10 @@ pub struct ConnectionArgs {
     /// Skip certificate verification (the link is then open to a man in the middle).
     #[arg(long, global = true)]
     pub insecure: bool,
+    /// Offer the TLS session of the previous connection, as a board does (TLS 1.2
+    /// session ID or ticket, TLS 1.3 ticket); needs --tls and --ca.
+    #[arg(long, global = true)]
+    pub resume: bool,
     /// Client certificate (PEM) to present, for servers that require one.
     #[arg(
         long,
@@ -207,6 +211,7 @@ impl ConnectionArgs {
                 c.cert.is_some() || c.pkcs12.is_some(),
                 "a client certificate",
             ),
+            (c.resume, "--resume"),
         ];
         let link = if c.tls {
             let trust = match (&c.ca, c.insecure) {
@@ -230,11 +235,23 @@ impl ConnectionArgs {
                 }),
                 _ => None,
             };
-            let connector = wwep::tls::client_connector(&trust, identity.as_ref(), only_tls12)
-                .map_err(|e| e.to_string())?;
-            Link::Tls {
-                connector,
-                servername: c.servername.clone().unwrap_or_else(|| address.host.clone()),
+            let servername = c.servername.clone().unwrap_or_else(|| address.host.clone());
+            if c.resume {
+                let Some(ca) = &c.ca else {
+                    return Err(
+                        "--resume needs --ca (the resuming client trusts exactly that CA)".into(),
+                    );
+                };
+                let config = wwep::tls::resuming_client_config(ca, identity.as_ref(), only_tls12)
+                    .map_err(|e| e.to_string())?;
+                Link::resuming(config, &servername)?
+            } else {
+                let connector = wwep::tls::client_connector(&trust, identity.as_ref(), only_tls12)
+                    .map_err(|e| e.to_string())?;
+                Link::Tls {
+                    connector,
+                    servername,
+                }
             }
         } else {
             if let Some((_, flag)) = tls_only.iter().find(|(given, _)| *given) {
