@@ -103,6 +103,9 @@ pub struct ServerConfig {
     pub max_per_ip: usize,
     /// What the open port may do; the TLS port may always read and write.
     pub plain_access: Access,
+    /// The rule file of who may read or write which registers (`--acl`);
+    /// `None` lets every client that gets in read and write everything.
+    pub acl: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -125,6 +128,7 @@ impl Default for ServerConfig {
             allow: Vec::new(),
             max_per_ip: DEFAULT_MAX_PER_IP,
             plain_access: Access::ReadWrite,
+            acl: None,
         }
     }
 }

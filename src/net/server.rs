@@ -16,6 +16,7 @@ use log::{error, info, warn};
 use mio::{Poll, Token, Waker};
 use threadpool::ThreadPool;
 
+use crate::acl::{Acl, AclError};
 use crate::config::{ConfigError, ServerConfig, Transport};
 use crate::journal::JournalError;
 use crate::net::admission::{AdmissionTable, Refusal};
@@ -24,7 +25,7 @@ use crate::net::listener;
 use crate::net::rate_limited::RateLimitedLog;
 use crate::net::waiting_room::WaitingRoom;
 use crate::store::RegisterStore;
-use crate::tls::{Acceptor, HandshakeFailureKind, Identity, TlsError};
+use crate::tls::{Acceptor, ClientAuth, HandshakeFailureKind, Identity, TlsError};
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -34,6 +35,7 @@ pub enum ServerError {
     Bind { addr: SocketAddr, source: io::Error },
     Data(JournalError),
     Thread(io::Error),
+    Acl(AclError),
 }
 
 impl fmt::Display for ServerError {
@@ -44,6 +46,7 @@ impl fmt::Display for ServerError {
             ServerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             ServerError::Data(e) => e.fmt(f),
             ServerError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+            ServerError::Acl(e) => e.fmt(f),
         }
     }
 }
@@ -53,6 +56,12 @@ impl std::error::Error for ServerError {}
 impl From<ConfigError> for ServerError {
     fn from(e: ConfigError) -> Self {
         ServerError::Config(e)
+    }
+}
+
+impl From<AclError> for ServerError {
+    fn from(e: AclError) -> Self {
+        ServerError::Acl(e)
     }
 }
 
@@ -80,6 +89,8 @@ pub struct Stats {
     pub waiting: usize,
     /// TLS handshakes that failed (any kind, timeouts included).
     pub handshake_failures: u64,
+    /// Requests the `--acl` rules refused (answered `X`).
+    pub forbidden: u64,
 }
 
 /// What every thread of the server shares.
@@ -88,6 +99,8 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<RegisterStore>,
     /// Swapped whole on SIGHUP; a handshake holds its own `Arc`.
     acceptor: RwLock<Option<Arc<Acceptor>>>,
+    /// The `--acl` rules, swapped whole on SIGHUP; `None` without `--acl`.
+    acl: Option<RwLock<Arc<Acl>>>,
     pub(crate) table: Arc<AdmissionTable>,
     pub(crate) room: WaitingRoom,
     pub(crate) lingerer: Lingerer,
@@ -99,9 +112,11 @@ pub(crate) struct Shared {
     transactions: AtomicU64,
     refusals: Mutex<HashMap<Refusal, u64>>,
     handshake_failures: Mutex<HashMap<HandshakeFailureKind, u64>>,
+    forbidden: AtomicU64,
     pub(crate) refusal_log: RateLimitedLog,
     pub(crate) accept_log: RateLimitedLog,
     pub(crate) handshake_log: RateLimitedLog,
+    pub(crate) forbidden_log: RateLimitedLog,
 }
 
 impl Shared {
@@ -128,6 +143,17 @@ impl Shared {
             _ => {}
         }
         slot.clone()
+    }
+
+    /// The `--acl` rules in force now; `None` when every request may pass.
+    pub(crate) fn acl(&self) -> Option<Arc<Acl>> {
+        self.acl
+            .as_ref()
+            .map(|acl| Arc::clone(&acl.read().unwrap_or_else(|p| p.into_inner())))
+    }
+
+    pub(crate) fn count_forbidden(&self) {
+        self.forbidden.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn next_token(&self) -> Token {
@@ -202,11 +228,12 @@ pub struct ServerControl {
 /// file, before any listener binds.
 pub fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     config.validate()?;
-    // Certificates first: a bad one fails fast, before any file is touched.
+    // Certificates and rules first: a bad one fails fast, before any file is touched.
     let acceptor = load_acceptor(&config)?;
+    let acl = load_acl(&config)?;
     let store = match &config.data {
         None => {
-            let server = launch(config, Arc::new(RegisterStore::new()), acceptor)?;
+            let server = launch(config, Arc::new(RegisterStore::new()), acceptor, acl)?;
             info!(
                 "no --data file: registers are kept in memory only and lost when the server stops"
             );
@@ -242,7 +269,7 @@ pub fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             store
         }
     };
-    launch(config, Arc::new(store), acceptor)
+    launch(config, Arc::new(store), acceptor, acl)
 }
 
 /// Loads the certificates and keys the TLS port serves.
@@ -274,7 +301,29 @@ pub fn start_with_store(
 ) -> Result<RunningServer, ServerError> {
     config.validate()?;
     let acceptor = load_acceptor(&config)?;
-    launch(config, store, acceptor)
+    let acl = load_acl(&config)?;
+    launch(config, store, acceptor, acl)
+}
+
+/// Reads the `--acl` rule file, saying what it holds.
+fn load_acl(config: &ServerConfig) -> Result<Option<Acl>, AclError> {
+    let Some(path) = &config.acl else {
+        return Ok(None);
+    };
+    let acl = Acl::load(path)?;
+    info!(
+        "acl {}: {} rules; a request no rule allows gets X",
+        path.display(),
+        acl.rules().len()
+    );
+    let tls_clients_named = config.tls_port.is_some() && config.client_auth != ClientAuth::Off;
+    if acl.names_certificates() && !tls_clients_named {
+        warn!(
+            "acl {}: rules naming certificates never match without --client-ca",
+            path.display()
+        );
+    }
+    Ok(Some(acl))
 }
 
 /// File descriptors the server needs beyond its connections: listeners,
@@ -304,6 +353,7 @@ fn launch(
     mut config: ServerConfig,
     store: Arc<RegisterStore>,
     acceptor: Option<Acceptor>,
+    acl: Option<Acl>,
 ) -> Result<RunningServer, ServerError> {
     fit_open_files(&mut config);
     let bind =
@@ -333,6 +383,7 @@ fn launch(
         config,
         store: Arc::clone(&store),
         acceptor: RwLock::new(acceptor.map(Arc::new)),
+        acl: acl.map(|acl| RwLock::new(Arc::new(acl))),
         table,
         room,
         lingerer,
@@ -343,9 +394,11 @@ fn launch(
         transactions: AtomicU64::new(0),
         refusals: Mutex::new(HashMap::new()),
         handshake_failures: Mutex::new(HashMap::new()),
+        forbidden: AtomicU64::new(0),
         refusal_log: RateLimitedLog::new(log::Level::Warn, client_log_interval),
         accept_log: RateLimitedLog::new(log::Level::Warn, client_log_interval),
         handshake_log: RateLimitedLog::new(log::Level::Info, client_log_interval),
+        forbidden_log: RateLimitedLog::new(log::Level::Warn, client_log_interval),
     });
     let stop_maintenance = Arc::new(AtomicBool::new(false));
     let mut server = RunningServer {
@@ -429,6 +482,7 @@ impl RunningServer {
                 .unwrap_or_else(|p| p.into_inner())
                 .values()
                 .sum(),
+            forbidden: shared.forbidden.load(Ordering::Relaxed),
         }
     }
 
@@ -513,5 +567,17 @@ impl ServerControl {
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(acceptor));
         Ok(())
+    }
+
+    /// Reads the `--acl` rule file again and applies it to new requests. A
+    /// file with an error is refused as a whole and the old rules stay in
+    /// force. Returns the new rules (`None` without `--acl`).
+    pub fn reload_acl(&self) -> Result<Option<Arc<Acl>>, AclError> {
+        let (Some(path), Some(slot)) = (&self.shared.config.acl, &self.shared.acl) else {
+            return Ok(None);
+        };
+        let acl = Arc::new(Acl::load(path)?);
+        *slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&acl);
+        Ok(Some(acl))
     }
 }
