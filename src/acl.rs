@@ -711,13 +711,18 @@ impl Acl {
         })
     }
 
+    /// `boards.acl: 1 rule`, for the log.
+    pub fn summary(&self) -> String {
+        let n = self.rules.len();
+        let s = if n == 1 { "" } else { "s" };
+        format!("{}: {n} rule{s}", self.path.display())
+    }
+
     /// What `--check-acl` prints: every rule as understood, in order.
     pub fn describe(&self) -> String {
         let mut out = format!(
-            "{}: {} rule{}, first match wins; a request no rule allows is refused\nself = the device id in a certificate CN like {}\n",
-            self.path.display(),
-            self.rules.len(),
-            if self.rules.len() == 1 { "" } else { "s" },
+            "{}, first match wins; a request no rule allows is refused\nself = the device id in a certificate CN like {}\n",
+            self.summary(),
             self.self_cn
         );
         for rule in &self.rules {

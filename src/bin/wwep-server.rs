@@ -278,11 +278,7 @@ fn main() -> ExitCode {
                         Err(e) => error!("SIGHUP: keeping the old certificate: {e}"),
                     }
                     match control.reload_acl() {
-                        Ok(Some(acl)) => info!(
-                            "SIGHUP: reloaded the acl {}: {} rules",
-                            acl.path().display(),
-                            acl.rules().len()
-                        ),
+                        Ok(Some(acl)) => info!("SIGHUP: reloaded the acl {}", acl.summary()),
                         Ok(None) => {}
                         Err(e) => error!("SIGHUP: keeping the old acl rules: {e}"),
                     }

@@ -311,11 +311,7 @@ fn load_acl(config: &ServerConfig) -> Result<Option<Acl>, AclError> {
         return Ok(None);
     };
     let acl = Acl::load(path)?;
-    info!(
-        "acl {}: {} rules; a request no rule allows gets X",
-        path.display(),
-        acl.rules().len()
-    );
+    info!("acl {}; a request no rule allows gets X", acl.summary());
     let tls_clients_named = config.tls_port.is_some() && config.client_auth != ClientAuth::Off;
     if acl.names_certificates() && !tls_clients_named {
         warn!(
