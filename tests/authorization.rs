@@ -630,3 +630,80 @@ fn readme_rule_file_example_does_what_it_says() {
         );
     }
 }
+
+/// A board that resumes its TLS session (by session id or ticket, as boards
+/// do to save the handshake) is still known by its certificate.
+#[test]
+fn a_resumed_session_keeps_the_boards_identity() {
+    if !have_tool("openssl") {
+        return;
+    }
+    let pki = Arc::new(Pki::new(KeyKind::EcP256));
+    let a = board(&pki, "04FB");
+    let cert = pki.write("board.pem", &a.cert.to_pem().unwrap());
+    let key = pki.write("board.key", &a.key.private_key_to_pem_pkcs8().unwrap());
+    let s = acl_server(Arc::clone(&pki), BOARDS, true);
+    let s_client = |flags: &[&str], request: &str| {
+        let mut cmd = Command::new("openssl");
+        cmd.args(["s_client", "-connect", &s.tls().to_string()])
+            .args([
+                "-servername",
+                "localhost",
+                "-verify_return_error",
+                "-ign_eof",
+            ])
+            .arg("-CAfile")
+            .arg(pki.path("ca.pem"))
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .args(flags);
+        let out = run_with_input(&mut cmd, request.as_bytes());
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            describe(&cmd, &out),
+        )
+    };
+    let cases: [(&str, &[&str]); 3] = [
+        ("tls12-id", &["-tls1_2", "-no_ticket"]),
+        ("tls12-ticket", &["-tls1_2"]),
+        ("tls13-ticket", &["-tls1_3"]),
+    ];
+    for (name, flags) in cases {
+        let session = pki.path(&format!("session-{name}"));
+        let session = session.to_str().unwrap();
+        let first = [flags, &["-sess_out", session]].concat();
+        let (out, text) = s_client(&first, "W04FB050001\n");
+        assert!(
+            out.contains("New, TLSv1.") && out.contains("A04FB050001"),
+            "{name}: {text}"
+        );
+        let again = [flags, &["-sess_in", session]].concat();
+        let (out, text) = s_client(&again, "W04FB050002\n");
+        assert!(
+            out.contains("Reused, TLSv1.") && out.contains("A04FB050002"),
+            "{name}: {text}"
+        );
+        let (out, text) = s_client(&again, "W0500050002\n");
+        assert!(
+            out.contains("Reused, TLSv1.") && out.contains("X forbidden"),
+            "{name}: {text}"
+        );
+    }
+}
+
+#[test]
+fn help_lists_the_acl_flags() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep-server"));
+    cmd.arg("--help");
+    let out = run_with_input(&mut cmd, b"");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--acl <FILE>", "WWEP_ACL", "--check-acl <FILE>"] {
+        assert!(
+            help.contains(flag),
+            "--help lacks {flag}: {}",
+            describe(&cmd, &out)
+        );
+    }
+}
