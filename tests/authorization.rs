@@ -707,3 +707,20 @@ fn help_lists_the_acl_flags() {
         );
     }
 }
+
+#[test]
+fn certificate_rules_without_client_ca_are_warned_about() {
+    let acl = repo("dist/boards.acl");
+    let server = ServerProcess::start(&["--no-tls", "--acl", acl.to_str().unwrap()]);
+    let warning = format!(
+        "acl {}: rules naming certificates never match without --client-ca",
+        acl.display()
+    );
+    assert!(
+        server.log_text().contains(&warning),
+        "{}",
+        server.log_text()
+    );
+    let reply = transact(&mut connect(server.plain.unwrap()), b"R04FB05");
+    assert_eq!(reply, b"X");
+}
