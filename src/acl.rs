@@ -245,29 +245,37 @@ impl fmt::Display for AclError {
 
 impl std::error::Error for AclError {}
 
+/// Glob matching over bytes (ASCII) or characters: `*` any run, `?` one.
+fn glob_matches<T: Copy + PartialEq>(pattern: &[T], text: &[T], star: T, one: T) -> bool {
+    let (mut p, mut t) = (0, 0);
+    // Where the last `*` was, and the text position it currently covers up to.
+    let mut last_star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == one || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == star {
+            last_star = Some((p, t));
+            p += 1;
+        } else if let Some((star_p, star_t)) = last_star {
+            p = star_p + 1;
+            t = star_t + 1;
+            last_star = Some((star_p, star_t + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == star)
+}
+
 impl Glob {
     fn matches(&self, text: &str) -> bool {
+        if self.0.is_ascii() && text.is_ascii() {
+            return glob_matches(self.0.as_bytes(), text.as_bytes(), b'*', b'?');
+        }
         let pattern: Vec<char> = self.0.chars().collect();
         let text: Vec<char> = text.chars().collect();
-        let (mut p, mut t) = (0, 0);
-        // Where the last `*` was, and the text position it currently covers up to.
-        let mut star: Option<(usize, usize)> = None;
-        while t < text.len() {
-            if p < pattern.len() && (pattern[p] == '?' || pattern[p] == text[t]) {
-                p += 1;
-                t += 1;
-            } else if p < pattern.len() && pattern[p] == '*' {
-                star = Some((p, t));
-                p += 1;
-            } else if let Some((star_p, star_t)) = star {
-                p = star_p + 1;
-                t = star_t + 1;
-                star = Some((star_p, star_t + 1));
-            } else {
-                return false;
-            }
-        }
-        pattern[p..].iter().all(|&c| c == '*')
+        glob_matches(&pattern, &text, '*', '?')
     }
 
     fn is_exact(&self) -> bool {
@@ -296,11 +304,24 @@ impl SelfPattern {
     /// The device id a CN carries: exactly 4 hex digits (either case) where
     /// `{DEVICE}` stands, the rest literal.
     pub fn device(&self, cn: &str) -> Option<u16> {
-        let digits = cn.strip_prefix(&self.prefix)?.strip_suffix(&self.suffix)?;
-        if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let (cn, prefix, suffix) = (
+            cn.as_bytes(),
+            self.prefix.as_bytes(),
+            self.suffix.as_bytes(),
+        );
+        if cn.len() != prefix.len() + 4 + suffix.len() {
             return None;
         }
-        u16::from_str_radix(digits, 16).ok()
+        let (head, rest) = cn.split_at(prefix.len());
+        let (digits, tail) = rest.split_at(4);
+        // Byte by byte: these are a few bytes, fewer than a memcmp call costs.
+        let same = |a: &[u8], b: &[u8]| a.iter().zip(b).all(|(x, y)| x == y);
+        if !same(head, prefix) || !same(tail, suffix) {
+            return None;
+        }
+        digits.iter().try_fold(0u16, |id, &b| {
+            Some(id << 4 | char::from(b).to_digit(16)? as u16)
+        })
     }
 }
 
