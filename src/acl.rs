@@ -37,6 +37,9 @@ use crate::protocol::Request;
 
 /// The pattern `self` uses when the file has no `self-cn` line.
 pub const DEFAULT_SELF_CN: &str = "wwep-{DEVICE}";
+/// The largest rule file read: far more rules than any deployment needs, and
+/// a bound on what a wrong path (a device, a log) can make the server read.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
 /// Where the device id stands in a `self-cn` pattern.
 const DEVICE_PLACEHOLDER: &str = "{DEVICE}";
 
@@ -152,6 +155,8 @@ pub enum Field {
 pub enum Problem {
     /// The file cannot be read (the I/O error's text).
     Unreadable(String),
+    /// The file is larger than [`MAX_FILE_BYTES`].
+    TooLarge,
     /// The line is not UTF-8 text.
     NotText,
     /// The first word is not `allow`, `deny` or `self-cn`.
@@ -202,6 +207,11 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Problem::Unreadable(e) => write!(f, "cannot read the rule file: {e}"),
+            Problem::TooLarge => write!(
+                f,
+                "larger than {} KiB: not a rule file",
+                MAX_FILE_BYTES / 1024
+            ),
             Problem::NotText => f.write_str("not UTF-8 text"),
             Problem::UnknownKeyword(w) => {
                 write!(f, "unknown rule '{w}' (expected allow, deny or self-cn)")
@@ -619,11 +629,19 @@ impl fmt::Display for Decision<'_> {
 impl Acl {
     /// Reads and parses a rule file; any error refuses the file as a whole.
     pub fn load(path: &Path) -> Result<Acl, AclError> {
-        let bytes = std::fs::read(path).map_err(|e| AclError {
+        use std::io::Read;
+        let error = |problem| AclError {
             path: path.to_path_buf(),
             line: None,
-            problem: Problem::Unreadable(e.to_string()),
-        })?;
+            problem,
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(|e| error(Problem::Unreadable(e.to_string())))?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(error(Problem::TooLarge));
+        }
         Acl::parse(&bytes, path)
     }
 
@@ -907,6 +925,23 @@ mod tests {
                 problem: Problem::NotText,
             })
         );
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.acl");
+        std::fs::write(&big, vec![b'#'; MAX_FILE_BYTES as usize + 1]).unwrap();
+        assert_eq!(
+            Acl::load(&big),
+            Err(AclError {
+                path: big.clone(),
+                line: None,
+                problem: Problem::TooLarge,
+            })
+        );
+        assert_eq!(
+            Acl::load(&big).unwrap_err().to_string(),
+            format!("{}: larger than 1024 KiB: not a rule file", big.display())
+        );
+        std::fs::write(&big, vec![b'#'; MAX_FILE_BYTES as usize]).unwrap();
+        assert_eq!(Acl::load(&big).map(|acl| acl.rules().len()), Ok(0));
         let missing = Acl::load(Path::new("/nonexistent/wwep.acl")).unwrap_err();
         assert_eq!(missing.line, None);
         assert!(matches!(missing.problem, Problem::Unreadable(_)));
