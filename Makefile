@@ -12,7 +12,7 @@ SYSTEMD_DIR ?= /etc/systemd/system
 SYSUSERS_DIR ?= /usr/lib/sysusers.d
 CONF_DIR ?= /etc/wwep
 
-.PHONY: all build release run test bench microbench certs clean install
+.PHONY: all build release run test bench bench-fleet bench-generator microbench certs clean install
 
 all: build
 
@@ -50,6 +50,21 @@ install: release
 # alone (frame, parse, store, encode); see README.
 bench: microbench
 	./scripts/bench.sh
+	./scripts/bench-fleet.sh
+
+# Write latency during compaction with all 16,777,216 registers written; see
+# scripts/bench-data.sh for its settings (REGISTERS, WRITERS, FSYNC, DIR, ...).
+.PHONY: bench-data
+bench-data:
+	./scripts/bench-data.sh
+
+# The memory store against Redis, one front end and two behind a balancer.
+bench-fleet:
+	./scripts/bench-fleet.sh
+
+# Only the check that `wwep bench` keeps up with a minimal C generator on nginx.
+bench-generator:
+	GEN_ONLY=1 ./scripts/bench.sh
 
 microbench:
 	$(CARGO) bench --bench hot_path -- --warm-up-time 1 --measurement-time 3

@@ -4,13 +4,22 @@
 # state), plain and TLS (RSA-2048 and ECDSA P-256), at concurrency 1 and 32,
 # alternating the two servers. Loopback only; every process is stopped by PID.
 #
-# DURATION (seconds per run, default 3) and ROUNDS (default 2) tune the length.
+# Then it checks the generator itself: `wwep bench` against scripts/refgen.c (the
+# smallest one-shot generator: blocking threads doing socket, connect, write,
+# read, close, with no timing) on nginx's open port, alternating, and prints the
+# median rates and their ratio.
+#
+# DURATION (seconds per run, default 3) and ROUNDS (default 2) tune the length;
+# GEN_ROUNDS (default 7) and GEN_DURATION (seconds, default 2) the generator check;
+# GEN_ONLY=1 (`make bench-generator`) runs the generator check alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-3}
 ROUNDS=${ROUNDS:-2}
 WARMUP=${WARMUP:-1}
+GEN_ROUNDS=${GEN_ROUNDS:-7}
+GEN_DURATION=${GEN_DURATION:-2}
 
 cargo build --release -q
 wwep=./target/release/wwep
@@ -138,47 +147,81 @@ run() {
 field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
 errors() { sed -n 's/.*"errors":{\([^}]*\)}.*/\1/p' <<<"$1"; }
 
-results="$tmp/results"
-: >"$results"
-cases=("plain 1 $ours_plain ${ng_plain:-} -" "plain 32 $ours_plain ${ng_plain:-} -"
-       "tls-rsa 1 $ours_rsa ${ng_rsa:-} $tmp/rsa/ca.pem" "tls-rsa 32 $ours_rsa ${ng_rsa:-} $tmp/rsa/ca.pem"
-       "tls-ec 1 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem" "tls-ec 32 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem")
-for round in $(seq "$ROUNDS"); do
-  for c in "${cases[@]}"; do
-    read -r name conc ours theirs ca <<<"$c"
-    tls=""; [ "$ca" != "-" ] && tls=1
-    echo "round $round: $name c=$conc" >&2
-    ours_pid=$ours_rsa_pid; [ "$name" = tls-ec ] && ours_pid=$ours_ec_pid
-    r=$(run "$ours" "$ca" "$conc" "$ours_pid" $tls)
-    echo "$name $conc ours $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(field "$r" cpu_us) $(errors "$r")" >>"$results"
-    if [ "$limit" = nginx ]; then
-      r=$(run "$theirs" "$ca" "$conc" "$nginx_pid" $tls)
-      echo "$name $conc limit $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(field "$r" cpu_us) $(errors "$r")" >>"$results"
-    fi
+if [ "${GEN_ONLY:-0}" != 1 ]; then
+  results="$tmp/results"
+  : >"$results"
+  cases=("plain 1 $ours_plain ${ng_plain:-} -" "plain 32 $ours_plain ${ng_plain:-} -"
+         "tls-rsa 1 $ours_rsa ${ng_rsa:-} $tmp/rsa/ca.pem" "tls-rsa 32 $ours_rsa ${ng_rsa:-} $tmp/rsa/ca.pem"
+         "tls-ec 1 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem" "tls-ec 32 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem")
+  for round in $(seq "$ROUNDS"); do
+    for c in "${cases[@]}"; do
+      read -r name conc ours theirs ca <<<"$c"
+      tls=""; [ "$ca" != "-" ] && tls=1
+      echo "round $round: $name c=$conc" >&2
+      ours_pid=$ours_rsa_pid; [ "$name" = tls-ec ] && ours_pid=$ours_ec_pid
+      r=$(run "$ours" "$ca" "$conc" "$ours_pid" $tls)
+      echo "$name $conc ours $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(field "$r" cpu_us) $(errors "$r")" >>"$results"
+      if [ "$limit" = nginx ]; then
+        r=$(run "$theirs" "$ca" "$conc" "$nginx_pid" $tls)
+        echo "$name $conc limit $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(field "$r" cpu_us) $(errors "$r")" >>"$results"
+      fi
+    done
   done
-done
 
+  echo
+  echo "wwep vs. the one-shot limit on this machine ($(nproc) cores), ${ROUNDS}x${DURATION} s each, loopback"
+  [ "$limit" = none ] && echo "(nginx with its stream module is not available here: ours alone)"
+  awk -v limit="$limit" '
+    { key=$1" "$2; who=$3; n[key,who]++; tps[key,who]+=$4; p50[key,who]+=$5; p99[key,who]+=$6; cpu[key,who]+=$7
+      if ($8 != "") err[key,who]=err[key,who] " " $8
+      if (!(key in seen)) { seen[key]=1; order[++k]=key } }
+    END {
+      if (limit == "none") {
+        printf "| %-8s | %4s | %10s | %9s | %9s | %11s |\n", "case", "conc", "ours tx/s", "p50 ms", "p99 ms", "cpu us/tx"
+        printf "|----------|------|------------|-----------|-----------|-------------|\n"
+      } else {
+        printf "| %-8s | %4s | %10s | %10s | %6s | %9s | %9s | %9s | %9s | %8s | %8s | %9s |\n", "case", "conc", "ours tx/s", "limit tx/s", "ratio", "ours p50", "limit p50", "ours p99", "limit p99", "p99 ratio", "ours cpu", "limit cpu"
+        printf "|----------|------|------------|------------|--------|-----------|-----------|-----------|-----------|----------|----------|-----------|\n"
+      }
+      for (i=1; i<=k; i++) {
+        key=order[i]; split(key, f, " ")
+        o=tps[key,"ours"]/n[key,"ours"]; o50=p50[key,"ours"]/n[key,"ours"]/1000; o99=p99[key,"ours"]/n[key,"ours"]/1000; oc=cpu[key,"ours"]/n[key,"ours"]
+        if (limit == "none") { printf "| %-8s | %4s | %10.0f | %9.3f | %9.3f | %11.0f |\n", f[1], f[2], o, o50, o99, oc; continue }
+        t=tps[key,"limit"]/n[key,"limit"]; t50=p50[key,"limit"]/n[key,"limit"]/1000; t99=p99[key,"limit"]/n[key,"limit"]/1000; tc=cpu[key,"limit"]/n[key,"limit"]
+        printf "| %-8s | %4s | %10.0f | %10.0f | %6.2f | %9.3f | %9.3f | %9.3f | %9.3f | %8.2f | %8.0f | %9.0f |\n", f[1], f[2], o, t, (t>0?o/t:0), o50, t50, o99, t99, (t99>0?o99/t99:0), oc, tc
+      }
+      for (key in err) if (err[key] != "") { split(key, g, SUBSEP); print "errors " g[1] " " g[2] ":" err[key] }
+    }' "$results"
+fi
+
+# The generator against the reference generator, on the same nginx port in the
+# same run, alternating; medians, since other load on the machine moves single runs.
+if [ "$limit" != nginx ]; then
+  echo
+  echo "generator check skipped: needs nginx with its stream module"
+  exit 0
+fi
+if ! command -v cc >/dev/null 2>&1; then
+  echo
+  echo "generator check skipped: needs a C compiler (cc) for scripts/refgen.c"
+  exit 0
+fi
+cc -O2 -pthread -o "$tmp/refgen" scripts/refgen.c
+gen="$tmp/generators"
+: >"$gen"
+echo "generator check: ${GEN_ROUNDS}x${GEN_DURATION} s each, c=32, nginx open port" >&2
+"$tmp/refgen" 127.0.0.1 "$ng_plain" 32 1 >/dev/null
+for _ in $(seq "$GEN_ROUNDS"); do
+  r=$("$tmp/refgen" 127.0.0.1 "$ng_plain" 32 "$GEN_DURATION")
+  w=$("$wwep" --server "127.0.0.1:$ng_plain" --json bench -c 32 --duration "$GEN_DURATION" --warmup 0 --quiet || true)
+  echo "$(field "$r" per_second) $(field "$w" per_second)" >>"$gen"
+done
 echo
-echo "wwep vs. the one-shot limit on this machine ($(nproc) cores), ${ROUNDS}x${DURATION} s each, loopback"
-[ "$limit" = none ] && echo "(nginx with its stream module is not available here: ours alone)"
-awk -v limit="$limit" '
-  { key=$1" "$2; who=$3; n[key,who]++; tps[key,who]+=$4; p50[key,who]+=$5; p99[key,who]+=$6; cpu[key,who]+=$7
-    if ($8 != "") err[key,who]=err[key,who] " " $8
-    if (!(key in seen)) { seen[key]=1; order[++k]=key } }
-  END {
-    if (limit == "none") {
-      printf "| %-8s | %4s | %10s | %9s | %9s | %11s |\n", "case", "conc", "ours tx/s", "p50 ms", "p99 ms", "cpu us/tx"
-      printf "|----------|------|------------|-----------|-----------|-------------|\n"
-    } else {
-      printf "| %-8s | %4s | %10s | %10s | %6s | %9s | %9s | %9s | %9s | %8s | %8s | %9s |\n", "case", "conc", "ours tx/s", "limit tx/s", "ratio", "ours p50", "limit p50", "ours p99", "limit p99", "p99 ratio", "ours cpu", "limit cpu"
-      printf "|----------|------|------------|------------|--------|-----------|-----------|-----------|-----------|----------|----------|-----------|\n"
-    }
-    for (i=1; i<=k; i++) {
-      key=order[i]; split(key, f, " ")
-      o=tps[key,"ours"]/n[key,"ours"]; o50=p50[key,"ours"]/n[key,"ours"]/1000; o99=p99[key,"ours"]/n[key,"ours"]/1000; oc=cpu[key,"ours"]/n[key,"ours"]
-      if (limit == "none") { printf "| %-8s | %4s | %10.0f | %9.3f | %9.3f | %11.0f |\n", f[1], f[2], o, o50, o99, oc; continue }
-      t=tps[key,"limit"]/n[key,"limit"]; t50=p50[key,"limit"]/n[key,"limit"]/1000; t99=p99[key,"limit"]/n[key,"limit"]/1000; tc=cpu[key,"limit"]/n[key,"limit"]
-      printf "| %-8s | %4s | %10.0f | %10.0f | %6.2f | %9.3f | %9.3f | %9.3f | %9.3f | %8.2f | %8.0f | %9.0f |\n", f[1], f[2], o, t, (t>0?o/t:0), o50, t50, o99, t99, (t99>0?o99/t99:0), oc, tc
-    }
-    for (key in err) if (err[key] != "") { split(key, g, SUBSEP); print "errors " g[1] " " g[2] ":" err[key] }
-  }' "$results"
+# median COLUMN: the median of one column of the pairs.
+median() { awk -v c="$1" '{ print $c }' "$gen" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+awk '{ print $0, ($1 > 0 ? $2 / $1 : 0) }' "$gen" >"$gen.ratios" && mv "$gen.ratios" "$gen"
+ref=$(median 1); ours=$(median 2); paired=$(median 3)
+low=$(awk '{ print $3 }' "$gen" | sort -g | head -1); high=$(awk '{ print $3 }' "$gen" | sort -g | tail -1)
+awk -v ref="$ref" -v ours="$ours" -v paired="$paired" -v low="$low" -v high="$high" -v rounds="$GEN_ROUNDS" 'BEGIN {
+  printf "generator check (nginx open port, c=32, %d alternating pairs): refgen median %.0f tx/s, wwep bench median %.0f tx/s; ratio of medians %.2f, median paired ratio %.2f (range %.2f-%.2f)\n",
+    rounds, ref, ours, (ref > 0 ? ours / ref : 0), paired, low, high }'

@@ -1,14 +1,23 @@
 //! A load generator in the manner of redis-benchmark: N concurrent workers doing
-//! one-shot transactions, with the statistics as a pure, tested function.
+//! one-shot transactions, closed loop (as fast as the server answers) or open
+//! loop (`--rate`, on a schedule, timed from the scheduled send), optionally
+//! beside abuse connections ([`abuse`]). Each worker keeps its own latency
+//! [`Histogram`] and counts; the statistics are pure, tested functions.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::client::Client;
-use crate::protocol::{Reply, Request};
+use crate::protocol::{MAX_MESSAGE_BYTES, Reply, Request};
+
+pub mod abuse;
+mod histogram;
+
+pub use abuse::{AbuseConfig, AbuseCounts, AbuseReport, MAX_ABUSE_CONNECTIONS, RECONNECT_PAUSE};
+pub use histogram::Histogram;
 
 /// Which requests the workers send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,44 +28,92 @@ pub enum Mix {
     WritePercent(u8),
 }
 
-impl Mix {
-    /// `write`, `read`, or `R/W` percentages such as `80/20` (80 % reads).
-    pub fn parse(text: &str) -> Result<Mix, String> {
-        match text {
-            "write" => Ok(Mix::Write),
-            "read" => Ok(Mix::Read),
-            _ => {
-                let bad = || {
-                    format!(
-                        "invalid --mix '{text}': expected write, read or READ/WRITE percentages like 80/20"
-                    )
-                };
-                let (r, w) = text.split_once('/').ok_or_else(bad)?;
-                let (r, w): (u8, u8) =
-                    (r.parse().map_err(|_| bad())?, w.parse().map_err(|_| bad())?);
-                if u16::from(r) + u16::from(w) != 100 {
-                    return Err(format!(
-                        "invalid --mix '{text}': the percentages must add up to 100"
-                    ));
-                }
-                Ok(Mix::WritePercent(w))
-            }
-        }
-    }
+/// Defaults of `wwep bench`, written once: the flags read them.
+pub const DEFAULT_CONCURRENCY: usize = 32;
+pub const DEFAULT_DURATION_SECS: f64 = 10.0;
+pub const DEFAULT_WARMUP_SECS: f64 = 1.0;
+pub const DEFAULT_SLOW_INTERVAL_MS: u64 = 2000;
+/// In an open-loop run, a transaction that starts later than this after its
+/// scheduled time counts as late.
+pub const LATE_AFTER: Duration = Duration::from_millis(1);
+
+/// How the workers pace their transactions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Load {
+    /// Closed loop: each worker starts its next transaction as soon as the last
+    /// one ends, so the rate is whatever the server sustains.
+    Closed,
+    /// Open loop: this many transactions per second in total, each worker on a
+    /// fixed schedule; latency is measured from the scheduled time, so a stall
+    /// shows in the latencies of every transaction it delayed.
+    Open { per_second: f64 },
+}
+
+/// When the measurement ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    Elapsed(Duration),
+    Completed(u64),
 }
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
     pub concurrency: usize,
-    /// Measure for this long…
-    pub duration: Option<Duration>,
-    /// …or until this many transactions have completed.
-    pub requests: Option<u64>,
+    pub until: Until,
     pub warmup: Duration,
+    pub load: Load,
     pub mix: Mix,
     /// Spread requests over this many device ids (all 65,536 when `None`).
     pub devices: Option<u32>,
+    pub abuse: AbuseConfig,
     pub progress: bool,
+}
+
+impl BenchConfig {
+    /// A closed-loop run of `concurrency` workers for `until`, writes only.
+    pub fn new(concurrency: usize, until: Until) -> BenchConfig {
+        BenchConfig {
+            concurrency,
+            until,
+            warmup: Duration::ZERO,
+            load: Load::Closed,
+            mix: Mix::Write,
+            devices: None,
+            abuse: AbuseConfig::none(),
+            progress: false,
+        }
+    }
+
+    /// Checks what the types cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.concurrency == 0 {
+            return Err("--concurrency must be at least 1".into());
+        }
+        if let Load::Open { per_second } = self.load
+            && !(per_second.is_finite() && per_second > 0.0)
+        {
+            return Err(format!(
+                "--rate must be a positive number of transactions per second, not {per_second}"
+            ));
+        }
+        if let Until::Completed(0) = self.until {
+            return Err("--requests must be at least 1".into());
+        }
+        if self.abuse.idle + self.abuse.slow > MAX_ABUSE_CONNECTIONS {
+            return Err(format!(
+                "--idle and --slow may hold at most {MAX_ABUSE_CONNECTIONS} connections together"
+            ));
+        }
+        if self.abuse.slow_interval.is_zero() {
+            return Err("--slow-interval-ms must be greater than 0".into());
+        }
+        if let Some(ip) = self.abuse.from.iter().find(|ip| !ip.is_loopback()) {
+            return Err(format!(
+                "--idle-from {ip}: abuse connections come only from loopback addresses (127.0.0.0/8, ::1)"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What one run measured.
@@ -67,6 +124,24 @@ pub struct Report {
     pub errors: BTreeMap<&'static str, u64>,
     /// Replies that were not what the request called for.
     pub bad_replies: u64,
+    /// How well an open-loop run kept to its schedule.
+    pub schedule: Option<Schedule>,
+    /// What the abuse connections went through, when there were any.
+    pub abuse: Option<AbuseReport>,
+}
+
+/// An open-loop run against its schedule.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Schedule {
+    /// The rate asked for.
+    pub per_second: f64,
+    /// Transactions due while measuring.
+    pub scheduled: u64,
+    /// Of the transactions started while measuring (completed or failed), those
+    /// that started more than [`LATE_AFTER`] after their scheduled time.
+    pub late: u64,
+    /// Transactions due before the end that never started.
+    pub missed: u64,
 }
 
 /// Throughput and latency percentiles of completed transactions.
@@ -83,19 +158,10 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Summarises latencies (in microseconds, any order) measured over `elapsed`.
-    /// Percentiles are nearest-rank: the smallest value with at least p of the
-    /// samples at or below it.
-    pub fn from_latencies(mut micros: Vec<u32>, elapsed: Duration) -> Summary {
-        micros.sort_unstable();
-        let rank = |p: f64| -> Duration {
-            if micros.is_empty() {
-                return Duration::ZERO;
-            }
-            let index = ((p * micros.len() as f64).ceil() as usize).clamp(1, micros.len()) - 1;
-            Duration::from_micros(u64::from(micros[index]))
-        };
-        let completed = micros.len() as u64;
+    /// Summarises the latencies in `histogram`, measured over `elapsed`.
+    /// Percentiles are nearest-rank, to the histogram's precision.
+    pub fn from_histogram(histogram: &Histogram, elapsed: Duration) -> Summary {
+        let completed = histogram.len();
         let secs = elapsed.as_secs_f64();
         Summary {
             completed,
@@ -105,16 +171,23 @@ impl Summary {
             } else {
                 0.0
             },
-            p50: rank(0.50),
-            p90: rank(0.90),
-            p99: rank(0.99),
-            p999: rank(0.999),
-            max: micros
-                .last()
-                .map(|&m| Duration::from_micros(u64::from(m)))
-                .unwrap_or_default(),
+            p50: histogram.percentile(0.50),
+            p90: histogram.percentile(0.90),
+            p99: histogram.percentile(0.99),
+            p999: histogram.percentile(0.999),
+            max: histogram.max(),
         }
     }
+}
+
+/// Transactions due in `[from, to)` on a schedule whose next unstarted slot is
+/// `next`, one every `interval`: what a worker still owed when the run ended.
+pub fn missed_slots(next: Instant, interval: Duration, from: Instant, to: Instant) -> u64 {
+    let first = next.max(from);
+    if first >= to || interval.is_zero() {
+        return 0;
+    }
+    ((to - first).as_secs_f64() / interval.as_secs_f64()).ceil() as u64
 }
 
 /// A small, fast generator; one per worker so they never contend.
@@ -165,85 +238,178 @@ fn reply_fits(request: &Request, reply: &[u8]) -> bool {
     }
 }
 
+/// What one worker measured; merged at the end, so workers share nothing but
+/// two flags and a counter while they run.
 struct Tally {
-    latencies: Vec<u32>,
+    latencies: Histogram,
     errors: BTreeMap<&'static str, u64>,
     bad_replies: u64,
+    late: u64,
+    /// Open loop: the worker's next unstarted slot and the spacing of its slots.
+    owed: Option<(Instant, Duration)>,
 }
 
-/// Runs the benchmark against `client` and returns what it measured.
-pub fn run(client: &Client, config: &BenchConfig) -> Report {
-    let recording = Arc::new(AtomicBool::new(config.warmup.is_zero()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let completed = Arc::new(AtomicU64::new(0));
-    let tally = Arc::new(Mutex::new(Tally {
-        latencies: Vec::new(),
-        errors: BTreeMap::new(),
-        bad_replies: 0,
-    }));
-    let workers: Vec<_> = (0..config.concurrency.max(1))
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            latencies: Histogram::new(),
+            errors: BTreeMap::new(),
+            bad_replies: 0,
+            late: 0,
+            owed: None,
+        }
+    }
+}
+
+struct Shared {
+    recording: AtomicBool,
+    stop: AtomicBool,
+    /// Transactions recorded, counted only for `Until::Completed`.
+    completed: AtomicU64,
+    /// Each worker's recorded transactions, for the progress line; a line each
+    /// so that workers on different cores do not contend.
+    progress: Vec<PerWorker>,
+}
+
+#[repr(align(128))]
+#[derive(Default)]
+struct PerWorker(AtomicU64);
+
+/// Sleeps until `until`, in steps short enough to notice `stop`.
+fn sleep_until(until: Instant, stop: &AtomicBool) {
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || stop.load(Ordering::Relaxed) {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
+}
+
+fn work(
+    worker: usize,
+    client: &Client,
+    config: &BenchConfig,
+    shared: &Shared,
+    epoch: Instant,
+) -> Tally {
+    let mut rng = XorShift(
+        0x9E37_79B9_7F4A_7C15 ^ ((worker as u64 + 1) << 32) ^ u64::from(std::process::id()),
+    );
+    let mut mine = Tally::new();
+    let mut reply = [0u8; MAX_MESSAGE_BYTES];
+    // Open loop: worker w sends at epoch + (k * workers + w) / rate.
+    let mut schedule = match config.load {
+        Load::Closed => None,
+        Load::Open { per_second } => {
+            let workers = config.concurrency as f64;
+            Some((
+                epoch + Duration::from_secs_f64(worker as f64 / per_second),
+                Duration::from_secs_f64(workers / per_second),
+            ))
+        }
+    };
+    while !shared.stop.load(Ordering::Relaxed) {
+        if let Some((due, _)) = schedule {
+            sleep_until(due, &shared.stop);
+            if shared.stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+        let request = pick_request(&mut rng, config);
+        let encoded = request.encode();
+        let started = Instant::now();
+        let result = client.transact_into(encoded.as_bytes(), &mut reply);
+        let ended = Instant::now();
+        let (measured_from, late) = match &mut schedule {
+            None => (started, false),
+            Some((due, interval)) => {
+                let slot = *due;
+                *due += *interval;
+                (slot, started.saturating_duration_since(slot) > LATE_AFTER)
+            }
+        };
+        if !shared.recording.load(Ordering::Relaxed) {
+            continue;
+        }
+        mine.late += u64::from(late);
+        match result {
+            Ok(len) => {
+                if !reply_fits(&request, &reply[..len]) {
+                    mine.bad_replies += 1;
+                }
+                mine.latencies.record(ended - measured_from);
+                let mine_so_far = mine.latencies.len();
+                shared.progress[worker]
+                    .0
+                    .store(mine_so_far, Ordering::Relaxed);
+                if let Until::Completed(limit) = config.until
+                    && shared.completed.fetch_add(1, Ordering::Relaxed) + 1 >= limit
+                {
+                    shared.stop.store(true, Ordering::Relaxed);
+                }
+            }
+            Err(e) => *mine.errors.entry(e.kind()).or_insert(0) += 1,
+        }
+    }
+    mine.owed = schedule;
+    mine
+}
+
+/// Runs the benchmark against `client` (and the abuse connections beside it)
+/// and returns what it measured.
+pub fn run(client: &Client, config: &BenchConfig) -> Result<Report, String> {
+    config.validate()?;
+    let abuse = if config.abuse.is_active() {
+        Some(
+            abuse::start(&client.addrs(), client.is_tls(), &config.abuse)
+                .map_err(|e| format!("cannot start the abuse connections: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let shared = Arc::new(Shared {
+        recording: AtomicBool::new(config.warmup.is_zero()),
+        stop: AtomicBool::new(false),
+        completed: AtomicU64::new(0),
+        progress: (0..config.concurrency)
+            .map(|_| PerWorker::default())
+            .collect(),
+    });
+    let epoch = Instant::now();
+    let workers: Vec<_> = (0..config.concurrency)
         .map(|w| {
             let client = client.clone();
             let config = config.clone();
-            let (recording, stop, completed, tally) = (
-                Arc::clone(&recording),
-                Arc::clone(&stop),
-                Arc::clone(&completed),
-                Arc::clone(&tally),
-            );
-            std::thread::spawn(move || {
-                let mut rng = XorShift(
-                    0x9E37_79B9_7F4A_7C15 ^ ((w as u64 + 1) << 32) ^ std::process::id() as u64,
-                );
-                let mut mine = Tally {
-                    latencies: Vec::with_capacity(1 << 16),
-                    errors: BTreeMap::new(),
-                    bad_replies: 0,
-                };
-                while !stop.load(Ordering::Relaxed) {
-                    let request = pick_request(&mut rng, &config);
-                    let started = Instant::now();
-                    let result = client.transact(request.encode().as_bytes());
-                    let micros = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-                    if !recording.load(Ordering::Relaxed) {
-                        continue;
-                    }
-                    match result {
-                        Ok(reply) => {
-                            if !reply_fits(&request, &reply) {
-                                mine.bad_replies += 1;
-                            }
-                            mine.latencies.push(micros);
-                            let n = completed.fetch_add(1, Ordering::Relaxed) + 1;
-                            if config.requests.is_some_and(|limit| n >= limit) {
-                                stop.store(true, Ordering::Relaxed);
-                            }
-                        }
-                        Err(e) => *mine.errors.entry(e.kind()).or_insert(0) += 1,
-                    }
-                }
-                let mut all = tally.lock().unwrap_or_else(|p| p.into_inner());
-                all.latencies.extend_from_slice(&mine.latencies);
-                for (k, v) in mine.errors {
-                    *all.errors.entry(k).or_insert(0) += v;
-                }
-                all.bad_replies += mine.bad_replies;
-            })
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || work(w, &client, &config, &shared, epoch))
         })
         .collect();
 
     std::thread::sleep(config.warmup);
-    recording.store(true, Ordering::Relaxed);
+    shared.recording.store(true, Ordering::Relaxed);
     let started = Instant::now();
     let show = config.progress && std::io::stderr().is_terminal();
     let mut last = (started, 0u64);
     loop {
-        std::thread::sleep(Duration::from_millis(100));
-        if stop.load(Ordering::Relaxed) || config.duration.is_some_and(|d| started.elapsed() >= d) {
+        let wait = match config.until {
+            Until::Elapsed(d) => d
+                .saturating_sub(started.elapsed())
+                .min(Duration::from_millis(100)),
+            Until::Completed(_) => Duration::from_millis(100),
+        };
+        std::thread::sleep(wait);
+        if shared.stop.load(Ordering::Relaxed)
+            || matches!(config.until, Until::Elapsed(d) if started.elapsed() >= d)
+        {
             break;
         }
         if show && last.0.elapsed() >= Duration::from_secs(1) {
-            let n = completed.load(Ordering::Relaxed);
+            let n: u64 = shared
+                .progress
+                .iter()
+                .map(|p| p.0.load(Ordering::Relaxed))
+                .sum();
             let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64();
             eprint!(
                 "\r{:>6.1} s  {n:>9} transactions  {rate:>9.0}/s ",
@@ -252,27 +418,44 @@ pub fn run(client: &Client, config: &BenchConfig) -> Report {
             last = (Instant::now(), n);
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed();
+    shared.recording.store(false, Ordering::Relaxed);
+    shared.stop.store(true, Ordering::Relaxed);
+    let ended = Instant::now();
+    let elapsed = ended - started;
+    let mut all = Tally::new();
+    let mut missed = 0;
     for w in workers {
-        let _ = w.join();
+        // A worker that panicked has lost its tally; the others still count.
+        let Ok(mine) = w.join() else { continue };
+        all.latencies.merge(&mine.latencies);
+        for (k, v) in mine.errors {
+            *all.errors.entry(k).or_insert(0) += v;
+        }
+        all.bad_replies += mine.bad_replies;
+        all.late += mine.late;
+        if let Some((next, interval)) = mine.owed {
+            missed += missed_slots(next, interval, started, ended);
+        }
     }
     if show {
         eprintln!();
     }
-    let tally = std::mem::replace(
-        &mut *tally.lock().unwrap_or_else(|p| p.into_inner()),
-        Tally {
-            latencies: Vec::new(),
-            errors: BTreeMap::new(),
-            bad_replies: 0,
-        },
-    );
-    Report {
-        summary: Summary::from_latencies(tally.latencies, elapsed),
-        errors: tally.errors,
-        bad_replies: tally.bad_replies,
-    }
+    let schedule = match config.load {
+        Load::Closed => None,
+        Load::Open { per_second } => Some(Schedule {
+            per_second,
+            scheduled: (per_second * elapsed.as_secs_f64()).round() as u64,
+            late: all.late,
+            missed,
+        }),
+    };
+    Ok(Report {
+        summary: Summary::from_histogram(&all.latencies, elapsed),
+        errors: all.errors,
+        bad_replies: all.bad_replies,
+        schedule,
+        abuse: abuse.map(|a| a.finish()),
+    })
 }
 
 impl Report {
@@ -284,8 +467,8 @@ impl Report {
             .iter()
             .map(|(k, v)| format!("\"{k}\":{v}"))
             .collect();
-        format!(
-            "{{\"completed\":{},\"seconds\":{:.3},\"per_second\":{:.1},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"errors\":{{{}}},\"bad_replies\":{}}}",
+        let mut out = format!(
+            "{{\"completed\":{},\"seconds\":{:.3},\"per_second\":{:.1},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"errors\":{{{}}},\"bad_replies\":{}",
             s.completed,
             s.elapsed.as_secs_f64(),
             s.per_second,
@@ -296,23 +479,62 @@ impl Report {
             us(s.max),
             errors.join(","),
             self.bad_replies
-        )
+        );
+        if let Some(p) = &self.schedule {
+            out.push_str(&format!(
+                ",\"schedule\":{{\"rate\":{:.1},\"scheduled\":{},\"late\":{},\"missed\":{}}}",
+                p.per_second, p.scheduled, p.late, p.missed
+            ));
+        }
+        if let Some(a) = &self.abuse {
+            let counts = |c: &AbuseCounts| {
+                format!(
+                    "{{\"opened\":{},\"closed_by_server\":{},\"answered\":{},\"connect_failed\":{}}}",
+                    c.opened, c.closed_by_server, c.answered, c.connect_failed
+                )
+            };
+            out.push_str(&format!(
+                ",\"abuse\":{{\"idle\":{},\"slow\":{}}}",
+                counts(&a.idle),
+                counts(&a.slow)
+            ));
+        }
+        out.push('}');
+        out
     }
 
     pub fn to_text(&self) -> String {
         let s = &self.summary;
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let mut out = format!(
-            "{} transactions in {:.2} s: {:.0} transactions/s\nlatency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}\n",
+            "{} transactions in {:.2} s: {:.0} transactions/s\n",
             s.completed,
             s.elapsed.as_secs_f64(),
             s.per_second,
+        );
+        if let Some(p) = &self.schedule {
+            out.push_str(&format!(
+                "open loop at {:.0}/s: {} scheduled, {} late (started over {} ms after their time), {} missed\n",
+                p.per_second,
+                p.scheduled,
+                p.late,
+                LATE_AFTER.as_millis(),
+                p.missed
+            ));
+        }
+        out.push_str(&format!(
+            "latency ms{}: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}\n",
+            if self.schedule.is_some() {
+                " (from the scheduled time)"
+            } else {
+                ""
+            },
             ms(s.p50),
             ms(s.p90),
             ms(s.p99),
             ms(s.p999),
             ms(s.max)
-        );
+        ));
         let errors: u64 = self.errors.values().sum();
         if errors == 0 {
             out.push_str("errors: none\n");
@@ -325,6 +547,17 @@ impl Report {
             out.push_str(&format!("errors: {errors} ({})\n", parts.join(", ")));
         }
         out.push_str(&format!("bad replies: {}\n", self.bad_replies));
+        if let Some(a) = &self.abuse {
+            for (name, c) in [("idle", &a.idle), ("slow", &a.slow)] {
+                if c.opened + c.connect_failed == 0 {
+                    continue;
+                }
+                out.push_str(&format!(
+                    "abuse {name}: {} opened, {} closed by the server ({} after a reply), {} failed to connect\n",
+                    c.opened, c.closed_by_server, c.answered, c.connect_failed
+                ));
+            }
+        }
         out
     }
 }
@@ -333,22 +566,30 @@ impl Report {
 mod tests {
     use super::*;
 
+    fn histogram(micros: &[u64]) -> Histogram {
+        let mut h = Histogram::new();
+        for &m in micros {
+            h.record_micros(m);
+        }
+        h
+    }
+
     #[test]
-    fn percentiles_are_nearest_rank() {
-        let micros: Vec<u32> = (1..=1000).rev().collect();
-        let s = Summary::from_latencies(micros, Duration::from_secs(2));
-        assert_eq!(s.completed, 1000);
-        assert_eq!(s.per_second, 500.0);
-        assert_eq!(s.p50, Duration::from_micros(500));
-        assert_eq!(s.p90, Duration::from_micros(900));
-        assert_eq!(s.p99, Duration::from_micros(990));
-        assert_eq!(s.p999, Duration::from_micros(999));
-        assert_eq!(s.max, Duration::from_micros(1000));
+    fn summary_of_a_histogram() {
+        let micros: Vec<u64> = (1..=100).rev().collect();
+        let s = Summary::from_histogram(&histogram(&micros), Duration::from_secs(2));
+        assert_eq!(s.completed, 100);
+        assert_eq!(s.per_second, 50.0);
+        assert_eq!(s.p50, Duration::from_micros(50));
+        assert_eq!(s.p90, Duration::from_micros(90));
+        assert_eq!(s.p99, Duration::from_micros(99));
+        assert_eq!(s.p999, Duration::from_micros(100));
+        assert_eq!(s.max, Duration::from_micros(100));
     }
 
     #[test]
     fn small_and_empty_samples() {
-        let s = Summary::from_latencies(vec![7], Duration::from_millis(500));
+        let s = Summary::from_histogram(&histogram(&[7]), Duration::from_millis(500));
         assert_eq!(
             (s.p50, s.p999, s.max),
             (
@@ -358,33 +599,60 @@ mod tests {
             )
         );
         assert_eq!(s.per_second, 2.0);
-        let s = Summary::from_latencies(vec![3, 1, 2, 100], Duration::from_secs(1));
+        let s = Summary::from_histogram(&histogram(&[3, 1, 2, 100]), Duration::from_secs(1));
         assert_eq!(s.p50, Duration::from_micros(2));
         assert_eq!(s.p90, Duration::from_micros(100));
-        let e = Summary::from_latencies(Vec::new(), Duration::ZERO);
+        let e = Summary::from_histogram(&Histogram::new(), Duration::ZERO);
         assert_eq!((e.completed, e.per_second, e.max), (0, 0.0, Duration::ZERO));
     }
 
     #[test]
-    fn mixes() {
-        assert_eq!(Mix::parse("write"), Ok(Mix::Write));
-        assert_eq!(Mix::parse("read"), Ok(Mix::Read));
-        assert_eq!(Mix::parse("80/20"), Ok(Mix::WritePercent(20)));
-        for bad in ["", "50/60", "a/b", "100", "-1/101"] {
-            assert!(Mix::parse(bad).is_err(), "{bad}");
-        }
+    fn missed_slots_count_what_was_due_before_the_end() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let every = ms(10);
+        // On time: nothing owed.
+        assert_eq!(missed_slots(t0 + ms(100), every, t0, t0 + ms(100)), 0);
+        assert_eq!(missed_slots(t0 + ms(105), every, t0, t0 + ms(100)), 0);
+        // Behind by 25 ms: slots at 75, 85, 95 were never started.
+        assert_eq!(missed_slots(t0 + ms(75), every, t0, t0 + ms(100)), 3);
+        // Behind since before measuring began: only slots inside the window count.
+        assert_eq!(missed_slots(t0, every, t0 + ms(50), t0 + ms(100)), 5);
+        assert_eq!(missed_slots(t0, Duration::ZERO, t0, t0 + ms(100)), 0);
+    }
+
+    #[test]
+    fn configs_are_validated() {
+        let ok = BenchConfig::new(4, Until::Elapsed(Duration::from_secs(1)));
+        assert_eq!(ok.validate(), Ok(()));
+        let bad = |adjust: fn(&mut BenchConfig)| {
+            let mut c = ok.clone();
+            adjust(&mut c);
+            c.validate().unwrap_err()
+        };
+        assert!(bad(|c| c.concurrency = 0).contains("--concurrency"));
+        assert!(bad(|c| c.load = Load::Open { per_second: 0.0 }).contains("--rate"));
+        assert!(
+            bad(|c| c.load = Load::Open {
+                per_second: f64::NAN
+            })
+            .contains("--rate")
+        );
+        assert!(bad(|c| c.until = Until::Completed(0)).contains("--requests"));
+        assert!(bad(|c| c.abuse.idle = MAX_ABUSE_CONNECTIONS + 1).contains("at most"));
+        assert!(bad(|c| c.abuse.slow_interval = Duration::ZERO).contains("--slow-interval-ms"));
+        assert!(bad(|c| c.abuse.from = vec!["10.0.0.1".parse().unwrap()]).contains("loopback"));
+        let mut c = ok.clone();
+        c.abuse.from = vec!["127.0.0.3".parse().unwrap(), "::1".parse().unwrap()];
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]
     fn requests_follow_the_mix_and_device_count() {
         let config = BenchConfig {
-            concurrency: 1,
-            duration: None,
-            requests: None,
-            warmup: Duration::ZERO,
             mix: Mix::WritePercent(25),
             devices: Some(3),
-            progress: false,
+            ..BenchConfig::new(1, Until::Completed(1))
         };
         let mut rng = XorShift(42);
         let picks: Vec<Request> = (0..4000).map(|_| pick_request(&mut rng, &config)).collect();
@@ -417,23 +685,59 @@ mod tests {
 
     #[test]
     fn report_formats() {
-        let report = Report {
-            summary: Summary::from_latencies(vec![1000, 2000], Duration::from_secs(1)),
+        let mut report = Report {
+            summary: Summary::from_histogram(&histogram(&[100, 120]), Duration::from_secs(1)),
             errors: BTreeMap::from([("connect", 2)]),
             bad_replies: 1,
+            schedule: None,
+            abuse: None,
         };
         let json = report.to_json();
         assert!(
             json.contains("\"completed\":2")
                 && json.contains("\"errors\":{\"connect\":2}")
-                && json.contains("\"p50_us\":1000"),
+                && json.contains("\"p50_us\":100")
+                && json.ends_with("\"bad_replies\":1}"),
             "{json}"
         );
         let text = report.to_text();
         assert!(
             text.contains("2 transactions")
                 && text.contains("errors: 2 (connect 2)")
-                && text.contains("bad replies: 1"),
+                && text.contains("bad replies: 1")
+                && !text.contains("open loop")
+                && !text.contains("abuse"),
+            "{text}"
+        );
+        report.schedule = Some(Schedule {
+            per_second: 500.0,
+            scheduled: 500,
+            late: 3,
+            missed: 1,
+        });
+        report.abuse = Some(AbuseReport {
+            idle: AbuseCounts {
+                opened: 10,
+                closed_by_server: 8,
+                answered: 8,
+                connect_failed: 0,
+            },
+            slow: AbuseCounts::default(),
+        });
+        let json = report.to_json();
+        assert!(
+            json.contains("\"schedule\":{\"rate\":500.0,\"scheduled\":500,\"late\":3,\"missed\":1}")
+                && json.contains("\"idle\":{\"opened\":10,\"closed_by_server\":8,\"answered\":8,\"connect_failed\":0}")
+                && json.ends_with("}}}"),
+            "{json}"
+        );
+        let text = report.to_text();
+        assert!(
+            text.contains("open loop at 500/s: 500 scheduled, 3 late")
+                && text.contains("1 missed")
+                && text.contains("latency ms (from the scheduled time)")
+                && text.contains("abuse idle: 10 opened, 8 closed by the server")
+                && !text.contains("abuse slow"),
             "{text}"
         );
     }

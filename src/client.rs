@@ -4,7 +4,11 @@
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use socket2::{Domain, Socket, Type};
 
 use crate::protocol::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT};
 use crate::protocol::{MAX_MESSAGE_BYTES, Reply, Request, WRITE_LEN};
@@ -175,7 +179,11 @@ fn is_timeout(e: &io::Error) -> bool {
 /// A client bound to one server: addresses resolved once, TLS set up once.
 #[derive(Clone)]
 pub struct Client {
-    addrs: Vec<SocketAddr>,
+    addrs: Arc<[SocketAddr]>,
+    /// The address that answered last, tried first (shared by clones): a name
+    /// that resolves to `::1` and `127.0.0.1` for a server on one of them costs a
+    /// refused connect once, not on every transaction.
+    preferred: Arc<AtomicUsize>,
     link: Link,
     timeout: Duration,
     source_ip: Option<std::net::IpAddr>,
@@ -206,11 +214,24 @@ impl Client {
             });
         }
         Ok(Client {
-            addrs,
+            addrs: addrs.into(),
+            preferred: Arc::new(AtomicUsize::new(0)),
             link,
             timeout,
             source_ip: None,
         })
+    }
+
+    /// The addresses the server's name resolved to, the one that answered last first.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        let first = self.preferred.load(Ordering::Relaxed);
+        (0..self.addrs.len())
+            .map(|i| self.addrs[(first + i) % self.addrs.len()])
+            .collect()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.link, Link::Tls { .. })
     }
 
     /// Connects from this local address (the benchmark's `--source-ip`).
@@ -219,24 +240,29 @@ impl Client {
         self
     }
 
-    /// Connects to each resolved address in turn until one answers.
-    fn connect(&self, deadline: Instant) -> Result<TcpStream, ClientError> {
+    /// Tries each resolved address in turn (the one that answered last first)
+    /// until `attempt` connects to one, and remembers which.
+    fn connect_any<T>(
+        &self,
+        mut attempt: impl FnMut(SocketAddr) -> io::Result<T>,
+    ) -> Result<T, ClientError> {
+        let first = self.preferred.load(Ordering::Relaxed);
         let mut last = None;
-        for &addr in &self.addrs {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            let attempt = match self.source_ip {
-                Some(ip) => connect_from(ip, addr, left),
-                None => TcpStream::connect_timeout(&addr, left),
-            };
-            match attempt {
-                Ok(stream) => return Ok(stream),
+        for i in 0..self.addrs.len() {
+            let index = (first + i) % self.addrs.len();
+            let addr = self.addrs[index];
+            match attempt(addr) {
+                Ok(connected) => {
+                    if index != first {
+                        self.preferred.store(index, Ordering::Relaxed);
+                    }
+                    return Ok(connected);
+                }
                 Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
                     last = Some(ClientError::Refused { addr })
                 }
-                Err(e) if is_timeout(&e) => {
+                // A blocking connect that runs out of SO_SNDTIMEO fails with EINPROGRESS.
+                Err(e) if is_timeout(&e) || e.raw_os_error() == Some(libc::EINPROGRESS) => {
                     last = Some(ClientError::TimedOut {
                         stage: "connecting",
                         after: self.timeout,
@@ -251,30 +277,68 @@ impl Client {
         }))
     }
 
+    /// Connects within `deadline`, for the TLS path.
+    fn connect(&self, deadline: Instant) -> Result<TcpStream, ClientError> {
+        self.connect_any(|addr| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::Error::from(ErrorKind::TimedOut));
+            }
+            match self.source_ip {
+                Some(ip) => connect_from(ip, addr, left),
+                None => TcpStream::connect_timeout(&addr, left),
+            }
+        })
+    }
+
     /// One transaction: connect, handshake, send `request` exactly, read the reply
     /// until the server closes (or, for a request with no terminator, until 11 bytes,
     /// as a device does). The timeout covers all of it.
     pub fn transact(&self, request: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let mut reply = [0u8; MAX_MESSAGE_BYTES];
+        let len = self.transact_into(request, &mut reply)?;
+        Ok(reply[..len].to_vec())
+    }
+
+    /// [`transact`](Client::transact) into a caller's buffer, without allocating:
+    /// returns the length of the reply. On the open port this is the load
+    /// generator's hot path, so it makes as few system calls as it can: socket,
+    /// send timeout, connect, receive timeout, send, one read (usually), close.
+    pub fn transact_into(
+        &self,
+        request: &[u8],
+        reply: &mut [u8; MAX_MESSAGE_BYTES],
+    ) -> Result<usize, ClientError> {
         let deadline = Instant::now() + self.timeout;
-        let stream = self.connect(deadline)?;
-        let _ = stream.set_nodelay(true);
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        stream
-            .set_read_timeout(Some(left))
-            .and_then(|()| stream.set_write_timeout(Some(left)))
-            .map_err(|source| ClientError::Io {
-                stage: "setting up",
-                source,
-            })?;
         let device_style = !request.ends_with(b"\n");
         match &self.link {
-            Link::Plain => exchange(stream, request, deadline, self.timeout, device_style),
+            Link::Plain => {
+                let stream = self.connect_plain(deadline)?;
+                exchange(
+                    &stream,
+                    request,
+                    reply,
+                    deadline,
+                    self.timeout,
+                    device_style,
+                )
+            }
             Link::Tls {
                 connector,
                 servername,
             } => {
+                let stream = self.connect(deadline)?;
+                let _ = stream.set_nodelay(true);
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1));
+                stream
+                    .set_read_timeout(Some(left))
+                    .and_then(|()| stream.set_write_timeout(Some(left)))
+                    .map_err(|source| ClientError::Io {
+                        stage: "setting up",
+                        source,
+                    })?;
                 let tls = connector.connect(servername, stream).map_err(|e| match e {
                     native_tls::HandshakeError::Failure(e) => {
                         classify_handshake(e.to_string(), servername)
@@ -288,9 +352,40 @@ impl Client {
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(1));
                 let _ = tls.get_ref().set_read_timeout(Some(left));
-                exchange(tls, request, deadline, self.timeout, device_style)
+                exchange(tls, request, reply, deadline, self.timeout, device_style)
             }
         }
+    }
+
+    /// A plain connection in the fewest system calls: a blocking socket whose send
+    /// timeout bounds the connect and whose receive timeout, set once connected,
+    /// is what is left for the reply, instead of a non-blocking connect, a poll and
+    /// three more `setsockopt`s.
+    fn connect_plain(&self, deadline: Instant) -> Result<Socket, ClientError> {
+        self.connect_any(|addr| self.try_connect_plain(addr, deadline))
+    }
+
+    fn try_connect_plain(&self, addr: SocketAddr, deadline: Instant) -> io::Result<Socket> {
+        let left = |deadline: Instant| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                Err(io::Error::from(ErrorKind::TimedOut))
+            } else {
+                Ok(left)
+            }
+        };
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_write_timeout(Some(left(deadline)?))?;
+        if let Some(ip) = self.source_ip {
+            socket.bind(&SocketAddr::new(ip, 0).into())?;
+        }
+        socket.connect(&addr.into())?;
+        // The reply gets what the connect left of the deadline.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        socket.set_read_timeout(Some(left))?;
+        Ok(socket)
     }
 
     /// Sends a request and parses the reply.
@@ -315,10 +410,11 @@ fn connect_from(
 fn exchange<S: Read + Write>(
     mut stream: S,
     request: &[u8],
+    buf: &mut [u8; MAX_MESSAGE_BYTES],
     deadline: Instant,
     timeout: Duration,
     device_style: bool,
-) -> Result<Vec<u8>, ClientError> {
+) -> Result<usize, ClientError> {
     stream
         .write_all(request)
         .and_then(|()| stream.flush())
@@ -335,7 +431,6 @@ fn exchange<S: Read + Write>(
                 }
             }
         })?;
-    let mut buf = [0u8; MAX_MESSAGE_BYTES];
     let mut len = 0;
     while len < buf.len() {
         if device_style && len >= WRITE_LEN {
@@ -371,150 +466,12 @@ fn exchange<S: Read + Write>(
     if len == 0 {
         return Err(ClientError::NoReply);
     }
-    Ok(buf[..len].to_vec())
-}
-
-/// Parses a hex field as people type it (`0FAC`, `0x0fac`, `fac`), up to `max`.
-pub fn parse_hex(text: &str, name: &str, max: u32) -> Result<u32, String> {
-    let digits = text
-        .strip_prefix("0x")
-        .or_else(|| text.strip_prefix("0X"))
-        .unwrap_or(text);
-    let width = if max > 0xFF { 4 } else { 2 };
-    let range = format!("{:0w$X}-{max:0w$X}", 0, w = width);
-    if digits.is_empty() || digits.len() > 8 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(format!("invalid {name} '{text}': expected hex {range}"));
-    }
-    match u32::from_str_radix(digits, 16) {
-        Ok(v) if v <= max => Ok(v),
-        _ => Err(format!(
-            "{name} '{text}' is out of range: expected hex {range}"
-        )),
-    }
-}
-
-/// The course's device id: the 16-bit sum of the six bytes of a MAC address given
-/// as `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabbccddeeff`.
-pub fn device_id_from_mac(mac: &str) -> Result<u16, String> {
-    let bad = || {
-        format!(
-            "invalid MAC address '{mac}': expected aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff or aabbccddeeff"
-        )
-    };
-    let parts: Vec<&str> = if mac.contains(':') {
-        mac.split(':').collect()
-    } else if mac.contains('-') {
-        mac.split('-').collect()
-    } else if mac.len() == 12 && mac.is_ascii() {
-        (0..6).map(|i| &mac[2 * i..2 * i + 2]).collect()
-    } else {
-        return Err(bad());
-    };
-    if parts.len() != 6 {
-        return Err(bad());
-    }
-    parts.iter().try_fold(0u16, |sum, part| {
-        if part.len() != 2 {
-            return Err(bad());
-        }
-        let byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-        Ok(sum.wrapping_add(u16::from(byte)))
-    })
-}
-
-/// Decodes the escapes `wwep send` takes: `\n`, `\r`, `\t`, `\\` and `\xNN`.
-pub fn unescape(text: &str) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(text.len());
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] != b'\\' {
-            out.push(bytes[i]);
-            i += 1;
-            continue;
-        }
-        match bytes.get(i + 1) {
-            Some(b'n') => out.push(b'\n'),
-            Some(b'r') => out.push(b'\r'),
-            Some(b't') => out.push(b'\t'),
-            Some(b'\\') => out.push(b'\\'),
-            Some(b'x') => {
-                let hex = text
-                    .get(i + 2..i + 4)
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| {
-                        format!("invalid escape at byte {i} of '{text}': \\x needs two hex digits")
-                    })?;
-                out.push(hex);
-                i += 4;
-                continue;
-            }
-            _ => {
-                return Err(format!(
-                    "invalid escape at byte {i} of '{text}': use \\n, \\r, \\t, \\\\ or \\xNN"
-                ));
-            }
-        }
-        i += 2;
-    }
-    Ok(out)
+    Ok(len)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_fields_as_people_type_them() {
-        assert_eq!(parse_hex("0FAC", "DEVICE", 0xFFFF), Ok(0x0FAC));
-        assert_eq!(parse_hex("0x0fac", "DEVICE", 0xFFFF), Ok(0x0FAC));
-        assert_eq!(parse_hex("fac", "DEVICE", 0xFFFF), Ok(0x0FAC));
-        assert_eq!(parse_hex("FF", "REGISTER", 0xFF), Ok(0xFF));
-        assert_eq!(parse_hex("0", "VALUE", 0xFFFF), Ok(0));
-        assert_eq!(
-            parse_hex("100", "REGISTER", 0xFF),
-            Err("REGISTER '100' is out of range: expected hex 00-FF".to_string())
-        );
-        assert_eq!(
-            parse_hex("10000", "DEVICE", 0xFFFF),
-            Err("DEVICE '10000' is out of range: expected hex 0000-FFFF".to_string())
-        );
-        for bad in ["", "0x", "xyz", "-1", "12 3", "0xfffffffff"] {
-            let err = parse_hex(bad, "VALUE", 0xFFFF).unwrap_err();
-            assert!(err.contains("VALUE"), "{err}");
-        }
-    }
-
-    #[test]
-    fn mac_device_id_is_the_byte_sum() {
-        // 0xaa+0xbb+0xcc+0xdd+0xee+0xff = 0x04FB
-        assert_eq!(device_id_from_mac("aa:bb:cc:dd:ee:ff"), Ok(0x04FB));
-        assert_eq!(device_id_from_mac("AA-BB-CC-DD-EE-FF"), Ok(0x04FB));
-        assert_eq!(device_id_from_mac("aabbccddeeff"), Ok(0x04FB));
-        assert_eq!(device_id_from_mac("00:00:00:00:00:01"), Ok(1));
-        assert_eq!(device_id_from_mac("ff:ff:ff:ff:ff:ff"), Ok(0x05FA));
-        for bad in [
-            "",
-            "aa:bb:cc:dd:ee",
-            "aa:bb:cc:dd:ee:ff:00",
-            "aabbccddeef",
-            "aa:bb:cc:dd:ee:gg",
-            "a:bb:cc:dd:ee:fff",
-            "ééééééé",
-        ] {
-            assert!(device_id_from_mac(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn send_escapes() {
-        assert_eq!(unescape("W01234"), Ok(b"W01234".to_vec()));
-        assert_eq!(unescape("R0FAC0B\\r\\n"), Ok(b"R0FAC0B\r\n".to_vec()));
-        assert_eq!(unescape("\\x00\\xfF\\\\\\t"), Ok(b"\x00\xff\\\t".to_vec()));
-        assert!(unescape("\\q").is_err());
-        assert!(unescape("\\x1").is_err());
-        assert!(unescape("\\").is_err());
-    }
 
     #[test]
     fn server_addresses() {
@@ -533,6 +490,39 @@ mod tests {
         assert!(ServerAddress::parse("h:70000").is_err());
         assert!(ServerAddress::parse(":1").is_err());
         assert!(ServerAddress::parse("[::1").is_err());
+    }
+
+    #[test]
+    fn the_address_that_answered_is_tried_first() {
+        // One address refuses (a port bound and released), the other answers.
+        let refused = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let live_addr = live.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (mut s, _) = live.accept().unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut buf = [0u8; 11];
+                s.read_exact(&mut buf).unwrap();
+                s.write_all(b"A0001020003").unwrap();
+            }
+        });
+        let client = Client {
+            addrs: vec![refused, live_addr].into(),
+            preferred: Arc::new(AtomicUsize::new(0)),
+            link: Link::Plain,
+            timeout: Duration::from_secs(5),
+            source_ip: None,
+        };
+        let clone = client.clone();
+        assert_eq!(client.transact(b"W0001020003").unwrap(), b"A0001020003");
+        // The clone shares what the first transaction learnt.
+        assert_eq!(clone.addrs(), vec![live_addr, refused]);
+        assert_eq!(clone.transact(b"W0001020003").unwrap(), b"A0001020003");
+        server.join().unwrap();
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::connection::Access;
 use crate::journal::{CompactionPolicy, Fsync};
 use crate::net::allow::Cidr;
 use crate::protocol::ErrorDetail;
+use crate::store::redis::{DEFAULT_PREFIX, RedisSettings};
 use crate::tls::{ClientAuth, IdentitySource, MAX_SESSION_LIFETIME_SECS, TlsSettings};
 use std::path::PathBuf;
 
@@ -58,6 +59,16 @@ impl fmt::Display for Transport {
     }
 }
 
+/// Whether connections may start with a load balancer's PROXY header.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ProxyProtocol {
+    #[default]
+    Off,
+    /// Connections from these ranges must start with a PROXY header (v1 or v2);
+    /// from anywhere else, a header closes the connection.
+    From(Vec<Cidr>),
+}
+
 /// Where and how registers are made durable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataConfig {
@@ -103,6 +114,10 @@ pub struct ServerConfig {
     pub max_per_ip: usize,
     /// What the open port may do; the TLS port may always read and write.
     pub plain_access: Access,
+    /// PROXY protocol from load balancers, on both listeners.
+    pub proxy: ProxyProtocol,
+    /// Where registers live: this process (default) or Valkey/Redis.
+    pub store: RedisSettings,
     /// The rule file of who may read or write which registers (`--acl`);
     /// `None` lets every client that gets in read and write everything.
     pub acl: Option<PathBuf>,
@@ -128,6 +143,8 @@ impl Default for ServerConfig {
             allow: Vec::new(),
             max_per_ip: DEFAULT_MAX_PER_IP,
             plain_access: Access::ReadWrite,
+            proxy: ProxyProtocol::Off,
+            store: RedisSettings::default(),
             acl: None,
         }
     }
@@ -145,6 +162,10 @@ pub enum ConfigError {
         max: u64,
     },
     GapBeyondTimeout,
+    ProxyWithoutSenders,
+    /// A flag for the shared store given with `--store memory`.
+    NeedsSharedStore(&'static str),
+    DataWithSharedStore,
     CompactRatio,
 }
 
@@ -160,6 +181,16 @@ impl fmt::Display for ConfigError {
             ConfigError::Zero(flag) => write!(f, "{flag} must be greater than 0"),
             ConfigError::TooLarge { flag, max } => write!(f, "{flag} must be at most {max}"),
             ConfigError::GapBeyondTimeout => f.write_str("--gap-ms must not exceed --timeout-ms"),
+            ConfigError::ProxyWithoutSenders => f.write_str(
+                "--proxy-protocol needs --proxy-from with the balancers' addresses",
+            ),
+            ConfigError::NeedsSharedStore(flag) => write!(
+                f,
+                "{flag} applies to a shared store: give --store redis://HOST:PORT (or rediss://, redis+sentinel://)"
+            ),
+            ConfigError::DataWithSharedStore => f.write_str(
+                "--data keeps registers in this process's file; with --store redis://… they live in Redis: give one or the other",
+            ),
             ConfigError::CompactRatio => f.write_str("--compact-ratio must be at least 1"),
         }
     }
@@ -217,6 +248,23 @@ impl ServerConfig {
                 flag: "--tls-session-lifetime",
                 max: MAX_SESSION_LIFETIME_SECS,
             });
+        }
+        if self.store.location.is_memory() {
+            for (set, flag) in [
+                (self.store.ca.is_some(), "--store-ca"),
+                (self.store.wait_replicas > 0, "--store-wait-replicas"),
+                (self.store.wait_aof, "--store-wait-aof"),
+                (self.store.prefix != DEFAULT_PREFIX, "--store-prefix"),
+            ] {
+                if set {
+                    return Err(ConfigError::NeedsSharedStore(flag));
+                }
+            }
+        } else if self.data.is_some() {
+            return Err(ConfigError::DataWithSharedStore);
+        }
+        if self.proxy == ProxyProtocol::From(Vec::new()) {
+            return Err(ConfigError::ProxyWithoutSenders);
         }
         if self.gap > self.timeout {
             return Err(ConfigError::GapBeyondTimeout);

@@ -14,7 +14,7 @@ use crate::protocol::{
     Encoded, ErrorDetail, Failure, Frame, MAX_MESSAGE_BYTES, Reply, Request, Terminator, frame,
     frame_final,
 };
-use crate::store::RegisterStore;
+use crate::store::backend::{Backend, StoreError};
 
 /// How a transaction ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,16 +129,17 @@ pub enum Access {
 }
 
 /// Applies a request to the store and says what to answer.
-pub fn apply(request: Request, store: &RegisterStore, access: Access) -> Reply {
+pub fn apply(request: Request, store: &dyn Backend, access: Access) -> Reply {
     match request {
         Request::Write { .. } if access == Access::ReadOnly => Reply::Failed(Failure::Forbidden),
         Request::Read { device, register } => match store.read(device, register) {
-            Some(value) => Reply::Accepted {
+            Ok(Some(value)) => Reply::Accepted {
                 device,
                 register,
                 value,
             },
-            None => Reply::Failed(Failure::NotFound),
+            Ok(None) => Reply::Failed(Failure::NotFound),
+            Err(e) => Reply::Failed(failure(e)),
         },
         Request::Write {
             device,
@@ -150,8 +151,15 @@ pub fn apply(request: Request, store: &RegisterStore, access: Access) -> Reply {
                 register,
                 value,
             },
-            Err(_) => Reply::Failed(Failure::Storage),
+            Err(e) => Reply::Failed(failure(e)),
         },
+    }
+}
+
+fn failure(e: StoreError) -> Failure {
+    match e {
+        StoreError::Storage => Failure::Storage,
+        StoreError::Unavailable => Failure::Unavailable,
     }
 }
 
@@ -160,7 +168,7 @@ pub fn apply(request: Request, store: &RegisterStore, access: Access) -> Reply {
 pub fn respond(
     incoming: &Incoming,
     message: Message,
-    store: &RegisterStore,
+    store: &dyn Backend,
     access: Access,
     detail: ErrorDetail,
 ) -> Encoded {
@@ -213,6 +221,7 @@ pub fn is_would_block(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::RegisterStore;
     use std::collections::VecDeque;
 
     /// What a scripted peer does on the next read.

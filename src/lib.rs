@@ -16,10 +16,12 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod connection;
-pub mod journal;
 pub mod logging;
 pub mod net;
 pub mod notify;
 pub mod protocol;
 pub mod store;
 pub mod tls;
+
+/// The data file's journal, at the path the server has always imported it from.
+pub use store::journal;

@@ -251,6 +251,8 @@ pub enum Failure {
     Busy,
     /// The write could not be made durable.
     Storage,
+    /// The shared store (Redis) did not answer, or did not confirm the write.
+    Unavailable,
     /// The request is not allowed on this listener.
     Forbidden,
     /// An `X` without a reason this crate knows: what a client sees of a bare `X`.
@@ -269,6 +271,7 @@ impl Failure {
             Failure::Timeout => "timeout",
             Failure::Busy => "busy",
             Failure::Storage => "storage error",
+            Failure::Unavailable => "store unavailable",
             Failure::Forbidden => "forbidden",
             Failure::Unspecified => "failed",
         }
@@ -358,6 +361,7 @@ impl Failure {
             Failure::Timeout,
             Failure::Busy,
             Failure::Storage,
+            Failure::Unavailable,
             Failure::Forbidden,
         ]
         .into_iter()
@@ -606,6 +610,7 @@ mod tests {
             (Failure::Timeout, "X timeout"),
             (Failure::Busy, "X busy"),
             (Failure::Storage, "X storage error"),
+            (Failure::Unavailable, "X store unavailable"),
             (Failure::Forbidden, "X forbidden"),
         ];
         for (failure, text) in cases {

@@ -72,7 +72,7 @@ fn read_only_open_port_leaves_writes_to_tls() {
     assert_eq!(s.plain_transact(b"R000101"), b"X");
     assert_eq!(s.tls_transact(b"W0001010002"), b"A0001010002");
     assert_eq!(s.plain_transact(b"R000101"), b"A0001010002");
-    assert_eq!(s.server().store().read(1, 1), Some(2));
+    assert_eq!(s.server().store().unwrap().read(1, 1), Some(2));
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

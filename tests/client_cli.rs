@@ -70,7 +70,7 @@ fn read_write_send_over_the_open_port() {
     wwep(&["--server", &srv, "send", "W01234"]).expect(1, "X\n");
     wwep(&["--server", &srv, "send", "R0FAC0B\\r\\n"]).expect(0, "A0FAC0B1234\n");
     wwep(&["--server", &srv, "send", "\\x00\\xff"]).expect(1, "X\n");
-    assert_eq!(s.server().store().read(0x0FAC, 0x0B), Some(0x1234));
+    assert_eq!(s.server().store().unwrap().read(0x0FAC, 0x0B), Some(0x1234));
 }
 
 #[test]
@@ -99,9 +99,9 @@ fn toggle_flips_the_led_register_of_the_mac_device() {
     wwep(&["device-id", "AABBCCDDEEFF"]).expect(0, "04FB\n");
     // Never written counts as off, so the first press turns the LED on.
     wwep(&["--server", &srv, "toggle", "--device-from-mac", mac]).expect(0, "on\n");
-    assert_eq!(s.server().store().read(0x04FB, 0x05), Some(1));
+    assert_eq!(s.server().store().unwrap().read(0x04FB, 0x05), Some(1));
     wwep(&["--server", &srv, "toggle", "04fb"]).expect(0, "off\n");
-    assert_eq!(s.server().store().read(0x04FB, 0x05), Some(0));
+    assert_eq!(s.server().store().unwrap().read(0x04FB, 0x05), Some(0));
     wwep(&["--server", &srv, "--json", "toggle", "--device-from-mac", mac]).expect(
         0,
         "{\"reply\":\"A04FB050001\",\"accepted\":true,\"device\":\"04FB\",\"register\":\"05\",\"value\":\"0001\",\"state\":\"on\"}\n",
@@ -275,7 +275,11 @@ fn wrong_ca_is_not_trusted_and_insecure_warns() {
         "1",
     ])
     .fails_with("certificate not trusted");
-    assert_eq!(s.server().store().read(1, 1), None, "nothing was sent");
+    assert_eq!(
+        s.server().store().unwrap().read(1, 1),
+        None,
+        "nothing was sent"
+    );
     let run = wwep(&[
         "--server",
         &srv,
@@ -387,14 +391,14 @@ fn bench_runs_a_bounded_load_and_reports_json() {
     let written = (0..=1u16)
         .map(|d| {
             (0..=255u8)
-                .filter(|&r| s.server().store().read(d, r).is_some())
+                .filter(|&r| s.server().store().unwrap().read(d, r).is_some())
                 .count()
         })
         .sum::<usize>();
     assert!(
-        written > 0 && s.server().store().len() == written,
+        written > 0 && s.server().store().unwrap().len() == written,
         "{written} of {}",
-        s.server().store().len()
+        s.server().store().unwrap().len()
     );
     let text = wwep(&[
         "--server",
@@ -461,7 +465,7 @@ fn bench_over_tls_offering_only_tls_1_2() {
     ]);
     assert_eq!(run.code(), Some(0), "{}", run.text);
     assert!(run.stdout().contains("\"errors\":{}"), "{}", run.text);
-    assert!(!s.server().store().is_empty(), "{}", run.text);
+    assert!(!s.server().store().unwrap().is_empty(), "{}", run.text);
 
     // Against a server that speaks only TLS 1.3, every --tls12 handshake fails.
     use openssl::ssl::{SslAcceptor, SslMethod, SslVersion};

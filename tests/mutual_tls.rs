@@ -81,7 +81,7 @@ fn no_certificate_or_a_stranger_is_refused() {
         );
     }
     assert_eq!(
-        s.server().store().read(0x0FAC, 0x0B),
+        s.server().store().unwrap().read(0x0FAC, 0x0B),
         None,
         "nothing was written"
     );

@@ -208,7 +208,7 @@ fn concurrent_clients_write_distinct_registers_then_read_them_back() {
     for w in writers {
         w.join().unwrap();
     }
-    assert_eq!(s.server().store().len(), 64);
+    assert_eq!(s.server().store().unwrap().len(), 64);
     for i in 0..64u16 {
         let device = 0x1000 + i;
         let register = (i * 3) as u8;

@@ -3,6 +3,8 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
@@ -11,13 +13,15 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use wwep::access::Cidr;
 use wwep::config::{
     DEFAULT_GAP_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_IP, DEFAULT_PLAIN_PORT,
-    DEFAULT_TIMEOUT_MS, DEFAULT_TLS_PORT, DEFAULT_WORKERS, DataConfig, ServerConfig,
+    DEFAULT_TIMEOUT_MS, DEFAULT_TLS_PORT, DEFAULT_WORKERS, DataConfig, ProxyProtocol, ServerConfig,
 };
 use wwep::connection::Access;
+use wwep::journal::JournalError;
 use wwep::journal::{CompactionPolicy, Fsync};
 use wwep::notify::notify;
 use wwep::protocol::ErrorDetail;
-use wwep::server::ServerError;
+use wwep::server::{ServerControl, ServerError};
+use wwep::store::redis::{DEFAULT_PREFIX, RedisOpenError, RedisSettings, StoreLocation};
 use wwep::tls::{
     ClientAuth, DEFAULT_SESSION_CACHE, IdentitySource, MAX_SESSION_LIFETIME_SECS, TlsMin,
     TlsSettings,
@@ -103,6 +107,21 @@ struct Args {
     /// message yet (busy clients that send at once never meet this).
     #[arg(long, env = "WWEP_MAX_PER_IP", default_value_t = DEFAULT_MAX_PER_IP)]
     max_per_ip: usize,
+    /// Expect a PROXY protocol header (v1 or v2) from the load balancers in
+    /// --proxy-from, on both ports, and take the client's address from it.
+    #[arg(long, env = "WWEP_PROXY_PROTOCOL", requires = "proxy_from")]
+    proxy_protocol: bool,
+    /// Addresses or CIDR ranges of the balancers whose PROXY headers are
+    /// believed (repeatable, or comma-separated); a header from anywhere else
+    /// closes the connection.
+    #[arg(
+        long,
+        env = "WWEP_PROXY_FROM",
+        value_name = "CIDR",
+        value_delimiter = ',',
+        requires = "proxy_protocol"
+    )]
+    proxy_from: Vec<Cidr>,
     /// Serve only reads on the open port; writes there get X and need the TLS port.
     #[arg(long, env = "WWEP_PLAIN_READ_ONLY")]
     plain_read_only: bool,
@@ -132,12 +151,37 @@ struct Args {
     /// Append a short reason to each X (`X not found`, `X bad length`, ...).
     #[arg(long, env = "WWEP_EXPLAIN_ERRORS")]
     explain_errors: bool,
+    /// Where registers live: `memory` (this process; with --data, its data file),
+    /// `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS), or
+    /// `redis+sentinel://host:port[,host:port…]/PRIMARY[/db]`. Several servers
+    /// with the same Redis share one set of registers.
+    #[arg(long, env = "WWEP_STORE", value_name = "URL", default_value = "memory")]
+    store: StoreLocation,
+    /// Redis keys are PREFIX:DEVICE (a hash of registers), so deployments can
+    /// share one Redis.
+    #[arg(long, env = "WWEP_STORE_PREFIX", default_value = DEFAULT_PREFIX)]
+    store_prefix: String,
+    /// CA certificates (PEM) that sign the Redis server's certificate (rediss://).
+    #[arg(long, env = "WWEP_STORE_CA", value_name = "FILE")]
+    store_ca: Option<PathBuf>,
+    /// Acknowledge a write only once this many Redis replicas have it (WAIT).
+    #[arg(
+        long,
+        env = "WWEP_STORE_WAIT_REPLICAS",
+        value_name = "N",
+        default_value_t = 0
+    )]
+    store_wait_replicas: u32,
+    /// Acknowledge a write only once it is in Redis's append-only file (WAITAOF;
+    /// Redis/Valkey 7.2 or later).
+    #[arg(long, env = "WWEP_STORE_WAIT_AOF")]
+    store_wait_aof: bool,
     /// Keep registers in this append-only data file, replayed at startup.
     #[arg(long, env = "WWEP_DATA", value_name = "FILE")]
     data: Option<PathBuf>,
     /// When writes reach the disk: always (before each A), everysec, or never (the OS decides).
-    #[arg(long, env = "WWEP_FSYNC", default_value = "everysec", value_parser = ["always", "everysec", "never"])]
-    fsync: String,
+    #[arg(long, env = "WWEP_FSYNC", value_enum, default_value_t = Fsync::default())]
+    fsync: Fsync,
     /// Start from a damaged data file by keeping its valid records and dropping the rest.
     #[arg(long, env = "WWEP_REPAIR")]
     repair: bool,
@@ -173,6 +217,18 @@ impl Args {
             None => (pairs.next(), pairs.next()),
         };
         Ok(ServerConfig {
+            store: RedisSettings {
+                location: self.store,
+                prefix: self.store_prefix,
+                ca: self.store_ca,
+                wait_replicas: self.store_wait_replicas,
+                wait_aof: self.store_wait_aof,
+            },
+            proxy: if self.proxy_protocol {
+                ProxyProtocol::From(self.proxy_from)
+            } else {
+                ProxyProtocol::Off
+            },
             extra_identity,
             tls: TlsSettings {
                 min: self.tls_min,
@@ -210,7 +266,7 @@ impl Args {
             data: self.data.map(|path| DataConfig {
                 path,
                 // clap has checked the value against the same three names.
-                fsync: Fsync::parse(&self.fsync).unwrap_or_default(),
+                fsync: self.fsync,
                 compaction: CompactionPolicy {
                     ratio: self.compact_ratio,
                     min_bytes: self.compact_min_bytes,
@@ -239,14 +295,26 @@ fn main() -> ExitCode {
     wwep::logging::init();
     // A panic is logged as one line; the worker pool replaces the thread.
     std::panic::set_hook(Box::new(|info| log::error!("{info}")));
-    let config = match args.into_config() {
-        Ok(config) => config,
+    match args.into_config() {
+        Ok(config) => run(config),
         Err(e) => {
             eprintln!("wwep-server: {e}");
-            return ExitCode::from(2);
+            ExitCode::from(2)
         }
-    };
-    // Signals are caught before the listeners exist, so none is lost at startup.
+    }
+}
+
+/// What the signal thread acts on: nothing until the server runs.
+#[derive(Default)]
+struct Running {
+    control: Mutex<Option<ServerControl>>,
+    /// A stop was asked for (before or after the server came up).
+    stop: AtomicBool,
+}
+
+fn run(config: ServerConfig) -> ExitCode {
+    // Signals are caught before anything starts, so a stop during a long replay
+    // of the data file is obeyed, and none is lost at startup.
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
@@ -254,50 +322,78 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let server = match wwep::server::start(config) {
+    let running = Arc::new(Running::default());
+    let handle = signals.handle();
+    let signal_thread = {
+        let running = Arc::clone(&running);
+        std::thread::spawn(move || {
+            for signal in signals.forever() {
+                let control = running
+                    .control
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                match (signal, control) {
+                    (SIGHUP, Some(control)) => {
+                        match control.reload_tls() {
+                            Ok(()) => info!(
+                                "SIGHUP: reloaded the TLS certificate and key, the client CA and the CRLs"
+                            ),
+                            Err(e) => error!("SIGHUP: keeping the old certificate: {e}"),
+                        }
+                        match control.reload_acl() {
+                            Ok(Some(acl)) => info!("SIGHUP: reloaded the acl {}", acl.summary()),
+                            Ok(None) => {}
+                            Err(e) => error!("SIGHUP: keeping the old acl rules: {e}"),
+                        }
+                    }
+                    (SIGHUP, None) => info!("SIGHUP during startup: nothing to reload yet"),
+                    (_, control) => {
+                        info!("signal {signal}: stopping; finishing connections in flight");
+                        let _ = notify("STOPPING=1");
+                        running.stop.store(true, Ordering::SeqCst);
+                        if let Some(control) = control {
+                            control.shutdown();
+                        }
+                    }
+                }
+            }
+        })
+    };
+    let stop_signals = move || {
+        handle.close();
+        let _ = signal_thread.join();
+    };
+    let server = match wwep::server::start_unless(config, &running.stop) {
         Ok(server) => server,
+        Err(ServerError::Data(JournalError::Cancelled { .. })) => {
+            info!("stopped during startup");
+            stop_signals();
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("wwep-server: {e}");
+            stop_signals();
             // A setting that cannot work is a usage error; the rest are failures.
             return match e {
-                ServerError::Config(_) | ServerError::Acl(_) => ExitCode::from(2),
+                ServerError::Config(_)
+                | ServerError::Acl(_)
+                | ServerError::Store(RedisOpenError::Setup(_) | RedisOpenError::NoWaitAof(_)) => {
+                    ExitCode::from(2)
+                }
                 _ => ExitCode::from(1),
             };
         }
     };
-    let control = server.control();
-    let handle = signals.handle();
-    let signal_thread = std::thread::spawn(move || {
-        for signal in signals.forever() {
-            match signal {
-                SIGHUP => {
-                    match control.reload_tls() {
-                        Ok(()) => info!(
-                            "SIGHUP: reloaded the TLS certificate and key, the client CA and the CRLs"
-                        ),
-                        Err(e) => error!("SIGHUP: keeping the old certificate: {e}"),
-                    }
-                    match control.reload_acl() {
-                        Ok(Some(acl)) => info!("SIGHUP: reloaded the acl {}", acl.summary()),
-                        Ok(None) => {}
-                        Err(e) => error!("SIGHUP: keeping the old acl rules: {e}"),
-                    }
-                }
-                _ => {
-                    info!("signal {signal}: stopping; finishing connections in flight");
-                    let _ = notify("STOPPING=1");
-                    control.shutdown();
-                    break;
-                }
-            }
-        }
-    });
-    if let Err(e) = notify("READY=1") {
+    *running.control.lock().unwrap_or_else(|p| p.into_inner()) = Some(server.control());
+    if running.stop.load(Ordering::SeqCst) {
+        // The stop came between the replay and the line above.
+        server.control().shutdown();
+    } else if let Err(e) = notify("READY=1") {
         warn!("cannot notify the service manager: {e}");
     }
     let result = server.wait();
-    handle.close();
-    let _ = signal_thread.join();
+    stop_signals();
     match result {
         Ok(()) => {
             info!("stopped");

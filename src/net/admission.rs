@@ -26,15 +26,33 @@ pub enum Refusal {
     NotAllowed,
     /// It had sent nothing and was the oldest such when the table was full.
     Shed,
+    /// A PROXY header that was malformed, or came from an address not in
+    /// `--proxy-from`.
+    ProxyHeader,
 }
 
 impl Refusal {
+    /// How many kinds there are.
+    pub const KINDS: usize = 5;
+
+    /// A dense index (0..KINDS), for per-kind tables.
+    pub fn index(self) -> usize {
+        match self {
+            Refusal::Full => 0,
+            Refusal::PerIp => 1,
+            Refusal::NotAllowed => 2,
+            Refusal::Shed => 3,
+            Refusal::ProxyHeader => 4,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Refusal::Full => "full",
             Refusal::PerIp => "per-address limit",
             Refusal::NotAllowed => "not allowed",
             Refusal::Shed => "shed",
+            Refusal::ProxyHeader => "proxy header",
         }
     }
 }
@@ -156,6 +174,30 @@ impl Admission {
     }
 }
 
+impl Admission {
+    /// The connection turned out to come from `ip` (a balancer's PROXY header
+    /// said so): it counts against that address from now on.
+    pub fn moved_to(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        if !self.unfinished || ip == self.ip {
+            self.ip = ip;
+            return Ok(());
+        }
+        self.finished();
+        let mut unfinished = self.table.unfinished();
+        let count = unfinished.entry(ip).or_insert(0);
+        if *count >= self.table.max_per_ip {
+            if *count == 0 {
+                unfinished.remove(&ip);
+            }
+            return Err(Refusal::PerIp);
+        }
+        *count += 1;
+        self.ip = ip;
+        self.unfinished = true;
+        Ok(())
+    }
+}
+
 impl Drop for Admission {
     fn drop(&mut self) {
         self.finished();
@@ -215,6 +257,28 @@ mod tests {
     }
 
     #[test]
+    fn a_proxied_connection_counts_against_the_client_not_the_balancer() {
+        let table = AdmissionTable::new(100, 1);
+        let mut first = table.admit(ip(9)).unwrap();
+        first.moved_to(ip(1)).unwrap();
+        assert_eq!(
+            (table.unfinished_from(ip(9)), table.unfinished_from(ip(1))),
+            (0, 1)
+        );
+        let mut second = table.admit(ip(9)).unwrap();
+        assert_eq!(second.moved_to(ip(1)), Err(Refusal::PerIp));
+        assert_eq!(
+            table.unfinished_from(ip(9)),
+            0,
+            "the balancer's slot was given back"
+        );
+        drop(second);
+        first.finished();
+        drop(first);
+        assert_eq!((table.open(), table.unfinished_from(ip(1))), (0, 0));
+    }
+
+    #[test]
     fn a_refusal_leaves_no_trace() {
         let table = AdmissionTable::new(1, 1);
         let held = table.admit(ip(1)).unwrap();
@@ -241,12 +305,27 @@ mod tests {
     }
 
     #[test]
+    fn refusal_indexes_are_dense_and_distinct() {
+        let all = [
+            Refusal::Full,
+            Refusal::PerIp,
+            Refusal::NotAllowed,
+            Refusal::Shed,
+            Refusal::ProxyHeader,
+        ];
+        let mut seen: Vec<usize> = all.iter().map(|r| r.index()).collect();
+        seen.sort();
+        assert_eq!(seen, (0..Refusal::KINDS).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn refusals_have_names() {
         for (r, name) in [
             (Refusal::Full, "full"),
             (Refusal::PerIp, "per-address limit"),
             (Refusal::NotAllowed, "not allowed"),
             (Refusal::Shed, "shed"),
+            (Refusal::ProxyHeader, "proxy header"),
         ] {
             assert_eq!(r.to_string(), name);
         }

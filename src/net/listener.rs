@@ -94,7 +94,7 @@ fn admit(stream: TcpStream, peer: SocketAddr, transport: Transport, shared: &Arc
     let ip = peer.ip().to_canonical();
     if !allow::allowed(&shared.config.allow, ip) {
         shared.count_refusal(Refusal::NotAllowed);
-        shared.refusal_log.log(format_args!(
+        shared.refusal_log(Refusal::NotAllowed).log(format_args!(
             "closed {transport} connection from {peer}: address not in --allow"
         ));
         return;
@@ -137,11 +137,11 @@ fn refuse(
     shared.count_refusal(refusal);
     let config = &shared.config;
     match refusal {
-        Refusal::PerIp => shared.refusal_log.log(format_args!(
+        Refusal::PerIp => shared.refusal_log(refusal).log(format_args!(
             "refusing {transport} connection from {peer}: {} connections from that address are unfinished (--max-per-ip)",
             config.max_per_ip
         )),
-        _ => shared.refusal_log.log(format_args!(
+        _ => shared.refusal_log(refusal).log(format_args!(
             "refusing {transport} connection from {peer}: {} connections open and none silent to shed (--max-connections)",
             config.max_connections
         )),

@@ -24,7 +24,9 @@ use crate::net::linger::Lingerer;
 use crate::net::listener;
 use crate::net::rate_limited::RateLimitedLog;
 use crate::net::waiting_room::WaitingRoom;
-use crate::store::RegisterStore;
+use crate::store::backend::Backend;
+use crate::store::redis::{RedisOpenError, RedisStore};
+use crate::store::{RegisterStore, open_logged};
 use crate::tls::{Acceptor, ClientAuth, HandshakeFailureKind, Identity, TlsError};
 
 /// Why the server could not start.
@@ -34,6 +36,7 @@ pub enum ServerError {
     Tls(TlsError),
     Bind { addr: SocketAddr, source: io::Error },
     Data(JournalError),
+    Store(RedisOpenError),
     Thread(io::Error),
     Acl(AclError),
 }
@@ -45,6 +48,7 @@ impl fmt::Display for ServerError {
             ServerError::Tls(e) => e.fmt(f),
             ServerError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             ServerError::Data(e) => e.fmt(f),
+            ServerError::Store(e) => e.fmt(f),
             ServerError::Thread(e) => write!(f, "cannot start a thread: {e}"),
             ServerError::Acl(e) => e.fmt(f),
         }
@@ -96,7 +100,10 @@ pub struct Stats {
 /// What every thread of the server shares.
 pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
-    pub(crate) store: Arc<RegisterStore>,
+    /// Where registers are read and written.
+    pub(crate) backend: Arc<dyn Backend>,
+    /// The in-process store, when that is the backend.
+    memory: Option<Arc<RegisterStore>>,
     /// Swapped whole on SIGHUP; a handshake holds its own `Arc`.
     acceptor: RwLock<Option<Arc<Acceptor>>>,
     /// The `--acl` rules, swapped whole on SIGHUP; `None` without `--acl`.
@@ -113,7 +120,9 @@ pub(crate) struct Shared {
     refusals: Mutex<HashMap<Refusal, u64>>,
     handshake_failures: Mutex<HashMap<HandshakeFailureKind, u64>>,
     forbidden: AtomicU64,
-    pub(crate) refusal_log: RateLimitedLog,
+    /// One rate limit per kind of refusal, so a flood of one kind cannot hide
+    /// another.
+    refusal_logs: [RateLimitedLog; Refusal::KINDS],
     pub(crate) accept_log: RateLimitedLog,
     pub(crate) handshake_log: RateLimitedLog,
     pub(crate) forbidden_log: RateLimitedLog,
@@ -179,6 +188,10 @@ impl Shared {
         self.transactions.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    pub(crate) fn refusal_log(&self, refusal: Refusal) -> &RateLimitedLog {
+        &self.refusal_logs[refusal.index()]
+    }
+
     pub(crate) fn count_refusal(&self, refusal: Refusal) {
         *self
             .refusals
@@ -227,49 +240,35 @@ pub struct ServerControl {
 /// Starts a server; with `config.data`, the store is first rebuilt from the data
 /// file, before any listener binds.
 pub fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
+    start_unless(config, &AtomicBool::new(false))
+}
+
+/// [`start`], giving up (with [`JournalError::Cancelled`]) as soon as `cancel`
+/// is set while the data file is replayed: a stop asked for during a long replay
+/// is obeyed at once.
+pub fn start_unless(
+    config: ServerConfig,
+    cancel: &AtomicBool,
+) -> Result<RunningServer, ServerError> {
     config.validate()?;
     // Certificates and rules first: a bad one fails fast, before any file is touched.
     let acceptor = load_acceptor(&config)?;
     let acl = load_acl(&config)?;
-    let store = match &config.data {
-        None => {
-            let server = launch(config, Arc::new(RegisterStore::new()), acceptor, acl)?;
-            info!(
-                "no --data file: registers are kept in memory only and lost when the server stops"
-            );
-            return Ok(server);
-        }
-        Some(data) => {
-            let (store, report) =
-                RegisterStore::open(&data.path, data.fsync, data.compaction, data.repair)
-                    .map_err(ServerError::Data)?;
-            let path = data.path.display();
-            if report.created {
-                info!("data file {path} created (fsync {})", data.fsync.name());
-            } else {
-                info!(
-                    "data file {path}: {} records replayed, {} registers (fsync {})",
-                    report.records,
-                    store.len(),
-                    data.fsync.name()
-                );
-            }
-            if report.torn_bytes > 0 {
-                warn!(
-                    "data file {path}: dropped {} bytes of a record cut short by a crash; every complete record was kept",
-                    report.torn_bytes
-                );
-            }
-            if report.repaired_bytes > 0 {
-                warn!(
-                    "data file {path}: --repair dropped {} bytes from the first damaged record on",
-                    report.repaired_bytes
-                );
-            }
-            store
-        }
-    };
-    launch(config, Arc::new(store), acceptor, acl)
+    if !config.store.location.is_memory() {
+        let shared = RedisStore::open(&config.store, config.workers, config.timeout)
+            .map_err(ServerError::Store)?;
+        return launch(config, Arc::new(shared), None, acceptor, acl);
+    }
+    let store = Arc::new(match &config.data {
+        None => RegisterStore::new(),
+        Some(data) => open_logged(data, cancel).map_err(ServerError::Data)?,
+    });
+    let in_memory = config.data.is_none();
+    let server = launch(config, store.clone(), Some(store), acceptor, acl)?;
+    if in_memory {
+        info!("no --data file: registers are kept in memory only and lost when the server stops");
+    }
+    Ok(server)
 }
 
 /// Loads the certificates and keys the TLS port serves.
@@ -302,7 +301,7 @@ pub fn start_with_store(
     config.validate()?;
     let acceptor = load_acceptor(&config)?;
     let acl = load_acl(&config)?;
-    launch(config, store, acceptor, acl)
+    launch(config, store.clone(), Some(store), acceptor, acl)
 }
 
 /// Reads the `--acl` rule file, saying what it holds.
@@ -347,7 +346,8 @@ fn fit_open_files(config: &mut ServerConfig) {
 
 fn launch(
     mut config: ServerConfig,
-    store: Arc<RegisterStore>,
+    backend: Arc<dyn Backend>,
+    memory: Option<Arc<RegisterStore>>,
     acceptor: Option<Acceptor>,
     acl: Option<Acl>,
 ) -> Result<RunningServer, ServerError> {
@@ -377,7 +377,8 @@ fn launch(
     let client_log_interval = Duration::from_secs(1);
     let shared = Arc::new(Shared {
         config,
-        store: Arc::clone(&store),
+        backend,
+        memory: memory.clone(),
         acceptor: RwLock::new(acceptor.map(Arc::new)),
         acl: acl.map(|acl| RwLock::new(Arc::new(acl))),
         table,
@@ -391,7 +392,9 @@ fn launch(
         refusals: Mutex::new(HashMap::new()),
         handshake_failures: Mutex::new(HashMap::new()),
         forbidden: AtomicU64::new(0),
-        refusal_log: RateLimitedLog::new(log::Level::Warn, client_log_interval),
+        refusal_logs: std::array::from_fn(|_| {
+            RateLimitedLog::new(log::Level::Warn, client_log_interval)
+        }),
         accept_log: RateLimitedLog::new(log::Level::Warn, client_log_interval),
         handshake_log: RateLimitedLog::new(log::Level::Info, client_log_interval),
         forbidden_log: RateLimitedLog::new(log::Level::Warn, client_log_interval),
@@ -403,8 +406,8 @@ fn launch(
         tls_addr,
         accept_threads: Vec::new(),
         room_thread: None,
-        maintenance: store
-            .spawn_maintenance(Arc::clone(&stop_maintenance))
+        maintenance: memory
+            .and_then(|store| store.spawn_maintenance(Arc::clone(&stop_maintenance)))
             .map(|handle| (stop_maintenance, handle)),
     };
     let for_room = Arc::clone(&shared);
@@ -459,8 +462,9 @@ impl RunningServer {
         self.tls_addr
     }
 
-    pub fn store(&self) -> &Arc<RegisterStore> {
-        &self.shared.store
+    /// The in-process store (absent when registers live in Redis).
+    pub fn store(&self) -> Option<&Arc<RegisterStore>> {
+        self.shared.memory.as_ref()
     }
 
     pub fn stats(&self) -> Stats {
@@ -516,7 +520,7 @@ impl RunningServer {
             stop.store(true, Ordering::Release);
             let _ = handle.join();
         }
-        shared.store.sync()
+        shared.backend.sync()
     }
 
     /// Stops accepting, finishes open connections and syncs the data file.

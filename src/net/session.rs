@@ -15,11 +15,15 @@ use std::time::Instant;
 use log::{debug, info};
 use mio::{Interest, Token};
 
+use std::io::Read;
+
 use crate::acl::{self, Certificate};
-use crate::config::Transport;
+use crate::config::{ProxyProtocol, Transport};
 use crate::connection::{self, Access, Incoming, Message, Outcome, Received, Sent};
 use crate::net::admission::{Admission, Refusal};
+use crate::net::allow;
 use crate::net::linger::{self, Drained};
+use crate::net::proxy::{self, Header, Origin};
 use crate::net::server::Shared;
 use crate::protocol::{Encoded, Escaped, Failure, Reply, Request, Terminator};
 use crate::tls::{Handshake, HandshakeFailureKind, PendingHandshake, ServerStream};
@@ -46,6 +50,8 @@ pub(crate) enum Step {
 
 /// The socket, as far as the connection has got.
 enum Link {
+    /// Waiting for the first bytes, which may be a balancer's PROXY header.
+    AwaitingProxy(TcpStream),
     Plain(TcpStream),
     /// A TLS connection on which nothing has arrived yet.
     TlsFresh(TcpStream),
@@ -92,13 +98,13 @@ impl Session {
         shared: &Shared,
     ) -> Session {
         let accepted_at = Instant::now();
-        let link = match transport {
-            Transport::Plain => Link::Plain(stream),
-            Transport::Tls => {
-                // The handshake is several small writes; Nagle would delay each.
-                let _ = stream.set_nodelay(true);
-                Link::TlsFresh(stream)
-            }
+        if transport == Transport::Tls {
+            // The handshake is several small writes; Nagle would delay each.
+            let _ = stream.set_nodelay(true);
+        }
+        let link = match shared.config.proxy {
+            ProxyProtocol::From(_) => Link::AwaitingProxy(stream),
+            ProxyProtocol::Off => first_link(transport, stream),
         };
         Session {
             token,
@@ -124,7 +130,7 @@ impl Session {
     /// The socket, for the poller.
     pub(crate) fn tcp(&self) -> Option<&TcpStream> {
         match &self.link {
-            Link::Plain(s) | Link::TlsFresh(s) => Some(s),
+            Link::AwaitingProxy(s) | Link::Plain(s) | Link::TlsFresh(s) => Some(s),
             Link::Handshaking(h) => h.tcp(),
             Link::Tls(s) => s.tcp(),
             Link::Closed => None,
@@ -135,7 +141,7 @@ impl Session {
     pub(crate) fn is_silent(&self) -> bool {
         match self.link {
             Link::Plain(_) => self.incoming.is_empty(),
-            Link::TlsFresh(_) => true,
+            Link::AwaitingProxy(_) | Link::TlsFresh(_) => true,
             _ => false,
         }
     }
@@ -174,6 +180,16 @@ impl Session {
                 return self.send(now, shared);
             }
             match std::mem::replace(&mut self.link, Link::Closed) {
+                Link::AwaitingProxy(tcp) => {
+                    if expired {
+                        self.link = Link::AwaitingProxy(tcp);
+                        return self.finish(Outcome::Failed(ErrorKind::TimedOut), shared);
+                    }
+                    match self.proxy_header(tcp, shared) {
+                        Ok(link) => self.link = link,
+                        Err(step) => return step,
+                    }
+                }
                 Link::TlsFresh(tcp) => {
                     if expired {
                         self.link = Link::TlsFresh(tcp);
@@ -225,6 +241,101 @@ impl Session {
                 _ => {}
             }
         }
+    }
+
+    /// Reads a balancer's PROXY header, where one is due, and takes the client's
+    /// address from it. Returns the next link, or the step when the session must
+    /// wait for more bytes or is over.
+    fn proxy_header(&mut self, tcp: TcpStream, shared: &Shared) -> Result<Link, Step> {
+        let ProxyProtocol::From(balancers) = &shared.config.proxy else {
+            return Ok(first_link(self.transport, tcp));
+        };
+        let mut buf = [0u8; proxy::MAX_HEADER_BYTES];
+        let n = match tcp.peek(&mut buf) {
+            Ok(0) => {
+                self.link = Link::AwaitingProxy(tcp);
+                return Err(self.finish(Outcome::Failed(ErrorKind::UnexpectedEof), shared));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                self.link = Link::AwaitingProxy(tcp);
+                return Err(Step::Park(Interest::READABLE, self.deadline));
+            }
+            Err(e) => {
+                self.link = Link::AwaitingProxy(tcp);
+                return Err(self.finish(Outcome::Failed(e.kind()), shared));
+            }
+        };
+        let trusted = balancers.iter().any(|range| range.contains(self.peer.ip()));
+        let problem = if !trusted {
+            if !proxy::looks_like_header(&buf[..n]) {
+                return Ok(first_link(self.transport, tcp));
+            }
+            "a PROXY header from an address not in --proxy-from".to_string()
+        } else {
+            match proxy::parse(&buf[..n]) {
+                Ok(Header::Partial) if n < buf.len() => {
+                    self.link = Link::AwaitingProxy(tcp);
+                    return Err(Step::Park(Interest::READABLE, self.deadline));
+                }
+                Ok(Header::Partial) => proxy::ProxyError::TooLong.to_string(),
+                Ok(Header::Complete { origin, len }) => {
+                    // The header's bytes are there (peeked): take exactly them.
+                    if (&tcp).read_exact(&mut buf[..len]).is_err() {
+                        self.link = Link::AwaitingProxy(tcp);
+                        return Err(self.finish(Outcome::Failed(ErrorKind::InvalidData), shared));
+                    }
+                    if let Origin::Client { source, .. } = origin {
+                        let balancer = self.peer;
+                        self.peer = source;
+                        let ip = source.ip().to_canonical();
+                        let refusal = if !allow::allowed(&shared.config.allow, ip) {
+                            Some(Refusal::NotAllowed)
+                        } else {
+                            self.admission.moved_to(ip).err()
+                        };
+                        if let Some(refusal) = refusal {
+                            shared.count_refusal(refusal);
+                            shared.refusal_log(refusal).log(format_args!(
+                                "closed {} connection from {source} (through {balancer}): {refusal}",
+                                self.transport
+                            ));
+                            self.link = first_link(self.transport, tcp);
+                            if refusal == Refusal::PerIp
+                                && let Link::Plain(tcp) = &self.link
+                            {
+                                let reply = Reply::Failed(Failure::Busy)
+                                    .encode(shared.config.error_detail, Terminator::None);
+                                let _ = PlainWriter(tcp).write_now(reply.as_bytes());
+                            }
+                            return Err(self.turn_away(ErrorKind::PermissionDenied, shared));
+                        }
+                    }
+                    return Ok(first_link(self.transport, tcp));
+                }
+                Err(e) => e.to_string(),
+            }
+        };
+        shared.count_refusal(Refusal::ProxyHeader);
+        shared.refusal_log(Refusal::ProxyHeader).log(format_args!(
+            "closed {} connection from {}: {problem}",
+            self.transport, self.peer
+        ));
+        self.link = Link::AwaitingProxy(tcp);
+        Err(self.turn_away(ErrorKind::InvalidData, shared))
+    }
+
+    /// Closes a connection that will get no reply with a FIN (reading what it
+    /// still sends for a moment), not a reset.
+    fn turn_away(&mut self, why: ErrorKind, shared: &Shared) -> Step {
+        shared.room.forget(self);
+        if let Link::AwaitingProxy(tcp) | Link::Plain(tcp) | Link::TlsFresh(tcp) =
+            std::mem::replace(&mut self.link, Link::Closed)
+            && tcp.shutdown(Shutdown::Write).is_ok()
+        {
+            shared.lingerer.close(tcp, shared.config.linger);
+        }
+        self.finish(Outcome::Failed(why), shared)
     }
 
     /// Takes a handshake step's result into the link (failures are closed and
@@ -329,7 +440,7 @@ impl Session {
     fn respond(&self, message: Message, access: Access, shared: &Shared) -> Encoded {
         let reply = match Request::parse(&self.incoming.bytes()[..message.len]) {
             Ok(request) if !self.authorized(&request, shared) => Reply::Failed(Failure::Forbidden),
-            Ok(request) => connection::apply(request, &shared.store, access),
+            Ok(request) => connection::apply(request, &*shared.backend, access),
             Err(e) => Reply::Failed(Failure::Protocol(e)),
         };
         reply.encode(shared.config.error_detail, message.terminator)
@@ -401,7 +512,7 @@ impl Session {
         let replied = !matches!(outcome, Outcome::Failed(_));
         let replied_at = Instant::now();
         let tcp = match std::mem::replace(&mut self.link, Link::Closed) {
-            Link::Plain(tcp) => Some(tcp),
+            Link::Plain(tcp) | Link::AwaitingProxy(tcp) => Some(tcp),
             Link::Tls(stream) => stream.close(),
             Link::TlsFresh(tcp) => Some(tcp),
             Link::Handshaking(pending) => pending.abandon(),
@@ -429,7 +540,7 @@ impl Session {
             let _ = linger::drain_now(tcp) == Drained::Closed;
         }
         shared.count_refusal(Refusal::Shed);
-        shared.refusal_log.log(format_args!(
+        shared.refusal_log(Refusal::Shed).log(format_args!(
             "closed silent {} connection from {} after {} ms: the connection table is full (--max-connections {})",
             self.transport,
             self.peer,
@@ -479,6 +590,14 @@ impl Session {
                 Escaped(self.incoming.bytes())
             ),
         }
+    }
+}
+
+/// Where a connection starts once any PROXY header is behind it.
+fn first_link(transport: Transport, tcp: TcpStream) -> Link {
+    match transport {
+        Transport::Plain => Link::Plain(tcp),
+        Transport::Tls => Link::TlsFresh(tcp),
     }
 }
 

@@ -1,0 +1,250 @@
+//! Parsers for what people type on the `wwep` command line: hex fields, MAC
+//! addresses, `send` escapes and the benchmark's values. Only the binary uses them.
+
+use std::net::IpAddr;
+
+use wwep::bench::Mix;
+
+/// Parses a hex field as people type it (`0FAC`, `0x0fac`, `fac`), up to `max`.
+pub fn parse_hex(text: &str, name: &str, max: u32) -> Result<u32, String> {
+    let digits = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix("0X"))
+        .unwrap_or(text);
+    let width = if max > 0xFF { 4 } else { 2 };
+    let range = format!("{:0w$X}-{max:0w$X}", 0, w = width);
+    if digits.is_empty() || digits.len() > 8 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("invalid {name} '{text}': expected hex {range}"));
+    }
+    match u32::from_str_radix(digits, 16) {
+        Ok(v) if v <= max => Ok(v),
+        _ => Err(format!(
+            "{name} '{text}' is out of range: expected hex {range}"
+        )),
+    }
+}
+
+/// The course's device id: the 16-bit sum of the six bytes of a MAC address given
+/// as `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` or `aabbccddeeff`.
+pub fn device_id_from_mac(mac: &str) -> Result<u16, String> {
+    let bad = || {
+        format!(
+            "invalid MAC address '{mac}': expected aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff or aabbccddeeff"
+        )
+    };
+    let parts: Vec<&str> = if mac.contains(':') {
+        mac.split(':').collect()
+    } else if mac.contains('-') {
+        mac.split('-').collect()
+    } else if mac.len() == 12 && mac.is_ascii() {
+        (0..6).map(|i| &mac[2 * i..2 * i + 2]).collect()
+    } else {
+        return Err(bad());
+    };
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    parts.iter().try_fold(0u16, |sum, part| {
+        if part.len() != 2 {
+            return Err(bad());
+        }
+        let byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        Ok(sum.wrapping_add(u16::from(byte)))
+    })
+}
+
+/// Decodes the escapes `wwep send` takes: `\n`, `\r`, `\t`, `\\` and `\xNN`.
+pub fn unescape(text: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(text.len());
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        match bytes.get(i + 1) {
+            Some(b'n') => out.push(b'\n'),
+            Some(b'r') => out.push(b'\r'),
+            Some(b't') => out.push(b'\t'),
+            Some(b'\\') => out.push(b'\\'),
+            Some(b'x') => {
+                let hex = text
+                    .get(i + 2..i + 4)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| {
+                        format!("invalid escape at byte {i} of '{text}': \\x needs two hex digits")
+                    })?;
+                out.push(hex);
+                i += 4;
+                continue;
+            }
+            _ => {
+                return Err(format!(
+                    "invalid escape at byte {i} of '{text}': use \\n, \\r, \\t, \\\\ or \\xNN"
+                ));
+            }
+        }
+        i += 2;
+    }
+    Ok(out)
+}
+
+/// `--mix`: `write`, `read`, or `R/W` percentages such as `80/20` (80 % reads).
+pub fn mix(text: &str) -> Result<Mix, String> {
+    match text {
+        "write" => Ok(Mix::Write),
+        "read" => Ok(Mix::Read),
+        _ => {
+            let bad = || {
+                format!(
+                    "invalid --mix '{text}': expected write, read or READ/WRITE percentages like 80/20"
+                )
+            };
+            let (r, w) = text.split_once('/').ok_or_else(bad)?;
+            let (r, w): (u8, u8) = (r.parse().map_err(|_| bad())?, w.parse().map_err(|_| bad())?);
+            if u16::from(r) + u16::from(w) != 100 {
+                return Err(format!(
+                    "invalid --mix '{text}': the percentages must add up to 100"
+                ));
+            }
+            Ok(Mix::WritePercent(w))
+        }
+    }
+}
+
+/// A number of seconds, zero or more (`--duration`, `--warmup`).
+pub fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=1e9).contains(&v) => Ok(v),
+        _ => Err(format!("expected a number of seconds, not '{text}'")),
+    }
+}
+
+/// `--rate`: transactions per second, more than zero.
+pub fn rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "expected a positive number of transactions per second, not '{text}'"
+        )),
+    }
+}
+
+/// A count that must be at least 1 (`--concurrency`, `--requests`).
+pub fn at_least_one(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(v) if v >= 1 => Ok(v),
+        _ => Err(format!(
+            "expected a whole number of at least 1, not '{text}'"
+        )),
+    }
+}
+
+/// A source address for load and abuse connections: loopback only, so a
+/// benchmark can never be pointed at someone else's network from here.
+pub fn loopback(text: &str) -> Result<IpAddr, String> {
+    let ip: IpAddr = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not an IP address"))?;
+    if ip.is_loopback() {
+        Ok(ip)
+    } else {
+        Err(format!(
+            "{ip} is not a loopback address (127.0.0.0/8 or ::1)"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_fields_as_people_type_them() {
+        assert_eq!(parse_hex("0FAC", "DEVICE", 0xFFFF), Ok(0x0FAC));
+        assert_eq!(parse_hex("0x0fac", "DEVICE", 0xFFFF), Ok(0x0FAC));
+        assert_eq!(parse_hex("fac", "DEVICE", 0xFFFF), Ok(0x0FAC));
+        assert_eq!(parse_hex("FF", "REGISTER", 0xFF), Ok(0xFF));
+        assert_eq!(parse_hex("0", "VALUE", 0xFFFF), Ok(0));
+        assert_eq!(
+            parse_hex("100", "REGISTER", 0xFF),
+            Err("REGISTER '100' is out of range: expected hex 00-FF".to_string())
+        );
+        assert_eq!(
+            parse_hex("10000", "DEVICE", 0xFFFF),
+            Err("DEVICE '10000' is out of range: expected hex 0000-FFFF".to_string())
+        );
+        for bad in ["", "0x", "xyz", "-1", "12 3", "0xfffffffff"] {
+            let err = parse_hex(bad, "VALUE", 0xFFFF).unwrap_err();
+            assert!(err.contains("VALUE"), "{err}");
+        }
+    }
+
+    #[test]
+    fn mac_device_id_is_the_byte_sum() {
+        // 0xaa+0xbb+0xcc+0xdd+0xee+0xff = 0x04FB
+        assert_eq!(device_id_from_mac("aa:bb:cc:dd:ee:ff"), Ok(0x04FB));
+        assert_eq!(device_id_from_mac("AA-BB-CC-DD-EE-FF"), Ok(0x04FB));
+        assert_eq!(device_id_from_mac("aabbccddeeff"), Ok(0x04FB));
+        assert_eq!(device_id_from_mac("00:00:00:00:00:01"), Ok(1));
+        assert_eq!(device_id_from_mac("ff:ff:ff:ff:ff:ff"), Ok(0x05FA));
+        for bad in [
+            "",
+            "aa:bb:cc:dd:ee",
+            "aa:bb:cc:dd:ee:ff:00",
+            "aabbccddeef",
+            "aa:bb:cc:dd:ee:gg",
+            "a:bb:cc:dd:ee:fff",
+            "ééééééé",
+        ] {
+            assert!(device_id_from_mac(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn send_escapes() {
+        assert_eq!(unescape("W01234"), Ok(b"W01234".to_vec()));
+        assert_eq!(unescape("R0FAC0B\\r\\n"), Ok(b"R0FAC0B\r\n".to_vec()));
+        assert_eq!(unescape("\\x00\\xfF\\\\\\t"), Ok(b"\x00\xff\\\t".to_vec()));
+        assert!(unescape("\\q").is_err());
+        assert!(unescape("\\x1").is_err());
+        assert!(unescape("\\").is_err());
+    }
+
+    #[test]
+    fn mixes() {
+        assert_eq!(mix("write"), Ok(Mix::Write));
+        assert_eq!(mix("read"), Ok(Mix::Read));
+        assert_eq!(mix("80/20"), Ok(Mix::WritePercent(20)));
+        for bad in ["", "50/60", "a/b", "100", "-1/101"] {
+            assert!(mix(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bench_values() {
+        assert_eq!(seconds("1.5"), Ok(1.5));
+        assert_eq!(seconds("0"), Ok(0.0));
+        for bad in ["-1", "NaN", "inf", "x", ""] {
+            assert!(seconds(bad).is_err(), "{bad}");
+        }
+        assert_eq!(rate("250"), Ok(250.0));
+        assert_eq!(rate("0.5"), Ok(0.5));
+        for bad in ["0", "-3", "NaN", "inf", "fast"] {
+            assert!(rate(bad).is_err(), "{bad}");
+        }
+        assert_eq!(at_least_one("3"), Ok(3));
+        for bad in ["0", "-1", "1.5", ""] {
+            assert!(at_least_one(bad).is_err(), "{bad}");
+        }
+        assert_eq!(loopback("127.0.0.3"), Ok("127.0.0.3".parse().unwrap()));
+        assert_eq!(loopback("::1"), Ok("::1".parse().unwrap()));
+        assert_eq!(
+            loopback("192.168.1.1"),
+            Err("192.168.1.1 is not a loopback address (127.0.0.0/8 or ::1)".to_string())
+        );
+        assert!(loopback("localhost").is_err());
+    }
+}

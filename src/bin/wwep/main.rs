@@ -1,0 +1,187 @@
+//! `wwep`: the WWEP client — read, write, raw send, the course's LED toggle and
+//! MAC device ids, over the open port or TLS.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use wwep::bench;
+use wwep::protocol::{Reply, Request};
+
+mod args;
+mod cli;
+mod output;
+
+use args::parse_hex;
+use cli::{Cli, Command, ConnectionArgs};
+
+/// The LED register of the course's button exercise.
+const LED_REGISTER: u8 = 0x05;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A bad value is one line naming the flag; other usage errors show the usage.
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue
+            ) =>
+        {
+            let rendered = e.to_string();
+            let line = rendered.lines().next().unwrap_or_default();
+            eprintln!("wwep: {}", line.strip_prefix("error: ").unwrap_or(line));
+            return ExitCode::from(2);
+        }
+        Err(e) => e.exit(),
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("wwep: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    let json = cli.json;
+    let c = &cli.connection;
+    let mac_device = c
+        .device_from_mac
+        .as_deref()
+        .map(args::device_id_from_mac)
+        .transpose()?;
+    match &cli.command {
+        Command::Bench(b) => {
+            let config = b.config()?;
+            let mut client = c.client(b.tls12)?;
+            if let Some(ip) = b.source_ip {
+                client = client.with_source_ip(ip);
+            }
+            let report = bench::run(&client, &config)?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(if report.summary.completed > 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Command::DeviceId { mac } => {
+            let id = args::device_id_from_mac(mac)?;
+            if json {
+                println!(
+                    "{{\"mac\":{},\"device\":\"{id:04X}\"}}",
+                    output::json_string(mac.as_bytes())
+                );
+            } else {
+                println!("{id:04X}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Read { fields } => {
+            let [device, register] = device_fields(fields, mac_device, &["REGISTER"])?[..] else {
+                unreachable!("device_fields returns one value per name plus the device")
+            };
+            let request = Request::Read {
+                device: device as u16,
+                register: register as u8,
+            };
+            exchange(c, request.encode().as_bytes(), json)
+        }
+        Command::Write { fields } => {
+            let [device, register, value] =
+                device_fields(fields, mac_device, &["REGISTER", "VALUE"])?[..]
+            else {
+                unreachable!("device_fields returns one value per name plus the device")
+            };
+            let request = Request::Write {
+                device: device as u16,
+                register: register as u8,
+                value: value as u16,
+            };
+            exchange(c, request.encode().as_bytes(), json)
+        }
+        Command::Send { message } => exchange(c, &args::unescape(message)?, json),
+        Command::Toggle { device } => {
+            let device = match (device, mac_device) {
+                (Some(_), Some(_)) => {
+                    return Err("give DEVICE or --device-from-mac, not both".into());
+                }
+                (Some(d), None) => parse_hex(d, "DEVICE", 0xFFFF)? as u16,
+                (None, Some(d)) => d,
+                (None, None) => return Err("toggle needs DEVICE or --device-from-mac".into()),
+            };
+            let client = c.client(false)?;
+            let read = Request::Read {
+                device,
+                register: LED_REGISTER,
+            };
+            let current = client
+                .transact(read.encode().as_bytes())
+                .map_err(|e| e.to_string())?;
+            // A register never written counts as off, as on a board fresh from reset.
+            let was_on =
+                matches!(Reply::parse(&current), Some(Reply::Accepted { value, .. }) if value != 0);
+            let value = u16::from(!was_on);
+            let write = Request::Write {
+                device,
+                register: LED_REGISTER,
+                value,
+            };
+            let reply = client
+                .transact(write.encode().as_bytes())
+                .map_err(|e| e.to_string())?;
+            let state = if value == 1 { "on" } else { "off" };
+            output::report(&reply, json, Some(state))
+        }
+    }
+}
+
+/// One transaction, reported.
+fn exchange(c: &ConnectionArgs, request: &[u8], json: bool) -> Result<ExitCode, String> {
+    let reply = c
+        .client(false)?
+        .transact(request)
+        .map_err(|e| e.to_string())?;
+    output::report(&reply, json, None)
+}
+
+/// Parses DEVICE (unless it comes from --device-from-mac) followed by `names`.
+fn device_fields(
+    fields: &[String],
+    mac_device: Option<u16>,
+    names: &[&str],
+) -> Result<Vec<u32>, String> {
+    let mut values = Vec::with_capacity(names.len() + 1);
+    let rest = match mac_device {
+        Some(device) => {
+            if fields.len() != names.len() {
+                return Err(format!(
+                    "with --device-from-mac give only {}",
+                    names.join(" ")
+                ));
+            }
+            values.push(u32::from(device));
+            fields
+        }
+        None => {
+            if fields.len() != names.len() + 1 {
+                return Err(format!(
+                    "expected DEVICE {} (or --device-from-mac MAC)",
+                    names.join(" ")
+                ));
+            }
+            values.push(parse_hex(&fields[0], "DEVICE", 0xFFFF)?);
+            &fields[1..]
+        }
+    };
+    for (text, name) in rest.iter().zip(names) {
+        let max = if *name == "REGISTER" { 0xFF } else { 0xFFFF };
+        values.push(parse_hex(text, name, max)?);
+    }
+    Ok(values)
+}

@@ -1,0 +1,58 @@
+//! The one boundary the connection code sees: a place registers are read from
+//! and written to, in this process ([`RegisterStore`](super::RegisterStore)) or
+//! in Valkey/Redis ([`RedisStore`](super::redis::RedisStore)).
+
+use std::fmt;
+use std::io;
+
+/// Why a register could not be read or written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// The data file could not take the write (disk full, read-only, I/O error).
+    Storage,
+    /// The shared store did not answer in time, or refused (down, failing over,
+    /// durability not confirmed).
+    Unavailable,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StoreError::Storage => "the data file cannot take the write",
+            StoreError::Unavailable => "the store is unavailable",
+        })
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Registers keyed by (device id, register); nothing exists before its first
+/// write. Every call returns within the connection's time limit.
+pub trait Backend: Send + Sync {
+    /// The value of a register, or `None` if it was never written.
+    fn read(&self, device: u16, register: u8) -> Result<Option<u16>, StoreError>;
+    /// Stores a value; returns once it is as durable as the store promises.
+    fn write(&self, device: u16, register: u8, value: u16) -> Result<(), StoreError>;
+    /// Forces what was written to durable storage (at shutdown).
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Whether a write would be taken now, for health checks.
+    fn writable(&self) -> bool {
+        true
+    }
+}
+
+impl Backend for super::RegisterStore {
+    fn read(&self, device: u16, register: u8) -> Result<Option<u16>, StoreError> {
+        Ok(super::RegisterStore::read(self, device, register))
+    }
+
+    fn write(&self, device: u16, register: u8, value: u16) -> Result<(), StoreError> {
+        super::RegisterStore::write(self, device, register, value).map_err(|_| StoreError::Storage)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        super::RegisterStore::sync(self)
+    }
+}

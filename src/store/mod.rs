@@ -1,0 +1,656 @@
+//! The register store: every register of every device id, in memory, optionally
+//! written through a [`Journal`] so acknowledged writes survive a restart.
+//!
+//! The map is a fixed table of 65,536 device slots split into [`SHARDS`] shards,
+//! each behind its own lock, so a compaction snapshots one shard at a time (a
+//! copy of at most 256 devices) while writers and readers use the others. The
+//! store owns the map: the journal hands it durable batches through [`Publish`],
+//! and never holds its own lock while doing so, so the two locks never nest.
+
+pub mod backend;
+pub mod format;
+pub mod journal;
+pub mod redis;
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use self::format::Key;
+use self::journal::{
+    CompactionPolicy, CompactionReport, Fsync, Journal, JournalError, OpenReport, Publish,
+    StorageError,
+};
+use crate::config::DataConfig;
+
+/// Shards of the device table; device `d` lives in shard `d % SHARDS`.
+pub const SHARDS: usize = 256;
+const SLOTS: usize = 65_536 / SHARDS;
+
+/// The 256 registers of one device id.
+#[derive(Clone)]
+struct Registers {
+    present: [u64; 4],
+    values: [u16; 256],
+}
+
+impl Registers {
+    fn new() -> Registers {
+        Registers {
+            present: [0; 4],
+            values: [0; 256],
+        }
+    }
+
+    fn get(&self, register: u8) -> Option<u16> {
+        let r = register as usize;
+        (self.present[r / 64] & (1 << (r % 64)) != 0).then_some(self.values[r])
+    }
+
+    /// Sets a register; true if it did not exist before.
+    fn set(&mut self, register: u8, value: u16) -> bool {
+        let r = register as usize;
+        let bit = 1 << (r % 64);
+        let new = self.present[r / 64] & bit == 0;
+        self.present[r / 64] |= bit;
+        self.values[r] = value;
+        new
+    }
+
+    fn each(&self, mut f: impl FnMut(u8, u16)) {
+        for (word, &bits) in self.present.iter().enumerate() {
+            let mut bits = bits;
+            while bits != 0 {
+                let r = word * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                f(r as u8, self.values[r]);
+            }
+        }
+    }
+}
+
+/// One shard's device slots: slot `d / SHARDS` holds device `d`.
+struct Shard {
+    slots: Vec<Option<Box<Registers>>>,
+}
+
+/// Every register, sharded by device id.
+struct Table {
+    shards: Box<[Mutex<Shard>]>,
+    live: AtomicUsize,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Table {
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        slots: (0..SLOTS).map(|_| None).collect(),
+                    })
+                })
+                .collect(),
+            live: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Table {
+    /// A panic while a lock was held cannot leave a shard half-updated (every
+    /// critical section sets or reads whole values), so a poisoned lock is safe.
+    fn shard(&self, device: u16) -> MutexGuard<'_, Shard> {
+        self.shards[device as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn get(&self, (device, register): Key) -> Option<u16> {
+        self.shard(device).slots[device as usize / SHARDS]
+            .as_ref()
+            .and_then(|r| r.get(register))
+    }
+
+    fn set(&self, (device, register): Key, value: u16) {
+        let new = self.shard(device).slots[device as usize / SHARDS]
+            .get_or_insert_with(|| Box::new(Registers::new()))
+            .set(register, value);
+        if new {
+            self.live.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands every register to `f`, one shard at a time: each shard's lock is held
+    /// only to copy its devices out.
+    fn snapshot(&self, f: &mut dyn FnMut(Key, u16)) {
+        let mut copy: Vec<(u16, Registers)> = Vec::with_capacity(SLOTS);
+        for (s, shard) in self.shards.iter().enumerate() {
+            copy.clear();
+            {
+                let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+                for (slot, regs) in shard.slots.iter().enumerate() {
+                    if let Some(regs) = regs {
+                        copy.push(((slot * SHARDS + s) as u16, Registers::clone(regs)));
+                    }
+                }
+            }
+            for (device, regs) in &copy {
+                regs.each(|r, v| f((*device, r), v));
+            }
+        }
+    }
+}
+
+impl Publish for Table {
+    fn publish(&self, records: &[(Key, u16)]) {
+        for &(key, value) in records {
+            self.set(key, value);
+        }
+    }
+}
+
+/// Registers keyed by (device id, register). Nothing exists before its first write.
+#[derive(Default)]
+pub struct RegisterStore {
+    table: Table,
+    journal: Option<Journal>,
+}
+
+impl RegisterStore {
+    /// A memory-only store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A store backed by a data file, rebuilt from the file's records.
+    pub fn open(
+        path: &Path,
+        fsync: Fsync,
+        compaction: CompactionPolicy,
+        repair: bool,
+    ) -> Result<(RegisterStore, OpenReport), JournalError> {
+        Self::open_cancellable(path, fsync, compaction, repair, &AtomicBool::new(false))
+    }
+
+    /// [`open`](RegisterStore::open), giving up with [`JournalError::Cancelled`]
+    /// once `cancel` is set (checked every ~29,000 records of the replay). With
+    /// `repair`, a damaged file is rewritten from every good record and the
+    /// original kept as `FILE.damaged-TIMESTAMP`.
+    pub fn open_cancellable(
+        path: &Path,
+        fsync: Fsync,
+        compaction: CompactionPolicy,
+        repair: bool,
+        cancel: &AtomicBool,
+    ) -> Result<(RegisterStore, OpenReport), JournalError> {
+        let table = Table::default();
+        let (journal, mut report) = Journal::open(
+            path,
+            fsync,
+            compaction,
+            repair,
+            cancel,
+            &mut |key, value| table.set(key, value),
+        )?;
+        let store = RegisterStore {
+            table,
+            journal: Some(journal),
+        };
+        if report.damage.regions > 0 {
+            let compacted = store.rewrite(true, true)?;
+            report.damaged_copy = compacted.and_then(|c| c.damaged_copy);
+        }
+        Ok((store, report))
+    }
+
+    pub fn journal(&self) -> Option<&Journal> {
+        self.journal.as_ref()
+    }
+
+    /// The value of a register, or `None` if it was never written. Only values
+    /// whose record is in the data file (on disk under `--fsync always`) are seen.
+    pub fn read(&self, device: u16, register: u8) -> Option<u16> {
+        self.table.get((device, register))
+    }
+
+    /// Stores a value, replacing any earlier one. With a data file, returns once
+    /// the write is in the file (on disk under `--fsync always`); only then does it
+    /// become visible. A write that cannot be made durable fails and never shows.
+    pub fn write(&self, device: u16, register: u8, value: u16) -> Result<(), StorageError> {
+        let key = (device, register);
+        match &self.journal {
+            None => {
+                self.table.set(key, value);
+                Ok(())
+            }
+            Some(journal) => journal.commit(journal.append(key, value), &self.table),
+        }
+    }
+
+    /// Forces written records to disk.
+    pub fn sync(&self) -> io::Result<()> {
+        match &self.journal {
+            Some(j) => j.sync(),
+            None => Ok(()),
+        }
+    }
+
+    /// Rewrites the data file as a snapshot of the live registers, if it has
+    /// outgrown them (or always, with `force`). Writers keep going meanwhile.
+    pub fn compact(&self, force: bool) -> Result<Option<CompactionReport>, JournalError> {
+        self.rewrite(force, false)
+    }
+
+    fn rewrite(
+        &self,
+        force: bool,
+        keep_damaged: bool,
+    ) -> Result<Option<CompactionReport>, JournalError> {
+        let Some(journal) = &self.journal else {
+            return Ok(None);
+        };
+        let Some(mut compaction) = journal.begin_compaction(force, self.len(), keep_damaged)?
+        else {
+            return Ok(None);
+        };
+        self.table
+            .snapshot(&mut |key, value| compaction.push(key, value));
+        journal.finish_compaction(compaction).map(Some)
+    }
+
+    /// Starts the thread that, once a second, fsyncs under `everysec`, compacts
+    /// the data file when it has grown (or a write failed and it holds dead
+    /// records) and grows `FILE.reserve`; it ends when `stop` is set.
+    pub fn spawn_maintenance(self: &Arc<Self>, stop: Arc<AtomicBool>) -> Option<JoinHandle<()>> {
+        let journal = self.journal.as_ref()?;
+        let everysec = journal.policy() == Fsync::EverySec;
+        let store = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("wwep-journal".to_string())
+            .spawn(move || {
+                let mut ticks = 0u32;
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    ticks += 1;
+                    if !ticks.is_multiple_of(10) {
+                        continue;
+                    }
+                    if everysec && let Err(e) = store.sync() {
+                        log::error!("data file fsync failed: {e}");
+                    }
+                    let began = Instant::now();
+                    match store.compact(false) {
+                        Ok(Some(r)) => log::info!(
+                            "compacted the data file: {} -> {} bytes in {} ms (writes held {} µs)",
+                            r.before,
+                            r.after,
+                            began.elapsed().as_millis(),
+                            r.held_batches.as_micros()
+                        ),
+                        Ok(None) => {}
+                        Err(e) => log::error!("compaction failed: {e}"),
+                    }
+                    if let Some(journal) = store.journal() {
+                        journal.keep_reserve(store.len());
+                    }
+                }
+            })
+            .ok()
+    }
+
+    /// How many registers have been written.
+    pub fn len(&self) -> usize {
+        self.table.live.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Opens the store for `data`, stopping early with [`JournalError::Cancelled`]
+/// once `cancel` is set, and logs what startup found: the replay (info), a trimmed
+/// tail and a repair (warn).
+pub fn open_logged(data: &DataConfig, cancel: &AtomicBool) -> Result<RegisterStore, JournalError> {
+    let began = Instant::now();
+    let (store, report) = RegisterStore::open_cancellable(
+        &data.path,
+        data.fsync,
+        data.compaction,
+        data.repair,
+        cancel,
+    )?;
+    let path = data.path.display();
+    let fsync = data.fsync.name();
+    if report.created {
+        log::info!("data file {path} created (fsync {fsync})");
+    } else {
+        log::info!(
+            "data file {path}: {} records replayed, {} registers in {} ms (fsync {fsync})",
+            report.records,
+            store.len(),
+            began.elapsed().as_millis()
+        );
+    }
+    let torn = report.torn_bytes - report.zero_bytes;
+    if torn > 0 {
+        log::warn!(
+            "data file {path}: dropped {torn} bytes of a record cut short by a crash; every complete record was kept"
+        );
+    }
+    if report.zero_bytes > 0 {
+        log::warn!(
+            "data file {path}: dropped {} zero bytes at its end (left by a crash or power cut); every complete record was kept",
+            report.zero_bytes
+        );
+    }
+    if report.damage.regions > 0 {
+        let copy = report
+            .damaged_copy
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        log::warn!(
+            "data file {path}: --repair kept {} records ({} registers) and dropped {} bytes: {} damaged region(s), the first at byte {}; the damaged original is kept as {copy}",
+            report.records,
+            store.len(),
+            report.repaired_bytes,
+            report.damage.regions,
+            report.damage.first.unwrap_or(0)
+        );
+    }
+    Ok(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::OpenOptions;
+    use std::path::Path;
+
+    #[test]
+    fn nothing_exists_before_the_first_write() {
+        let store = RegisterStore::new();
+        assert_eq!(store.read(0x0FAC, 0x0B), None);
+        assert!(store.is_empty());
+        store.write(0x0FAC, 0x0B, 0x1234).unwrap();
+        assert_eq!(store.read(0x0FAC, 0x0B), Some(0x1234));
+        assert_eq!(store.read(0x0FAC, 0x0C), None);
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn devices_have_separate_registers() {
+        let store = RegisterStore::new();
+        store.write(0x1234, 0x05, 1).unwrap();
+        store.write(0xABCD, 0x05, 2).unwrap();
+        assert_eq!(store.read(0x1234, 0x05), Some(1));
+        assert_eq!(store.read(0xABCD, 0x05), Some(2));
+    }
+
+    #[test]
+    fn later_write_wins_at_the_key_space_edges() {
+        let store = RegisterStore::new();
+        for (d, r) in [(0, 0), (0xFFFF, 0xFF), (0, 0xFF), (0xFFFF, 0)] {
+            store.write(d, r, 0xFFFF).unwrap();
+            store.write(d, r, 0).unwrap();
+            assert_eq!(store.read(d, r), Some(0));
+        }
+        assert_eq!(store.len(), 4);
+    }
+
+    fn open(dir: &Path, fsync: Fsync, compaction: CompactionPolicy) -> RegisterStore {
+        RegisterStore::open(&dir.join("data"), fsync, compaction, false)
+            .unwrap()
+            .0
+    }
+
+    #[test]
+    fn writes_survive_a_reopen_under_every_policy() {
+        for fsync in [Fsync::Always, Fsync::EverySec, Fsync::Never] {
+            let dir = tempfile::tempdir().unwrap();
+            {
+                let store = open(dir.path(), fsync, CompactionPolicy::default());
+                for i in 0..100u16 {
+                    store.write(i, (i % 7) as u8, i * 3).unwrap();
+                }
+                store.write(500, 5, 0xAAAA).unwrap();
+                store.write(500, 5, 0xBBBB).unwrap();
+                store.sync().unwrap();
+            }
+            let store = open(dir.path(), fsync, CompactionPolicy::default());
+            assert_eq!(store.len(), 101);
+            assert_eq!(store.read(99, 99 % 7), Some(297));
+            assert_eq!(store.read(500, 5), Some(0xBBBB));
+        }
+    }
+
+    #[test]
+    fn concurrent_writers_share_fsyncs_and_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(dir.path(), Fsync::Always, CompactionPolicy::default()));
+        let threads: Vec<_> = (0..16u16)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    for i in 0..50u16 {
+                        store.write(t, i as u8, i).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(store);
+        let store = open(dir.path(), Fsync::Always, CompactionPolicy::default());
+        assert_eq!(store.len(), 16 * 50);
+        assert_eq!(store.read(15, 49), Some(49));
+    }
+
+    #[test]
+    fn a_write_that_cannot_reach_the_disk_fails_and_is_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), Fsync::Always, CompactionPolicy::default());
+        store.write(1, 1, 1).unwrap();
+        let journal = store.journal().unwrap();
+        let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
+        let real = journal.swap_file_for_test(full);
+        assert_eq!(store.write(1, 1, 2), Err(StorageError));
+        assert_eq!(
+            store.write(2, 2, 2),
+            Err(StorageError),
+            "writes keep failing"
+        );
+        assert_eq!(store.read(1, 1), Some(1), "the failed write is not visible");
+        assert_eq!(store.read(2, 2), None);
+        journal.swap_file_for_test(real);
+        store.write(3, 3, 3).unwrap();
+        drop(store);
+        let store = open(dir.path(), Fsync::Always, CompactionPolicy::default());
+        assert_eq!(
+            (store.read(1, 1), store.read(2, 2), store.read(3, 3)),
+            (Some(1), None, Some(3))
+        );
+    }
+
+    #[test]
+    fn compaction_shrinks_the_file_and_keeps_every_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = CompactionPolicy {
+            ratio: 2.0,
+            min_bytes: 100,
+        };
+        let store = Arc::new(open(dir.path(), Fsync::Never, policy));
+        for round in 0..50u16 {
+            for r in 0..10u8 {
+                store.write(7, r, round).unwrap();
+            }
+        }
+        let before = store.journal().unwrap().len();
+        // Writers race the rewrite.
+        let racer = {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for i in 0..50u16 {
+                    store.write(8, i as u8, i).unwrap();
+                }
+            })
+        };
+        let report = store
+            .compact(false)
+            .unwrap()
+            .expect("the file had outgrown its data");
+        racer.join().unwrap();
+        assert!(report.before >= before);
+        assert!(report.after < before / 2, "{report:?}");
+        let expected: Vec<_> = (0..10u8)
+            .map(|r| store.read(7, r))
+            .chain((0..50u8).map(|r| store.read(8, r)))
+            .collect();
+        drop(store);
+        let store = open(dir.path(), Fsync::Never, policy);
+        let got: Vec<_> = (0..10u8)
+            .map(|r| store.read(7, r))
+            .chain((0..50u8).map(|r| store.read(8, r)))
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(store.read(7, 0), Some(49));
+        assert_eq!(store.read(8, 49), Some(49));
+    }
+
+    #[test]
+    fn a_poisoned_lock_keeps_serving() {
+        let store = Arc::new(RegisterStore::new());
+        store.write(1, 1, 7).unwrap();
+        let s = Arc::clone(&store);
+        let _ = std::thread::spawn(move || {
+            let _guard = s.table.shard(1);
+            panic!("poison the lock");
+        })
+        .join();
+        assert!(store.table.shards[1].is_poisoned());
+        assert_eq!(store.read(1, 1), Some(7));
+        store.write(1, 2, 8).unwrap();
+        assert_eq!(store.read(1, 2), Some(8));
+    }
+
+    #[test]
+    fn the_snapshot_holds_every_register_once() {
+        let store = RegisterStore::new();
+        let keys = [
+            (0, 0),
+            (0, 255),
+            (255, 7),
+            (256, 7),
+            (0xFFFF, 0xFF),
+            (0x1234, 0x40),
+        ];
+        for (i, &(d, r)) in keys.iter().enumerate() {
+            store.write(d, r, 1).unwrap();
+            store.write(d, r, i as u16).unwrap();
+        }
+        let mut got = Vec::new();
+        store.table.snapshot(&mut |k, v| got.push((k, v)));
+        got.sort();
+        let mut want: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| (k, i as u16))
+            .collect();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(store.len(), keys.len());
+    }
+
+    #[test]
+    fn repair_keeps_every_good_record_and_the_damaged_original() {
+        use super::format::{MAGIC, encode_record};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let mut bytes = MAGIC.to_vec();
+        for i in 0..1000u16 {
+            bytes.extend(encode_record((i, 1), i));
+        }
+        bytes[12] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            RegisterStore::open(&path, Fsync::Never, CompactionPolicy::default(), false),
+            Err(JournalError::Corrupt {
+                offset: 8,
+                records: 999,
+                ..
+            })
+        ));
+        let (store, report) =
+            RegisterStore::open(&path, Fsync::Never, CompactionPolicy::default(), true).unwrap();
+        assert_eq!((report.records, report.repaired_bytes), (999, 9));
+        assert_eq!(store.len(), 999);
+        assert_eq!(
+            (store.read(0, 1), store.read(1, 1), store.read(999, 1)),
+            (None, Some(1), Some(999))
+        );
+        let copy = report.damaged_copy.expect("a damaged copy");
+        assert_eq!(std::fs::read(&copy).unwrap(), bytes);
+        assert!(copy.to_str().unwrap().contains("data.damaged-"));
+        store.write(5000, 1, 1).unwrap();
+        drop(store);
+        let (store, report) =
+            RegisterStore::open(&path, Fsync::Never, CompactionPolicy::default(), false).unwrap();
+        assert_eq!((report.records, store.len()), (1000, 1000));
+    }
+
+    #[test]
+    fn a_failed_write_gives_the_reserve_to_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), Fsync::Always, CompactionPolicy::default());
+        for v in 0..10 {
+            store.write(1, 1, v).unwrap();
+        }
+        let journal = store.journal().unwrap();
+        let reserve = journal.reserve_path();
+        assert_eq!(
+            journal.keep_reserve(store.len()),
+            20480,
+            "header, a record, slack, in pages"
+        );
+        assert_eq!(std::fs::metadata(&reserve).unwrap().len(), 20480);
+        assert!(!journal.wants_compaction(store.len()));
+        let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
+        let real = journal.swap_file_for_test(full);
+        assert_eq!(store.write(1, 1, 99), Err(StorageError));
+        journal.swap_file_for_test(real);
+        assert!(
+            journal.wants_compaction(store.len()),
+            "dead records and a failed write"
+        );
+        let report = store.compact(false).unwrap().expect("compacted");
+        assert_eq!((report.before, report.after), (8 + 90, 8 + 9));
+        assert_eq!(std::fs::metadata(&reserve).unwrap().len(), 0, "given back");
+        assert!(!journal.wants_compaction(store.len()));
+        assert_eq!(journal.keep_reserve(store.len()), 20480);
+        assert_eq!(store.read(1, 1), Some(9));
+    }
+
+    #[test]
+    fn open_logged_opens_or_stops_when_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataConfig {
+            path: dir.path().join("data"),
+            fsync: Fsync::Always,
+            compaction: CompactionPolicy::default(),
+            repair: false,
+        };
+        let store = open_logged(&data, &AtomicBool::new(false)).unwrap();
+        store.write(1, 2, 3).unwrap();
+        drop(store);
+        assert!(matches!(
+            open_logged(&data, &AtomicBool::new(true)),
+            Err(JournalError::Cancelled { .. })
+        ));
+        let store = open_logged(&data, &AtomicBool::new(false)).unwrap();
+        assert_eq!(store.read(1, 2), Some(3));
+    }
+}

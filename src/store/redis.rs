@@ -1,0 +1,616 @@
+//! Registers in Valkey/Redis, shared by several front ends.
+//!
+//! One hash per device: `PREFIX:0FAC` holds field `0B` = `"1234"`, so
+//! `redis-cli HGETALL wwep:0FAC` shows a board readably. `W` is `HSET` (then
+//! `WAIT`/`WAITAOF` when asked for), `R` is `HGET`. Connections come from a
+//! bounded pool; every command has a time limit; when Redis is down, each
+//! request fails at once (`X`) while reconnection backs off, and service resumes
+//! by itself when Redis (or the primary Sentinel names) answers again.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{Client, Connection, IntoConnectionInfo, RedisResult, TlsMode};
+
+use super::backend::{Backend, StoreError};
+use crate::net::rate_limited::RateLimitedLog;
+
+/// Where the registers live.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreLocation {
+    /// In this process (with `--data`, in its data file).
+    #[default]
+    Memory,
+    /// One Redis/Valkey server: `redis://[user:pass@]host:port[/db]`, or
+    /// `rediss://…` for TLS.
+    Redis { url: String },
+    /// The primary that Sentinel names:
+    /// `redis+sentinel://[user:pass@]host:port[,host:port…]/PRIMARY[/db]`
+    /// (`rediss+sentinel://` for TLS to the data nodes).
+    Sentinel {
+        sentinels: Vec<String>,
+        primary: String,
+        /// `redis://[user:pass@]host:port/db` with the credentials and database
+        /// for the data nodes (the host is a placeholder).
+        node: String,
+        tls: bool,
+    },
+}
+
+impl StoreLocation {
+    pub fn is_memory(&self) -> bool {
+        *self == StoreLocation::Memory
+    }
+}
+
+impl FromStr for StoreLocation {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let usage = || {
+            format!(
+                "'{text}' is not a store: expected memory, redis://HOST:PORT[/DB], rediss://… or redis+sentinel://HOST:PORT[,HOST:PORT…]/PRIMARY[/DB]"
+            )
+        };
+        if text == "memory" {
+            return Ok(StoreLocation::Memory);
+        }
+        if text.starts_with("redis://") || text.starts_with("rediss://") {
+            text.into_connection_info().map_err(|_| usage())?;
+            return Ok(StoreLocation::Redis {
+                url: text.to_string(),
+            });
+        }
+        let (tls, rest) = if let Some(rest) = text.strip_prefix("redis+sentinel://") {
+            (false, rest)
+        } else if let Some(rest) = text.strip_prefix("rediss+sentinel://") {
+            (true, rest)
+        } else {
+            return Err(usage());
+        };
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((user, rest)) => (format!("{user}@"), rest),
+            None => (String::new(), rest),
+        };
+        let (hosts, path) = rest.split_once('/').ok_or_else(usage)?;
+        let (primary, db) = match path.split_once('/') {
+            Some((primary, db)) => (primary, db.parse::<u32>().map_err(|_| usage())?),
+            None => (path, 0),
+        };
+        if primary.is_empty() || hosts.is_empty() {
+            return Err(usage());
+        }
+        let sentinels: Vec<String> = hosts
+            .split(',')
+            .map(|host| format!("redis://{host}"))
+            .collect();
+        for sentinel in &sentinels {
+            sentinel
+                .as_str()
+                .into_connection_info()
+                .map_err(|_| usage())?;
+        }
+        Ok(StoreLocation::Sentinel {
+            sentinels,
+            primary: primary.to_string(),
+            node: format!("redis://{userinfo}localhost/{db}"),
+            tls,
+        })
+    }
+}
+
+impl fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreLocation::Memory => f.write_str("memory"),
+            // Credentials stay out of logs.
+            StoreLocation::Redis { url } => match url.as_str().into_connection_info() {
+                Ok(info) => write!(f, "redis {}", info.addr()),
+                Err(_) => f.write_str("redis"),
+            },
+            StoreLocation::Sentinel {
+                sentinels, primary, ..
+            } => write!(
+                f,
+                "primary {primary} of sentinels {}",
+                sentinels
+                    .iter()
+                    .map(|s| s.trim_start_matches("redis://"))
+                    .map(|s| s.rsplit_once('@').map_or(s, |(_, host)| host))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+    }
+}
+
+/// How a shared store is reached and what a write must wait for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    pub location: StoreLocation,
+    /// Keys are `PREFIX:DEV`.
+    pub prefix: String,
+    /// CA certificates (PEM) that sign the Redis server's certificate, for
+    /// `rediss://`; the system's roots otherwise.
+    pub ca: Option<PathBuf>,
+    /// A write is acknowledged only once this many replicas have it (`WAIT`).
+    pub wait_replicas: u32,
+    /// …and once it is in the append-only file of the primary (and of the
+    /// replicas waited for) (`WAITAOF`, Redis/Valkey 7.2+).
+    pub wait_aof: bool,
+}
+
+pub const DEFAULT_PREFIX: &str = "wwep";
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        RedisSettings {
+            location: StoreLocation::Memory,
+            prefix: DEFAULT_PREFIX.to_string(),
+            ca: None,
+            wait_replicas: 0,
+            wait_aof: false,
+        }
+    }
+}
+
+/// Why the shared store cannot be used at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisOpenError {
+    /// The location or the CA file cannot be used.
+    Setup(String),
+    /// `--store-wait-aof` against a server without `WAITAOF`.
+    NoWaitAof(String),
+    /// `--store-wait-aof` needs to ask the server, which did not answer.
+    Unreachable(String),
+}
+
+impl fmt::Display for RedisOpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RedisOpenError::Setup(e) => write!(f, "--store: {e}"),
+            RedisOpenError::NoWaitAof(server) => write!(
+                f,
+                "--store-wait-aof: {server} has no WAITAOF (it needs Redis or Valkey 7.2 or later)"
+            ),
+            RedisOpenError::Unreachable(e) => write!(
+                f,
+                "--store-wait-aof: cannot ask the store whether it has WAITAOF: {e}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RedisOpenError {}
+
+enum Source {
+    Direct(Client),
+    Sentinel(Mutex<SentinelClient>),
+}
+
+/// Reconnection pacing while Redis is down.
+struct Backoff {
+    /// No new connection is tried before this.
+    until: Option<Instant>,
+    step: Duration,
+}
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The longest one command may take, whatever `--timeout-ms` allows.
+const MAX_COMMAND_TIME: Duration = Duration::from_secs(1);
+
+pub struct RedisStore {
+    source: Source,
+    location: StoreLocation,
+    prefix: String,
+    wait_replicas: u32,
+    wait_aof: bool,
+    /// For connecting and for each command.
+    timeout: Duration,
+    idle: Mutex<Vec<Connection>>,
+    returned: Condvar,
+    /// Connections open (idle or lent out).
+    open: AtomicUsize,
+    capacity: usize,
+    backoff: Mutex<Backoff>,
+    failure_log: RateLimitedLog,
+}
+
+fn describe(e: &redis::RedisError) -> String {
+    e.to_string()
+}
+
+impl RedisStore {
+    /// Sets up the pool (`capacity` connections at most, one per worker) and
+    /// tries a first connection. A store that does not answer yet is not an
+    /// error (service starts when it does), unless `--store-wait-aof` needs to
+    /// ask it what it supports.
+    pub fn open(
+        settings: &RedisSettings,
+        capacity: usize,
+        timeout: Duration,
+    ) -> Result<RedisStore, RedisOpenError> {
+        let setup = |e: redis::RedisError| RedisOpenError::Setup(describe(&e));
+        let root_cert = match &settings.ca {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                RedisOpenError::Setup(format!("--store-ca {}: cannot read: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let source = match &settings.location {
+            StoreLocation::Memory => {
+                return Err(RedisOpenError::Setup("not a shared store".to_string()));
+            }
+            StoreLocation::Redis { url } => Source::Direct(match root_cert {
+                Some(root) => Client::build_with_tls(
+                    url.as_str(),
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root),
+                    },
+                )
+                .map_err(setup)?,
+                None => Client::open(url.as_str()).map_err(setup)?,
+            }),
+            StoreLocation::Sentinel {
+                sentinels,
+                primary,
+                node,
+                tls,
+            } => {
+                let redis_info = node.as_str().into_connection_info().map_err(setup)?;
+                let mut info = SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(redis_info.redis_settings().clone());
+                if *tls {
+                    info = info.set_tls_mode(TlsMode::Secure);
+                }
+                Source::Sentinel(Mutex::new(
+                    SentinelClient::build(
+                        sentinels.clone(),
+                        primary.clone(),
+                        Some(info),
+                        SentinelServerType::Master,
+                    )
+                    .map_err(setup)?,
+                ))
+            }
+        };
+        let store = RedisStore {
+            source,
+            location: settings.location.clone(),
+            prefix: settings.prefix.clone(),
+            wait_replicas: settings.wait_replicas,
+            wait_aof: settings.wait_aof,
+            timeout: timeout.min(MAX_COMMAND_TIME),
+            idle: Mutex::new(Vec::new()),
+            returned: Condvar::new(),
+            open: AtomicUsize::new(0),
+            capacity: capacity.max(1),
+            backoff: Mutex::new(Backoff {
+                until: None,
+                step: FIRST_BACKOFF,
+            }),
+            failure_log: RateLimitedLog::new(log::Level::Warn, Duration::from_secs(1)),
+        };
+        match store.connect() {
+            Ok(mut connection) => {
+                if store.wait_aof && !has_waitaof(&mut connection) {
+                    return Err(RedisOpenError::NoWaitAof(store.location.to_string()));
+                }
+                info!("registers are kept in {}", store.location);
+                store.open.fetch_add(1, Ordering::AcqRel);
+                store.give_back(connection);
+            }
+            Err(e) if store.wait_aof => return Err(RedisOpenError::Unreachable(describe(&e))),
+            Err(e) => warn!(
+                "{} does not answer yet ({}); requests get X until it does",
+                store.location,
+                describe(&e)
+            ),
+        }
+        Ok(store)
+    }
+
+    fn idle(&self) -> MutexGuard<'_, Vec<Connection>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn connect(&self) -> RedisResult<Connection> {
+        let connection = match &self.source {
+            Source::Direct(client) => client.get_connection_with_timeout(self.timeout)?,
+            Source::Sentinel(client) => client
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_connection()?,
+        };
+        connection.set_read_timeout(Some(self.timeout))?;
+        connection.set_write_timeout(Some(self.timeout))?;
+        Ok(connection)
+    }
+
+    fn give_back(&self, connection: Connection) {
+        self.idle().push(connection);
+        self.returned.notify_one();
+    }
+
+    fn failed(&self, what: &str, e: &redis::RedisError) {
+        self.failure_log.log(format_args!(
+            "{} {what}: {}; answering X until it recovers",
+            self.location,
+            describe(e)
+        ));
+    }
+
+    /// Lends a connection: an idle one, a new one while fewer than `capacity`
+    /// are open (not during a back-off), or one given back within the time limit.
+    fn lend(&self) -> Result<Connection, StoreError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut idle = self.idle();
+        loop {
+            if let Some(connection) = idle.pop() {
+                return Ok(connection);
+            }
+            if self.open.load(Ordering::Acquire) < self.capacity {
+                self.open.fetch_add(1, Ordering::AcqRel);
+                drop(idle);
+                return self.open_new().inspect_err(|_| {
+                    self.open.fetch_sub(1, Ordering::AcqRel);
+                });
+            }
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .ok_or(StoreError::Unavailable)?;
+            idle = match self.returned.wait_timeout(idle, left) {
+                Ok((guard, _)) => guard,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    fn open_new(&self) -> Result<Connection, StoreError> {
+        let now = Instant::now();
+        {
+            let backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+            if backoff.until.is_some_and(|until| now < until) {
+                return Err(StoreError::Unavailable);
+            }
+        }
+        match self.connect() {
+            Ok(connection) => {
+                let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+                if backoff.until.take().is_some() {
+                    info!("{} answers again", self.location);
+                }
+                backoff.step = FIRST_BACKOFF;
+                Ok(connection)
+            }
+            Err(e) => {
+                let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+                backoff.until = Some(Instant::now() + backoff.step);
+                backoff.step = (backoff.step * 2).min(MAX_BACKOFF);
+                drop(backoff);
+                self.failed("cannot be reached", &e);
+                Err(StoreError::Unavailable)
+            }
+        }
+    }
+
+    /// Runs `command` on a pooled connection; a connection that failed is
+    /// closed rather than given back.
+    fn with_connection<T>(
+        &self,
+        command: impl FnOnce(&mut Connection) -> RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let mut connection = self.lend()?;
+        match command(&mut connection) {
+            Ok(value) => {
+                self.give_back(connection);
+                Ok(value)
+            }
+            Err(e) => {
+                if e.is_unrecoverable_error() || e.is_io_error() || e.is_timeout() {
+                    drop(connection);
+                    self.open.fetch_sub(1, Ordering::AcqRel);
+                    self.returned.notify_one();
+                } else {
+                    self.give_back(connection);
+                }
+                self.failed("failed", &e);
+                Err(StoreError::Unavailable)
+            }
+        }
+    }
+
+    fn key(&self, device: u16) -> String {
+        format!("{}:{device:04X}", self.prefix)
+    }
+}
+
+/// Whether the server knows `WAITAOF` (Redis/Valkey 7.2+).
+fn has_waitaof(connection: &mut Connection) -> bool {
+    let info: RedisResult<redis::Value> = redis::cmd("COMMAND")
+        .arg("INFO")
+        .arg("WAITAOF")
+        .query(connection);
+    matches!(info, Ok(redis::Value::Array(entries)) if entries.first().is_some_and(|e| *e != redis::Value::Nil))
+}
+
+/// Parses a stored value: 4 hex digits (what this server writes).
+fn parse_value(text: &str) -> Option<u16> {
+    if text.len() != 4 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u16::from_str_radix(text, 16).ok()
+}
+
+impl Backend for RedisStore {
+    fn read(&self, device: u16, register: u8) -> Result<Option<u16>, StoreError> {
+        let field = format!("{register:02X}");
+        let value: Option<String> = self.with_connection(|c| {
+            redis::cmd("HGET")
+                .arg(self.key(device))
+                .arg(&field)
+                .query(c)
+        })?;
+        match value {
+            None => Ok(None),
+            Some(text) => match parse_value(&text) {
+                Some(value) => Ok(Some(value)),
+                None => {
+                    self.failure_log.log(format_args!(
+                        "{}: field {field} holds {text:?}, not 4 hex digits",
+                        self.key(device)
+                    ));
+                    Err(StoreError::Unavailable)
+                }
+            },
+        }
+    }
+
+    fn write(&self, device: u16, register: u8, value: u16) -> Result<(), StoreError> {
+        let wait_ms = self.timeout.as_millis() as u64;
+        let (replicas, aof) = (self.wait_replicas, self.wait_aof);
+        let confirmed = self.with_connection(|c| {
+            let mut pipe = redis::pipe();
+            pipe.cmd("HSET")
+                .arg(self.key(device))
+                .arg(format!("{register:02X}"))
+                .arg(format!("{value:04X}"))
+                .ignore();
+            if replicas > 0 {
+                pipe.cmd("WAIT").arg(replicas).arg(wait_ms);
+            }
+            if aof {
+                pipe.cmd("WAITAOF").arg(1).arg(replicas).arg(wait_ms);
+            }
+            let answers: Vec<redis::Value> = pipe.query(c)?;
+            let mut answers = answers.into_iter();
+            let mut ok = true;
+            if replicas > 0 {
+                let acked: i64 =
+                    redis::from_redis_value(answers.next().unwrap_or(redis::Value::Nil))
+                        .unwrap_or(0);
+                ok &= acked >= i64::from(replicas);
+            }
+            if aof {
+                let counts: Vec<i64> =
+                    redis::from_redis_value(answers.next().unwrap_or(redis::Value::Nil))
+                        .unwrap_or_default();
+                ok &= counts.first().is_some_and(|local| *local >= 1)
+                    && counts.get(1).is_some_and(|r| *r >= i64::from(replicas));
+            }
+            Ok(ok)
+        })?;
+        if confirmed {
+            Ok(())
+        } else {
+            self.failure_log.log(format_args!(
+                "{}: a write was not confirmed by {replicas} replica(s){} in {wait_ms} ms; answered X",
+                self.location,
+                if aof { " and the append-only file" } else { "" }
+            ));
+            Err(StoreError::Unavailable)
+        }
+    }
+
+    fn writable(&self) -> bool {
+        let backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        backoff.until.is_none_or(|until| Instant::now() >= until)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_locations() {
+        assert_eq!("memory".parse(), Ok(StoreLocation::Memory));
+        assert_eq!(
+            "redis://127.0.0.1:6379/2".parse(),
+            Ok(StoreLocation::Redis {
+                url: "redis://127.0.0.1:6379/2".to_string()
+            })
+        );
+        assert!(matches!(
+            "rediss://user:pw@redis.example:6380".parse(),
+            Ok(StoreLocation::Redis { .. })
+        ));
+        assert_eq!(
+            "redis+sentinel://:pw@10.0.0.1:26379,10.0.0.2:26379/main/3".parse(),
+            Ok(StoreLocation::Sentinel {
+                sentinels: vec![
+                    "redis://10.0.0.1:26379".to_string(),
+                    "redis://10.0.0.2:26379".to_string()
+                ],
+                primary: "main".to_string(),
+                node: "redis://:pw@localhost/3".to_string(),
+                tls: false,
+            })
+        );
+        for bad in [
+            "",
+            "redis",
+            "http://x",
+            "redis+sentinel://h:1",
+            "redis+sentinel://h:1/",
+            "redis+sentinel:///main",
+            "redis+sentinel://h:1/main/x",
+        ] {
+            let err = bad.parse::<StoreLocation>().unwrap_err();
+            assert!(err.contains("not a store"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn locations_print_without_credentials() {
+        let redis: StoreLocation = "redis://user:secret@127.0.0.1:6379".parse().unwrap();
+        assert!(!redis.to_string().contains("secret"), "{redis}");
+        let sentinel: StoreLocation = "redis+sentinel://u:secret@h1:1,h2:2/main".parse().unwrap();
+        assert_eq!(sentinel.to_string(), "primary main of sentinels h1:1,h2:2");
+    }
+
+    #[test]
+    fn stored_values_are_four_hex_digits() {
+        assert_eq!(parse_value("1234"), Some(0x1234));
+        assert_eq!(parse_value("ffff"), Some(0xFFFF));
+        for bad in ["", "123", "12345", "12G4", "+123"] {
+            assert_eq!(parse_value(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_store_that_does_not_answer_fails_fast_and_backs_off() {
+        // A port nothing listens on: bind, note, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let settings = RedisSettings {
+            location: format!("redis://127.0.0.1:{port}").parse().unwrap(),
+            ..RedisSettings::default()
+        };
+        let store = RedisStore::open(&settings, 4, Duration::from_millis(200)).unwrap();
+        let started = Instant::now();
+        assert_eq!(store.write(1, 2, 3), Err(StoreError::Unavailable));
+        assert_eq!(store.read(1, 2), Err(StoreError::Unavailable));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(!store.writable(), "backing off");
+        let wait_aof = RedisSettings {
+            wait_aof: true,
+            ..settings
+        };
+        assert!(matches!(
+            RedisStore::open(&wait_aof, 4, Duration::from_millis(200)),
+            Err(RedisOpenError::Unreachable(_))
+        ));
+    }
+}

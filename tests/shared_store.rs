@@ -1,0 +1,322 @@
+//! Several front ends, one set of registers in Redis: sharing, the layout in
+//! Redis, Redis going away and coming back, and acknowledged writes surviving a
+//! `kill -9` of Redis under `appendfsync always`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A `redis-server` on a free loopback port, killed by PID on drop.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Redis {
+    fn start(extra: &[&str]) -> Option<Redis> {
+        if !have_tool("redis-server") {
+            return None;
+        }
+        let mut redis = Redis {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        redis.run();
+        Some(redis)
+    }
+
+    /// Starts (again) on the same port and directory.
+    fn run(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(["--save", ""])
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        assert!(
+            eventually(Duration::from_secs(10), || self.ping()),
+            "redis-server did not answer on port {}",
+            self.port
+        );
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut c) = TcpStream::connect(self.addr()) else {
+            return false;
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut reply = [0u8; 7];
+        c.write_all(b"PING\r\n").is_ok()
+            && c.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
+    }
+
+    fn addr(&self) -> SocketAddr {
+        format!("127.0.0.1:{}", self.port).parse().unwrap()
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `kill -9`, and wait for the process to be gone.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn client(&self) -> redis::Connection {
+        let client = redis::Client::open(self.url()).unwrap();
+        client
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .unwrap()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn front_end(pki: &Pki, redis: &Redis, extra: &[&str]) -> ServerProcess {
+    let (cert, key, url) = (pki.path("server.pem"), pki.path("server.key"), redis.url());
+    let mut args = vec![
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--store",
+        &url,
+        "--explain-errors",
+    ];
+    args.extend_from_slice(extra);
+    ServerProcess::start(&args)
+}
+
+fn tls_transact(pki: &Pki, addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut tls = pki
+        .connector()
+        .connect("localhost", connect(addr))
+        .expect("handshake");
+    transact(&mut tls, request)
+}
+
+#[test]
+fn two_front_ends_share_one_redis() {
+    let Some(redis) = Redis::start(&[]) else {
+        return;
+    };
+    let pki = Pki::new(KeyKind::EcP256);
+    let a = front_end(&pki, &redis, &[]);
+    let b = front_end(&pki, &redis, &[]);
+    assert_eq!(
+        transact(&mut connect(a.plain.unwrap()), b"W0FAC0B1234"),
+        b"A0FAC0B1234"
+    );
+    assert_eq!(
+        tls_transact(&pki, b.tls.unwrap(), b"R0FAC0B\n"),
+        b"A0FAC0B1234\n"
+    );
+    assert_eq!(
+        tls_transact(&pki, a.tls.unwrap(), b"W0FAC0C0001"),
+        b"A0FAC0C0001"
+    );
+    assert_eq!(
+        transact(&mut connect(b.plain.unwrap()), b"R0FAC0C"),
+        b"A0FAC0C0001"
+    );
+    assert_eq!(
+        transact(&mut connect(b.plain.unwrap()), b"R0FAC0D"),
+        b"X not found"
+    );
+    // One readable hash per device.
+    let stored: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg("wwep:0FAC")
+        .query(&mut redis.client())
+        .unwrap();
+    assert_eq!(
+        stored.into_iter().collect::<Vec<_>>(),
+        [
+            ("0B".to_string(), "1234".to_string()),
+            ("0C".to_string(), "0001".to_string())
+        ]
+    );
+    // Another deployment on the same Redis sees none of it.
+    let other = front_end(&pki, &redis, &["--store-prefix", "other"]);
+    assert_eq!(
+        transact(&mut connect(other.plain.unwrap()), b"R0FAC0B"),
+        b"X not found"
+    );
+}
+
+#[test]
+fn redis_going_away_gives_x_at_once_and_service_resumes_by_itself() {
+    let Some(mut redis) = Redis::start(&[]) else {
+        return;
+    };
+    let pki = Pki::new(KeyKind::EcP256);
+    let server = front_end(&pki, &redis, &["--timeout-ms", "2000"]);
+    let plain = server.plain.unwrap();
+    assert_eq!(
+        transact(&mut connect(plain), b"W0001010001"),
+        b"A0001010001"
+    );
+    redis.kill();
+    for request in [&b"R000101"[..], b"W0001010002"] {
+        let started = Instant::now();
+        assert_eq!(
+            transact(&mut connect(plain), request),
+            b"X store unavailable"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(eventually(Duration::from_secs(5), || server
+        .log_text()
+        .contains("answering X until it recovers")));
+    redis.run();
+    assert!(
+        eventually(Duration::from_secs(10), || transact(
+            &mut connect(plain),
+            b"W0001010003"
+        ) == b"A0001010003"),
+        "{}",
+        server.log_text()
+    );
+    assert_eq!(transact(&mut connect(plain), b"R000101"), b"A0001010003");
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9_of_redis_with_appendfsync_always() {
+    let Some(mut redis) = Redis::start(&["--appendonly", "yes", "--appendfsync", "always"]) else {
+        return;
+    };
+    let pki = Pki::new(KeyKind::EcP256);
+    let server = front_end(&pki, &redis, &["--timeout-ms", "2000"]);
+    let plain = server.plain.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Each writer writes every key once, so an acknowledged value is the value.
+    let writers: Vec<_> = (0..4u16)
+        .map(|w| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for i in 0..4096u16 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let (device, register) = (w * 16 + i / 256, (i % 256) as u8);
+                    let request = format!("W{device:04X}{register:02X}{i:04X}");
+                    let Ok(mut c) = TcpStream::connect(plain) else {
+                        continue;
+                    };
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                    let _ = c.write_all(request.as_bytes());
+                    let mut reply = Vec::new();
+                    let _ = c.read_to_end(&mut reply);
+                    if reply.first() == Some(&b'A') {
+                        acked.push((device, register, i));
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    redis.kill();
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let acked: Vec<(u16, u8, u16)> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(
+        acked.len() > 50,
+        "only {} writes were acknowledged",
+        acked.len()
+    );
+    redis.run();
+    let mut conn = redis.client();
+    let mut lost = 0;
+    for (device, register, value) in &acked {
+        let stored: Option<String> = redis::cmd("HGET")
+            .arg(format!("wwep:{device:04X}"))
+            .arg(format!("{register:02X}"))
+            .query(&mut conn)
+            .unwrap();
+        if stored != Some(format!("{value:04X}")) {
+            lost += 1;
+        }
+    }
+    assert_eq!(
+        lost,
+        0,
+        "{lost} of {} acknowledged writes lost",
+        acked.len()
+    );
+    assert!(Path::new(&redis.dir.path()).exists());
+}
+
+#[test]
+fn shared_store_flags_fail_clearly() {
+    let Some(redis) = Redis::start(&[]) else {
+        return;
+    };
+    let url = redis.url();
+    let one_line = |args: &[&str], code: i32, needle: &str| {
+        let mut cmd = server_cmd();
+        cmd.arg("--no-tls").args(args);
+        let out = run_with_input(&mut cmd, b"");
+        let text = describe(&cmd, &out);
+        assert_eq!(out.status.code(), Some(code), "{text}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("wwep-server:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{text}");
+        assert!(errors[0].contains(needle), "{text}");
+    };
+    one_line(&["--store", &url, "--data", "registers.wwep"], 2, "--data");
+    one_line(&["--store-wait-replicas", "1"], 2, "--store-wait-replicas");
+    // Debian's redis-server 7.0 has no WAITAOF: refused, not ignored.
+    one_line(&["--store", &url, "--store-wait-aof"], 2, "WAITAOF");
+    let mut cmd = server_cmd();
+    cmd.args(["--no-tls", "--store", "mysql://x"]);
+    let out = run_with_input(&mut cmd, b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--store"));
+}
