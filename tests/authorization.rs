@@ -117,8 +117,8 @@ fn a_board_writes_its_own_device_and_is_refused_another() {
     assert_eq!(tls_as(tls, &pki, Some(&a), "W0500050000"), "X forbidden");
     assert_eq!(tls_as(tls, &pki, Some(&a), "R050005"), "X forbidden");
     assert_eq!(tls_as(tls, &pki, Some(&b), "W04FB0500FF"), "X forbidden");
-    assert_eq!(s.server().store().read(0x0500, 5), Some(1));
-    assert_eq!(s.server().store().read(0x04FB, 5), Some(1));
+    assert_eq!(tls_as(tls, &pki, Some(&b), "R050005"), "A0500050001");
+    assert_eq!(tls_as(tls, &pki, Some(&a), "R04FB05"), "A04FB050001");
     // A client certificate whose CN carries no device id has no `self`.
     let gateway = named(&pki, "gateway", &[]);
     assert_eq!(tls_as(tls, &pki, Some(&gateway), "R04FB05"), "X forbidden");
@@ -145,25 +145,31 @@ fn a_board_writes_its_own_device_and_is_refused_another() {
 fn read_only_register_ranges() {
     let pki = Arc::new(Pki::new(KeyKind::EcP256));
     let a = board(&pki, "04FB");
-    let rules = "# a board writes 00-7F of its own device and only reads the rest\n\
+    let rules = "# the test sets registers up from 127.0.0.2 on the open port\n\
+                 allow from:127.0.0.2 write *\n\
+                 # a board writes 00-7F of its own device and only reads the rest\n\
                  allow any-certificate read,write self 00-7F\n\
                  allow any-certificate read self\n";
     let s = acl_server(Arc::clone(&pki), rules, true);
     let tls = s.tls();
-    s.server().store().write(0x04FB, 0x80, 7).unwrap();
+    assert_eq!(
+        plain_from("127.0.0.2", s.plain(), "W04FB800007"),
+        "A04FB800007"
+    );
     assert_eq!(tls_as(tls, &pki, Some(&a), "W04FB000001"), "A04FB000001");
     assert_eq!(tls_as(tls, &pki, Some(&a), "W04FB7F0001"), "A04FB7F0001");
     assert_eq!(tls_as(tls, &pki, Some(&a), "W04FB800001"), "X forbidden");
     assert_eq!(tls_as(tls, &pki, Some(&a), "W04FBFF0001"), "X forbidden");
     assert_eq!(tls_as(tls, &pki, Some(&a), "R04FB80"), "A04FB800007");
     assert_eq!(tls_as(tls, &pki, Some(&a), "R04FBFF"), "X not found");
-    assert_eq!(s.server().store().read(0x04FB, 0x80), Some(7));
+    assert_eq!(tls_as(tls, &pki, Some(&a), "R04FB80"), "A04FB800007");
 }
 
 #[test]
 fn names_and_globs_from_the_certificate() {
     let pki = Arc::new(Pki::new(KeyKind::EcP256));
-    let rules = "allow cn:gateway-* read *\n\
+    let rules = "allow from:127.0.0.2 write *\n\
+                 allow cn:gateway-* read *\n\
                  allow san:*.boards.example read,write 0100-01FF\n\
                  allow san:10.9.8.7 read,write 0200\n";
     let s = acl_server(Arc::clone(&pki), rules, true);
@@ -171,7 +177,10 @@ fn names_and_globs_from_the_certificate() {
     let gateway = named(&pki, "gateway-1", &[]);
     let by_dns = named(&pki, "x", &["gw.boards.example"]);
     let by_ip = named(&pki, "y", &["10.9.8.7"]);
-    s.server().store().write(0x0300, 1, 1).unwrap();
+    assert_eq!(
+        plain_from("127.0.0.2", s.plain(), "W0300010001"),
+        "A0300010001"
+    );
     assert_eq!(tls_as(tls, &pki, Some(&gateway), "R030001"), "A0300010001");
     assert_eq!(
         tls_as(tls, &pki, Some(&gateway), "W0300010002"),
@@ -249,8 +258,12 @@ fn an_empty_rule_file_refuses_everything() {
         String::from_utf8(s.plain_transact(b"R04FB05\n")).unwrap(),
         "X forbidden\n"
     );
-    assert_eq!(s.server().store().read(0x04FB, 5), None);
     assert_eq!(s.server().stats().forbidden, 3);
+    // Nothing was written: once reads are allowed (a reload), there is nothing.
+    s.pki.write("rules.acl", b"allow anyone read *\n");
+    let reloaded = s.server().control().reload_acl().unwrap().unwrap();
+    assert_eq!(reloaded.rules().len(), 1);
+    assert_eq!(tls_as(s.tls(), &pki, Some(&a), "R04FB05"), "X not found");
 }
 
 #[test]
