@@ -589,6 +589,27 @@ mod tests {
     }
 
     #[test]
+    fn zeros_between_good_records_are_damage() {
+        let records = numbered(4);
+        let mut bytes = file(&records[..2]);
+        bytes.extend([0; 600]);
+        for &(k, v) in &records[2..] {
+            bytes.extend(encode_record(k, v));
+        }
+        let (s, got) = scan_ok(&bytes);
+        assert_eq!(
+            s.damage,
+            Damage {
+                regions: 1,
+                bytes: 600,
+                first: Some(26)
+            }
+        );
+        assert_eq!((s.records, s.tail), (4, Tail::default()));
+        assert_eq!(got, records);
+    }
+
+    #[test]
     fn several_damaged_regions_are_counted() {
         let records = numbered(20);
         let mut bytes = file(&records);

@@ -2,17 +2,18 @@
 //! batches; the register map is the store's, and the journal only reaches it
 //! through [`Publish`].
 //!
-//! Writers add their record to the open batch ([`Journal::append`]) and wait for
-//! it ([`Journal::commit`]): one writer at a time writes every record gathered
+//! Writers add their record to the open batch (`Journal::append`) and wait for
+//! it (`Journal::commit`): one writer at a time writes every record gathered
 //! meanwhile (group commit), fsyncs under `Fsync::Always`, and hands the batch to
 //! [`Publish`] before any of its writers is told it succeeded. A value is therefore
 //! visible only once its record is in the file (on disk under `always`); a batch
 //! that cannot be written was never visible, so there is nothing to undo.
 //!
-//! Compaction ([`Journal::begin_compaction`]) writes a snapshot the store hands it
+//! Compaction (`Journal::begin_compaction`) writes a snapshot the store hands it
 //! to a temporary file without stopping writers, then copies the batches written
-//! meanwhile from the old file, fsyncs and renames. Only the last short catch-up,
-//! the rename and the directory fsync happen while batches wait.
+//! meanwhile from the old file, fsyncs and renames. Only the last short catch-up
+//! and the rename (under `always`, with an fsync of that catch-up and of the
+//! directory) happen while batches wait.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -250,7 +251,11 @@ struct State {
 
 /// The open data file.
 pub struct Journal {
+    /// The file as the user named it, for messages.
     path: PathBuf,
+    /// Where it really is (a symbolic link followed): compaction replaces this
+    /// file, and the files kept next to it go beside it.
+    real: PathBuf,
     policy: Fsync,
     compaction: CompactionPolicy,
     state: Mutex<State>,
@@ -287,10 +292,8 @@ impl Journal {
     /// `replay`, checking `cancel` between chunks. A tail a crash can leave (a
     /// record cut short, zeros) is trimmed. Damage fails with
     /// [`JournalError::Corrupt`] unless `repair`; then the report says what is
-    /// damaged, and the caller must rewrite the file by [`compaction`]
+    /// damaged, and the caller must rewrite the file by compaction
     /// (`begin_compaction(.., keep_damaged: true)`) before appending.
-    ///
-    /// [`compaction`]: Journal::begin_compaction
     pub fn open(
         path: &Path,
         policy: Fsync,
@@ -390,11 +393,21 @@ impl Journal {
         }
         file.sync_all()
             .map_err(io_err(path, "fsync the data file"))?;
+        // A compaction cut short by a crash left its temporary file; the data
+        // file itself is whole (it is replaced only by a rename).
+        let real = match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                std::fs::canonicalize(path).map_err(io_err(path, "follow the symbolic link"))?
+            }
+            _ => path.to_path_buf(),
+        };
+        let _ = std::fs::remove_file(tmp_path(&real));
         if created {
-            sync_dir(path).map_err(io_err(path, "fsync the data file's directory"))?;
+            sync_dir(&real).map_err(io_err(path, "fsync the data file's directory"))?;
         }
         let journal = Journal {
             path: path.to_path_buf(),
+            real: real.clone(),
             policy,
             compaction,
             state: Mutex::new(State {
@@ -410,7 +423,7 @@ impl Journal {
             }),
             written: Condvar::new(),
             reserve: Mutex::new(Reserve {
-                path: suffixed(path, ".reserve"),
+                path: suffixed(&real, ".reserve"),
                 short: false,
             }),
         };
@@ -589,7 +602,7 @@ impl Journal {
         if disk_trouble {
             self.release_reserve();
         }
-        let tmp = tmp_path(&self.path);
+        let tmp = tmp_path(&self.real);
         let created = (|| {
             match std::fs::remove_file(&tmp) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -600,6 +613,10 @@ impl Journal {
                 .append(true)
                 .create_new(true)
                 .open(&tmp)?;
+            // The new file takes the old one's place: with its permissions too.
+            if let Ok(meta) = std::fs::metadata(&self.real) {
+                file.set_permissions(meta.permissions())?;
+            }
             let mut out = BufWriter::with_capacity(1 << 20, file);
             out.write_all(MAGIC)?;
             Ok(out)
@@ -609,6 +626,7 @@ impl Journal {
                 tmp,
                 out,
                 error: None,
+                bytes: HEADER_BYTES,
                 unsynced: 0,
                 sync_every: (self.policy == Fsync::Always).then_some(SNAPSHOT_SYNC_BYTES),
                 copied_to: start,
@@ -637,6 +655,14 @@ impl Journal {
         }
         self.state().compacting = false;
         result
+    }
+
+    /// Drops a rewrite that was begun: the data file stays as it is.
+    pub(crate) fn abandon_compaction(&self, c: Compaction) {
+        let tmp = c.tmp.clone();
+        drop(c);
+        let _ = std::fs::remove_file(&tmp);
+        self.state().compacting = false;
     }
 
     fn swap_in(&self, c: Compaction) -> Result<CompactionReport, JournalError> {
@@ -673,35 +699,41 @@ impl Journal {
         let to = st.good_len;
         drop(st);
         let held = Instant::now();
-        let prepared = (|| {
+        let renamed = (|| {
             copy.to(to).map_err(&copy_failed)?;
-            new.sync_data().map_err(&fsync_failed)?;
+            // The bulk is on disk already. The last records need to be before
+            // the rename only if they were acknowledged as on disk; otherwise
+            // a power cut can at worst cut them short, which startup trims.
+            if self.policy == Fsync::Always {
+                new.sync_data().map_err(&fsync_failed)?;
+            }
             let kept = match c.keep_damaged {
                 true => Some(
-                    keep_copy(&self.path)
+                    keep_copy(&self.real)
                         .map_err(failed("keep a copy of the damaged data file"))?,
                 ),
                 false => None,
             };
-            std::fs::rename(&c.tmp, &self.path)
+            std::fs::rename(&c.tmp, &self.real)
                 .map_err(failed("replace the data file with its compacted copy"))?;
-            if self.policy == Fsync::Always {
-                // Batches acknowledged from now on go to the new file: its name
-                // must be on disk first.
-                sync_dir(&self.path).map_err(failed("fsync the data file's directory"))?;
-            }
             Ok(kept)
         })();
-        let after = copy.written();
+        // Batches acknowledged from now on go to the new file: under `always`
+        // its name must be on disk first.
+        let dir_synced = match (&renamed, self.policy) {
+            (Ok(_), Fsync::Always) => sync_dir(&self.real),
+            _ => Ok(()),
+        };
+        let after = c.bytes + (copy.copied_to - c.copied_to);
         drop(copy);
         let mut st = self.state();
         let mut old = None;
-        let result = prepared.map(|kept| {
+        let result = renamed.map(|kept| {
             // The new file is the data file now: continue on it whatever follows.
             old = Some(std::mem::replace(&mut st.file, Arc::new(new)));
             st.good_len = after;
             st.needs_truncate = false;
-            st.dirty = false;
+            st.dirty = self.policy != Fsync::Always;
             st.failed = false;
             CompactionReport {
                 before: c.before.max(to),
@@ -715,9 +747,10 @@ impl Journal {
         drop(st);
         // Closing the replaced file frees its blocks: not while batches wait.
         drop(old);
+        dir_synced.map_err(failed("fsync the data file's directory"))?;
         let report = result?;
         if self.policy != Fsync::Always {
-            sync_dir(&self.path).map_err(failed("fsync the data file's directory"))?;
+            sync_dir(&self.real).map_err(failed("fsync the data file's directory"))?;
         }
         Ok(report)
     }
@@ -825,11 +858,6 @@ impl CatchUp<'_> {
         }
         Ok(self.copied_to - from)
     }
-
-    /// Length of the compacted file.
-    fn written(&self) -> u64 {
-        self.new.metadata().map(|m| m.len()).unwrap_or(HEADER_BYTES)
-    }
 }
 
 fn suffixed(path: &Path, suffix: &str) -> PathBuf {
@@ -899,6 +927,8 @@ pub(crate) struct Compaction {
     tmp: PathBuf,
     out: BufWriter<File>,
     error: Option<io::Error>,
+    /// Bytes of the snapshot, header included.
+    bytes: u64,
     /// Snapshot bytes written since the last fsync, and how many to allow.
     unsynced: u64,
     sync_every: Option<u64>,
@@ -915,18 +945,22 @@ impl Compaction {
             return;
         }
         let mut written = self.out.write_all(&encode_record(key, value));
+        self.bytes += RECORD_BYTES as u64;
         self.unsynced += RECORD_BYTES as u64;
-        if let (Ok(()), Some(every)) = (&written, self.sync_every) {
-            if self.unsynced >= every {
-                // Under `always` every batch fsyncs the file system's journal,
-                // which then also waits for whatever of the snapshot is still
-                // unwritten: keep that small.
-                self.unsynced = 0;
-                written = self
-                    .out
-                    .flush()
-                    .and_then(|()| self.out.get_ref().sync_data());
-            }
+        if let (Ok(()), Some(every)) = (&written, self.sync_every)
+            && self.unsynced >= every
+        {
+            // Under `always` every batch fsyncs the file system's journal, which
+            // then also waits for whatever of the snapshot is still unwritten:
+            // keep that small, and leave the disk idle for as long as each part
+            // took to write, so the writers' fsyncs get at least half of it.
+            self.unsynced = 0;
+            let began = Instant::now();
+            written = self
+                .out
+                .flush()
+                .and_then(|()| self.out.get_ref().sync_data());
+            std::thread::sleep(began.elapsed().min(Duration::from_millis(100)));
         }
         if let Err(e) = written {
             self.error = Some(e);
@@ -1119,6 +1153,37 @@ mod tests {
                 .ends_with("data: cannot read the data file: boom"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_stop_request_during_replay_is_noticed_within_a_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let records: Vec<_> = (0..200_000u32)
+            .map(|i| (((i >> 8) as u16, i as u8), 1))
+            .collect();
+        std::fs::write(&path, file(&records)).unwrap();
+        let cancel = AtomicBool::new(false);
+        let mut replayed = 0usize;
+        let result = Journal::open(
+            &path,
+            Fsync::Never,
+            CompactionPolicy::default(),
+            false,
+            &cancel,
+            &mut |_, _| {
+                replayed += 1;
+                if replayed == 1000 {
+                    cancel.store(true, Ordering::Release);
+                }
+            },
+        );
+        assert!(matches!(result, Err(JournalError::Cancelled { .. })));
+        assert!(
+            replayed <= 1000 + REPLAY_CHUNK_BYTES / RECORD_BYTES + 1,
+            "{replayed} records replayed after the request"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), file(&records), "untouched");
     }
 
     #[test]

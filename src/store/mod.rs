@@ -26,6 +26,9 @@ use self::journal::{
 };
 use crate::config::DataConfig;
 
+/// How long the maintenance thread waits after a failed compaction.
+const COMPACTION_RETRY: Duration = Duration::from_secs(30);
+
 /// Shards of the device table; device `d` lives in shard `d % SHARDS`.
 pub const SHARDS: usize = 256;
 const SLOTS: usize = 65_536 / SHARDS;
@@ -123,10 +126,13 @@ impl Table {
     }
 
     /// Hands every register to `f`, one shard at a time: each shard's lock is held
-    /// only to copy its devices out.
-    fn snapshot(&self, f: &mut dyn FnMut(Key, u16)) {
+    /// only to copy its devices out. Gives up (returning false) once `stop` is set.
+    fn snapshot(&self, stop: &AtomicBool, f: &mut dyn FnMut(Key, u16)) -> bool {
         let mut copy: Vec<(u16, Registers)> = Vec::with_capacity(SLOTS);
         for (s, shard) in self.shards.iter().enumerate() {
+            if stop.load(Ordering::Acquire) {
+                return false;
+            }
             copy.clear();
             {
                 let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
@@ -140,6 +146,7 @@ impl Table {
                 regs.each(|r, v| f((*device, r), v));
             }
         }
+        true
     }
 }
 
@@ -199,7 +206,7 @@ impl RegisterStore {
             journal: Some(journal),
         };
         if report.damage.regions > 0 {
-            let compacted = store.rewrite(true, true)?;
+            let compacted = store.rewrite(true, true, &AtomicBool::new(false))?;
             report.damaged_copy = compacted.and_then(|c| c.damaged_copy);
         }
         Ok((store, report))
@@ -240,13 +247,24 @@ impl RegisterStore {
     /// Rewrites the data file as a snapshot of the live registers, if it has
     /// outgrown them (or always, with `force`). Writers keep going meanwhile.
     pub fn compact(&self, force: bool) -> Result<Option<CompactionReport>, JournalError> {
-        self.rewrite(force, false)
+        self.rewrite(force, false, &AtomicBool::new(false))
+    }
+
+    /// Compacts like [`compact`](RegisterStore::compact), abandoning the rewrite
+    /// (`Ok(None)`, the data file untouched) if `stop` is set meanwhile.
+    pub fn compact_unless(
+        &self,
+        force: bool,
+        stop: &AtomicBool,
+    ) -> Result<Option<CompactionReport>, JournalError> {
+        self.rewrite(force, false, stop)
     }
 
     fn rewrite(
         &self,
         force: bool,
         keep_damaged: bool,
+        stop: &AtomicBool,
     ) -> Result<Option<CompactionReport>, JournalError> {
         let Some(journal) = &self.journal else {
             return Ok(None);
@@ -255,8 +273,13 @@ impl RegisterStore {
         else {
             return Ok(None);
         };
-        self.table
-            .snapshot(&mut |key, value| compaction.push(key, value));
+        if !self
+            .table
+            .snapshot(stop, &mut |key, value| compaction.push(key, value))
+        {
+            journal.abandon_compaction(compaction);
+            return Ok(None);
+        }
         journal.finish_compaction(compaction).map(Some)
     }
 
@@ -271,6 +294,8 @@ impl RegisterStore {
             .name("wwep-journal".to_string())
             .spawn(move || {
                 let mut ticks = 0u32;
+                // After a failed compaction, wait before rewriting again.
+                let mut retry_at: Option<Instant> = None;
                 while !stop.load(Ordering::Acquire) {
                     std::thread::sleep(Duration::from_millis(100));
                     ticks += 1;
@@ -281,7 +306,11 @@ impl RegisterStore {
                         log::error!("data file fsync failed: {e}");
                     }
                     let began = Instant::now();
-                    match store.compact(false) {
+                    let result = match retry_at {
+                        Some(t) if began < t => Ok(None),
+                        _ => store.compact_unless(false, &stop),
+                    };
+                    match result {
                         Ok(Some(r)) => log::info!(
                             "compacted the data file: {} -> {} bytes in {} ms (writes held {} µs)",
                             r.before,
@@ -290,7 +319,13 @@ impl RegisterStore {
                             r.held_batches.as_micros()
                         ),
                         Ok(None) => {}
-                        Err(e) => log::error!("compaction failed: {e}"),
+                        Err(e) => {
+                            log::error!(
+                                "compaction failed: {e}; next try in {} s",
+                                COMPACTION_RETRY.as_secs()
+                            );
+                            retry_at = Some(Instant::now() + COMPACTION_RETRY);
+                        }
                     }
                     if let Some(journal) = store.journal() {
                         journal.keep_reserve(store.len());
@@ -504,6 +539,11 @@ mod tests {
             .unwrap()
             .expect("the file had outgrown its data");
         racer.join().unwrap();
+        assert_eq!(
+            store.journal().unwrap().len(),
+            std::fs::metadata(dir.path().join("data")).unwrap().len(),
+            "the journal knows the new file's length"
+        );
         assert!(report.before >= before);
         assert!(report.after < before / 2, "{report:?}");
         let expected: Vec<_> = (0..10u8)
@@ -553,7 +593,11 @@ mod tests {
             store.write(d, r, i as u16).unwrap();
         }
         let mut got = Vec::new();
-        store.table.snapshot(&mut |k, v| got.push((k, v)));
+        assert!(
+            store
+                .table
+                .snapshot(&AtomicBool::new(false), &mut |k, v| got.push((k, v)))
+        );
         got.sort();
         let mut want: Vec<_> = keys
             .iter()
@@ -563,6 +607,29 @@ mod tests {
         want.sort();
         assert_eq!(got, want);
         assert_eq!(store.len(), keys.len());
+        assert!(
+            !store
+                .table
+                .snapshot(&AtomicBool::new(true), &mut |_, _| panic!("stopped"))
+        );
+    }
+
+    #[test]
+    fn a_stopped_compaction_leaves_the_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), Fsync::Never, CompactionPolicy::default());
+        for v in 0..10 {
+            store.write(1, 1, v).unwrap();
+        }
+        let before = std::fs::read(dir.path().join("data")).unwrap();
+        assert_eq!(
+            store.compact_unless(true, &AtomicBool::new(true)).unwrap(),
+            None
+        );
+        assert_eq!(std::fs::read(dir.path().join("data")).unwrap(), before);
+        assert!(!dir.path().join("data.compact.tmp").exists());
+        let report = store.compact(true).unwrap().expect("not stopped");
+        assert_eq!(report.after, 8 + 9);
     }
 
     #[test]
@@ -652,5 +719,45 @@ mod tests {
         ));
         let store = open_logged(&data, &AtomicBool::new(false)).unwrap();
         assert_eq!(store.read(1, 2), Some(3));
+    }
+
+    #[test]
+    fn compaction_through_a_symbolic_link_replaces_the_real_file_and_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        {
+            let (store, _) =
+                RegisterStore::open(&link, Fsync::Never, CompactionPolicy::default(), false)
+                    .unwrap();
+            store.write(1, 1, 1).unwrap();
+        }
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let (store, _) =
+            RegisterStore::open(&link, Fsync::Never, CompactionPolicy::default(), false).unwrap();
+        store.write(1, 1, 2).unwrap();
+        store.compact(true).unwrap().expect("compacted");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        let meta = std::fs::metadata(&real).unwrap();
+        assert_eq!(
+            (meta.len(), meta.permissions().mode() & 0o777),
+            (8 + 9, 0o640)
+        );
+        assert_eq!(
+            store.journal().unwrap().reserve_path(),
+            dir.path().join("real.reserve")
+        );
+        store.write(1, 1, 3).unwrap();
+        drop(store);
+        let (store, _) =
+            RegisterStore::open(&link, Fsync::Never, CompactionPolicy::default(), false).unwrap();
+        assert_eq!(store.read(1, 1), Some(3));
     }
 }
