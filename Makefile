@@ -3,6 +3,7 @@
 CARGO ?= cargo
 CERTS ?= certs
 KEY ?= rsa
+DEVICE ?=
 ARGS ?=
 
 PREFIX ?= /usr/local
@@ -22,8 +23,9 @@ release:
 	$(CARGO) build --release
 
 # Makes certs/ca.pem, server.pem, client.pem and their keys; never overwrites.
+# DEVICE=04FB also makes board-04FB.pem/.key, a client certificate with CN wwep-04FB.
 certs:
-	KEY=$(KEY) ./scripts/make-certs.sh $(CERTS)
+	KEY=$(KEY) DEVICE=$(DEVICE) ./scripts/make-certs.sh $(CERTS)
 
 $(CERTS)/server.pem $(CERTS)/server.key:
 	KEY=$(KEY) ./scripts/make-certs.sh $(CERTS)

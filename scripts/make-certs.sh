@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates a CA, a server certificate and a client certificate under DIR (default
 # certs/), never overwriting a file that exists. KEY=rsa (default, RSA-2048) or
-# KEY=ec (ECDSA P-256).
+# KEY=ec (ECDSA P-256). DEVICE=04FB also issues a board's client certificate,
+# board-04FB.pem/.key, whose CN wwep-04FB carries its device id (for --acl).
 set -euo pipefail
 
 dir=${1:-certs}
@@ -15,6 +16,15 @@ case "$key_kind" in
   ec) newkey=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ;;
   *) echo "make-certs: KEY must be rsa or ec, not '$key_kind'" >&2; exit 2 ;;
 esac
+
+device=${DEVICE:-}
+if [ -n "$device" ]; then
+  if ! [[ "$device" =~ ^[0-9A-Fa-f]{4}$ ]]; then
+    echo "make-certs: DEVICE must be 4 hex digits (a device id such as 04FB), not '$device'" >&2
+    exit 2
+  fi
+  device=$(printf '%s' "$device" | tr 'a-f' 'A-F')
+fi
 
 host=$(hostname 2>/dev/null || echo localhost)
 san="DNS:localhost,IP:127.0.0.1,IP:::1"
@@ -57,6 +67,11 @@ subjectAltName=$san"
 issue client "wwep client" "basicConstraints=CA:FALSE
 keyUsage=critical,digitalSignature,keyEncipherment
 extendedKeyUsage=clientAuth"
+if [ -n "$device" ]; then
+  issue "board-$device" "wwep-$device" "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth"
+fi
 
 chmod 600 "$dir"/*.key
 chmod 644 "$dir"/*.pem

@@ -118,6 +118,9 @@ pub struct ServerConfig {
     pub proxy: ProxyProtocol,
     /// Where registers live: this process (default) or Valkey/Redis.
     pub store: RedisSettings,
+    /// The rule file of who may read or write which registers (`--acl`);
+    /// `None` lets every client that gets in read and write everything.
+    pub acl: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -142,6 +145,7 @@ impl Default for ServerConfig {
             plain_access: Access::ReadWrite,
             proxy: ProxyProtocol::Off,
             store: RedisSettings::default(),
+            acl: None,
         }
     }
 }

@@ -4,13 +4,14 @@
 //! The crate is layered so each piece can be tested alone: [`protocol`] is the pure
 //! wire grammar, [`store`] the register map, [`connection`] one transaction's
 //! logic with no sockets, [`net`] the listeners, waiting room, admission, pool and
-//! shutdown, [`tls`] everything about certificates, and [`client`] the blocking
-//! client the CLI and tests use.
+//! shutdown, [`tls`] everything about certificates, [`acl`] who may read or
+//! write which registers, and [`client`] the blocking client the CLI and tests use.
 #![forbid(unsafe_code)]
 
 pub use net::allow as access;
 pub use net::server;
 
+pub mod acl;
 pub mod bench;
 pub mod client;
 pub mod config;

@@ -859,6 +859,33 @@ impl ServerStream {
         cn.data().to_string().ok()
     }
 
+    /// The names the client's verified certificate carries, for `--acl`: its
+    /// common name and its DNS, IP, email and URI alternative names.
+    pub fn peer_names(&self) -> Option<crate::acl::Certificate> {
+        let cert = self.ssl.ssl().peer_certificate()?;
+        let sans = cert.subject_alt_names().map_or_else(Vec::new, |names| {
+            names
+                .iter()
+                .filter_map(|name| {
+                    let ip = name.ipaddress().and_then(|b| match b.len() {
+                        4 => <[u8; 4]>::try_from(b).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(b).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    });
+                    name.dnsname()
+                        .or_else(|| name.email())
+                        .or_else(|| name.uri())
+                        .map(str::to_string)
+                        .or_else(|| ip.map(|ip| ip.to_string()))
+                })
+                .collect()
+        });
+        Some(crate::acl::Certificate {
+            cn: self.peer_common_name(),
+            sans,
+        })
+    }
+
     /// Whether the handshake resumed an earlier session.
     pub fn resumed(&self) -> bool {
         self.ssl.ssl().session_reused()

@@ -30,7 +30,8 @@ use wwep::tls::{
 /// WWEP register server: an open port and a TLS port served at once.
 ///
 /// SIGTERM or SIGINT stops accepting, finishes the connections in flight, syncs
-/// the data file and exits 0. SIGHUP reloads the TLS certificate and key.
+/// the data file and exits 0. SIGHUP reloads the TLS certificate and key and the
+/// --acl rules.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 struct Args {
@@ -124,6 +125,15 @@ struct Args {
     /// Serve only reads on the open port; writes there get X and need the TLS port.
     #[arg(long, env = "WWEP_PLAIN_READ_ONLY")]
     plain_read_only: bool,
+    /// Rules of who may read or write which registers (by client certificate or
+    /// address); first match wins, anything no rule allows gets X. Reloaded with
+    /// SIGHUP. Without it, every client that gets in may read and write everything.
+    #[arg(long, env = "WWEP_ACL", value_name = "FILE")]
+    acl: Option<PathBuf>,
+    /// Check an --acl rule file, print the rules as understood and exit: 0 when
+    /// it is valid, 2 with the line that is not.
+    #[arg(long, value_name = "FILE")]
+    check_acl: Option<PathBuf>,
     /// Worker threads serving connections.
     #[arg(long, env = "WWEP_WORKERS", default_value_t = DEFAULT_WORKERS)]
     workers: usize,
@@ -237,6 +247,7 @@ impl Args {
                 None => ClientAuth::Off,
             },
             allow: self.allow,
+            acl: self.acl,
             max_per_ip: self.max_per_ip,
             plain_access: if self.plain_read_only {
                 Access::ReadOnly
@@ -269,6 +280,18 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(path) = &args.check_acl {
+        return match wwep::acl::Acl::load(path) {
+            Ok(acl) => {
+                print!("{}", acl.describe());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wwep-server: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     wwep::logging::init();
     // A panic is logged as one line; the worker pool replaces the thread.
     std::panic::set_hook(Box::new(|info| log::error!("{info}")));
@@ -311,12 +334,19 @@ fn run(config: ServerConfig) -> ExitCode {
                     .unwrap_or_else(|p| p.into_inner())
                     .clone();
                 match (signal, control) {
-                    (SIGHUP, Some(control)) => match control.reload_tls() {
-                        Ok(()) => info!(
-                            "SIGHUP: reloaded the TLS certificate and key, the client CA and the CRLs"
-                        ),
-                        Err(e) => error!("SIGHUP: keeping the old certificate: {e}"),
-                    },
+                    (SIGHUP, Some(control)) => {
+                        match control.reload_tls() {
+                            Ok(()) => info!(
+                                "SIGHUP: reloaded the TLS certificate and key, the client CA and the CRLs"
+                            ),
+                            Err(e) => error!("SIGHUP: keeping the old certificate: {e}"),
+                        }
+                        match control.reload_acl() {
+                            Ok(Some(acl)) => info!("SIGHUP: reloaded the acl {}", acl.summary()),
+                            Ok(None) => {}
+                            Err(e) => error!("SIGHUP: keeping the old acl rules: {e}"),
+                        }
+                    }
                     (SIGHUP, None) => info!("SIGHUP during startup: nothing to reload yet"),
                     (_, control) => {
                         info!("signal {signal}: stopping; finishing connections in flight");
@@ -347,6 +377,7 @@ fn run(config: ServerConfig) -> ExitCode {
             // A setting that cannot work is a usage error; the rest are failures.
             return match e {
                 ServerError::Config(_)
+                | ServerError::Acl(_)
                 | ServerError::Store(RedisOpenError::Setup(_) | RedisOpenError::NoWaitAof(_)) => {
                     ExitCode::from(2)
                 }

@@ -16,6 +16,7 @@ use log::{error, info, warn};
 use mio::{Poll, Token, Waker};
 use threadpool::ThreadPool;
 
+use crate::acl::{Acl, AclError};
 use crate::config::{ConfigError, ServerConfig, Transport};
 use crate::journal::JournalError;
 use crate::net::admission::{AdmissionTable, Refusal};
@@ -26,7 +27,7 @@ use crate::net::waiting_room::WaitingRoom;
 use crate::store::backend::Backend;
 use crate::store::redis::{RedisOpenError, RedisStore};
 use crate::store::{RegisterStore, open_logged};
-use crate::tls::{Acceptor, HandshakeFailureKind, Identity, TlsError};
+use crate::tls::{Acceptor, ClientAuth, HandshakeFailureKind, Identity, TlsError};
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -37,6 +38,7 @@ pub enum ServerError {
     Data(JournalError),
     Store(RedisOpenError),
     Thread(io::Error),
+    Acl(AclError),
 }
 
 impl fmt::Display for ServerError {
@@ -48,6 +50,7 @@ impl fmt::Display for ServerError {
             ServerError::Data(e) => e.fmt(f),
             ServerError::Store(e) => e.fmt(f),
             ServerError::Thread(e) => write!(f, "cannot start a thread: {e}"),
+            ServerError::Acl(e) => e.fmt(f),
         }
     }
 }
@@ -57,6 +60,12 @@ impl std::error::Error for ServerError {}
 impl From<ConfigError> for ServerError {
     fn from(e: ConfigError) -> Self {
         ServerError::Config(e)
+    }
+}
+
+impl From<AclError> for ServerError {
+    fn from(e: AclError) -> Self {
+        ServerError::Acl(e)
     }
 }
 
@@ -84,6 +93,8 @@ pub struct Stats {
     pub waiting: usize,
     /// TLS handshakes that failed (any kind, timeouts included).
     pub handshake_failures: u64,
+    /// Requests the `--acl` rules refused (answered `X`).
+    pub forbidden: u64,
 }
 
 /// What every thread of the server shares.
@@ -95,6 +106,8 @@ pub(crate) struct Shared {
     memory: Option<Arc<RegisterStore>>,
     /// Swapped whole on SIGHUP; a handshake holds its own `Arc`.
     acceptor: RwLock<Option<Arc<Acceptor>>>,
+    /// The `--acl` rules, swapped whole on SIGHUP; `None` without `--acl`.
+    acl: Option<RwLock<Arc<Acl>>>,
     pub(crate) table: Arc<AdmissionTable>,
     pub(crate) room: WaitingRoom,
     pub(crate) lingerer: Lingerer,
@@ -106,11 +119,13 @@ pub(crate) struct Shared {
     transactions: AtomicU64,
     refusals: Mutex<HashMap<Refusal, u64>>,
     handshake_failures: Mutex<HashMap<HandshakeFailureKind, u64>>,
+    forbidden: AtomicU64,
     /// One rate limit per kind of refusal, so a flood of one kind cannot hide
     /// another.
     refusal_logs: [RateLimitedLog; Refusal::KINDS],
     pub(crate) accept_log: RateLimitedLog,
     pub(crate) handshake_log: RateLimitedLog,
+    pub(crate) forbidden_log: RateLimitedLog,
 }
 
 impl Shared {
@@ -137,6 +152,17 @@ impl Shared {
             _ => {}
         }
         slot.clone()
+    }
+
+    /// The `--acl` rules in force now; `None` when every request may pass.
+    pub(crate) fn acl(&self) -> Option<Arc<Acl>> {
+        self.acl
+            .as_ref()
+            .map(|acl| Arc::clone(&acl.read().unwrap_or_else(|p| p.into_inner())))
+    }
+
+    pub(crate) fn count_forbidden(&self) {
+        self.forbidden.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn next_token(&self) -> Token {
@@ -225,19 +251,20 @@ pub fn start_unless(
     cancel: &AtomicBool,
 ) -> Result<RunningServer, ServerError> {
     config.validate()?;
-    // Certificates first: a bad one fails fast, before any file is touched.
+    // Certificates and rules first: a bad one fails fast, before any file is touched.
     let acceptor = load_acceptor(&config)?;
+    let acl = load_acl(&config)?;
     if !config.store.location.is_memory() {
         let shared = RedisStore::open(&config.store, config.workers, config.timeout)
             .map_err(ServerError::Store)?;
-        return launch(config, Arc::new(shared), None, acceptor);
+        return launch(config, Arc::new(shared), None, acceptor, acl);
     }
     let store = Arc::new(match &config.data {
         None => RegisterStore::new(),
         Some(data) => open_logged(data, cancel).map_err(ServerError::Data)?,
     });
     let in_memory = config.data.is_none();
-    let server = launch(config, store.clone(), Some(store), acceptor)?;
+    let server = launch(config, store.clone(), Some(store), acceptor, acl)?;
     if in_memory {
         info!("no --data file: registers are kept in memory only and lost when the server stops");
     }
@@ -273,7 +300,25 @@ pub fn start_with_store(
 ) -> Result<RunningServer, ServerError> {
     config.validate()?;
     let acceptor = load_acceptor(&config)?;
-    launch(config, store.clone(), Some(store), acceptor)
+    let acl = load_acl(&config)?;
+    launch(config, store.clone(), Some(store), acceptor, acl)
+}
+
+/// Reads the `--acl` rule file, saying what it holds.
+fn load_acl(config: &ServerConfig) -> Result<Option<Acl>, AclError> {
+    let Some(path) = &config.acl else {
+        return Ok(None);
+    };
+    let acl = Acl::load(path)?;
+    info!("acl {}; a request no rule allows gets X", acl.summary());
+    let tls_clients_named = config.tls_port.is_some() && config.client_auth != ClientAuth::Off;
+    if acl.names_certificates() && !tls_clients_named {
+        warn!(
+            "acl {}: rules naming certificates never match without --client-ca",
+            path.display()
+        );
+    }
+    Ok(Some(acl))
 }
 
 /// File descriptors the server needs beyond its connections: listeners,
@@ -304,6 +349,7 @@ fn launch(
     backend: Arc<dyn Backend>,
     memory: Option<Arc<RegisterStore>>,
     acceptor: Option<Acceptor>,
+    acl: Option<Acl>,
 ) -> Result<RunningServer, ServerError> {
     fit_open_files(&mut config);
     let bind =
@@ -334,6 +380,7 @@ fn launch(
         backend,
         memory: memory.clone(),
         acceptor: RwLock::new(acceptor.map(Arc::new)),
+        acl: acl.map(|acl| RwLock::new(Arc::new(acl))),
         table,
         room,
         lingerer,
@@ -344,11 +391,13 @@ fn launch(
         transactions: AtomicU64::new(0),
         refusals: Mutex::new(HashMap::new()),
         handshake_failures: Mutex::new(HashMap::new()),
+        forbidden: AtomicU64::new(0),
         refusal_logs: std::array::from_fn(|_| {
             RateLimitedLog::new(log::Level::Warn, client_log_interval)
         }),
         accept_log: RateLimitedLog::new(log::Level::Warn, client_log_interval),
         handshake_log: RateLimitedLog::new(log::Level::Info, client_log_interval),
+        forbidden_log: RateLimitedLog::new(log::Level::Warn, client_log_interval),
     });
     let stop_maintenance = Arc::new(AtomicBool::new(false));
     let mut server = RunningServer {
@@ -433,6 +482,7 @@ impl RunningServer {
                 .unwrap_or_else(|p| p.into_inner())
                 .values()
                 .sum(),
+            forbidden: shared.forbidden.load(Ordering::Relaxed),
         }
     }
 
@@ -517,5 +567,17 @@ impl ServerControl {
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(acceptor));
         Ok(())
+    }
+
+    /// Reads the `--acl` rule file again and applies it to new requests. A
+    /// file with an error is refused as a whole and the old rules stay in
+    /// force. Returns the new rules (`None` without `--acl`).
+    pub fn reload_acl(&self) -> Result<Option<Arc<Acl>>, AclError> {
+        let (Some(path), Some(slot)) = (&self.shared.config.acl, &self.shared.acl) else {
+            return Ok(None);
+        };
+        let acl = Arc::new(Acl::load(path)?);
+        *slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&acl);
+        Ok(Some(acl))
     }
 }

@@ -17,14 +17,15 @@ use mio::{Interest, Token};
 
 use std::io::Read;
 
+use crate::acl::{self, Certificate};
 use crate::config::{ProxyProtocol, Transport};
-use crate::connection::{self, Incoming, Outcome, Received, Sent};
+use crate::connection::{self, Access, Incoming, Message, Outcome, Received, Sent};
 use crate::net::admission::{Admission, Refusal};
 use crate::net::allow;
 use crate::net::linger::{self, Drained};
 use crate::net::proxy::{self, Header, Origin};
 use crate::net::server::Shared;
-use crate::protocol::{Encoded, Escaped, Failure, Reply, Terminator};
+use crate::protocol::{Encoded, Escaped, Failure, Reply, Request, Terminator};
 use crate::tls::{Handshake, HandshakeFailureKind, PendingHandshake, ServerStream};
 
 /// Why a worker is looking at a session now.
@@ -79,6 +80,8 @@ pub(crate) struct Session {
     admission: Admission,
     /// The client certificate's common name (mutual TLS).
     client: Option<String>,
+    /// The client certificate's names, when `--acl` needs them.
+    certificate: Option<Certificate>,
     /// `TLSv1.3 resumed` and the like, for the transaction line.
     tls_summary: Option<String>,
     /// Whether the socket is registered with the waiting room's poller.
@@ -114,6 +117,7 @@ impl Session {
             sending: None,
             admission,
             client: None,
+            certificate: None,
             tls_summary: None,
             registered: false,
         }
@@ -340,6 +344,9 @@ impl Session {
         match step {
             Handshake::Done(stream) => {
                 self.client = stream.peer_common_name();
+                if shared.config.acl.is_some() {
+                    self.certificate = stream.peer_names();
+                }
                 let kind = if stream.resumed() { "resumed" } else { "full" };
                 self.tls_summary = Some(format!("{} {kind}", stream.version()));
                 Link::Tls(stream)
@@ -394,16 +401,7 @@ impl Session {
         let (reply, outcome) = match received {
             Received::Message(message) => {
                 self.admission.finished();
-                (
-                    connection::respond(
-                        &self.incoming,
-                        message,
-                        &*shared.backend,
-                        access,
-                        config.error_detail,
-                    ),
-                    Outcome::Served,
-                )
+                (self.respond(message, access, shared), Outcome::Served)
             }
             Received::Waiting => {
                 let gap_ends = self.incoming.gap_ends(config.gap);
@@ -416,16 +414,7 @@ impl Session {
                     } else {
                         self.admission.finished();
                         let message = self.incoming.judge();
-                        (
-                            connection::respond(
-                                &self.incoming,
-                                message,
-                                &*shared.backend,
-                                access,
-                                config.error_detail,
-                            ),
-                            Outcome::Served,
-                        )
+                        (self.respond(message, access, shared), Outcome::Served)
                     }
                 } else {
                     let until = gap_ends.map_or(self.deadline, |at| at.min(self.deadline));
@@ -444,6 +433,52 @@ impl Session {
             outcome,
         });
         None
+    }
+
+    /// Parses a complete message, checks it against the `--acl` rules and
+    /// applies it; the reply ends the way the request did.
+    fn respond(&self, message: Message, access: Access, shared: &Shared) -> Encoded {
+        let reply = match Request::parse(&self.incoming.bytes()[..message.len]) {
+            Ok(request) if !self.authorized(&request, shared) => Reply::Failed(Failure::Forbidden),
+            Ok(request) => connection::apply(request, &*shared.backend, access),
+            Err(e) => Reply::Failed(Failure::Protocol(e)),
+        };
+        reply.encode(shared.config.error_detail, message.terminator)
+    }
+
+    /// Whether the rules let this client make this request (always, without
+    /// `--acl`); a refusal is counted and logged, rate-limited.
+    fn authorized(&self, request: &Request, shared: &Shared) -> bool {
+        let Some(acl) = shared.acl() else {
+            return true;
+        };
+        let peer = acl::Peer {
+            addr: self.peer.ip(),
+            certificate: self.certificate.as_ref(),
+        };
+        let decision = acl.check(&peer, request);
+        if !decision.allowed {
+            shared.count_forbidden();
+            let who = match self.certificate.as_ref().and_then(|c| c.cn.as_deref()) {
+                Some(cn) => format!("cn=\"{}\"", Escaped(cn.as_bytes())),
+                None if self.certificate.is_some() => "a certificate without CN".to_string(),
+                None => "no certificate".to_string(),
+            };
+            let (verb, device, register) = match *request {
+                Request::Read { device, register } => ("read", device, register),
+                Request::Write {
+                    device, register, ..
+                } => ("write", device, register),
+            };
+            shared.forbidden_log.log(format_args!(
+                "forbidden by {}: {} {} {who} \"{}\" ({verb} of register {register:02X} of device {device:04X}): {decision}",
+                acl.path().display(),
+                self.transport,
+                self.peer,
+                Escaped(self.incoming.bytes()),
+            ));
+        }
+        decision.allowed
     }
 
     fn send(&mut self, now: Instant, shared: &Shared) -> Step {

@@ -1,0 +1,1223 @@
+//! Authorization: which client may read or write which registers (`--acl FILE`).
+//!
+//! A rule file is read line by line; the first rule that matches a request
+//! decides it, and a request no rule matches is refused. Parsing and matching
+//! do no I/O beyond [`Acl::load`] reading the file, and nothing here logs.
+//!
+//! ```text
+//! # how `self` finds a board's device id in its certificate's CN (the default)
+//! self-cn wwep-{DEVICE}
+//! # action who              access      devices    registers (optional, default *)
+//! allow    any-certificate  read,write  self       00-7F
+//! allow    any-certificate  read        self
+//! allow    cn:wwep-gateway  read        *
+//! allow    from:10.0.0.0/8  read        0400-04FF
+//! deny     anyone           write       *
+//! ```
+//!
+//! - **who**: `anyone`; `any-certificate` (a verified client certificate, TLS
+//!   port with `--client-ca`); `cn:NAME` or `san:NAME`, the certificate's
+//!   subject CN or one of its DNS, IP, email or URI alternative names, exact or
+//!   a glob with `*` and `?` (case-sensitive); `from:CIDR`, the client's
+//!   address on either port.
+//! - **access**: `read`, `write` or `read,write`.
+//! - **devices** and **registers**: comma-separated hex ids and ranges
+//!   (`04FB`, `0400-04FF`, `00-7F`), `*` for all; devices also take `self`,
+//!   the device id in the client certificate's CN as `self-cn` describes it
+//!   (4 hex digits where `{DEVICE}` stands, either case). `self` never matches
+//!   a client without a certificate or whose CN does not fit the pattern.
+//! - `#` starts a comment where a word would start.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use crate::net::allow::Cidr;
+use crate::protocol::Request;
+
+/// The pattern `self` uses when the file has no `self-cn` line.
+pub const DEFAULT_SELF_CN: &str = "wwep-{DEVICE}";
+/// The largest rule file read: far more rules than any deployment needs, and
+/// a bound on what a wrong path (a device, a log) can make the server read.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+/// Where the device id stands in a `self-cn` pattern.
+const DEVICE_PLACEHOLDER: &str = "{DEVICE}";
+
+/// The names a verified client certificate carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Certificate {
+    /// The subject's common name.
+    pub cn: Option<String>,
+    /// Subject alternative names: DNS names, IP addresses, emails, URIs.
+    pub sans: Vec<String>,
+}
+
+/// Who is asking: the client's address and, on the TLS port with
+/// `--client-ca`, its certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer<'a> {
+    pub addr: IpAddr,
+    pub certificate: Option<&'a Certificate>,
+}
+
+/// Whether a rule lets a request through or refuses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+/// Whom a rule is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Who {
+    Anyone,
+    AnyCertificate,
+    Cn(Glob),
+    San(Glob),
+    From(Cidr),
+}
+
+/// What a rule lets a client do (or refuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+/// A set of device ids, one item of a rule's device list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Devices {
+    /// `*`.
+    All,
+    /// `04FB` (first == last) or `0400-04FF`.
+    Range(u16, u16),
+    /// `self`: the device id in the client certificate's CN.
+    Own,
+}
+
+/// Registers `first..=last` (`*` is `00-FF`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registers {
+    pub first: u8,
+    pub last: u8,
+}
+
+/// A name pattern: exact, or with `*` (any run of characters) and `?` (one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob(String);
+
+/// How `self` finds a device id in a CN: literal text around `{DEVICE}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelfPattern {
+    prefix: String,
+    suffix: String,
+}
+
+/// One rule, with the line it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub line: usize,
+    pub action: Action,
+    pub who: Who,
+    pub access: Access,
+    pub devices: Vec<Devices>,
+    pub registers: Vec<Registers>,
+}
+
+/// A parsed rule file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acl {
+    path: PathBuf,
+    self_cn: SelfPattern,
+    rules: Vec<Rule>,
+}
+
+/// The outcome of [`Acl::check`]: allowed or not, and by which rule (`None`:
+/// no rule matched, so refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision<'a> {
+    pub allowed: bool,
+    pub rule: Option<&'a Rule>,
+}
+
+/// A part of a rule that a line lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Who,
+    Access,
+    Devices,
+    Pattern,
+}
+
+/// What is wrong with a rule file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The file cannot be read (the I/O error's text).
+    Unreadable(String),
+    /// The file is larger than [`MAX_FILE_BYTES`].
+    TooLarge,
+    /// The line is not UTF-8 text.
+    NotText,
+    /// The first word is not `allow`, `deny` or `self-cn`.
+    UnknownKeyword(String),
+    Missing(Field),
+    /// A word after the last field a line can have.
+    Extra(String),
+    /// A who that is none of the forms.
+    UnknownWho(String),
+    /// `cn:` or `san:` with no name after it.
+    EmptyName(String),
+    /// `from:` with something that is not an address range (the reason).
+    BadCidr(String),
+    UnknownAccess(String),
+    BadDevice(String),
+    BadRegister(String),
+    /// A range whose first id is after its last.
+    BackwardsRange(String),
+    /// A `self-cn` pattern without exactly one `{DEVICE}`.
+    BadSelfPattern(String),
+    /// A second `self-cn` line; the first is on `first`.
+    SelfPatternTwice {
+        first: usize,
+    },
+}
+
+/// A rule file that cannot be used: the file, the line (none for the file as
+/// a whole) and the problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AclError {
+    pub path: PathBuf,
+    pub line: Option<usize>,
+    pub problem: Problem,
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Field::Who => "who (anyone, any-certificate, cn:NAME, san:NAME or from:CIDR)",
+            Field::Access => "access (read, write or read,write)",
+            Field::Devices => "devices (self, *, 04FB, 0400-04FF, or a comma-separated list)",
+            Field::Pattern => "a pattern such as wwep-{DEVICE}",
+        })
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Unreadable(e) => write!(f, "cannot read the rule file: {e}"),
+            Problem::TooLarge => write!(
+                f,
+                "larger than {} KiB: not a rule file",
+                MAX_FILE_BYTES / 1024
+            ),
+            Problem::NotText => f.write_str("not UTF-8 text"),
+            Problem::UnknownKeyword(w) => {
+                write!(f, "unknown rule '{w}' (expected allow, deny or self-cn)")
+            }
+            Problem::Missing(field) => write!(f, "missing {field}"),
+            Problem::Extra(w) => write!(f, "unexpected '{w}' after the registers"),
+            Problem::UnknownWho(w) => write!(f, "unknown who '{w}': expected {}", Field::Who),
+            Problem::EmptyName(w) => write!(f, "'{w}' needs a name after the colon"),
+            Problem::BadCidr(reason) => f.write_str(reason),
+            Problem::UnknownAccess(w) => {
+                write!(f, "unknown access '{w}': expected {}", Field::Access)
+            }
+            Problem::BadDevice(w) => write!(
+                f,
+                "bad devices '{w}': expected self, *, a 1-4 digit hex id or a range like 0400-04FF"
+            ),
+            Problem::BadRegister(w) => write!(
+                f,
+                "bad registers '{w}': expected *, a 1-2 digit hex register or a range like 00-7F"
+            ),
+            Problem::BackwardsRange(w) => write!(f, "range '{w}' ends before it starts"),
+            Problem::BadSelfPattern(w) => write!(
+                f,
+                "self-cn pattern '{w}' must contain {DEVICE_PLACEHOLDER} exactly once"
+            ),
+            Problem::SelfPatternTwice { first } => {
+                write!(f, "self-cn given twice (first on line {first})")
+            }
+        }
+    }
+}
+
+impl fmt::Display for AclError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{} line {line}: {}", self.path.display(), self.problem),
+            None => write!(f, "{}: {}", self.path.display(), self.problem),
+        }
+    }
+}
+
+impl std::error::Error for AclError {}
+
+/// Glob matching over bytes (ASCII) or characters: `*` any run, `?` one.
+fn glob_matches<T: Copy + PartialEq>(pattern: &[T], text: &[T], star: T, one: T) -> bool {
+    let (mut p, mut t) = (0, 0);
+    // Where the last `*` was, and the text position it currently covers up to.
+    let mut last_star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == one || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == star {
+            last_star = Some((p, t));
+            p += 1;
+        } else if let Some((star_p, star_t)) = last_star {
+            p = star_p + 1;
+            t = star_t + 1;
+            last_star = Some((star_p, star_t + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == star)
+}
+
+impl Glob {
+    fn matches(&self, text: &str) -> bool {
+        if self.0.is_ascii() && text.is_ascii() {
+            return glob_matches(self.0.as_bytes(), text.as_bytes(), b'*', b'?');
+        }
+        let pattern: Vec<char> = self.0.chars().collect();
+        let text: Vec<char> = text.chars().collect();
+        glob_matches(&pattern, &text, '*', '?')
+    }
+
+    fn is_exact(&self) -> bool {
+        !self.0.contains(['*', '?'])
+    }
+}
+
+impl fmt::Display for Glob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl SelfPattern {
+    fn parse(text: &str) -> Option<SelfPattern> {
+        let (prefix, suffix) = text.split_once(DEVICE_PLACEHOLDER)?;
+        if suffix.contains(DEVICE_PLACEHOLDER) {
+            return None;
+        }
+        Some(SelfPattern {
+            prefix: prefix.to_string(),
+            suffix: suffix.to_string(),
+        })
+    }
+
+    /// The device id a CN carries: exactly 4 hex digits (either case) where
+    /// `{DEVICE}` stands, the rest literal.
+    pub fn device(&self, cn: &str) -> Option<u16> {
+        let (cn, prefix, suffix) = (
+            cn.as_bytes(),
+            self.prefix.as_bytes(),
+            self.suffix.as_bytes(),
+        );
+        if cn.len() != prefix.len() + 4 + suffix.len() {
+            return None;
+        }
+        let (head, rest) = cn.split_at(prefix.len());
+        let (digits, tail) = rest.split_at(4);
+        // Byte by byte: these are a few bytes, fewer than a memcmp call costs.
+        let same = |a: &[u8], b: &[u8]| a.iter().zip(b).all(|(x, y)| x == y);
+        if !same(head, prefix) || !same(tail, suffix) {
+            return None;
+        }
+        digits.iter().try_fold(0u16, |id, &b| {
+            Some(id << 4 | char::from(b).to_digit(16)? as u16)
+        })
+    }
+}
+
+impl Default for SelfPattern {
+    fn default() -> Self {
+        SelfPattern {
+            prefix: "wwep-".to_string(),
+            suffix: String::new(),
+        }
+    }
+}
+
+impl fmt::Display for SelfPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{DEVICE_PLACEHOLDER}{}", self.prefix, self.suffix)
+    }
+}
+
+impl Who {
+    fn parse(word: &str) -> Result<Who, Problem> {
+        match word {
+            "anyone" => return Ok(Who::Anyone),
+            "any-certificate" => return Ok(Who::AnyCertificate),
+            _ => {}
+        }
+        let Some((kind, value)) = word.split_once(':') else {
+            return Err(Problem::UnknownWho(word.to_string()));
+        };
+        match kind {
+            "cn" | "san" if value.is_empty() => Err(Problem::EmptyName(word.to_string())),
+            "cn" => Ok(Who::Cn(Glob(value.to_string()))),
+            "san" => Ok(Who::San(Glob(value.to_string()))),
+            "from" => value.parse().map(Who::From).map_err(Problem::BadCidr),
+            _ => Err(Problem::UnknownWho(word.to_string())),
+        }
+    }
+
+    fn matches(&self, peer: &Peer) -> bool {
+        match self {
+            Who::Anyone => true,
+            Who::AnyCertificate => peer.certificate.is_some(),
+            Who::Cn(glob) => peer
+                .certificate
+                .and_then(|c| c.cn.as_deref())
+                .is_some_and(|cn| glob.matches(cn)),
+            Who::San(glob) => peer
+                .certificate
+                .is_some_and(|c| c.sans.iter().any(|san| glob.matches(san))),
+            Who::From(cidr) => cidr.contains(peer.addr),
+        }
+    }
+}
+
+impl fmt::Display for Who {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Who::Anyone => f.write_str("anyone"),
+            Who::AnyCertificate => f.write_str("any-certificate"),
+            Who::Cn(glob) => write!(f, "cn:{glob}"),
+            Who::San(glob) => write!(f, "san:{glob}"),
+            Who::From(cidr) => write!(f, "from:{cidr}"),
+        }
+    }
+}
+
+impl Access {
+    fn parse(word: &str) -> Result<Access, Problem> {
+        match word {
+            "read" => Ok(Access::Read),
+            "write" => Ok(Access::Write),
+            "read,write" | "write,read" => Ok(Access::ReadWrite),
+            _ => Err(Problem::UnknownAccess(word.to_string())),
+        }
+    }
+
+    fn covers(self, request: &Request) -> bool {
+        matches!(
+            (self, request),
+            (Access::ReadWrite, _)
+                | (Access::Read, Request::Read { .. })
+                | (Access::Write, Request::Write { .. })
+        )
+    }
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Access::Read => "read",
+            Access::Write => "write",
+            Access::ReadWrite => "read,write",
+        })
+    }
+}
+
+/// `first` or `first-last`, each 1 to `digits` hex digits.
+fn parse_range(item: &str, digits: usize) -> Option<Result<(u16, u16), ()>> {
+    let hex = |s: &str| {
+        (!s.is_empty() && s.len() <= digits && s.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| u16::from_str_radix(s, 16).ok())
+            .flatten()
+    };
+    let (first, last) = match item.split_once('-') {
+        Some((a, b)) => (hex(a)?, hex(b)?),
+        None => {
+            let id = hex(item)?;
+            (id, id)
+        }
+    };
+    Some(if first <= last {
+        Ok((first, last))
+    } else {
+        Err(())
+    })
+}
+
+fn parse_devices(word: &str) -> Result<Vec<Devices>, Problem> {
+    word.split(',')
+        .map(|item| match item {
+            "*" => Ok(Devices::All),
+            "self" => Ok(Devices::Own),
+            _ => match parse_range(item, 4) {
+                Some(Ok((first, last))) => Ok(Devices::Range(first, last)),
+                Some(Err(())) => Err(Problem::BackwardsRange(item.to_string())),
+                None => Err(Problem::BadDevice(word.to_string())),
+            },
+        })
+        .collect()
+}
+
+fn parse_registers(word: &str) -> Result<Vec<Registers>, Problem> {
+    word.split(',')
+        .map(|item| match item {
+            "*" => Ok(Registers::ALL),
+            _ => match parse_range(item, 2) {
+                // Two hex digits always fit a u8.
+                Some(Ok((first, last))) => Ok(Registers {
+                    first: first as u8,
+                    last: last as u8,
+                }),
+                Some(Err(())) => Err(Problem::BackwardsRange(item.to_string())),
+                None => Err(Problem::BadRegister(word.to_string())),
+            },
+        })
+        .collect()
+}
+
+impl Devices {
+    fn contains(self, device: u16, own: Option<u16>) -> bool {
+        match self {
+            Devices::All => true,
+            Devices::Range(first, last) => (first..=last).contains(&device),
+            Devices::Own => own == Some(device),
+        }
+    }
+}
+
+impl fmt::Display for Devices {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Devices::All => f.write_str("*"),
+            Devices::Own => f.write_str("self"),
+            Devices::Range(a, b) if a == b => write!(f, "{a:04X}"),
+            Devices::Range(a, b) => write!(f, "{a:04X}-{b:04X}"),
+        }
+    }
+}
+
+impl Registers {
+    pub const ALL: Registers = Registers {
+        first: 0,
+        last: 0xFF,
+    };
+
+    fn contains(self, register: u8) -> bool {
+        (self.first..=self.last).contains(&register)
+    }
+}
+
+impl fmt::Display for Registers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Registers::ALL => f.write_str("*"),
+            Registers { first, last } if first == last => write!(f, "{first:02X}"),
+            Registers { first, last } => write!(f, "{first:02X}-{last:02X}"),
+        }
+    }
+}
+
+/// Items joined by commas, as the file writes them.
+struct List<'a, T>(&'a [T]);
+
+impl<T: fmt::Display> fmt::Display for List<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, item) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            item.fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
+impl Rule {
+    /// Whether the rule is about this request from this peer.
+    fn matches(&self, peer: &Peer, request: &Request, self_cn: &SelfPattern) -> bool {
+        let (device, register) = match *request {
+            Request::Read { device, register }
+            | Request::Write {
+                device, register, ..
+            } => (device, register),
+        };
+        if !self.access.covers(request) || !self.who.matches(peer) {
+            return false;
+        }
+        if !self.registers.iter().any(|r| r.contains(register)) {
+            return false;
+        }
+        let own = || {
+            peer.certificate
+                .and_then(|c| c.cn.as_deref())
+                .and_then(|cn| self_cn.device(cn))
+        };
+        self.devices.iter().any(|d| match d {
+            Devices::Own => d.contains(device, own()),
+            _ => d.contains(device, None),
+        })
+    }
+
+    /// The rule in words, for `--check-acl`.
+    pub fn explain(&self, self_cn: &SelfPattern) -> String {
+        let who = match &self.who {
+            Who::Anyone => "anyone".to_string(),
+            Who::AnyCertificate => "any client certificate".to_string(),
+            Who::Cn(g) if g.is_exact() => format!("a certificate with CN {g}"),
+            Who::Cn(g) => format!("a certificate whose CN matches {g}"),
+            Who::San(g) if g.is_exact() => format!("a certificate with the alternative name {g}"),
+            Who::San(g) => format!("a certificate with an alternative name matching {g}"),
+            Who::From(cidr) => format!("any client from {cidr}"),
+        };
+        let verb = match (self.action, self.access) {
+            (Action::Allow, Access::Read) => "may read",
+            (Action::Allow, Access::Write) => "may write",
+            (Action::Allow, Access::ReadWrite) => "may read and write",
+            (Action::Deny, Access::Read) => "may not read",
+            (Action::Deny, Access::Write) => "may not write",
+            (Action::Deny, Access::ReadWrite) => "may not read or write",
+        };
+        let registers = if self.registers.contains(&Registers::ALL) {
+            "every register".to_string()
+        } else {
+            format!("registers {}", List(&self.registers))
+        };
+        let devices: Vec<String> = self
+            .devices
+            .iter()
+            .map(|d| match d {
+                Devices::All => "every device".to_string(),
+                Devices::Own => format!("its own device (the id in a CN like {self_cn})"),
+                Devices::Range(a, b) if a == b => format!("device {a:04X}"),
+                Devices::Range(a, b) => format!("devices {a:04X}-{b:04X}"),
+            })
+            .collect();
+        format!("{who} {verb} {registers} of {}", devices.join(", "))
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let action = match self.action {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        };
+        write!(
+            f,
+            "{action} {} {} {} {}",
+            self.who,
+            self.access,
+            List(&self.devices),
+            List(&self.registers)
+        )
+    }
+}
+
+impl fmt::Display for Decision<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.rule {
+            Some(rule) => write!(f, "rule on line {} ({rule})", rule.line),
+            None => f.write_str("no rule allows it (default deny)"),
+        }
+    }
+}
+
+impl Acl {
+    /// Reads and parses a rule file; any error refuses the file as a whole.
+    pub fn load(path: &Path) -> Result<Acl, AclError> {
+        use std::io::Read;
+        let error = |problem| AclError {
+            path: path.to_path_buf(),
+            line: None,
+            problem,
+        };
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(|e| error(Problem::Unreadable(e.to_string())))?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(error(Problem::TooLarge));
+        }
+        Acl::parse(&bytes, path)
+    }
+
+    /// Parses the text of a rule file; `path` names it in errors.
+    pub fn parse(text: &[u8], path: &Path) -> Result<Acl, AclError> {
+        let mut self_cn: Option<(usize, SelfPattern)> = None;
+        let mut rules = Vec::new();
+        for (index, line) in text.split(|&b| b == b'\n').enumerate() {
+            let number = index + 1;
+            let error = |problem| AclError {
+                path: path.to_path_buf(),
+                line: Some(number),
+                problem,
+            };
+            let line = std::str::from_utf8(line).map_err(|_| error(Problem::NotText))?;
+            let mut words = line.split_whitespace().take_while(|w| !w.starts_with('#'));
+            let Some(keyword) = words.next() else {
+                continue;
+            };
+            match keyword {
+                "self-cn" => {
+                    let word = words
+                        .next()
+                        .ok_or(error(Problem::Missing(Field::Pattern)))?;
+                    let pattern = SelfPattern::parse(word)
+                        .ok_or_else(|| error(Problem::BadSelfPattern(word.to_string())))?;
+                    if let Some(extra) = words.next() {
+                        return Err(error(Problem::Extra(extra.to_string())));
+                    }
+                    if let Some((first, _)) = self_cn {
+                        return Err(error(Problem::SelfPatternTwice { first }));
+                    }
+                    self_cn = Some((number, pattern));
+                }
+                "allow" | "deny" => {
+                    let action = if keyword == "allow" {
+                        Action::Allow
+                    } else {
+                        Action::Deny
+                    };
+                    let mut field = |field| words.next().ok_or(error(Problem::Missing(field)));
+                    let who = Who::parse(field(Field::Who)?).map_err(error)?;
+                    let access = Access::parse(field(Field::Access)?).map_err(error)?;
+                    let devices = parse_devices(field(Field::Devices)?).map_err(error)?;
+                    let registers = match words.next() {
+                        Some(word) => parse_registers(word).map_err(error)?,
+                        None => vec![Registers::ALL],
+                    };
+                    if let Some(extra) = words.next() {
+                        return Err(error(Problem::Extra(extra.to_string())));
+                    }
+                    rules.push(Rule {
+                        line: number,
+                        action,
+                        who,
+                        access,
+                        devices,
+                        registers,
+                    });
+                }
+                _ => return Err(error(Problem::UnknownKeyword(keyword.to_string()))),
+            }
+        }
+        Ok(Acl {
+            path: path.to_path_buf(),
+            self_cn: self_cn.map(|(_, p)| p).unwrap_or_default(),
+            rules,
+        })
+    }
+
+    /// Decides a request: the first rule that matches, or refused.
+    pub fn check<'a>(&'a self, peer: &Peer, request: &Request) -> Decision<'a> {
+        match self
+            .rules
+            .iter()
+            .find(|rule| rule.matches(peer, request, &self.self_cn))
+        {
+            Some(rule) => Decision {
+                allowed: rule.action == Action::Allow,
+                rule: Some(rule),
+            },
+            None => Decision {
+                allowed: false,
+                rule: None,
+            },
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    pub fn self_cn(&self) -> &SelfPattern {
+        &self.self_cn
+    }
+
+    /// Whether any rule names a certificate (and so needs `--client-ca`).
+    pub fn names_certificates(&self) -> bool {
+        self.rules.iter().any(|r| {
+            matches!(r.who, Who::AnyCertificate | Who::Cn(_) | Who::San(_))
+                || r.devices.contains(&Devices::Own)
+        })
+    }
+
+    /// `boards.acl: 1 rule`, for the log.
+    pub fn summary(&self) -> String {
+        let n = self.rules.len();
+        let s = if n == 1 { "" } else { "s" };
+        format!("{}: {n} rule{s}", self.path.display())
+    }
+
+    /// What `--check-acl` prints: every rule as understood, in order.
+    pub fn describe(&self) -> String {
+        let mut out = format!(
+            "{}, first match wins; a request no rule allows is refused\nself = the device id in a certificate CN like {}\n",
+            self.summary(),
+            self.self_cn
+        );
+        for rule in &self.rules {
+            out.push_str(&format!(
+                "line {}: {rule}\n    {}\n",
+                rule.line,
+                rule.explain(&self.self_cn)
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Acl, AclError> {
+        Acl::parse(text.as_bytes(), Path::new("test.acl"))
+    }
+
+    fn cert(cn: &str, sans: &[&str]) -> Certificate {
+        Certificate {
+            cn: Some(cn.to_string()),
+            sans: sans.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn read(device: u16, register: u8) -> Request {
+        Request::Read { device, register }
+    }
+
+    fn write(device: u16, register: u8) -> Request {
+        Request::Write {
+            device,
+            register,
+            value: 1,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// Whether `acl` allows `request` from `peer`, and the line that decided.
+    fn decide(
+        acl: &Acl,
+        addr: &str,
+        cert: Option<&Certificate>,
+        request: Request,
+    ) -> (bool, usize) {
+        let peer = Peer {
+            addr: ip(addr),
+            certificate: cert,
+        };
+        let d = acl.check(&peer, &request);
+        (d.allowed, d.rule.map_or(0, |r| r.line))
+    }
+
+    #[test]
+    fn every_problem_names_file_line_and_problem() {
+        let cases: &[(&str, usize, Problem)] = &[
+            (
+                "alow anyone read *",
+                1,
+                Problem::UnknownKeyword("alow".into()),
+            ),
+            ("\n\nallow", 3, Problem::Missing(Field::Who)),
+            ("allow anyone", 1, Problem::Missing(Field::Access)),
+            ("allow anyone read", 1, Problem::Missing(Field::Devices)),
+            ("self-cn", 1, Problem::Missing(Field::Pattern)),
+            ("allow anyone read * * x", 1, Problem::Extra("x".into())),
+            ("self-cn wwep-{DEVICE} x", 1, Problem::Extra("x".into())),
+            (
+                "allow everyone read *",
+                1,
+                Problem::UnknownWho("everyone".into()),
+            ),
+            (
+                "allow ip:1.2.3.4 read *",
+                1,
+                Problem::UnknownWho("ip:1.2.3.4".into()),
+            ),
+            ("allow cn: read *", 1, Problem::EmptyName("cn:".into())),
+            ("allow san: read *", 1, Problem::EmptyName("san:".into())),
+            (
+                "allow from:10.0.0.0/33 read *",
+                1,
+                Problem::BadCidr("'10.0.0.0/33': prefix length must be 0-32".into()),
+            ),
+            ("allow anyone rw *", 1, Problem::UnknownAccess("rw".into())),
+            (
+                "allow anyone read,read *",
+                1,
+                Problem::UnknownAccess("read,read".into()),
+            ),
+            (
+                "allow anyone read 12345",
+                1,
+                Problem::BadDevice("12345".into()),
+            ),
+            (
+                "allow anyone read 04FB,",
+                1,
+                Problem::BadDevice("04FB,".into()),
+            ),
+            (
+                "allow anyone read 0x04",
+                1,
+                Problem::BadDevice("0x04".into()),
+            ),
+            ("allow anyone read 04-", 1, Problem::BadDevice("04-".into())),
+            (
+                "allow anyone read 0500-0400",
+                1,
+                Problem::BackwardsRange("0500-0400".into()),
+            ),
+            (
+                "allow anyone read * 100",
+                1,
+                Problem::BadRegister("100".into()),
+            ),
+            (
+                "allow anyone read * self",
+                1,
+                Problem::BadRegister("self".into()),
+            ),
+            (
+                "allow anyone read * 80-7F",
+                1,
+                Problem::BackwardsRange("80-7F".into()),
+            ),
+            ("self-cn wwep", 1, Problem::BadSelfPattern("wwep".into())),
+            (
+                "self-cn {DEVICE}-{DEVICE}",
+                1,
+                Problem::BadSelfPattern("{DEVICE}-{DEVICE}".into()),
+            ),
+            (
+                "self-cn a{DEVICE}\n# again\nself-cn b{DEVICE}",
+                3,
+                Problem::SelfPatternTwice { first: 1 },
+            ),
+        ];
+        for (text, line, problem) in cases {
+            assert_eq!(
+                parse(text),
+                Err(AclError {
+                    path: "test.acl".into(),
+                    line: Some(*line),
+                    problem: problem.clone(),
+                }),
+                "{text:?}"
+            );
+        }
+        assert_eq!(
+            Acl::parse(b"allow anyone read *\n\xff\n", Path::new("x.acl")),
+            Err(AclError {
+                path: "x.acl".into(),
+                line: Some(2),
+                problem: Problem::NotText,
+            })
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.acl");
+        std::fs::write(&big, vec![b'#'; MAX_FILE_BYTES as usize + 1]).unwrap();
+        assert_eq!(
+            Acl::load(&big),
+            Err(AclError {
+                path: big.clone(),
+                line: None,
+                problem: Problem::TooLarge,
+            })
+        );
+        assert_eq!(
+            Acl::load(&big).unwrap_err().to_string(),
+            format!("{}: larger than 1024 KiB: not a rule file", big.display())
+        );
+        std::fs::write(&big, vec![b'#'; MAX_FILE_BYTES as usize]).unwrap();
+        assert_eq!(Acl::load(&big).map(|acl| acl.rules().len()), Ok(0));
+        let missing = Acl::load(Path::new("/nonexistent/wwep.acl")).unwrap_err();
+        assert_eq!(missing.line, None);
+        assert!(matches!(missing.problem, Problem::Unreadable(_)));
+        assert!(
+            missing
+                .to_string()
+                .starts_with("/nonexistent/wwep.acl: cannot read the rule file: "),
+            "{missing}"
+        );
+    }
+
+    #[test]
+    fn errors_read_as_one_line() {
+        let cases = [
+            (
+                "allow anyone reed *",
+                "test.acl line 1: unknown access 'reed': expected access (read, write or read,write)",
+            ),
+            (
+                "\n  deny cn:x write 0500-0400",
+                "test.acl line 2: range '0500-0400' ends before it starts",
+            ),
+            (
+                "allow anyone read * 05 06",
+                "test.acl line 1: unexpected '06' after the registers",
+            ),
+            (
+                "self-cn board",
+                "test.acl line 1: self-cn pattern 'board' must contain {DEVICE} exactly once",
+            ),
+        ];
+        for (text, message) in cases {
+            assert_eq!(parse(text).unwrap_err().to_string(), message);
+        }
+    }
+
+    #[test]
+    fn comments_blank_lines_and_crlf() {
+        let acl = parse(
+            "# header\r\n\r\n   \n allow anyone read * # trailing\r\ndeny from:10.0.0.0/8 write 04FB 05 #x\n",
+        )
+        .unwrap();
+        let lines: Vec<_> = acl
+            .rules()
+            .iter()
+            .map(|r| (r.line, r.to_string()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (4, "allow anyone read * *".to_string()),
+                (5, "deny from:10.0.0.0/8 write 04FB 05".to_string()),
+            ]
+        );
+        // A '#' inside a word is part of it.
+        assert_eq!(
+            parse("allow anyone read * 05#x").unwrap_err().problem,
+            Problem::BadRegister("05#x".into())
+        );
+    }
+
+    #[test]
+    fn an_empty_file_refuses_everything() {
+        let acl = parse("# nothing yet\n").unwrap();
+        assert!(acl.rules().is_empty());
+        assert_eq!(decide(&acl, "127.0.0.1", None, read(1, 1)), (false, 0));
+    }
+
+    #[test]
+    fn boards_write_their_own_device_only() {
+        let acl = parse("allow any-certificate read,write self\n").unwrap();
+        let board = cert("wwep-04FB", &[]);
+        let lower = cert("wwep-04fb", &[]);
+        let odd = cert("wwep-4FB", &[]);
+        let other = cert("gateway", &[]);
+        let table: &[(Option<&Certificate>, Request, bool)] = &[
+            (Some(&board), write(0x04FB, 5), true),
+            (Some(&board), read(0x04FB, 0xFF), true),
+            (Some(&lower), write(0x04FB, 5), true),
+            (Some(&board), write(0x0500, 5), false),
+            (Some(&board), read(0x0500, 5), false),
+            (Some(&odd), write(0x04FB, 5), false),
+            (Some(&other), write(0x04FB, 5), false),
+            (None, write(0x04FB, 5), false),
+        ];
+        for (cert, request, allowed) in table {
+            assert_eq!(
+                decide(&acl, "127.0.0.1", *cert, *request).0,
+                *allowed,
+                "{cert:?} {request:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn self_pattern_is_configurable() {
+        let acl = parse("allow anyone write self\nself-cn board-{DEVICE}.example\n").unwrap();
+        assert_eq!(acl.self_cn().to_string(), "board-{DEVICE}.example");
+        let pattern = acl.self_cn();
+        let cases = [
+            ("board-04FB.example", Some(0x04FB)),
+            ("board-ffff.example", Some(0xFFFF)),
+            ("board-04FB", None),
+            ("wwep-04FB", None),
+            ("board-+4FB.example", None),
+            ("board-04FBB.example", None),
+        ];
+        for (cn, device) in cases {
+            assert_eq!(pattern.device(cn), device, "{cn}");
+        }
+        let c = cert("board-04FB.example", &[]);
+        assert_eq!(decide(&acl, "::1", Some(&c), write(0x04FB, 0)), (true, 1));
+        assert_eq!(SelfPattern::default().to_string(), DEFAULT_SELF_CN);
+    }
+
+    #[test]
+    fn register_ranges_and_first_match() {
+        let acl = parse(
+            "allow any-certificate read,write self 00-7F\n\
+             allow any-certificate read self\n\
+             deny cn:wwep-0001 read *\n\
+             allow cn:wwep-* read 0000-00FF,0400-04FF\n",
+        )
+        .unwrap();
+        let board = cert("wwep-04FB", &[]);
+        let first = cert("wwep-0001", &[]);
+        let table: &[(&Certificate, Request, (bool, usize))] = &[
+            (&board, write(0x04FB, 0x05), (true, 1)),
+            (&board, write(0x04FB, 0x7F), (true, 1)),
+            (&board, write(0x04FB, 0x80), (false, 0)),
+            (&board, read(0x04FB, 0x80), (true, 2)),
+            (&board, read(0x0400, 0x80), (true, 4)),
+            (&board, read(0x0500, 0x80), (false, 0)),
+            (&first, read(0x0001, 0x05), (true, 1)),
+            (&first, read(0x0400, 0x05), (false, 3)),
+        ];
+        for (cert, request, expected) in table {
+            assert_eq!(
+                decide(&acl, "127.0.0.1", Some(cert), *request),
+                *expected,
+                "{cert:?} {request:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn who_forms() {
+        let acl = parse(
+            "allow cn:gateway read,write 0001\n\
+             allow san:*.boards.example read,write 0002\n\
+             allow san:10.1.2.3 read,write 0003\n\
+             allow from:192.168.0.0/16 read 0004\n\
+             allow any-certificate read 0005\n\
+             allow anyone read 0006\n",
+        )
+        .unwrap();
+        let gateway = cert("gateway", &["gw.boards.example"]);
+        let by_ip = cert("x", &["10.1.2.3"]);
+        let no_cn = Certificate {
+            cn: None,
+            sans: vec![],
+        };
+        let table: &[(&str, Option<&Certificate>, u16, bool)] = &[
+            ("127.0.0.1", Some(&gateway), 1, true),
+            ("127.0.0.1", Some(&by_ip), 1, false),
+            ("127.0.0.1", Some(&gateway), 2, true),
+            ("127.0.0.1", Some(&by_ip), 2, false),
+            ("127.0.0.1", Some(&by_ip), 3, true),
+            ("127.0.0.1", None, 4, false),
+            ("192.168.7.7", None, 4, true),
+            ("::ffff:192.168.7.7", None, 4, true),
+            ("192.168.7.7", None, 5, false),
+            ("127.0.0.1", Some(&no_cn), 5, true),
+            ("127.0.0.1", Some(&no_cn), 1, false),
+            ("203.0.113.1", None, 6, true),
+        ];
+        for (addr, cert, device, allowed) in table {
+            assert_eq!(
+                decide(&acl, addr, *cert, read(*device, 0)).0,
+                *allowed,
+                "{addr} {cert:?} {device}"
+            );
+        }
+        // Read-only rules leave writes to the default.
+        assert_eq!(decide(&acl, "192.168.1.1", None, write(4, 0)), (false, 0));
+    }
+
+    #[test]
+    fn globs() {
+        let cases = [
+            ("wwep-*", "wwep-04FB", true),
+            ("wwep-*", "wwep-", true),
+            ("wwep-*", "wwe", false),
+            ("*", "", true),
+            ("?", "", false),
+            ("wwep-04??", "wwep-04FB", true),
+            ("wwep-04??", "wwep-04FBB", false),
+            ("*.example", "a.b.example", true),
+            ("a*b*c", "aXbYbZc", true),
+            ("a*b*c", "aXbYbZ", false),
+            ("exact", "Exact", false),
+            ("ü?", "üß", true),
+        ];
+        for (pattern, text, matches) in cases {
+            assert_eq!(
+                Glob(pattern.to_string()).matches(text),
+                matches,
+                "{pattern} {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn rules_print_as_written_and_in_words() {
+        let acl = parse(
+            "self-cn wwep-{DEVICE}\n\
+             allow any-certificate write,read self 00-7f\n\
+             deny from:10.0.0.0/8 write 0400-04ff,0001 05,*\n\
+             allow cn:wwep-0?0? read *\n",
+        )
+        .unwrap();
+        let text: Vec<String> = acl.rules().iter().map(Rule::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "allow any-certificate read,write self 00-7F",
+                "deny from:10.0.0.0/8 write 0400-04FF,0001 05,*",
+                "allow cn:wwep-0?0? read * *",
+            ]
+        );
+        // What is printed parses back to the same rules.
+        let again = parse(&text.join("\n")).unwrap();
+        assert_eq!(
+            again
+                .rules()
+                .iter()
+                .map(|r| (&r.who, r.access, &r.devices))
+                .collect::<Vec<_>>(),
+            acl.rules()
+                .iter()
+                .map(|r| (&r.who, r.access, &r.devices))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            acl.describe(),
+            "test.acl: 3 rules, first match wins; a request no rule allows is refused\n\
+             self = the device id in a certificate CN like wwep-{DEVICE}\n\
+             line 2: allow any-certificate read,write self 00-7F\n    \
+             any client certificate may read and write registers 00-7F of its own device (the id in a CN like wwep-{DEVICE})\n\
+             line 3: deny from:10.0.0.0/8 write 0400-04FF,0001 05,*\n    \
+             any client from 10.0.0.0/8 may not write every register of devices 0400-04FF, device 0001\n\
+             line 4: allow cn:wwep-0?0? read * *\n    \
+             a certificate whose CN matches wwep-0?0? may read every register of every device\n"
+        );
+        assert!(acl.names_certificates());
+        assert!(
+            !parse("allow from:10.0.0.0/8 read *")
+                .unwrap()
+                .names_certificates()
+        );
+    }
+
+    #[test]
+    fn decisions_name_their_rule() {
+        let acl = parse("\ndeny anyone write 0001\n").unwrap();
+        let peer = Peer {
+            addr: ip("127.0.0.1"),
+            certificate: None,
+        };
+        assert_eq!(
+            acl.check(&peer, &write(1, 0)).to_string(),
+            "rule on line 2 (deny anyone write 0001 *)"
+        );
+        assert_eq!(
+            acl.check(&peer, &read(1, 0)).to_string(),
+            "no rule allows it (default deny)"
+        );
+    }
+}
