@@ -370,18 +370,7 @@ impl Client {
                 connector,
                 servername,
             } => {
-                let stream = self.connect(deadline)?;
-                let _ = stream.set_nodelay(true);
-                let left = deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(1));
-                stream
-                    .set_read_timeout(Some(left))
-                    .and_then(|()| stream.set_write_timeout(Some(left)))
-                    .map_err(|source| ClientError::Io {
-                        stage: "setting up",
-                        source,
-                    })?;
+                let stream = self.tls_socket(deadline)?;
                 let tls = connector.connect(servername, stream).map_err(|e| match e {
                     native_tls::HandshakeError::Failure(e) => {
                         classify_handshake(e.to_string(), servername)
@@ -403,18 +392,7 @@ impl Client {
                 handshakes,
                 resumed,
             } => {
-                let stream = self.connect(deadline)?;
-                let _ = stream.set_nodelay(true);
-                let left = deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(1));
-                stream
-                    .set_read_timeout(Some(left))
-                    .and_then(|()| stream.set_write_timeout(Some(left)))
-                    .map_err(|source| ClientError::Io {
-                        stage: "setting up",
-                        source,
-                    })?;
+                let stream = self.tls_socket(deadline)?;
                 let name = servername.to_str();
                 let connection =
                     rustls::ClientConnection::new(Arc::clone(config), servername.clone())
@@ -454,6 +432,25 @@ impl Client {
                 )
             }
         }
+    }
+
+    /// A connection for a TLS handshake: Nagle off (the handshake is several
+    /// small writes) and every read and write bounded by what is left of the
+    /// transaction's time.
+    fn tls_socket(&self, deadline: Instant) -> Result<TcpStream, ClientError> {
+        let stream = self.connect(deadline)?;
+        let _ = stream.set_nodelay(true);
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        stream
+            .set_read_timeout(Some(left))
+            .and_then(|()| stream.set_write_timeout(Some(left)))
+            .map_err(|source| ClientError::Io {
+                stage: "setting up",
+                source,
+            })?;
+        Ok(stream)
     }
 
     /// For a resuming TLS link: handshakes done so far, and how many resumed.

@@ -4,24 +4,11 @@
 mod common;
 
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
 use wwep::connection::Access;
-
-/// A connection from a chosen loopback source address.
-fn connect_from(source: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    let source: IpAddr = source.parse().unwrap();
-    socket.bind(&SocketAddr::new(source, 0).into())?;
-    socket.connect_timeout(&addr.into(), IO_TIMEOUT)?;
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    Ok(stream)
-}
-
 #[test]
 fn allow_list_closes_other_addresses_without_a_reply() {
     let s = TestServer::with(|c| {
@@ -30,14 +17,14 @@ fn allow_list_closes_other_addresses_without_a_reply() {
             "10.0.0.0/8".parse().unwrap(),
         ]
     });
-    let mut allowed = connect_from("127.0.0.2", s.plain()).unwrap();
+    let mut allowed = try_connect_from("127.0.0.2", s.plain()).unwrap();
     assert_eq!(transact(&mut allowed, b"W0001010001"), b"A0001010001");
-    let mut other = connect_from("127.0.0.1", s.plain()).unwrap();
+    let mut other = try_connect_from("127.0.0.1", s.plain()).unwrap();
     let _ = other.write_all(b"R000101");
     let mut got = Vec::new();
     let _ = std::io::Read::read_to_end(&mut other, &mut got);
     assert!(got.is_empty(), "no reply to a denied address: {got:?}");
-    let tls_other = connect_from("127.0.0.1", s.tls()).unwrap();
+    let tls_other = try_connect_from("127.0.0.1", s.tls()).unwrap();
     assert!(s.pki.connector().connect("localhost", tls_other).is_err());
     assert_eq!(s.server().stats().denied, 2);
 }
@@ -49,19 +36,19 @@ fn per_address_limit_answers_x_and_spares_other_addresses() {
         c.timeout = Duration::from_secs(3);
     });
     let holders: Vec<_> = (0..3)
-        .map(|_| connect_from("127.0.0.2", s.plain()).unwrap())
+        .map(|_| try_connect_from("127.0.0.2", s.plain()).unwrap())
         .collect();
     assert!(s.in_flight_becomes(3, Duration::from_secs(2)));
-    let mut fourth = connect_from("127.0.0.2", s.plain()).unwrap();
+    let mut fourth = try_connect_from("127.0.0.2", s.plain()).unwrap();
     fourth.write_all(b"R000101").unwrap();
     assert_eq!(read_to_close(&mut fourth), b"X");
     // Another address is served at once.
-    let mut other = connect_from("127.0.0.3", s.plain()).unwrap();
+    let mut other = try_connect_from("127.0.0.3", s.plain()).unwrap();
     assert_eq!(transact(&mut other, b"W0001010001"), b"A0001010001");
     assert_eq!(s.server().stats().rejected, 1);
     drop(holders);
     assert!(s.in_flight_becomes(0, Duration::from_secs(5)));
-    let mut again = connect_from("127.0.0.2", s.plain()).unwrap();
+    let mut again = try_connect_from("127.0.0.2", s.plain()).unwrap();
     assert_eq!(transact(&mut again, b"R000101"), b"A0001010001");
 }
 
@@ -85,7 +72,7 @@ fn slow_clients_from_one_address_do_not_starve_another() {
     let s = TestServer::start();
     let mut slow = Vec::new();
     for _ in 0..300 {
-        match connect_from("127.0.0.2", s.plain()) {
+        match try_connect_from("127.0.0.2", s.plain()) {
             Ok(mut c) => {
                 let _ = c.write_all(b"W");
                 slow.push(c);
@@ -96,7 +83,7 @@ fn slow_clients_from_one_address_do_not_starve_another() {
     let mut latencies = Vec::new();
     for i in 0..50u16 {
         let started = Instant::now();
-        let mut c = connect_from("127.0.0.1", s.plain()).unwrap();
+        let mut c = try_connect_from("127.0.0.1", s.plain()).unwrap();
         let reply = transact(&mut c, format!("W0002{:02X}{i:04X}", i as u8).as_bytes());
         latencies.push(started.elapsed());
         assert_eq!(reply, format!("A0002{:02X}{i:04X}", i as u8).as_bytes());
@@ -228,7 +215,7 @@ fn enough_files(wanted: u64) -> bool {
 }
 
 fn tls_transact(connector: &native_tls::TlsConnector, addr: SocketAddr, request: &[u8]) -> Vec<u8> {
-    let tcp = connect_from("127.0.0.1", addr).unwrap();
+    let tcp = try_connect_from("127.0.0.1", addr).unwrap();
     tcp.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
     let mut tls = connector.connect("localhost", tcp).expect("handshake");
     tls.write_all(request).unwrap();
@@ -257,7 +244,7 @@ fn trickling_tls_clients_and_idle_floods_leave_service_to_others() {
     let mut tricklers = Vec::new();
     for i in 0..TRICKLERS {
         let source = format!("127.0.1.{}", 10 + i % 10);
-        let mut c = connect_from(&source, tls).expect("trickler connects");
+        let mut c = try_connect_from(&source, tls).expect("trickler connects");
         c.write_all(&CLIENT_HELLO_START[..1]).unwrap();
         tricklers.push(c);
     }
@@ -283,7 +270,7 @@ fn trickling_tls_clients_and_idle_floods_leave_service_to_others() {
     for i in 0..IDLE {
         let source = format!("127.0.2.{}", 10 + i % 8);
         let target = if i % 2 == 0 { plain } else { tls };
-        idle.push(connect_from(&source, target).expect("idle connection"));
+        idle.push(try_connect_from(&source, target).expect("idle connection"));
     }
     // A well-behaved client on each port is still served promptly.
     let mut plain_latency = Vec::new();
@@ -292,7 +279,7 @@ fn trickling_tls_clients_and_idle_floods_leave_service_to_others() {
         let request = format!("W0004{:02X}{i:04X}", i as u8);
         let want = format!("A0004{:02X}{i:04X}", i as u8);
         let started = Instant::now();
-        let mut c = connect_from("127.0.0.1", plain).unwrap();
+        let mut c = try_connect_from("127.0.0.1", plain).unwrap();
         assert_eq!(transact(&mut c, request.as_bytes()), want.as_bytes());
         plain_latency.push(started.elapsed());
         let started = Instant::now();
@@ -341,7 +328,7 @@ fn a_burst_of_busy_clients_from_one_address_is_never_refused() {
                 let barrier = std::sync::Arc::clone(&barrier);
                 std::thread::spawn(move || {
                     let request = format!("W{round:04X}{:02X}{i:04X}", i as u8);
-                    let mut c = connect_from("127.0.0.1", addr).unwrap();
+                    let mut c = try_connect_from("127.0.0.1", addr).unwrap();
                     barrier.wait();
                     (transact(&mut c, request.as_bytes()), request)
                 })

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -66,20 +66,6 @@ fn tls_as(addr: SocketAddr, pki: &Pki, client: Option<&Issued>, request: &str) -
         .expect("handshake");
     String::from_utf8(transact(&mut tls, request.as_bytes())).unwrap()
 }
-
-/// A connection to the open port from a chosen loopback source address.
-fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-    let source: IpAddr = source.parse().unwrap();
-    socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
-    socket.connect_timeout(&addr.into(), IO_TIMEOUT).unwrap();
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream
-}
-
 fn plain_from(source: &str, addr: SocketAddr, request: &str) -> String {
     String::from_utf8(transact(
         &mut connect_from(source, addr),

@@ -5,23 +5,12 @@
 mod common;
 
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use wwep::net::proxy::V2_SIGNATURE;
-
-fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
-    let source: IpAddr = source.parse().unwrap();
-    socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
-    socket.connect_timeout(&addr.into(), IO_TIMEOUT).unwrap();
-    let stream: TcpStream = socket.into();
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream
-}
 
 fn v2_header(source: [u8; 4], port: u16) -> Vec<u8> {
     let mut h = V2_SIGNATURE.to_vec();

@@ -325,6 +325,26 @@ impl Drop for TestServer {
     }
 }
 
+/// A connection from a chosen loopback source address (127.0.0.x), with read and
+/// write timeouts.
+pub fn try_connect_from(source: &str, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    let source: std::net::IpAddr = source.parse().expect("a source address");
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect_timeout(&addr.into(), IO_TIMEOUT)?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(stream)
+}
+
+/// [`try_connect_from`], which must succeed.
+pub fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
+    try_connect_from(source, addr)
+        .unwrap_or_else(|e| panic!("connect from {source} to {addr}: {e}"))
+}
+
 pub fn connect(addr: SocketAddr) -> TcpStream {
     let s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
     s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
