@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use crate::connection::Access;
+use crate::http::HttpConfig;
 use crate::journal::{CompactionPolicy, Fsync};
 use crate::net::allow::Cidr;
 use crate::protocol::ErrorDetail;
@@ -103,6 +104,8 @@ pub struct ServerConfig {
     pub max_per_ip: usize,
     /// What the open port may do; the TLS port may always read and write.
     pub plain_access: Access,
+    /// The HTTP side (metrics, health, live page); `None` serves none.
+    pub http: Option<HttpConfig>,
 }
 
 impl Default for ServerConfig {
@@ -125,6 +128,7 @@ impl Default for ServerConfig {
             allow: Vec::new(),
             max_per_ip: DEFAULT_MAX_PER_IP,
             plain_access: Access::ReadWrite,
+            http: None,
         }
     }
 }

@@ -5,18 +5,22 @@
 //! wire grammar, [`store`] the register map, [`connection`] one transaction's
 //! logic with no sockets, [`net`] the listeners, waiting room, admission, pool and
 //! shutdown, [`tls`] everything about certificates, and [`client`] the blocking
-//! client the CLI and tests use.
+//! client the CLI and tests use. With `--http`, [`http`] serves [`metrics`],
+//! health checks and a live page fed by the [`activity`] record.
 #![forbid(unsafe_code)]
 
 pub use net::allow as access;
 pub use net::server;
 
+pub mod activity;
 pub mod bench;
 pub mod client;
 pub mod config;
 pub mod connection;
+pub mod http;
 pub mod journal;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod protocol;

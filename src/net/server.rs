@@ -17,6 +17,7 @@ use mio::{Poll, Token, Waker};
 use threadpool::ThreadPool;
 
 use crate::config::{ConfigError, ServerConfig, Transport};
+use crate::http::{HttpServer, Observer};
 use crate::journal::JournalError;
 use crate::net::admission::{AdmissionTable, Refusal};
 use crate::net::linger::Lingerer;
@@ -102,6 +103,8 @@ pub(crate) struct Shared {
     pub(crate) refusal_log: RateLimitedLog,
     pub(crate) accept_log: RateLimitedLog,
     pub(crate) handshake_log: RateLimitedLog,
+    /// Counters and the activity record for `--http`; `None` without it.
+    pub(crate) observer: Option<Arc<Observer>>,
 }
 
 impl Shared {
@@ -154,6 +157,9 @@ impl Shared {
     }
 
     pub(crate) fn count_refusal(&self, refusal: Refusal) {
+        if let Some(observer) = &self.observer {
+            observer.metrics.refusal(refusal);
+        }
         *self
             .refusals
             .lock()
@@ -163,12 +169,35 @@ impl Shared {
     }
 
     pub(crate) fn count_handshake_failure(&self, kind: HandshakeFailureKind) {
+        if let Some(observer) = &self.observer {
+            observer.metrics.handshake_failure(kind);
+        }
         *self
             .handshake_failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(kind)
             .or_insert(0) += 1;
+    }
+
+    pub(crate) fn transactions(&self) -> u64 {
+        self.transactions.load(Ordering::Relaxed)
+    }
+
+    /// The earliest expiry of the certificates served now, as Unix time.
+    pub(crate) fn certificate_not_after(&self) -> Option<i64> {
+        let acceptor = self
+            .acceptor
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
+        acceptor
+            .not_after()
+            .into_iter()
+            .filter_map(|t| epoch.diff(t).ok())
+            .map(|d| i64::from(d.days) * 86_400 + i64::from(d.secs))
+            .min()
     }
 
     fn refusals(&self, refusal: Refusal) -> u64 {
@@ -190,6 +219,7 @@ pub struct RunningServer {
     accept_threads: Vec<JoinHandle<()>>,
     room_thread: Option<JoinHandle<()>>,
     maintenance: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    http: Option<HttpServer>,
 }
 
 /// Stops or reconfigures a running server from another thread (a signal handler).
@@ -204,9 +234,11 @@ pub fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
     config.validate()?;
     // Certificates first: a bad one fails fast, before any file is touched.
     let acceptor = load_acceptor(&config)?;
+    // The HTTP side first, so /ready can say the data file is being replayed.
+    let http = start_http(&config)?;
     let store = match &config.data {
         None => {
-            let server = launch(config, Arc::new(RegisterStore::new()), acceptor)?;
+            let server = launch(config, Arc::new(RegisterStore::new()), acceptor, http)?;
             info!(
                 "no --data file: registers are kept in memory only and lost when the server stops"
             );
@@ -242,7 +274,20 @@ pub fn start(config: ServerConfig) -> Result<RunningServer, ServerError> {
             store
         }
     };
-    launch(config, Arc::new(store), acceptor)
+    launch(config, Arc::new(store), acceptor, http)
+}
+
+fn start_http(config: &ServerConfig) -> Result<Option<HttpServer>, ServerError> {
+    config
+        .http
+        .as_ref()
+        .map(|http| {
+            HttpServer::start(http).map_err(|source| ServerError::Bind {
+                addr: http.addr,
+                source,
+            })
+        })
+        .transpose()
 }
 
 /// Loads the certificates and keys the TLS port serves.
@@ -274,7 +319,8 @@ pub fn start_with_store(
 ) -> Result<RunningServer, ServerError> {
     config.validate()?;
     let acceptor = load_acceptor(&config)?;
-    launch(config, store, acceptor)
+    let http = start_http(&config)?;
+    launch(config, store, acceptor, http)
 }
 
 /// File descriptors the server needs beyond its connections: listeners,
@@ -304,6 +350,7 @@ fn launch(
     mut config: ServerConfig,
     store: Arc<RegisterStore>,
     acceptor: Option<Acceptor>,
+    http: Option<HttpServer>,
 ) -> Result<RunningServer, ServerError> {
     fit_open_files(&mut config);
     let bind =
@@ -346,6 +393,7 @@ fn launch(
         refusal_log: RateLimitedLog::new(log::Level::Warn, client_log_interval),
         accept_log: RateLimitedLog::new(log::Level::Warn, client_log_interval),
         handshake_log: RateLimitedLog::new(log::Level::Info, client_log_interval),
+        observer: http.as_ref().map(HttpServer::observer),
     });
     let stop_maintenance = Arc::new(AtomicBool::new(false));
     let mut server = RunningServer {
@@ -357,6 +405,7 @@ fn launch(
         maintenance: store
             .spawn_maintenance(Arc::clone(&stop_maintenance))
             .map(|handle| (stop_maintenance, handle)),
+        http,
     };
     let for_room = Arc::clone(&shared);
     match thread::Builder::new()
@@ -382,9 +431,16 @@ fn launch(
                 .unwrap_or_else(|p| p.into_inner())
                 .push(waker);
             let shared = Arc::clone(&shared);
+            let up = shared
+                .observer
+                .as_ref()
+                .map(|o| o.metrics.listening(transport));
             thread::Builder::new()
                 .name(format!("wwep-accept-{transport}"))
-                .spawn(move || listener::accept_loop(listener, poll, transport, shared))
+                .spawn(move || {
+                    let _up = up;
+                    listener::accept_loop(listener, poll, transport, shared)
+                })
         });
         match started {
             Ok(handle) => {
@@ -398,10 +454,18 @@ fn launch(
             }
         }
     }
+    if let Some(http) = &server.http {
+        http.attach(Arc::clone(&shared));
+    }
     Ok(server)
 }
 
 impl RunningServer {
+    /// The HTTP side's address (`--http`).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(HttpServer::addr)
+    }
+
     pub fn plain_addr(&self) -> Option<SocketAddr> {
         self.plain_addr
     }
@@ -466,7 +530,11 @@ impl RunningServer {
             stop.store(true, Ordering::Release);
             let _ = handle.join();
         }
-        shared.store.sync()
+        let synced = shared.store.sync();
+        if let Some(http) = self.http.take() {
+            http.stop();
+        }
+        synced
     }
 
     /// Stops accepting, finishes open connections and syncs the data file.

@@ -15,6 +15,7 @@ use std::time::Instant;
 use log::{debug, info};
 use mio::{Interest, Token};
 
+use crate::activity::Transaction;
 use crate::config::Transport;
 use crate::connection::{self, Incoming, Outcome, Received, Sent};
 use crate::net::admission::{Admission, Refusal};
@@ -58,6 +59,8 @@ struct Sending {
     reply: Encoded,
     sent: usize,
     outcome: Outcome,
+    /// The reply before encoding, for the counters.
+    verdict: Reply,
 }
 
 /// One connection.
@@ -230,6 +233,11 @@ impl Session {
             Handshake::Done(stream) => {
                 self.client = stream.peer_common_name();
                 let kind = if stream.resumed() { "resumed" } else { "full" };
+                if let Some(observer) = &shared.observer {
+                    observer
+                        .metrics
+                        .handshake(stream.version(), stream.resumed());
+                }
                 self.tls_summary = Some(format!("{} {kind}", stream.version()));
                 Link::Tls(stream)
             }
@@ -280,11 +288,20 @@ impl Session {
             Transport::Plain => config.plain_access,
             Transport::Tls => connection::Access::ReadWrite,
         };
-        let (reply, outcome) = match received {
+        let timed_out = || {
+            (
+                (
+                    connection::timed_out(config.error_detail),
+                    Reply::Failed(Failure::Timeout),
+                ),
+                Outcome::TimedOut,
+            )
+        };
+        let ((reply, verdict), outcome) = match received {
             Received::Message(message) => {
                 self.admission.finished();
                 (
-                    connection::respond(
+                    connection::respond_with_reply(
                         &self.incoming,
                         message,
                         &shared.store,
@@ -298,15 +315,12 @@ impl Session {
                 let gap_ends = self.incoming.gap_ends(config.gap);
                 if expired || gap_ends.is_some_and(|at| at <= now) {
                     if self.incoming.is_empty() {
-                        (
-                            connection::timed_out(config.error_detail),
-                            Outcome::TimedOut,
-                        )
+                        timed_out()
                     } else {
                         self.admission.finished();
                         let message = self.incoming.judge();
                         (
-                            connection::respond(
+                            connection::respond_with_reply(
                                 &self.incoming,
                                 message,
                                 &shared.store,
@@ -321,16 +335,14 @@ impl Session {
                     return Some(Step::Park(Interest::READABLE, until));
                 }
             }
-            Received::Closed => (
-                connection::timed_out(config.error_detail),
-                Outcome::TimedOut,
-            ),
+            Received::Closed => timed_out(),
             Received::Broken(kind) => return Some(self.finish(Outcome::Failed(kind), shared)),
         };
         self.sending = Some(Sending {
             reply,
             sent: 0,
             outcome,
+            verdict,
         });
         None
     }
@@ -413,25 +425,47 @@ impl Session {
             .as_ref()
             .map(|s| s.reply.as_bytes())
             .unwrap_or_default();
+        let n = match outcome {
+            Outcome::Served => shared.count_transaction(),
+            _ => 0,
+        };
+        if let (Some(observer), Some(sending), Outcome::Served | Outcome::TimedOut) =
+            (&shared.observer, &self.sending, outcome)
+        {
+            let tx = Transaction {
+                n,
+                port: transport,
+                peer,
+                request: self.incoming.bytes(),
+                reply,
+                verdict: sending.verdict,
+                micros: micros as u64,
+            };
+            observer.transaction(&tx, replied_at.saturating_duration_since(self.accepted_at));
+        }
         match outcome {
             Outcome::Served => {
-                let n = shared.count_transaction();
                 let tls = self
                     .tls_summary
                     .as_deref()
                     .map(|s| format!(" {s}"))
                     .unwrap_or_default();
+                let (request, reply, us) = (
+                    Escaped(self.incoming.bytes()),
+                    Escaped(reply),
+                    micros as u64,
+                );
+                let port = transport.name();
+                let tls_kv = self.tls_summary.as_deref().unwrap_or("");
                 match &self.client {
                     Some(cn) => info!(
-                        "#{n} {transport} {peer}{tls} cn=\"{}\" \"{}\" -> \"{}\" {micros}us",
+                        event = "transaction", n, port, peer:%, tls = tls_kv, cn = cn.as_str(), request:%, reply:%, us;
+                        "#{n} {transport} {peer}{tls} cn=\"{}\" \"{request}\" -> \"{reply}\" {micros}us",
                         Escaped(cn.as_bytes()),
-                        Escaped(self.incoming.bytes()),
-                        Escaped(reply)
                     ),
                     None => info!(
-                        "#{n} {transport} {peer}{tls} \"{}\" -> \"{}\" {micros}us",
-                        Escaped(self.incoming.bytes()),
-                        Escaped(reply)
+                        event = "transaction", n, port, peer:%, tls = tls_kv, request:%, reply:%, us;
+                        "#{n} {transport} {peer}{tls} \"{request}\" -> \"{reply}\" {micros}us",
                     ),
                 }
             }
