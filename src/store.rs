@@ -5,20 +5,23 @@ use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::journal::{
     self, CompactionPolicy, CompactionReport, Fsync, Journal, JournalError, OpenReport,
     StorageError,
 };
+use crate::metrics::DataFileMetrics;
 
 /// Registers keyed by (device id, register). Nothing exists before its first write.
 #[derive(Default)]
 pub struct RegisterStore {
     registers: Mutex<HashMap<(u16, u8), u16>>,
     journal: Option<Journal>,
+    /// Where the maintenance thread reports fsyncs and compactions (`--http`).
+    data_metrics: OnceLock<Arc<DataFileMetrics>>,
 }
 
 impl RegisterStore {
@@ -43,9 +46,15 @@ impl RegisterStore {
             RegisterStore {
                 registers: Mutex::new(map),
                 journal: Some(journal),
+                data_metrics: OnceLock::new(),
             },
             report,
         ))
+    }
+
+    /// Reports the data file's fsyncs and compactions to `metrics` from now on.
+    pub fn report_to(&self, metrics: Arc<DataFileMetrics>) {
+        let _ = self.data_metrics.set(metrics);
     }
 
     pub fn journal(&self) -> Option<&Journal> {
@@ -122,17 +131,35 @@ impl RegisterStore {
             .name("wwep-journal".to_string())
             .spawn(move || {
                 let mut ticks = 0u32;
+                let mut synced_len = store.journal.as_ref().map_or(0, Journal::len);
                 while !stop.load(Ordering::Acquire) {
                     std::thread::sleep(Duration::from_millis(100));
                     ticks += 1;
                     if !ticks.is_multiple_of(10) {
                         continue;
                     }
-                    if everysec && let Err(e) = store.sync() {
-                        log::error!("data file fsync failed: {e}");
+                    let metrics = store.data_metrics.get();
+                    if everysec {
+                        let began = Instant::now();
+                        // A file that has not grown had nothing to fsync.
+                        let len = store.journal.as_ref().map_or(0, Journal::len);
+                        match store.sync() {
+                            Ok(()) => {
+                                if let Some(m) = metrics
+                                    && len != synced_len
+                                {
+                                    m.fsync(began.elapsed());
+                                }
+                                synced_len = len;
+                            }
+                            Err(e) => log::error!("data file fsync failed: {e}"),
+                        }
                     }
                     match store.compact(false) {
                         Ok(Some(r)) => {
+                            if let Some(m) = metrics {
+                                m.compaction();
+                            }
                             log::info!("compacted the data file: {} -> {} bytes", r.before, r.after)
                         }
                         Ok(None) => {}

@@ -395,6 +395,9 @@ fn launch(
         handshake_log: RateLimitedLog::new(log::Level::Info, client_log_interval),
         observer: http.as_ref().map(HttpServer::observer),
     });
+    if let Some(observer) = &shared.observer {
+        store.report_to(Arc::clone(observer.metrics.data_file()));
+    }
     let stop_maintenance = Arc::new(AtomicBool::new(false));
     let mut server = RunningServer {
         shared: Arc::clone(&shared),
