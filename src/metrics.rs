@@ -400,6 +400,12 @@ impl Metrics {
         }
     }
 
+    /// An `X` sent at once to a connection refused for lack of room (nothing
+    /// was read, so no command; not in the latency histogram).
+    pub fn busy(&self, port: Transport) {
+        self.transactions[port_index(port)][Command::None as usize][5].inc();
+    }
+
     /// A TLS handshake finished.
     pub fn handshake(&self, version: &str, resumed: bool) {
         self.handshakes[tls_version_index(version)][usize::from(resumed)].inc();

@@ -555,3 +555,27 @@ fn the_live_page_shows_a_register_written_over_the_plain_port() {
     assert!(dom.contains(">live<"), "the page says it is live");
     eprintln!("chromium rendered the page in {:?}", started.elapsed());
 }
+
+#[test]
+fn refusals_are_counted_by_reason_and_busy_replies_as_transactions() {
+    let s = TestServer::with(|c| {
+        with_http(c);
+        c.max_per_ip = 1;
+        c.tls_port = None;
+    });
+    let http = s.server().http_addr().unwrap();
+    // One unfinished connection holds the address's only place...
+    let mut holder = connect(s.plain());
+    holder.write_all(b"W0F").unwrap();
+    assert!(s.in_flight_becomes(1, IO_TIMEOUT));
+    // ...so the next one from it gets X at once.
+    assert_eq!(s.plain_transact(b"W0FAC0B1234"), b"X");
+    let m = metrics_when(http, |m| {
+        m["wwep_connections_refused_total{reason=\"per_address\"}"] >= 1.0
+    });
+    assert_eq!(m["wwep_connections_refused_total{reason=\"per_address\"}"], 1.0);
+    assert_eq!(m["wwep_connections_refused_total{reason=\"full\"}"], 0.0);
+    assert_eq!(m[&tx("plain", "none", "X", "busy")], 1.0);
+    assert_eq!(m["wwep_connections_open"], 1.0);
+    drop(holder);
+}

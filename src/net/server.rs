@@ -168,6 +168,13 @@ impl Shared {
             .or_insert(0) += 1;
     }
 
+    /// An `X` sent to a connection turned away for lack of room.
+    pub(crate) fn count_busy_reply(&self, transport: Transport) {
+        if let Some(observer) = &self.observer {
+            observer.metrics.busy(transport);
+        }
+    }
+
     pub(crate) fn count_handshake_failure(&self, kind: HandshakeFailureKind) {
         if let Some(observer) = &self.observer {
             observer.metrics.handshake_failure(kind);

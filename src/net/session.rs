@@ -399,6 +399,7 @@ impl Session {
     pub(crate) fn shed(mut self, shared: &Shared) {
         shared.room.forget(&mut self);
         if let Link::Plain(tcp) = &self.link {
+            shared.count_busy_reply(self.transport);
             let reply =
                 Reply::Failed(Failure::Busy).encode(shared.config.error_detail, Terminator::None);
             let _ = PlainWriter(tcp).write_now(reply.as_bytes());
