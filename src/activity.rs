@@ -5,9 +5,10 @@
 //! Memory is bounded whatever the clients do: [`RECENT`] transactions in a
 //! ring, and registers of at most [`MAX_DEVICES`] devices (256 registers each);
 //! writing a new device when the record is full forgets the device written
-//! longest ago. The values live in the store; this only remembers who wrote.
+//! longest ago. Everything is allocated up front (about 300 KB), so recording
+//! a transaction never allocates, whatever the mix of devices.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
@@ -64,24 +65,72 @@ struct Written {
     port: Transport,
 }
 
-struct Device {
+const UNWRITTEN: Written = Written {
+    value: 0,
+    at_ms: 0,
+    port: Transport::Plain,
+};
+
+/// One device's registers; `present` says which of the 256 were written.
+struct Slot {
+    device: u16,
     last_ms: u64,
-    /// Which write this was, to order devices written in the same millisecond.
-    last_seq: u64,
-    registers: BTreeMap<u8, Written>,
+    present: [u64; 4],
+    registers: [Written; 256],
 }
 
-#[derive(Default)]
+impl Slot {
+    fn new(device: u16) -> Slot {
+        Slot {
+            device,
+            last_ms: 0,
+            present: [0; 4],
+            registers: [UNWRITTEN; 256],
+        }
+    }
+
+    fn set(&mut self, register: u8, written: Written) {
+        let r = usize::from(register);
+        self.present[r / 64] |= 1 << (r % 64);
+        self.registers[r] = written;
+    }
+
+    fn written(&self) -> impl Iterator<Item = (u8, &Written)> {
+        (0..=255u8).filter_map(|r| {
+            let i = usize::from(r);
+            (self.present[i / 64] & (1 << (i % 64)) != 0).then(|| (r, &self.registers[i]))
+        })
+    }
+}
+
 struct Inner {
     seq: u64,
     recent: VecDeque<Recent>,
-    devices: HashMap<u16, Device>,
+    /// Device id → its slot.
+    index: HashMap<u16, usize>,
+    slots: Vec<Slot>,
+    /// Each slot's last write, by sequence number (apart from the slots, so
+    /// finding the oldest reads 512 bytes).
+    last_seq: Vec<u64>,
 }
 
 /// The record behind the live page.
-#[derive(Default)]
 pub struct Activity {
     inner: Mutex<Inner>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            inner: Mutex::new(Inner {
+                seq: 0,
+                recent: VecDeque::with_capacity(RECENT),
+                index: HashMap::with_capacity(MAX_DEVICES),
+                slots: Vec::with_capacity(MAX_DEVICES),
+                last_seq: Vec::with_capacity(MAX_DEVICES),
+            }),
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -142,25 +191,32 @@ impl Activity {
         let Some((device, register, value)) = written else {
             return;
         };
-        if !inner.devices.contains_key(&device) && inner.devices.len() >= MAX_DEVICES {
-            // Linear in MAX_DEVICES, and only when a new device pushes one out.
-            if let Some(oldest) = inner
-                .devices
-                .iter()
-                .min_by_key(|(_, d)| d.last_seq)
-                .map(|(&id, _)| id)
-            {
-                inner.devices.remove(&oldest);
+        let inner = &mut *inner;
+        let slot = match inner.index.get(&device) {
+            Some(&slot) => slot,
+            None if inner.slots.len() < MAX_DEVICES => {
+                inner.slots.push(Slot::new(device));
+                inner.last_seq.push(seq);
+                inner.index.insert(device, inner.slots.len() - 1);
+                inner.slots.len() - 1
             }
-        }
-        let entry = inner.devices.entry(device).or_insert_with(|| Device {
-            last_ms: at_ms,
-            last_seq: seq,
-            registers: BTreeMap::new(),
-        });
-        entry.last_ms = at_ms;
-        entry.last_seq = seq;
-        entry.registers.insert(
+            None => {
+                // The device written longest ago makes room: a scan of 64 numbers.
+                let oldest = (0..inner.last_seq.len())
+                    .min_by_key(|&i| inner.last_seq[i])
+                    .unwrap_or(0);
+                let slot = &mut inner.slots[oldest];
+                inner.index.remove(&slot.device);
+                slot.device = device;
+                slot.present = [0; 4];
+                inner.index.insert(device, oldest);
+                oldest
+            }
+        };
+        inner.last_seq[slot] = seq;
+        let slot = &mut inner.slots[slot];
+        slot.last_ms = at_ms;
+        slot.set(
             register,
             Written {
                 value,
@@ -174,8 +230,8 @@ impl Activity {
     /// register in order, and the recent transactions newest first.
     pub fn to_json(&self, transactions: u64, registers: usize) -> String {
         let inner = self.inner();
-        let mut devices: Vec<(&u16, &Device)> = inner.devices.iter().collect();
-        devices.sort_by_key(|(_, d)| std::cmp::Reverse(d.last_seq));
+        let mut order: Vec<usize> = (0..inner.slots.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(inner.last_seq[i]));
         let mut out = String::with_capacity(4096);
         let _ = write!(
             out,
@@ -183,16 +239,16 @@ impl Activity {
             inner.seq,
             now_ms()
         );
-        for (i, (id, device)) in devices.iter().enumerate() {
+        for (i, slot) in order.iter().map(|&i| &inner.slots[i]).enumerate() {
             if i > 0 {
                 out.push(',');
             }
             let _ = write!(
                 out,
-                "{{\"device\":\"{id:04X}\",\"last\":{},\"registers\":[",
-                device.last_ms
+                "{{\"device\":\"{:04X}\",\"last\":{},\"registers\":[",
+                slot.device, slot.last_ms
             );
-            for (j, (register, w)) in device.registers.iter().enumerate() {
+            for (j, (register, w)) in slot.written().enumerate() {
                 if j > 0 {
                     out.push(',');
                 }
@@ -250,15 +306,25 @@ mod tests {
         for n in 0..(MAX_DEVICES as u64 + 10) {
             write(&a, n, n as u16, 5, 1);
         }
+        // Device 10 written again: now device 11 is the oldest.
+        write(&a, 100, 10, 6, 2);
+        write(&a, 101, 0xFFFF, 1, 1);
         let inner = a.inner();
         assert_eq!(inner.recent.len(), RECENT);
-        assert_eq!(inner.recent.back().unwrap().n, MAX_DEVICES as u64 + 9);
-        assert_eq!(inner.devices.len(), MAX_DEVICES);
-        assert!(
-            !inner.devices.contains_key(&0),
-            "the oldest device was forgotten"
-        );
-        assert!(inner.devices.contains_key(&(MAX_DEVICES as u16 + 9)));
+        assert_eq!(inner.recent.back().unwrap().n, 101);
+        assert_eq!(inner.index.len(), MAX_DEVICES);
+        assert_eq!(inner.slots.len(), MAX_DEVICES);
+        for gone in 0..=9 {
+            assert!(
+                !inner.index.contains_key(&gone),
+                "device {gone} was forgotten"
+            );
+        }
+        assert!(!inner.index.contains_key(&11), "then the oldest, 11");
+        assert!(inner.index.contains_key(&10));
+        assert!(inner.index.contains_key(&0xFFFF));
+        let new = &inner.slots[inner.index[&0xFFFF]];
+        assert_eq!(new.written().count(), 1, "a reused slot starts empty");
     }
 
     #[test]

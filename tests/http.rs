@@ -573,7 +573,10 @@ fn refusals_are_counted_by_reason_and_busy_replies_as_transactions() {
     let m = metrics_when(http, |m| {
         m["wwep_connections_refused_total{reason=\"per_address\"}"] >= 1.0
     });
-    assert_eq!(m["wwep_connections_refused_total{reason=\"per_address\"}"], 1.0);
+    assert_eq!(
+        m["wwep_connections_refused_total{reason=\"per_address\"}"],
+        1.0
+    );
     assert_eq!(m["wwep_connections_refused_total{reason=\"full\"}"], 0.0);
     assert_eq!(m[&tx("plain", "none", "X", "busy")], 1.0);
     assert_eq!(m["wwep_connections_open"], 1.0);
