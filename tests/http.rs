@@ -582,3 +582,184 @@ fn refusals_are_counted_by_reason_and_busy_replies_as_transactions() {
     assert_eq!(m["wwep_connections_open"], 1.0);
     drop(holder);
 }
+
+/// Headless Chromium driven over the DevTools protocol on a pipe
+/// (`--remote-debugging-pipe`: JSON messages ended by NUL on fds 3 and 4,
+/// here two named pipes), enough to open a page and evaluate expressions.
+struct Browser {
+    _child: Child,
+    to: std::fs::File,
+    from: std::sync::mpsc::Receiver<serde_json::Value>,
+    next_id: u64,
+    session: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let dir = tempfile::tempdir().unwrap();
+        let (to_path, from_path) = (dir.path().join("to"), dir.path().join("from"));
+        for p in [&to_path, &from_path] {
+            assert!(Command::new("mkfifo").arg(p).status().unwrap().success());
+        }
+        let profile = dir.path().join("profile");
+        let mut cmd = chromium(&profile);
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let script = format!(
+            "exec chromium {} --remote-debugging-pipe about:blank 3<\"$1\" 4>\"$2\"",
+            args.join(" ")
+        );
+        cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(script)
+            .arg("sh")
+            .arg(&to_path)
+            .arg(&from_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = Child(cmd.spawn().expect("spawn chromium"));
+        // The shell opens "to" for reading, then "from" for writing: same order here.
+        let to = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&to_path)
+            .unwrap();
+        let from = std::fs::File::open(&from_path).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for message in BufReader::new(from).split(0) {
+                let Ok(message) = message else { break };
+                let Ok(value) = serde_json::from_slice(&message) else {
+                    continue;
+                };
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        Browser {
+            _child: child,
+            to,
+            from: rx,
+            next_id: 1,
+            session: None,
+            _dir: dir,
+        }
+    }
+
+    /// Sends a command and waits for its answer's `result`.
+    fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut message = serde_json::json!({"id": id, "method": method, "params": params});
+        if let Some(session) = &self.session {
+            message["sessionId"] = serde_json::Value::String(session.clone());
+        }
+        let mut bytes = serde_json::to_vec(&message).unwrap();
+        bytes.push(0);
+        self.to.write_all(&bytes).unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let answer = self
+                .from
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no answer from chromium to {method}"));
+            if answer["id"] == id {
+                assert!(answer["error"].is_null(), "{method}: {answer}");
+                return answer["result"].clone();
+            }
+        }
+    }
+
+    /// Opens `url` in a new tab and talks to that tab from now on.
+    fn open(&mut self, url: &str) {
+        let target = self.call("Target.createTarget", serde_json::json!({"url": url}));
+        let attached = self.call(
+            "Target.attachToTarget",
+            serde_json::json!({"targetId": target["targetId"], "flatten": true}),
+        );
+        self.session = Some(attached["sessionId"].as_str().unwrap().to_string());
+    }
+
+    /// The value of a JavaScript expression in the page.
+    fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let result = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({"expression": expression, "returnByValue": true}),
+        );
+        result["result"]["value"].clone()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // Asked to close, Chromium ends its helper processes too; the child
+        // guard kills it by PID if it has not exited within 2 s.
+        let _ = self
+            .to
+            .write_all(b"{\"id\":0,\"method\":\"Browser.close\"}\0");
+        let until = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self._child.0.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn the_open_page_shows_a_new_write_within_two_seconds() {
+    if !have_tool("chromium") || !have_tool("mkfifo") {
+        return;
+    }
+    let (_server, http, rx) = server_with_http(&[]);
+    let plain = plain_addr(&rx, &mut Vec::new());
+    let mut browser = Browser::start();
+    browser.open(&format!("http://{http}/"));
+    let value = r#"document.querySelector('[data-device="0FAC"][data-register="0B"] .value')?.textContent ?? null"#;
+    let live = r#"document.getElementById("status")?.textContent ?? null"#;
+    let until = Instant::now() + Duration::from_secs(20);
+    while browser.eval(live) != "live" {
+        assert!(Instant::now() < until, "the page never said it was live");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        browser.eval(value),
+        serde_json::Value::Null,
+        "nothing written yet"
+    );
+    assert_eq!(
+        transact(&mut connect(plain), b"W0FAC0B1234"),
+        b"A0FAC0B1234"
+    );
+    let written = Instant::now();
+    loop {
+        if browser.eval(value) == "1234" {
+            break;
+        }
+        assert!(
+            written.elapsed() < Duration::from_secs(2),
+            "the page did not show the write within 2 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("the page showed the write after {:?}", written.elapsed());
+    // And a new value for the same register replaces it.
+    assert_eq!(
+        transact(&mut connect(plain), b"W0FAC0BBEEF"),
+        b"A0FAC0BBEEF"
+    );
+    let written = Instant::now();
+    while browser.eval(value) != "BEEF" {
+        assert!(
+            written.elapsed() < Duration::from_secs(2),
+            "no update within 2 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
