@@ -88,7 +88,9 @@ impl Log for LineLogger {
     fn flush(&self) {}
 }
 
-/// One record as a JSON object and a newline.
+/// One record as a JSON object and a newline: `time`, `level`, `target`,
+/// `message`, `event` (`log` unless the record names its own) and the
+/// record's key-value pairs.
 fn push_json_line(out: &mut String, record: &Record<'_>, now: SystemTime) {
     out.push_str("{\"time\":\"");
     push_timestamp(out, now);
@@ -103,7 +105,12 @@ fn push_json_line(out: &mut String, record: &Record<'_>, now: SystemTime) {
         Some(s) => push_json_str(out, s),
         None => push_json_str(out, &record.args().to_string()),
     }
-    let _ = record.key_values().visit(&mut JsonFields(out));
+    let kvs = record.key_values();
+    // Every line has an event: the transaction line says its own.
+    if kvs.get(Key::from_str("event")).is_none() {
+        out.push_str(",\"event\":\"log\"");
+    }
+    let _ = kvs.visit(&mut JsonFields(out));
     out.push_str("}\n");
 }
 
@@ -255,6 +262,21 @@ mod tests {
         assert_eq!(
             s,
             "{\"time\":\"1970-01-01T00:00:00.000000Z\",\"level\":\"info\",\"target\":\"wwep::net::session\",\"message\":\"#1 plain\",\"event\":\"transaction\",\"us\":42,\"peer\":\"127.0.0.1:5000\"}\n"
+        );
+    }
+
+    #[test]
+    fn json_lines_without_an_event_are_log_events() {
+        let mut s = String::new();
+        let record = Record::builder()
+            .args(format_args!("plain listener on 127.0.0.1:27708"))
+            .level(log::Level::Warn)
+            .target("wwep::net::server")
+            .build();
+        push_json_line(&mut s, &record, UNIX_EPOCH);
+        assert_eq!(
+            s,
+            "{\"time\":\"1970-01-01T00:00:00.000000Z\",\"level\":\"warn\",\"target\":\"wwep::net::server\",\"message\":\"plain listener on 127.0.0.1:27708\",\"event\":\"log\"}\n"
         );
     }
 

@@ -510,7 +510,11 @@ impl Metrics {
         );
         if let Some(bytes) = snapshot.data_file_bytes {
             let data = &self.data_file;
-            let bytes = bytes.max(data.bytes.load(Ordering::Relaxed));
+            // What the store reported, if it does; else what the scrape read.
+            let bytes = match data.bytes.load(Ordering::Relaxed) {
+                0 => bytes,
+                reported => reported,
+            };
             registry.register(
                 "data_file_bytes",
                 "Size of the data file",

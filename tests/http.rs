@@ -478,7 +478,7 @@ fn json_log_lines_parse_and_carry_the_transaction_fields() {
     for line in &lines {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        for field in ["time", "level", "target", "message"] {
+        for field in ["time", "level", "target", "message", "event"] {
             assert!(v[field].is_string(), "{field} in {line}");
         }
     }
