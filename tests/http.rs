@@ -763,3 +763,19 @@ fn the_open_page_shows_a_new_write_within_two_seconds() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn before_the_server_is_up_ready_and_health_say_starting() {
+    // The HTTP side alone, as during the data file's replay.
+    let config = HttpConfig::new("127.0.0.1:0".parse().unwrap());
+    let http = wwep::http::HttpServer::start(&config).expect("http starts");
+    let ready = get(http.addr(), "/ready");
+    assert_eq!((ready.status, ready.body.as_str()), (503, "starting\n"));
+    let health = get(http.addr(), "/health");
+    assert_eq!(health.status, 503);
+    assert!(health.body.starts_with("starting"), "{}", health.body);
+    // Metrics are there already (build info, zeroes).
+    let m = parse_prometheus(&get(http.addr(), "/metrics").body).0;
+    assert!(m.keys().any(|k| k.starts_with("wwep_build_info")));
+    http.stop();
+}
