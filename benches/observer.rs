@@ -3,7 +3,6 @@
 
 use std::hint::black_box;
 use std::sync::Arc;
-use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use wwep::activity::Transaction;
@@ -31,7 +30,7 @@ fn observer(c: &mut Criterion) {
     let observer = Observer::default();
     let tx = write(1);
     c.bench_function("observe one write", |b| {
-        b.iter(|| observer.transaction(black_box(&tx), Duration::from_micros(80)))
+        b.iter(|| observer.transaction(black_box(&tx)))
     });
     // Two threads (the machine's cores) hitting the same counters and lock.
     let shared = Arc::new(Observer::default());
@@ -43,14 +42,14 @@ fn observer(c: &mut Criterion) {
                     let tx = write(2);
                     let started = std::time::Instant::now();
                     for _ in 0..iters {
-                        shared.transaction(&tx, Duration::from_micros(80));
+                        shared.transaction(&tx);
                     }
                     started.elapsed()
                 })
             };
             let started = std::time::Instant::now();
             for _ in 0..iters {
-                shared.transaction(black_box(&tx), Duration::from_micros(80));
+                shared.transaction(black_box(&tx));
             }
             let mine = started.elapsed();
             mine.max(other.join().unwrap())

@@ -61,7 +61,8 @@ pub struct Observer {
 
 impl Observer {
     /// One answered transaction (one call per transaction, from the worker).
-    pub fn transaction(&self, tx: &Transaction<'_>, took: Duration) {
+    pub fn transaction(&self, tx: &Transaction<'_>) {
+        let took = Duration::from_micros(tx.micros);
         self.metrics
             .transaction(tx.port, tx.request, &tx.verdict, took);
         self.activity.record(tx);

@@ -16,6 +16,7 @@ use log::{error, info, warn};
 use mio::{Poll, Token, Waker};
 use threadpool::ThreadPool;
 
+use crate::activity::Transaction;
 use crate::config::{ConfigError, ServerConfig, Transport};
 use crate::http::{HttpServer, Observer};
 use crate::journal::JournalError;
@@ -166,6 +167,20 @@ impl Shared {
             .unwrap_or_else(|p| p.into_inner())
             .entry(refusal)
             .or_insert(0) += 1;
+    }
+
+    /// An answered transaction, for the metrics and the live page.
+    pub(crate) fn observe(&self, tx: &Transaction<'_>) {
+        if let Some(observer) = &self.observer {
+            observer.transaction(tx);
+        }
+    }
+
+    /// A TLS handshake that completed.
+    pub(crate) fn count_handshake(&self, version: &str, resumed: bool) {
+        if let Some(observer) = &self.observer {
+            observer.metrics.handshake(version, resumed);
+        }
     }
 
     /// An `X` sent to a connection turned away for lack of room.

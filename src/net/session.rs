@@ -233,11 +233,7 @@ impl Session {
             Handshake::Done(stream) => {
                 self.client = stream.peer_common_name();
                 let kind = if stream.resumed() { "resumed" } else { "full" };
-                if let Some(observer) = &shared.observer {
-                    observer
-                        .metrics
-                        .handshake(stream.version(), stream.resumed());
-                }
+                shared.count_handshake(stream.version(), stream.resumed());
                 self.tls_summary = Some(format!("{} {kind}", stream.version()));
                 Link::Tls(stream)
             }
@@ -430,10 +426,8 @@ impl Session {
             Outcome::Served => shared.count_transaction(),
             _ => 0,
         };
-        if let (Some(observer), Some(sending), Outcome::Served | Outcome::TimedOut) =
-            (&shared.observer, &self.sending, outcome)
-        {
-            let tx = Transaction {
+        if let (Some(sending), Outcome::Served | Outcome::TimedOut) = (&self.sending, outcome) {
+            shared.observe(&Transaction {
                 n,
                 port: transport,
                 peer,
@@ -441,8 +435,7 @@ impl Session {
                 reply,
                 verdict: sending.verdict,
                 micros: micros as u64,
-            };
-            observer.transaction(&tx, replied_at.saturating_duration_since(self.accepted_at));
+            });
         }
         match outcome {
             Outcome::Served => {
