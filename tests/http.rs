@@ -779,3 +779,39 @@ fn before_the_server_is_up_ready_and_health_say_starting() {
     assert!(m.keys().any(|k| k.starts_with("wwep_build_info")));
     http.stop();
 }
+
+#[test]
+fn the_data_file_reports_its_fsyncs_and_compactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::with(|c| {
+        with_http(c);
+        c.tls_port = None;
+        c.data = Some(wwep::config::DataConfig {
+            path: dir.path().join("registers.wwep"),
+            fsync: wwep::journal::Fsync::EverySec,
+            compaction: wwep::journal::CompactionPolicy {
+                ratio: 2.0,
+                min_bytes: 64,
+            },
+            repair: false,
+        });
+    });
+    let http = s.server().http_addr().unwrap();
+    // One register written over and over: the file soon outgrows it.
+    for value in 0..40u16 {
+        let request = format!("W0FAC0B{value:04X}");
+        assert_eq!(s.plain_transact(request.as_bytes())[0], b'A');
+    }
+    // The maintenance thread fsyncs and compacts once a second.
+    let m = metrics_when(http, |m| {
+        m["wwep_data_file_fsyncs_total"] >= 1.0 && m["wwep_data_file_compactions_total"] >= 1.0
+    });
+    assert!(m["wwep_data_file_fsyncs_total"] >= 1.0, "{m:?}");
+    assert_eq!(
+        m["wwep_data_file_fsync_duration_seconds_count"],
+        m["wwep_data_file_fsyncs_total"]
+    );
+    assert!(m["wwep_data_file_compactions_total"] >= 1.0, "{m:?}");
+    assert_eq!(m["wwep_data_file_write_errors_total"], 0.0);
+    assert!(m["wwep_data_file_bytes"] > 0.0);
+}
