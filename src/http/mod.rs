@@ -27,7 +27,8 @@ use crate::net::server::Shared;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpConfig {
     pub addr: SocketAddr,
-    /// Client addresses allowed; loopback only by default.
+    /// Client addresses allowed ([`default_allow`]: loopback only). An empty
+    /// list allows everyone, as `--allow` does.
     pub allow: Vec<Cidr>,
 }
 
