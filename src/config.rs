@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use crate::connection::Access;
+use crate::http::HttpConfig;
 use crate::journal::{CompactionPolicy, Fsync};
 use crate::net::allow::Cidr;
 use crate::protocol::ErrorDetail;
@@ -121,6 +122,8 @@ pub struct ServerConfig {
     /// The rule file of who may read or write which registers (`--acl`);
     /// `None` lets every client that gets in read and write everything.
     pub acl: Option<PathBuf>,
+    /// The HTTP side (metrics, health, live page); `None` serves none.
+    pub http: Option<HttpConfig>,
 }
 
 impl Default for ServerConfig {
@@ -146,6 +149,7 @@ impl Default for ServerConfig {
             proxy: ProxyProtocol::Off,
             store: RedisSettings::default(),
             acl: None,
+            http: None,
         }
     }
 }

@@ -172,11 +172,22 @@ pub fn respond(
     access: Access,
     detail: ErrorDetail,
 ) -> Encoded {
+    respond_with_reply(incoming, message, store, access, detail).0
+}
+
+/// [`respond`], also returning the reply before encoding (for the counters).
+pub fn respond_with_reply(
+    incoming: &Incoming,
+    message: Message,
+    store: &dyn Backend,
+    access: Access,
+    detail: ErrorDetail,
+) -> (Encoded, Reply) {
     let reply = match Request::parse(&incoming.bytes()[..message.len]) {
         Ok(request) => apply(request, store, access),
         Err(e) => Reply::Failed(Failure::Protocol(e)),
     };
-    reply.encode(detail, message.terminator)
+    (reply.encode(detail, message.terminator), reply)
 }
 
 /// The reply to a connection that sent nothing in time.

@@ -6,17 +6,22 @@
 //! logic with no sockets, [`net`] the listeners, waiting room, admission, pool and
 //! shutdown, [`tls`] everything about certificates, [`acl`] who may read or
 //! write which registers, and [`client`] the blocking client the CLI and tests use.
+//! With `--http`, [`http`] serves [`metrics`], health checks and a live page fed
+//! by the [`activity`] record.
 #![forbid(unsafe_code)]
 
 pub use net::allow as access;
 pub use net::server;
 
 pub mod acl;
+pub mod activity;
 pub mod bench;
 pub mod client;
 pub mod config;
 pub mod connection;
+pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod protocol;

@@ -6,6 +6,11 @@
 //! plain-port throughput at concurrency 32). Here each thread formats into its own
 //! buffer and hands the whole line to the kernel in one `write(2)` on a duplicate
 //! of stderr, which keeps lines whole for files, pipes and journald's socket.
+//!
+//! [`LogFormat::Json`] writes each line as one JSON object instead: `time`,
+//! `level`, `target`, `message`, and the record's key-value pairs as fields
+//! (the per-transaction line carries `event`, `port`, `peer`, `tls`, `cn`,
+//! `request`, `reply` and `us`), for journald, Loki and `jq`.
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
@@ -14,11 +19,33 @@ use std::io::Write as _;
 use std::os::fd::AsFd;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use log::kv::{Key, Value, VisitSource};
 use log::{Log, Metadata, Record};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `[time LEVEL target] message`, for people.
+    #[default]
+    Text,
+    /// One JSON object per line, for machines.
+    Json,
+}
+
+impl LogFormat {
+    pub fn parse(text: &str) -> Option<LogFormat> {
+        match text {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            _ => None,
+        }
+    }
+}
 
 struct LineLogger {
     filter: env_logger::Logger,
     out: File,
+    format: LogFormat,
 }
 
 thread_local! {
@@ -39,14 +66,20 @@ impl Log for LineLogger {
                 return;
             };
             line.clear();
-            push_timestamp(&mut line, SystemTime::now());
-            let _ = writeln!(
-                line,
-                " {:<5} {}] {}",
-                record.level(),
-                record.target(),
-                record.args()
-            );
+            match self.format {
+                LogFormat::Text => {
+                    line.push('[');
+                    push_timestamp(&mut line, SystemTime::now());
+                    let _ = writeln!(
+                        line,
+                        " {:<5} {}] {}",
+                        record.level(),
+                        record.target(),
+                        record.args()
+                    );
+                }
+                LogFormat::Json => push_json_line(&mut line, record, SystemTime::now()),
+            }
             // Logging must never take the server down: a failed write is dropped.
             let _ = (&self.out).write_all(line.as_bytes());
         });
@@ -55,7 +88,77 @@ impl Log for LineLogger {
     fn flush(&self) {}
 }
 
-/// `[2026-11-25T20:15:46.123456Z` — RFC 3339 in UTC, to the microsecond.
+/// One record as a JSON object and a newline: `time`, `level`, `target`,
+/// `message`, `event` (`log` unless the record names its own) and the
+/// record's key-value pairs.
+fn push_json_line(out: &mut String, record: &Record<'_>, now: SystemTime) {
+    out.push_str("{\"time\":\"");
+    push_timestamp(out, now);
+    let _ = write!(
+        out,
+        "\",\"level\":\"{}\",\"target\":",
+        record.level().as_str().to_ascii_lowercase()
+    );
+    push_json_str(out, record.target());
+    out.push_str(",\"message\":");
+    match record.args().as_str() {
+        Some(s) => push_json_str(out, s),
+        None => push_json_str(out, &record.args().to_string()),
+    }
+    let kvs = record.key_values();
+    // Every line has an event: the transaction line says its own.
+    if kvs.get(Key::from_str("event")).is_none() {
+        out.push_str(",\"event\":\"log\"");
+    }
+    let _ = kvs.visit(&mut JsonFields(out));
+    out.push_str("}\n");
+}
+
+/// Writes key-value pairs as `,"key":value`: numbers and booleans as they
+/// are, everything else as a string.
+struct JsonFields<'a>(&'a mut String);
+
+impl<'kvs> VisitSource<'kvs> for JsonFields<'_> {
+    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
+        let out = &mut *self.0;
+        out.push(',');
+        push_json_str(out, key.as_str());
+        out.push(':');
+        if let Some(n) = value.to_u64() {
+            let _ = write!(out, "{n}");
+        } else if let Some(n) = value.to_i64() {
+            let _ = write!(out, "{n}");
+        } else if let Some(b) = value.to_bool() {
+            let _ = write!(out, "{b}");
+        } else if let Some(s) = value.to_borrowed_str() {
+            push_json_str(out, s);
+        } else {
+            push_json_str(out, &value.to_string());
+        }
+        Ok(())
+    }
+}
+
+/// Appends `s` as a JSON string literal, quotes included.
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `2026-11-25T20:15:46.123456Z` — RFC 3339 in UTC, to the microsecond.
 fn push_timestamp(out: &mut String, now: SystemTime) {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
@@ -63,7 +166,7 @@ fn push_timestamp(out: &mut String, now: SystemTime) {
     let rem = secs % 86_400;
     let _ = write!(
         out,
-        "[{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
@@ -86,7 +189,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 /// Installs the logger: `RUST_LOG` as env_logger reads it, `info` by default.
-pub fn init() {
+pub fn init(format: LogFormat) {
     let filter =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
     let level = filter.filter();
@@ -95,6 +198,7 @@ pub fn init() {
             let logger = LineLogger {
                 filter,
                 out: File::from(fd),
+                format,
             };
             if log::set_boxed_logger(Box::new(logger)).is_ok() {
                 log::set_max_level(level);
@@ -118,18 +222,62 @@ mod tests {
     fn timestamps_are_utc_rfc3339() {
         let mut s = String::new();
         push_timestamp(&mut s, UNIX_EPOCH);
-        assert_eq!(s, "[1970-01-01T00:00:00.000000Z");
+        assert_eq!(s, "1970-01-01T00:00:00.000000Z");
         s.clear();
         // 2026-11-25T20:15:46.123456Z
         push_timestamp(
             &mut s,
             UNIX_EPOCH + Duration::new(1_795_637_746, 123_456_000),
         );
-        assert_eq!(s, "[2026-11-25T20:15:46.123456Z");
+        assert_eq!(s, "2026-11-25T20:15:46.123456Z");
         s.clear();
         // A leap day: 2024-02-29T23:59:59Z.
         push_timestamp(&mut s, UNIX_EPOCH + Duration::from_secs(1_709_251_199));
-        assert_eq!(s, "[2024-02-29T23:59:59.000000Z");
+        assert_eq!(s, "2024-02-29T23:59:59.000000Z");
+    }
+
+    #[test]
+    fn json_strings_escape_quotes_backslashes_and_controls() {
+        let mut s = String::new();
+        push_json_str(&mut s, "a\"b\\c\nd\u{1}é");
+        assert_eq!(s, r#""a\"b\\c\nd\u0001é""#);
+    }
+
+    #[test]
+    fn json_lines_carry_the_key_values() {
+        let mut s = String::new();
+        let args = format_args!("#1 plain");
+        let kvs: [(&str, log::kv::Value); 3] = [
+            ("event", "transaction".into()),
+            ("us", 42u64.into()),
+            ("peer", "127.0.0.1:5000".into()),
+        ];
+        let record = Record::builder()
+            .args(args)
+            .level(log::Level::Info)
+            .target("wwep::net::session")
+            .key_values(&kvs)
+            .build();
+        push_json_line(&mut s, &record, UNIX_EPOCH);
+        assert_eq!(
+            s,
+            "{\"time\":\"1970-01-01T00:00:00.000000Z\",\"level\":\"info\",\"target\":\"wwep::net::session\",\"message\":\"#1 plain\",\"event\":\"transaction\",\"us\":42,\"peer\":\"127.0.0.1:5000\"}\n"
+        );
+    }
+
+    #[test]
+    fn json_lines_without_an_event_are_log_events() {
+        let mut s = String::new();
+        let record = Record::builder()
+            .args(format_args!("plain listener on 127.0.0.1:27708"))
+            .level(log::Level::Warn)
+            .target("wwep::net::server")
+            .build();
+        push_json_line(&mut s, &record, UNIX_EPOCH);
+        assert_eq!(
+            s,
+            "{\"time\":\"1970-01-01T00:00:00.000000Z\",\"level\":\"warn\",\"target\":\"wwep::net::server\",\"message\":\"plain listener on 127.0.0.1:27708\",\"event\":\"log\"}\n"
+        );
     }
 
     #[test]

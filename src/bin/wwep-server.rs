@@ -1,6 +1,6 @@
 //! `wwep-server`: serves WWEP on an open and a TLS port at once.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,8 +16,10 @@ use wwep::config::{
     DEFAULT_TIMEOUT_MS, DEFAULT_TLS_PORT, DEFAULT_WORKERS, DataConfig, ProxyProtocol, ServerConfig,
 };
 use wwep::connection::Access;
+use wwep::http::{HttpConfig, default_allow};
 use wwep::journal::JournalError;
 use wwep::journal::{CompactionPolicy, Fsync};
+use wwep::logging::LogFormat;
 use wwep::notify::notify;
 use wwep::protocol::ErrorDetail;
 use wwep::server::{ServerControl, ServerError};
@@ -191,6 +193,23 @@ struct Args {
     /// ...and at least this many bytes.
     #[arg(long, env = "WWEP_COMPACT_MIN_BYTES", default_value_t = 1 << 20)]
     compact_min_bytes: u64,
+    /// Serve /metrics (Prometheus), /health, /ready and a live register page
+    /// over HTTP on ADDR, e.g. 127.0.0.1:9708 (port 0 picks a free port). Off by default.
+    #[arg(long, env = "WWEP_HTTP", value_name = "ADDR")]
+    http: Option<SocketAddr>,
+    /// Addresses or CIDR ranges that may use --http (repeatable, or
+    /// comma-separated); others get 403. Default: loopback only.
+    #[arg(
+        long,
+        env = "WWEP_HTTP_ALLOW",
+        value_name = "CIDR",
+        value_delimiter = ',',
+        requires = "http"
+    )]
+    http_allow: Vec<Cidr>,
+    /// Log lines as text (for people) or json (one object per line, for machines).
+    #[arg(long, env = "WWEP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 impl Args {
@@ -263,6 +282,14 @@ impl Args {
             } else {
                 ErrorDetail::Bare
             },
+            http: self.http.map(|addr| HttpConfig {
+                addr,
+                allow: if self.http_allow.is_empty() {
+                    default_allow()
+                } else {
+                    self.http_allow
+                },
+            }),
             data: self.data.map(|path| DataConfig {
                 path,
                 // clap has checked the value against the same three names.
@@ -292,7 +319,8 @@ fn main() -> ExitCode {
             }
         };
     }
-    wwep::logging::init();
+    // clap has checked the value against the same two names.
+    wwep::logging::init(LogFormat::parse(&args.log_format).unwrap_or_default());
     // A panic is logged as one line; the worker pool replaces the thread.
     std::panic::set_hook(Box::new(|info| log::error!("{info}")));
     match args.into_config() {

@@ -147,6 +147,7 @@ fn refuse(
         )),
     }
     if transport == Transport::Plain {
+        shared.count_busy_reply(transport);
         let reply = Reply::Failed(Failure::Busy).encode(config.error_detail, Terminator::None);
         let _ =
             socket2::SockRef::from(&stream).send_with_flags(reply.as_bytes(), libc::MSG_DONTWAIT);

@@ -17,7 +17,9 @@ use mio::{Poll, Token, Waker};
 use threadpool::ThreadPool;
 
 use crate::acl::{Acl, AclError};
+use crate::activity::Transaction;
 use crate::config::{ConfigError, ServerConfig, Transport};
+use crate::http::{HttpServer, Observer};
 use crate::journal::JournalError;
 use crate::net::admission::{AdmissionTable, Refusal};
 use crate::net::linger::Lingerer;
@@ -103,7 +105,7 @@ pub(crate) struct Shared {
     /// Where registers are read and written.
     pub(crate) backend: Arc<dyn Backend>,
     /// The in-process store, when that is the backend.
-    memory: Option<Arc<RegisterStore>>,
+    pub(crate) memory: Option<Arc<RegisterStore>>,
     /// Swapped whole on SIGHUP; a handshake holds its own `Arc`.
     acceptor: RwLock<Option<Arc<Acceptor>>>,
     /// The `--acl` rules, swapped whole on SIGHUP; `None` without `--acl`.
@@ -126,6 +128,8 @@ pub(crate) struct Shared {
     pub(crate) accept_log: RateLimitedLog,
     pub(crate) handshake_log: RateLimitedLog,
     pub(crate) forbidden_log: RateLimitedLog,
+    /// Counters and the activity record for `--http`; `None` without it.
+    pub(crate) observer: Option<Arc<Observer>>,
 }
 
 impl Shared {
@@ -184,6 +188,12 @@ impl Shared {
         });
     }
 
+    /// Registers stored, where this process holds them (0 with a shared store,
+    /// which other front ends write to as well).
+    pub(crate) fn registers(&self) -> usize {
+        self.memory.as_ref().map_or(0, |m| m.len())
+    }
+
     pub(crate) fn count_transaction(&self) -> u64 {
         self.transactions.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -193,6 +203,9 @@ impl Shared {
     }
 
     pub(crate) fn count_refusal(&self, refusal: Refusal) {
+        if let Some(observer) = &self.observer {
+            observer.metrics.refusal(refusal);
+        }
         *self
             .refusals
             .lock()
@@ -201,13 +214,57 @@ impl Shared {
             .or_insert(0) += 1;
     }
 
+    /// An answered transaction, for the metrics and the live page.
+    pub(crate) fn observe(&self, tx: &Transaction<'_>) {
+        if let Some(observer) = &self.observer {
+            observer.transaction(tx);
+        }
+    }
+
+    /// A TLS handshake that completed.
+    pub(crate) fn count_handshake(&self, version: &str, resumed: bool) {
+        if let Some(observer) = &self.observer {
+            observer.metrics.handshake(version, resumed);
+        }
+    }
+
+    /// An `X` sent to a connection turned away for lack of room.
+    pub(crate) fn count_busy_reply(&self, transport: Transport) {
+        if let Some(observer) = &self.observer {
+            observer.metrics.busy(transport);
+        }
+    }
+
     pub(crate) fn count_handshake_failure(&self, kind: HandshakeFailureKind) {
+        if let Some(observer) = &self.observer {
+            observer.metrics.handshake_failure(kind);
+        }
         *self
             .handshake_failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(kind)
             .or_insert(0) += 1;
+    }
+
+    pub(crate) fn transactions(&self) -> u64 {
+        self.transactions.load(Ordering::Relaxed)
+    }
+
+    /// The earliest expiry of the certificates served now, as Unix time.
+    pub(crate) fn certificate_not_after(&self) -> Option<i64> {
+        let acceptor = self
+            .acceptor
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()?;
+        let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
+        acceptor
+            .not_after()
+            .into_iter()
+            .filter_map(|t| epoch.diff(t).ok())
+            .map(|d| i64::from(d.days) * 86_400 + i64::from(d.secs))
+            .min()
     }
 
     fn refusals(&self, refusal: Refusal) -> u64 {
@@ -229,6 +286,7 @@ pub struct RunningServer {
     accept_threads: Vec<JoinHandle<()>>,
     room_thread: Option<JoinHandle<()>>,
     maintenance: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    http: Option<HttpServer>,
 }
 
 /// Stops or reconfigures a running server from another thread (a signal handler).
@@ -254,21 +312,36 @@ pub fn start_unless(
     // Certificates and rules first: a bad one fails fast, before any file is touched.
     let acceptor = load_acceptor(&config)?;
     let acl = load_acl(&config)?;
+    // The HTTP side first, so /ready can say the data file is being replayed.
+    let http = start_http(&config)?;
     if !config.store.location.is_memory() {
         let shared = RedisStore::open(&config.store, config.workers, config.timeout)
             .map_err(ServerError::Store)?;
-        return launch(config, Arc::new(shared), None, acceptor, acl);
+        return launch(config, Arc::new(shared), None, acceptor, acl, http);
     }
     let store = Arc::new(match &config.data {
         None => RegisterStore::new(),
         Some(data) => open_logged(data, cancel).map_err(ServerError::Data)?,
     });
     let in_memory = config.data.is_none();
-    let server = launch(config, store.clone(), Some(store), acceptor, acl)?;
+    let server = launch(config, store.clone(), Some(store), acceptor, acl, http)?;
     if in_memory {
         info!("no --data file: registers are kept in memory only and lost when the server stops");
     }
     Ok(server)
+}
+
+fn start_http(config: &ServerConfig) -> Result<Option<HttpServer>, ServerError> {
+    config
+        .http
+        .as_ref()
+        .map(|http| {
+            HttpServer::start(http).map_err(|source| ServerError::Bind {
+                addr: http.addr,
+                source,
+            })
+        })
+        .transpose()
 }
 
 /// Loads the certificates and keys the TLS port serves.
@@ -301,7 +374,8 @@ pub fn start_with_store(
     config.validate()?;
     let acceptor = load_acceptor(&config)?;
     let acl = load_acl(&config)?;
-    launch(config, store.clone(), Some(store), acceptor, acl)
+    let http = start_http(&config)?;
+    launch(config, store.clone(), Some(store), acceptor, acl, http)
 }
 
 /// Reads the `--acl` rule file, saying what it holds.
@@ -350,6 +424,7 @@ fn launch(
     memory: Option<Arc<RegisterStore>>,
     acceptor: Option<Acceptor>,
     acl: Option<Acl>,
+    http: Option<HttpServer>,
 ) -> Result<RunningServer, ServerError> {
     fit_open_files(&mut config);
     let bind =
@@ -398,7 +473,11 @@ fn launch(
         accept_log: RateLimitedLog::new(log::Level::Warn, client_log_interval),
         handshake_log: RateLimitedLog::new(log::Level::Info, client_log_interval),
         forbidden_log: RateLimitedLog::new(log::Level::Warn, client_log_interval),
+        observer: http.as_ref().map(HttpServer::observer),
     });
+    if let (Some(observer), Some(store)) = (&shared.observer, &shared.memory) {
+        store.report_to(Arc::clone(observer.metrics.data_file()));
+    }
     let stop_maintenance = Arc::new(AtomicBool::new(false));
     let mut server = RunningServer {
         shared: Arc::clone(&shared),
@@ -409,6 +488,7 @@ fn launch(
         maintenance: memory
             .and_then(|store| store.spawn_maintenance(Arc::clone(&stop_maintenance)))
             .map(|handle| (stop_maintenance, handle)),
+        http,
     };
     let for_room = Arc::clone(&shared);
     match thread::Builder::new()
@@ -434,9 +514,16 @@ fn launch(
                 .unwrap_or_else(|p| p.into_inner())
                 .push(waker);
             let shared = Arc::clone(&shared);
+            let up = shared
+                .observer
+                .as_ref()
+                .map(|o| o.metrics.listening(transport));
             thread::Builder::new()
                 .name(format!("wwep-accept-{transport}"))
-                .spawn(move || listener::accept_loop(listener, poll, transport, shared))
+                .spawn(move || {
+                    let _up = up;
+                    listener::accept_loop(listener, poll, transport, shared)
+                })
         });
         match started {
             Ok(handle) => {
@@ -450,10 +537,18 @@ fn launch(
             }
         }
     }
+    if let Some(http) = &server.http {
+        http.attach(Arc::clone(&shared));
+    }
     Ok(server)
 }
 
 impl RunningServer {
+    /// The HTTP side's address (`--http`).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(HttpServer::addr)
+    }
+
     pub fn plain_addr(&self) -> Option<SocketAddr> {
         self.plain_addr
     }
@@ -520,7 +615,11 @@ impl RunningServer {
             stop.store(true, Ordering::Release);
             let _ = handle.join();
         }
-        shared.backend.sync()
+        let synced = shared.backend.sync();
+        if let Some(http) = self.http.take() {
+            http.stop();
+        }
+        synced
     }
 
     /// Stops accepting, finishes open connections and syncs the data file.

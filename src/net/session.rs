@@ -18,6 +18,7 @@ use mio::{Interest, Token};
 use std::io::Read;
 
 use crate::acl::{self, Certificate};
+use crate::activity::Transaction;
 use crate::config::{ProxyProtocol, Transport};
 use crate::connection::{self, Access, Incoming, Message, Outcome, Received, Sent};
 use crate::net::admission::{Admission, Refusal};
@@ -65,6 +66,8 @@ struct Sending {
     reply: Encoded,
     sent: usize,
     outcome: Outcome,
+    /// The reply before encoding, for the counters.
+    verdict: Reply,
 }
 
 /// One connection.
@@ -348,6 +351,7 @@ impl Session {
                     self.certificate = stream.peer_names();
                 }
                 let kind = if stream.resumed() { "resumed" } else { "full" };
+                shared.count_handshake(stream.version(), stream.resumed());
                 self.tls_summary = Some(format!("{} {kind}", stream.version()));
                 Link::Tls(stream)
             }
@@ -398,7 +402,16 @@ impl Session {
             Transport::Plain => config.plain_access,
             Transport::Tls => connection::Access::ReadWrite,
         };
-        let (reply, outcome) = match received {
+        let timed_out = || {
+            (
+                (
+                    connection::timed_out(config.error_detail),
+                    Reply::Failed(Failure::Timeout),
+                ),
+                Outcome::TimedOut,
+            )
+        };
+        let ((reply, verdict), outcome) = match received {
             Received::Message(message) => {
                 self.admission.finished();
                 (self.respond(message, access, shared), Outcome::Served)
@@ -407,10 +420,7 @@ impl Session {
                 let gap_ends = self.incoming.gap_ends(config.gap);
                 if expired || gap_ends.is_some_and(|at| at <= now) {
                     if self.incoming.is_empty() {
-                        (
-                            connection::timed_out(config.error_detail),
-                            Outcome::TimedOut,
-                        )
+                        timed_out()
                     } else {
                         self.admission.finished();
                         let message = self.incoming.judge();
@@ -421,29 +431,30 @@ impl Session {
                     return Some(Step::Park(Interest::READABLE, until));
                 }
             }
-            Received::Closed => (
-                connection::timed_out(config.error_detail),
-                Outcome::TimedOut,
-            ),
+            Received::Closed => timed_out(),
             Received::Broken(kind) => return Some(self.finish(Outcome::Failed(kind), shared)),
         };
         self.sending = Some(Sending {
             reply,
             sent: 0,
             outcome,
+            verdict,
         });
         None
     }
 
     /// Parses a complete message, checks it against the `--acl` rules and
     /// applies it; the reply ends the way the request did.
-    fn respond(&self, message: Message, access: Access, shared: &Shared) -> Encoded {
+    fn respond(&self, message: Message, access: Access, shared: &Shared) -> (Encoded, Reply) {
         let reply = match Request::parse(&self.incoming.bytes()[..message.len]) {
             Ok(request) if !self.authorized(&request, shared) => Reply::Failed(Failure::Forbidden),
             Ok(request) => connection::apply(request, &*shared.backend, access),
             Err(e) => Reply::Failed(Failure::Protocol(e)),
         };
-        reply.encode(shared.config.error_detail, message.terminator)
+        (
+            reply.encode(shared.config.error_detail, message.terminator),
+            reply,
+        )
     }
 
     /// Whether the rules let this client make this request (always, without
@@ -533,6 +544,7 @@ impl Session {
     pub(crate) fn shed(mut self, shared: &Shared) {
         shared.room.forget(&mut self);
         if let Link::Plain(tcp) = &self.link {
+            shared.count_busy_reply(self.transport);
             let reply =
                 Reply::Failed(Failure::Busy).encode(shared.config.error_detail, Terminator::None);
             let _ = PlainWriter(tcp).write_now(reply.as_bytes());
@@ -559,25 +571,44 @@ impl Session {
             .as_ref()
             .map(|s| s.reply.as_bytes())
             .unwrap_or_default();
+        let n = match outcome {
+            Outcome::Served => shared.count_transaction(),
+            _ => 0,
+        };
+        if let (Some(sending), Outcome::Served | Outcome::TimedOut) = (&self.sending, outcome) {
+            shared.observe(&Transaction {
+                n,
+                port: transport,
+                peer,
+                request: self.incoming.bytes(),
+                reply,
+                verdict: sending.verdict,
+                micros: micros as u64,
+            });
+        }
         match outcome {
             Outcome::Served => {
-                let n = shared.count_transaction();
                 let tls = self
                     .tls_summary
                     .as_deref()
                     .map(|s| format!(" {s}"))
                     .unwrap_or_default();
+                let (request, reply, us) = (
+                    Escaped(self.incoming.bytes()),
+                    Escaped(reply),
+                    micros as u64,
+                );
+                let port = transport.name();
+                let tls_kv = self.tls_summary.as_deref().unwrap_or("");
                 match &self.client {
                     Some(cn) => info!(
-                        "#{n} {transport} {peer}{tls} cn=\"{}\" \"{}\" -> \"{}\" {micros}us",
+                        event = "transaction", n, port, peer:%, tls = tls_kv, cn = cn.as_str(), request:%, reply:%, us;
+                        "#{n} {transport} {peer}{tls} cn=\"{}\" \"{request}\" -> \"{reply}\" {micros}us",
                         Escaped(cn.as_bytes()),
-                        Escaped(self.incoming.bytes()),
-                        Escaped(reply)
                     ),
                     None => info!(
-                        "#{n} {transport} {peer}{tls} \"{}\" -> \"{}\" {micros}us",
-                        Escaped(self.incoming.bytes()),
-                        Escaped(reply)
+                        event = "transaction", n, port, peer:%, tls = tls_kv, request:%, reply:%, us;
+                        "#{n} {transport} {peer}{tls} \"{request}\" -> \"{reply}\" {micros}us",
                     ),
                 }
             }

@@ -15,7 +15,7 @@ pub mod redis;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use self::journal::{
     StorageError,
 };
 use crate::config::DataConfig;
+use crate::metrics::DataFileMetrics;
 
 /// How long the maintenance thread waits after a failed compaction.
 const COMPACTION_RETRY: Duration = Duration::from_secs(30);
@@ -163,6 +164,8 @@ impl Publish for Table {
 pub struct RegisterStore {
     table: Table,
     journal: Option<Journal>,
+    /// Where the maintenance thread reports fsyncs and compactions (`--http`).
+    data_metrics: OnceLock<Arc<DataFileMetrics>>,
 }
 
 impl RegisterStore {
@@ -204,12 +207,18 @@ impl RegisterStore {
         let store = RegisterStore {
             table,
             journal: Some(journal),
+            data_metrics: OnceLock::new(),
         };
         if report.damage.regions > 0 {
             let compacted = store.rewrite(true, true, &AtomicBool::new(false))?;
             report.damaged_copy = compacted.and_then(|c| c.damaged_copy);
         }
         Ok((store, report))
+    }
+
+    /// Reports the data file's fsyncs and compactions to `metrics` from now on.
+    pub fn report_to(&self, metrics: Arc<DataFileMetrics>) {
+        let _ = self.data_metrics.set(metrics);
     }
 
     pub fn journal(&self) -> Option<&Journal> {
@@ -296,14 +305,29 @@ impl RegisterStore {
                 let mut ticks = 0u32;
                 // After a failed compaction, wait before rewriting again.
                 let mut retry_at: Option<Instant> = None;
+                let mut synced_len = store.journal.as_ref().map_or(0, Journal::len);
                 while !stop.load(Ordering::Acquire) {
                     std::thread::sleep(Duration::from_millis(100));
                     ticks += 1;
                     if !ticks.is_multiple_of(10) {
                         continue;
                     }
-                    if everysec && let Err(e) = store.sync() {
-                        log::error!("data file fsync failed: {e}");
+                    let metrics = store.data_metrics.get();
+                    if everysec {
+                        let began = Instant::now();
+                        // A file that has not grown had nothing to fsync.
+                        let len = store.journal.as_ref().map_or(0, Journal::len);
+                        match store.sync() {
+                            Ok(()) => {
+                                if let Some(m) = metrics
+                                    && len != synced_len
+                                {
+                                    m.fsync(began.elapsed());
+                                }
+                                synced_len = len;
+                            }
+                            Err(e) => log::error!("data file fsync failed: {e}"),
+                        }
                     }
                     let began = Instant::now();
                     let result = match retry_at {
@@ -311,13 +335,18 @@ impl RegisterStore {
                         _ => store.compact_unless(false, &stop),
                     };
                     match result {
-                        Ok(Some(r)) => log::info!(
-                            "compacted the data file: {} -> {} bytes in {} ms (writes held {} µs)",
-                            r.before,
-                            r.after,
-                            began.elapsed().as_millis(),
-                            r.held_batches.as_micros()
-                        ),
+                        Ok(Some(r)) => {
+                            if let Some(m) = metrics {
+                                m.compaction();
+                            }
+                            log::info!(
+                                "compacted the data file: {} -> {} bytes in {} ms (writes held {} µs)",
+                                r.before,
+                                r.after,
+                                began.elapsed().as_millis(),
+                                r.held_batches.as_micros()
+                            )
+                        }
                         Ok(None) => {}
                         Err(e) => {
                             log::error!(

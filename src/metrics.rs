@@ -1,0 +1,674 @@
+//! The server's counters, in the shape Prometheus scrapes.
+//!
+//! Every label set is resolved once, when [`Metrics`] is built, into a plain
+//! handle kept in an array indexed by (port, command, result): counting on the
+//! connection path is one atomic add, with no map lookup, lock or allocation.
+//! Values that already live elsewhere (connections open, registers stored, the
+//! data file's size) are read when `/metrics` is scraped, into a [`Registry`]
+//! built for that scrape; `prometheus-client` does the text encoding.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+use crate::config::Transport;
+use crate::net::admission::Refusal;
+use crate::protocol::{Failure, ProtocolError, Reply};
+use crate::tls::HandshakeFailureKind;
+
+/// The version and commit the binary was built from (`unknown` without git).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const GIT_HASH: &str = env!("WWEP_GIT_HASH");
+
+const PORTS: [Transport; 2] = [Transport::Plain, Transport::Tls];
+
+/// The request's command as far as it could be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Read,
+    Write,
+    /// Not a request at all (or nothing arrived).
+    None,
+}
+
+impl Command {
+    const ALL: [Command; 3] = [Command::Read, Command::Write, Command::None];
+
+    /// From the first byte received: the protocol knows only uppercase `R`/`W`.
+    pub fn of(request: &[u8]) -> Command {
+        match request.first() {
+            Some(b'R') => Command::Read,
+            Some(b'W') => Command::Write,
+            _ => Command::None,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Command::Read => "R",
+            Command::Write => "W",
+            Command::None => "none",
+        }
+    }
+}
+
+/// The `result` label values, in index order.
+const RESULTS: [(&str, &str); 10] = [
+    ("A", "ok"),
+    ("X", "bad_length"),
+    ("X", "bad_hex"),
+    ("X", "bad_command"),
+    ("X", "not_found"),
+    ("X", "busy"),
+    ("X", "forbidden"),
+    ("X", "store_failure"),
+    ("X", "timeout"),
+    ("X", "other"),
+];
+
+fn result_index(reply: &Reply) -> usize {
+    match reply {
+        Reply::Accepted { .. } => 0,
+        Reply::Failed(failure) => match failure {
+            Failure::Protocol(ProtocolError::BadLength) => 1,
+            Failure::Protocol(ProtocolError::BadHex) => 2,
+            Failure::Protocol(ProtocolError::BadCommand) => 3,
+            Failure::NotFound => 4,
+            Failure::Busy => 5,
+            Failure::Forbidden => 6,
+            // The data file or the shared store failed.
+            Failure::Storage | Failure::Unavailable => 7,
+            Failure::Timeout => 8,
+            Failure::Unspecified => 9,
+        },
+    }
+}
+
+fn port_index(port: Transport) -> usize {
+    match port {
+        Transport::Plain => 0,
+        Transport::Tls => 1,
+    }
+}
+
+const HANDSHAKE_FAILURES: [HandshakeFailureKind; 9] = [
+    HandshakeFailureKind::NoSharedCipher,
+    HandshakeFailureKind::ProtocolVersion,
+    HandshakeFailureKind::UnknownCa,
+    HandshakeFailureKind::Revoked,
+    HandshakeFailureKind::CertificateRequired,
+    HandshakeFailureKind::NotTls,
+    HandshakeFailureKind::Closed,
+    HandshakeFailureKind::Timeout,
+    HandshakeFailureKind::Other,
+];
+
+fn handshake_failure_label(kind: HandshakeFailureKind) -> &'static str {
+    match kind {
+        HandshakeFailureKind::NoSharedCipher => "no_shared_cipher",
+        HandshakeFailureKind::ProtocolVersion => "protocol_version",
+        HandshakeFailureKind::UnknownCa => "unknown_ca",
+        HandshakeFailureKind::Revoked => "revoked",
+        HandshakeFailureKind::CertificateRequired => "certificate_required",
+        HandshakeFailureKind::NotTls => "not_tls",
+        HandshakeFailureKind::Closed => "closed",
+        HandshakeFailureKind::Timeout => "timeout",
+        HandshakeFailureKind::Other => "other",
+    }
+}
+
+const TLS_VERSIONS: [&str; 3] = ["TLSv1.2", "TLSv1.3", "other"];
+
+fn tls_version_index(version: &str) -> usize {
+    match version {
+        "TLSv1.2" => 0,
+        "TLSv1.3" => 1,
+        _ => 2,
+    }
+}
+
+const REFUSALS: [Refusal; Refusal::KINDS] = [
+    Refusal::Full,
+    Refusal::PerIp,
+    Refusal::NotAllowed,
+    Refusal::Shed,
+    Refusal::ProxyHeader,
+];
+
+fn refusal_label(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::Full => "full",
+        Refusal::PerIp => "per_address",
+        Refusal::NotAllowed => "not_allowed",
+        Refusal::Shed => "shed",
+        Refusal::ProxyHeader => "proxy_header",
+    }
+}
+
+/// A histogram whose buckets are plain atomics (`prometheus-client`'s own
+/// takes a mutex per observation). Values are kept in microseconds and
+/// reported in seconds.
+#[derive(Debug, Clone)]
+pub struct AtomicHistogram {
+    inner: Arc<HistogramInner>,
+}
+
+#[derive(Debug)]
+struct HistogramInner {
+    /// Upper bounds in microseconds, ascending.
+    bounds_us: &'static [u64],
+    /// One count per bound, then the overflow bucket (+Inf).
+    counts: Vec<AtomicU64>,
+    sum_us: AtomicU64,
+}
+
+/// 50 µs to 5 s: a plain transaction takes tens of microseconds, a TLS
+/// handshake a few milliseconds, a slow client up to `--timeout-ms`.
+const LATENCY_BOUNDS_US: [u64; 15] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 5_000_000,
+];
+
+/// 100 µs to 1 s for an fsync.
+const FSYNC_BOUNDS_US: [u64; 10] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000, 1_000_000,
+];
+
+impl AtomicHistogram {
+    fn new(bounds_us: &'static [u64]) -> Self {
+        AtomicHistogram {
+            inner: Arc::new(HistogramInner {
+                bounds_us,
+                counts: (0..=bounds_us.len()).map(|_| AtomicU64::new(0)).collect(),
+                sum_us: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn observe(&self, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let inner = &self.inner;
+        let bucket = inner.bounds_us.partition_point(|&bound| bound < us);
+        inner.counts[bucket].fetch_add(1, Ordering::Relaxed);
+        inner.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for AtomicHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let inner = &self.inner;
+        // Per-bucket counts: the encoder accumulates them.
+        let mut total = 0;
+        let mut buckets = Vec::with_capacity(inner.counts.len());
+        for (i, count) in inner.counts.iter().enumerate() {
+            let count = count.load(Ordering::Relaxed);
+            total += count;
+            let bound = inner
+                .bounds_us
+                .get(i)
+                .map_or(f64::INFINITY, |&us| us as f64 / 1e6);
+            buckets.push((bound, count));
+        }
+        let sum = inner.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        encoder.encode_histogram::<NoLabelSet>(sum, total, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// What the data file reports: the store calls these as things happen.
+#[derive(Debug)]
+pub struct DataFileMetrics {
+    fsyncs: Counter,
+    fsync_latency: AtomicHistogram,
+    compactions: Counter,
+    write_errors: Counter,
+    /// The last write to the file failed (cleared by the next that succeeds).
+    failing: AtomicBool,
+    /// Set by the store when it knows the size better than a scrape can ask.
+    bytes: AtomicU64,
+}
+
+impl DataFileMetrics {
+    fn new() -> Self {
+        DataFileMetrics {
+            fsyncs: Counter::default(),
+            fsync_latency: AtomicHistogram::new(&FSYNC_BOUNDS_US),
+            compactions: Counter::default(),
+            write_errors: Counter::default(),
+            failing: AtomicBool::new(false),
+            bytes: AtomicU64::new(0),
+        }
+    }
+
+    /// An fsync of the data file finished, taking `took`.
+    pub fn fsync(&self, took: Duration) {
+        self.fsyncs.inc();
+        self.fsync_latency.observe(took);
+    }
+
+    /// The file was rewritten as a snapshot.
+    pub fn compaction(&self) {
+        self.compactions.inc();
+    }
+
+    /// A write could not be made durable.
+    pub fn write_error(&self) {
+        self.write_errors.inc();
+        self.failing.store(true, Ordering::Relaxed);
+    }
+
+    /// A write reached the file: the disk works (again).
+    pub fn write_ok(&self) {
+        // Read first: the common case leaves the cache line shared.
+        if self.failing.load(Ordering::Relaxed) {
+            self.failing.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// The file's size, for stores that track it themselves.
+    pub fn set_bytes(&self, bytes: u64) {
+        self.bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Whether the last write to the file failed.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Relaxed)
+    }
+}
+
+/// Values read at scrape time from where they already live.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub connections_open: usize,
+    pub connections_waiting: usize,
+    pub registers: usize,
+    /// `None` without a data file.
+    pub data_file_bytes: Option<u64>,
+    /// The earliest not-after of the served certificates, as Unix time.
+    pub certificate_not_after: Option<i64>,
+}
+
+/// Label sets of one, two and four labels.
+type Labels1 = [(&'static str, &'static str); 1];
+type Labels2 = [(&'static str, &'static str); 2];
+type Labels4 = [(&'static str, &'static str); 4];
+
+/// Every counter the server keeps for `/metrics`.
+#[derive(Debug)]
+pub struct Metrics {
+    transactions_family: Family<Labels4, Counter>,
+    /// [port][command][result]
+    transactions: [[[Counter; RESULTS.len()]; 3]; 2],
+    latency_family: Family<Labels1, AtomicHistogram, fn() -> AtomicHistogram>,
+    latency: [AtomicHistogram; 2],
+    handshakes_family: Family<Labels2, Counter>,
+    /// [version][full, resumed]
+    handshakes: [[Counter; 2]; TLS_VERSIONS.len()],
+    handshake_failures_family: Family<Labels1, Counter>,
+    handshake_failures: [Counter; HANDSHAKE_FAILURES.len()],
+    refusals_family: Family<Labels1, Counter>,
+    refusals: [Counter; REFUSALS.len()],
+    data_file: Arc<DataFileMetrics>,
+    /// Whether each port's accept thread is running.
+    listening: [AtomicBool; 2],
+}
+
+fn new_latency() -> AtomicHistogram {
+    AtomicHistogram::new(&LATENCY_BOUNDS_US)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let transactions_family = Family::default();
+        let transactions = PORTS.map(|port| {
+            Command::ALL.map(|command| {
+                RESULTS.map(|(reply, result)| {
+                    transactions_family.get_or_create_owned(&[
+                        ("port", port.name()),
+                        ("command", command.label()),
+                        ("reply", reply),
+                        ("result", result),
+                    ])
+                })
+            })
+        });
+        let latency_family: Family<_, _, fn() -> AtomicHistogram> =
+            Family::new_with_constructor(new_latency);
+        let latency =
+            PORTS.map(|port| latency_family.get_or_create_owned(&[("port", port.name())]));
+        let handshakes_family = Family::default();
+        let handshakes = TLS_VERSIONS.map(|version| {
+            ["full", "resumed"].map(|kind| {
+                handshakes_family.get_or_create_owned(&[("version", version), ("outcome", kind)])
+            })
+        });
+        let handshake_failures_family = Family::default();
+        let handshake_failures = HANDSHAKE_FAILURES.map(|kind| {
+            handshake_failures_family
+                .get_or_create_owned(&[("kind", handshake_failure_label(kind))])
+        });
+        let refusals_family = Family::default();
+        let refusals =
+            REFUSALS.map(|r| refusals_family.get_or_create_owned(&[("reason", refusal_label(r))]));
+        Metrics {
+            transactions_family,
+            transactions,
+            latency_family,
+            latency,
+            handshakes_family,
+            handshakes,
+            handshake_failures_family,
+            handshake_failures,
+            refusals_family,
+            refusals,
+            data_file: Arc::new(DataFileMetrics::new()),
+            listening: [AtomicBool::new(false), AtomicBool::new(false)],
+        }
+    }
+
+    /// A transaction answered on `port`: `request` is what arrived, `reply`
+    /// what was answered, `took` from accept to reply.
+    pub fn transaction(&self, port: Transport, request: &[u8], reply: &Reply, took: Duration) {
+        let p = port_index(port);
+        let command = Command::of(request) as usize;
+        self.transactions[p][command][result_index(reply)].inc();
+        self.latency[p].observe(took);
+        match reply {
+            Reply::Failed(Failure::Storage) => self.data_file.write_error(),
+            Reply::Accepted { .. } if command == Command::Write as usize => {
+                self.data_file.write_ok()
+            }
+            _ => {}
+        }
+    }
+
+    /// An `X` sent at once to a connection refused for lack of room (nothing
+    /// was read, so no command; not in the latency histogram).
+    pub fn busy(&self, port: Transport) {
+        self.transactions[port_index(port)][Command::None as usize][5].inc();
+    }
+
+    /// A TLS handshake finished.
+    pub fn handshake(&self, version: &str, resumed: bool) {
+        self.handshakes[tls_version_index(version)][usize::from(resumed)].inc();
+    }
+
+    pub fn handshake_failure(&self, kind: HandshakeFailureKind) {
+        let i = HANDSHAKE_FAILURES
+            .iter()
+            .position(|&k| k == kind)
+            .unwrap_or(HANDSHAKE_FAILURES.len() - 1);
+        self.handshake_failures[i].inc();
+    }
+
+    pub fn refusal(&self, refusal: Refusal) {
+        let i = REFUSALS.iter().position(|&r| r == refusal).unwrap_or(0);
+        self.refusals[i].inc();
+    }
+
+    /// The handle the data file reports through.
+    pub fn data_file(&self) -> &Arc<DataFileMetrics> {
+        &self.data_file
+    }
+
+    /// Marks a port's accept thread as running until the guard is dropped
+    /// (also when the thread ends by a panic).
+    pub fn listening(self: &Arc<Self>, port: Transport) -> ListeningGuard {
+        self.listening[port_index(port)].store(true, Ordering::Release);
+        ListeningGuard {
+            metrics: Arc::clone(self),
+            port,
+        }
+    }
+
+    pub fn is_listening(&self, port: Transport) -> bool {
+        self.listening[port_index(port)].load(Ordering::Acquire)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self, snapshot: &Snapshot) -> String {
+        let mut registry = Registry::with_prefix("wwep");
+        registry.register(
+            "build",
+            "Version and git commit the server was built from",
+            Info::new([("version", VERSION), ("commit", GIT_HASH)]),
+        );
+        registry.register(
+            "transactions",
+            "Transactions answered, by port, command (R, W, none), reply (A, X) and result (X reason)",
+            self.transactions_family.clone(),
+        );
+        registry.register(
+            "transaction_duration_seconds",
+            "Time from accept to reply, by port",
+            self.latency_family.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes completed, by protocol version and outcome (full, resumed)",
+            self.handshakes_family.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed, by kind",
+            self.handshake_failures_family.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections turned away or closed early, by reason (full, per_address, not_allowed, shed)",
+            self.refusals_family.clone(),
+        );
+        let gauge = |v: i64| {
+            let g: Gauge = Gauge::default();
+            g.set(v);
+            g
+        };
+        let as_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        registry.register(
+            "connections_open",
+            "Connections open now (waiting, queued or being served)",
+            gauge(as_i64(snapshot.connections_open)),
+        );
+        registry.register(
+            "connections_waiting",
+            "Connections in the waiting room now (waiting for their client)",
+            gauge(as_i64(snapshot.connections_waiting)),
+        );
+        registry.register(
+            "registers",
+            "Registers stored",
+            gauge(as_i64(snapshot.registers)),
+        );
+        let listening: Family<Labels1, Gauge> = Family::default();
+        for port in PORTS {
+            listening
+                .get_or_create(&[("port", port.name())])
+                .set(i64::from(self.is_listening(port)));
+        }
+        registry.register(
+            "listener_up",
+            "1 while the port's accept thread runs",
+            listening,
+        );
+        if let Some(bytes) = snapshot.data_file_bytes {
+            let data = &self.data_file;
+            // What the store reported, if it does; else what the scrape read.
+            let bytes = match data.bytes.load(Ordering::Relaxed) {
+                0 => bytes,
+                reported => reported,
+            };
+            registry.register(
+                "data_file_bytes",
+                "Size of the data file",
+                gauge(i64::try_from(bytes).unwrap_or(i64::MAX)),
+            );
+            registry.register(
+                "data_file_fsyncs",
+                "fsyncs of the data file",
+                data.fsyncs.clone(),
+            );
+            registry.register(
+                "data_file_fsync_duration_seconds",
+                "Time each fsync of the data file took",
+                data.fsync_latency.clone(),
+            );
+            registry.register(
+                "data_file_compactions",
+                "Rewrites of the data file as a snapshot",
+                data.compactions.clone(),
+            );
+            registry.register(
+                "data_file_write_errors",
+                "Writes that could not be made durable (answered X)",
+                data.write_errors.clone(),
+            );
+        }
+        if let Some(not_after) = snapshot.certificate_not_after {
+            registry.register(
+                "tls_certificate_not_after_seconds",
+                "Expiry of the served certificate (the earliest, when two are served), as Unix time",
+                gauge(not_after),
+            );
+        }
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+        out
+    }
+}
+
+/// Clears a port's `listener_up` when its accept thread ends.
+pub struct ListeningGuard {
+    metrics: Arc<Metrics>,
+    port: Transport,
+}
+
+impl Drop for ListeningGuard {
+    fn drop(&mut self) {
+        self.metrics.listening[port_index(self.port)].store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn transactions_are_counted_by_port_command_and_result() {
+        let m = Metrics::new();
+        let ok = Reply::Accepted {
+            device: 1,
+            register: 2,
+            value: 3,
+        };
+        m.transaction(
+            Transport::Plain,
+            b"W0001020003",
+            &ok,
+            Duration::from_micros(70),
+        );
+        m.transaction(
+            Transport::Plain,
+            b"W0001020003",
+            &ok,
+            Duration::from_micros(70),
+        );
+        m.transaction(
+            Transport::Tls,
+            b"R0001ZZ",
+            &Reply::Failed(Failure::Protocol(ProtocolError::BadHex)),
+            Duration::from_millis(3),
+        );
+        m.transaction(
+            Transport::Plain,
+            b"",
+            &Reply::Failed(Failure::Timeout),
+            Duration::from_secs(5),
+        );
+        let text = m.encode(&Snapshot::default());
+        assert_eq!(
+            line(
+                &text,
+                r#"wwep_transactions_total{port="plain",command="W",reply="A",result="ok"}"#
+            ),
+            Some(r#"wwep_transactions_total{port="plain",command="W",reply="A",result="ok"} 2"#)
+        );
+        assert!(text.contains(
+            r#"wwep_transactions_total{port="tls",command="R",reply="X",result="bad_hex"} 1"#
+        ));
+        assert!(text.contains(
+            r#"wwep_transactions_total{port="plain",command="none",reply="X",result="timeout"} 1"#
+        ));
+        assert!(
+            text.contains(
+                r#"wwep_transaction_duration_seconds_bucket{port="plain",le="0.0001"} 2"#
+            )
+        );
+        assert!(text.contains(r#"wwep_transaction_duration_seconds_count{port="plain"} 3"#));
+        assert!(text.contains("# TYPE wwep_transactions_total counter"));
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_in_seconds() {
+        let h = AtomicHistogram::new(&LATENCY_BOUNDS_US);
+        for us in [10, 50, 51, 2_000_000, 9_000_000] {
+            h.observe(Duration::from_micros(us));
+        }
+        let mut registry = Registry::default();
+        registry.register("h", "h", h);
+        let mut out = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
+        assert!(out.contains("h_bucket{le=\"5e-05\"} 2"), "{out}");
+        assert!(out.contains("h_bucket{le=\"5\"} 4"), "{out}");
+        assert!(out.contains("h_bucket{le=\"+Inf\"} 5"), "{out}");
+        assert!(out.contains("h_count 5"), "{out}");
+    }
+
+    #[test]
+    fn data_file_health_follows_the_last_write() {
+        let m = Metrics::new();
+        let df = m.data_file();
+        assert!(!df.is_failing());
+        m.transaction(
+            Transport::Plain,
+            b"W0001020003",
+            &Reply::Failed(Failure::Storage),
+            Duration::ZERO,
+        );
+        assert!(df.is_failing());
+        let ok = Reply::Accepted {
+            device: 1,
+            register: 2,
+            value: 3,
+        };
+        m.transaction(Transport::Plain, b"R000102", &ok, Duration::ZERO);
+        assert!(df.is_failing(), "a read says nothing about the disk");
+        m.transaction(Transport::Plain, b"W0001020003", &ok, Duration::ZERO);
+        assert!(!df.is_failing());
+    }
+}
