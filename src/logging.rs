@@ -23,7 +23,7 @@ use log::kv::{Key, Value, VisitSource};
 use log::{Log, Metadata, Record};
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
     /// `[time LEVEL target] message`, for people.
     #[default]

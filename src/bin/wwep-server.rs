@@ -208,8 +208,8 @@ struct Args {
     )]
     http_allow: Vec<Cidr>,
     /// Log lines as text (for people) or json (one object per line, for machines).
-    #[arg(long, env = "WWEP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
+    #[arg(long, env = "WWEP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 impl Args {
@@ -319,8 +319,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    // clap has checked the value against the same two names.
-    wwep::logging::init(LogFormat::parse(&args.log_format).unwrap_or_default());
+    wwep::logging::init(args.log_format);
     // A panic is logged as one line; the worker pool replaces the thread.
     std::panic::set_hook(Box::new(|info| log::error!("{info}")));
     match args.into_config() {
