@@ -99,16 +99,19 @@ pub fn parse(buf: &[u8]) -> Result<Header, ProxyError> {
 }
 
 fn parse_v1(buf: &[u8]) -> Result<Header, ProxyError> {
-    let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else {
+    // The line ends at its first `\n`, which must follow a `\r` (the signature
+    // check before this puts that `\n` past "PROXY ").
+    let Some(lf) = buf.iter().position(|&b| b == b'\n') else {
         return if buf.len() >= V1_MAX_BYTES {
             Err(ProxyError::TooLong)
-        } else if buf.contains(&b'\n') {
-            Err(ProxyError::BadV1Line)
         } else {
             Ok(Header::Partial)
         };
     };
-    let len = end + 2;
+    if lf < V1_PREFIX.len() || buf[lf - 1] != b'\r' {
+        return Err(ProxyError::BadV1Line);
+    }
+    let (end, len) = (lf - 1, lf + 1);
     if len > V1_MAX_BYTES {
         return Err(ProxyError::TooLong);
     }
@@ -257,7 +260,7 @@ mod tests {
 
     #[test]
     fn malformed_version_1_lines() {
-        let cases: [(&[u8], ProxyError); 10] = [
+        let cases: [(&[u8], ProxyError); 11] = [
             (
                 b"PROXY TCP4 192.0.2.7 198.51.100.1 56324\r\n",
                 ProxyError::BadV1Line,
@@ -294,6 +297,7 @@ mod tests {
                 b"PROXY TCP4 192.0.2.7 198.51.100.1 1 1\n",
                 ProxyError::BadV1Line,
             ),
+            (b"PROXY UNKNOWN\njunk\r\n", ProxyError::BadV1Line),
             (b"W0FAC0B1234", ProxyError::NotProxy),
         ];
         for (bytes, error) in cases {
