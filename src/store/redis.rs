@@ -55,7 +55,8 @@ impl FromStr for StoreLocation {
     fn from_str(text: &str) -> Result<Self, String> {
         let usage = || {
             format!(
-                "'{text}' is not a store: expected memory, redis://HOST:PORT[/DB], rediss://… or redis+sentinel://HOST:PORT[,HOST:PORT…]/PRIMARY[/DB]"
+                "'{}' is not a store: expected memory, redis://HOST:PORT[/DB], rediss://… or redis+sentinel://HOST:PORT[,HOST:PORT…]/PRIMARY[/DB]",
+                without_credentials(text)
             )
         };
         if text == "memory" {
@@ -102,6 +103,14 @@ impl FromStr for StoreLocation {
             node: format!("redis://{userinfo}localhost/{db}"),
             tls,
         })
+    }
+}
+
+/// `scheme://user:secret@rest` as `scheme://***@rest`, for messages.
+fn without_credentials(text: &str) -> String {
+    match (text.split_once("://"), text.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, rest))) => format!("{scheme}://***@{rest}"),
+        _ => text.to_string(),
     }
 }
 
@@ -567,6 +576,14 @@ mod tests {
             let err = bad.parse::<StoreLocation>().unwrap_err();
             assert!(err.contains("not a store"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_bad_location_is_refused_without_its_password() {
+        let err = "redis://user:secret@host:notaport"
+            .parse::<StoreLocation>()
+            .unwrap_err();
+        assert!(!err.contains("secret") && err.contains("***@host"), "{err}");
     }
 
     #[test]
