@@ -185,8 +185,19 @@ fn redis_going_away_gives_x_at_once_and_service_resumes_by_itself() {
         return;
     };
     let pki = Pki::new(KeyKind::EcP256);
-    let server = front_end(&pki, &redis, &["--timeout-ms", "2000"]);
+    let server = front_end(
+        &pki,
+        &redis,
+        &["--timeout-ms", "2000", "--http", "127.0.0.1:0"],
+    );
     let plain = server.plain.unwrap();
+    let http: SocketAddr = server
+        .log_text()
+        .lines()
+        .find_map(|l| l.split("http listener on ").nth(1))
+        .and_then(|a| a.trim().parse().ok())
+        .expect("the HTTP address is logged");
+    assert!(health(http).starts_with("HTTP/1.1 200"), "{}", health(http));
     assert_eq!(
         transact(&mut connect(plain), b"W0001010001"),
         b"A0001010001"
@@ -207,6 +218,11 @@ fn redis_going_away_gives_x_at_once_and_service_resumes_by_itself() {
     assert!(eventually(Duration::from_secs(5), || server
         .log_text()
         .contains("answering X until it recovers")));
+    let down = health(http);
+    assert!(
+        down.starts_with("HTTP/1.1 503") && down.contains("does not answer"),
+        "{down}"
+    );
     redis.run();
     assert!(
         eventually(Duration::from_secs(10), || transact(
@@ -217,6 +233,17 @@ fn redis_going_away_gives_x_at_once_and_service_resumes_by_itself() {
         server.log_text()
     );
     assert_eq!(transact(&mut connect(plain), b"R000101"), b"A0001010003");
+    assert!(health(http).starts_with("HTTP/1.1 200"));
+}
+
+/// `GET /health`, the whole response.
+fn health(http: SocketAddr) -> String {
+    let mut c = connect(http);
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = c.read_to_end(&mut response);
+    String::from_utf8_lossy(&response).to_string()
 }
 
 #[test]

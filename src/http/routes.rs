@@ -106,8 +106,8 @@ fn snapshot(shared: &Shared) -> Snapshot {
     }
 }
 
-/// Healthy: not stopping, every enabled port accepting, and the data file
-/// (if any) taking writes.
+/// Healthy: not stopping, every enabled port accepting, the data file (if any)
+/// taking writes, and a shared store (if any) answering.
 fn health(shared: &Shared, state: &State) -> Result<(), String> {
     if shared.is_stopping() {
         return Err("stopping".to_string());
@@ -123,6 +123,12 @@ fn health(shared: &Shared, state: &State) -> Result<(), String> {
     }
     if shared.config.data.is_some() && metrics.data_file().is_failing() {
         return Err("the data file is failing: the last write could not be stored".to_string());
+    }
+    if !shared.backend.writable() {
+        return Err(format!(
+            "the store ({}) does not answer",
+            shared.config.store.location
+        ));
     }
     Ok(())
 }

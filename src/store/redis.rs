@@ -10,7 +10,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -229,6 +229,8 @@ pub struct RedisStore {
     open: AtomicUsize,
     capacity: usize,
     backoff: Mutex<Backoff>,
+    /// The last command failed (cleared by the next one that works).
+    failing: AtomicBool,
     failure_log: RateLimitedLog,
 }
 
@@ -306,6 +308,7 @@ impl RedisStore {
                 until: None,
                 step: FIRST_BACKOFF,
             }),
+            failing: AtomicBool::new(false),
             failure_log: RateLimitedLog::new(log::Level::Warn, Duration::from_secs(1)),
         };
         match store.connect() {
@@ -350,6 +353,7 @@ impl RedisStore {
     }
 
     fn failed(&self, what: &str, e: &redis::RedisError) {
+        self.failing.store(true, Ordering::Release);
         self.failure_log.log(format_args!(
             "{} {what}: {}; answering X until it recovers",
             self.location,
@@ -421,6 +425,7 @@ impl RedisStore {
         match command(&mut connection) {
             Ok(value) => {
                 self.give_back(connection);
+                self.failing.store(false, Ordering::Release);
                 Ok(value)
             }
             Err(e) => {
@@ -529,9 +534,14 @@ impl Backend for RedisStore {
         }
     }
 
+    /// Answers from the last command; after a failure, asks Redis (a `PING`,
+    /// paced by the reconnection back-off).
     fn writable(&self) -> bool {
-        let backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
-        backoff.until.is_none_or(|until| Instant::now() >= until)
+        if !self.failing.load(Ordering::Acquire) {
+            return true;
+        }
+        self.with_connection(|c| redis::cmd("PING").query::<String>(c))
+            .is_ok()
     }
 }
 
@@ -620,7 +630,7 @@ mod tests {
         assert_eq!(store.write(1, 2, 3), Err(StoreError::Unavailable));
         assert_eq!(store.read(1, 2), Err(StoreError::Unavailable));
         assert!(started.elapsed() < Duration::from_secs(1));
-        assert!(!store.writable(), "backing off");
+        assert!(!store.writable(), "the last command failed");
         let wait_aof = RedisSettings {
             wait_aof: true,
             ..settings
