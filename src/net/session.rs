@@ -363,7 +363,7 @@ impl Session {
                     self.peer, failure.kind, failure.detail
                 ));
                 if let Some(tcp) = failure.socket {
-                    shared.room.forget(self);
+                    shared.room.forget_socket(&mut self.registered, &tcp);
                     // The alert that says why goes out before the FIN.
                     if tcp.shutdown(Shutdown::Write).is_ok() {
                         shared.lingerer.close(tcp, shared.config.linger);

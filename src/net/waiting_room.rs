@@ -10,6 +10,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::io;
+use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -118,10 +119,19 @@ impl WaitingRoom {
 
     /// Stops watching a session's socket (before it is closed or handed on).
     pub(crate) fn forget(&self, session: &mut Session) {
-        if !std::mem::replace(&mut session.registered, false) {
+        if !session.registered {
             return;
         }
+        session.registered = false;
         if let Some(tcp) = session.tcp() {
+            let _ = self.registry.deregister(&mut SourceFd(&tcp.as_raw_fd()));
+        }
+    }
+
+    /// [`forget`](WaitingRoom::forget) for a socket already taken out of its
+    /// session (a failed handshake hands it back on its own).
+    pub(crate) fn forget_socket(&self, registered: &mut bool, tcp: &TcpStream) {
+        if std::mem::replace(registered, false) {
             let _ = self.registry.deregister(&mut SourceFd(&tcp.as_raw_fd()));
         }
     }
