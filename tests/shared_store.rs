@@ -197,7 +197,13 @@ fn redis_going_away_gives_x_at_once_and_service_resumes_by_itself() {
         .find_map(|l| l.split("http listener on ").nth(1))
         .and_then(|a| a.trim().parse().ok())
         .expect("the HTTP address is logged");
-    assert!(health(http).starts_with("HTTP/1.1 200"), "{}", health(http));
+    // The HTTP side answers from before the listeners open ("starting").
+    assert!(
+        eventually(Duration::from_secs(5), || health(http)
+            .starts_with("HTTP/1.1 200")),
+        "{}",
+        health(http)
+    );
     assert_eq!(
         transact(&mut connect(plain), b"W0001010001"),
         b"A0001010001"
