@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -70,8 +70,11 @@ pub struct AdmissionTable {
     max_per_ip: usize,
     open: AtomicUsize,
     unfinished: Mutex<HashMap<IpAddr, usize>>,
-    /// Signalled whenever the table becomes empty (for shutdown).
+    /// Signalled when the table becomes empty while someone waits for that (a
+    /// stopping server); a signal nobody waits for would cost a system call per
+    /// connection whenever the server goes idle.
     emptied: Condvar,
+    awaited: AtomicBool,
     empty_lock: Mutex<()>,
 }
 
@@ -83,6 +86,7 @@ impl AdmissionTable {
             open: AtomicUsize::new(0),
             unfinished: Mutex::new(HashMap::new()),
             emptied: Condvar::new(),
+            awaited: AtomicBool::new(false),
             empty_lock: Mutex::new(()),
         })
     }
@@ -126,7 +130,9 @@ impl AdmissionTable {
     }
 
     fn release_open(&self) {
-        if self.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // SeqCst pairs with `wait_empty`: either the waiter's flag is seen here,
+        // or the waiter sees the count this leaves.
+        if self.open.fetch_sub(1, Ordering::SeqCst) == 1 && self.awaited.load(Ordering::SeqCst) {
             let _guard = self.empty_lock.lock().unwrap_or_else(|p| p.into_inner());
             self.emptied.notify_all();
         }
@@ -134,9 +140,10 @@ impl AdmissionTable {
 
     /// Waits until no connection is open or `until` passes; true when empty.
     pub fn wait_empty(&self, until: Instant) -> bool {
+        self.awaited.store(true, Ordering::SeqCst);
         let mut guard = self.empty_lock.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if self.open() == 0 {
+            if self.open.load(Ordering::SeqCst) == 0 {
                 return true;
             }
             let Some(left) = until.checked_duration_since(Instant::now()) else {

@@ -1,9 +1,10 @@
 //! Listening sockets and the accept threads.
 //!
-//! Each port has its own accept thread, which never does I/O with a client: it
-//! accepts every pending connection, checks `--allow`, takes a place in the
-//! connection table (shedding the oldest silent connection when the table is
-//! full) and hands the new session to the pool.
+//! Each port has its own accept thread. It accepts every pending connection,
+//! checks `--allow`, takes a place in the connection table (shedding the oldest
+//! silent connection when the table is full) and hands the new session to the
+//! pool, except the last of a batch on the open port, which it serves itself
+//! when nothing in that can wait (see `serve_last`). It never waits on a client.
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -72,9 +73,18 @@ pub(crate) fn accept_loop(
             continue;
         }
         // Edge-triggered: take every pending connection before waiting again.
+        // The last one of a batch is served here when that cannot wait (see
+        // `serve_last`); the others go to the pool as they are accepted.
+        let mut last: Option<Session> = None;
         while !shared.is_stopping() {
             match listener.accept() {
-                Ok((stream, peer)) => admit(TcpStream::from(stream), peer, transport, &shared),
+                Ok((stream, peer)) => {
+                    if let Some(session) = admit(TcpStream::from(stream), peer, transport, &shared)
+                        && let Some(earlier) = last.replace(session)
+                    {
+                        hand_to_pool(earlier, &shared);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_fd_exhaustion(&e) => {
@@ -86,18 +96,49 @@ pub(crate) fn accept_loop(
                 Err(e) => debug!("{transport} accept failed: {e}"),
             }
         }
+        if let Some(session) = last {
+            serve_last(session, transport, &shared);
+        }
     }
     debug!("{transport} accept loop stopped");
 }
 
-fn admit(stream: TcpStream, peer: SocketAddr, transport: Transport, shared: &Arc<Shared>) {
+/// Serves the last connection of an accept batch on the accept thread, when
+/// nothing can make it wait: on the open port, with registers in memory, its
+/// message has usually arrived with it, and answering it here saves waking a
+/// worker, which is most of a transaction's cost. Without a complete message,
+/// it goes to the waiting room like any other; nothing here blocks. TLS
+/// handshakes, data files and shared stores always go to the pool.
+fn serve_last(session: Session, transport: Transport, shared: &Arc<Shared>) {
+    if transport == Transport::Plain
+        && shared.backend.answers_from_memory()
+        && !shared.is_stopping()
+    {
+        shared.run_guarded(|| session.run(Wake::Accepted, shared));
+    } else {
+        hand_to_pool(session, shared);
+    }
+}
+
+fn hand_to_pool(session: Session, shared: &Arc<Shared>) {
+    let for_job = Arc::clone(shared);
+    shared.execute(move || session.run(Wake::Accepted, &for_job));
+}
+
+/// Gives a new connection its place, or turns it away.
+fn admit(
+    stream: TcpStream,
+    peer: SocketAddr,
+    transport: Transport,
+    shared: &Arc<Shared>,
+) -> Option<Session> {
     let ip = peer.ip().to_canonical();
     if !allow::allowed(&shared.config.allow, ip) {
         shared.count_refusal(Refusal::NotAllowed);
         shared.refusal_log(Refusal::NotAllowed).log(format_args!(
             "closed {transport} connection from {peer}: address not in --allow"
         ));
-        return;
+        return None;
     }
     let admitted = match shared.table.admit(ip) {
         Err(Refusal::Full) => match shared.room.shed_oldest_silent() {
@@ -111,18 +152,19 @@ fn admit(stream: TcpStream, peer: SocketAddr, transport: Transport, shared: &Arc
     };
     let admission = match admitted {
         Ok(admission) => admission,
-        Err(refusal) => return refuse(stream, peer, transport, refusal, shared),
+        Err(refusal) => {
+            refuse(stream, peer, transport, refusal, shared);
+            return None;
+        }
     };
-    let session = Session::new(
+    Some(Session::new(
         shared.next_token(),
         stream,
         peer,
         transport,
         admission,
         shared,
-    );
-    let for_job = Arc::clone(shared);
-    shared.execute(move || session.run(Wake::Accepted, &for_job));
+    ))
 }
 
 /// Turns a connection away without blocking: an `X` on the open port, nothing

@@ -77,6 +77,12 @@ impl From<TlsError> for ServerError {
     }
 }
 
+fn run_guarded(job: impl FnOnce()) {
+    if catch_unwind(AssertUnwindSafe(job)).is_err() {
+        error!("a connection was abandoned after a panic while it was served");
+    }
+}
+
 /// Counters an operator or a test can read while the server runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -181,11 +187,12 @@ impl Shared {
     /// Runs a job on the pool; a panic in it is logged and costs only that
     /// connection (dropping the session releases its place and closes it).
     pub(crate) fn execute(&self, job: impl FnOnce() + Send + 'static) {
-        self.pool.execute(move || {
-            if catch_unwind(AssertUnwindSafe(job)).is_err() {
-                error!("a connection was abandoned after a panic in its worker");
-            }
-        });
+        self.pool.execute(move || run_guarded(job));
+    }
+
+    /// Runs a connection's step on this thread, with the same guard as the pool.
+    pub(crate) fn run_guarded(&self, job: impl FnOnce()) {
+        run_guarded(job)
     }
 
     /// Registers stored, where this process holds them (0 with a shared store,

@@ -41,6 +41,11 @@ pub trait Backend: Send + Sync {
     fn writable(&self) -> bool {
         true
     }
+    /// Whether every read and write is answered from memory, without waiting
+    /// for a file, a disk or another process.
+    fn answers_from_memory(&self) -> bool {
+        false
+    }
 }
 
 impl Backend for super::RegisterStore {
@@ -54,5 +59,33 @@ impl Backend for super::RegisterStore {
 
     fn sync(&self) -> io::Result<()> {
         super::RegisterStore::sync(self)
+    }
+
+    fn answers_from_memory(&self) -> bool {
+        self.journal().is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{CompactionPolicy, Fsync};
+    use crate::store::RegisterStore;
+
+    #[test]
+    fn only_registers_without_a_data_file_answer_from_memory() {
+        assert!(RegisterStore::new().answers_from_memory());
+        let dir = tempfile::tempdir().unwrap();
+        let (logged, _) = RegisterStore::open(
+            &dir.path().join("wwep.data"),
+            Fsync::Never,
+            CompactionPolicy::default(),
+            false,
+        )
+        .unwrap();
+        assert!(
+            !logged.answers_from_memory(),
+            "a data file's writes go through the file"
+        );
     }
 }
