@@ -11,7 +11,8 @@
 # median rates and their ratio.
 #
 # DURATION (seconds per run, default 3) and ROUNDS (default 2) tune the length;
-# GEN_ROUNDS (default 7) and GEN_DURATION (seconds, default 2) the generator check;
+# CASES (e.g. "plain tls-ec") picks cases by name; GEN_ROUNDS (default 7) and
+# GEN_DURATION (seconds, default 2) the generator check;
 # GEN_ONLY=1 (`make bench-generator`) runs the generator check alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -140,18 +141,25 @@ bench_cmd() {
 }
 
 # run PORT CA CONCURRENCY SERVER_PID [tls [resume]]: warm up, then one measurement
-# as JSON, with the server's CPU per completed transaction added as "cpu_us".
+# as JSON, with the server's CPU per completed transaction added as "cpu_us" and
+# the generator's as "client_us".
 run() {
   local port=$1 ca=$2 conc=$3 pid=$4 tls=${5:-} resume=${6:-}
   $(bench_cmd "$port" "$ca" "$conc" "$WARMUP" $tls $resume) >/dev/null 2>&1 || true
-  local before out after n cpu=0
+  local before out after n cpu=0 client=0 client_s
   before=$(cpu_ticks "$pid")
-  out=$($(bench_cmd "$port" "$ca" "$conc" "$DURATION" $tls $resume) ||
-    echo '{"completed":0,"per_second":0,"p50_us":0,"p99_us":0,"errors":{"run":1}}')
+  # The generator's own CPU (user + system, from bash's `time`), to see what a
+  # server's way of closing costs its clients' kernels.
+  client_s=$( { TIMEFORMAT='%U %S'; time $(bench_cmd "$port" "$ca" "$conc" "$DURATION" $tls $resume) >"$tmp/run.json" 2>/dev/null; } 2>&1 ) || true
+  out=$(cat "$tmp/run.json")
+  [ -n "$out" ] || out='{"completed":0,"per_second":0,"p50_us":0,"p99_us":0,"errors":{"run":1}}'
   after=$(cpu_ticks "$pid")
   n=$(field "$out" completed)
-  [ "${n:-0}" -gt 0 ] && cpu=$(( (after - before) * 1000000 / tick / n ))
-  echo "${out%\}},\"cpu_us\":$cpu}"
+  if [ "${n:-0}" -gt 0 ]; then
+    cpu=$(( (after - before) * 1000000 / tick / n ))
+    client=$(awk -v t="$client_s" -v n="$n" 'BEGIN { split(t, f, " "); printf "%d", (f[1] + f[2]) * 1000000 / n }')
+  fi
+  echo "${out%\}},\"cpu_us\":$cpu,\"client_us\":$client}"
 }
 field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
 errors() { sed -n 's/.*"errors":{\([^}]*\)}.*/\1/p' <<<"$1"; }
@@ -166,6 +174,7 @@ if [ "${GEN_ONLY:-0}" != 1 ]; then
   for round in $(seq "$ROUNDS"); do
     for c in "${cases[@]}"; do
       read -r name conc ours theirs ca <<<"$c"
+      case " ${CASES:-$name} " in *" $name "*) ;; *) continue ;; esac
       tls=""; [ "$ca" != "-" ] && tls=1
       resume=""
       case "$name" in ec-resumed) resume=resume ;; ec12-resumed) resume=resume12 ;; esac
@@ -175,10 +184,10 @@ if [ "${GEN_ONLY:-0}" != 1 ]; then
         *) ours_pid=$ours_rsa_pid ;;
       esac
       r=$(run "$ours" "$ca" "$conc" "$ours_pid" $tls $resume)
-      echo "$name $conc ours $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(field "$r" cpu_us) $(errors "$r")" >>"$results"
+      echo "$name $conc ours $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(field "$r" cpu_us) $(field "$r" client_us) $(errors "$r")" >>"$results"
       if [ "$limit" = nginx ]; then
         r=$(run "$theirs" "$ca" "$conc" "$nginx_pid" $tls $resume)
-        echo "$name $conc limit $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(field "$r" cpu_us) $(errors "$r")" >>"$results"
+        echo "$name $conc limit $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(field "$r" cpu_us) $(field "$r" client_us) $(errors "$r")" >>"$results"
       fi
     done
   done
@@ -187,23 +196,23 @@ if [ "${GEN_ONLY:-0}" != 1 ]; then
   echo "wwep vs. the one-shot limit on this machine ($(nproc) cores), ${ROUNDS}x${DURATION} s each, loopback"
   [ "$limit" = none ] && echo "(nginx with its stream module is not available here: ours alone)"
   awk -v limit="$limit" '
-    { key=$1" "$2; who=$3; n[key,who]++; tps[key,who]+=$4; p50[key,who]+=$5; p99[key,who]+=$6; cpu[key,who]+=$7
-      if ($8 != "") err[key,who]=err[key,who] " " $8
+    { key=$1" "$2; who=$3; n[key,who]++; tps[key,who]+=$4; p50[key,who]+=$5; p99[key,who]+=$6; cpu[key,who]+=$7; gen[key,who]+=$8
+      if ($9 != "") err[key,who]=err[key,who] " " $9
       if (!(key in seen)) { seen[key]=1; order[++k]=key } }
     END {
       if (limit == "none") {
-        printf "| %-8s | %4s | %10s | %9s | %9s | %11s |\n", "case", "conc", "ours tx/s", "p50 ms", "p99 ms", "cpu us/tx"
-        printf "|----------|------|------------|-----------|-----------|-------------|\n"
+        printf "| %-12s | %4s | %10s | %9s | %9s | %8s | %10s |\n", "case", "conc", "ours tx/s", "p50 ms", "p99 ms", "ours cpu", "ours client"
+        printf "|--------------|------|------------|-----------|-----------|----------|-------------|\n"
       } else {
-        printf "| %-8s | %4s | %10s | %10s | %6s | %9s | %9s | %9s | %9s | %8s | %8s | %9s |\n", "case", "conc", "ours tx/s", "limit tx/s", "ratio", "ours p50", "limit p50", "ours p99", "limit p99", "p99 ratio", "ours cpu", "limit cpu"
-        printf "|----------|------|------------|------------|--------|-----------|-----------|-----------|-----------|----------|----------|-----------|\n"
+        printf "| %-12s | %4s | %10s | %10s | %6s | %9s | %9s | %9s | %9s | %9s | %8s | %9s | %11s | %12s |\n", "case", "conc", "ours tx/s", "limit tx/s", "ratio", "ours p50", "limit p50", "ours p99", "limit p99", "p99 ratio", "ours cpu", "limit cpu", "ours client", "limit client"
+        printf "|--------------|------|------------|------------|--------|-----------|-----------|-----------|-----------|-----------|----------|-----------|-------------|--------------|\n"
       }
       for (i=1; i<=k; i++) {
         key=order[i]; split(key, f, " ")
-        o=tps[key,"ours"]/n[key,"ours"]; o50=p50[key,"ours"]/n[key,"ours"]/1000; o99=p99[key,"ours"]/n[key,"ours"]/1000; oc=cpu[key,"ours"]/n[key,"ours"]
-        if (limit == "none") { printf "| %-8s | %4s | %10.0f | %9.3f | %9.3f | %11.0f |\n", f[1], f[2], o, o50, o99, oc; continue }
-        t=tps[key,"limit"]/n[key,"limit"]; t50=p50[key,"limit"]/n[key,"limit"]/1000; t99=p99[key,"limit"]/n[key,"limit"]/1000; tc=cpu[key,"limit"]/n[key,"limit"]
-        printf "| %-8s | %4s | %10.0f | %10.0f | %6.2f | %9.3f | %9.3f | %9.3f | %9.3f | %8.2f | %8.0f | %9.0f |\n", f[1], f[2], o, t, (t>0?o/t:0), o50, t50, o99, t99, (t99>0?o99/t99:0), oc, tc
+        o=tps[key,"ours"]/n[key,"ours"]; o50=p50[key,"ours"]/n[key,"ours"]/1000; o99=p99[key,"ours"]/n[key,"ours"]/1000; oc=cpu[key,"ours"]/n[key,"ours"]; og=gen[key,"ours"]/n[key,"ours"]
+        if (limit == "none") { printf "| %-12s | %4s | %10.0f | %9.3f | %9.3f | %8.0f | %11.0f |\n", f[1], f[2], o, o50, o99, oc, og; continue }
+        t=tps[key,"limit"]/n[key,"limit"]; t50=p50[key,"limit"]/n[key,"limit"]/1000; t99=p99[key,"limit"]/n[key,"limit"]/1000; tc=cpu[key,"limit"]/n[key,"limit"]; tg=gen[key,"limit"]/n[key,"limit"]
+        printf "| %-12s | %4s | %10.0f | %10.0f | %6.2f | %9.3f | %9.3f | %9.3f | %9.3f | %9.2f | %8.0f | %9.0f | %11.0f | %12.0f |\n", f[1], f[2], o, t, (t>0?o/t:0), o50, t50, o99, t99, (t99>0?o99/t99:0), oc, tc, og, tg
       }
       for (key in err) if (err[key] != "") { split(key, g, SUBSEP); print "errors " g[1] " " g[2] ":" err[key] }
     }' "$results"

@@ -97,14 +97,15 @@ impl Lingerer {
         })
     }
 
-    /// Finishes the close of a stream whose sending side is already shut down:
-    /// at once if the client has closed, else on the linger thread. When that
-    /// holds `capacity` sockets already, the stream is closed now: a worker never
-    /// waits on a client.
+    /// Finishes the close of a stream whose sending side is already shut down,
+    /// on the linger thread. When that holds `capacity` sockets already, the
+    /// stream is closed now: a worker never waits on a client.
+    ///
+    /// The caller does not look first whether the client has closed: it almost
+    /// never has, this soon after its reply left (113 of 60,000 connections at
+    /// concurrency 1 on the open port), so the look cost a system call per
+    /// connection for nothing.
     pub fn close(&self, stream: TcpStream, linger: Duration) {
-        if drain_now(&stream) == Drained::Closed {
-            return;
-        }
         let until = Instant::now() + linger;
         if !self.inner.stop.load(Ordering::Acquire)
             && self.inner.held.fetch_add(1, Ordering::AcqRel) < self.inner.capacity
@@ -212,15 +213,26 @@ mod tests {
         assert_eq!(lingerer.held(), 0, "released once the client closed");
     }
 
+    fn wait_released(lingerer: &Lingerer, within: Duration) -> bool {
+        let until = Instant::now() + within;
+        while lingerer.held() > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        lingerer.held() == 0
+    }
+
     #[test]
-    fn a_closed_client_is_finished_at_once_and_a_silent_one_at_the_linger() {
+    fn a_closed_client_is_finished_at_the_next_poll_and_a_silent_one_at_the_linger() {
         let lingerer = Lingerer::start(16).unwrap();
         let (server, client) = pair();
         drop(client);
         std::thread::sleep(Duration::from_millis(20));
         server.shutdown(Shutdown::Write).unwrap();
         lingerer.close(server, Duration::from_secs(5));
-        assert_eq!(lingerer.held(), 0);
+        assert!(
+            wait_released(&lingerer, Duration::from_secs(2)),
+            "released long before its linger of 5 s"
+        );
         let (server, _client) = pair();
         server.shutdown(Shutdown::Write).unwrap();
         lingerer.close(server, Duration::from_millis(30));
