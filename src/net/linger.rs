@@ -7,7 +7,13 @@
 //! connection. Instead one thread holds the half-closed sockets and polls them
 //! with non-blocking reads every millisecond until each client has closed
 //! or its linger time is up.
+//!
+//! An accept thread that serves connections itself finishes their closes
+//! itself too ([`finish_own_closes`]): it looks at them between its batches,
+//! when the clients have usually closed, which spares the hand-over and the
+//! lingering thread's bursts of closes landing on a core someone is waiting for.
 
+use std::cell::RefCell;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::TcpStream;
@@ -110,6 +116,19 @@ impl Lingerer {
         if !self.inner.stop.load(Ordering::Acquire)
             && self.inner.held.fetch_add(1, Ordering::AcqRel) < self.inner.capacity
         {
+            let Some((stream, until)) = OWN.with_borrow_mut(|own| match own {
+                Some(own) if own.len() < OWN_CAPACITY => {
+                    own.push(OwnClose {
+                        stream,
+                        until,
+                        next_look: until - linger + FIRST_LOOK,
+                    });
+                    None
+                }
+                _ => Some((stream, until)),
+            }) else {
+                return;
+            };
             let mut queue = self.inner.queue();
             queue.incoming.push((stream, until));
             if queue.idle {
@@ -140,6 +159,78 @@ impl Lingerer {
 impl Drop for Lingerer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The most sockets one accept thread finishes itself; more go to the lingering
+/// thread.
+const OWN_CAPACITY: usize = 256;
+
+/// How long after its reply an accept thread first looks whether a client has
+/// closed: most have by then, and a look before costs a read for nothing.
+const FIRST_LOOK: Duration = Duration::from_millis(1);
+
+/// A socket whose close a thread finishes itself.
+struct OwnClose {
+    stream: TcpStream,
+    until: Instant,
+    next_look: Instant,
+}
+
+thread_local! {
+    static OWN: RefCell<Option<Vec<OwnClose>>> = const { RefCell::new(None) };
+}
+
+/// From now on, the lingering closes this thread starts are finished by this
+/// thread, in [`sweep_own_closes`].
+pub(crate) fn finish_own_closes() {
+    OWN.with_borrow_mut(|own| *own = Some(Vec::new()));
+}
+
+/// Looks at the sockets this thread holds whose look is due (0.25 ms after the
+/// reply, then every millisecond) and closes those whose client has closed or
+/// whose linger is up. Returns how long the thread may wait before the next
+/// look is due (`None`: nothing held).
+pub(crate) fn sweep_own_closes(lingerer: &Lingerer) -> Option<Duration> {
+    OWN.with_borrow_mut(|own| {
+        let own = own.as_mut()?;
+        let now = Instant::now();
+        let before = own.len();
+        let mut next = None::<Instant>;
+        own.retain_mut(|held| {
+            if held.next_look > now {
+                next = Some(next.map_or(held.next_look, |n| n.min(held.next_look)));
+                return true;
+            }
+            let open = now < held.until && drain_now(&held.stream) == Drained::Open;
+            if open {
+                held.next_look = now + POLL_INTERVAL;
+                next = Some(next.map_or(held.next_look, |n| n.min(held.next_look)));
+            }
+            open
+        });
+        lingerer
+            .inner
+            .held
+            .fetch_sub(before - own.len(), Ordering::AcqRel);
+        next.map(|at| at.saturating_duration_since(now))
+    })
+}
+
+/// Gives this thread's held sockets to the lingering thread (the thread is
+/// ending).
+pub(crate) fn hand_over_own_closes(lingerer: &Lingerer) {
+    let held = OWN.with_borrow_mut(|own| own.take().unwrap_or_default());
+    if held.is_empty() {
+        return;
+    }
+    let mut queue = lingerer.inner.queue();
+    queue
+        .incoming
+        .extend(held.into_iter().map(|held| (held.stream, held.until)));
+    if queue.idle {
+        queue.idle = false;
+        lingerer.inner.wake.notify_one();
     }
 }
 
@@ -239,6 +330,58 @@ mod tests {
         assert_eq!(lingerer.held(), 1);
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(lingerer.held(), 0, "dropped when the linger ran out");
+    }
+
+    #[test]
+    fn a_thread_that_finishes_its_own_closes_reads_late_bytes_and_releases_the_socket() {
+        let lingerer = Lingerer::start(16).unwrap();
+        let (server, mut client) = pair();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                finish_own_closes();
+                (&server).write_all(b"A0FAC0B1234").unwrap();
+                server.shutdown(Shutdown::Write).unwrap();
+                lingerer.close(server, Duration::from_secs(5));
+                assert_eq!(lingerer.held(), 1);
+                assert_eq!(
+                    lingerer.inner.queue().incoming.len(),
+                    0,
+                    "kept by this thread, not handed over"
+                );
+                // Bytes after the reply, then the client's close: both read
+                // by the sweeps, so the close is a FIN and the socket goes.
+                client.write_all(b"\r\n").unwrap();
+                let mut reply = Vec::new();
+                client.read_to_end(&mut reply).unwrap();
+                assert_eq!(reply, b"A0FAC0B1234");
+                assert!(client.take_error().unwrap().is_none());
+                drop(client);
+                let until = Instant::now() + Duration::from_secs(2);
+                while let Some(wait) = sweep_own_closes(&lingerer) {
+                    assert!(Instant::now() < until, "still held after 2 s");
+                    assert!(wait <= POLL_INTERVAL);
+                    std::thread::sleep(wait);
+                }
+                assert_eq!(lingerer.held(), 0);
+            });
+        });
+    }
+
+    #[test]
+    fn a_thread_that_ends_hands_its_closes_to_the_lingering_thread() {
+        let lingerer = Lingerer::start(16).unwrap();
+        let (server, client) = pair();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                finish_own_closes();
+                server.shutdown(Shutdown::Write).unwrap();
+                lingerer.close(server, Duration::from_secs(5));
+                hand_over_own_closes(&lingerer);
+            });
+        });
+        assert_eq!(lingerer.held(), 1);
+        drop(client);
+        assert!(wait_released(&lingerer, Duration::from_secs(2)));
     }
 
     #[test]

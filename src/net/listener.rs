@@ -65,8 +65,13 @@ pub(crate) fn accept_loop(
         return;
     }
     let mut events = Events::with_capacity(8);
+    if serves_here(transport, &shared) {
+        linger::finish_own_closes();
+    }
+    // Until the next look at the closes this thread finishes itself.
+    let mut sweep_in = None;
     while !shared.is_stopping() {
-        if let Err(e) = poll.poll(&mut events, None) {
+        if let Err(e) = poll.poll(&mut events, sweep_in) {
             if e.kind() != io::ErrorKind::Interrupted {
                 debug!("{transport} accept poll failed: {e}");
             }
@@ -99,7 +104,9 @@ pub(crate) fn accept_loop(
         if let Some(session) = last {
             serve_last(session, transport, &shared);
         }
+        sweep_in = linger::sweep_own_closes(&shared.lingerer);
     }
+    linger::hand_over_own_closes(&shared.lingerer);
     debug!("{transport} accept loop stopped");
 }
 
@@ -110,14 +117,15 @@ pub(crate) fn accept_loop(
 /// it goes to the waiting room like any other; nothing here blocks. TLS
 /// handshakes, data files and shared stores always go to the pool.
 fn serve_last(session: Session, transport: Transport, shared: &Arc<Shared>) {
-    if transport == Transport::Plain
-        && shared.backend.answers_from_memory()
-        && !shared.is_stopping()
-    {
+    if serves_here(transport, shared) && !shared.is_stopping() {
         shared.run_guarded(|| session.run(Wake::Accepted, shared));
     } else {
         hand_to_pool(session, shared);
     }
+}
+
+fn serves_here(transport: Transport, shared: &Shared) -> bool {
+    transport == Transport::Plain && shared.backend.answers_from_memory()
 }
 
 fn hand_to_pool(session: Session, shared: &Arc<Shared>) {
