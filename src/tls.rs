@@ -764,6 +764,11 @@ impl Acceptor {
                 }
             }
         }
+        // A client's flight (change-cipher-spec and Finished, then its request)
+        // arrives as several records; reading ahead takes them in one read
+        // instead of two per record. Safe here because a session only waits
+        // for its socket after OpenSSL has asked for more bytes than it holds.
+        b.set_read_ahead(true);
         // Sessions (with or without client certificates) resume only within a
         // context that names itself.
         b.set_session_id_context(b"wwep").map_err(cert_err)?;
