@@ -93,8 +93,11 @@ pub(crate) fn accept_loop(
             }
             continue;
         }
-        // Edge-triggered: take every pending connection before waiting again;
-        // serve the first ones here once the batch is in.
+        // Edge-triggered: take every pending connection before waiting again.
+        // The first is served at once (alone, its client should not wait for
+        // the accept that finds the queue empty); the next ones here once the
+        // batch is in, the rest by the pool.
+        let mut served = 0;
         while !shared.is_stopping() {
             match listener.accept() {
                 Ok((stream, peer)) => {
@@ -102,10 +105,13 @@ pub(crate) fn accept_loop(
                     else {
                         continue;
                     };
-                    if here.len() < here_per_batch {
-                        here.push(session);
-                    } else {
+                    if served + here.len() >= here_per_batch {
                         hand_to_pool(session, &shared);
+                    } else if served == 0 && here.is_empty() {
+                        served += 1;
+                        shared.run_guarded(|| session.run(Wake::Accepted, &shared));
+                    } else {
+                        here.push(session);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
