@@ -3,20 +3,23 @@
 //! One hash per device: `PREFIX:0FAC` holds field `0B` = `"1234"`, so
 //! `redis-cli HGETALL wwep:0FAC` shows a board readably. `W` is `HSET` (then
 //! `WAIT`/`WAITAOF` when asked for), `R` is `HGET`. Connections come from a
-//! bounded pool; every command has a time limit; when Redis is down, each
-//! request fails at once (`X`) while reconnection backs off, and service resumes
-//! by itself when Redis (or the primary Sentinel names) answers again.
+//! bounded pool; connecting (Sentinel's answer included) and every command
+//! have a time limit; when Redis is down, each request fails at once (`X`)
+//! while reconnection backs off, and service resumes by itself when Redis (or
+//! the primary Sentinel names) answers again.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
-use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Client, Connection, IntoConnectionInfo, RedisResult, TlsMode};
+use redis::{
+    Client, Connection, ConnectionAddr, ConnectionInfo, ErrorKind, IntoConnectionInfo, RedisError,
+    RedisResult, Role, TlsCertificates,
+};
 
 use super::backend::{Backend, StoreError};
 use crate::net::rate_limited::RateLimitedLog;
@@ -178,6 +181,16 @@ pub enum RedisOpenError {
     NoWaitAof(String),
     /// `--store-wait-aof` needs to ask the server, which did not answer.
     Unreachable(String),
+    /// The store's TLS certificate does not verify, at startup: a setting to
+    /// fix (`--store-ca`, the name in the URL, the store's certificate), not an
+    /// outage to wait out.
+    Untrusted {
+        store: String,
+        /// The CA file it was checked against; None for the system's roots.
+        ca: Option<PathBuf>,
+        /// OpenSSL's reason, e.g. `hostname mismatch`.
+        reason: String,
+    },
 }
 
 impl fmt::Display for RedisOpenError {
@@ -192,15 +205,224 @@ impl fmt::Display for RedisOpenError {
                 f,
                 "--store-wait-aof: cannot ask the store whether it has WAITAOF: {e}"
             ),
+            RedisOpenError::Untrusted { store, ca, reason } => match ca {
+                Some(ca) => write!(
+                    f,
+                    "--store: the certificate of {store} is not trusted (checked against --store-ca {}): {reason}",
+                    ca.display()
+                ),
+                None => write!(
+                    f,
+                    "--store: the certificate of {store} is not trusted (checked against the system's roots; --store-ca names another CA): {reason}"
+                ),
+            },
         }
     }
 }
 
 impl std::error::Error for RedisOpenError {}
 
+/// Where new connections come from.
 enum Source {
     Direct(Client),
-    Sentinel(Mutex<SentinelClient>),
+    Sentinel(SentinelSource),
+}
+
+impl Source {
+    /// A new connection, trying to finish by `deadline`. The library cannot
+    /// time out every step (a TLS handshake with a server that accepted the
+    /// connection and went silent, a name lookup), so callers wait for this on
+    /// another thread: see [`RedisStore::connect`].
+    fn connect(&self, deadline: Instant) -> RedisResult<Connection> {
+        match self {
+            Source::Direct(client) => client.get_connection_with_timeout(time_left(deadline)?),
+            Source::Sentinel(sentinel) => sentinel.connect(deadline),
+        }
+    }
+}
+
+impl Source {
+    /// The data node a new connection would reach over TLS (`None` without TLS).
+    fn tls_node(&self, deadline: Instant) -> Option<(String, u16)> {
+        match self {
+            Source::Direct(client) => match client.get_connection_info().addr() {
+                ConnectionAddr::TcpTls { host, port, .. } => Some((host.clone(), *port)),
+                _ => None,
+            },
+            Source::Sentinel(sentinel) if sentinel.tls => sentinel.named_primary(deadline).ok(),
+            Source::Sentinel(_) => None,
+        }
+    }
+}
+
+/// The Sentinels, and how to reach the primary they name. Asked afresh for
+/// each new connection, on a connection of its own with the time limit (the
+/// redis crate's Sentinel client has none, so one Sentinel that stops
+/// answering would hold every worker that needs a connection).
+struct SentinelSource {
+    sentinels: Vec<Client>,
+    primary: String,
+    /// Credentials and database for the data nodes; the address is replaced.
+    node: ConnectionInfo,
+    tls: bool,
+    /// `--store-ca`, for TLS to the data nodes.
+    root_cert: Option<Vec<u8>>,
+    /// The Sentinel asked first: the one that answered last, or the one after
+    /// the one that failed last.
+    first: AtomicUsize,
+}
+
+impl SentinelSource {
+    fn connect(&self, deadline: Instant) -> RedisResult<Connection> {
+        let (host, port) = self.named_primary(deadline)?;
+        let addr = if self.tls {
+            ConnectionAddr::TcpTls {
+                host: host.clone(),
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(host.clone(), port)
+        };
+        let info = self.node.clone().set_addr(addr);
+        let client = match &self.root_cert {
+            Some(root) if self.tls => Client::build_with_tls(
+                info,
+                TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root.clone()),
+                },
+            )?,
+            _ => Client::open(info)?,
+        };
+        let mut connection = client.get_connection_with_timeout(time_left(deadline)?)?;
+        let left = time_left(deadline)?;
+        connection.set_read_timeout(Some(left))?;
+        connection.set_write_timeout(Some(left))?;
+        // A Sentinel's view can be behind (an old primary back before it is
+        // made a replica): write only to a node that says it is the primary.
+        match redis::cmd("ROLE").query::<Role>(&mut connection)? {
+            Role::Primary { .. } => Ok(connection),
+            _ => Err(RedisError::from((
+                ErrorKind::MasterNameNotFoundBySentinel,
+                "not a primary",
+                format!(
+                    "{host}:{port}, named by Sentinel as primary {}, is not one",
+                    self.primary
+                ),
+            ))),
+        }
+    }
+
+    /// The primary's address from the first Sentinel that knows it.
+    fn named_primary(&self, deadline: Instant) -> RedisResult<(String, u16)> {
+        let count = self.sentinels.len();
+        let first = self.first.load(Ordering::Relaxed);
+        let mut last_error = None;
+        for k in 0..count {
+            let index = (first + k) % count;
+            match self.ask(&self.sentinels[index], deadline) {
+                Ok(addr) => {
+                    self.first.store(index, Ordering::Relaxed);
+                    return Ok(addr);
+                }
+                Err(e) => {
+                    self.first.store((index + 1) % count, Ordering::Relaxed);
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            RedisError::from((ErrorKind::InvalidClientConfig, "no Sentinel given"))
+        }))
+    }
+
+    fn ask(&self, sentinel: &Client, deadline: Instant) -> RedisResult<(String, u16)> {
+        let mut connection = sentinel.get_connection_with_timeout(time_left(deadline)?)?;
+        let left = time_left(deadline)?;
+        connection.set_read_timeout(Some(left))?;
+        connection.set_write_timeout(Some(left))?;
+        let named: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&self.primary)
+            .query(&mut connection)?;
+        named.ok_or_else(|| {
+            RedisError::from((
+                ErrorKind::MasterNameNotFoundBySentinel,
+                "unknown primary",
+                format!(
+                    "Sentinel {} knows no primary named {}",
+                    sentinel.get_connection_info().addr(),
+                    self.primary
+                ),
+            ))
+        })
+    }
+}
+
+/// What is left until `deadline`, or a time-out error when nothing is.
+fn time_left(deadline: Instant) -> RedisResult<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|left| !left.is_zero())
+        .ok_or_else(|| timed_out("the time limit passed".to_string()))
+}
+
+fn timed_out(what: String) -> RedisError {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what).into()
+}
+
+/// One connection attempt, shared by the thread that makes it and the caller
+/// that waits for it.
+#[derive(Default)]
+struct Attempt {
+    result: Option<RedisResult<Connection>>,
+    /// The caller stopped waiting; the thread drops what it gets.
+    abandoned: bool,
+}
+
+/// While this many connection attempts that were given up on still wait for
+/// an answer, no new one is started: a silent store costs a few threads, not
+/// one per request.
+const MAX_ABANDONED_ATTEMPTS: usize = 4;
+
+/// Why the store's certificate does not verify, if that is why connecting
+/// fails: a TLS handshake of our own with the data node, judged by OpenSSL's
+/// verification result (`hostname mismatch`, `self-signed certificate in
+/// certificate chain`, ...), since the redis crate passes TLS errors on only
+/// as text. `None` when the handshake succeeds, or fails for another reason
+/// (the store is down, or not TLS): that may mend by itself, a distrusted
+/// certificate does not.
+fn untrusted_reason(
+    host: &str,
+    port: u16,
+    root_cert: Option<&[u8]>,
+    deadline: Instant,
+) -> Option<String> {
+    use openssl::ssl::{HandshakeError, SslConnector, SslMethod};
+    use openssl::x509::{X509, X509VerifyResult};
+    use std::net::{TcpStream, ToSocketAddrs};
+
+    let addr = (host, port).to_socket_addrs().ok()?.next()?;
+    let tcp = TcpStream::connect_timeout(&addr, time_left(deadline).ok()?).ok()?;
+    let left = time_left(deadline).ok()?;
+    tcp.set_read_timeout(Some(left)).ok()?;
+    tcp.set_write_timeout(Some(left)).ok()?;
+    // As native-tls does for the redis crate: the system's roots, plus the CA.
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).ok()?;
+    if let Some(pem) = root_cert {
+        for cert in X509::stack_from_pem(pem).ok()? {
+            builder.cert_store_mut().add_cert(cert).ok()?;
+        }
+    }
+    match builder.build().connect(host, tcp) {
+        Err(HandshakeError::Failure(failed)) => {
+            let result = failed.ssl().verify_result();
+            (result != X509VerifyResult::OK).then(|| result.error_string().to_string())
+        }
+        _ => None,
+    }
 }
 
 /// Reconnection pacing while Redis is down.
@@ -216,7 +438,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_COMMAND_TIME: Duration = Duration::from_secs(1);
 
 pub struct RedisStore {
-    source: Source,
+    source: Arc<Source>,
+    /// Connection attempts given up on that have not finished yet.
+    abandoned: Arc<AtomicUsize>,
     location: StoreLocation,
     prefix: String,
     wait_replicas: u32,
@@ -259,7 +483,7 @@ impl RedisStore {
             StoreLocation::Memory => {
                 return Err(RedisOpenError::Setup("not a shared store".to_string()));
             }
-            StoreLocation::Redis { url } => Source::Direct(match root_cert {
+            StoreLocation::Redis { url } => Source::Direct(match root_cert.clone() {
                 Some(root) => Client::build_with_tls(
                     url.as_str(),
                     redis::TlsCertificates {
@@ -276,25 +500,29 @@ impl RedisStore {
                 node,
                 tls,
             } => {
-                let redis_info = node.as_str().into_connection_info().map_err(setup)?;
-                let mut info = SentinelNodeConnectionInfo::default()
-                    .set_redis_connection_info(redis_info.redis_settings().clone());
-                if *tls {
-                    info = info.set_tls_mode(TlsMode::Secure);
+                if !tls && root_cert.is_some() {
+                    return Err(RedisOpenError::Setup(
+                        "--store-ca is for TLS to the store: rediss://… or rediss+sentinel://…"
+                            .to_string(),
+                    ));
                 }
-                Source::Sentinel(Mutex::new(
-                    SentinelClient::build(
-                        sentinels.clone(),
-                        primary.clone(),
-                        Some(info),
-                        SentinelServerType::Master,
-                    )
-                    .map_err(setup)?,
-                ))
+                Source::Sentinel(SentinelSource {
+                    sentinels: sentinels
+                        .iter()
+                        .map(|sentinel| Client::open(sentinel.as_str()))
+                        .collect::<RedisResult<_>>()
+                        .map_err(setup)?,
+                    primary: primary.clone(),
+                    node: node.as_str().into_connection_info().map_err(setup)?,
+                    tls: *tls,
+                    root_cert: root_cert.clone(),
+                    first: AtomicUsize::new(0),
+                })
             }
         };
         let store = RedisStore {
-            source,
+            source: Arc::new(source),
+            abandoned: Arc::new(AtomicUsize::new(0)),
             location: settings.location.clone(),
             prefix: settings.prefix.clone(),
             wait_replicas: settings.wait_replicas,
@@ -321,11 +549,24 @@ impl RedisStore {
                 store.give_back(connection);
             }
             Err(e) if store.wait_aof => return Err(RedisOpenError::Unreachable(describe(&e))),
-            Err(e) => warn!(
-                "{} does not answer yet ({}); requests get X until it does",
-                store.location,
-                describe(&e)
-            ),
+            Err(e) => {
+                let deadline = Instant::now() + store.timeout;
+                let untrusted = store.source.tls_node(deadline).and_then(|(host, port)| {
+                    untrusted_reason(&host, port, root_cert.as_deref(), deadline)
+                });
+                if let Some(reason) = untrusted {
+                    return Err(RedisOpenError::Untrusted {
+                        store: store.location.to_string(),
+                        ca: settings.ca.clone(),
+                        reason,
+                    });
+                }
+                warn!(
+                    "{} does not answer yet ({}); requests get X until it does",
+                    store.location,
+                    describe(&e)
+                )
+            }
         }
         Ok(store)
     }
@@ -334,13 +575,61 @@ impl RedisStore {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A new connection within the time limit. The attempt runs on a thread
+    /// of its own, so that a step the library cannot time out (a TLS
+    /// handshake with a Redis that accepted the connection and went silent)
+    /// holds that thread, not the worker; the worker gets an error when the
+    /// time is up.
     fn connect(&self) -> RedisResult<Connection> {
-        let connection = match &self.source {
-            Source::Direct(client) => client.get_connection_with_timeout(self.timeout)?,
-            Source::Sentinel(client) => client
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_connection()?,
+        let abandoned = self.abandoned.load(Ordering::Acquire);
+        if abandoned >= MAX_ABANDONED_ATTEMPTS {
+            return Err(timed_out(format!(
+                "{abandoned} earlier connection attempts still wait for an answer"
+            )));
+        }
+        let deadline = Instant::now() + self.timeout;
+        let attempt = Arc::new((Mutex::new(Attempt::default()), Condvar::new()));
+        {
+            let (source, attempt, abandoned) = (
+                Arc::clone(&self.source),
+                Arc::clone(&attempt),
+                Arc::clone(&self.abandoned),
+            );
+            std::thread::Builder::new()
+                .name("wwep-store-connect".to_string())
+                .spawn(move || {
+                    let result = source.connect(deadline);
+                    let (slot, done) = &*attempt;
+                    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+                    if slot.abandoned {
+                        abandoned.fetch_sub(1, Ordering::AcqRel);
+                    } else {
+                        slot.result = Some(result);
+                        done.notify_one();
+                    }
+                })?;
+        }
+        let (slot, done) = &*attempt;
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let connection = loop {
+            if let Some(result) = slot.result.take() {
+                break result?;
+            }
+            let Some(left) = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|left| !left.is_zero())
+            else {
+                slot.abandoned = true;
+                self.abandoned.fetch_add(1, Ordering::AcqRel);
+                return Err(timed_out(format!(
+                    "no connection within {} ms",
+                    self.timeout.as_millis()
+                )));
+            };
+            slot = match done.wait_timeout(slot, left) {
+                Ok((guard, _)) => guard,
+                Err(p) => p.into_inner().0,
+            };
         };
         connection.set_read_timeout(Some(self.timeout))?;
         connection.set_write_timeout(Some(self.timeout))?;
@@ -639,5 +928,61 @@ mod tests {
             RedisStore::open(&wait_aof, 4, Duration::from_millis(200)),
             Err(RedisOpenError::Unreachable(_))
         ));
+    }
+
+    #[test]
+    fn a_store_or_sentinel_that_accepts_and_never_answers_fails_within_the_time_limit() {
+        // The kernel completes the TCP handshakes; nothing ever answers: a hung
+        // server. Neither a TLS handshake nor a Sentinel lookup may wait on it.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        for location in [
+            format!("rediss://127.0.0.1:{port}"),
+            format!("redis+sentinel://127.0.0.1:{port}/main"),
+        ] {
+            let settings = RedisSettings {
+                location: location.parse().unwrap(),
+                ..RedisSettings::default()
+            };
+            let started = Instant::now();
+            let store = RedisStore::open(&settings, 4, Duration::from_millis(200)).unwrap();
+            assert_eq!(store.read(1, 2), Err(StoreError::Unavailable), "{location}");
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{location}: {:?}",
+                started.elapsed()
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_failed_verification_counts_as_untrusted() {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        // Nobody listening: the store may come later.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert_eq!(untrusted_reason("127.0.0.1", port, None, deadline), None);
+        // Not TLS at all (it closes at once): not a certificate problem either.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let closer = std::thread::spawn(move || drop(listener.accept()));
+        assert_eq!(untrusted_reason("127.0.0.1", port, None, deadline), None);
+        closer.join().unwrap();
+    }
+
+    #[test]
+    fn an_untrusted_certificate_is_named_with_the_ca() {
+        let error = RedisOpenError::Untrusted {
+            store: "redis localhost:6380".to_string(),
+            ca: Some(PathBuf::from("redis-ca.pem")),
+            reason: "certificate has expired".to_string(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "--store: the certificate of redis localhost:6380 is not trusted (checked against --store-ca redis-ca.pem): certificate has expired"
+        );
     }
 }
