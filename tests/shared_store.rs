@@ -242,6 +242,47 @@ fn redis_going_away_gives_x_at_once_and_service_resumes_by_itself() {
     assert!(health(http).starts_with("HTTP/1.1 200"));
 }
 
+#[test]
+fn a_restarted_redis_costs_no_x_for_the_stale_pooled_connections() {
+    let Some(mut redis) = Redis::start(&[]) else {
+        return;
+    };
+    let pki = Pki::new(KeyKind::EcP256);
+    let server = front_end(&pki, &redis, &["--timeout-ms", "2000"]);
+    let plain = server.plain.unwrap();
+    // Several connections in the pool: concurrent clients, a few rounds.
+    for round in 0..5u16 {
+        let clients: Vec<_> = (0..8u16)
+            .map(|k| {
+                std::thread::spawn(move || {
+                    let request = format!("W00{k:02X}01{round:04X}");
+                    transact(&mut connect(plain), request.as_bytes())
+                })
+            })
+            .collect();
+        for client in clients {
+            let reply = client.join().unwrap();
+            assert!(
+                reply.starts_with(b"A"),
+                "{}",
+                String::from_utf8_lossy(&reply)
+            );
+        }
+    }
+    redis.kill();
+    redis.run();
+    // Every pooled connection is stale now; none of them may cost a board an X.
+    for k in 0..8u16 {
+        let request = format!("W00{k:02X}01ABCD");
+        assert_eq!(
+            transact(&mut connect(plain), request.as_bytes()),
+            format!("A00{k:02X}01ABCD").as_bytes(),
+            "{}",
+            server.log_text()
+        );
+    }
+}
+
 /// `GET /health`, the whole response.
 fn health(http: SocketAddr) -> String {
     let mut c = connect(http);

@@ -651,20 +651,24 @@ impl RedisStore {
     }
 
     /// Lends a connection: an idle one, a new one while fewer than `capacity`
-    /// are open (not during a back-off), or one given back within the time limit.
-    fn lend(&self) -> Result<Connection, StoreError> {
+    /// are open (not during a back-off), or one given back within the time
+    /// limit; with whether it had been used before (`true`) or is new.
+    fn lend(&self) -> Result<(Connection, bool), StoreError> {
         let deadline = Instant::now() + self.timeout;
         let mut idle = self.idle();
         loop {
             if let Some(connection) = idle.pop() {
-                return Ok(connection);
+                return Ok((connection, true));
             }
             if self.open.load(Ordering::Acquire) < self.capacity {
                 self.open.fetch_add(1, Ordering::AcqRel);
                 drop(idle);
-                return self.open_new().inspect_err(|_| {
-                    self.open.fetch_sub(1, Ordering::AcqRel);
-                });
+                return self
+                    .open_new()
+                    .map(|connection| (connection, false))
+                    .inspect_err(|_| {
+                        self.open.fetch_sub(1, Ordering::AcqRel);
+                    });
             }
             let left = deadline
                 .checked_duration_since(Instant::now())
@@ -706,29 +710,54 @@ impl RedisStore {
 
     /// Runs `command` on a pooled connection; a connection that failed is
     /// closed rather than given back.
+    ///
+    /// A connection that was lying idle and fails as a connection (closed,
+    /// reset, or a primary turned replica) went stale when Redis restarted or
+    /// failed over, and so did the other idle ones: they are all closed, and
+    /// the command is run once more on a new connection (every command here can
+    /// be repeated), so a board does not get an `X` per stale connection from
+    /// a store that answers again. A command that timed out is not repeated.
     fn with_connection<T>(
         &self,
-        command: impl FnOnce(&mut Connection) -> RedisResult<T>,
+        command: impl Fn(&mut Connection) -> RedisResult<T>,
     ) -> Result<T, StoreError> {
-        let mut connection = self.lend()?;
-        match command(&mut connection) {
-            Ok(value) => {
-                self.give_back(connection);
-                self.failing.store(false, Ordering::Release);
-                Ok(value)
-            }
-            Err(e) => {
-                if e.is_unrecoverable_error() || e.is_io_error() || e.is_timeout() {
-                    drop(connection);
-                    self.open.fetch_sub(1, Ordering::AcqRel);
-                    self.returned.notify_one();
-                } else {
+        let started = Instant::now();
+        let (mut connection, mut pooled) = self.lend()?;
+        loop {
+            let e = match command(&mut connection) {
+                Ok(value) => {
                     self.give_back(connection);
+                    self.failing.store(false, Ordering::Release);
+                    return Ok(value);
                 }
-                self.failed("failed", &e);
-                Err(StoreError::Unavailable)
+                Err(e) => e,
+            };
+            let broken = e.is_unrecoverable_error() || e.is_io_error() || e.is_timeout();
+            let stale = (broken && !e.is_timeout())
+                || e.kind() == ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+            if broken || stale {
+                drop(connection);
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                self.returned.notify_one();
+            } else {
+                self.give_back(connection);
             }
+            if stale {
+                self.close_idle();
+            }
+            if !(stale && pooled && started.elapsed() < self.timeout) {
+                self.failed("failed", &e);
+                return Err(StoreError::Unavailable);
+            }
+            (connection, pooled) = self.lend()?;
         }
+    }
+
+    /// Closes every idle connection.
+    fn close_idle(&self) {
+        let stale = std::mem::take(&mut *self.idle());
+        self.open.fetch_sub(stale.len(), Ordering::AcqRel);
+        self.returned.notify_all();
     }
 
     fn key(&self, device: u16) -> String {
