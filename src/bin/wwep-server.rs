@@ -337,6 +337,24 @@ struct Running {
     control: Mutex<Option<ServerControl>>,
     /// A stop was asked for (before or after the server came up).
     stop: AtomicBool,
+    /// A SIGHUP came during startup: the files may have changed after they were
+    /// read, so they are read again once the server is up. Set and taken under
+    /// the `control` lock, so none is lost in between.
+    reload_pending: AtomicBool,
+}
+
+/// SIGHUP: the TLS material and the acl rules again, each kept as it was when
+/// the new one does not load.
+fn reload(control: &ServerControl) {
+    match control.reload_tls() {
+        Ok(()) => info!("SIGHUP: reloaded the TLS certificate and key, the client CA and the CRLs"),
+        Err(e) => error!("SIGHUP: keeping the old certificate: {e}"),
+    }
+    match control.reload_acl() {
+        Ok(Some(acl)) => info!("SIGHUP: reloaded the acl {}", acl.summary()),
+        Ok(None) => {}
+        Err(e) => error!("SIGHUP: keeping the old acl rules: {e}"),
+    }
 }
 
 fn run(config: ServerConfig) -> ExitCode {
@@ -355,26 +373,16 @@ fn run(config: ServerConfig) -> ExitCode {
         let running = Arc::clone(&running);
         std::thread::spawn(move || {
             for signal in signals.forever() {
-                let control = running
-                    .control
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                match (signal, control) {
-                    (SIGHUP, Some(control)) => {
-                        match control.reload_tls() {
-                            Ok(()) => info!(
-                                "SIGHUP: reloaded the TLS certificate and key, the client CA and the CRLs"
-                            ),
-                            Err(e) => error!("SIGHUP: keeping the old certificate: {e}"),
-                        }
-                        match control.reload_acl() {
-                            Ok(Some(acl)) => info!("SIGHUP: reloaded the acl {}", acl.summary()),
-                            Ok(None) => {}
-                            Err(e) => error!("SIGHUP: keeping the old acl rules: {e}"),
-                        }
+                let control = {
+                    let control = running.control.lock().unwrap_or_else(|p| p.into_inner());
+                    if signal == SIGHUP && control.is_none() {
+                        running.reload_pending.store(true, Ordering::SeqCst);
                     }
-                    (SIGHUP, None) => info!("SIGHUP during startup: nothing to reload yet"),
+                    control.clone()
+                };
+                match (signal, control) {
+                    (SIGHUP, Some(control)) => reload(&control),
+                    (SIGHUP, None) => info!("SIGHUP during startup: reloading once started"),
                     (_, control) => {
                         info!("signal {signal}: stopping; finishing connections in flight");
                         let _ = notify("STOPPING=1");
@@ -412,7 +420,14 @@ fn run(config: ServerConfig) -> ExitCode {
             };
         }
     };
-    *running.control.lock().unwrap_or_else(|p| p.into_inner()) = Some(server.control());
+    let reload_pending = {
+        let mut control = running.control.lock().unwrap_or_else(|p| p.into_inner());
+        *control = Some(server.control());
+        running.reload_pending.swap(false, Ordering::SeqCst)
+    };
+    if reload_pending {
+        reload(&server.control());
+    }
     if running.stop.load(Ordering::SeqCst) {
         // The stop came between the replay and the line above.
         server.control().shutdown();
