@@ -1,14 +1,29 @@
-//! What `--http` adds to each transaction: the counters, the latency
-//! histogram and the activity record, alone and from two threads at once.
+//! What each transaction costs the record: the counters and the latency
+//! histogram (always kept), and the live page's activity record (with
+//! `--http`), alone and from two threads at once.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use wwep::activity::Transaction;
-use wwep::config::Transport;
-use wwep::http::Observer;
-use wwep::protocol::Reply;
+use wwep::activity::{Activity, Transaction};
+use wwep::metrics::Metrics;
+use wwep::protocol::{Reply, Transport};
+
+/// What the record does for an answered write with `--http`.
+#[derive(Default)]
+struct Observer {
+    metrics: Metrics,
+    activity: Activity,
+}
+
+impl Observer {
+    fn transaction(&self, tx: &Transaction<'_>) {
+        let took = std::time::Duration::from_micros(tx.micros);
+        let n = self.metrics.answered(tx.port, tx.request, &tx.verdict, took);
+        self.activity.record(&Transaction { n, ..*tx });
+    }
+}
 
 fn write(n: u64) -> Transaction<'static> {
     Transaction {

@@ -32,7 +32,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use crate::net::allow::Cidr;
+use crate::allow::Cidr;
 use crate::protocol::Request;
 
 /// The pattern `self` uses when the file has no `self-cn` line.

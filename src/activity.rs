@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::Transport;
+use crate::protocol::Transport;
 use crate::logging::push_json_str;
 use crate::protocol::{Escaped, Reply};
 
@@ -236,6 +236,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// One transaction, as [`Activity::record`] takes it.
+#[derive(Clone, Copy)]
 pub struct Transaction<'a> {
     pub n: u64,
     pub port: Transport,
@@ -323,7 +324,9 @@ impl Activity {
 
     /// The page's data as JSON: devices most recently written first, each
     /// register in order, and the recent transactions newest first.
-    pub fn to_json(&self, transactions: u64, registers: usize) -> String {
+    /// `registers` is `null` where the count is not known (a shared store).
+    pub fn to_json(&self, transactions: u64, registers: Option<usize>) -> String {
+        let registers = registers.map_or_else(|| "null".to_string(), |n| n.to_string());
         let inner = self.merge_all();
         let mut order: Vec<&Slot> = inner.slots.iter().collect();
         order.sort_by_key(|slot| std::cmp::Reverse(slot.last_us));
@@ -482,7 +485,7 @@ mod tests {
             verdict: Reply::Failed(crate::protocol::Failure::NotFound),
             micros: 5,
         });
-        let json = a.to_json(1, 0);
+        let json = a.to_json(1, Some(0));
         assert!(json.contains(r#""devices":[]"#), "{json}");
         assert!(json.contains(r#""request":"R0FAC0B\\n\\\"\\\\""#), "{json}");
         assert!(json.contains(r#""peer":"[::1]:4000""#), "{json}");
@@ -494,7 +497,7 @@ mod tests {
         write(&a, 1_000, 0x0FAC, 0x0B, 0x1234);
         write(&a, 2_000, 0x0001, 0x05, 0x0001);
         write(&a, 3_000, 0x0FAC, 0x02, 0xBEEF);
-        let json = a.to_json(3, 3);
+        let json = a.to_json(3, Some(3));
         let fac = json.find("\"device\":\"0FAC\"").unwrap();
         let one = json.find("\"device\":\"0001\"").unwrap();
         assert!(fac < one, "{json}");

@@ -1,14 +1,12 @@
 //! Server settings with their defaults; parsing argv is the binary's job.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::connection::Access;
-use crate::http::HttpConfig;
-use crate::journal::{CompactionPolicy, Fsync};
-use crate::net::allow::Cidr;
+use crate::allow::Cidr;
 use crate::protocol::ErrorDetail;
+use crate::store::DataConfig;
 use crate::store::redis::{DEFAULT_PREFIX, RedisSettings};
 use crate::tls::{ClientAuth, IdentitySource, MAX_SESSION_LIFETIME_SECS, TlsSettings};
 use std::path::PathBuf;
@@ -38,28 +36,6 @@ pub const DEFAULT_GAP_MS: u64 = 100;
 /// How long a close waits for the client's own close before giving up.
 pub const DEFAULT_LINGER_MS: u64 = 250;
 
-/// Which listener a connection arrived on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Plain,
-    Tls,
-}
-
-impl Transport {
-    pub fn name(self) -> &'static str {
-        match self {
-            Transport::Plain => "plain",
-            Transport::Tls => "tls",
-        }
-    }
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 /// Whether connections may start with a load balancer's PROXY header.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ProxyProtocol {
@@ -70,14 +46,39 @@ pub enum ProxyProtocol {
     From(Vec<Cidr>),
 }
 
-/// Where and how registers are made durable.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DataConfig {
-    pub path: PathBuf,
-    pub fsync: Fsync,
-    pub compaction: CompactionPolicy,
-    /// Keep the valid prefix of a damaged file instead of refusing to start.
-    pub repair: bool,
+/// What a listener lets its clients do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Access {
+    #[default]
+    ReadWrite,
+    /// Writes are answered `X` (the open port, when writes need TLS).
+    ReadOnly,
+}
+
+/// Where the HTTP side listens and who may ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    /// Client addresses allowed ([`HttpConfig::default_allow`]: loopback
+    /// only). An empty list allows everyone, as `--allow` does.
+    pub allow: Vec<Cidr>,
+}
+
+impl HttpConfig {
+    pub fn new(addr: SocketAddr) -> HttpConfig {
+        HttpConfig {
+            addr,
+            allow: HttpConfig::default_allow(),
+        }
+    }
+
+    /// `127.0.0.0/8` and `::1`.
+    pub fn default_allow() -> Vec<Cidr> {
+        ["127.0.0.0/8", "::1/128"]
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -1,32 +1,25 @@
-//! One transaction's logic, with no sockets: receive → respond → send.
+//! One transaction's logic, with no sockets: receive → transact → send.
 //!
 //! [`Incoming`] gathers the message from whatever a stream has ready (it never
 //! waits: a stream that would block is handed back to the caller, which parks the
-//! connection until more bytes arrive); [`respond`] parses, applies and encodes;
-//! [`send`] writes what it can of the reply. Timers are the caller's: when the gap
-//! or the deadline passes, [`Incoming::judge`] decides on the bytes already there.
-//! Nothing here logs.
+//! connection until more bytes arrive); [`transact`] parses, authorizes, applies
+//! and encodes — the one function from a message to its reply, which the server,
+//! the micro-benchmark and the tests all call; [`send`] writes what it can of
+//! the reply. Timers are the caller's: when the gap or the deadline passes,
+//! [`Incoming::judge`] decides on the bytes already there. Nothing here logs or
+//! counts.
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
 
+use crate::acl::{self, Acl};
+use crate::config::Access;
+use crate::facts::{Denial, Verdict};
 use crate::protocol::{
     Encoded, ErrorDetail, Failure, Frame, MAX_MESSAGE_BYTES, Reply, Request, Terminator, frame,
     frame_final,
 };
 use crate::store::backend::{Backend, StoreError};
-
-/// How a transaction ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// A message was judged and its reply sent.
-    Served,
-    /// Nothing arrived before the deadline (or the client closed without a
-    /// word); `X` was sent.
-    TimedOut,
-    /// The stream failed; the reply, if any, may not have arrived.
-    Failed(ErrorKind),
-}
 
 /// A complete message: `len` bytes of the buffer, then `terminator`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,17 +112,58 @@ impl Incoming {
     }
 }
 
-/// What a listener lets its clients do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Access {
-    #[default]
-    ReadWrite,
-    /// Writes are answered `X` (the open port, when writes need TLS).
-    ReadOnly,
+/// What a message is judged by, besides the store.
+#[derive(Clone, Copy)]
+pub struct Policy<'a> {
+    /// What the listener lets its clients do.
+    pub access: Access,
+    /// The `--acl` rules; `None` lets every request through.
+    pub acl: Option<&'a Acl>,
+    pub detail: ErrorDetail,
 }
 
-/// Applies a request to the store and says what to answer.
-pub fn apply(request: Request, store: &dyn Backend, access: Access) -> Reply {
+impl Policy<'_> {
+    /// Every request allowed, replies bare: the reference server's rules.
+    pub const OPEN: Policy<'static> = Policy {
+        access: Access::ReadWrite,
+        acl: None,
+        detail: ErrorDetail::Bare,
+    };
+}
+
+/// The one transaction: parses a complete message, checks it against the
+/// policy (who is asking, from `client`), applies it to the store and encodes
+/// the reply, ended the way the request was.
+pub fn transact(
+    message: &[u8],
+    terminator: Terminator,
+    client: &acl::Peer<'_>,
+    store: &dyn Backend,
+    policy: &Policy<'_>,
+) -> Verdict {
+    let mut denial = None;
+    let reply = match Request::parse(message) {
+        Ok(request) => match policy.acl.map(|acl| (acl, acl.check(client, &request))) {
+            Some((acl, decision)) if !decision.allowed => {
+                denial = Some(Denial {
+                    file: acl.path().display().to_string(),
+                    reason: decision.to_string(),
+                });
+                Reply::Failed(Failure::Forbidden)
+            }
+            _ => apply(request, store, policy.access),
+        },
+        Err(e) => Reply::Failed(Failure::Protocol(e)),
+    };
+    Verdict {
+        reply,
+        encoded: reply.encode(policy.detail, terminator),
+        denial,
+    }
+}
+
+/// Applies a parsed request to the store and says what to answer.
+fn apply(request: Request, store: &dyn Backend, access: Access) -> Reply {
     match request {
         Request::Write { .. } if access == Access::ReadOnly => Reply::Failed(Failure::Forbidden),
         Request::Read { device, register } => match store.read(device, register) {
@@ -163,36 +197,14 @@ fn failure(e: StoreError) -> Failure {
     }
 }
 
-/// Parses a complete message, applies it and encodes the reply, ended the way
-/// the request was.
-pub fn respond(
-    incoming: &Incoming,
-    message: Message,
-    store: &dyn Backend,
-    access: Access,
-    detail: ErrorDetail,
-) -> Encoded {
-    respond_with_reply(incoming, message, store, access, detail).0
-}
-
-/// [`respond`], also returning the reply before encoding (for the counters).
-pub fn respond_with_reply(
-    incoming: &Incoming,
-    message: Message,
-    store: &dyn Backend,
-    access: Access,
-    detail: ErrorDetail,
-) -> (Encoded, Reply) {
-    let reply = match Request::parse(&incoming.bytes()[..message.len]) {
-        Ok(request) => apply(request, store, access),
-        Err(e) => Reply::Failed(Failure::Protocol(e)),
-    };
-    (reply.encode(detail, message.terminator), reply)
-}
-
 /// The reply to a connection that sent nothing in time.
-pub fn timed_out(detail: ErrorDetail) -> Encoded {
-    Reply::Failed(Failure::Timeout).encode(detail, Terminator::None)
+pub fn timed_out(detail: ErrorDetail) -> Verdict {
+    let reply = Reply::Failed(Failure::Timeout);
+    Verdict {
+        reply,
+        encoded: reply.encode(detail, Terminator::None),
+        denial: None,
+    }
 }
 
 /// What [`send`] managed.
@@ -224,16 +236,12 @@ pub fn send<W: Write>(stream: &mut W, reply: &Encoded, sent: &mut usize) -> Sent
     }
 }
 
-/// Whether an I/O error only means "not now".
-pub fn is_would_block(e: &io::Error) -> bool {
-    e.kind() == ErrorKind::WouldBlock
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::RegisterStore;
     use std::collections::VecDeque;
+    use std::io;
 
     /// What a scripted peer does on the next read.
     enum Step {
@@ -304,9 +312,35 @@ mod tests {
         }
     }
 
+    fn respond(
+        incoming: &Incoming,
+        message: Message,
+        store: &RegisterStore,
+        access: Access,
+        detail: ErrorDetail,
+    ) -> Encoded {
+        let client = acl::Peer {
+            addr: std::net::Ipv4Addr::LOCALHOST.into(),
+            certificate: None,
+        };
+        let policy = Policy {
+            access,
+            acl: None,
+            detail,
+        };
+        transact(
+            &incoming.bytes()[..message.len],
+            message.terminator,
+            &client,
+            store,
+            &policy,
+        )
+        .encoded
+    }
+
     /// Receives until the script blocks, then judges what is there, as the
     /// server does when the gap timer fires; replies and returns what was read.
-    fn transact(
+    fn exchange(
         script: &mut Script,
         store: &RegisterStore,
         access: Access,
@@ -320,7 +354,7 @@ mod tests {
                 Received::Waiting if incoming.is_empty() => {
                     // The deadline passed with nothing received.
                     if script.steps.is_empty() {
-                        break Some(timed_out(detail));
+                        break Some(timed_out(detail).encoded);
                     }
                 }
                 Received::Waiting => {
@@ -328,7 +362,7 @@ mod tests {
                         break Some(respond(&incoming, incoming.judge(), store, access, detail));
                     }
                 }
-                Received::Closed => break Some(timed_out(detail)),
+                Received::Closed => break Some(timed_out(detail).encoded),
                 Received::Broken(_) => break None,
             }
         };
@@ -350,7 +384,7 @@ mod tests {
         detail: ErrorDetail,
     ) -> Script {
         let mut script = Script::new(steps);
-        transact(&mut script, store, access, detail);
+        exchange(&mut script, store, access, detail);
         script
     }
 
@@ -358,7 +392,7 @@ mod tests {
     fn write_then_read_in_one_segment_each() {
         let store = RegisterStore::new();
         let mut script = Script::new(vec![Step::Bytes(b"W0FAC0B1234")]);
-        let (incoming, _) = transact(&mut script, &store, Access::ReadWrite, ErrorDetail::Bare);
+        let (incoming, _) = exchange(&mut script, &store, Access::ReadWrite, ErrorDetail::Bare);
         assert_eq!(script.written, b"A0FAC0B1234");
         assert_eq!(incoming.bytes(), b"W0FAC0B1234");
         let s = run(vec![Step::Bytes(b"r0fac0b\r\n")], &store, ErrorDetail::Bare);
@@ -403,7 +437,7 @@ mod tests {
             Step::Block,
             Step::Bytes(b"34\n"),
         ]);
-        let (incoming, _) = transact(&mut script, &store, Access::ReadWrite, ErrorDetail::Bare);
+        let (incoming, _) = exchange(&mut script, &store, Access::ReadWrite, ErrorDetail::Bare);
         assert_eq!(script.written, b"A0FAC0B1234\n");
         assert_eq!(incoming.bytes(), b"W0FAC0B1234\n");
     }
@@ -517,7 +551,7 @@ mod tests {
         let store = RegisterStore::new();
         let junk: &'static [u8] = &[b'Z'; 1000];
         let mut script = Script::new(vec![Step::Bytes(junk)]);
-        let (incoming, _) = transact(
+        let (incoming, _) = exchange(
             &mut script,
             &store,
             Access::ReadWrite,

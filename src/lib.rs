@@ -1,32 +1,35 @@
 //! wwep — a server and client for WWEP, the register protocol embedded Wi-Fi boards
 //! speak over TCP and TLS.
 //!
-//! The crate is layered so each piece can be tested alone: [`protocol`] is the pure
-//! wire grammar, [`store`] the register map, [`connection`] one transaction's
-//! logic with no sockets, [`net`] the listeners, waiting room, admission, pool and
-//! shutdown, [`tls`] everything about certificates, [`acl`] who may read or
-//! write which registers, and [`client`] the blocking client the CLI and tests use.
-//! With `--http`, [`http`] serves [`metrics`], health checks and a live page fed
-//! by the [`activity`] record.
+//! The crate is layered so each piece can be tested alone, and each layer
+//! imports only the ones below it:
+//!
+//! - [`protocol`] the wire grammar; [`allow`] address ranges; [`facts`] what is
+//!   known of one connection; [`rate_limited`] log lines;
+//! - [`tls`] certificates and handshakes; [`acl`] who may read or write which
+//!   registers; [`metrics`] the counters; [`activity`] the live page's record;
+//!   [`store`] the registers (memory, data file, Valkey/Redis);
+//! - [`config`] the settings; [`connection`] one transaction with no sockets;
+//! - [`http`] the HTTP side, reading a narrow status view; [`net`] the
+//!   listeners, waiting room, sessions and the record of each connection, and
+//!   [`net::server`], which starts and stops it all;
+//! - [`client`] and [`bench`], the blocking client the CLI and tests use.
 #![forbid(unsafe_code)]
-
-pub use net::allow as access;
-pub use net::server;
 
 pub mod acl;
 pub mod activity;
+pub mod allow;
 pub mod bench;
 pub mod client;
 pub mod config;
 pub mod connection;
+pub mod facts;
 pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod notify;
 pub mod protocol;
+pub(crate) mod rate_limited;
 pub mod store;
 pub mod tls;
-
-/// The data file's journal, at the path the server has always imported it from.
-pub use store::journal;

@@ -19,16 +19,15 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
-use crate::config::Transport;
-use crate::net::admission::Refusal;
-use crate::protocol::{Failure, ProtocolError, Reply};
+use crate::facts::Refusal;
+use crate::protocol::{Failure, ProtocolError, Reply, Transport};
 use crate::tls::HandshakeFailureKind;
 
 /// The version and commit the binary was built from (`unknown` without git).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const GIT_HASH: &str = env!("WWEP_GIT_HASH");
 
-const PORTS: [Transport; 2] = [Transport::Plain, Transport::Tls];
+const PORTS: [Transport; 2] = Transport::ALL;
 
 /// The request's command as far as it could be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,10 +92,7 @@ fn result_index(reply: &Reply) -> usize {
 }
 
 fn port_index(port: Transport) -> usize {
-    match port {
-        Transport::Plain => 0,
-        Transport::Tls => 1,
-    }
+    port.index()
 }
 
 const HANDSHAKE_FAILURES: [HandshakeFailureKind; 9] = [
@@ -135,13 +131,7 @@ fn tls_version_index(version: &str) -> usize {
     }
 }
 
-const REFUSALS: [Refusal; Refusal::KINDS] = [
-    Refusal::Full,
-    Refusal::PerIp,
-    Refusal::NotAllowed,
-    Refusal::Shed,
-    Refusal::ProxyHeader,
-];
+const REFUSALS: [Refusal; Refusal::KINDS] = Refusal::ALL;
 
 fn refusal_label(refusal: Refusal) -> &'static str {
     match refusal {
@@ -237,8 +227,6 @@ pub struct DataFileMetrics {
     fsync_latency: AtomicHistogram,
     compactions: Counter,
     write_errors: Counter,
-    /// The last write to the file failed (cleared by the next that succeeds).
-    failing: AtomicBool,
     /// Set by the store when it knows the size better than a scrape can ask.
     bytes: AtomicU64,
 }
@@ -250,7 +238,6 @@ impl DataFileMetrics {
             fsync_latency: AtomicHistogram::new(&FSYNC_BOUNDS_US),
             compactions: Counter::default(),
             write_errors: Counter::default(),
-            failing: AtomicBool::new(false),
             bytes: AtomicU64::new(0),
         }
     }
@@ -269,25 +256,11 @@ impl DataFileMetrics {
     /// A write could not be made durable.
     pub fn write_error(&self) {
         self.write_errors.inc();
-        self.failing.store(true, Ordering::Relaxed);
-    }
-
-    /// A write reached the file: the disk works (again).
-    pub fn write_ok(&self) {
-        // Read first: the common case leaves the cache line shared.
-        if self.failing.load(Ordering::Relaxed) {
-            self.failing.store(false, Ordering::Relaxed);
-        }
     }
 
     /// The file's size, for stores that track it themselves.
     pub fn set_bytes(&self, bytes: u64) {
         self.bytes.store(bytes, Ordering::Relaxed);
-    }
-
-    /// Whether the last write to the file failed.
-    pub fn is_failing(&self) -> bool {
-        self.failing.load(Ordering::Relaxed)
     }
 }
 
@@ -296,7 +269,8 @@ impl DataFileMetrics {
 pub struct Snapshot {
     pub connections_open: usize,
     pub connections_waiting: usize,
-    pub registers: usize,
+    /// `None` where this process cannot count them cheaply (a shared store).
+    pub registers: Option<usize>,
     /// `None` without a data file.
     pub data_file_bytes: Option<u64>,
     /// The earliest not-after of the served certificates, as Unix time.
@@ -323,6 +297,12 @@ pub struct Metrics {
     handshake_failures: [Counter; HANDSHAKE_FAILURES.len()],
     refusals_family: Family<Labels1, Counter>,
     refusals: [Counter; REFUSALS.len()],
+    /// Connections that closed without sending a byte.
+    closed_empty: Counter,
+    /// Requests the `--acl` rules refused.
+    acl_denials: Counter,
+    /// Transactions answered: the running count of the transaction line.
+    answered: AtomicU64,
     data_file: Arc<DataFileMetrics>,
     /// Whether each port's accept thread is running.
     listening: [AtomicBool; 2],
@@ -382,6 +362,9 @@ impl Metrics {
             handshake_failures,
             refusals_family,
             refusals,
+            closed_empty: Counter::default(),
+            acl_denials: Counter::default(),
+            answered: AtomicU64::new(0),
             data_file: Arc::new(DataFileMetrics::new()),
             listening: [AtomicBool::new(false), AtomicBool::new(false)],
         }
@@ -389,18 +372,46 @@ impl Metrics {
 
     /// A transaction answered on `port`: `request` is what arrived, `reply`
     /// what was answered, `took` from accept to reply.
-    pub fn transaction(&self, port: Transport, request: &[u8], reply: &Reply, took: Duration) {
+    /// An answered message; returns its running number (1 for the first).
+    pub fn answered(&self, port: Transport, request: &[u8], reply: &Reply, took: Duration) -> u64 {
+        self.replied(port, request, reply, took);
+        self.answered.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A reply that ends no message: the `X` of a connection that sent nothing
+    /// before its deadline.
+    pub fn replied(&self, port: Transport, request: &[u8], reply: &Reply, took: Duration) {
         let p = port_index(port);
         let command = Command::of(request) as usize;
         self.transactions[p][command][result_index(reply)].inc();
         self.latency[p].observe(took);
-        match reply {
-            Reply::Failed(Failure::Storage) => self.data_file.write_error(),
-            Reply::Accepted { .. } if command == Command::Write as usize => {
-                self.data_file.write_ok()
-            }
-            _ => {}
-        }
+    }
+
+    /// A connection closed without sending a byte.
+    pub fn closed_empty(&self) {
+        self.closed_empty.inc();
+    }
+
+    /// A request the `--acl` rules refused.
+    pub fn acl_denial(&self) {
+        self.acl_denials.inc();
+    }
+
+    /// Messages answered so far.
+    pub fn answered_total(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    pub fn refusals_total(&self, refusal: Refusal) -> u64 {
+        self.refusals[refusal.index()].get()
+    }
+
+    pub fn handshake_failures_total(&self) -> u64 {
+        self.handshake_failures.iter().map(Counter::get).sum()
+    }
+
+    pub fn acl_denials_total(&self) -> u64 {
+        self.acl_denials.get()
     }
 
     /// An `X` sent at once to a connection refused for lack of room (nothing
@@ -423,8 +434,7 @@ impl Metrics {
     }
 
     pub fn refusal(&self, refusal: Refusal) {
-        let i = REFUSALS.iter().position(|&r| r == refusal).unwrap_or(0);
-        self.refusals[i].inc();
+        self.refusals[refusal.index()].inc();
     }
 
     /// The handle the data file reports through.
@@ -496,10 +506,18 @@ impl Metrics {
             gauge(as_i64(snapshot.connections_waiting)),
         );
         registry.register(
-            "registers",
-            "Registers stored",
-            gauge(as_i64(snapshot.registers)),
+            "connections_closed",
+            "Connections that ended without a message, by reason (empty: closed without sending a byte)",
+            closed_family(&self.closed_empty),
         );
+        registry.register(
+            "acl_denials",
+            "Requests the --acl rules refused (answered X)",
+            self.acl_denials.clone(),
+        );
+        if let Some(registers) = snapshot.registers {
+            registry.register("registers", "Registers stored", gauge(as_i64(registers)));
+        }
         let listening: Family<Labels1, Gauge> = Family::default();
         for port in PORTS {
             listening
@@ -559,6 +577,15 @@ impl Metrics {
 }
 
 /// Clears a port's `listener_up` when its accept thread ends.
+/// `connections_closed{reason=...}`, with the one reason counted today.
+fn closed_family(empty: &Counter) -> Family<Labels1, Counter> {
+    let family: Family<Labels1, Counter> = Family::default();
+    family
+        .get_or_create(&[("reason", "empty")])
+        .inc_by(empty.get());
+    family
+}
+
 pub struct ListeningGuard {
     metrics: Arc<Metrics>,
     port: Transport,
@@ -586,25 +613,25 @@ mod tests {
             register: 2,
             value: 3,
         };
-        m.transaction(
+        m.answered(
             Transport::Plain,
             b"W0001020003",
             &ok,
             Duration::from_micros(70),
         );
-        m.transaction(
+        m.answered(
             Transport::Plain,
             b"W0001020003",
             &ok,
             Duration::from_micros(70),
         );
-        m.transaction(
+        m.answered(
             Transport::Tls,
             b"R0001ZZ",
             &Reply::Failed(Failure::Protocol(ProtocolError::BadHex)),
             Duration::from_millis(3),
         );
-        m.transaction(
+        m.answered(
             Transport::Plain,
             b"",
             &Reply::Failed(Failure::Timeout),
@@ -650,25 +677,26 @@ mod tests {
     }
 
     #[test]
-    fn data_file_health_follows_the_last_write() {
+    fn answered_messages_are_numbered_and_empty_connections_are_not_transactions() {
         let m = Metrics::new();
-        let df = m.data_file();
-        assert!(!df.is_failing());
-        m.transaction(
-            Transport::Plain,
-            b"W0001020003",
-            &Reply::Failed(Failure::Storage),
-            Duration::ZERO,
-        );
-        assert!(df.is_failing());
         let ok = Reply::Accepted {
             device: 1,
             register: 2,
             value: 3,
         };
-        m.transaction(Transport::Plain, b"R000102", &ok, Duration::ZERO);
-        assert!(df.is_failing(), "a read says nothing about the disk");
-        m.transaction(Transport::Plain, b"W0001020003", &ok, Duration::ZERO);
-        assert!(!df.is_failing());
+        assert_eq!(m.answered(Transport::Plain, b"R000102", &ok, Duration::ZERO), 1);
+        m.closed_empty();
+        m.closed_empty();
+        assert_eq!(m.answered(Transport::Tls, b"R000102", &ok, Duration::ZERO), 2);
+        assert_eq!(m.answered_total(), 2);
+        let text = m.encode(&Snapshot::default());
+        assert!(text.contains(r#"wwep_connections_closed_total{reason="empty"} 2"#), "{text}");
+        assert!(!text.contains("result=\"timeout\"} 1"), "{text}");
+        assert!(!text.contains("wwep_registers"), "unknown counts are absent: {text}");
+        let text = m.encode(&Snapshot {
+            registers: Some(3),
+            ..Snapshot::default()
+        });
+        assert!(text.contains("wwep_registers 3"), "{text}");
     }
 }

@@ -13,6 +13,38 @@ pub const DEFAULT_PLAIN_PORT: u16 = 27708;
 /// The secure (TLS) port of the protocol.
 pub const DEFAULT_TLS_PORT: u16 = 40508;
 
+/// Which listener a connection arrived on: the open port or the TLS port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Plain,
+    Tls,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 2] = [Transport::Plain, Transport::Tls];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Plain => "plain",
+            Transport::Tls => "tls",
+        }
+    }
+
+    /// 0 for the open port, 1 for TLS: an index into per-port arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Transport::Plain => 0,
+            Transport::Tls => 1,
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The most bytes a connection's message may occupy before it is judged as it stands.
 /// A valid request with its terminator is at most 13 bytes; the rest is slack for
 /// humans, never a reason to buffer more.
@@ -376,6 +408,7 @@ pub struct Encoded {
     buf: [u8; 32],
     len: usize,
 }
+
 
 impl Encoded {
     fn new() -> Self {

@@ -823,7 +823,17 @@ impl Acceptor {
     }
 
     /// The not-after dates of the served certificates.
-    pub fn not_after(&self) -> Vec<&openssl::asn1::Asn1TimeRef> {
+    /// The earliest expiry of the certificates served, as Unix time.
+    pub fn earliest_not_after_unix(&self) -> Option<i64> {
+        let epoch = Asn1Time::from_unix(0).ok()?;
+        self.not_after()
+            .into_iter()
+            .filter_map(|t| epoch.diff(t).ok())
+            .map(|d| i64::from(d.days) * 86_400 + i64::from(d.secs))
+            .min()
+    }
+
+    fn not_after(&self) -> Vec<&openssl::asn1::Asn1TimeRef> {
         self.material
             .identities
             .iter()

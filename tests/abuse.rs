@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
-use wwep::connection::Access;
+use wwep::config::Access;
 #[test]
 fn allow_list_closes_other_addresses_without_a_reply() {
     let s = TestServer::with(|c| {

@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use wwep::journal::{CompactionPolicy, Fsync, MAGIC, encode_record};
+use wwep::store::journal::{CompactionPolicy, Fsync, MAGIC, encode_record};
 use wwep::store::RegisterStore;
 
 const EXIT_LIMIT: Duration = Duration::from_secs(15);

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use wwep::http::HttpConfig;
+use wwep::config::HttpConfig;
 
 /// An HTTP answer as the tests look at it.
 struct Answer {
@@ -362,10 +362,10 @@ fn health_turns_503_when_the_data_file_fails_and_200_when_it_recovers() {
     let s = TestServer::with(|c| {
         with_http(c);
         c.tls_port = None;
-        c.data = Some(wwep::config::DataConfig {
+        c.data = Some(wwep::store::DataConfig {
             path: data.clone(),
-            fsync: wwep::journal::Fsync::Always,
-            compaction: wwep::journal::CompactionPolicy::default(),
+            fsync: wwep::store::journal::Fsync::Always,
+            compaction: wwep::store::journal::CompactionPolicy::default(),
             repair: false,
         });
     });
@@ -768,7 +768,12 @@ fn the_open_page_shows_a_new_write_within_two_seconds() {
 fn before_the_server_is_up_ready_and_health_say_starting() {
     // The HTTP side alone, as during the data file's replay.
     let config = HttpConfig::new("127.0.0.1:0".parse().unwrap());
-    let http = wwep::http::HttpServer::start(&config).expect("http starts");
+    let http = wwep::http::HttpServer::start(
+        &config,
+        std::sync::Arc::new(wwep::metrics::Metrics::new()),
+        std::sync::Arc::new(wwep::activity::Activity::new()),
+    )
+    .expect("http starts");
     let ready = get(http.addr(), "/ready");
     assert_eq!((ready.status, ready.body.as_str()), (503, "starting\n"));
     let health = get(http.addr(), "/health");
@@ -786,10 +791,10 @@ fn the_data_file_reports_its_fsyncs_and_compactions() {
     let s = TestServer::with(|c| {
         with_http(c);
         c.tls_port = None;
-        c.data = Some(wwep::config::DataConfig {
+        c.data = Some(wwep::store::DataConfig {
             path: dir.path().join("registers.wwep"),
-            fsync: wwep::journal::Fsync::EverySec,
-            compaction: wwep::journal::CompactionPolicy {
+            fsync: wwep::store::journal::Fsync::EverySec,
+            compaction: wwep::store::journal::CompactionPolicy {
                 ratio: 2.0,
                 min_bytes: 64,
             },

@@ -10,19 +10,19 @@ use std::time::Duration;
 use clap::Parser;
 use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use wwep::access::Cidr;
+use wwep::allow::Cidr;
 use wwep::config::{
     DEFAULT_GAP_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_IP, DEFAULT_PLAIN_PORT,
-    DEFAULT_TIMEOUT_MS, DEFAULT_TLS_PORT, DEFAULT_WORKERS, DataConfig, ProxyProtocol, ServerConfig,
+    DEFAULT_TIMEOUT_MS, DEFAULT_TLS_PORT, DEFAULT_WORKERS, ProxyProtocol, ServerConfig,
 };
-use wwep::connection::Access;
-use wwep::http::{HttpConfig, default_allow};
-use wwep::journal::JournalError;
-use wwep::journal::{CompactionPolicy, Fsync};
+use wwep::config::{Access, HttpConfig};
+use wwep::store::DataConfig;
+use wwep::store::journal::JournalError;
+use wwep::store::journal::{CompactionPolicy, Fsync};
 use wwep::logging::LogFormat;
 use wwep::notify::notify;
 use wwep::protocol::ErrorDetail;
-use wwep::server::{ServerControl, ServerError};
+use wwep::net::server::{ServerControl, ServerError};
 use wwep::store::redis::{DEFAULT_PREFIX, RedisOpenError, RedisSettings, StoreLocation};
 use wwep::tls::{
     ClientAuth, DEFAULT_SESSION_CACHE, IdentitySource, MAX_SESSION_LIFETIME_SECS, TlsMin,
@@ -285,7 +285,7 @@ impl Args {
             http: self.http.map(|addr| HttpConfig {
                 addr,
                 allow: if self.http_allow.is_empty() {
-                    default_allow()
+                    HttpConfig::default_allow()
                 } else {
                     self.http_allow
                 },
@@ -399,7 +399,7 @@ fn run(config: ServerConfig) -> ExitCode {
         handle.close();
         let _ = signal_thread.join();
     };
-    let server = match wwep::server::start_unless(config, &running.stop) {
+    let server = match wwep::net::server::start_unless(config, &running.stop) {
         Ok(server) => server,
         Err(ServerError::Data(JournalError::Cancelled { .. })) => {
             info!("stopped during startup");

@@ -14,68 +14,32 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
 
 use log::{debug, info};
 
-use crate::activity::{Activity, Transaction};
-use crate::metrics::Metrics;
-use crate::net::allow::Cidr;
-use crate::net::server::Shared;
+use crate::activity::Activity;
+use crate::allow::Cidr;
+use crate::config::HttpConfig;
+use crate::metrics::{Metrics, Snapshot};
 
-/// Where the HTTP side listens and who may ask.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpConfig {
-    pub addr: SocketAddr,
-    /// Client addresses allowed ([`default_allow`]: loopback only). An empty
-    /// list allows everyone, as `--allow` does.
-    pub allow: Vec<Cidr>,
-}
-
-impl HttpConfig {
-    /// The port the README suggests, on loopback.
-    pub const SUGGESTED_ADDR: &'static str = "127.0.0.1:9708";
-
-    pub fn new(addr: SocketAddr) -> HttpConfig {
-        HttpConfig {
-            addr,
-            allow: default_allow(),
-        }
-    }
-}
-
-/// `127.0.0.0/8` and `::1`.
-pub fn default_allow() -> Vec<Cidr> {
-    ["127.0.0.0/8", "::1/128"]
-        .iter()
-        .filter_map(|c| c.parse().ok())
-        .collect()
-}
-
-/// What the connection path reports to the HTTP side: counters and the
-/// activity record. Kept in the server's shared state when `--http` is on.
-#[derive(Default)]
-pub struct Observer {
-    pub metrics: Arc<Metrics>,
-    pub activity: Activity,
-}
-
-impl Observer {
-    /// One answered transaction (one call per transaction, from the worker).
-    pub fn transaction(&self, tx: &Transaction<'_>) {
-        let took = Duration::from_micros(tx.micros);
-        self.metrics
-            .transaction(tx.port, tx.request, &tx.verdict, took);
-        self.activity.record(tx);
-    }
+/// What the HTTP side reads of the running WWEP side: a narrow view the server
+/// fills in, so nothing here knows how the server is built.
+pub trait Status: Send + Sync {
+    /// Values for `/metrics` read where they live (connections, registers,
+    /// the data file's size, certificate expiry).
+    fn snapshot(&self) -> Snapshot;
+    /// `Ok` when the server can do its work, or the reason it cannot.
+    fn health(&self) -> Result<(), String>;
+    fn is_stopping(&self) -> bool;
 }
 
 /// What the request threads share.
 struct State {
-    observer: Arc<Observer>,
+    metrics: Arc<Metrics>,
+    activity: Arc<Activity>,
     allow: Vec<Cidr>,
     /// Set once the WWEP ports are open: the server is ready.
-    server: OnceLock<Arc<Shared>>,
+    server: OnceLock<Arc<dyn Status>>,
     stopping: AtomicBool,
 }
 
@@ -94,12 +58,17 @@ const THREADS: usize = 2;
 impl HttpServer {
     /// Binds the HTTP port and starts answering (`/ready` says 503 until
     /// [`HttpServer::attach`]).
-    pub fn start(config: &HttpConfig) -> io::Result<HttpServer> {
+    pub fn start(
+        config: &HttpConfig,
+        metrics: Arc<Metrics>,
+        activity: Arc<Activity>,
+    ) -> io::Result<HttpServer> {
         let http = tiny_http::Server::http(config.addr).map_err(io::Error::other)?;
         let addr = http.server_addr().to_ip().unwrap_or(config.addr);
         let http = Arc::new(http);
         let state = Arc::new(State {
-            observer: Arc::new(Observer::default()),
+            metrics,
+            activity,
             allow: config.allow.clone(),
             server: OnceLock::new(),
             stopping: AtomicBool::new(false),
@@ -126,14 +95,9 @@ impl HttpServer {
         self.addr
     }
 
-    /// What the connection path reports to.
-    pub fn observer(&self) -> Arc<Observer> {
-        Arc::clone(&self.state.observer)
-    }
-
     /// The WWEP side is up: serve its state; `/ready` turns 200.
-    pub(crate) fn attach(&self, shared: Arc<Shared>) {
-        let _ = self.state.server.set(shared);
+    pub fn attach(&self, status: Arc<dyn Status>) {
+        let _ = self.state.server.set(status);
     }
 
     /// Stops answering and joins the request threads.

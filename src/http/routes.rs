@@ -6,10 +6,7 @@ use log::debug;
 use tiny_http::{Header, Method, Request, Response};
 
 use super::State;
-use crate::config::Transport;
-use crate::metrics::Snapshot;
-use crate::net::allow;
-use crate::net::server::Shared;
+use crate::allow;
 
 /// The live page: HTML, CSS and script in one file, no external assets.
 const PAGE: &str = include_str!("page.html");
@@ -61,74 +58,35 @@ fn route(path: &str, state: &State) -> Response<Cursor<Vec<u8>>> {
             .with_header(header("Content-Security-Policy", PAGE_CSP))
             .with_header(header("Referrer-Policy", "no-referrer")),
         "/metrics" => {
-            let snapshot = server.map(|s| snapshot(s)).unwrap_or_default();
+            let snapshot = server.map(|s| s.snapshot()).unwrap_or_default();
             reply(
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
-                state.observer.metrics.encode(&snapshot),
+                state.metrics.encode(&snapshot),
             )
         }
         "/health" => match server {
             None => text(503, "starting: the data file is being replayed"),
-            Some(shared) => match health(shared, state) {
+            Some(status) => match status.health() {
                 Ok(()) => text(200, "ok"),
                 Err(reason) => text(503, reason),
             },
         },
         "/ready" => match server {
             None => text(503, "starting"),
-            Some(shared) if shared.is_stopping() => text(503, "stopping"),
+            Some(status) if status.is_stopping() => text(503, "stopping"),
             Some(_) => text(200, "ready"),
         },
         "/api/state" => {
-            let (transactions, registers) =
-                server.map_or((0, 0), |s| (s.transactions(), s.registers()));
+            let registers = server.and_then(|s| s.snapshot().registers);
             reply(
                 200,
                 "application/json",
-                state.observer.activity.to_json(transactions, registers),
+                state
+                    .activity
+                    .to_json(state.metrics.answered_total(), registers),
             )
         }
         _ => text(404, "not found: try /, /metrics, /health or /ready"),
     }
-}
-
-fn snapshot(shared: &Shared) -> Snapshot {
-    Snapshot {
-        connections_open: shared.table.open(),
-        connections_waiting: shared.room.len(),
-        registers: shared.registers(),
-        data_file_bytes: shared
-            .memory
-            .as_ref()
-            .and_then(|m| m.journal().map(|j| j.len())),
-        certificate_not_after: shared.certificate_not_after(),
-    }
-}
-
-/// Healthy: not stopping, every enabled port accepting, the data file (if any)
-/// taking writes, and a shared store (if any) answering.
-fn health(shared: &Shared, state: &State) -> Result<(), String> {
-    if shared.is_stopping() {
-        return Err("stopping".to_string());
-    }
-    let metrics = &state.observer.metrics;
-    for (port, enabled) in [
-        (Transport::Plain, shared.config.plain_port.is_some()),
-        (Transport::Tls, shared.config.tls_port.is_some()),
-    ] {
-        if enabled && !metrics.is_listening(port) {
-            return Err(format!("the {port} listener is not accepting"));
-        }
-    }
-    if shared.config.data.is_some() && metrics.data_file().is_failing() {
-        return Err("the data file is failing: the last write could not be stored".to_string());
-    }
-    if !shared.backend.writable() {
-        return Err(format!(
-            "the store ({}) does not answer",
-            shared.config.store.location
-        ));
-    }
-    Ok(())
 }

@@ -15,53 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-/// Why a connection was turned away or closed early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Refusal {
-    /// The connection table was full and nobody could be shed.
-    Full,
-    /// Its address already holds `--max-per-ip` unfinished connections.
-    PerIp,
-    /// Its address is not in `--allow`.
-    NotAllowed,
-    /// It had sent nothing and was the oldest such when the table was full.
-    Shed,
-    /// A PROXY header that was malformed, or came from an address not in
-    /// `--proxy-from`.
-    ProxyHeader,
-}
-
-impl Refusal {
-    /// How many kinds there are.
-    pub const KINDS: usize = 5;
-
-    /// A dense index (0..KINDS), for per-kind tables.
-    pub fn index(self) -> usize {
-        match self {
-            Refusal::Full => 0,
-            Refusal::PerIp => 1,
-            Refusal::NotAllowed => 2,
-            Refusal::Shed => 3,
-            Refusal::ProxyHeader => 4,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Refusal::Full => "full",
-            Refusal::PerIp => "per-address limit",
-            Refusal::NotAllowed => "not allowed",
-            Refusal::Shed => "shed",
-            Refusal::ProxyHeader => "proxy header",
-        }
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+use crate::facts::Refusal;
 
 /// The connection table: how many are open, and how many of each address are
 /// still unfinished.
@@ -125,7 +79,8 @@ impl AdmissionTable {
     }
 
     /// Unfinished connections from `ip` now.
-    pub fn unfinished_from(&self, ip: IpAddr) -> usize {
+    #[cfg(test)]
+    fn unfinished_from(&self, ip: IpAddr) -> usize {
         self.unfinished().get(&ip).copied().unwrap_or(0)
     }
 

@@ -10,19 +10,19 @@
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::debug;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::config::Transport;
-use crate::net::admission::Refusal;
-use crate::net::allow;
+use crate::allow;
+use crate::facts::{Ending, Facts, Refusal};
+use crate::net::context::{Context, run_guarded};
 use crate::net::linger;
-use crate::net::server::Shared;
-use crate::net::session::{Session, Wake};
-use crate::protocol::{Failure, Reply, Terminator};
+use crate::net::session::{self, Room, Session};
+use crate::net::waiting_room::Wake;
+use crate::protocol::Transport;
 
 pub(crate) const LISTENER: Token = Token(0);
 pub(crate) const STOP: Token = Token(1);
@@ -63,7 +63,8 @@ pub(crate) fn accept_loop(
     listener: std::net::TcpListener,
     mut poll: Poll,
     transport: Transport,
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
+    room: Arc<Room>,
 ) {
     let mut listener = TcpListener::from_std(listener);
     if let Err(e) = poll
@@ -74,7 +75,7 @@ pub(crate) fn accept_loop(
         return;
     }
     let mut events = Events::with_capacity(8);
-    let serves_here = serves_here(transport, &shared);
+    let serves_here = serves_here(transport, &ctx);
     if serves_here {
         linger::finish_own_closes();
     }
@@ -86,7 +87,7 @@ pub(crate) fn accept_loop(
     let mut here: Vec<Session> = Vec::with_capacity(here_per_batch);
     // Until the next look at the closes this thread finishes itself.
     let mut sweep_in = None;
-    while !shared.is_stopping() {
+    while !ctx.is_stopping() {
         if let Err(e) = poll.poll(&mut events, sweep_in) {
             if e.kind() != io::ErrorKind::Interrupted {
                 debug!("{transport} accept poll failed: {e}");
@@ -98,18 +99,19 @@ pub(crate) fn accept_loop(
         // the accept that finds the queue empty); the next ones here once the
         // batch is in, the rest by the pool.
         let mut served = 0;
-        while !shared.is_stopping() {
+        while !ctx.is_stopping() {
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    let Some(session) = admit(TcpStream::from(stream), peer, transport, &shared)
+                    let Some(session) =
+                        admit(TcpStream::from(stream), peer, transport, &ctx, &room)
                     else {
                         continue;
                     };
                     if served + here.len() >= here_per_batch {
-                        hand_to_pool(session, &shared);
+                        hand_to_pool(session, &ctx, &room);
                     } else if served == 0 && here.is_empty() {
                         served += 1;
-                        shared.run_guarded(|| session.run(Wake::Accepted, &shared));
+                        run_guarded(|| session.run(Wake::Accepted, &ctx, &room));
                     } else {
                         here.push(session);
                     }
@@ -117,7 +119,7 @@ pub(crate) fn accept_loop(
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_fd_exhaustion(&e) => {
-                    shared.accept_log.log(format_args!(
+                    ctx.trouble_log.log(format_args!(
                         "{transport} listener cannot accept: {e}; backing off"
                     ));
                     std::thread::sleep(Duration::from_millis(50));
@@ -126,15 +128,15 @@ pub(crate) fn accept_loop(
             }
         }
         for session in here.drain(..) {
-            if shared.is_stopping() {
-                hand_to_pool(session, &shared);
+            if ctx.is_stopping() {
+                hand_to_pool(session, &ctx, &room);
             } else {
-                shared.run_guarded(|| session.run(Wake::Accepted, &shared));
+                run_guarded(|| session.run(Wake::Accepted, &ctx, &room));
             }
         }
-        sweep_in = linger::sweep_own_closes(&shared.lingerer);
+        sweep_in = linger::sweep_own_closes(&ctx.lingerer);
     }
-    linger::hand_over_own_closes(&shared.lingerer);
+    linger::hand_over_own_closes(&ctx.lingerer);
     debug!("{transport} accept loop stopped");
 }
 
@@ -145,13 +147,13 @@ pub(crate) fn accept_loop(
 /// transaction's cost. A connection without a complete message goes to the
 /// waiting room like any other. TLS handshakes, data files and shared stores
 /// always go to the pool.
-fn serves_here(transport: Transport, shared: &Shared) -> bool {
-    transport == Transport::Plain && shared.backend.answers_from_memory()
+fn serves_here(transport: Transport, ctx: &Context) -> bool {
+    transport == Transport::Plain && ctx.backend.answers_from_memory()
 }
 
-fn hand_to_pool(session: Session, shared: &Arc<Shared>) {
-    let for_job = Arc::clone(shared);
-    shared.execute(move || session.run(Wake::Accepted, &for_job));
+fn hand_to_pool(session: Session, ctx: &Arc<Context>, room: &Arc<Room>) {
+    let (for_job, room) = (Arc::clone(ctx), Arc::clone(room));
+    ctx.execute(move || session.run(Wake::Accepted, &for_job, &room));
 }
 
 /// Gives a new connection its place, or turns it away.
@@ -159,71 +161,51 @@ fn admit(
     stream: TcpStream,
     peer: SocketAddr,
     transport: Transport,
-    shared: &Arc<Shared>,
+    ctx: &Context,
+    room: &Room,
 ) -> Option<Session> {
+    let mut facts = Facts::new(transport, peer, Instant::now());
     let ip = peer.ip().to_canonical();
-    if !allow::allowed(&shared.config.allow, ip) {
-        shared.count_refusal(Refusal::NotAllowed);
-        shared.refusal_log(Refusal::NotAllowed).log(format_args!(
-            "closed {transport} connection from {peer}: address not in --allow"
-        ));
+    if !allow::allowed(&ctx.config.allow, ip) {
+        refuse(&stream, &mut facts, Refusal::NotAllowed, ctx);
         return None;
     }
-    let admitted = match shared.table.admit(ip) {
-        Err(Refusal::Full) => match shared.room.shed_oldest_silent() {
+    let admitted = match ctx.table.admit(ip) {
+        Err(Refusal::Full) => match room.shed_oldest_silent() {
             Some(victim) => {
-                victim.shed(shared);
-                shared.table.admit(ip)
+                victim.shed(ctx, room);
+                ctx.table.admit(ip)
             }
             None => Err(Refusal::Full),
         },
         other => other,
     };
-    let admission = match admitted {
-        Ok(admission) => admission,
+    match admitted {
+        Ok(admission) => Some(Session::new(ctx.next_token(), stream, facts, admission, ctx)),
         Err(refusal) => {
-            refuse(stream, peer, transport, refusal, shared);
-            return None;
+            refuse(&stream, &mut facts, refusal, ctx);
+            None
         }
-    };
-    Some(Session::new(
-        shared.next_token(),
-        stream,
-        peer,
-        transport,
-        admission,
-        shared,
-    ))
+    }
 }
 
-/// Turns a connection away without blocking: an `X` on the open port, nothing
-/// on the TLS port, where no handshake has happened.
-fn refuse(
-    stream: TcpStream,
-    peer: SocketAddr,
-    transport: Transport,
-    refusal: Refusal,
-    shared: &Shared,
-) {
-    shared.count_refusal(refusal);
-    let config = &shared.config;
-    match refusal {
-        Refusal::PerIp => shared.refusal_log(refusal).log(format_args!(
-            "refusing {transport} connection from {peer}: {} connections from that address are unfinished (--max-per-ip)",
-            config.max_per_ip
-        )),
-        _ => shared.refusal_log(refusal).log(format_args!(
-            "refusing {transport} connection from {peer}: {} connections open and none silent to shed (--max-connections)",
-            config.max_connections
-        )),
-    }
-    if transport == Transport::Plain {
-        shared.count_busy_reply(transport);
-        let reply = Reply::Failed(Failure::Busy).encode(config.error_detail, Terminator::None);
-        let _ =
-            socket2::SockRef::from(&stream).send_with_flags(reply.as_bytes(), libc::MSG_DONTWAIT);
+/// Turns a connection away without blocking: an `X` on the open port for
+/// lack of room, nothing on the TLS port (no handshake has happened) or to an
+/// address not allowed.
+fn refuse(stream: &TcpStream, facts: &mut Facts, refusal: Refusal, ctx: &Context) {
+    if facts.transport == Transport::Plain && refusal != Refusal::NotAllowed {
+        let busy = session::busy_reply(ctx);
+        let _ = socket2::SockRef::from(stream)
+            .send_with_flags(busy.encoded.as_bytes(), libc::MSG_DONTWAIT);
         let _ = stream.shutdown(Shutdown::Write);
         // Whatever already arrived is read so the close is a FIN, not a reset.
-        linger::drain_now(&stream);
+        linger::drain_now(stream);
+        facts.verdict = Some(busy);
     }
+    facts.finished_at = Some(Instant::now());
+    let ending = Ending::Refused {
+        refusal,
+        problem: None,
+    };
+    ctx.record.finished(facts, b"", &ending);
 }

@@ -1,19 +1,20 @@
 //! The network side, in the order a connection meets it:
 //!
-//! [`listener`] binds and accepts (one thread per port) → [`allow`] and
-//! [`admission`] decide whether it gets a place → [`session`] owns its life from
-//! then on: the balancer's [`proxy`] header, TLS handshake, receive, respond,
-//! send, close, log → when a step
-//! would block, the [`waiting_room`] holds it until its socket is ready or its
-//! timer fires → [`linger`] finishes graceful closes. [`server`] starts and
-//! stops all of it.
+//! [`listener`] binds and accepts (one thread per port), checks `--allow` and
+//! takes a place in the connection table ([`admission`]) → [`session`] owns
+//! the connection's life from then on: the balancer's [`proxy`] header, TLS
+//! handshake, receive, transact, send, close → when a step would block, the
+//! [`waiting_room`] holds it until its socket is ready or its timer fires →
+//! [`linger`] finishes graceful closes → [`record`] turns the finished
+//! connection's facts into its log line, counts and live-page entry. Every
+//! step reads the [`context`]; [`server`] starts and stops all of it.
 
 pub mod admission;
-pub mod allow;
+pub(crate) mod context;
 pub mod linger;
 pub(crate) mod listener;
 pub mod proxy;
-pub(crate) mod rate_limited;
+pub(crate) mod record;
 pub mod server;
 pub(crate) mod session;
 pub(crate) mod waiting_room;

@@ -2,34 +2,34 @@
 //! threads, the waiting room's thread, the worker pool and the counters they
 //! share.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use log::{error, info, warn};
-use mio::{Poll, Token, Waker};
-use threadpool::ThreadPool;
+use log::{info, warn};
+use mio::{Poll, Waker};
 
 use crate::acl::{Acl, AclError};
-use crate::activity::Transaction;
-use crate::config::{ConfigError, ServerConfig, Transport};
-use crate::http::{HttpServer, Observer};
-use crate::journal::JournalError;
-use crate::net::admission::{AdmissionTable, Refusal};
+use crate::activity::Activity;
+use crate::config::{ConfigError, ServerConfig};
+use crate::facts::Refusal;
+use crate::http::{HttpServer, Status};
+use crate::metrics::{Metrics, Snapshot};
+use crate::net::context::{Context, Parts};
 use crate::net::linger::Lingerer;
 use crate::net::listener;
-use crate::net::rate_limited::RateLimitedLog;
-use crate::net::waiting_room::WaitingRoom;
+use crate::net::record::{Limits, Record};
+use crate::net::session::Room;
+use crate::protocol::Transport;
 use crate::store::backend::Backend;
+use crate::store::journal::JournalError;
 use crate::store::redis::{RedisOpenError, RedisStore};
 use crate::store::{RegisterStore, open_logged};
-use crate::tls::{Acceptor, ClientAuth, HandshakeFailureKind, Identity, TlsError};
+use crate::tls::{Acceptor, ClientAuth, Identity, TlsError};
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -77,12 +77,6 @@ impl From<TlsError> for ServerError {
     }
 }
 
-fn run_guarded(job: impl FnOnce()) {
-    if catch_unwind(AssertUnwindSafe(job)).is_err() {
-        error!("a connection was abandoned after a panic while it was served");
-    }
-}
-
 /// Counters an operator or a test can read while the server runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -105,189 +99,16 @@ pub struct Stats {
     pub forbidden: u64,
 }
 
-/// What every thread of the server shares.
-pub(crate) struct Shared {
-    pub(crate) config: ServerConfig,
-    /// Where registers are read and written.
-    pub(crate) backend: Arc<dyn Backend>,
-    /// The in-process store, when that is the backend.
-    pub(crate) memory: Option<Arc<RegisterStore>>,
-    /// Swapped whole on SIGHUP; a handshake holds its own `Arc`.
-    acceptor: RwLock<Option<Arc<Acceptor>>>,
-    /// The `--acl` rules, swapped whole on SIGHUP; `None` without `--acl`.
-    acl: Option<RwLock<Arc<Acl>>>,
-    pub(crate) table: Arc<AdmissionTable>,
-    pub(crate) room: WaitingRoom,
-    pub(crate) lingerer: Lingerer,
-    pool: ThreadPool,
-    next_token: AtomicUsize,
-    stopping: AtomicBool,
-    /// Wake the accept threads' pollers on shutdown.
-    accept_wakers: Mutex<Vec<Waker>>,
-    transactions: AtomicU64,
-    refusals: Mutex<HashMap<Refusal, u64>>,
-    handshake_failures: Mutex<HashMap<HandshakeFailureKind, u64>>,
-    forbidden: AtomicU64,
-    /// One rate limit per kind of refusal, so a flood of one kind cannot hide
-    /// another.
-    refusal_logs: [RateLimitedLog; Refusal::KINDS],
-    pub(crate) accept_log: RateLimitedLog,
-    pub(crate) handshake_log: RateLimitedLog,
-    pub(crate) forbidden_log: RateLimitedLog,
-    /// Counters and the activity record for `--http`; `None` without it.
-    pub(crate) observer: Option<Arc<Observer>>,
-}
-
-impl Shared {
-    /// The TLS context for a new handshake; renewed (fresh session cache and
-    /// ticket keys) once the session lifetime has run out.
-    pub(crate) fn acceptor(&self) -> Option<Arc<Acceptor>> {
-        let current = self
-            .acceptor
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()?;
-        let now = Instant::now();
-        if !current.renewal_due(now) {
-            return Some(current);
-        }
-        let mut slot = self.acceptor.write().unwrap_or_else(|p| p.into_inner());
-        match slot.as_ref() {
-            Some(latest) if latest.renewal_due(now) => match latest.renew() {
-                Ok(renewed) => *slot = Some(Arc::new(renewed)),
-                Err(e) => self
-                    .accept_log
-                    .log(format_args!("cannot renew the TLS session keys: {e}")),
-            },
-            _ => {}
-        }
-        slot.clone()
-    }
-
-    /// The `--acl` rules in force now; `None` when every request may pass.
-    pub(crate) fn acl(&self) -> Option<Arc<Acl>> {
-        self.acl
-            .as_ref()
-            .map(|acl| Arc::clone(&acl.read().unwrap_or_else(|p| p.into_inner())))
-    }
-
-    pub(crate) fn count_forbidden(&self) {
-        self.forbidden.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn next_token(&self) -> Token {
-        // Token 0 is the waiting room's waker; tokens are never reused.
-        Token(self.next_token.fetch_add(1, Ordering::Relaxed))
-    }
-
-    pub(crate) fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::Acquire)
-    }
-
-    /// Runs a job on the pool; a panic in it is logged and costs only that
-    /// connection (dropping the session releases its place and closes it).
-    pub(crate) fn execute(&self, job: impl FnOnce() + Send + 'static) {
-        self.pool.execute(move || run_guarded(job));
-    }
-
-    /// Runs a connection's step on this thread, with the same guard as the pool.
-    pub(crate) fn run_guarded(&self, job: impl FnOnce()) {
-        run_guarded(job)
-    }
-
-    /// Registers stored, where this process holds them (0 with a shared store,
-    /// which other front ends write to as well).
-    pub(crate) fn registers(&self) -> usize {
-        self.memory.as_ref().map_or(0, |m| m.len())
-    }
-
-    pub(crate) fn count_transaction(&self) -> u64 {
-        self.transactions.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    pub(crate) fn refusal_log(&self, refusal: Refusal) -> &RateLimitedLog {
-        &self.refusal_logs[refusal.index()]
-    }
-
-    pub(crate) fn count_refusal(&self, refusal: Refusal) {
-        if let Some(observer) = &self.observer {
-            observer.metrics.refusal(refusal);
-        }
-        *self
-            .refusals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(refusal)
-            .or_insert(0) += 1;
-    }
-
-    /// An answered transaction, for the metrics and the live page.
-    pub(crate) fn observe(&self, tx: &Transaction<'_>) {
-        if let Some(observer) = &self.observer {
-            observer.transaction(tx);
-        }
-    }
-
-    /// A TLS handshake that completed.
-    pub(crate) fn count_handshake(&self, version: &str, resumed: bool) {
-        if let Some(observer) = &self.observer {
-            observer.metrics.handshake(version, resumed);
-        }
-    }
-
-    /// An `X` sent to a connection turned away for lack of room.
-    pub(crate) fn count_busy_reply(&self, transport: Transport) {
-        if let Some(observer) = &self.observer {
-            observer.metrics.busy(transport);
-        }
-    }
-
-    pub(crate) fn count_handshake_failure(&self, kind: HandshakeFailureKind) {
-        if let Some(observer) = &self.observer {
-            observer.metrics.handshake_failure(kind);
-        }
-        *self
-            .handshake_failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(kind)
-            .or_insert(0) += 1;
-    }
-
-    pub(crate) fn transactions(&self) -> u64 {
-        self.transactions.load(Ordering::Relaxed)
-    }
-
-    /// The earliest expiry of the certificates served now, as Unix time.
-    pub(crate) fn certificate_not_after(&self) -> Option<i64> {
-        let acceptor = self
-            .acceptor
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()?;
-        let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
-        acceptor
-            .not_after()
-            .into_iter()
-            .filter_map(|t| epoch.diff(t).ok())
-            .map(|d| i64::from(d.days) * 86_400 + i64::from(d.secs))
-            .min()
-    }
-
-    fn refusals(&self, refusal: Refusal) -> u64 {
-        self.refusals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&refusal)
-            .copied()
-            .unwrap_or(0)
-    }
-}
-
 /// A running server. Dropping it does not stop it: call [`RunningServer::shutdown`],
 /// or [`ServerControl::shutdown`] from another thread and then [`RunningServer::wait`].
 pub struct RunningServer {
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
+    room: Arc<Room>,
+    /// The in-process store, when registers live here (its maintenance
+    /// thread and the tests' look inside); the connections see only the
+    /// context's backend.
+    memory: Option<Arc<RegisterStore>>,
+    wakers: Arc<Mutex<Vec<Waker>>>,
     plain_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
     accept_threads: Vec<JoinHandle<()>>,
@@ -299,7 +120,9 @@ pub struct RunningServer {
 /// Stops or reconfigures a running server from another thread (a signal handler).
 #[derive(Clone)]
 pub struct ServerControl {
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
+    /// Wake the accept threads' pollers on shutdown.
+    wakers: Arc<Mutex<Vec<Waker>>>,
 }
 
 /// Starts a server; with `config.data`, the store is first rebuilt from the data
@@ -319,36 +142,68 @@ pub fn start_unless(
     // Certificates and rules first: a bad one fails fast, before any file is touched.
     let acceptor = load_acceptor(&config)?;
     let acl = load_acl(&config)?;
+    let metrics = Arc::new(Metrics::new());
+    let activity = config.http.as_ref().map(|_| Arc::new(Activity::new()));
     // The HTTP side first, so /ready can say the data file is being replayed.
-    let http = start_http(&config)?;
-    if !config.store.location.is_memory() {
-        let shared = RedisStore::open(&config.store, config.workers, config.timeout)
-            .map_err(ServerError::Store)?;
-        return launch(config, Arc::new(shared), None, acceptor, acl, http);
-    }
-    let store = Arc::new(match &config.data {
-        None => RegisterStore::new(),
-        Some(data) => open_logged(data, cancel).map_err(ServerError::Data)?,
-    });
-    let in_memory = config.data.is_none();
-    let server = launch(config, store.clone(), Some(store), acceptor, acl, http)?;
+    let http = start_http(&config, &metrics, activity.as_ref())?;
+    let (backend, memory) = open_store(&config, &metrics, cancel)?;
+    let record = Record::new(
+        metrics,
+        activity,
+        Limits {
+            max_connections: config.max_connections,
+            max_per_ip: config.max_per_ip,
+        },
+    );
+    let in_memory = memory.is_some() && config.data.is_none();
+    let parts = Parts {
+        config,
+        backend,
+        acceptor,
+        acl,
+        record,
+    };
+    let server = launch(parts, memory, http)?;
     if in_memory {
         info!("no --data file: registers are kept in memory only and lost when the server stops");
     }
     Ok(server)
 }
 
-fn start_http(config: &ServerConfig) -> Result<Option<HttpServer>, ServerError> {
-    config
-        .http
-        .as_ref()
-        .map(|http| {
-            HttpServer::start(http).map_err(|source| ServerError::Bind {
-                addr: http.addr,
-                source,
-            })
+fn start_http(
+    config: &ServerConfig,
+    metrics: &Arc<Metrics>,
+    activity: Option<&Arc<Activity>>,
+) -> Result<Option<HttpServer>, ServerError> {
+    let (Some(http), Some(activity)) = (&config.http, activity) else {
+        return Ok(None);
+    };
+    HttpServer::start(http, Arc::clone(metrics), Arc::clone(activity))
+        .map(Some)
+        .map_err(|source| ServerError::Bind {
+            addr: http.addr,
+            source,
         })
-        .transpose()
+}
+
+/// Where registers live: Valkey/Redis, or this process (rebuilt from the data
+/// file, if any, whose counts go to `metrics`).
+fn open_store(
+    config: &ServerConfig,
+    metrics: &Metrics,
+    cancel: &AtomicBool,
+) -> Result<(Arc<dyn Backend>, Option<Arc<RegisterStore>>), ServerError> {
+    if !config.store.location.is_memory() {
+        let shared = RedisStore::open(&config.store, config.workers, config.timeout)
+            .map_err(ServerError::Store)?;
+        return Ok((Arc::new(shared), None));
+    }
+    let store = Arc::new(match &config.data {
+        None => RegisterStore::new(),
+        Some(data) => open_logged(data, cancel).map_err(ServerError::Data)?,
+    });
+    store.report_to(Arc::clone(metrics.data_file()));
+    Ok((store.clone(), Some(store)))
 }
 
 /// Loads the certificates and keys the TLS port serves.
@@ -370,19 +225,6 @@ fn load_acceptor(config: &ServerConfig) -> Result<Option<Acceptor>, TlsError> {
         warn!("{warning}");
     }
     Acceptor::new(identities, &config.client_auth, &config.tls).map(Some)
-}
-
-/// Starts a server over an existing store: loads the TLS identity, binds both
-/// listeners and spawns their threads.
-pub fn start_with_store(
-    config: ServerConfig,
-    store: Arc<RegisterStore>,
-) -> Result<RunningServer, ServerError> {
-    config.validate()?;
-    let acceptor = load_acceptor(&config)?;
-    let acl = load_acl(&config)?;
-    let http = start_http(&config)?;
-    launch(config, store.clone(), Some(store), acceptor, acl, http)
 }
 
 /// Reads the `--acl` rule file, saying what it holds.
@@ -425,132 +267,161 @@ fn fit_open_files(config: &mut ServerConfig) {
     }
 }
 
+/// A bound listener and its address.
+type Bound = Option<(std::net::TcpListener, SocketAddr)>;
+
+fn bind_port(config: &ServerConfig, port: Option<u16>) -> Result<Bound, ServerError> {
+    let Some(port) = port else { return Ok(None) };
+    let addr = SocketAddr::new(config.bind, port);
+    let listener = listener::bind(addr, config.max_connections)
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    Ok(Some((listener, bound)))
+}
+
+/// Binds both ports, then starts the waiting room's thread and an accept
+/// thread per port; on any failure, what started is stopped again.
 fn launch(
-    mut config: ServerConfig,
-    backend: Arc<dyn Backend>,
+    mut parts: Parts,
     memory: Option<Arc<RegisterStore>>,
-    acceptor: Option<Acceptor>,
-    acl: Option<Acl>,
     http: Option<HttpServer>,
 ) -> Result<RunningServer, ServerError> {
-    fit_open_files(&mut config);
-    let bind =
-        |port: Option<u16>| -> Result<Option<(std::net::TcpListener, SocketAddr)>, ServerError> {
-            let Some(port) = port else { return Ok(None) };
-            let addr = SocketAddr::new(config.bind, port);
-            let listener = listener::bind(addr, config.max_connections)
-                .map_err(|source| ServerError::Bind { addr, source })?;
-            let bound = listener
-                .local_addr()
-                .map_err(|source| ServerError::Bind { addr, source })?;
-            Ok(Some((listener, bound)))
-        };
-    let plain = bind(config.plain_port)?;
-    let secure = bind(config.tls_port)?;
-    let pool = threadpool::Builder::new()
-        .num_threads(config.workers)
-        .thread_name("wwep-worker".to_string())
-        .build();
-    let lingerer = Lingerer::start(config.max_connections).map_err(ServerError::Thread)?;
-    let (room, room_poll) = WaitingRoom::new().map_err(ServerError::Thread)?;
-    let plain_addr = plain.as_ref().map(|(_, a)| *a);
-    let tls_addr = secure.as_ref().map(|(_, a)| *a);
-    let table = AdmissionTable::new(config.max_connections, config.max_per_ip);
-    let client_log_interval = Duration::from_secs(1);
-    let shared = Arc::new(Shared {
-        config,
-        backend,
-        memory: memory.clone(),
-        acceptor: RwLock::new(acceptor.map(Arc::new)),
-        acl: acl.map(|acl| RwLock::new(Arc::new(acl))),
-        table,
-        room,
-        lingerer,
-        pool,
-        next_token: AtomicUsize::new(1),
-        stopping: AtomicBool::new(false),
-        accept_wakers: Mutex::new(Vec::new()),
-        transactions: AtomicU64::new(0),
-        refusals: Mutex::new(HashMap::new()),
-        handshake_failures: Mutex::new(HashMap::new()),
-        forbidden: AtomicU64::new(0),
-        refusal_logs: std::array::from_fn(|_| {
-            RateLimitedLog::new(log::Level::Warn, client_log_interval)
-        }),
-        accept_log: RateLimitedLog::new(log::Level::Warn, client_log_interval),
-        handshake_log: RateLimitedLog::new(log::Level::Info, client_log_interval),
-        forbidden_log: RateLimitedLog::new(log::Level::Warn, client_log_interval),
-        observer: http.as_ref().map(HttpServer::observer),
-    });
-    if let (Some(observer), Some(store)) = (&shared.observer, &shared.memory) {
-        store.report_to(Arc::clone(observer.metrics.data_file()));
-    }
+    fit_open_files(&mut parts.config);
+    let plain = bind_port(&parts.config, parts.config.plain_port)?;
+    let secure = bind_port(&parts.config, parts.config.tls_port)?;
+    let lingerer = Lingerer::start(parts.config.max_connections).map_err(ServerError::Thread)?;
+    let (room, room_poll) = Room::new().map_err(ServerError::Thread)?;
+    let ctx = Arc::new(Context::new(parts, lingerer));
     let stop_maintenance = Arc::new(AtomicBool::new(false));
     let mut server = RunningServer {
-        shared: Arc::clone(&shared),
-        plain_addr,
-        tls_addr,
-        accept_threads: Vec::new(),
-        room_thread: None,
+        ctx: Arc::clone(&ctx),
+        room: Arc::new(room),
         maintenance: memory
+            .as_ref()
             .and_then(|store| store.spawn_maintenance(Arc::clone(&stop_maintenance)))
             .map(|handle| (stop_maintenance, handle)),
+        memory,
+        wakers: Arc::new(Mutex::new(Vec::new())),
+        plain_addr: plain.as_ref().map(|(_, a)| *a),
+        tls_addr: secure.as_ref().map(|(_, a)| *a),
+        accept_threads: Vec::new(),
+        room_thread: None,
         http,
     };
-    let for_room = Arc::clone(&shared);
-    match thread::Builder::new()
-        .name("wwep-waiting-room".to_string())
-        .spawn(move || WaitingRoom::run(room_poll, for_room))
-    {
-        Ok(handle) => server.room_thread = Some(handle),
-        Err(e) => {
-            server.control().shutdown();
-            let _ = server.wait();
-            return Err(ServerError::Thread(e));
-        }
-    }
-    for (listener, transport) in [(plain, Transport::Plain), (secure, Transport::Tls)] {
-        let Some((listener, addr)) = listener else {
-            continue;
-        };
-        let started = Poll::new().and_then(|poll| {
-            let waker = Waker::new(poll.registry(), listener::STOP)?;
-            shared
-                .accept_wakers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(waker);
-            let shared = Arc::clone(&shared);
-            let up = shared
-                .observer
-                .as_ref()
-                .map(|o| o.metrics.listening(transport));
-            thread::Builder::new()
-                .name(format!("wwep-accept-{transport}"))
-                .spawn(move || {
-                    let _up = up;
-                    listener::accept_loop(listener, poll, transport, shared)
-                })
-        });
-        match started {
-            Ok(handle) => {
-                info!("{transport} listener on {addr}");
-                server.accept_threads.push(handle);
-            }
-            Err(e) => {
-                server.control().shutdown();
-                let _ = server.wait();
-                return Err(ServerError::Thread(e));
-            }
-        }
+    let started = server
+        .start_room(room_poll)
+        .and_then(|()| server.start_accepting(plain, Transport::Plain))
+        .and_then(|()| server.start_accepting(secure, Transport::Tls));
+    if let Err(e) = started {
+        server.control().shutdown();
+        let _ = server.wait();
+        return Err(ServerError::Thread(e));
     }
     if let Some(http) = &server.http {
-        http.attach(Arc::clone(&shared));
+        http.attach(Arc::new(ServerStatus {
+            ctx: Arc::clone(&server.ctx),
+            room: Arc::clone(&server.room),
+        }));
     }
     Ok(server)
 }
 
+/// What `/health`, `/ready` and `/metrics` read of the server.
+struct ServerStatus {
+    ctx: Arc<Context>,
+    room: Arc<Room>,
+}
+
+impl Status for ServerStatus {
+    fn snapshot(&self) -> Snapshot {
+        let ctx = &self.ctx;
+        Snapshot {
+            connections_open: ctx.table.open(),
+            connections_waiting: self.room.len(),
+            registers: ctx.backend.registers(),
+            data_file_bytes: ctx.backend.data_file_bytes(),
+            certificate_not_after: ctx
+                .current_acceptor()
+                .and_then(|a| a.earliest_not_after_unix()),
+        }
+    }
+
+    /// Healthy: not stopping, every enabled port accepting, and the store
+    /// taking writes (the data file's last write went through; a shared
+    /// store answers).
+    fn health(&self) -> Result<(), String> {
+        let ctx = &self.ctx;
+        if ctx.is_stopping() {
+            return Err("stopping".to_string());
+        }
+        let metrics = ctx.record.metrics();
+        for (port, enabled) in [
+            (Transport::Plain, ctx.config.plain_port.is_some()),
+            (Transport::Tls, ctx.config.tls_port.is_some()),
+        ] {
+            if enabled && !metrics.is_listening(port) {
+                return Err(format!("the {port} listener is not accepting"));
+            }
+        }
+        if ctx.backend.writable() {
+            return Ok(());
+        }
+        Err(match ctx.config.data {
+            Some(_) => "the data file is failing: the last write could not be stored".to_string(),
+            None => format!(
+                "the store ({}) does not answer",
+                ctx.config.store.location
+            ),
+        })
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.ctx.is_stopping()
+    }
+}
+
 impl RunningServer {
+    /// The waiting room's thread: hands due connections to the workers.
+    fn start_room(&mut self, poll: Poll) -> io::Result<()> {
+        let (ctx, room) = (Arc::clone(&self.ctx), Arc::clone(&self.room));
+        let handle = thread::Builder::new()
+            .name("wwep-waiting-room".to_string())
+            .spawn(move || {
+                room.run(poll, |session, wake| {
+                    let (for_job, for_room) = (Arc::clone(&ctx), Arc::clone(&room));
+                    ctx.execute(move || session.run(wake, &for_job, &for_room));
+                })
+            })?;
+        self.room_thread = Some(handle);
+        Ok(())
+    }
+
+    /// A port's accept thread, woken by the stop through its own waker.
+    fn start_accepting(&mut self, bound: Bound, transport: Transport) -> io::Result<()> {
+        let Some((listener, addr)) = bound else {
+            return Ok(());
+        };
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), listener::STOP)?;
+        self.wakers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(waker);
+        let (ctx, room) = (Arc::clone(&self.ctx), Arc::clone(&self.room));
+        let up = ctx.record.metrics().listening(transport);
+        let handle = thread::Builder::new()
+            .name(format!("wwep-accept-{transport}"))
+            .spawn(move || {
+                let _up = up;
+                listener::accept_loop(listener, poll, transport, ctx, room)
+            })?;
+        info!("{transport} listener on {addr}");
+        self.accept_threads.push(handle);
+        Ok(())
+    }
+
     /// The HTTP side's address (`--http`).
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http.as_ref().map(HttpServer::addr)
@@ -566,31 +437,28 @@ impl RunningServer {
 
     /// The in-process store (absent when registers live in Redis).
     pub fn store(&self) -> Option<&Arc<RegisterStore>> {
-        self.shared.memory.as_ref()
+        self.memory.as_ref()
     }
 
+    /// The counters, read from the same place `/metrics` reads them.
     pub fn stats(&self) -> Stats {
-        let shared = &self.shared;
+        let metrics = self.ctx.record.metrics();
         Stats {
-            transactions: shared.transactions.load(Ordering::Relaxed),
-            rejected: shared.refusals(Refusal::Full) + shared.refusals(Refusal::PerIp),
-            denied: shared.refusals(Refusal::NotAllowed),
-            shed: shared.refusals(Refusal::Shed),
-            in_flight: shared.table.open(),
-            waiting: shared.room.len(),
-            handshake_failures: shared
-                .handshake_failures
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .sum(),
-            forbidden: shared.forbidden.load(Ordering::Relaxed),
+            transactions: metrics.answered_total(),
+            rejected: metrics.refusals_total(Refusal::Full) + metrics.refusals_total(Refusal::PerIp),
+            denied: metrics.refusals_total(Refusal::NotAllowed),
+            shed: metrics.refusals_total(Refusal::Shed),
+            in_flight: self.ctx.table.open(),
+            waiting: self.room.len(),
+            handshake_failures: metrics.handshake_failures_total(),
+            forbidden: metrics.acl_denials_total(),
         }
     }
 
     pub fn control(&self) -> ServerControl {
         ServerControl {
-            shared: Arc::clone(&self.shared),
+            ctx: Arc::clone(&self.ctx),
+            wakers: Arc::clone(&self.wakers),
         }
     }
 
@@ -601,28 +469,25 @@ impl RunningServer {
         for handle in self.accept_threads.drain(..) {
             let _ = handle.join();
         }
-        let shared = &self.shared;
+        let ctx = &self.ctx;
         // Connections that have sent nothing get their X now; the rest have
         // until their deadlines, which the waiting room enforces.
-        shared.room.flush_silent();
-        let until = Instant::now() + shared.config.timeout + shared.config.gap;
-        if !shared.table.wait_empty(until) {
-            warn!(
-                "stopping with {} connections still open",
-                shared.table.open()
-            );
+        self.room.flush_silent();
+        let until = Instant::now() + ctx.config.timeout + ctx.config.gap;
+        if !ctx.table.wait_empty(until) {
+            warn!("stopping with {} connections still open", ctx.table.open());
         }
-        shared.room.stop();
+        self.room.stop();
         if let Some(handle) = self.room_thread.take() {
             let _ = handle.join();
         }
-        shared.pool.join();
-        shared.lingerer.stop();
+        ctx.join_workers();
+        ctx.lingerer.stop();
         if let Some((stop, handle)) = self.maintenance.take() {
             stop.store(true, Ordering::Release);
             let _ = handle.join();
         }
-        let synced = shared.backend.sync();
+        let synced = ctx.backend.sync();
         if let Some(http) = self.http.take() {
             http.stop();
         }
@@ -639,12 +504,11 @@ impl RunningServer {
 impl ServerControl {
     /// Stops the accept loops; [`RunningServer::wait`] then drains and returns.
     pub fn shutdown(&self) {
-        if self.shared.stopping.swap(true, Ordering::AcqRel) {
+        if !self.ctx.stop() {
             return;
         }
         for waker in self
-            .shared
-            .accept_wakers
+            .wakers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
@@ -658,7 +522,7 @@ impl ServerControl {
     /// certificate expired or not yet valid, or not matching its key) is refused
     /// and the old pair stays in service.
     pub fn reload_tls(&self) -> Result<(), TlsError> {
-        let config = &self.shared.config;
+        let config = &self.ctx.config;
         if config.tls_port.is_none() || config.identity.is_none() {
             return Ok(());
         }
@@ -667,11 +531,7 @@ impl ServerControl {
             identity.check_validity_now()?;
         }
         let acceptor = Acceptor::new(identities, &config.client_auth, &config.tls)?;
-        *self
-            .shared
-            .acceptor
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(acceptor));
+        self.ctx.replace_acceptor(acceptor);
         Ok(())
     }
 
@@ -679,11 +539,10 @@ impl ServerControl {
     /// file with an error is refused as a whole and the old rules stay in
     /// force. Returns the new rules (`None` without `--acl`).
     pub fn reload_acl(&self) -> Result<Option<Arc<Acl>>, AclError> {
-        let (Some(path), Some(slot)) = (&self.shared.config.acl, &self.shared.acl) else {
+        let Some(path) = &self.ctx.config.acl else {
             return Ok(None);
         };
         let acl = Arc::new(Acl::load(path)?);
-        *slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&acl);
-        Ok(Some(acl))
+        Ok(self.ctx.replace_acl(Arc::clone(&acl)).then_some(acl))
     }
 }

@@ -1,56 +1,47 @@
-//! The life of one connection, from accept to close: handshake (TLS), receive,
-//! respond, send, close, log.
+//! The life of one connection, from accept to close: the balancer's PROXY
+//! header, the TLS handshake, receive, transact, send, close.
 //!
-//! A [`Session`] owns its socket and its place in the connection table. A worker
-//! advances it as far as the socket allows without waiting; when the next step
-//! would block, the session goes back to the waiting room with the instant at
-//! which it must be looked at again (its deadline, or the end of the gap after a
-//! started message). No worker ever waits on a client.
+//! A [`Session`] owns its socket, its place in the connection table and its
+//! [`Facts`]. A worker advances it as far as the socket allows without waiting;
+//! when the next step would block, the session goes back to the waiting room
+//! with the instant at which it must be looked at again (its deadline, or the
+//! end of the gap after a started message). No worker ever waits on a client.
+//! The session counts and logs nothing itself: when it ends, its facts go to
+//! the [`Record`](crate::net::record::Record), once.
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
-use log::{debug, info};
 use mio::{Interest, Token};
 
-use std::io::Read;
-
 use crate::acl::{self, Certificate};
-use crate::activity::Transaction;
-use crate::config::{ProxyProtocol, Transport};
-use crate::connection::{self, Access, Incoming, Message, Outcome, Received, Sent};
-use crate::net::admission::{Admission, Refusal};
-use crate::net::allow;
+use crate::allow;
+use crate::config::{Access, ProxyProtocol};
+use crate::connection::{self, Incoming, Policy, Received, Sent};
+use crate::facts::{Ending, Facts, Refusal, TlsFacts, Verdict};
+use crate::net::admission::Admission;
+use crate::net::context::Context;
 use crate::net::linger::{self, Drained};
 use crate::net::proxy::{self, Header, Origin};
-use crate::net::server::Shared;
-use crate::protocol::{Encoded, Escaped, Failure, Reply, Request, Terminator};
+use crate::net::waiting_room::{Waiter, WaitingRoom, Wake};
+use crate::protocol::{Failure, Reply, Terminator, Transport};
 use crate::tls::{Handshake, HandshakeFailureKind, PendingHandshake, ServerStream};
 
-/// Why a worker is looking at a session now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Wake {
-    /// Just accepted.
-    Accepted,
-    /// Its socket became ready.
-    Ready,
-    /// Its timer (gap or deadline) fired.
-    Timer,
-    /// The server is stopping and the session has sent nothing: answer now.
-    Shutdown,
-}
+/// The waiting room of WWEP connections.
+pub(crate) type Room = WaitingRoom<Session>;
 
 /// What the session needs next.
-pub(crate) enum Step {
+enum Step {
     /// Wait in the waiting room for the socket (or until the instant).
     Park(Interest, Instant),
     Done,
 }
 
 /// The socket, as far as the connection has got.
-enum Link {
+enum Stage {
     /// Waiting for the first bytes, which may be a balancer's PROXY header.
     AwaitingProxy(TcpStream),
     Plain(TcpStream),
@@ -61,102 +52,94 @@ enum Link {
     Closed,
 }
 
-/// The reply being sent.
+/// The reply (in the facts' verdict) being sent.
 struct Sending {
-    reply: Encoded,
     sent: usize,
-    outcome: Outcome,
-    /// The reply before encoding, for the counters.
-    verdict: Reply,
+    /// How the connection ends once the reply is out.
+    then: Ending,
 }
 
 /// One connection.
 pub(crate) struct Session {
     token: Token,
-    link: Link,
-    peer: SocketAddr,
-    transport: Transport,
-    accepted_at: Instant,
+    stage: Stage,
+    facts: Facts,
     deadline: Instant,
     incoming: Incoming,
     sending: Option<Sending>,
     admission: Admission,
-    /// The client certificate's common name (mutual TLS).
-    client: Option<String>,
-    /// The client certificate's names, when `--acl` needs them.
-    certificate: Option<Certificate>,
-    /// `TLSv1.3 resumed` and the like, for the transaction line.
-    tls_summary: Option<String>,
     /// Whether the socket is registered with the waiting room's poller.
-    pub(crate) registered: bool,
+    registered: bool,
+}
+
+impl Waiter for Session {
+    fn token(&self) -> Token {
+        self.token
+    }
+
+    fn fd(&self) -> Option<RawFd> {
+        self.tcp().map(|tcp| tcp.as_raw_fd())
+    }
+
+    fn is_silent(&self) -> bool {
+        match self.stage {
+            Stage::Plain(_) => self.incoming.is_empty(),
+            Stage::AwaitingProxy(_) | Stage::TlsFresh(_) => true,
+            _ => false,
+        }
+    }
+
+    fn registered(&mut self) -> &mut bool {
+        &mut self.registered
+    }
 }
 
 impl Session {
     pub(crate) fn new(
         token: Token,
         stream: TcpStream,
-        peer: SocketAddr,
-        transport: Transport,
+        facts: Facts,
         admission: Admission,
-        shared: &Shared,
+        ctx: &Context,
     ) -> Session {
-        let accepted_at = Instant::now();
-        if transport == Transport::Tls {
+        if facts.transport == Transport::Tls {
             // The handshake is several small writes; Nagle would delay each.
             let _ = stream.set_nodelay(true);
         }
-        let link = match shared.config.proxy {
-            ProxyProtocol::From(_) => Link::AwaitingProxy(stream),
-            ProxyProtocol::Off => first_link(transport, stream),
+        let stage = match ctx.config.proxy {
+            ProxyProtocol::From(_) => Stage::AwaitingProxy(stream),
+            ProxyProtocol::Off => first_stage(facts.transport, stream),
         };
         Session {
             token,
-            link,
-            peer,
-            transport,
-            accepted_at,
-            deadline: accepted_at + shared.config.timeout,
+            stage,
+            deadline: facts.accepted_at + ctx.config.timeout,
+            facts,
             incoming: Incoming::default(),
             sending: None,
             admission,
-            client: None,
-            certificate: None,
-            tls_summary: None,
             registered: false,
         }
     }
 
-    pub(crate) fn token(&self) -> Token {
-        self.token
-    }
-
     /// The socket, for the poller.
-    pub(crate) fn tcp(&self) -> Option<&TcpStream> {
-        match &self.link {
-            Link::AwaitingProxy(s) | Link::Plain(s) | Link::TlsFresh(s) => Some(s),
-            Link::Handshaking(h) => h.tcp(),
-            Link::Tls(s) => s.tcp(),
-            Link::Closed => None,
-        }
-    }
-
-    /// Nothing has arrived on it yet: the first to go when the table is full.
-    pub(crate) fn is_silent(&self) -> bool {
-        match self.link {
-            Link::Plain(_) => self.incoming.is_empty(),
-            Link::AwaitingProxy(_) | Link::TlsFresh(_) => true,
-            _ => false,
+    fn tcp(&self) -> Option<&TcpStream> {
+        match &self.stage {
+            Stage::AwaitingProxy(s) | Stage::Plain(s) | Stage::TlsFresh(s) => Some(s),
+            Stage::Handshaking(h) => h.tcp(),
+            Stage::Tls(s) => s.tcp(),
+            Stage::Closed => None,
         }
     }
 
     /// Advances the session as far as it goes now, then parks it or ends it.
-    pub(crate) fn run(mut self, wake: Wake, shared: &Arc<Shared>) {
-        match self.advance(wake, shared) {
+    pub(crate) fn run(mut self, wake: Wake, ctx: &Arc<Context>, room: &Arc<Room>) {
+        match self.advance(wake, ctx, room) {
             Step::Park(interest, until) => {
                 if interest.is_readable() {
                     self.ack_at_once();
                 }
-                shared.room.park(self, interest, until)
+                room.park(self, interest, until)
             }
             Step::Done => {}
         }
@@ -175,460 +158,375 @@ impl Session {
         }
     }
 
-    fn advance(&mut self, wake: Wake, shared: &Shared) -> Step {
+    fn advance(&mut self, wake: Wake, ctx: &Context, room: &Room) -> Step {
         let now = Instant::now();
         let expired = now >= self.deadline || wake == Wake::Shutdown;
         loop {
             if self.sending.is_some() {
-                return self.send(now, shared);
+                return self.send(now, ctx, room);
             }
-            match std::mem::replace(&mut self.link, Link::Closed) {
-                Link::AwaitingProxy(tcp) => {
+            match std::mem::replace(&mut self.stage, Stage::Closed) {
+                Stage::AwaitingProxy(tcp) => {
+                    self.stage = Stage::AwaitingProxy(tcp);
                     if expired {
-                        self.link = Link::AwaitingProxy(tcp);
-                        return self.finish(Outcome::Failed(ErrorKind::TimedOut), shared);
+                        return self.finish(Ending::Broken(ErrorKind::TimedOut), ctx, room);
                     }
-                    match self.proxy_header(tcp, shared) {
-                        Ok(link) => self.link = link,
-                        Err(step) => return step,
+                    if let Some(step) = self.proxy_header(ctx, room) {
+                        return step;
                     }
                 }
-                Link::TlsFresh(tcp) => {
+                Stage::TlsFresh(tcp) => {
+                    self.stage = Stage::TlsFresh(tcp);
                     if expired {
-                        self.link = Link::TlsFresh(tcp);
-                        return self.handshake_failed(HandshakeFailureKind::Timeout, "", shared);
+                        return self.handshake_failed(HandshakeFailureKind::Timeout, ctx, room);
                     }
+                    let Stage::TlsFresh(tcp) = &self.stage else {
+                        return Step::Done;
+                    };
                     // Nothing arrived yet: wait without building any TLS state.
                     match tcp.peek(&mut [0u8; 1]) {
                         Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            self.link = Link::TlsFresh(tcp);
                             return Step::Park(Interest::READABLE, self.deadline);
                         }
-                        Ok(0) | Err(_) => {
-                            self.link = Link::TlsFresh(tcp);
-                            return self.finish(Outcome::Failed(ErrorKind::UnexpectedEof), shared);
-                        }
+                        Ok(0) => return self.finish(Ending::Empty, ctx, room),
+                        Err(e) => return self.finish(Ending::Broken(e.kind()), ctx, room),
                         Ok(_) => {}
                     }
-                    let Some(acceptor) = shared.acceptor() else {
-                        self.link = Link::TlsFresh(tcp);
-                        return self.finish(Outcome::Failed(ErrorKind::NotConnected), shared);
+                    let Some(acceptor) = ctx.acceptor() else {
+                        return self.finish(Ending::Broken(ErrorKind::NotConnected), ctx, room);
                     };
-                    self.link = self.handshake_step(acceptor.start(tcp), shared);
-                }
-                Link::Handshaking(pending) => {
-                    if expired {
-                        self.link = Link::Handshaking(pending);
-                        return self.handshake_failed(HandshakeFailureKind::Timeout, "", shared);
+                    let Stage::TlsFresh(tcp) = std::mem::replace(&mut self.stage, Stage::Closed)
+                    else {
+                        return Step::Done;
+                    };
+                    if let Some(step) = self.handshake_step(acceptor.start(tcp), ctx, room) {
+                        return step;
                     }
-                    self.link = self.handshake_step(pending.resume(), shared);
                 }
-                Link::Closed => return Step::Done,
-                link @ (Link::Plain(_) | Link::Tls(_)) => {
-                    self.link = link;
-                    if let Some(step) = self.receive(now, expired, shared) {
+                Stage::Handshaking(pending) => {
+                    if expired {
+                        self.stage = Stage::Handshaking(pending);
+                        return self.handshake_failed(HandshakeFailureKind::Timeout, ctx, room);
+                    }
+                    if let Some(step) = self.handshake_step(pending.resume(), ctx, room) {
+                        return step;
+                    }
+                }
+                Stage::Closed => return Step::Done,
+                stage @ (Stage::Plain(_) | Stage::Tls(_)) => {
+                    self.stage = stage;
+                    if let Some(step) = self.receive(now, expired, ctx, room) {
                         return step;
                     }
                 }
             }
-            match &self.link {
-                Link::Handshaking(pending) => {
-                    let interest = if pending.wants_write() {
-                        Interest::WRITABLE
-                    } else {
-                        Interest::READABLE
-                    };
-                    return Step::Park(interest, self.deadline);
-                }
-                Link::Closed => return Step::Done,
-                _ => {}
-            }
         }
     }
 
-    /// Reads a balancer's PROXY header, where one is due, and takes the client's
-    /// address from it. Returns the next link, or the step when the session must
-    /// wait for more bytes or is over.
-    fn proxy_header(&mut self, tcp: TcpStream, shared: &Shared) -> Result<Link, Step> {
-        let ProxyProtocol::From(balancers) = &shared.config.proxy else {
-            return Ok(first_link(self.transport, tcp));
+    /// Reads a balancer's PROXY header, where one is due, and takes the
+    /// client's address from it. `None` when the connection goes on to its
+    /// first real stage; a step when it must wait for more bytes or is over.
+    fn proxy_header(&mut self, ctx: &Context, room: &Room) -> Option<Step> {
+        let Stage::AwaitingProxy(tcp) = &self.stage else {
+            return None;
+        };
+        let ProxyProtocol::From(balancers) = &ctx.config.proxy else {
+            self.enter_first_stage();
+            return None;
         };
         let mut buf = [0u8; proxy::MAX_HEADER_BYTES];
         let n = match tcp.peek(&mut buf) {
-            Ok(0) => {
-                self.link = Link::AwaitingProxy(tcp);
-                return Err(self.finish(Outcome::Failed(ErrorKind::UnexpectedEof), shared));
-            }
+            Ok(0) => return Some(self.finish(Ending::Empty, ctx, room)),
             Ok(n) => n,
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                self.link = Link::AwaitingProxy(tcp);
-                return Err(Step::Park(Interest::READABLE, self.deadline));
+                return Some(Step::Park(Interest::READABLE, self.deadline));
             }
-            Err(e) => {
-                self.link = Link::AwaitingProxy(tcp);
-                return Err(self.finish(Outcome::Failed(e.kind()), shared));
-            }
+            Err(e) => return Some(self.finish(Ending::Broken(e.kind()), ctx, room)),
         };
-        let trusted = balancers.iter().any(|range| range.contains(self.peer.ip()));
+        let trusted = balancers
+            .iter()
+            .any(|range| range.contains(self.facts.peer.ip()));
         let problem = if !trusted {
             if !proxy::looks_like_header(&buf[..n]) {
-                return Ok(first_link(self.transport, tcp));
+                self.enter_first_stage();
+                return None;
             }
             "a PROXY header from an address not in --proxy-from".to_string()
         } else {
             match proxy::parse(&buf[..n]) {
                 Ok(Header::Partial) if n < buf.len() => {
-                    self.link = Link::AwaitingProxy(tcp);
-                    return Err(Step::Park(Interest::READABLE, self.deadline));
+                    return Some(Step::Park(Interest::READABLE, self.deadline));
                 }
                 Ok(Header::Partial) => proxy::ProxyError::TooLong.to_string(),
                 Ok(Header::Complete { origin, len }) => {
                     // The header's bytes are there (peeked): take exactly them.
-                    if (&tcp).read_exact(&mut buf[..len]).is_err() {
-                        self.link = Link::AwaitingProxy(tcp);
-                        return Err(self.finish(Outcome::Failed(ErrorKind::InvalidData), shared));
+                    if (&*tcp).read_exact(&mut buf[..len]).is_err() {
+                        return Some(self.finish(Ending::Broken(ErrorKind::InvalidData), ctx, room));
                     }
                     if let Origin::Client { source, .. } = origin {
-                        let balancer = self.peer;
-                        self.peer = source;
-                        let ip = source.ip().to_canonical();
-                        let refusal = if !allow::allowed(&shared.config.allow, ip) {
-                            Some(Refusal::NotAllowed)
-                        } else {
-                            self.admission.moved_to(ip).err()
-                        };
-                        if let Some(refusal) = refusal {
-                            shared.count_refusal(refusal);
-                            shared.refusal_log(refusal).log(format_args!(
-                                "closed {} connection from {source} (through {balancer}): {refusal}",
-                                self.transport
-                            ));
-                            self.link = first_link(self.transport, tcp);
-                            if refusal == Refusal::PerIp
-                                && let Link::Plain(tcp) = &self.link
-                            {
-                                let reply = Reply::Failed(Failure::Busy)
-                                    .encode(shared.config.error_detail, Terminator::None);
-                                let _ = PlainWriter(tcp).write_now(reply.as_bytes());
-                            }
-                            return Err(self.turn_away(ErrorKind::PermissionDenied, shared));
-                        }
+                        return self.behind_balancer(source, ctx, room);
                     }
-                    return Ok(first_link(self.transport, tcp));
+                    self.enter_first_stage();
+                    return None;
                 }
                 Err(e) => e.to_string(),
             }
         };
-        shared.count_refusal(Refusal::ProxyHeader);
-        shared.refusal_log(Refusal::ProxyHeader).log(format_args!(
-            "closed {} connection from {}: {problem}",
-            self.transport, self.peer
-        ));
-        self.link = Link::AwaitingProxy(tcp);
-        Err(self.turn_away(ErrorKind::InvalidData, shared))
+        let refused = Ending::Refused {
+            refusal: Refusal::ProxyHeader,
+            problem: Some(problem),
+        };
+        Some(self.turn_away(refused, ctx, room))
     }
 
-    /// Closes a connection that will get no reply with a FIN (reading what it
-    /// still sends for a moment), not a reset.
-    fn turn_away(&mut self, why: ErrorKind, shared: &Shared) -> Step {
-        shared.room.forget(self);
-        if let Link::AwaitingProxy(tcp) | Link::Plain(tcp) | Link::TlsFresh(tcp) =
-            std::mem::replace(&mut self.link, Link::Closed)
+    /// A trusted balancer named the client: the client's address is checked
+    /// against `--allow` and `--max-per-ip` as if it had connected itself.
+    fn behind_balancer(&mut self, source: SocketAddr, ctx: &Context, room: &Room) -> Option<Step> {
+        self.facts.balancer = Some(self.facts.peer);
+        self.facts.peer = source;
+        let ip = source.ip().to_canonical();
+        let refusal = if !allow::allowed(&ctx.config.allow, ip) {
+            Some(Refusal::NotAllowed)
+        } else {
+            self.admission.moved_to(ip).err()
+        };
+        self.enter_first_stage();
+        let refusal = refusal?;
+        if refusal == Refusal::PerIp
+            && let Stage::Plain(tcp) = &self.stage
+        {
+            let busy = busy_reply(ctx);
+            let _ = PlainWriter(tcp).write_now(busy.encoded.as_bytes());
+            self.facts.verdict = Some(busy);
+        }
+        let refused = Ending::Refused {
+            refusal,
+            problem: None,
+        };
+        Some(self.turn_away(refused, ctx, room))
+    }
+
+    fn enter_first_stage(&mut self) {
+        if let Stage::AwaitingProxy(tcp) = std::mem::replace(&mut self.stage, Stage::Closed) {
+            self.stage = first_stage(self.facts.transport, tcp);
+        }
+    }
+
+    /// Closes a connection that will get no (further) reply with a FIN
+    /// (reading what it still sends for a moment), not a reset.
+    fn turn_away(&mut self, ending: Ending, ctx: &Context, room: &Room) -> Step {
+        room.forget(self);
+        if let Stage::AwaitingProxy(tcp) | Stage::Plain(tcp) | Stage::TlsFresh(tcp) =
+            std::mem::replace(&mut self.stage, Stage::Closed)
             && tcp.shutdown(Shutdown::Write).is_ok()
         {
-            shared.lingerer.close(tcp, shared.config.linger);
+            ctx.lingerer.close(tcp, ctx.config.linger);
         }
-        self.finish(Outcome::Failed(why), shared)
+        self.finish(ending, ctx, room)
     }
 
-    /// Takes a handshake step's result into the link (failures are closed and
-    /// logged here and leave [`Link::Closed`]).
-    fn handshake_step(&mut self, step: Handshake, shared: &Shared) -> Link {
+    /// Takes a handshake step's result into the stage; `Some` when the
+    /// session is over (a failed handshake is closed here) or must wait.
+    fn handshake_step(&mut self, step: Handshake, ctx: &Context, room: &Room) -> Option<Step> {
         match step {
             Handshake::Done(stream) => {
-                self.client = stream.peer_common_name();
-                if shared.config.acl.is_some() {
-                    self.certificate = stream.peer_names();
-                }
-                let kind = if stream.resumed() { "resumed" } else { "full" };
-                shared.count_handshake(stream.version(), stream.resumed());
-                self.tls_summary = Some(format!("{} {kind}", stream.version()));
-                Link::Tls(stream)
+                self.facts.tls = Some(TlsFacts {
+                    version: stream.version(),
+                    resumed: stream.resumed(),
+                });
+                self.facts.certificate = if ctx.config.acl.is_some() {
+                    stream.peer_names()
+                } else {
+                    stream.peer_common_name().map(|cn| Certificate {
+                        cn: Some(cn),
+                        sans: Vec::new(),
+                    })
+                };
+                self.stage = Stage::Tls(stream);
+                None
             }
-            Handshake::Pending(pending) => Link::Handshaking(pending),
+            Handshake::Pending(pending) => {
+                let interest = if pending.wants_write() {
+                    Interest::WRITABLE
+                } else {
+                    Interest::READABLE
+                };
+                self.stage = Stage::Handshaking(pending);
+                Some(Step::Park(interest, self.deadline))
+            }
             Handshake::Failed(failure) => {
-                shared.count_handshake_failure(failure.kind);
-                shared.handshake_log.log(format_args!(
-                    "tls {}: handshake failed: {} ({})",
-                    self.peer, failure.kind, failure.detail
-                ));
                 if let Some(tcp) = failure.socket {
-                    shared.room.forget_socket(&mut self.registered, &tcp);
+                    room.forget_fd(&mut self.registered, Some(tcp.as_raw_fd()));
                     // The alert that says why goes out before the FIN.
                     if tcp.shutdown(Shutdown::Write).is_ok() {
-                        shared.lingerer.close(tcp, shared.config.linger);
+                        ctx.lingerer.close(tcp, ctx.config.linger);
                     }
                 }
-                Link::Closed
+                let ending = Ending::HandshakeFailed {
+                    kind: failure.kind,
+                    detail: failure.detail,
+                };
+                Some(self.finish(ending, ctx, room))
             }
         }
     }
 
-    fn handshake_failed(
-        &mut self,
-        kind: HandshakeFailureKind,
-        detail: &str,
-        shared: &Shared,
-    ) -> Step {
-        shared.count_handshake_failure(kind);
-        shared.handshake_log.log(format_args!(
-            "tls {}: handshake failed: {kind}{}{detail}",
-            self.peer,
-            if detail.is_empty() { "" } else { ": " }
-        ));
-        self.finish(Outcome::Failed(ErrorKind::TimedOut), shared)
+    fn handshake_failed(&mut self, kind: HandshakeFailureKind, ctx: &Context, room: &Room) -> Step {
+        let ending = Ending::HandshakeFailed {
+            kind,
+            detail: String::new(),
+        };
+        self.finish(ending, ctx, room)
     }
 
     /// Reads what has arrived; returns a step when the session must wait or is
     /// done, `None` when a reply is ready to send.
-    fn receive(&mut self, now: Instant, expired: bool, shared: &Shared) -> Option<Step> {
-        let config = &shared.config;
-        let received = match &mut self.link {
-            Link::Plain(tcp) => self.incoming.receive(tcp, now),
-            Link::Tls(stream) => self.incoming.receive(stream, now),
+    fn receive(&mut self, now: Instant, expired: bool, ctx: &Context, room: &Room) -> Option<Step> {
+        let config = &ctx.config;
+        let received = match &mut self.stage {
+            Stage::Plain(tcp) => self.incoming.receive(tcp, now),
+            Stage::Tls(stream) => self.incoming.receive(stream, now),
             _ => return Some(Step::Done),
         };
-        let access = match self.transport {
-            Transport::Plain => config.plain_access,
-            Transport::Tls => connection::Access::ReadWrite,
-        };
-        let timed_out = || {
-            (
-                (
-                    connection::timed_out(config.error_detail),
-                    Reply::Failed(Failure::Timeout),
-                ),
-                Outcome::TimedOut,
-            )
-        };
-        let ((reply, verdict), outcome) = match received {
+        let (verdict, then) = match received {
             Received::Message(message) => {
                 self.admission.finished();
-                (self.respond(message, access, shared), Outcome::Served)
+                let verdict = self.transact(message.len, message.terminator, ctx);
+                (verdict, Ending::Answered)
             }
             Received::Waiting => {
                 let gap_ends = self.incoming.gap_ends(config.gap);
-                if expired || gap_ends.is_some_and(|at| at <= now) {
-                    if self.incoming.is_empty() {
-                        timed_out()
-                    } else {
-                        self.admission.finished();
-                        let message = self.incoming.judge();
-                        (self.respond(message, access, shared), Outcome::Served)
-                    }
-                } else {
+                if !expired && !gap_ends.is_some_and(|at| at <= now) {
                     let until = gap_ends.map_or(self.deadline, |at| at.min(self.deadline));
                     return Some(Step::Park(Interest::READABLE, until));
                 }
+                if self.incoming.is_empty() {
+                    (connection::timed_out(config.error_detail), Ending::TimedOut)
+                } else {
+                    self.admission.finished();
+                    let message = self.incoming.judge();
+                    let verdict = self.transact(message.len, message.terminator, ctx);
+                    (verdict, Ending::Answered)
+                }
             }
-            Received::Closed => timed_out(),
-            Received::Broken(kind) => return Some(self.finish(Outcome::Failed(kind), shared)),
+            // A client that only half-closed still reads: it gets its X, but
+            // the connection counts as what it was, empty.
+            Received::Closed => (connection::timed_out(config.error_detail), Ending::Empty),
+            Received::Broken(kind) => return Some(self.finish(Ending::Broken(kind), ctx, room)),
         };
-        self.sending = Some(Sending {
-            reply,
-            sent: 0,
-            outcome,
-            verdict,
-        });
+        self.facts.verdict = Some(verdict);
+        self.sending = Some(Sending { sent: 0, then });
         None
     }
 
-    /// Parses a complete message, checks it against the `--acl` rules and
-    /// applies it; the reply ends the way the request did.
-    fn respond(&self, message: Message, access: Access, shared: &Shared) -> (Encoded, Reply) {
-        let reply = match Request::parse(&self.incoming.bytes()[..message.len]) {
-            Ok(request) if !self.authorized(&request, shared) => Reply::Failed(Failure::Forbidden),
-            Ok(request) => connection::apply(request, &*shared.backend, access),
-            Err(e) => Reply::Failed(Failure::Protocol(e)),
+    /// The message's verdict, by the one transaction function.
+    fn transact(&self, len: usize, terminator: Terminator, ctx: &Context) -> Verdict {
+        let acl = ctx.acl();
+        let client = acl::Peer {
+            addr: self.facts.peer.ip(),
+            certificate: self.facts.certificate.as_ref(),
         };
-        (
-            reply.encode(shared.config.error_detail, message.terminator),
-            reply,
+        let access = match self.facts.transport {
+            Transport::Plain => ctx.config.plain_access,
+            Transport::Tls => Access::ReadWrite,
+        };
+        let policy = Policy {
+            access,
+            acl: acl.as_deref(),
+            detail: ctx.config.error_detail,
+        };
+        connection::transact(
+            &self.incoming.bytes()[..len],
+            terminator,
+            &client,
+            &*ctx.backend,
+            &policy,
         )
     }
 
-    /// Whether the rules let this client make this request (always, without
-    /// `--acl`); a refusal is counted and logged, rate-limited.
-    fn authorized(&self, request: &Request, shared: &Shared) -> bool {
-        let Some(acl) = shared.acl() else {
-            return true;
-        };
-        let peer = acl::Peer {
-            addr: self.peer.ip(),
-            certificate: self.certificate.as_ref(),
-        };
-        let decision = acl.check(&peer, request);
-        if !decision.allowed {
-            shared.count_forbidden();
-            let who = match self.certificate.as_ref().and_then(|c| c.cn.as_deref()) {
-                Some(cn) => format!("cn=\"{}\"", Escaped(cn.as_bytes())),
-                None if self.certificate.is_some() => "a certificate without CN".to_string(),
-                None => "no certificate".to_string(),
-            };
-            let (verb, device, register) = match *request {
-                Request::Read { device, register } => ("read", device, register),
-                Request::Write {
-                    device, register, ..
-                } => ("write", device, register),
-            };
-            shared.forbidden_log.log(format_args!(
-                "forbidden by {}: {} {} {who} \"{}\" ({verb} of register {register:02X} of device {device:04X}): {decision}",
-                acl.path().display(),
-                self.transport,
-                self.peer,
-                Escaped(self.incoming.bytes()),
-            ));
-        }
-        decision.allowed
-    }
-
-    fn send(&mut self, now: Instant, shared: &Shared) -> Step {
-        let Some(sending) = &mut self.sending else {
+    fn send(&mut self, now: Instant, ctx: &Context, room: &Room) -> Step {
+        let (Some(sending), Some(verdict)) = (&mut self.sending, &self.facts.verdict) else {
             return Step::Done;
         };
-        let result = match &mut self.link {
-            Link::Plain(tcp) => {
-                connection::send(&mut PlainWriter(tcp), &sending.reply, &mut sending.sent)
-            }
-            Link::Tls(stream) => connection::send(stream, &sending.reply, &mut sending.sent),
+        let reply = &verdict.encoded;
+        let result = match &mut self.stage {
+            Stage::Plain(tcp) => connection::send(&mut PlainWriter(tcp), reply, &mut sending.sent),
+            Stage::Tls(stream) => connection::send(stream, reply, &mut sending.sent),
             _ => Sent::Broken(ErrorKind::NotConnected),
         };
+        let late = self.deadline + ctx.config.gap;
         match result {
             Sent::All => {
-                let outcome = sending.outcome;
-                self.finish(outcome, shared)
+                let then = std::mem::replace(&mut sending.then, Ending::Answered);
+                self.finish(then, ctx, room)
             }
             // A client that does not read its reply gets one gap past its deadline.
-            Sent::Partly if now < self.deadline + shared.config.gap => {
-                Step::Park(Interest::WRITABLE, self.deadline + shared.config.gap)
-            }
-            Sent::Partly => self.finish(Outcome::Failed(ErrorKind::TimedOut), shared),
-            Sent::Broken(kind) => self.finish(Outcome::Failed(kind), shared),
+            Sent::Partly if now < late => Step::Park(Interest::WRITABLE, late),
+            Sent::Partly => self.finish(Ending::Broken(ErrorKind::TimedOut), ctx, room),
+            Sent::Broken(kind) => self.finish(Ending::Broken(kind), ctx, room),
         }
     }
 
-    /// Closes the connection (gracefully when a reply went out) and logs it.
-    fn finish(&mut self, outcome: Outcome, shared: &Shared) -> Step {
-        shared.room.forget(self);
-        let replied = !matches!(outcome, Outcome::Failed(_));
-        let replied_at = Instant::now();
-        let tcp = match std::mem::replace(&mut self.link, Link::Closed) {
-            Link::Plain(tcp) | Link::AwaitingProxy(tcp) => Some(tcp),
-            Link::Tls(stream) => stream.close(),
-            Link::TlsFresh(tcp) => Some(tcp),
-            Link::Handshaking(pending) => pending.abandon(),
-            Link::Closed => None,
+    /// Closes the connection (gracefully when a reply went out) and hands its
+    /// facts to the record.
+    fn finish(&mut self, ending: Ending, ctx: &Context, room: &Room) -> Step {
+        room.forget(self);
+        self.facts.finished_at = Some(Instant::now());
+        // A reply went out: the close must not destroy it.
+        let replied = self.sending.is_some()
+            && matches!(ending, Ending::Answered | Ending::TimedOut | Ending::Empty);
+        let tcp = match std::mem::replace(&mut self.stage, Stage::Closed) {
+            Stage::Plain(tcp) | Stage::AwaitingProxy(tcp) | Stage::TlsFresh(tcp) => Some(tcp),
+            Stage::Tls(stream) => stream.close(),
+            Stage::Handshaking(pending) => pending.abandon(),
+            Stage::Closed => None,
         };
         if let Some(tcp) = tcp
             && replied
             && tcp.shutdown(Shutdown::Write).is_ok()
         {
-            shared.lingerer.close(tcp, shared.config.linger);
+            ctx.lingerer.close(tcp, ctx.config.linger);
         }
-        self.log(outcome, replied_at, shared);
+        ctx.record
+            .finished(&self.facts, self.incoming.bytes(), &ending);
         Step::Done
     }
 
     /// Closes a silent connection to make room for a newcomer (accept thread;
     /// nothing here blocks).
-    pub(crate) fn shed(mut self, shared: &Shared) {
-        shared.room.forget(&mut self);
-        if let Link::Plain(tcp) = &self.link {
-            shared.count_busy_reply(self.transport);
-            let reply =
-                Reply::Failed(Failure::Busy).encode(shared.config.error_detail, Terminator::None);
-            let _ = PlainWriter(tcp).write_now(reply.as_bytes());
+    pub(crate) fn shed(mut self, ctx: &Context, room: &Room) {
+        room.forget(&mut self);
+        if let Stage::Plain(tcp) = &self.stage {
+            let busy = busy_reply(ctx);
+            let _ = PlainWriter(tcp).write_now(busy.encoded.as_bytes());
             let _ = tcp.shutdown(Shutdown::Write);
             let _ = linger::drain_now(tcp) == Drained::Closed;
+            self.facts.verdict = Some(busy);
         }
-        shared.count_refusal(Refusal::Shed);
-        shared.refusal_log(Refusal::Shed).log(format_args!(
-            "closed silent {} connection from {} after {} ms: the connection table is full (--max-connections {})",
-            self.transport,
-            self.peer,
-            self.accepted_at.elapsed().as_millis(),
-            shared.config.max_connections
-        ));
-    }
-
-    fn log(&self, outcome: Outcome, replied_at: Instant, shared: &Shared) {
-        let micros = replied_at
-            .saturating_duration_since(self.accepted_at)
-            .as_micros();
-        let (peer, transport) = (self.peer, self.transport);
-        let reply = self
-            .sending
-            .as_ref()
-            .map(|s| s.reply.as_bytes())
-            .unwrap_or_default();
-        let n = match outcome {
-            Outcome::Served => shared.count_transaction(),
-            _ => 0,
+        self.facts.finished_at = Some(Instant::now());
+        let ending = Ending::Refused {
+            refusal: Refusal::Shed,
+            problem: None,
         };
-        if let (Some(sending), Outcome::Served | Outcome::TimedOut) = (&self.sending, outcome) {
-            shared.observe(&Transaction {
-                n,
-                port: transport,
-                peer,
-                request: self.incoming.bytes(),
-                reply,
-                verdict: sending.verdict,
-                micros: micros as u64,
-            });
-        }
-        match outcome {
-            Outcome::Served => {
-                let tls = self
-                    .tls_summary
-                    .as_deref()
-                    .map(|s| format!(" {s}"))
-                    .unwrap_or_default();
-                let (request, reply, us) = (
-                    Escaped(self.incoming.bytes()),
-                    Escaped(reply),
-                    micros as u64,
-                );
-                let port = transport.name();
-                let tls_kv = self.tls_summary.as_deref().unwrap_or("");
-                match &self.client {
-                    Some(cn) => info!(
-                        event = "transaction", n, port, peer:%, tls = tls_kv, cn = cn.as_str(), request:%, reply:%, us;
-                        "#{n} {transport} {peer}{tls} cn=\"{}\" \"{request}\" -> \"{reply}\" {micros}us",
-                        Escaped(cn.as_bytes()),
-                    ),
-                    None => info!(
-                        event = "transaction", n, port, peer:%, tls = tls_kv, request:%, reply:%, us;
-                        "#{n} {transport} {peer}{tls} \"{request}\" -> \"{reply}\" {micros}us",
-                    ),
-                }
-            }
-            Outcome::TimedOut => debug!(
-                "{transport} {peer}: nothing received in time; sent \"{}\"",
-                Escaped(reply)
-            ),
-            Outcome::Failed(kind) => debug!(
-                "{transport} {peer}: connection failed ({kind}) after \"{}\"",
-                Escaped(self.incoming.bytes())
-            ),
-        }
+        ctx.record.finished(&self.facts, b"", &ending);
+    }
+}
+
+/// The `X` a connection turned away for lack of room gets.
+pub(crate) fn busy_reply(ctx: &Context) -> Verdict {
+    let reply = Reply::Failed(Failure::Busy);
+    Verdict {
+        reply,
+        encoded: reply.encode(ctx.config.error_detail, Terminator::None),
+        denial: None,
     }
 }
 
 /// Where a connection starts once any PROXY header is behind it.
-fn first_link(transport: Transport, tcp: TcpStream) -> Link {
+fn first_stage(transport: Transport, tcp: TcpStream) -> Stage {
     match transport {
-        Transport::Plain => Link::Plain(tcp),
-        Transport::Tls => Link::TlsFresh(tcp),
+        Transport::Plain => Stage::Plain(tcp),
+        Transport::Tls => Stage::TlsFresh(tcp),
     }
 }
 

@@ -10,28 +10,48 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::io;
-use std::net::TcpStream;
-use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::os::fd::RawFd;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use log::{debug, error};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
-use crate::net::server::Shared;
-use crate::net::session::{Session, Wake};
-
 const WAKER: Token = Token(0);
 
-struct Parked {
-    session: Session,
+/// Why a waiting connection is handed back now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// Just accepted.
+    Accepted,
+    /// Its socket became ready.
+    Ready,
+    /// Its timer (gap or deadline) fired.
+    Timer,
+    /// The server is stopping and the connection has sent nothing: answer now.
+    Shutdown,
+}
+
+/// What the room needs to know of a connection it holds.
+pub(crate) trait Waiter: Send + 'static {
+    /// Its key in the room; never reused.
+    fn token(&self) -> Token;
+    /// The socket to watch (`None` once closed).
+    fn fd(&self) -> Option<RawFd>;
+    /// Nothing has arrived on it yet: the first to go when the table is full.
+    fn is_silent(&self) -> bool;
+    /// Whether its socket is registered with the room's poller now.
+    fn registered(&mut self) -> &mut bool;
+}
+
+struct Parked<S> {
+    session: S,
     until: Instant,
 }
 
-#[derive(Default)]
-struct Room {
-    parked: HashMap<Token, Parked>,
+struct Room<S> {
+    parked: HashMap<Token, Parked<S>>,
     /// Parked connections that have sent nothing, oldest (lowest token) first.
     silent: BTreeSet<Token>,
     /// When each parked connection must be looked at; entries whose instant no
@@ -44,23 +64,36 @@ struct Room {
     stop: bool,
 }
 
-impl Room {
-    fn take(&mut self, token: Token) -> Option<Session> {
+impl<S> Default for Room<S> {
+    fn default() -> Self {
+        Room {
+            parked: HashMap::new(),
+            silent: BTreeSet::new(),
+            timers: BinaryHeap::new(),
+            next_wake: None,
+            flush_silent: false,
+            stop: false,
+        }
+    }
+}
+
+impl<S> Room<S> {
+    fn take(&mut self, token: Token) -> Option<S> {
         let parked = self.parked.remove(&token)?;
         self.silent.remove(&token);
         Some(parked.session)
     }
 }
 
-pub(crate) struct WaitingRoom {
+pub(crate) struct WaitingRoom<S> {
     registry: Registry,
     waker: Waker,
-    room: Mutex<Room>,
+    room: Mutex<Room<S>>,
 }
 
-impl WaitingRoom {
+impl<S: Waiter> WaitingRoom<S> {
     /// The room and the poller its thread will run.
-    pub(crate) fn new() -> io::Result<(WaitingRoom, Poll)> {
+    pub(crate) fn new() -> io::Result<(WaitingRoom<S>, Poll)> {
         let poll = Poll::new()?;
         let registry = poll.registry().try_clone()?;
         let waker = Waker::new(poll.registry(), WAKER)?;
@@ -76,13 +109,13 @@ impl WaitingRoom {
 
     /// A panic never leaves the room half-updated (each change is a few map
     /// operations that cannot panic), so a poisoned lock is safe to use.
-    fn room(&self) -> MutexGuard<'_, Room> {
+    fn room(&self) -> MutexGuard<'_, Room<S>> {
         self.room.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Parks a session until its socket is ready for `interest` or `until`.
-    pub(crate) fn park(&self, mut session: Session, interest: Interest, until: Instant) {
-        let Some(fd) = session.tcp().map(|s| s.as_raw_fd()) else {
+    pub(crate) fn park(&self, mut session: S, interest: Interest, until: Instant) {
+        let Some(fd) = session.fd() else {
             return;
         };
         let token = session.token();
@@ -90,7 +123,7 @@ impl WaitingRoom {
         // Registration happens after the read that would block, and epoll reports
         // a socket that is already ready when it is (re)registered: no wake-up is
         // lost in between.
-        let registered = if session.registered {
+        let registered = if *session.registered() {
             self.registry
                 .reregister(&mut SourceFd(&fd), token, interest)
         } else {
@@ -101,7 +134,7 @@ impl WaitingRoom {
             debug!("cannot wait on a connection: {e}");
             return;
         }
-        session.registered = true;
+        *session.registered() = true;
         if session.is_silent() {
             room.silent.insert(token);
         }
@@ -118,26 +151,23 @@ impl WaitingRoom {
     }
 
     /// Stops watching a session's socket (before it is closed or handed on).
-    pub(crate) fn forget(&self, session: &mut Session) {
-        if !session.registered {
-            return;
-        }
-        session.registered = false;
-        if let Some(tcp) = session.tcp() {
-            let _ = self.registry.deregister(&mut SourceFd(&tcp.as_raw_fd()));
-        }
+    pub(crate) fn forget(&self, session: &mut S) {
+        let fd = session.fd();
+        self.forget_fd(session.registered(), fd);
     }
 
     /// [`forget`](WaitingRoom::forget) for a socket already taken out of its
-    /// session (a failed handshake hands it back on its own).
-    pub(crate) fn forget_socket(&self, registered: &mut bool, tcp: &TcpStream) {
-        if std::mem::replace(registered, false) {
-            let _ = self.registry.deregister(&mut SourceFd(&tcp.as_raw_fd()));
+    /// connection (a failed handshake hands it back on its own).
+    pub(crate) fn forget_fd(&self, registered: &mut bool, fd: Option<RawFd>) {
+        if std::mem::replace(registered, false)
+            && let Some(fd) = fd
+        {
+            let _ = self.registry.deregister(&mut SourceFd(&fd));
         }
     }
 
     /// Takes out the oldest connection that has sent nothing, if any.
-    pub(crate) fn shed_oldest_silent(&self) -> Option<Session> {
+    pub(crate) fn shed_oldest_silent(&self) -> Option<S> {
         let mut room = self.room();
         let token = room.silent.first().copied()?;
         room.take(token)
@@ -162,19 +192,19 @@ impl WaitingRoom {
     }
 
     /// The poller thread: hands each connection whose socket or timer is due to
-    /// the pool.
-    pub(crate) fn run(mut poll: Poll, shared: Arc<Shared>) {
+    /// `dispatch` (the pool).
+    pub(crate) fn run(&self, mut poll: Poll, mut dispatch: impl FnMut(S, Wake)) {
         let mut events = Events::with_capacity(1024);
-        let mut due: Vec<(Session, Wake)> = Vec::new();
+        let mut due: Vec<(S, Wake)> = Vec::new();
         loop {
             let timeout = {
-                let mut room = shared.room.room();
+                let mut room = self.room();
                 if room.stop {
-                    let parked: Vec<Parked> = room.parked.drain().map(|(_, p)| p).collect();
+                    let parked: Vec<Parked<S>> = room.parked.drain().map(|(_, p)| p).collect();
                     room.silent.clear();
                     drop(room);
                     for mut p in parked {
-                        shared.room.forget(&mut p.session);
+                        self.forget(&mut p.session);
                     }
                     return;
                 }
@@ -190,7 +220,7 @@ impl WaitingRoom {
                 continue;
             }
             {
-                let mut room = shared.room.room();
+                let mut room = self.room();
                 for event in events.iter() {
                     let token = event.token();
                     if token == WAKER {
@@ -231,8 +261,7 @@ impl WaitingRoom {
                 }
             }
             for (session, wake) in due.drain(..) {
-                let for_job = Arc::clone(&shared);
-                shared.execute(move || session.run(wake, &for_job));
+                dispatch(session, wake);
             }
         }
     }

@@ -37,7 +37,9 @@ pub trait Backend: Send + Sync {
     fn sync(&self) -> io::Result<()> {
         Ok(())
     }
-    /// Whether a write would be taken now, for health checks.
+    /// Whether a write would be taken now, for health checks: the store's own
+    /// knowledge (the data file's last write failed; the shared store stopped
+    /// answering).
     fn writable(&self) -> bool {
         true
     }
@@ -46,46 +48,13 @@ pub trait Backend: Send + Sync {
     fn answers_from_memory(&self) -> bool {
         false
     }
-}
-
-impl Backend for super::RegisterStore {
-    fn read(&self, device: u16, register: u8) -> Result<Option<u16>, StoreError> {
-        Ok(super::RegisterStore::read(self, device, register))
+    /// How many registers are stored, where this process can tell cheaply
+    /// (`None` for a store other front ends write to as well).
+    fn registers(&self) -> Option<usize> {
+        None
     }
-
-    fn write(&self, device: u16, register: u8, value: u16) -> Result<(), StoreError> {
-        super::RegisterStore::write(self, device, register, value).map_err(|_| StoreError::Storage)
-    }
-
-    fn sync(&self) -> io::Result<()> {
-        super::RegisterStore::sync(self)
-    }
-
-    fn answers_from_memory(&self) -> bool {
-        self.journal().is_none()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::journal::{CompactionPolicy, Fsync};
-    use crate::store::RegisterStore;
-
-    #[test]
-    fn only_registers_without_a_data_file_answer_from_memory() {
-        assert!(RegisterStore::new().answers_from_memory());
-        let dir = tempfile::tempdir().unwrap();
-        let (logged, _) = RegisterStore::open(
-            &dir.path().join("wwep.data"),
-            Fsync::Never,
-            CompactionPolicy::default(),
-            false,
-        )
-        .unwrap();
-        assert!(
-            !logged.answers_from_memory(),
-            "a data file's writes go through the file"
-        );
+    /// The size of the data file this process keeps, if any.
+    fn data_file_bytes(&self) -> Option<u64> {
+        None
     }
 }

@@ -13,7 +13,7 @@ pub mod journal;
 pub mod redis;
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
@@ -24,7 +24,7 @@ use self::journal::{
     CompactionPolicy, CompactionReport, Fsync, Journal, JournalError, OpenReport, Publish,
     StorageError,
 };
-use crate::config::DataConfig;
+use self::backend::{Backend, StoreError};
 use crate::metrics::DataFileMetrics;
 
 /// How long the maintenance thread waits after a failed compaction.
@@ -159,13 +159,26 @@ impl Publish for Table {
     }
 }
 
+/// Where and how registers are made durable (`--data` and its flags).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataConfig {
+    pub path: PathBuf,
+    pub fsync: Fsync,
+    pub compaction: CompactionPolicy,
+    /// Keep the valid prefix of a damaged file instead of refusing to start.
+    pub repair: bool,
+}
+
 /// Registers keyed by (device id, register). Nothing exists before its first write.
 #[derive(Default)]
 pub struct RegisterStore {
     table: Table,
     journal: Option<Journal>,
-    /// Where the maintenance thread reports fsyncs and compactions (`--http`).
+    /// Where the data file's fsyncs, compactions and write errors are counted.
     data_metrics: OnceLock<Arc<DataFileMetrics>>,
+    /// The last write to the data file failed (cleared by the next that
+    /// succeeds): what `/health` reports.
+    failing: AtomicBool,
 }
 
 impl RegisterStore {
@@ -208,6 +221,7 @@ impl RegisterStore {
             table,
             journal: Some(journal),
             data_metrics: OnceLock::new(),
+            failing: AtomicBool::new(false),
         };
         if report.damage.regions > 0 {
             let compacted = store.rewrite(true, true, &AtomicBool::new(false))?;
@@ -241,7 +255,24 @@ impl RegisterStore {
                 self.table.set(key, value);
                 Ok(())
             }
-            Some(journal) => journal.commit(journal.append(key, value), &self.table),
+            Some(journal) => {
+                let committed = journal.commit(journal.append(key, value), &self.table);
+                match &committed {
+                    Ok(()) => {
+                        // Read first: the common case leaves the cache line shared.
+                        if self.failing.load(Ordering::Relaxed) {
+                            self.failing.store(false, Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) => {
+                        self.failing.store(true, Ordering::Relaxed);
+                        if let Some(m) = self.data_metrics.get() {
+                            m.write_error();
+                        }
+                    }
+                }
+                committed
+            }
         }
     }
 
@@ -371,6 +402,36 @@ impl RegisterStore {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Backend for RegisterStore {
+    fn read(&self, device: u16, register: u8) -> Result<Option<u16>, StoreError> {
+        Ok(RegisterStore::read(self, device, register))
+    }
+
+    fn write(&self, device: u16, register: u8, value: u16) -> Result<(), StoreError> {
+        RegisterStore::write(self, device, register, value).map_err(|_| StoreError::Storage)
+    }
+
+    fn writable(&self) -> bool {
+        !self.failing.load(Ordering::Relaxed)
+    }
+
+    fn registers(&self) -> Option<usize> {
+        Some(self.len())
+    }
+
+    fn data_file_bytes(&self) -> Option<u64> {
+        self.journal().map(Journal::len)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        RegisterStore::sync(self)
+    }
+
+    fn answers_from_memory(&self) -> bool {
+        self.journal().is_none()
     }
 }
 
@@ -788,5 +849,22 @@ mod tests {
         let (store, _) =
             RegisterStore::open(&link, Fsync::Never, CompactionPolicy::default(), false).unwrap();
         assert_eq!(store.read(1, 1), Some(3));
+    }
+
+    #[test]
+    fn only_registers_without_a_data_file_answer_from_memory() {
+        assert!(RegisterStore::new().answers_from_memory());
+        let dir = tempfile::tempdir().unwrap();
+        let (logged, _) = RegisterStore::open(
+            &dir.path().join("wwep.data"),
+            Fsync::Never,
+            CompactionPolicy::default(),
+            false,
+        )
+        .unwrap();
+        assert!(
+            !logged.answers_from_memory(),
+            "a data file's writes go through the file"
+        );
     }
 }

@@ -22,7 +22,7 @@ use redis::{
 };
 
 use super::backend::{Backend, StoreError};
-use crate::net::rate_limited::RateLimitedLog;
+use crate::rate_limited::RateLimitedLog;
 
 /// Where the registers live.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -21,7 +21,7 @@ use openssl::x509::extension::{
 };
 use openssl::x509::{X509, X509NameBuilder};
 use wwep::config::ServerConfig;
-use wwep::server::RunningServer;
+use wwep::net::server::RunningServer;
 use wwep::tls::IdentitySource;
 
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -276,7 +276,7 @@ impl TestServer {
             ..ServerConfig::default()
         };
         adjust(&mut config);
-        let server = wwep::server::start(config).expect("server starts");
+        let server = wwep::net::server::start(config).expect("server starts");
         TestServer {
             server: Some(server),
             pki,

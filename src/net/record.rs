@@ -1,0 +1,262 @@
+//! The one place a finished connection is recorded: its transaction line,
+//! its counts and its entry on the live page, all read from the connection's
+//! [`Facts`] once, when it ends. Nothing on the connection's path counts or
+//! logs a client's doings itself.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::{debug, info};
+
+use crate::activity::{Activity, Transaction};
+use crate::facts::{Ending, Facts, Refusal};
+use crate::metrics::Metrics;
+use crate::protocol::{Escaped, Request};
+use crate::rate_limited::RateLimitedLog;
+
+/// Client-caused log lines: at most one a second of each kind.
+const CLIENT_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The limits a refusal's log line names.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_connections: usize,
+    pub(crate) max_per_ip: usize,
+}
+
+/// Whether a reply ends a message (and so is a numbered transaction).
+#[derive(Clone, Copy)]
+enum Counted {
+    Transaction,
+    ReplyOnly,
+}
+
+/// Owns every count of the connection path (through [`Metrics`], which the
+/// internal stats and `/metrics` both read) and the client log lines.
+pub(crate) struct Record {
+    metrics: Arc<Metrics>,
+    /// The live page's record; `None` without `--http`.
+    activity: Option<Arc<Activity>>,
+    limits: Limits,
+    /// One rate limit per kind of refusal, so a flood of one kind cannot hide
+    /// another.
+    refusal_logs: [RateLimitedLog; Refusal::KINDS],
+    handshake_log: RateLimitedLog,
+    forbidden_log: RateLimitedLog,
+}
+
+impl Record {
+    pub(crate) fn new(
+        metrics: Arc<Metrics>,
+        activity: Option<Arc<Activity>>,
+        limits: Limits,
+    ) -> Record {
+        let warn = || RateLimitedLog::new(log::Level::Warn, CLIENT_LOG_INTERVAL);
+        Record {
+            metrics,
+            activity,
+            limits,
+            refusal_logs: std::array::from_fn(|_| warn()),
+            handshake_log: RateLimitedLog::new(log::Level::Info, CLIENT_LOG_INTERVAL),
+            forbidden_log: warn(),
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// A connection has ended: `request` is every byte it sent.
+    pub(crate) fn finished(&self, facts: &Facts, request: &[u8], ending: &Ending) {
+        if let Some(tls) = facts.tls {
+            self.metrics.handshake(tls.version, tls.resumed);
+        }
+        let micros = facts.micros();
+        match ending {
+            Ending::Answered => self.answered(facts, request, micros),
+            Ending::TimedOut => {
+                self.replied(facts, request, micros, Counted::ReplyOnly);
+                debug!(
+                    "{} {}: nothing received in time; sent \"{}\"",
+                    facts.transport,
+                    facts.peer,
+                    Escaped(self.reply_bytes(facts))
+                );
+            }
+            Ending::Empty => {
+                self.metrics.closed_empty();
+                debug!(
+                    "{} {}: closed without sending anything",
+                    facts.transport, facts.peer
+                );
+            }
+            Ending::Refused { refusal, problem } => {
+                self.metrics.refusal(*refusal);
+                if facts.verdict.is_some() {
+                    self.replied(facts, request, micros, Counted::ReplyOnly);
+                }
+                self.refusal_logs[refusal.index()]
+                    .log(format_args!("{}", self.refusal_line(facts, *refusal, problem)));
+            }
+            Ending::HandshakeFailed { kind, detail } => {
+                self.metrics.handshake_failure(*kind);
+                let detail = if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({detail})")
+                };
+                self.handshake_log.log(format_args!(
+                    "tls {}: handshake failed: {kind}{detail}",
+                    facts.peer
+                ));
+            }
+            Ending::Broken(kind) => debug!(
+                "{} {}: connection failed ({kind}) after \"{}\"",
+                facts.transport,
+                facts.peer,
+                Escaped(request)
+            ),
+        }
+    }
+
+    fn reply_bytes<'a>(&self, facts: &'a Facts) -> &'a [u8] {
+        facts
+            .verdict
+            .as_ref()
+            .map(|v| v.encoded.as_bytes())
+            .unwrap_or_default()
+    }
+
+    /// Counts a reply and puts it on the live page. A reply to a message
+    /// (`Counted::Transaction`) gets the next transaction number, returned;
+    /// any other reply (a timeout's or a refusal's `X`) gets 0.
+    fn replied(&self, facts: &Facts, request: &[u8], micros: u64, counted: Counted) -> u64 {
+        let Some(verdict) = &facts.verdict else {
+            return 0;
+        };
+        let took = Duration::from_micros(micros);
+        let (port, reply) = (facts.transport, &verdict.reply);
+        let n = match counted {
+            Counted::Transaction => self.metrics.answered(port, request, reply, took),
+            Counted::ReplyOnly => {
+                self.metrics.replied(port, request, reply, took);
+                0
+            }
+        };
+        if let Some(activity) = &self.activity {
+            activity.record(&Transaction {
+                n,
+                port: facts.transport,
+                peer: facts.peer,
+                request,
+                reply: verdict.encoded.as_bytes(),
+                verdict: verdict.reply,
+                micros,
+            });
+        }
+        n
+    }
+
+    /// A message judged and its reply sent: the console's transaction line.
+    fn answered(&self, facts: &Facts, request: &[u8], micros: u64) {
+        let n = self.replied(facts, request, micros, Counted::Transaction);
+        let Some(verdict) = &facts.verdict else {
+            return;
+        };
+        if verdict.denial.is_some() {
+            self.metrics.acl_denial();
+            self.forbidden(facts, request);
+        }
+        let transport = facts.transport;
+        let peer = facts.peer;
+        let port = transport.name();
+        let (request, reply, us) = (
+            Escaped(request),
+            Escaped(verdict.encoded.as_bytes()),
+            micros,
+        );
+        let tls = facts.tls.map(|t| format!(" {t}")).unwrap_or_default();
+        let tls_kv = tls.trim_start();
+        match facts.common_name() {
+            Some(cn) => info!(
+                event = "transaction", n, port, peer:%, tls = tls_kv, cn, request:%, reply:%, us;
+                "#{n} {transport} {peer}{tls} cn=\"{}\" \"{request}\" -> \"{reply}\" {micros}us",
+                Escaped(cn.as_bytes()),
+            ),
+            None => info!(
+                event = "transaction", n, port, peer:%, tls = tls_kv, request:%, reply:%, us;
+                "#{n} {transport} {peer}{tls} \"{request}\" -> \"{reply}\" {micros}us",
+            ),
+        }
+    }
+
+    /// The line saying which rule refused a request (rate-limited).
+    fn forbidden(&self, facts: &Facts, request: &[u8]) {
+        let Some(denial) = facts.verdict.as_ref().and_then(|v| v.denial.as_ref()) else {
+            return;
+        };
+        let who = match (&facts.certificate, facts.common_name()) {
+            (_, Some(cn)) => format!("cn=\"{}\"", Escaped(cn.as_bytes())),
+            (Some(_), None) => "a certificate without CN".to_string(),
+            (None, None) => "no certificate".to_string(),
+        };
+        let mut what = String::new();
+        let message = request
+            .iter()
+            .position(|&b| b == b'\r' || b == b'\n')
+            .map_or(request, |end| &request[..end]);
+        if let Ok(parsed) = Request::parse(message) {
+            let (verb, device, register) = match parsed {
+                Request::Read { device, register } => ("read", device, register),
+                Request::Write {
+                    device, register, ..
+                } => ("write", device, register),
+            };
+            let _ = write!(
+                what,
+                " ({verb} of register {register:02X} of device {device:04X})"
+            );
+        }
+        self.forbidden_log.log(format_args!(
+            "forbidden by {}: {} {} {who} \"{}\"{what}: {}",
+            denial.file,
+            facts.transport,
+            facts.peer,
+            Escaped(request),
+            denial.reason,
+        ));
+    }
+
+    fn refusal_line(&self, facts: &Facts, refusal: Refusal, problem: &Option<String>) -> String {
+        let (transport, peer) = (facts.transport, facts.peer);
+        let limits = self.limits;
+        if let Some(balancer) = facts.balancer {
+            return format!(
+                "closed {transport} connection from {peer} (through {balancer}): {refusal}"
+            );
+        }
+        match refusal {
+            Refusal::NotAllowed => {
+                format!("closed {transport} connection from {peer}: address not in --allow")
+            }
+            Refusal::PerIp => format!(
+                "refusing {transport} connection from {peer}: {} connections from that address are unfinished (--max-per-ip)",
+                limits.max_per_ip
+            ),
+            Refusal::Full => format!(
+                "refusing {transport} connection from {peer}: {} connections open and none silent to shed (--max-connections)",
+                limits.max_connections
+            ),
+            Refusal::Shed => format!(
+                "closed silent {transport} connection from {peer} after {} ms: the connection table is full (--max-connections {})",
+                facts.micros() / 1000,
+                limits.max_connections
+            ),
+            Refusal::ProxyHeader => format!(
+                "closed {transport} connection from {peer}: {}",
+                problem.as_deref().unwrap_or("a bad PROXY header")
+            ),
+        }
+    }
+}
