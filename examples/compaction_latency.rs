@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use wwep::journal::{CompactionPolicy, Fsync, MAGIC, encode_record};
+use wwep::store::journal::{CompactionPolicy, Fsync, MAGIC, encode_record};
 use wwep::store::RegisterStore;
 
 struct Options {
