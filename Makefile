@@ -33,8 +33,10 @@ $(CERTS)/server.pem $(CERTS)/server.key:
 run: release $(CERTS)/server.pem $(CERTS)/server.key
 	./target/release/wwep-server --cert $(CERTS)/server.pem --key $(CERTS)/server.key $(ARGS)
 
+# Installs the tools the tests need when it can (root with apt), runs every
+# test and ends with `tests: N passed, M failed, K skipped`; see docs/development.md.
 test:
-	$(CARGO) test --all-targets
+	CARGO=$(CARGO) ./scripts/test.sh
 
 # Installs the binaries, the systemd unit (pointing at $(PREFIX)/bin) and an
 # example environment file (kept if one exists).
@@ -47,7 +49,7 @@ install: release
 	[ -e $(DESTDIR)$(CONF_DIR)/wwep.env ] || install -m 0644 dist/wwep.env $(DESTDIR)$(CONF_DIR)/wwep.env
 
 # Our server against nginx's one-shot limit on this machine, then our own code
-# alone (frame, parse, store, encode); see README.
+# alone (frame, parse, store, encode); see docs/performance.md.
 bench: microbench
 	./scripts/bench.sh
 	./scripts/bench-fleet.sh

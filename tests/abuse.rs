@@ -122,7 +122,7 @@ fn open_files_limit() -> u64 {
 fn flood(tls_port: bool, first: &[u8]) {
     const COUNT: usize = 3000;
     if open_files_limit() < (COUNT as u64) + 500 {
-        eprintln!("skipping: the open-files limit is below {}", COUNT + 500);
+        skip(&format!("the open-files limit is below {}", COUNT + 500));
         return;
     }
     let pki = Pki::new(KeyKind::EcP256);
@@ -227,7 +227,7 @@ fn trickling_tls_clients_and_idle_floods_leave_service_to_others() {
     const TRICKLERS: usize = 300;
     const IDLE: usize = 2000;
     if !enough_files(2 * (TRICKLERS + IDLE) as u64 + 1000) {
-        eprintln!("skipping: the open-files limit is too low for this test");
+        skip("the open-files limit is too low for this test");
         return;
     }
     let pki = Pki::new(KeyKind::EcP256);

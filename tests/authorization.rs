@@ -447,13 +447,13 @@ fn repo(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(file)
 }
 
-/// The fenced blocks in README's "Authorization" section, in order.
+/// The fenced blocks in the "Authorization" section of docs/authorization.md, in order.
 fn readme_blocks() -> Vec<String> {
-    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let readme = std::fs::read_to_string(repo("docs/authorization.md")).unwrap();
     let section = readme
         .split("\n## Authorization\n")
         .nth(1)
-        .expect("README has an Authorization section");
+        .expect("docs/authorization.md has an Authorization section");
     let section = section.split("\n## ").next().unwrap();
     section
         .split("\n```")
@@ -478,7 +478,7 @@ fn readme_example() -> String {
 #[test]
 fn readme_example_parses_and_gives_each_board_its_own_device() {
     let text = readme_example();
-    let acl = Acl::parse(text.as_bytes(), Path::new("README.md")).unwrap_or_else(|e| panic!("{e}"));
+    let acl = Acl::parse(text.as_bytes(), Path::new("docs/authorization.md")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         std::fs::read_to_string(repo("dist/boards.acl")).unwrap(),
         text,
@@ -590,7 +590,7 @@ fn readme_rule_file_example_does_what_it_says() {
         .find(|b| b.contains("cn:wwep-gateway"))
         .expect("the rule-file example");
     let acl =
-        Acl::parse(block.as_bytes(), Path::new("README.md")).unwrap_or_else(|e| panic!("{e}"));
+        Acl::parse(block.as_bytes(), Path::new("docs/authorization.md")).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(acl.rules().len(), 5);
     let cert = |cn: &str| Certificate {
         cn: Some(cn.to_string()),

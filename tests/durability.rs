@@ -547,7 +547,7 @@ impl SmallDisk {
             .status()
             .is_ok_and(|s| s.success());
         if !ok {
-            eprintln!("skipping: cannot mount a tmpfs here (needs root)");
+            skip("cannot mount a tmpfs here (needs root)");
             return None;
         }
         Some(SmallDisk { dir })

@@ -222,7 +222,7 @@ fn through_nginx_the_log_shows_the_board_not_the_balancer() {
             std::env::var("WWEP_REQUIRE_TOOLS").as_deref() != Ok("1"),
             "nginx's stream module is required (WWEP_REQUIRE_TOOLS=1)"
         );
-        eprintln!("skipping: nginx's stream module is not installed");
+        skip("nginx's stream module is not installed");
         return;
     }
     let pki = Pki::new(KeyKind::EcP256);

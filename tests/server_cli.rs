@@ -271,7 +271,7 @@ fn settings_come_from_the_environment() {
 #[test]
 fn ipv6_bind() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
-        eprintln!("skipping: no IPv6 loopback here");
+        skip("no IPv6 loopback here");
         return;
     }
     let server = ServerProcess::spawn(&["--bind", "::1", "--plain-port", "0", "--no-tls"], &[]);

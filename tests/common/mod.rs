@@ -405,8 +405,8 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Whether an external tool is on PATH. Missing tools skip the test with a
-/// message, unless WWEP_REQUIRE_TOOLS=1, where they fail it.
+/// Whether an external tool is on PATH. A missing tool skips the test (see
+/// [`skip`]), unless WWEP_REQUIRE_TOOLS=1, where it fails it.
 pub fn have_tool(name: &str) -> bool {
     let found = Command::new("sh")
         .arg("-c")
@@ -419,9 +419,40 @@ pub fn have_tool(name: &str) -> bool {
         if std::env::var("WWEP_REQUIRE_TOOLS").as_deref() == Ok("1") {
             panic!("{name} is required (WWEP_REQUIRE_TOOLS=1) but not installed");
         }
-        eprintln!("skipping: {name} is not installed");
+        skip(&format!("{name} is not installed"));
     }
     found
+}
+
+/// Says that the running test returns without testing, and why. libtest can
+/// only report it as passed, so the test and the reason are also appended to
+/// the file named by WWEP_SKIP_FILE (set by `make test`), from which
+/// scripts/test-summary.sh counts it as skipped instead.
+pub fn skip(reason: &str) {
+    eprintln!("skipping: {reason}");
+    let Some(file) = std::env::var_os("WWEP_SKIP_FILE") else {
+        return;
+    };
+    // The test binary's name without cargo's hash, then libtest's name for the
+    // thread running the test: unique across the whole run.
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .map(|s| s.rsplit_once('-').map_or(s.clone(), |(name, _)| name.to_string()))
+        .unwrap_or_default();
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("unknown");
+    let line = format!("{binary}::{test}\t{reason}\n");
+    // One short write to a file opened for appending lands whole even when
+    // tests in parallel skip at once.
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&file)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = appended {
+        panic!("cannot record the skip in {}: {e}", Path::new(&file).display());
+    }
 }
 
 /// Server flags for loopback and ephemeral ports, as every test server uses.
