@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 use crate::config::Transport;
 use crate::net::admission::Refusal;
 use crate::protocol::{Failure, ProtocolError, Reply};
-use crate::tls::HandshakeFailureKind;
+use crate::tls::server::HandshakeFailureKind;
 
 /// The version and commit the binary was built from (`unknown` without git).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -29,7 +29,8 @@ use crate::net::waiting_room::WaitingRoom;
 use crate::store::backend::Backend;
 use crate::store::redis::{RedisOpenError, RedisStore};
 use crate::store::{RegisterStore, open_logged};
-use crate::tls::{Acceptor, ClientAuth, HandshakeFailureKind, Identity, TlsError};
+use crate::tls::server::{Acceptor, HandshakeFailureKind};
+use crate::tls::{ClientAuth, Identity, TlsError};
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -265,13 +266,7 @@ impl Shared {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()?;
-        let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
-        acceptor
-            .not_after()
-            .into_iter()
-            .filter_map(|t| epoch.diff(t).ok())
-            .map(|d| i64::from(d.days) * 86_400 + i64::from(d.secs))
-            .min()
+        acceptor.earliest_not_after_unix()
     }
 
     fn refusals(&self, refusal: Refusal) -> u64 {

@@ -27,7 +27,7 @@ use crate::net::linger::{self, Drained};
 use crate::net::proxy::{self, Header, Origin};
 use crate::net::server::Shared;
 use crate::protocol::{Encoded, Escaped, Failure, Reply, Request, Terminator};
-use crate::tls::{Handshake, HandshakeFailureKind, PendingHandshake, ServerStream};
+use crate::tls::server::{Handshake, HandshakeFailureKind, PendingHandshake, ServerStream};
 
 /// Why a worker is looking at a session now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
