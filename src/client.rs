@@ -12,6 +12,7 @@ use socket2::{Domain, Socket, Type};
 
 use crate::protocol::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT};
 use crate::protocol::{MAX_MESSAGE_BYTES, Reply, Request, WRITE_LEN};
+use crate::tls::client::{ConnectError, Connector, ResumingConnector, alert_received};
 
 /// Where a client connects: `HOST`, `HOST:PORT`, `[V6]:PORT` or a bare IPv6 address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,14 +74,13 @@ impl ServerAddress {
 pub enum Link {
     Plain,
     Tls {
-        connector: native_tls::TlsConnector,
+        connector: Connector,
         /// The name the certificate is verified against (and sent as SNI).
         servername: String,
     },
     /// TLS that offers the session of an earlier connection, as a board does.
     TlsResuming {
-        config: Arc<rustls::ClientConfig>,
-        servername: rustls::pki_types::ServerName<'static>,
+        connector: ResumingConnector,
         /// Handshakes done, and how many of them resumed a session.
         handshakes: Arc<AtomicU64>,
         resumed: Arc<AtomicU64>,
@@ -88,37 +88,13 @@ pub enum Link {
 }
 
 impl Link {
-    /// A resuming TLS link verifying the server as `servername`.
-    pub fn resuming(config: Arc<rustls::ClientConfig>, servername: &str) -> Result<Link, String> {
-        let servername = rustls::pki_types::ServerName::try_from(servername.to_string())
-            .map_err(|_| format!("'{servername}' is not a valid server name"))?;
-        Ok(Link::TlsResuming {
-            config,
-            servername,
+    /// A resuming TLS link, counting its handshakes.
+    pub fn resuming(connector: ResumingConnector) -> Link {
+        Link::TlsResuming {
+            connector,
             handshakes: Arc::new(AtomicU64::new(0)),
             resumed: Arc::new(AtomicU64::new(0)),
-        })
-    }
-}
-
-/// Sorts a rustls handshake failure by its kind.
-fn classify_rustls(e: rustls::Error, servername: &str) -> ClientError {
-    use rustls::CertificateError;
-    match e {
-        rustls::Error::InvalidCertificate(
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        ) => ClientError::HostnameMismatch {
-            name: servername.to_string(),
-        },
-        rustls::Error::InvalidCertificate(reason) => ClientError::NotTrusted {
-            reason: format!("{reason:?}"),
-        },
-        rustls::Error::AlertReceived(alert) => ClientError::Handshake {
-            reason: format!("the server refused the connection ({alert:?})"),
-        },
-        other => ClientError::Handshake {
-            reason: other.to_string(),
-        },
+        }
     }
 }
 
@@ -196,22 +172,27 @@ impl fmt::Display for ClientError {
 
 impl std::error::Error for ClientError {}
 
-/// Sorts a handshake failure into the few causes a person can act on.
-fn classify_handshake(reason: String, servername: &str) -> ClientError {
-    let lower = reason.to_ascii_lowercase();
-    if lower.contains("hostname mismatch") || lower.contains("ip address mismatch") {
-        ClientError::HostnameMismatch {
-            name: servername.to_string(),
+impl ClientError {
+    /// A failed handshake, as one of the few causes a person can act on.
+    fn handshake(e: ConnectError, servername: &str, timeout: Duration) -> ClientError {
+        match e {
+            ConnectError::HostnameMismatch => ClientError::HostnameMismatch {
+                name: servername.to_string(),
+            },
+            ConnectError::NotTrusted(reason) => ClientError::NotTrusted { reason },
+            ConnectError::Alert(alert) => ClientError::Handshake {
+                reason: format!("the server refused the connection ({alert})"),
+            },
+            ConnectError::TimedOut => ClientError::TimedOut {
+                stage: "in the TLS handshake",
+                after: timeout,
+            },
+            ConnectError::Io(source) => ClientError::Io {
+                stage: "in the TLS handshake",
+                source,
+            },
+            ConnectError::Other(reason) => ClientError::Handshake { reason },
         }
-    } else if reason.contains("certificate verify failed") {
-        // openssl appends the verification result in parentheses.
-        let detail = reason
-            .rsplit_once('(')
-            .map(|(_, d)| d.trim_end_matches(')').to_string())
-            .unwrap_or(reason);
-        ClientError::NotTrusted { reason: detail }
-    } else {
-        ClientError::Handshake { reason }
     }
 }
 
@@ -371,65 +352,29 @@ impl Client {
                 servername,
             } => {
                 let stream = self.tls_socket(deadline)?;
-                let tls = connector.connect(servername, stream).map_err(|e| match e {
-                    native_tls::HandshakeError::Failure(e) => {
-                        classify_handshake(e.to_string(), servername)
-                    }
-                    native_tls::HandshakeError::WouldBlock(_) => ClientError::TimedOut {
-                        stage: "in the TLS handshake",
-                        after: self.timeout,
-                    },
-                })?;
+                let tls = connector
+                    .connect(servername, stream)
+                    .map_err(|e| ClientError::handshake(e, servername, self.timeout))?;
                 let left = deadline
                     .saturating_duration_since(Instant::now())
                     .max(Duration::from_millis(1));
-                let _ = tls.get_ref().set_read_timeout(Some(left));
+                let _ = tls.tcp().set_read_timeout(Some(left));
                 exchange(tls, request, reply, deadline, self.timeout, device_style)
             }
             Link::TlsResuming {
-                config,
-                servername,
+                connector,
                 handshakes,
                 resumed,
             } => {
                 let stream = self.tls_socket(deadline)?;
-                let name = servername.to_str();
-                let connection =
-                    rustls::ClientConnection::new(Arc::clone(config), servername.clone())
-                        .map_err(|e| classify_rustls(e, &name))?;
-                let mut tls = rustls::StreamOwned::new(connection, stream);
-                while tls.conn.is_handshaking() {
-                    if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
-                        return Err(
-                            match e
-                                .get_ref()
-                                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                            {
-                                Some(inner) => classify_rustls(inner.clone(), &name),
-                                None if is_timeout(&e) => ClientError::TimedOut {
-                                    stage: "in the TLS handshake",
-                                    after: self.timeout,
-                                },
-                                None => ClientError::Io {
-                                    stage: "in the TLS handshake",
-                                    source: e,
-                                },
-                            },
-                        );
-                    }
-                }
+                let tls = connector
+                    .connect(stream)
+                    .map_err(|e| ClientError::handshake(e, connector.servername(), self.timeout))?;
                 handshakes.fetch_add(1, Ordering::Relaxed);
-                if tls.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                if tls.resumed() {
                     resumed.fetch_add(1, Ordering::Relaxed);
                 }
-                exchange(
-                    &mut tls,
-                    request,
-                    reply,
-                    deadline,
-                    self.timeout,
-                    device_style,
-                )
+                exchange(tls, request, reply, deadline, self.timeout, device_style)
             }
         }
     }
@@ -555,9 +500,9 @@ fn exchange<S: Read + Write>(
             Err(_) if len > 0 && (buf[0] == b'X' || len >= WRITE_LEN) => break,
             // TLS 1.3 finishes the client's handshake before the server has judged
             // the client certificate; its refusal arrives as an alert here.
-            Err(e) if e.to_string().contains("alert") => {
+            Err(e) if let Some(alert) = alert_received(&e) => {
                 return Err(ClientError::Handshake {
-                    reason: format!("the server refused the connection: {e}"),
+                    reason: format!("the server refused the connection ({alert})"),
                 });
             }
             Err(e) if is_timeout(&e) || Instant::now() >= deadline => {
@@ -637,20 +582,25 @@ mod tests {
     }
 
     #[test]
-    fn handshake_errors_are_sorted() {
-        let e = classify_handshake(
-            "error:0A000086:SSL routines:tls_post_process_server_certificate:certificate verify failed:ssl/statem/statem_clnt.c:1889: (unable to get local issuer certificate)".into(),
-            "localhost",
-        );
-        assert!(
-            matches!(e, ClientError::NotTrusted { ref reason } if reason == "unable to get local issuer certificate")
-        );
-        let e = classify_handshake(
-            "... certificate verify failed ... (hostname mismatch)".into(),
-            "other",
-        );
-        assert!(matches!(e, ClientError::HostnameMismatch { ref name } if name == "other"));
-        let e = classify_handshake("unexpected eof".into(), "x");
-        assert!(matches!(e, ClientError::Handshake { .. }));
+    fn handshake_failures_keep_their_kind() {
+        let t = Duration::from_millis(300);
+        let sorted = |e| ClientError::handshake(e, "wwep.test", t);
+        assert!(matches!(
+            sorted(ConnectError::HostnameMismatch),
+            ClientError::HostnameMismatch { ref name } if name == "wwep.test"
+        ));
+        assert!(matches!(
+            sorted(ConnectError::NotTrusted("self-signed certificate".into())),
+            ClientError::NotTrusted { ref reason } if reason == "self-signed certificate"
+        ));
+        assert!(matches!(
+            sorted(ConnectError::Alert("tlsv13 alert certificate required".into())),
+            ClientError::Handshake { ref reason } if reason.contains("refused")
+        ));
+        assert!(matches!(
+            sorted(ConnectError::TimedOut),
+            ClientError::TimedOut { after, .. } if after == t
+        ));
+        assert_eq!(sorted(ConnectError::Other("eof".into())).kind(), "tls");
     }
 }

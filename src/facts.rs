@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::acl::Certificate;
 use crate::protocol::{Encoded, Reply, Transport};
-use crate::tls::HandshakeFailureKind;
+use crate::tls::server::HandshakeFailureKind;
 
 /// Why a connection was turned away or closed before its message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

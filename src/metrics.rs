@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 
 use crate::facts::Refusal;
 use crate::protocol::{Failure, ProtocolError, Reply, Transport};
-use crate::tls::HandshakeFailureKind;
+use crate::tls::server::HandshakeFailureKind;
 
 /// The version and commit the binary was built from (`unknown` without git).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -515,3 +515,40 @@ fn bench_over_tls_offering_only_tls_1_2() {
     assert_eq!(refused.code(), Some(2), "{}", refused.text);
     assert!(refused.stdout().contains("\"tls\":"), "{}", refused.text);
 }
+
+#[test]
+fn a_server_that_wants_a_client_certificate_refuses_without_one() {
+    let pki = Arc::new(Pki::new(KeyKind::EcP256));
+    let ca = pki.path("ca.pem");
+    let s = TestServer::with_pki(Arc::clone(&pki), |c| {
+        c.client_auth = wwep::tls::ClientAuth::Required { ca: ca.clone() }
+    });
+    let srv = tls_server(&s);
+    let ca = ca.to_str().unwrap();
+    // In TLS 1.3 the refusal comes after the client's handshake is done, so
+    // it arrives on the first read; --resume goes through the other library.
+    for extra in [&[][..], &["--resume"][..]] {
+        let mut args = vec!["--server", &srv, "--tls", "--ca", ca];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["read", "1", "1"]);
+        wwep(&args).fails_with("the server refused the connection");
+    }
+    let cert = pki.path("client.pem");
+    let key = pki.path("client.key");
+    wwep(&[
+        "--server",
+        &srv,
+        "--tls",
+        "--ca",
+        ca,
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "write",
+        "1",
+        "1",
+        "7",
+    ])
+    .expect(0, "A0001010007\n");
+}

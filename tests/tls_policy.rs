@@ -69,7 +69,7 @@ fn tls_1_3_and_1_2_with_s_client() {
         assert!(stdout(&out).contains(&format!("New, {version}")), "{text}");
     }
     // --tls-min 1.3 turns 1.2 away.
-    let strict = TestServer::with(|c| c.tls.min = wwep::tls::TlsMin::Tls13);
+    let strict = TestServer::with(|c| c.tls.min = wwep::tls::TlsVersion::Tls13);
     let (out, text) = s_client(&strict.pki, strict.tls(), &["-tls1_2"], b"R000000\n");
     assert!(
         !stdout(&out).contains("A000000") && !stdout(&out).contains("\nX"),

@@ -25,8 +25,8 @@ use wwep::protocol::ErrorDetail;
 use wwep::net::server::{ServerControl, ServerError};
 use wwep::store::redis::{DEFAULT_PREFIX, RedisOpenError, RedisSettings, StoreLocation};
 use wwep::tls::{
-    ClientAuth, DEFAULT_SESSION_CACHE, IdentitySource, MAX_SESSION_LIFETIME_SECS, TlsMin,
-    TlsSettings,
+    ClientAuth, DEFAULT_SESSION_CACHE, IdentitySource, MAX_SESSION_LIFETIME_SECS, TlsSettings,
+    TlsVersion,
 };
 
 /// WWEP register server: an open port and a TLS port served at once.
@@ -84,8 +84,8 @@ struct Args {
     )]
     client_crl: Vec<PathBuf>,
     /// Oldest TLS version accepted.
-    #[arg(long, env = "WWEP_TLS_MIN", value_enum, default_value_t = TlsMin::Tls12)]
-    tls_min: TlsMin,
+    #[arg(long, env = "WWEP_TLS_MIN", value_enum, default_value_t = TlsVersion::Tls12)]
+    tls_min: TlsVersion,
     /// TLS 1.2 cipher suites (OpenSSL cipher-list syntax) instead of the default
     /// forward-secret AEAD set, e.g. to admit an old board's CBC suite.
     #[arg(long, env = "WWEP_TLS_CIPHERS", value_name = "LIST")]

@@ -19,7 +19,7 @@ use crate::net::linger::Lingerer;
 use crate::net::record::Record;
 use crate::rate_limited::RateLimitedLog;
 use crate::store::backend::Backend;
-use crate::tls::Acceptor;
+use crate::tls::server::Acceptor;
 
 pub(crate) struct Context {
     pub(crate) config: ServerConfig,

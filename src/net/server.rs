@@ -29,7 +29,8 @@ use crate::store::backend::Backend;
 use crate::store::journal::JournalError;
 use crate::store::redis::{RedisOpenError, RedisStore};
 use crate::store::{RegisterStore, open_logged};
-use crate::tls::{Acceptor, ClientAuth, Identity, TlsError};
+use crate::tls::server::Acceptor;
+use crate::tls::{ClientAuth, Identity, TlsError};
 
 /// Why the server could not start.
 #[derive(Debug)]

@@ -28,7 +28,7 @@ use crate::net::linger::{self, Drained};
 use crate::net::proxy::{self, Header, Origin};
 use crate::net::waiting_room::{Waiter, WaitingRoom, Wake};
 use crate::protocol::{Failure, Reply, Terminator, Transport};
-use crate::tls::{Handshake, HandshakeFailureKind, PendingHandshake, ServerStream};
+use crate::tls::server::{Handshake, HandshakeFailureKind, PendingHandshake, ServerStream};
 
 /// The waiting room of WWEP connections.
 pub(crate) type Room = WaitingRoom<Session>;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use wwep::bench::{self, AbuseConfig, BenchConfig, Load, Mix, Until};
 use wwep::client::{Client, Link, ServerAddress};
-use wwep::tls::{IdentitySource, Trust};
+use wwep::tls::client::{Connector, ResumingConnector, Trust};
+use wwep::tls::{IdentitySource, TlsVersion};
 
 use crate::args;
 
@@ -170,6 +171,15 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
+    /// The newest TLS version the benchmark's client offers.
+    pub fn newest_tls(&self) -> TlsVersion {
+        if self.tls12 {
+            TlsVersion::Tls12
+        } else {
+            TlsVersion::Tls13
+        }
+    }
+
     pub fn config(&self) -> Result<BenchConfig, String> {
         let config = BenchConfig {
             concurrency: usize::try_from(self.concurrency)
@@ -199,8 +209,9 @@ impl BenchArgs {
 }
 
 impl ConnectionArgs {
-    /// The client these flags describe (`only_tls12` for `bench --tls12`).
-    pub fn client(&self, only_tls12: bool) -> Result<Client, String> {
+    /// The client these flags describe, offering TLS versions up to `newest`
+    /// (1.2 for `bench --tls12`).
+    pub fn client(&self, newest: TlsVersion) -> Result<Client, String> {
         let c = self;
         let address = ServerAddress::parse(&c.server)?;
         let tls_only = [
@@ -242,12 +253,12 @@ impl ConnectionArgs {
                         "--resume needs --ca (the resuming client trusts exactly that CA)".into(),
                     );
                 };
-                let config = wwep::tls::resuming_client_config(ca, identity.as_ref(), only_tls12)
+                let connector = ResumingConnector::new(ca, identity.as_ref(), newest, &servername)
                     .map_err(|e| e.to_string())?;
-                Link::resuming(config, &servername)?
+                Link::resuming(connector)
             } else {
-                let connector = wwep::tls::client_connector(&trust, identity.as_ref(), only_tls12)
-                    .map_err(|e| e.to_string())?;
+                let connector =
+                    Connector::new(&trust, identity.as_ref(), newest).map_err(|e| e.to_string())?;
                 Link::Tls {
                     connector,
                     servername,

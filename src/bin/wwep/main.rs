@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use wwep::bench;
 use wwep::protocol::{Reply, Request};
+use wwep::tls::TlsVersion;
 
 mod args;
 mod cli;
@@ -54,7 +55,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
     match &cli.command {
         Command::Bench(b) => {
             let config = b.config()?;
-            let mut client = c.client(b.tls12)?;
+            let mut client = c.client(b.newest_tls())?;
             if let Some(ip) = b.source_ip {
                 client = client.with_source_ip(ip);
             }
@@ -115,7 +116,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 (None, Some(d)) => d,
                 (None, None) => return Err("toggle needs DEVICE or --device-from-mac".into()),
             };
-            let client = c.client(false)?;
+            let client = c.client(TlsVersion::Tls13)?;
             let read = Request::Read {
                 device,
                 register: LED_REGISTER,
@@ -144,7 +145,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
 /// One transaction, reported.
 fn exchange(c: &ConnectionArgs, request: &[u8], json: bool) -> Result<ExitCode, String> {
     let reply = c
-        .client(false)?
+        .client(TlsVersion::Tls13)?
         .transact(request)
         .map_err(|e| e.to_string())?;
     output::report(&reply, json, None)
