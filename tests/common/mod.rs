@@ -21,10 +21,12 @@ use openssl::x509::extension::{
 };
 use openssl::x509::{X509, X509NameBuilder};
 use wwep::config::ServerConfig;
-use wwep::net::server::RunningServer;
+use wwep::net::server::{RunningServer, Stats};
 use wwep::tls::IdentitySource;
 
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long counts may take to settle after the connection that made them closed.
+pub const COUNTS_SETTLE: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyKind {
@@ -294,6 +296,18 @@ impl TestServer {
     /// Waits until exactly `n` connections are in flight; false after `limit`.
     pub fn in_flight_becomes(&self, n: usize, limit: Duration) -> bool {
         eventually(limit, || self.server().stats().in_flight == n)
+    }
+
+    /// The counters once `settled` holds (a transaction is counted when it is
+    /// recorded, just after its connection has closed), or as they are after
+    /// `COUNTS_SETTLE` for the caller's assertion to report.
+    pub fn stats_when(&self, settled: impl Fn(&Stats) -> bool) -> Stats {
+        let mut last = self.server().stats();
+        eventually(COUNTS_SETTLE, || {
+            last = self.server().stats();
+            settled(&last)
+        });
+        last
     }
 
     pub fn tls(&self) -> SocketAddr {
