@@ -105,12 +105,11 @@ fn every_relative_link_in_the_readme_and_the_guides_resolves() {
                 broken.push(format!("{name}: {target} (no such file)"));
                 continue;
             }
-            if let Some(anchor) = anchor {
-                if resolved.extension().is_some_and(|x| x == "md")
-                    && !anchors(&resolved).iter().any(|a| a == anchor)
-                {
-                    broken.push(format!("{name}: {target} (no such heading)"));
-                }
+            if let Some(anchor) = anchor
+                && resolved.extension().is_some_and(|x| x == "md")
+                && !anchors(&resolved).iter().any(|a| a == anchor)
+            {
+                broken.push(format!("{name}: {target} (no such heading)"));
             }
         }
     }

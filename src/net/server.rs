@@ -187,13 +187,17 @@ fn start_http(
         })
 }
 
+/// The store transactions go to, and the same store again as this process's own
+/// when it is one (its compaction and data file are the server's to run).
+type OpenedStore = (Arc<dyn Backend>, Option<Arc<RegisterStore>>);
+
 /// Where registers live: Valkey/Redis, or this process (rebuilt from the data
 /// file, if any, whose counts go to `metrics`).
 fn open_store(
     config: &ServerConfig,
     metrics: &Metrics,
     cancel: &AtomicBool,
-) -> Result<(Arc<dyn Backend>, Option<Arc<RegisterStore>>), ServerError> {
+) -> Result<OpenedStore, ServerError> {
     if !config.store.location.is_memory() {
         let shared = RedisStore::open(&config.store, config.workers, config.timeout)
             .map_err(ServerError::Store)?;

@@ -396,7 +396,7 @@ impl Session {
             }
             Received::Waiting => {
                 let gap_ends = self.incoming.gap_ends(config.gap);
-                if !expired && !gap_ends.is_some_and(|at| at <= now) {
+                if !expired && gap_ends.is_none_or(|at| at > now) {
                     let until = gap_ends.map_or(self.deadline, |at| at.min(self.deadline));
                     return Some(Step::Park(Interest::READABLE, until));
                 }
