@@ -20,7 +20,9 @@ struct Observer {
 impl Observer {
     fn transaction(&self, tx: &Transaction<'_>) {
         let took = std::time::Duration::from_micros(tx.micros);
-        let n = self.metrics.answered(tx.port, tx.request, &tx.verdict, took);
+        let n = self
+            .metrics
+            .answered(tx.port, tx.request, &tx.verdict, took);
         self.activity.record(&Transaction { n, ..*tx });
     }
 }

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use wwep::store::journal::{CompactionPolicy, Fsync, MAGIC, encode_record};
 use wwep::store::RegisterStore;
+use wwep::store::journal::{CompactionPolicy, Fsync, MAGIC, encode_record};
 
 struct Options {
     registers: u32,

@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::protocol::Transport;
 use crate::logging::push_json_str;
+use crate::protocol::Transport;
 use crate::protocol::{Escaped, Reply};
 
 /// Transactions kept for the page.

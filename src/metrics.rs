@@ -684,15 +684,27 @@ mod tests {
             register: 2,
             value: 3,
         };
-        assert_eq!(m.answered(Transport::Plain, b"R000102", &ok, Duration::ZERO), 1);
+        assert_eq!(
+            m.answered(Transport::Plain, b"R000102", &ok, Duration::ZERO),
+            1
+        );
         m.closed_empty();
         m.closed_empty();
-        assert_eq!(m.answered(Transport::Tls, b"R000102", &ok, Duration::ZERO), 2);
+        assert_eq!(
+            m.answered(Transport::Tls, b"R000102", &ok, Duration::ZERO),
+            2
+        );
         assert_eq!(m.answered_total(), 2);
         let text = m.encode(&Snapshot::default());
-        assert!(text.contains(r#"wwep_connections_closed_total{reason="empty"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"wwep_connections_closed_total{reason="empty"} 2"#),
+            "{text}"
+        );
         assert!(!text.contains("result=\"timeout\"} 1"), "{text}");
-        assert!(!text.contains("wwep_registers"), "unknown counts are absent: {text}");
+        assert!(
+            !text.contains("wwep_registers"),
+            "unknown counts are absent: {text}"
+        );
         let text = m.encode(&Snapshot {
             registers: Some(3),
             ..Snapshot::default()

@@ -409,7 +409,6 @@ pub struct Encoded {
     len: usize,
 }
 
-
 impl Encoded {
     fn new() -> Self {
         Encoded {

@@ -478,7 +478,8 @@ fn readme_example() -> String {
 #[test]
 fn readme_example_parses_and_gives_each_board_its_own_device() {
     let text = readme_example();
-    let acl = Acl::parse(text.as_bytes(), Path::new("docs/authorization.md")).unwrap_or_else(|e| panic!("{e}"));
+    let acl = Acl::parse(text.as_bytes(), Path::new("docs/authorization.md"))
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         std::fs::read_to_string(repo("dist/boards.acl")).unwrap(),
         text,
@@ -589,8 +590,8 @@ fn readme_rule_file_example_does_what_it_says() {
         .into_iter()
         .find(|b| b.contains("cn:wwep-gateway"))
         .expect("the rule-file example");
-    let acl =
-        Acl::parse(block.as_bytes(), Path::new("docs/authorization.md")).unwrap_or_else(|e| panic!("{e}"));
+    let acl = Acl::parse(block.as_bytes(), Path::new("docs/authorization.md"))
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(acl.rules().len(), 5);
     let cert = |cn: &str| Certificate {
         cn: Some(cn.to_string()),

@@ -113,7 +113,10 @@ fn every_relative_link_in_the_readme_and_the_guides_resolves() {
             }
         }
     }
-    assert!(checked > 20, "only {checked} links found: is the scan broken?");
+    assert!(
+        checked > 20,
+        "only {checked} links found: is the scan broken?"
+    );
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
 
@@ -121,12 +124,18 @@ fn every_relative_link_in_the_readme_and_the_guides_resolves() {
 fn the_readme_is_a_front_page() {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
     let lines = readme.lines().count();
-    assert!(lines <= 300, "README.md has {lines} lines; guides go in docs/");
+    assert!(
+        lines <= 300,
+        "README.md has {lines} lines; guides go in docs/"
+    );
 }
 
 #[test]
 fn slugs_follow_github() {
     assert_eq!(slug(" The client: `wwep`"), "the-client-wwep");
-    assert_eq!(slug(" Load benchmark: `wwep bench`"), "load-benchmark-wwep-bench");
+    assert_eq!(
+        slug(" Load benchmark: `wwep bench`"),
+        "load-benchmark-wwep-bench"
+    );
     assert_eq!(slug(" JSON logs"), "json-logs");
 }

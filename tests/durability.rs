@@ -12,8 +12,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
-use wwep::store::journal::{CompactionPolicy, Fsync, MAGIC, encode_record};
 use wwep::store::RegisterStore;
+use wwep::store::journal::{CompactionPolicy, Fsync, MAGIC, encode_record};
 
 const EXIT_LIMIT: Duration = Duration::from_secs(15);
 

@@ -182,6 +182,45 @@ fn with_http(config: &mut wwep::config::ServerConfig) {
 }
 
 #[test]
+fn connections_closed_without_a_byte_are_not_transactions() {
+    let s = TestServer::with(|c| {
+        with_http(c);
+        c.timeout = Duration::from_millis(1000);
+    });
+    let http = s.server().http_addr().expect("http address");
+    // Port checks and load balancers' probes: connect, send nothing, close.
+    for _ in 0..5 {
+        let probe = connect(s.plain());
+        half_close(&probe);
+        drop(probe);
+    }
+    assert_eq!(s.plain_transact(b"W0FAC0B1234"), b"A0FAC0B1234");
+    assert_eq!(s.plain_transact(b"R0FAC0B"), b"A0FAC0B1234");
+    let empty = "wwep_connections_closed_total{reason=\"empty\"}";
+    let m = metrics_when(http, |m| {
+        transactions(m) >= 2.0 && m.get(empty) >= Some(&5.0)
+    });
+    assert_eq!(
+        m.get(empty),
+        Some(&5.0),
+        "each probe counted once, as empty"
+    );
+    assert_eq!(
+        transactions(&m),
+        2.0,
+        "only the two requests are transactions"
+    );
+    let timeouts: f64 = m
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("wwep_transactions_total") && k.contains("result=\"timeout\"")
+        })
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(timeouts, 0.0, "a probe is not a timeout");
+}
+
+#[test]
 fn metrics_follow_a_scripted_set_of_transactions() {
     let s = TestServer::with(|c| {
         with_http(c);

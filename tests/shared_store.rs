@@ -394,3 +394,53 @@ fn shared_store_flags_fail_clearly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--store"));
 }
+
+/// `GET /metrics`, the body.
+fn metrics_text(http: SocketAddr) -> String {
+    let mut c = connect(http);
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = c.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).to_string();
+    text.split_once("\r\n\r\n")
+        .map_or(text.clone(), |(_, body)| body.to_string())
+}
+
+#[test]
+fn registers_in_a_shared_store_are_counted_truly_or_not_at_all() {
+    let Some(redis) = Redis::start(&[]) else {
+        return;
+    };
+    let pki = Pki::new(KeyKind::EcP256);
+    let server = front_end(&pki, &redis, &["--http", "127.0.0.1:0"]);
+    let plain = server.plain.unwrap();
+    let http: SocketAddr = server
+        .log_text()
+        .lines()
+        .find_map(|l| l.split("http listener on ").nth(1))
+        .and_then(|a| a.trim().parse().ok())
+        .expect("the HTTP address is logged");
+    for request in [
+        &b"W0FAC0B0001"[..],
+        b"W0FAC0C0002",
+        b"W00010500FF",
+        b"W0FAC0B0003",
+    ] {
+        let mut c = connect(plain);
+        assert_eq!(transact(&mut c, request)[0], b'A');
+    }
+    // Three distinct registers: wwep_registers says 3, or is not exported —
+    // never 0 or a count of this front end's own writes alone.
+    let mut text = String::new();
+    let settled = eventually(Duration::from_secs(10), || {
+        text = metrics_text(http);
+        let registers = text
+            .lines()
+            .find_map(|l| l.strip_prefix("wwep_registers "))
+            .map(str::trim);
+        registers.is_none_or(|n| n == "3")
+    });
+    assert!(settled, "{text}");
+    assert!(text.contains("wwep_transactions_total"), "{text}");
+}

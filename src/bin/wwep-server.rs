@@ -11,18 +11,18 @@ use clap::Parser;
 use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use wwep::allow::Cidr;
+use wwep::config::{Access, HttpConfig};
 use wwep::config::{
     DEFAULT_GAP_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_IP, DEFAULT_PLAIN_PORT,
     DEFAULT_TIMEOUT_MS, DEFAULT_TLS_PORT, DEFAULT_WORKERS, ProxyProtocol, ServerConfig,
 };
-use wwep::config::{Access, HttpConfig};
+use wwep::logging::LogFormat;
+use wwep::net::server::{ServerControl, ServerError};
+use wwep::notify::notify;
+use wwep::protocol::ErrorDetail;
 use wwep::store::DataConfig;
 use wwep::store::journal::JournalError;
 use wwep::store::journal::{CompactionPolicy, Fsync};
-use wwep::logging::LogFormat;
-use wwep::notify::notify;
-use wwep::protocol::ErrorDetail;
-use wwep::net::server::{ServerControl, ServerError};
 use wwep::store::redis::{DEFAULT_PREFIX, RedisOpenError, RedisSettings, StoreLocation};
 use wwep::tls::{
     ClientAuth, DEFAULT_SESSION_CACHE, IdentitySource, MAX_SESSION_LIFETIME_SECS, TlsSettings,

@@ -181,7 +181,13 @@ fn admit(
         other => other,
     };
     match admitted {
-        Ok(admission) => Some(Session::new(ctx.next_token(), stream, facts, admission, ctx)),
+        Ok(admission) => Some(Session::new(
+            ctx.next_token(),
+            stream,
+            facts,
+            admission,
+            ctx,
+        )),
         Err(refusal) => {
             refuse(&stream, &mut facts, refusal, ctx);
             None

@@ -96,8 +96,10 @@ impl Record {
                 if facts.verdict.is_some() {
                     self.replied(facts, request, micros, Counted::ReplyOnly);
                 }
-                self.refusal_logs[refusal.index()]
-                    .log(format_args!("{}", self.refusal_line(facts, *refusal, problem)));
+                self.refusal_logs[refusal.index()].log(format_args!(
+                    "{}",
+                    self.refusal_line(facts, *refusal, problem)
+                ));
             }
             Ending::HandshakeFailed { kind, detail } => {
                 self.metrics.handshake_failure(*kind);

@@ -375,10 +375,7 @@ impl Status for ServerStatus {
         }
         Err(match ctx.config.data {
             Some(_) => "the data file is failing: the last write could not be stored".to_string(),
-            None => format!(
-                "the store ({}) does not answer",
-                ctx.config.store.location
-            ),
+            None => format!("the store ({}) does not answer", ctx.config.store.location),
         })
     }
 
@@ -450,7 +447,8 @@ impl RunningServer {
         let metrics = self.ctx.record.metrics();
         Stats {
             transactions: metrics.answered_total(),
-            rejected: metrics.refusals_total(Refusal::Full) + metrics.refusals_total(Refusal::PerIp),
+            rejected: metrics.refusals_total(Refusal::Full)
+                + metrics.refusals_total(Refusal::PerIp),
             denied: metrics.refusals_total(Refusal::NotAllowed),
             shed: metrics.refusals_total(Refusal::Shed),
             in_flight: self.ctx.table.open(),
@@ -512,12 +510,7 @@ impl ServerControl {
         if !self.ctx.stop() {
             return;
         }
-        for waker in self
-            .wakers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for waker in self.wakers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let _ = waker.wake();
         }
     }

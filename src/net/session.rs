@@ -261,7 +261,11 @@ impl Session {
                 Ok(Header::Complete { origin, len }) => {
                     // The header's bytes are there (peeked): take exactly them.
                     if (&*tcp).read_exact(&mut buf[..len]).is_err() {
-                        return Some(self.finish(Ending::Broken(ErrorKind::InvalidData), ctx, room));
+                        return Some(self.finish(
+                            Ending::Broken(ErrorKind::InvalidData),
+                            ctx,
+                            room,
+                        ));
                     }
                     if let Origin::Client { source, .. } = origin {
                         return self.behind_balancer(source, ctx, room);

@@ -19,12 +19,12 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use self::backend::{Backend, StoreError};
 use self::format::Key;
 use self::journal::{
     CompactionPolicy, CompactionReport, Fsync, Journal, JournalError, OpenReport, Publish,
     StorageError,
 };
-use self::backend::{Backend, StoreError};
 use crate::metrics::DataFileMetrics;
 
 /// How long the maintenance thread waits after a failed compaction.

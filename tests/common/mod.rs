@@ -452,7 +452,10 @@ pub fn skip(reason: &str) {
     let binary = std::env::current_exe()
         .ok()
         .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .map(|s| s.rsplit_once('-').map_or(s.clone(), |(name, _)| name.to_string()))
+        .map(|s| {
+            s.rsplit_once('-')
+                .map_or(s.clone(), |(name, _)| name.to_string())
+        })
         .unwrap_or_default();
     let thread = std::thread::current();
     let test = thread.name().unwrap_or("unknown");
@@ -465,7 +468,10 @@ pub fn skip(reason: &str) {
         .open(&file)
         .and_then(|mut f| f.write_all(line.as_bytes()));
     if let Err(e) = appended {
-        panic!("cannot record the skip in {}: {e}", Path::new(&file).display());
+        panic!(
+            "cannot record the skip in {}: {e}",
+            Path::new(&file).display()
+        );
     }
 }
 
