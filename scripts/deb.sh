@@ -73,6 +73,21 @@ for bin in wwep-server wwep; do
   fi
   chmod 0755 "$root/usr/bin/$bin"
 done
+# A manual page for each, made of its --help: NAME from the first line, the
+# rest verbatim.
+install -d -m 0755 "$root/usr/share/man/man1"
+for bin in wwep-server wwep; do
+  help=$(env -i PATH="$PATH" "$binaries/$bin" --help) || die "$binaries/$bin --help failed"
+  {
+    printf '.TH %s 1 "%s" "wwep %s" "User Commands"\n' "${bin^^}" \
+      "$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%d)" "$version"
+    printf '.SH NAME\n%s \\- %s\n' "$bin" "$(head -1 <<<"$help" | sed 's/\\/\\e/g; s/-/\\-/g')"
+    printf '.SH DESCRIPTION\n.nf\n'
+    tail -n +2 <<<"$help" | sed 's/\\/\\e/g; s/-/\\-/g; s/^[.'"'"']/\\\&&/'
+    printf '.fi\n.SH SEE ALSO\n/usr/share/doc/wwep/, /etc/wwep/wwep.env, systemctl status wwep\n'
+  } | gzip -9n >"$root/usr/share/man/man1/$bin.1.gz"
+  chmod 0644 "$root/usr/share/man/man1/$bin.1.gz"
+done
 grep -q '^ExecStart=/usr/local/bin/wwep-server' dist/wwep.service ||
   die "dist/wwep.service: no ExecStart=/usr/local/bin/wwep-server line to point at /usr/bin"
 sed 's|^ExecStart=/usr/local/bin/wwep-server|ExecStart=/usr/bin/wwep-server|' dist/wwep.service \
