@@ -4,11 +4,13 @@
 # ExecStart=/usr/bin/wwep-server) in /usr/lib/systemd/system, the sysusers file,
 # /etc/wwep/wwep.env as a conffile, and the maintainer scripts in dist/debian/.
 #
-#   scripts/deb.sh [--binaries DIR] [--out DIR]
+#   scripts/deb.sh [--binaries DIR] [--out DIR] [--compression xz|gzip|none]
 #
-#   --binaries DIR  package DIR/wwep-server and DIR/wwep as they are (e.g.
-#                   target/debug) instead of building a release
+#   --binaries DIR  package DIR/wwep-server and DIR/wwep (e.g. target/debug)
+#                   instead of building a release
 #   --out DIR       write the package there instead of target/debian
+#   --compression   how dpkg-deb compresses the files (default xz, the
+#                   smallest; none is fastest, for a package only inspected)
 #
 # The version comes from Cargo.toml, the architecture from
 # `dpkg --print-architecture`, Depends from dpkg-shlibdeps (dpkg-dev).
@@ -22,13 +24,20 @@ die() {
   exit 2
 }
 
-binaries= out=target/debian
+usage='usage: scripts/deb.sh [--binaries DIR] [--out DIR] [--compression xz|gzip|none]'
+binaries= out=target/debian compression=xz
 while [ $# -gt 0 ]; do
   case $1 in
     --binaries) [ $# -ge 2 ] || die "--binaries needs a directory"; binaries=$2; shift 2 ;;
     --out) [ $# -ge 2 ] || die "--out needs a directory"; out=$2; shift 2 ;;
-    -h | --help) sed -n '2,16s/^# \{0,1\}//p' "$0"; exit 0 ;;
-    *) die "unknown argument '$1' (usage: scripts/deb.sh [--binaries DIR] [--out DIR])" ;;
+    --compression)
+      case ${2:-} in
+        xz | gzip | none) compression=$2; shift 2 ;;
+        *) die "--compression takes xz, gzip or none, not '${2:-}'" ;;
+      esac
+      ;;
+    -h | --help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;
+    *) die "unknown argument '$1' ($usage)" ;;
   esac
 done
 
@@ -123,5 +132,5 @@ chmod 0644 "$root/DEBIAN/control" "$root/DEBIAN/md5sums"
 
 find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
 deb=$out/wwep_${version}_${arch}.deb
-dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
+dpkg-deb --root-owner-group -Z"$compression" --build "$root" "$deb" >/dev/null
 echo "$deb"
