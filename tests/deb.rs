@@ -253,10 +253,8 @@ fn commands_with_guards(script: &str) -> Vec<(String, Vec<String>)> {
                 guards.pop();
             }
             guards.push(line.trim_end_matches(" ;;").to_string());
-        } else if line == ";;" {
-            if guards.last().is_some_and(|g| g.ends_with(')')) {
-                guards.pop();
-            }
+        } else if line == ";;" && guards.last().is_some_and(|g| g.ends_with(')')) {
+            guards.pop();
         }
         out.push((line.to_string(), guards.clone()));
     }
