@@ -51,7 +51,7 @@ install: release
 # The Debian package target/debian/wwep_<version>_<arch>.deb from a release
 # build; see docs/operations.md.
 deb:
-	CARGO=$(CARGO) ./scripts/deb.sh
+	CARGO=$(CARGO) ./scripts/make-deb.sh
 
 # Our server against nginx's one-shot limit on this machine, then our own code
 # alone (frame, parse, store, encode); see docs/performance.md.

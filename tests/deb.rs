@@ -1,4 +1,4 @@
-//! `make deb`: scripts/deb.sh builds the Debian package (here from the debug
+//! `make deb`: scripts/make-deb.sh builds the Debian package (here from the debug
 //! binaries the tests already have, uncompressed, to keep it quick), and the
 //! package holds what an operator expects: the binaries in /usr/bin, the unit
 //! starting /usr/bin/wwep-server, the sysusers file, /etc/wwep/wwep.env as a
@@ -22,7 +22,7 @@ fn repo() -> &'static Path {
 }
 
 fn script() -> PathBuf {
-    repo().join("scripts/deb.sh")
+    repo().join("scripts/make-deb.sh")
 }
 
 /// Whether the package can be built here; if not, the test is skipped.
@@ -373,7 +373,7 @@ fn the_guard_check_sees_an_unguarded_call() {
     );
 }
 
-/// scripts/deb.sh's answer to bad input: exit status 2 and one line.
+/// scripts/make-deb.sh's answer to bad input: exit status 2 and one line.
 fn refused(args: &[&str]) -> String {
     let mut cmd = Command::new(script());
     cmd.args(args);

@@ -4,7 +4,7 @@
 # ExecStart=/usr/bin/wwep-server) in /usr/lib/systemd/system, the sysusers file,
 # /etc/wwep/wwep.env as a conffile, and the maintainer scripts in dist/debian/.
 #
-#   scripts/deb.sh [--binaries DIR] [--out DIR] [--compression xz|gzip|none]
+#   scripts/make-deb.sh [--binaries DIR] [--out DIR] [--compression xz|gzip|none]
 #
 #   --binaries DIR  package DIR/wwep-server and DIR/wwep (e.g. target/debug)
 #                   instead of building a release
@@ -20,11 +20,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 die() {
-  echo "deb.sh: $*" >&2
+  echo "make-deb.sh: $*" >&2
   exit 2
 }
 
-usage='usage: scripts/deb.sh [--binaries DIR] [--out DIR] [--compression xz|gzip|none]'
+usage='usage: scripts/make-deb.sh [--binaries DIR] [--out DIR] [--compression xz|gzip|none]'
 binaries= out=target/debian compression=xz
 while [ $# -gt 0 ]; do
   case $1 in
@@ -77,7 +77,7 @@ for bin in wwep-server wwep; do
     strip --strip-unneeded --remove-section=.comment --remove-section=.note \
       -o "$root/usr/bin/$bin" "$binaries/$bin"
   else
-    echo "deb.sh: strip not found (binutils): $bin is packaged with its symbols"
+    echo "make-deb.sh: strip not found (binutils): $bin is packaged with its symbols"
     cp "$binaries/$bin" "$root/usr/bin/$bin"
   fi
   chmod 0755 "$root/usr/bin/$bin"
