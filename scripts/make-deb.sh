@@ -25,7 +25,7 @@ die() {
 }
 
 usage='usage: scripts/make-deb.sh [--binaries DIR] [--out DIR] [--compression xz|gzip|none]'
-binaries= out=target/debian compression=xz
+binaries='' out=target/debian compression=xz
 while [ $# -gt 0 ]; do
   case $1 in
     --binaries) [ $# -ge 2 ] || die "--binaries needs a directory"; binaries=$2; shift 2 ;;
@@ -55,8 +55,9 @@ if [ -z "$binaries" ]; then
   binaries=target/release
 fi
 for bin in wwep-server wwep; do
-  [ -f "$binaries/$bin" ] && [ -x "$binaries/$bin" ] ||
+  if [ ! -f "$binaries/$bin" ] || [ ! -x "$binaries/$bin" ]; then
     die "$binaries/$bin: no such executable (build it first, or leave out --binaries)"
+  fi
 done
 
 : "${SOURCE_DATE_EPOCH:=$(git log -1 --format=%ct 2>/dev/null || date +%s)}"
