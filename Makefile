@@ -12,7 +12,7 @@ SYSTEMD_DIR ?= /etc/systemd/system
 SYSUSERS_DIR ?= /usr/lib/sysusers.d
 CONF_DIR ?= /etc/wwep
 
-.PHONY: all build release run test bench bench-fleet bench-generator microbench certs clean install
+.PHONY: all build release run test bench bench-fleet bench-generator microbench certs clean install deb
 
 all: build
 
@@ -47,6 +47,11 @@ install: release
 	sed 's|/usr/local/bin/wwep-server|$(PREFIX)/bin/wwep-server|' dist/wwep.service > $(DESTDIR)$(SYSTEMD_DIR)/wwep.service
 	chmod 0644 $(DESTDIR)$(SYSTEMD_DIR)/wwep.service
 	[ -e $(DESTDIR)$(CONF_DIR)/wwep.env ] || install -m 0644 dist/wwep.env $(DESTDIR)$(CONF_DIR)/wwep.env
+
+# The Debian package target/debian/wwep_<version>_<arch>.deb from a release
+# build; see docs/operations.md.
+deb:
+	CARGO=$(CARGO) ./scripts/make-deb.sh
 
 # Our server against nginx's one-shot limit on this machine, then our own code
 # alone (frame, parse, store, encode); see docs/performance.md.
