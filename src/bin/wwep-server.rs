@@ -35,7 +35,7 @@ use wwep::tls::{
 /// the data file and exits 0. SIGHUP reloads the TLS certificate and key and the
 /// --acl rules.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about)]
+#[command(name = "wwep-server", version, about, long_about)]
 struct Args {
     /// Address to listen on (`::` listens on IPv6 and, where the system allows, IPv4).
     #[arg(long, env = "WWEP_BIND", default_value = "0.0.0.0")]
