@@ -387,44 +387,6 @@ struct Attempt {
 /// one per request.
 const MAX_ABANDONED_ATTEMPTS: usize = 4;
 
-/// Why the store's certificate does not verify, if that is why connecting
-/// fails: a TLS handshake of our own with the data node, judged by OpenSSL's
-/// verification result (`hostname mismatch`, `self-signed certificate in
-/// certificate chain`, ...), since the redis crate passes TLS errors on only
-/// as text. `None` when the handshake succeeds, or fails for another reason
-/// (the store is down, or not TLS): that may mend by itself, a distrusted
-/// certificate does not.
-fn untrusted_reason(
-    host: &str,
-    port: u16,
-    root_cert: Option<&[u8]>,
-    deadline: Instant,
-) -> Option<String> {
-    use openssl::ssl::{HandshakeError, SslConnector, SslMethod};
-    use openssl::x509::{X509, X509VerifyResult};
-    use std::net::{TcpStream, ToSocketAddrs};
-
-    let addr = (host, port).to_socket_addrs().ok()?.next()?;
-    let tcp = TcpStream::connect_timeout(&addr, time_left(deadline).ok()?).ok()?;
-    let left = time_left(deadline).ok()?;
-    tcp.set_read_timeout(Some(left)).ok()?;
-    tcp.set_write_timeout(Some(left)).ok()?;
-    // As native-tls does for the redis crate: the system's roots, plus the CA.
-    let mut builder = SslConnector::builder(SslMethod::tls_client()).ok()?;
-    if let Some(pem) = root_cert {
-        for cert in X509::stack_from_pem(pem).ok()? {
-            builder.cert_store_mut().add_cert(cert).ok()?;
-        }
-    }
-    match builder.build().connect(host, tcp) {
-        Err(HandshakeError::Failure(failed)) => {
-            let result = failed.ssl().verify_result();
-            (result != X509VerifyResult::OK).then(|| result.error_string().to_string())
-        }
-        _ => None,
-    }
-}
-
 /// Reconnection pacing while Redis is down.
 struct Backoff {
     /// No new connection is tried before this.
@@ -552,7 +514,7 @@ impl RedisStore {
             Err(e) => {
                 let deadline = Instant::now() + store.timeout;
                 let untrusted = store.source.tls_node(deadline).and_then(|(host, port)| {
-                    untrusted_reason(&host, port, root_cert.as_deref(), deadline)
+                    crate::tls::client::certificate_rejection(&host, port, root_cert.as_deref(), deadline)
                 });
                 if let Some(reason) = untrusted {
                     return Err(RedisOpenError::Untrusted {
@@ -982,24 +944,6 @@ mod tests {
                 started.elapsed()
             );
         }
-    }
-
-    #[test]
-    fn only_a_failed_verification_counts_as_untrusted() {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        // Nobody listening: the store may come later.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        assert_eq!(untrusted_reason("127.0.0.1", port, None, deadline), None);
-        // Not TLS at all (it closes at once): not a certificate problem either.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let closer = std::thread::spawn(move || drop(listener.accept()));
-        assert_eq!(untrusted_reason("127.0.0.1", port, None, deadline), None);
-        closer.join().unwrap();
     }
 
     #[test]
