@@ -285,7 +285,7 @@ impl SentinelSource {
         } else {
             ConnectionAddr::Tcp(host.clone(), port)
         };
-        let info = self.node.clone().set_addr(addr);
+        let info = aborting(self.node.clone().set_addr(addr));
         let client = match &self.root_cert {
             Some(root) if self.tls => Client::build_with_tls(
                 info,
@@ -420,8 +420,29 @@ pub struct RedisStore {
     failure_log: RateLimitedLog,
 }
 
+/// Connections to the data nodes close with a reset (`SO_LINGER` 0): a
+/// connection is closed when a command's time limit passes, and a plain close
+/// would leave the command in the kernel's send queue, retransmitted when the
+/// network returns and applied after the board was told `X` (and possibly
+/// after a newer write). A reset discards what is queued.
+fn aborting(info: ConnectionInfo) -> ConnectionInfo {
+    let tcp = info
+        .tcp_settings()
+        .clone()
+        .set_nodelay(true)
+        .set_linger_time(Duration::ZERO);
+    info.set_tcp_settings(tcp)
+}
+
+/// What went wrong, in words: a read that timed out is "no answer", not the
+/// system's `Resource temporarily unavailable`.
 fn describe(e: &redis::RedisError) -> String {
-    e.to_string()
+    let text = e.to_string();
+    if e.is_timeout() && text.contains("os error") {
+        "no answer within the time limit".to_string()
+    } else {
+        text
+    }
 }
 
 impl RedisStore {
@@ -447,14 +468,17 @@ impl RedisStore {
             }
             StoreLocation::Redis { url } => Source::Direct(match root_cert.clone() {
                 Some(root) => Client::build_with_tls(
-                    url.as_str(),
+                    aborting(url.as_str().into_connection_info().map_err(setup)?),
                     redis::TlsCertificates {
                         client_tls: None,
                         root_cert: Some(root),
                     },
                 )
                 .map_err(setup)?,
-                None => Client::open(url.as_str()).map_err(setup)?,
+                None => Client::open(aborting(
+                    url.as_str().into_connection_info().map_err(setup)?,
+                ))
+                .map_err(setup)?,
             }),
             StoreLocation::Sentinel {
                 sentinels,
@@ -769,7 +793,11 @@ impl Backend for RedisStore {
     }
 
     fn write(&self, device: u16, register: u8, value: u16) -> Result<(), StoreError> {
-        let wait_ms = self.timeout.as_millis() as u64;
+        // WAIT (and WAITAOF) must answer well before the socket's read
+        // timeout, so that "not confirmed" (an answer) and "no answer" are told
+        // apart: they share half of the time limit.
+        let waits = u64::from(self.wait_replicas > 0) + u64::from(self.wait_aof);
+        let wait_ms = (self.timeout.as_millis() as u64 / 2 / waits.max(1)).max(1);
         let (replicas, aof) = (self.wait_replicas, self.wait_aof);
         let confirmed = self.with_connection(|c| {
             let mut pipe = redis::pipe();
