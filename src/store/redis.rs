@@ -11,7 +11,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -242,6 +242,15 @@ impl Source {
 }
 
 impl Source {
+    /// Bumped each time Sentinel names another primary; a connection made
+    /// under an older one is never used again. Always 0 without Sentinel.
+    fn epoch(&self) -> u64 {
+        match self {
+            Source::Direct(_) => 0,
+            Source::Sentinel(sentinel) => sentinel.epoch.load(Ordering::Acquire),
+        }
+    }
+
     /// The data node a new connection would reach over TLS (`None` without TLS).
     fn tls_node(&self, deadline: Instant) -> Option<(String, u16)> {
         match self {
@@ -270,6 +279,10 @@ struct SentinelSource {
     /// The Sentinel asked first: the one that answered last, or the one after
     /// the one that failed last.
     first: AtomicUsize,
+    /// See [`Source::epoch`]; moved on by [`watch_sentinels`].
+    epoch: AtomicU64,
+    /// The primary the Sentinels named last, as the watcher heard it.
+    named: Mutex<Option<(String, u16)>>,
 }
 
 impl SentinelSource {
@@ -361,6 +374,80 @@ impl SentinelSource {
     }
 }
 
+impl SentinelSource {
+    /// Records the primary a Sentinel names; a change moves the epoch on, so
+    /// that every connection to the one before is closed before it is used.
+    fn note(&self, now: (String, u16)) {
+        let mut named = self.named.lock().unwrap_or_else(|p| p.into_inner());
+        if named.as_ref() == Some(&now) {
+            return;
+        }
+        if let Some((host, port)) = named.as_ref() {
+            info!(
+                "Sentinel names {}:{} as primary {} (was {host}:{port}); connections to {host}:{port} are closed",
+                now.0, now.1, self.primary
+            );
+        }
+        *named = Some(now);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Follows one Sentinel: subscribed to `+switch-master` (a failover is
+    /// heard within milliseconds), and asking for the primary after
+    /// subscribing and every [`WATCH_TICK`] (a switch announced while no
+    /// subscription was up is not missed). Returns on the first error.
+    fn watch(&self, sentinel: &Client, stop: &AtomicBool) -> RedisResult<()> {
+        let mut connection = sentinel.get_connection_with_timeout(WATCH_TICK)?;
+        connection.set_write_timeout(Some(WATCH_TICK))?;
+        let mut pubsub = connection.as_pubsub();
+        pubsub.subscribe("+switch-master")?;
+        pubsub.set_read_timeout(Some(WATCH_TICK))?;
+        while !stop.load(Ordering::Acquire) {
+            self.note(self.ask(sentinel, Instant::now() + WATCH_TICK)?);
+            let message = match pubsub.get_message() {
+                Ok(message) => message,
+                Err(e) if e.is_timeout() => continue,
+                Err(e) => return Err(e),
+            };
+            // `NAME OLD-IP OLD-PORT NEW-IP NEW-PORT`
+            let payload: String = message.get_payload()?;
+            let words: Vec<&str> = payload.split(' ').collect();
+            if let [name, _, _, host, port] = words[..]
+                && name == self.primary
+                && let Ok(port) = port.parse()
+            {
+                self.note((host.to_string(), port));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How often the watcher asks a Sentinel for the primary, and how long it
+/// waits for one to answer.
+const WATCH_TICK: Duration = Duration::from_millis(500);
+
+/// Runs until `stop`: follows the Sentinels in turn, moving to the next one
+/// when one stops answering.
+fn watch_sentinels(source: Arc<Source>, stop: Arc<AtomicBool>) {
+    let Source::Sentinel(sentinels) = &*source else {
+        return;
+    };
+    let mut index = 0;
+    while !stop.load(Ordering::Acquire) {
+        let sentinel = &sentinels.sentinels[index % sentinels.sentinels.len()];
+        if let Err(e) = sentinels.watch(sentinel, &stop) {
+            log::debug!(
+                "following Sentinel {}: {}",
+                sentinel.get_connection_info().addr(),
+                describe(&e)
+            );
+            index += 1;
+            std::thread::sleep(FIRST_BACKOFF);
+        }
+    }
+}
+
 /// What is left until `deadline`, or a time-out error when nothing is.
 fn time_left(deadline: Instant) -> RedisResult<Duration> {
     deadline
@@ -387,8 +474,16 @@ struct Attempt {
 /// one per request.
 const MAX_ABANDONED_ATTEMPTS: usize = 4;
 
+/// A connection with the epoch it was made in.
+struct Pooled {
+    connection: Connection,
+    epoch: u64,
+}
+
 /// Reconnection pacing while Redis is down.
 struct Backoff {
+    /// The epoch of the failure: a new primary named since is tried at once.
+    epoch: u64,
     /// No new connection is tried before this.
     until: Option<Instant>,
     step: Duration,
@@ -409,7 +504,9 @@ pub struct RedisStore {
     wait_aof: bool,
     /// For connecting and for each command.
     timeout: Duration,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Pooled>>,
+    /// Ends the Sentinel watcher when the store is dropped.
+    stop: Arc<AtomicBool>,
     returned: Condvar,
     /// Connections open (idle or lent out).
     open: AtomicUsize,
@@ -503,6 +600,8 @@ impl RedisStore {
                     tls: *tls,
                     root_cert: root_cert.clone(),
                     first: AtomicUsize::new(0),
+                    epoch: AtomicU64::new(0),
+                    named: Mutex::new(None),
                 })
             }
         };
@@ -515,16 +614,26 @@ impl RedisStore {
             wait_aof: settings.wait_aof,
             timeout: timeout.min(MAX_COMMAND_TIME),
             idle: Mutex::new(Vec::new()),
+            stop: Arc::new(AtomicBool::new(false)),
             returned: Condvar::new(),
             open: AtomicUsize::new(0),
             capacity: capacity.max(1),
             backoff: Mutex::new(Backoff {
                 until: None,
                 step: FIRST_BACKOFF,
+                epoch: 0,
             }),
             failing: AtomicBool::new(false),
             failure_log: RateLimitedLog::new(log::Level::Warn, Duration::from_secs(1)),
         };
+        if let Source::Sentinel(_) = &*store.source {
+            let (source, stop) = (Arc::clone(&store.source), Arc::clone(&store.stop));
+            std::thread::Builder::new()
+                .name("wwep-sentinel-watch".to_string())
+                .spawn(move || watch_sentinels(source, stop))
+                .map_err(|e| RedisOpenError::Setup(format!("cannot start a thread: {e}")))?;
+        }
+        let epoch = store.source.epoch();
         match store.connect() {
             Ok(mut connection) => {
                 if store.wait_aof && !has_waitaof(&mut connection) {
@@ -532,7 +641,7 @@ impl RedisStore {
                 }
                 info!("registers are kept in {}", store.location);
                 store.open.fetch_add(1, Ordering::AcqRel);
-                store.give_back(connection);
+                store.give_back(Pooled { connection, epoch });
             }
             Err(e) if store.wait_aof => return Err(RedisOpenError::Unreachable(describe(&e))),
             Err(e) => {
@@ -557,7 +666,7 @@ impl RedisStore {
         Ok(store)
     }
 
-    fn idle(&self) -> MutexGuard<'_, Vec<Connection>> {
+    fn idle(&self) -> MutexGuard<'_, Vec<Pooled>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -622,8 +731,8 @@ impl RedisStore {
         Ok(connection)
     }
 
-    fn give_back(&self, connection: Connection) {
-        self.idle().push(connection);
+    fn give_back(&self, pooled: Pooled) {
+        self.idle().push(pooled);
         self.returned.notify_one();
     }
 
@@ -639,12 +748,22 @@ impl RedisStore {
     /// Lends a connection: an idle one, a new one while fewer than `capacity`
     /// are open (not during a back-off), or one given back within the time
     /// limit; with whether it had been used before (`true`) or is new.
-    fn lend(&self) -> Result<(Connection, bool), StoreError> {
+    fn lend(&self) -> Result<(Pooled, bool), StoreError> {
         let deadline = Instant::now() + self.timeout;
         let mut idle = self.idle();
         loop {
-            if let Some(connection) = idle.pop() {
-                return Ok((connection, true));
+            if let Some(pooled) = idle.pop() {
+                if pooled.epoch == self.source.epoch() {
+                    return Ok((pooled, true));
+                }
+                // Sentinel named another primary since this connection was
+                // made: it and every other idle one go, however long they lay
+                // idle, and none of them carries another command.
+                let stale = std::mem::take(&mut *idle).len() + 1;
+                drop(pooled);
+                self.open.fetch_sub(stale, Ordering::AcqRel);
+                self.returned.notify_all();
+                continue;
             }
             if self.open.load(Ordering::Acquire) < self.capacity {
                 self.open.fetch_add(1, Ordering::AcqRel);
@@ -666,11 +785,14 @@ impl RedisStore {
         }
     }
 
-    fn open_new(&self) -> Result<Connection, StoreError> {
+    fn open_new(&self) -> Result<Pooled, StoreError> {
         let now = Instant::now();
+        // Read before Sentinel is asked: a switch while connecting makes the
+        // connection stale at once rather than trusted.
+        let epoch = self.source.epoch();
         {
             let backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
-            if backoff.until.is_some_and(|until| now < until) {
+            if backoff.epoch == epoch && backoff.until.is_some_and(|until| now < until) {
                 return Err(StoreError::Unavailable);
             }
         }
@@ -681,10 +803,14 @@ impl RedisStore {
                     info!("{} answers again", self.location);
                 }
                 backoff.step = FIRST_BACKOFF;
-                Ok(connection)
+                Ok(Pooled { connection, epoch })
             }
             Err(e) => {
                 let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+                if backoff.epoch != epoch {
+                    backoff.step = FIRST_BACKOFF;
+                }
+                backoff.epoch = epoch;
                 backoff.until = Some(Instant::now() + backoff.step);
                 backoff.step = (backoff.step * 2).min(MAX_BACKOFF);
                 drop(backoff);
@@ -710,7 +836,20 @@ impl RedisStore {
         let started = Instant::now();
         let (mut connection, mut pooled) = self.lend()?;
         loop {
-            let e = match command(&mut connection) {
+            let e = match command(&mut connection.connection) {
+                Ok(_) if connection.epoch != self.source.epoch() => {
+                    // The answer came from a node Sentinel replaced while the
+                    // command ran: a write it took may be discarded when it
+                    // is made a replica, so it is not acknowledged.
+                    drop(connection);
+                    self.open.fetch_sub(1, Ordering::AcqRel);
+                    self.returned.notify_one();
+                    self.failure_log.log(format_args!(
+                        "{}: the primary changed during a command; answered X",
+                        self.location
+                    ));
+                    return Err(StoreError::Unavailable);
+                }
                 Ok(value) => {
                     self.give_back(connection);
                     self.failing.store(false, Ordering::Release);
@@ -748,6 +887,12 @@ impl RedisStore {
 
     fn key(&self, device: u16) -> String {
         format!("{}:{device:04X}", self.prefix)
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
     }
 }
 
