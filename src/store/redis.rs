@@ -11,7 +11,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -242,6 +242,15 @@ impl Source {
 }
 
 impl Source {
+    /// Bumped each time Sentinel names another primary; a connection made
+    /// under an older one is never used again. Always 0 without Sentinel.
+    fn epoch(&self) -> u64 {
+        match self {
+            Source::Direct(_) => 0,
+            Source::Sentinel(sentinel) => sentinel.epoch.load(Ordering::Acquire),
+        }
+    }
+
     /// The data node a new connection would reach over TLS (`None` without TLS).
     fn tls_node(&self, deadline: Instant) -> Option<(String, u16)> {
         match self {
@@ -270,6 +279,10 @@ struct SentinelSource {
     /// The Sentinel asked first: the one that answered last, or the one after
     /// the one that failed last.
     first: AtomicUsize,
+    /// See [`Source::epoch`]; moved on by [`watch_sentinels`].
+    epoch: AtomicU64,
+    /// The primary the Sentinels named last, as the watcher heard it.
+    named: Mutex<Option<(String, u16)>>,
 }
 
 impl SentinelSource {
@@ -285,7 +298,7 @@ impl SentinelSource {
         } else {
             ConnectionAddr::Tcp(host.clone(), port)
         };
-        let info = self.node.clone().set_addr(addr);
+        let info = aborting(self.node.clone().set_addr(addr));
         let client = match &self.root_cert {
             Some(root) if self.tls => Client::build_with_tls(
                 info,
@@ -361,6 +374,80 @@ impl SentinelSource {
     }
 }
 
+impl SentinelSource {
+    /// Records the primary a Sentinel names; a change moves the epoch on, so
+    /// that every connection to the one before is closed before it is used.
+    fn note(&self, now: (String, u16)) {
+        let mut named = self.named.lock().unwrap_or_else(|p| p.into_inner());
+        if named.as_ref() == Some(&now) {
+            return;
+        }
+        if let Some((host, port)) = named.as_ref() {
+            info!(
+                "Sentinel names {}:{} as primary {} (was {host}:{port}); connections to {host}:{port} are closed",
+                now.0, now.1, self.primary
+            );
+        }
+        *named = Some(now);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Follows one Sentinel: subscribed to `+switch-master` (a failover is
+    /// heard within milliseconds), and asking for the primary after
+    /// subscribing and every [`WATCH_TICK`] (a switch announced while no
+    /// subscription was up is not missed). Returns on the first error.
+    fn watch(&self, sentinel: &Client, stop: &AtomicBool) -> RedisResult<()> {
+        let mut connection = sentinel.get_connection_with_timeout(WATCH_TICK)?;
+        connection.set_write_timeout(Some(WATCH_TICK))?;
+        let mut pubsub = connection.as_pubsub();
+        pubsub.subscribe("+switch-master")?;
+        pubsub.set_read_timeout(Some(WATCH_TICK))?;
+        while !stop.load(Ordering::Acquire) {
+            self.note(self.ask(sentinel, Instant::now() + WATCH_TICK)?);
+            let message = match pubsub.get_message() {
+                Ok(message) => message,
+                Err(e) if e.is_timeout() => continue,
+                Err(e) => return Err(e),
+            };
+            // `NAME OLD-IP OLD-PORT NEW-IP NEW-PORT`
+            let payload: String = message.get_payload()?;
+            let words: Vec<&str> = payload.split(' ').collect();
+            if let [name, _, _, host, port] = words[..]
+                && name == self.primary
+                && let Ok(port) = port.parse()
+            {
+                self.note((host.to_string(), port));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How often the watcher asks a Sentinel for the primary, and how long it
+/// waits for one to answer.
+const WATCH_TICK: Duration = Duration::from_millis(500);
+
+/// Runs until `stop`: follows the Sentinels in turn, moving to the next one
+/// when one stops answering.
+fn watch_sentinels(source: Arc<Source>, stop: Arc<AtomicBool>) {
+    let Source::Sentinel(sentinels) = &*source else {
+        return;
+    };
+    let mut index = 0;
+    while !stop.load(Ordering::Acquire) {
+        let sentinel = &sentinels.sentinels[index % sentinels.sentinels.len()];
+        if let Err(e) = sentinels.watch(sentinel, &stop) {
+            log::debug!(
+                "following Sentinel {}: {}",
+                sentinel.get_connection_info().addr(),
+                describe(&e)
+            );
+            index += 1;
+            std::thread::sleep(FIRST_BACKOFF);
+        }
+    }
+}
+
 /// What is left until `deadline`, or a time-out error when nothing is.
 fn time_left(deadline: Instant) -> RedisResult<Duration> {
     deadline
@@ -387,46 +474,16 @@ struct Attempt {
 /// one per request.
 const MAX_ABANDONED_ATTEMPTS: usize = 4;
 
-/// Why the store's certificate does not verify, if that is why connecting
-/// fails: a TLS handshake of our own with the data node, judged by OpenSSL's
-/// verification result (`hostname mismatch`, `self-signed certificate in
-/// certificate chain`, ...), since the redis crate passes TLS errors on only
-/// as text. `None` when the handshake succeeds, or fails for another reason
-/// (the store is down, or not TLS): that may mend by itself, a distrusted
-/// certificate does not.
-fn untrusted_reason(
-    host: &str,
-    port: u16,
-    root_cert: Option<&[u8]>,
-    deadline: Instant,
-) -> Option<String> {
-    use openssl::ssl::{HandshakeError, SslConnector, SslMethod};
-    use openssl::x509::{X509, X509VerifyResult};
-    use std::net::{TcpStream, ToSocketAddrs};
-
-    let addr = (host, port).to_socket_addrs().ok()?.next()?;
-    let tcp = TcpStream::connect_timeout(&addr, time_left(deadline).ok()?).ok()?;
-    let left = time_left(deadline).ok()?;
-    tcp.set_read_timeout(Some(left)).ok()?;
-    tcp.set_write_timeout(Some(left)).ok()?;
-    // As native-tls does for the redis crate: the system's roots, plus the CA.
-    let mut builder = SslConnector::builder(SslMethod::tls_client()).ok()?;
-    if let Some(pem) = root_cert {
-        for cert in X509::stack_from_pem(pem).ok()? {
-            builder.cert_store_mut().add_cert(cert).ok()?;
-        }
-    }
-    match builder.build().connect(host, tcp) {
-        Err(HandshakeError::Failure(failed)) => {
-            let result = failed.ssl().verify_result();
-            (result != X509VerifyResult::OK).then(|| result.error_string().to_string())
-        }
-        _ => None,
-    }
+/// A connection with the epoch it was made in.
+struct Pooled {
+    connection: Connection,
+    epoch: u64,
 }
 
 /// Reconnection pacing while Redis is down.
 struct Backoff {
+    /// The epoch of the failure: a new primary named since is tried at once.
+    epoch: u64,
     /// No new connection is tried before this.
     until: Option<Instant>,
     step: Duration,
@@ -447,7 +504,9 @@ pub struct RedisStore {
     wait_aof: bool,
     /// For connecting and for each command.
     timeout: Duration,
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Pooled>>,
+    /// Ends the Sentinel watcher when the store is dropped.
+    stop: Arc<AtomicBool>,
     returned: Condvar,
     /// Connections open (idle or lent out).
     open: AtomicUsize,
@@ -458,8 +517,29 @@ pub struct RedisStore {
     failure_log: RateLimitedLog,
 }
 
+/// Connections to the data nodes close with a reset (`SO_LINGER` 0): a
+/// connection is closed when a command's time limit passes, and a plain close
+/// would leave the command in the kernel's send queue, retransmitted when the
+/// network returns and applied after the board was told `X` (and possibly
+/// after a newer write). A reset discards what is queued.
+fn aborting(info: ConnectionInfo) -> ConnectionInfo {
+    let tcp = info
+        .tcp_settings()
+        .clone()
+        .set_nodelay(true)
+        .set_linger_time(Duration::ZERO);
+    info.set_tcp_settings(tcp)
+}
+
+/// What went wrong, in words: a read that timed out is "no answer", not the
+/// system's `Resource temporarily unavailable`.
 fn describe(e: &redis::RedisError) -> String {
-    e.to_string()
+    let text = e.to_string();
+    if e.is_timeout() && text.contains("os error") {
+        "no answer within the time limit".to_string()
+    } else {
+        text
+    }
 }
 
 impl RedisStore {
@@ -485,14 +565,17 @@ impl RedisStore {
             }
             StoreLocation::Redis { url } => Source::Direct(match root_cert.clone() {
                 Some(root) => Client::build_with_tls(
-                    url.as_str(),
+                    aborting(url.as_str().into_connection_info().map_err(setup)?),
                     redis::TlsCertificates {
                         client_tls: None,
                         root_cert: Some(root),
                     },
                 )
                 .map_err(setup)?,
-                None => Client::open(url.as_str()).map_err(setup)?,
+                None => Client::open(aborting(
+                    url.as_str().into_connection_info().map_err(setup)?,
+                ))
+                .map_err(setup)?,
             }),
             StoreLocation::Sentinel {
                 sentinels,
@@ -517,6 +600,8 @@ impl RedisStore {
                     tls: *tls,
                     root_cert: root_cert.clone(),
                     first: AtomicUsize::new(0),
+                    epoch: AtomicU64::new(0),
+                    named: Mutex::new(None),
                 })
             }
         };
@@ -529,16 +614,26 @@ impl RedisStore {
             wait_aof: settings.wait_aof,
             timeout: timeout.min(MAX_COMMAND_TIME),
             idle: Mutex::new(Vec::new()),
+            stop: Arc::new(AtomicBool::new(false)),
             returned: Condvar::new(),
             open: AtomicUsize::new(0),
             capacity: capacity.max(1),
             backoff: Mutex::new(Backoff {
                 until: None,
                 step: FIRST_BACKOFF,
+                epoch: 0,
             }),
             failing: AtomicBool::new(false),
             failure_log: RateLimitedLog::new(log::Level::Warn, Duration::from_secs(1)),
         };
+        if let Source::Sentinel(_) = &*store.source {
+            let (source, stop) = (Arc::clone(&store.source), Arc::clone(&store.stop));
+            std::thread::Builder::new()
+                .name("wwep-sentinel-watch".to_string())
+                .spawn(move || watch_sentinels(source, stop))
+                .map_err(|e| RedisOpenError::Setup(format!("cannot start a thread: {e}")))?;
+        }
+        let epoch = store.source.epoch();
         match store.connect() {
             Ok(mut connection) => {
                 if store.wait_aof && !has_waitaof(&mut connection) {
@@ -546,13 +641,13 @@ impl RedisStore {
                 }
                 info!("registers are kept in {}", store.location);
                 store.open.fetch_add(1, Ordering::AcqRel);
-                store.give_back(connection);
+                store.give_back(Pooled { connection, epoch });
             }
             Err(e) if store.wait_aof => return Err(RedisOpenError::Unreachable(describe(&e))),
             Err(e) => {
                 let deadline = Instant::now() + store.timeout;
                 let untrusted = store.source.tls_node(deadline).and_then(|(host, port)| {
-                    untrusted_reason(&host, port, root_cert.as_deref(), deadline)
+                    crate::tls::client::certificate_rejection(&host, port, root_cert.as_deref(), deadline)
                 });
                 if let Some(reason) = untrusted {
                     return Err(RedisOpenError::Untrusted {
@@ -571,7 +666,7 @@ impl RedisStore {
         Ok(store)
     }
 
-    fn idle(&self) -> MutexGuard<'_, Vec<Connection>> {
+    fn idle(&self) -> MutexGuard<'_, Vec<Pooled>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -636,8 +731,8 @@ impl RedisStore {
         Ok(connection)
     }
 
-    fn give_back(&self, connection: Connection) {
-        self.idle().push(connection);
+    fn give_back(&self, pooled: Pooled) {
+        self.idle().push(pooled);
         self.returned.notify_one();
     }
 
@@ -653,12 +748,22 @@ impl RedisStore {
     /// Lends a connection: an idle one, a new one while fewer than `capacity`
     /// are open (not during a back-off), or one given back within the time
     /// limit; with whether it had been used before (`true`) or is new.
-    fn lend(&self) -> Result<(Connection, bool), StoreError> {
+    fn lend(&self) -> Result<(Pooled, bool), StoreError> {
         let deadline = Instant::now() + self.timeout;
         let mut idle = self.idle();
         loop {
-            if let Some(connection) = idle.pop() {
-                return Ok((connection, true));
+            if let Some(pooled) = idle.pop() {
+                if pooled.epoch == self.source.epoch() {
+                    return Ok((pooled, true));
+                }
+                // Sentinel named another primary since this connection was
+                // made: it and every other idle one go, however long they lay
+                // idle, and none of them carries another command.
+                let stale = std::mem::take(&mut *idle).len() + 1;
+                drop(pooled);
+                self.open.fetch_sub(stale, Ordering::AcqRel);
+                self.returned.notify_all();
+                continue;
             }
             if self.open.load(Ordering::Acquire) < self.capacity {
                 self.open.fetch_add(1, Ordering::AcqRel);
@@ -680,11 +785,14 @@ impl RedisStore {
         }
     }
 
-    fn open_new(&self) -> Result<Connection, StoreError> {
+    fn open_new(&self) -> Result<Pooled, StoreError> {
         let now = Instant::now();
+        // Read before Sentinel is asked: a switch while connecting makes the
+        // connection stale at once rather than trusted.
+        let epoch = self.source.epoch();
         {
             let backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
-            if backoff.until.is_some_and(|until| now < until) {
+            if backoff.epoch == epoch && backoff.until.is_some_and(|until| now < until) {
                 return Err(StoreError::Unavailable);
             }
         }
@@ -695,10 +803,14 @@ impl RedisStore {
                     info!("{} answers again", self.location);
                 }
                 backoff.step = FIRST_BACKOFF;
-                Ok(connection)
+                Ok(Pooled { connection, epoch })
             }
             Err(e) => {
                 let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+                if backoff.epoch != epoch {
+                    backoff.step = FIRST_BACKOFF;
+                }
+                backoff.epoch = epoch;
                 backoff.until = Some(Instant::now() + backoff.step);
                 backoff.step = (backoff.step * 2).min(MAX_BACKOFF);
                 drop(backoff);
@@ -724,7 +836,20 @@ impl RedisStore {
         let started = Instant::now();
         let (mut connection, mut pooled) = self.lend()?;
         loop {
-            let e = match command(&mut connection) {
+            let e = match command(&mut connection.connection) {
+                Ok(_) if connection.epoch != self.source.epoch() => {
+                    // The answer came from a node Sentinel replaced while the
+                    // command ran: a write it took may be discarded when it
+                    // is made a replica, so it is not acknowledged.
+                    drop(connection);
+                    self.open.fetch_sub(1, Ordering::AcqRel);
+                    self.returned.notify_one();
+                    self.failure_log.log(format_args!(
+                        "{}: the primary changed during a command; answered X",
+                        self.location
+                    ));
+                    return Err(StoreError::Unavailable);
+                }
                 Ok(value) => {
                     self.give_back(connection);
                     self.failing.store(false, Ordering::Release);
@@ -762,6 +887,12 @@ impl RedisStore {
 
     fn key(&self, device: u16) -> String {
         format!("{}:{device:04X}", self.prefix)
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
     }
 }
 
@@ -807,7 +938,11 @@ impl Backend for RedisStore {
     }
 
     fn write(&self, device: u16, register: u8, value: u16) -> Result<(), StoreError> {
-        let wait_ms = self.timeout.as_millis() as u64;
+        // WAIT (and WAITAOF) must answer well before the socket's read
+        // timeout, so that "not confirmed" (an answer) and "no answer" are told
+        // apart: they share half of the time limit.
+        let waits = u64::from(self.wait_replicas > 0) + u64::from(self.wait_aof);
+        let wait_ms = (self.timeout.as_millis() as u64 / 2 / waits.max(1)).max(1);
         let (replicas, aof) = (self.wait_replicas, self.wait_aof);
         let confirmed = self.with_connection(|c| {
             let mut pipe = redis::pipe();
@@ -982,24 +1117,6 @@ mod tests {
                 started.elapsed()
             );
         }
-    }
-
-    #[test]
-    fn only_a_failed_verification_counts_as_untrusted() {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        // Nobody listening: the store may come later.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        assert_eq!(untrusted_reason("127.0.0.1", port, None, deadline), None);
-        // Not TLS at all (it closes at once): not a certificate problem either.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let closer = std::thread::spawn(move || drop(listener.accept()));
-        assert_eq!(untrusted_reason("127.0.0.1", port, None, deadline), None);
-        closer.join().unwrap();
     }
 
     #[test]

@@ -589,4 +589,22 @@ mod tests {
         assert_eq!(err.path, missing);
         assert!(matches!(err.kind, TlsErrorKind::Unreadable(_)), "{err}");
     }
+
+    #[test]
+    fn only_a_failed_verification_counts_as_a_rejection() {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        // Nobody listening: the server may come later.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert_eq!(certificate_rejection("127.0.0.1", port, None, deadline), None);
+        // Not TLS at all (it closes at once): not a certificate problem either.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let closer = std::thread::spawn(move || drop(listener.accept()));
+        assert_eq!(certificate_rejection("127.0.0.1", port, None, deadline), None);
+        closer.join().unwrap();
+    }
 }
