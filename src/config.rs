@@ -172,6 +172,8 @@ pub enum ConfigError {
     NeedsSharedStore(&'static str),
     DataWithSharedStore,
     CompactRatio,
+    /// `--cert` and `--key` not given in pairs, or more than two pairs.
+    UnpairedCertificates,
 }
 
 impl fmt::Display for ConfigError {
@@ -197,6 +199,9 @@ impl fmt::Display for ConfigError {
                 "--data keeps registers in this process's file; with --store redis://… they live in Redis: give one or the other",
             ),
             ConfigError::CompactRatio => f.write_str("--compact-ratio must be at least 1"),
+            ConfigError::UnpairedCertificates => f.write_str(
+                "--cert and --key come in pairs, at most two (an RSA and an ECDSA certificate)",
+            ),
         }
     }
 }
@@ -280,6 +285,27 @@ impl ServerConfig {
         }
         Ok(())
     }
+}
+
+/// The TLS port's identities from the flags: a PKCS#12 file, or up to two
+/// `--cert`/`--key` pairs (an RSA and an ECDSA certificate), the first served
+/// by default. Returns the first and the second.
+pub fn identities(
+    certs: Vec<PathBuf>,
+    keys: Vec<PathBuf>,
+    pkcs12: Option<(PathBuf, String)>,
+) -> Result<(Option<IdentitySource>, Option<IdentitySource>), ConfigError> {
+    if certs.len() != keys.len() || certs.len() > 2 {
+        return Err(ConfigError::UnpairedCertificates);
+    }
+    if let Some((file, password)) = pkcs12 {
+        return Ok((Some(IdentitySource::Pkcs12 { file, password }), None));
+    }
+    let mut pairs = certs
+        .into_iter()
+        .zip(keys)
+        .map(|(cert, key)| IdentitySource::Pem { cert, key });
+    Ok((pairs.next(), pairs.next()))
 }
 
 #[cfg(test)]
@@ -381,5 +407,32 @@ mod tests {
             assert_eq!(config.validate(), Err(want.clone()));
             assert!(want.to_string().contains("--") || want == ConfigError::NoListener);
         }
+    }
+
+    #[test]
+    fn certificates_and_keys_come_in_pairs_at_most_two() {
+        let p = |names: &[&str]| names.iter().map(PathBuf::from).collect::<Vec<_>>();
+        assert_eq!(
+            identities(p(&["a.pem"]), p(&[]), None).err(),
+            Some(ConfigError::UnpairedCertificates)
+        );
+        assert_eq!(
+            identities(p(&["a", "b", "c"]), p(&["a", "b", "c"]), None).err(),
+            Some(ConfigError::UnpairedCertificates)
+        );
+        let (first, second) =
+            identities(p(&["r.pem", "e.pem"]), p(&["r.key", "e.key"]), None).expect("two pairs");
+        assert!(
+            matches!(first, Some(IdentitySource::Pem { cert, .. }) if cert.as_os_str() == "r.pem")
+        );
+        assert!(
+            matches!(second, Some(IdentitySource::Pem { cert, .. }) if cert.as_os_str() == "e.pem")
+        );
+        assert_eq!(
+            identities(vec![], vec![], None)
+                .ok()
+                .map(|(a, b)| (a.is_none(), b.is_none())),
+            Some((true, true))
+        );
     }
 }

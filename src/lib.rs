@@ -12,7 +12,8 @@
 //! - [`config`] the settings; [`connection`] one transaction with no sockets;
 //! - [`http`] the HTTP side, reading a narrow status view; [`net`] the
 //!   listeners, waiting room, sessions and the record of each connection, and
-//!   [`net::server`], which starts and stops it all;
+//!   [`net::server`], which starts and stops it all; [`service`] the process's
+//!   life from settings to exit code: start, reload and stop on request;
 //! - [`client`] and [`bench`], the blocking client the CLI and tests use.
 #![forbid(unsafe_code)]
 
@@ -31,5 +32,6 @@ pub mod net;
 pub mod notify;
 pub mod protocol;
 pub(crate) mod rate_limited;
+pub mod service;
 pub mod store;
 pub mod tls;

@@ -3,30 +3,24 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Parser;
-use log::{error, info, warn};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use wwep::allow::Cidr;
-use wwep::config::{Access, HttpConfig};
+use wwep::config::{Access, ConfigError, HttpConfig, identities};
 use wwep::config::{
     DEFAULT_GAP_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_IP, DEFAULT_PLAIN_PORT,
     DEFAULT_TIMEOUT_MS, DEFAULT_TLS_PORT, DEFAULT_WORKERS, ProxyProtocol, ServerConfig,
 };
 use wwep::logging::LogFormat;
-use wwep::net::server::{ServerControl, ServerError};
-use wwep::notify::notify;
 use wwep::protocol::ErrorDetail;
+use wwep::service::Signal;
 use wwep::store::DataConfig;
-use wwep::store::journal::JournalError;
 use wwep::store::journal::{CompactionPolicy, Fsync};
-use wwep::store::redis::{DEFAULT_PREFIX, RedisOpenError, RedisSettings, StoreLocation};
+use wwep::store::redis::{DEFAULT_PREFIX, RedisSettings, StoreLocation};
 use wwep::tls::{
-    ClientAuth, DEFAULT_SESSION_CACHE, IdentitySource, MAX_SESSION_LIFETIME_SECS, TlsSettings,
-    TlsVersion,
+    ClientAuth, DEFAULT_SESSION_CACHE, MAX_SESSION_LIFETIME_SECS, TlsSettings, TlsVersion,
 };
 
 /// WWEP register server: an open port and a TLS port served at once.
@@ -213,28 +207,12 @@ struct Args {
 }
 
 impl Args {
-    fn into_config(self) -> Result<ServerConfig, String> {
-        if self.cert.len() != self.key.len() || self.cert.len() > 2 {
-            return Err(
-                "--cert and --key come in pairs, at most two (an RSA and an ECDSA certificate)"
-                    .to_string(),
-            );
-        }
-        let mut pairs = self
-            .cert
-            .into_iter()
-            .zip(self.key)
-            .map(|(cert, key)| IdentitySource::Pem { cert, key });
-        let (identity, extra_identity) = match self.pkcs12 {
-            Some(file) => (
-                Some(IdentitySource::Pkcs12 {
-                    file,
-                    password: std::env::var("WWEP_PKCS12_PASSWORD").unwrap_or_default(),
-                }),
-                None,
-            ),
-            None => (pairs.next(), pairs.next()),
-        };
+    fn into_config(self) -> Result<ServerConfig, ConfigError> {
+        let pkcs12 = self.pkcs12.map(|file| {
+            let password = std::env::var("WWEP_PKCS12_PASSWORD").unwrap_or_default();
+            (file, password)
+        });
+        let (identity, extra_identity) = identities(self.cert, self.key, pkcs12)?;
         Ok(ServerConfig {
             store: RedisSettings {
                 location: self.store,
@@ -322,128 +300,38 @@ fn main() -> ExitCode {
     wwep::logging::init(args.log_format);
     // A panic is logged as one line; the worker pool replaces the thread.
     std::panic::set_hook(Box::new(|info| log::error!("{info}")));
-    match args.into_config() {
-        Ok(config) => run(config),
+    let config = match args.into_config() {
+        Ok(config) => config,
         Err(e) => {
             eprintln!("wwep-server: {e}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
-    }
-}
-
-/// What the signal thread acts on: nothing until the server runs.
-#[derive(Default)]
-struct Running {
-    control: Mutex<Option<ServerControl>>,
-    /// A stop was asked for (before or after the server came up).
-    stop: AtomicBool,
-    /// A SIGHUP came during startup: the files may have changed after they were
-    /// read, so they are read again once the server is up. Set and taken under
-    /// the `control` lock, so none is lost in between.
-    reload_pending: AtomicBool,
-}
-
-/// SIGHUP: the TLS material and the acl rules again, each kept as it was when
-/// the new one does not load.
-fn reload(control: &ServerControl) {
-    match control.reload_tls() {
-        Ok(()) => info!("SIGHUP: reloaded the TLS certificate and key, the client CA and the CRLs"),
-        Err(e) => error!("SIGHUP: keeping the old certificate: {e}"),
-    }
-    match control.reload_acl() {
-        Ok(Some(acl)) => info!("SIGHUP: reloaded the acl {}", acl.summary()),
-        Ok(None) => {}
-        Err(e) => error!("SIGHUP: keeping the old acl rules: {e}"),
-    }
-}
-
-fn run(config: ServerConfig) -> ExitCode {
+    };
     // Signals are caught before anything starts, so a stop during a long replay
     // of the data file is obeyed, and none is lost at startup.
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
-        Ok(s) => s,
+        Ok(signals) => signals,
         Err(e) => {
             eprintln!("wwep-server: cannot install signal handlers: {e}");
             return ExitCode::from(1);
         }
     };
-    let running = Arc::new(Running::default());
     let handle = signals.handle();
-    let signal_thread = {
-        let running = Arc::clone(&running);
-        std::thread::spawn(move || {
-            for signal in signals.forever() {
-                let control = {
-                    let control = running.control.lock().unwrap_or_else(|p| p.into_inner());
-                    if signal == SIGHUP && control.is_none() {
-                        running.reload_pending.store(true, Ordering::SeqCst);
-                    }
-                    control.clone()
-                };
-                match (signal, control) {
-                    (SIGHUP, Some(control)) => reload(&control),
-                    (SIGHUP, None) => info!("SIGHUP during startup: reloading once started"),
-                    (_, control) => {
-                        info!("signal {signal}: stopping; finishing connections in flight");
-                        let _ = notify("STOPPING=1");
-                        running.stop.store(true, Ordering::SeqCst);
-                        if let Some(control) = control {
-                            control.shutdown();
-                        }
-                    }
-                }
-            }
-        })
-    };
-    let stop_signals = move || {
-        handle.close();
-        let _ = signal_thread.join();
-    };
-    let server = match wwep::net::server::start_unless(config, &running.stop) {
-        Ok(server) => server,
-        Err(ServerError::Data(JournalError::Cancelled { .. })) => {
-            info!("stopped during startup");
-            stop_signals();
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("wwep-server: {e}");
-            stop_signals();
-            // A setting that cannot work is a usage error; the rest are failures.
-            return match e {
-                ServerError::Config(_)
-                | ServerError::Acl(_)
-                | ServerError::Store(RedisOpenError::Setup(_) | RedisOpenError::NoWaitAof(_)) => {
-                    ExitCode::from(2)
-                }
-                _ => ExitCode::from(1),
+    let (requests, received) = std::sync::mpsc::channel();
+    let forwarder = std::thread::spawn(move || {
+        for signal in signals.forever() {
+            let request = if signal == SIGHUP {
+                Signal::Reload
+            } else {
+                Signal::Stop
             };
+            if requests.send(request).is_err() {
+                break;
+            }
         }
-    };
-    let reload_pending = {
-        let mut control = running.control.lock().unwrap_or_else(|p| p.into_inner());
-        *control = Some(server.control());
-        running.reload_pending.swap(false, Ordering::SeqCst)
-    };
-    if reload_pending {
-        reload(&server.control());
-    }
-    if running.stop.load(Ordering::SeqCst) {
-        // The stop came between the replay and the line above.
-        server.control().shutdown();
-    } else if let Err(e) = notify("READY=1") {
-        warn!("cannot notify the service manager: {e}");
-    }
-    let result = server.wait();
-    stop_signals();
-    match result {
-        Ok(()) => {
-            info!("stopped");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            error!("the data file could not be synced at shutdown: {e}");
-            ExitCode::from(1)
-        }
-    }
+    });
+    let exit = wwep::service::run(config, received);
+    handle.close();
+    let _ = forwarder.join();
+    exit
 }

@@ -647,7 +647,12 @@ impl RedisStore {
             Err(e) => {
                 let deadline = Instant::now() + store.timeout;
                 let untrusted = store.source.tls_node(deadline).and_then(|(host, port)| {
-                    crate::tls::client::certificate_rejection(&host, port, root_cert.as_deref(), deadline)
+                    crate::tls::client::certificate_rejection(
+                        &host,
+                        port,
+                        root_cert.as_deref(),
+                        deadline,
+                    )
                 });
                 if let Some(reason) = untrusted {
                     return Err(RedisOpenError::Untrusted {

@@ -599,12 +599,18 @@ mod tests {
             .local_addr()
             .unwrap()
             .port();
-        assert_eq!(certificate_rejection("127.0.0.1", port, None, deadline), None);
+        assert_eq!(
+            certificate_rejection("127.0.0.1", port, None, deadline),
+            None
+        );
         // Not TLS at all (it closes at once): not a certificate problem either.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let closer = std::thread::spawn(move || drop(listener.accept()));
-        assert_eq!(certificate_rejection("127.0.0.1", port, None, deadline), None);
+        assert_eq!(
+            certificate_rejection("127.0.0.1", port, None, deadline),
+            None
+        );
         closer.join().unwrap();
     }
 }
