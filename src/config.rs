@@ -48,7 +48,7 @@ pub enum ProxyProtocol {
 
 /// What a listener lets its clients do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Access {
+pub enum PortAccess {
     #[default]
     ReadWrite,
     /// Writes are answered `X` (the open port, when writes need TLS).
@@ -115,7 +115,7 @@ pub struct ServerConfig {
     /// Connections queued or served at once for one client address.
     pub max_per_ip: usize,
     /// What the open port may do; the TLS port may always read and write.
-    pub plain_access: Access,
+    pub plain_access: PortAccess,
     /// PROXY protocol from load balancers, on both listeners.
     pub proxy: ProxyProtocol,
     /// Where registers live: this process (default) or Valkey/Redis.
@@ -146,7 +146,7 @@ impl Default for ServerConfig {
             data: None,
             allow: Vec::new(),
             max_per_ip: DEFAULT_MAX_PER_IP,
-            plain_access: Access::ReadWrite,
+            plain_access: PortAccess::ReadWrite,
             proxy: ProxyProtocol::Off,
             store: RedisSettings::default(),
             acl: None,

@@ -13,7 +13,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::acl::{self, Acl};
-use crate::config::Access;
+use crate::config::PortAccess;
 use crate::facts::{Denial, Verdict};
 use crate::protocol::{
     Encoded, ErrorDetail, Failure, Frame, MAX_MESSAGE_BYTES, Reply, Request, Terminator, frame,
@@ -116,7 +116,7 @@ impl Incoming {
 #[derive(Clone, Copy)]
 pub struct Policy<'a> {
     /// What the listener lets its clients do.
-    pub access: Access,
+    pub access: PortAccess,
     /// The `--acl` rules; `None` lets every request through.
     pub acl: Option<&'a Acl>,
     pub detail: ErrorDetail,
@@ -125,7 +125,7 @@ pub struct Policy<'a> {
 impl Policy<'_> {
     /// Every request allowed, replies bare: the reference server's rules.
     pub const OPEN: Policy<'static> = Policy {
-        access: Access::ReadWrite,
+        access: PortAccess::ReadWrite,
         acl: None,
         detail: ErrorDetail::Bare,
     };
@@ -163,9 +163,11 @@ pub fn transact(
 }
 
 /// Applies a parsed request to the store and says what to answer.
-fn apply(request: Request, store: &dyn Backend, access: Access) -> Reply {
+fn apply(request: Request, store: &dyn Backend, access: PortAccess) -> Reply {
     match request {
-        Request::Write { .. } if access == Access::ReadOnly => Reply::Failed(Failure::Forbidden),
+        Request::Write { .. } if access == PortAccess::ReadOnly => {
+            Reply::Failed(Failure::Forbidden)
+        }
         Request::Read { device, register } => match store.read(device, register) {
             Ok(Some(value)) => Reply::Accepted {
                 device,
@@ -316,7 +318,7 @@ mod tests {
         incoming: &Incoming,
         message: Message,
         store: &RegisterStore,
-        access: Access,
+        access: PortAccess,
         detail: ErrorDetail,
     ) -> Encoded {
         let client = acl::Peer {
@@ -343,7 +345,7 @@ mod tests {
     fn exchange(
         script: &mut Script,
         store: &RegisterStore,
-        access: Access,
+        access: PortAccess,
         detail: ErrorDetail,
     ) -> (Incoming, Option<Encoded>) {
         let mut incoming = Incoming::default();
@@ -374,13 +376,13 @@ mod tests {
     }
 
     fn run(steps: Vec<Step>, store: &RegisterStore, detail: ErrorDetail) -> Script {
-        run_with(steps, store, Access::ReadWrite, detail)
+        run_with(steps, store, PortAccess::ReadWrite, detail)
     }
 
     fn run_with(
         steps: Vec<Step>,
         store: &RegisterStore,
-        access: Access,
+        access: PortAccess,
         detail: ErrorDetail,
     ) -> Script {
         let mut script = Script::new(steps);
@@ -392,7 +394,12 @@ mod tests {
     fn write_then_read_in_one_segment_each() {
         let store = RegisterStore::new();
         let mut script = Script::new(vec![Step::Bytes(b"W0FAC0B1234")]);
-        let (incoming, _) = exchange(&mut script, &store, Access::ReadWrite, ErrorDetail::Bare);
+        let (incoming, _) = exchange(
+            &mut script,
+            &store,
+            PortAccess::ReadWrite,
+            ErrorDetail::Bare,
+        );
         assert_eq!(script.written, b"A0FAC0B1234");
         assert_eq!(incoming.bytes(), b"W0FAC0B1234");
         let s = run(vec![Step::Bytes(b"r0fac0b\r\n")], &store, ErrorDetail::Bare);
@@ -437,7 +444,12 @@ mod tests {
             Step::Block,
             Step::Bytes(b"34\n"),
         ]);
-        let (incoming, _) = exchange(&mut script, &store, Access::ReadWrite, ErrorDetail::Bare);
+        let (incoming, _) = exchange(
+            &mut script,
+            &store,
+            PortAccess::ReadWrite,
+            ErrorDetail::Bare,
+        );
         assert_eq!(script.written, b"A0FAC0B1234\n");
         assert_eq!(incoming.bytes(), b"W0FAC0B1234\n");
     }
@@ -517,7 +529,13 @@ mod tests {
         let Received::Message(m) = incoming.receive(&mut script, Instant::now()) else {
             panic!("a whole message was scripted");
         };
-        let reply = respond(&incoming, m, &store, Access::ReadWrite, ErrorDetail::Bare);
+        let reply = respond(
+            &incoming,
+            m,
+            &store,
+            PortAccess::ReadWrite,
+            ErrorDetail::Bare,
+        );
         let mut sent = 0;
         assert_eq!(
             send(&mut script, &reply, &mut sent),
@@ -554,7 +572,7 @@ mod tests {
         let (incoming, _) = exchange(
             &mut script,
             &store,
-            Access::ReadWrite,
+            PortAccess::ReadWrite,
             ErrorDetail::Explained,
         );
         assert_eq!(script.written, b"X bad command");
@@ -575,7 +593,7 @@ mod tests {
         let s = run_with(
             vec![Step::Bytes(b"W0001010002\n")],
             &store,
-            Access::ReadOnly,
+            PortAccess::ReadOnly,
             ErrorDetail::Explained,
         );
         assert_eq!(s.written, b"X forbidden\n");
@@ -583,7 +601,7 @@ mod tests {
         let s = run_with(
             vec![Step::Bytes(b"R000101")],
             &store,
-            Access::ReadOnly,
+            PortAccess::ReadOnly,
             ErrorDetail::Bare,
         );
         assert_eq!(s.written, b"A0001010001");

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::*;
-use wwep::config::Access;
+use wwep::config::PortAccess;
 #[test]
 fn allow_list_closes_other_addresses_without_a_reply() {
     let s = TestServer::with(|c| {
@@ -54,7 +54,7 @@ fn per_address_limit_answers_x_and_spares_other_addresses() {
 
 #[test]
 fn read_only_open_port_leaves_writes_to_tls() {
-    let s = TestServer::with(|c| c.plain_access = Access::ReadOnly);
+    let s = TestServer::with(|c| c.plain_access = PortAccess::ReadOnly);
     assert_eq!(s.plain_transact(b"W0001010001"), b"X");
     assert_eq!(s.plain_transact(b"R000101"), b"X");
     assert_eq!(s.tls_transact(b"W0001010002"), b"A0001010002");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use wwep::allow::Cidr;
-use wwep::config::{Access, ConfigError, HttpConfig, identities};
+use wwep::config::{ConfigError, HttpConfig, PortAccess, identities};
 use wwep::config::{
     DEFAULT_GAP_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_IP, DEFAULT_PLAIN_PORT,
     DEFAULT_TIMEOUT_MS, DEFAULT_TLS_PORT, DEFAULT_WORKERS, ProxyProtocol, ServerConfig,
@@ -247,9 +247,9 @@ impl Args {
             acl: self.acl,
             max_per_ip: self.max_per_ip,
             plain_access: if self.plain_read_only {
-                Access::ReadOnly
+                PortAccess::ReadOnly
             } else {
-                Access::ReadWrite
+                PortAccess::ReadWrite
             },
             workers: self.workers,
             max_connections: self.max_connections,

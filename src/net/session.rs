@@ -19,7 +19,7 @@ use mio::{Interest, Token};
 
 use crate::acl::{self, Certificate};
 use crate::allow;
-use crate::config::{Access, ProxyProtocol};
+use crate::config::{PortAccess, ProxyProtocol};
 use crate::connection::{self, Incoming, Policy, Received, Sent};
 use crate::facts::{Ending, Facts, Refusal, TlsFacts, Verdict};
 use crate::net::admission::Admission;
@@ -432,7 +432,7 @@ impl Session {
         };
         let access = match self.facts.transport {
             Transport::Plain => ctx.config.plain_access,
-            Transport::Tls => Access::ReadWrite,
+            Transport::Tls => PortAccess::ReadWrite,
         };
         let policy = Policy {
             access,
