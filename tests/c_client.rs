@@ -261,3 +261,21 @@ fn resume_skips_the_full_handshake_after_the_first_press() {
         );
     }
 }
+
+#[test]
+fn a_refusal_is_printed_with_its_reason() {
+    let Some(dir) = build() else { return };
+    let pki = Pki::new(KeyKind::EcP256);
+    // Only boards with certificates may write: the open port is refused.
+    let acl = pki.write("rules.acl", b"allow any-certificate read,write self\n");
+    let server = ServerProcess::start(&[
+        "--no-tls",
+        "--explain-errors",
+        "--acl",
+        acl.to_str().unwrap(),
+    ]);
+    let port = server.plain.expect("the plain listener").port();
+    let run = button(dir, &[], "127.0.0.1", port, 2);
+    assert_eq!(run.out.status.code(), Some(1), "{}", run.text);
+    assert_eq!(run.stdout(), "X forbidden\nX forbidden\n", "{}", run.text);
+}

@@ -15,6 +15,60 @@ static int failures;
         }                                                                   \
     } while (0)
 
+/* A transport that plays back the server's reply in chunks, then reports
+ * `end` (0 for a close, or an error such as WWEP_ERR_TIMEOUT). */
+typedef struct script {
+    const char *chunks[4];
+    int next, end, closed;
+} script;
+
+static int s_connect(void *ctx, const char *host, uint16_t port, uint32_t timeout_ms)
+{
+    (void)ctx, (void)host, (void)port, (void)timeout_ms;
+    return WWEP_OK;
+}
+
+static int s_write(void *ctx, const unsigned char *buf, size_t len)
+{
+    (void)ctx, (void)buf;
+    return (int)len;
+}
+
+static int s_read(void *ctx, unsigned char *buf, size_t len, uint32_t timeout_ms)
+{
+    script *s = ctx;
+    const char *chunk = s->next < 4 ? s->chunks[s->next] : NULL;
+    size_t n;
+    (void)timeout_ms;
+    if (chunk == NULL) return s->end;
+    n = strlen(chunk);
+    if (n > len) n = len;
+    memcpy(buf, chunk, n);
+    if (n == strlen(chunk)) s->next++;
+    else s->chunks[s->next] = chunk + n;
+    return (int)n;
+}
+
+static void s_close(void *ctx)
+{
+    ((script *)ctx)->closed = 1;
+}
+
+/* wwep_transact over the script: its result, and the reply line in *r. */
+static int played(script s, wwep_reply *r)
+{
+    wwep_transport t;
+    int rc;
+    t.ctx = &s;
+    t.connect = s_connect;
+    t.write = s_write;
+    t.read = s_read;
+    t.close = s_close;
+    rc = wwep_transact(&t, "board", 27708, 500, "W04FB050001", r);
+    if (!s.closed) rc = -100;
+    return rc;
+}
+
 static int parse(const char *s, wwep_reply *r)
 {
     return wwep_parse_reply((const unsigned char *)s, strlen(s), r);
@@ -60,6 +114,28 @@ int main(void)
             fprintf(stderr, "malformed reply accepted: \"%s\"\n", malformed[i]);
             failures++;
         }
+    }
+
+    /* A transaction keeps the reply line as the server sent it. */
+    {
+        script a = {{"A04FB", "050001\n"}, 0, 0, 0};
+        script cr = {{"A04FB050001\r", "\n"}, 0, 0, 0};
+        script x = {{"X"}, 0, 0, 0};
+        script reason = {{"X forb", "idden\n", "junk"}, 0, 0, 0};
+        script waited = {{"X Not Found"}, 0, WWEP_ERR_TIMEOUT, 0};
+        script cut = {{"A04FB05"}, 0, 0, 0};
+        script silent = {{NULL}, 0, WWEP_ERR_TIMEOUT, 0};
+        script longer = {{"X 0123456789012345678901234567890123456789012345678901234567890123456789"},
+                         0, 0, 0};
+        CHECK(played(a, &r) == WWEP_OK && r.accepted && strcmp(r.line, "A04FB050001") == 0);
+        CHECK(played(cr, &r) == WWEP_OK && r.accepted && strcmp(r.line, "A04FB050001") == 0);
+        CHECK(played(x, &r) == WWEP_OK && !r.accepted && strcmp(r.line, "X") == 0);
+        CHECK(played(reason, &r) == WWEP_OK && !r.accepted && strcmp(r.line, "X forbidden") == 0);
+        CHECK(played(waited, &r) == WWEP_OK && !r.accepted && strcmp(r.line, "X Not Found") == 0);
+        CHECK(played(cut, &r) == WWEP_ERR_REPLY);
+        CHECK(played(silent, &r) == WWEP_ERR_TIMEOUT);
+        CHECK(played(longer, &r) == WWEP_OK && !r.accepted &&
+              strlen(r.line) == WWEP_REPLY_LINE_MAX - 1 && strncmp(r.line, "X 0123", 6) == 0);
     }
 
     /* Requests: uppercase out, either case in. */

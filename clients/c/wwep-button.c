@@ -1,6 +1,6 @@
 /* wwep-button: course exercises 1-3 and 6 as a program. Each line on stdin is
  * a button press: toggle the LED (starting off), write it to register 05 of
- * the board's device id, print the reply.
+ * the board's device id, print the reply line as the server sent it.
  *
  *   wwep-button [--tls --ca FILE [--cert FILE --key FILE]] [--resume] HOST PORT MAC
  *
@@ -99,7 +99,7 @@ int main(int argc, char **argv)
     (void)resume;
 
     while (fgets(line, sizeof line, stdin) != NULL) {
-        char request[WWEP_REQUEST_MAX], text[WWEP_REPLY_TEXT_MAX];
+        char request[WWEP_REQUEST_MAX];
         wwep_reply reply;
         int rc;
         led = led ? 0 : 1;
@@ -116,8 +116,8 @@ int main(int argc, char **argv)
             status = 2;
             break;
         }
-        wwep_format_reply(text, &reply);
-        printf("%s\n", text);
+        /* The line as the server sent it, so that an X shows its reason. */
+        printf("%s\n", reply.line);
         fflush(stdout);
         if (!reply.accepted) any_x = 1;
     }

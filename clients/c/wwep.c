@@ -178,14 +178,35 @@ int wwep_device_from_mac_text(const char *mac, uint16_t *device)
     return WWEP_OK;
 }
 
+/* Whether buf[0..have) is a whole reply line: an `A` reply, or an `X` whose
+ * reason has ended (a `\n`) or filled the buffer. */
+static int line_complete(const unsigned char *buf, size_t have, size_t cap)
+{
+    if (have == 0) return 0;
+    if (buf[0] == 'X') return memchr(buf, '\n', have) != NULL || have == cap;
+    return !(have == 12 && buf[11] == '\r');
+}
+
+/* Copies the reply line, without its terminator, into reply->line. */
+static void keep_line(wwep_reply *reply, const unsigned char *buf, size_t have)
+{
+    size_t n = 0;
+    while (n < have && n < WWEP_REPLY_LINE_MAX - 1 && buf[n] != '\n' &&
+           !(buf[n] == '\r' && (n + 1 == have || buf[n + 1] == '\n')))
+        n++;
+    memcpy(reply->line, buf, n);
+    reply->line[n] = '\0';
+}
+
 int wwep_transact(const wwep_transport *t, const char *host, uint16_t port,
                   uint32_t timeout_ms, const char *request, wwep_reply *reply)
 {
-    unsigned char buf[32];
+    unsigned char buf[WWEP_REPLY_LINE_MAX - 1];
     size_t have = 0, sent = 0, len;
     wwep_request check;
     int rc;
     if (t == NULL || host == NULL || request == NULL || reply == NULL) return WWEP_ERR_ARG;
+    reply->line[0] = '\0';
     len = strlen(request);
     if (wwep_parse_request(request, len, &check) != WWEP_OK) return WWEP_ERR_ARG;
     len = strip_terminator((const unsigned char *)request, len);
@@ -204,23 +225,26 @@ int wwep_transact(const wwep_transport *t, const char *host, uint16_t port,
     }
     for (;;) {
         int state = wwep_parse_reply(buf, have, reply);
-        if (state == WWEP_REPLY_COMPLETE && !(have == 12 && buf[11] == '\r')) break;
+        int is_x = have > 0 && buf[0] == 'X';
+        size_t want;
         if (state == WWEP_ERR_REPLY) {
             t->close(t->ctx);
             return WWEP_ERR_REPLY;
         }
-        if (have == sizeof buf) {
+        if (state == WWEP_REPLY_COMPLETE && line_complete(buf, have, sizeof buf)) break;
+        /* An `A` reply is complete at 11 bytes (its terminator may follow);
+         * an `X` reason may fill the buffer. */
+        want = is_x ? sizeof buf - have : (have < 11 ? 11 : 13) - have;
+        rc = t->read(t->ctx, buf + have, want, is_x && timeout_ms > WWEP_REASON_WAIT_MS
+                                                   ? WWEP_REASON_WAIT_MS
+                                                   : timeout_ms);
+        if (rc == 0 || (rc < 0 && is_x)) {
+            /* Closed (or, after an `X`, no more reason): what has arrived
+             * must be a whole reply. */
             t->close(t->ctx);
-            return WWEP_ERR_REPLY;
-        }
-        /* An `A` reply is complete at 11 bytes; read no further. */
-        if (have >= 11) break;
-        rc = t->read(t->ctx, buf + have, (have < 11 ? 11 : sizeof buf) - have, timeout_ms);
-        if (rc == 0) {
-            /* Closed: what has arrived must be a whole reply. */
-            t->close(t->ctx);
-            return wwep_parse_reply(buf, have, reply) == WWEP_REPLY_COMPLETE ? WWEP_OK
-                                                                           : WWEP_ERR_REPLY;
+            if (wwep_parse_reply(buf, have, reply) != WWEP_REPLY_COMPLETE) return WWEP_ERR_REPLY;
+            keep_line(reply, buf, have);
+            return WWEP_OK;
         }
         if (rc < 0) {
             t->close(t->ctx);
@@ -229,6 +253,7 @@ int wwep_transact(const wwep_transport *t, const char *host, uint16_t port,
         have += (size_t)rc;
     }
     t->close(t->ctx);
+    keep_line(reply, buf, have);
     return WWEP_OK;
 }
 

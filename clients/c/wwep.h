@@ -34,6 +34,11 @@ extern "C" {
 #define WWEP_REQUEST_MAX 12
 /* Reply text kept for printing: `A` + 10 hex digits, plus a NUL. */
 #define WWEP_REPLY_TEXT_MAX 12
+/* The reply line as received (an `X` may carry a reason), plus a NUL. */
+#define WWEP_REPLY_LINE_MAX 64
+/* How long wwep_transact waits for the reason after an `X` before it takes
+ * the `X` as it is (the server closes right after its reply). */
+#define WWEP_REASON_WAIT_MS 100
 
 /* A short English name of a result code, for messages. */
 const char *wwep_strerror(int code);
@@ -63,6 +68,9 @@ typedef struct wwep_reply {
     uint16_t device;   /* the fields of an `A` reply; 0 after `X` */
     uint8_t reg;
     uint16_t value;
+    /* Set by wwep_transact: the reply line as the server sent it, without its
+     * `\n` or `\r\n` (`A04FB050001`, `X`, `X forbidden`), NUL-terminated. */
+    char line[WWEP_REPLY_LINE_MAX];
 } wwep_reply;
 
 /* What wwep_parse_reply makes of the bytes received so far. */
@@ -105,7 +113,10 @@ typedef struct wwep_transport {
 /* One WWEP transaction: connect, write the request (no terminator, as a
  * device client does), read until the reply is complete or the server
  * closes, close. timeout_ms bounds the connect and each wait for bytes.
- * On WWEP_OK, *reply holds the reply (accepted or not). */
+ * After an `X` it reads the reason up to a `\n`, the server's close or
+ * WWEP_REASON_WAIT_MS, whichever comes first.
+ * On WWEP_OK, *reply holds the reply (accepted or not) and reply->line the
+ * line as received. */
 int wwep_transact(const wwep_transport *t, const char *host, uint16_t port,
                   uint32_t timeout_ms, const char *request, wwep_reply *reply);
 
