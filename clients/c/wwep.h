@@ -4,7 +4,8 @@
  * No allocation, no global state. Formatting and parsing follow the server's
  * rules: hex digits in either case are accepted, output is uppercase and
  * zero-padded, a reply is `A` + 10 hex digits (a `\n` or `\r\n` may follow) or
- * anything starting with `X` (a reason after the `X` is ignored).
+ * anything starting with `X` (its reason, if any, is kept in the reply line
+ * but never judged).
  *
  * One transaction runs over a wwep_transport: four callbacks that a board's
  * own socket layer (lwIP, ESP-IDF, WICED, POSIX) supplies. wwep_posix_* is a
@@ -161,10 +162,11 @@ typedef struct wwep_tls {
 } wwep_tls;
 
 /* Prepares *tls over the transport *under: seeds the random generator from
- * the mbedTLS entropy pool (on a board, register its hardware source with
- * mbedtls_entropy_add_source on tls->entropy first, or configure
- * MBEDTLS_ENTROPY_HARDWARE_ALT) and sets TLS 1.2 client defaults with
- * verification required. Call wwep_tls_free when done, even after an error. */
+ * the mbedTLS entropy pool (the sources the mbedTLS build provides: on a board
+ * without the platform's default source, configure MBEDTLS_ENTROPY_HARDWARE_ALT
+ * and supply mbedtls_hardware_poll from the chip's random number generator)
+ * and sets TLS 1.2 client defaults with verification required. Call
+ * wwep_tls_free when done, even after an error. */
 int wwep_tls_init(wwep_tls *tls, const wwep_transport *under);
 /* The CA the server's certificate must chain to: a PEM (NUL included in len)
  * or DER buffer, or a file (PEM may hold several certificates). */
