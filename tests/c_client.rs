@@ -27,17 +27,20 @@ enum Build {
 fn build() -> Option<&'static Path> {
     static BUILD: OnceLock<Build> = OnceLock::new();
     let build = BUILD.get_or_init(|| {
-        for tool in ["cc", "make"] {
-            if !have_tool(tool) {
-                return Build::Missing(format!("{tool} is not installed"));
-            }
-        }
-        if !mbedtls_headers() {
-            let reason = "the mbedTLS headers (libmbedtls-dev) are not installed";
+        // Not have_tool: each test below records its own skip, once.
+        let missing = ["cc", "make"]
+            .into_iter()
+            .find(|tool| !on_path(tool))
+            .map(|tool| format!("{tool} is not installed"))
+            .or_else(|| {
+                (!mbedtls_headers())
+                    .then(|| "the mbedTLS headers (libmbedtls-dev) are not installed".to_string())
+            });
+        if let Some(reason) = missing {
             if std::env::var("WWEP_REQUIRE_TOOLS").as_deref() == Ok("1") {
-                panic!("{reason} but WWEP_REQUIRE_TOOLS=1 requires them");
+                panic!("{reason}, but WWEP_REQUIRE_TOOLS=1 requires it");
             }
-            return Build::Missing(reason.to_string());
+            return Build::Missing(reason);
         }
         let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .parent()
@@ -70,6 +73,16 @@ fn build() -> Option<&'static Path> {
             None
         }
     }
+}
+
+/// Whether `name` is a program on PATH.
+fn on_path(name: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Whether the C compiler finds <mbedtls/ssl.h>.
