@@ -10,6 +10,8 @@ TOOLS='
 cmd  nc               netcat-openbsd
 cmd  openssl          openssl
 cmd  pkg-config       pkg-config
+cmd  cc               gcc
+cmd  make             make
 pkg  libssl-dev       libssl-dev
 pkg  libmbedtls-dev   libmbedtls-dev
 cmd  systemd-analyze  systemd
