@@ -73,10 +73,17 @@ fn a_register_replayed_from_the_data_file_is_answered_after_a_restart() {
     let http = ready_http(&second);
     // The page's cards start empty after a restart; the device is still there.
     let state = json(&get(http, "/api/state").1);
-    assert_eq!(state["devices"].as_array().map(Vec::len), Some(0), "{state}");
+    assert_eq!(
+        state["devices"].as_array().map(Vec::len),
+        Some(0),
+        "{state}"
+    );
     let (status, body) = get(http, "/api/devices/0FAC");
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body, "{\"device\":\"0FAC\",\"registers\":{\"0B\":\"1234\"}}\n");
+    assert_eq!(
+        body,
+        "{\"device\":\"0FAC\",\"registers\":{\"0B\":\"1234\"}}\n"
+    );
     // Either case, answered in upper case.
     assert_eq!(get(http, "/api/devices/0fac"), (200, body.clone()));
     // A device with nothing written.
