@@ -859,3 +859,70 @@ fn the_data_file_reports_its_fsyncs_and_compactions() {
     assert_eq!(m["wwep_data_file_write_errors_total"], 0.0);
     assert!(m["wwep_data_file_bytes"] > 0.0);
 }
+
+#[test]
+fn the_lookup_box_shows_any_device_and_follows_its_writes() {
+    if !have_tool("chromium") || !have_tool("mkfifo") {
+        return;
+    }
+    let (_server, http, rx) = server_with_http(&[]);
+    let plain = plain_addr(&rx, &mut Vec::new());
+    assert_eq!(
+        transact(&mut connect(plain), b"W0FAC0B1234"),
+        b"A0FAC0B1234"
+    );
+    assert_eq!(
+        transact(&mut connect(plain), b"W0ABC010042"),
+        b"A0ABC010042"
+    );
+    let mut browser = Browser::start();
+    // The id prefilled from the address, in lower case.
+    browser.open(&format!("http://{http}/#0fac"));
+    let shown = |register: &str| {
+        format!(
+            r#"document.querySelector('#lookup [data-register="{register}"] .value')?.textContent ?? null"#
+        )
+    };
+    let wait_for = |browser: &mut Browser, expression: &str, want: &str| {
+        let until = Instant::now() + Duration::from_secs(20);
+        while browser.eval(expression) != want {
+            assert!(Instant::now() < until, "{expression} never became {want}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for(&mut browser, &shown("0B"), "1234");
+    assert_eq!(
+        browser.eval(r#"document.getElementById("lookup").dataset.device"#),
+        "0FAC"
+    );
+    // Live: a new value shows within the page's refresh.
+    assert_eq!(
+        transact(&mut connect(plain), b"W0FAC0BBEEF"),
+        b"A0FAC0BBEEF"
+    );
+    let written = Instant::now();
+    wait_for(&mut browser, &shown("0B"), "BEEF");
+    assert!(
+        written.elapsed() < Duration::from_secs(3),
+        "the lookup followed the write only after {:?}",
+        written.elapsed()
+    );
+    // Typed into the box: another device, then one with nothing written.
+    let typed = |id: &str| {
+        format!(
+            r#"(() => {{ const i = document.getElementById("lookup-id"); i.value = "{id}"; i.dispatchEvent(new Event("input")); return true; }})()"#
+        )
+    };
+    browser.eval(&typed("0abc"));
+    wait_for(&mut browser, &shown("01"), "0042");
+    browser.eval(&typed("0FAD"));
+    wait_for(
+        &mut browser,
+        r#"document.getElementById("lookup-note").textContent"#,
+        "nothing has been written to 0FAD",
+    );
+    assert_eq!(
+        browser.eval(r#"document.getElementById("lookup").hidden"#),
+        true
+    );
+}

@@ -7,6 +7,7 @@
 //! them. The HTTP port starts before the data file is replayed (so `/ready`
 //! can say the server is still starting) and stops after the WWEP ports.
 
+mod devices;
 mod routes;
 
 use std::io;
@@ -21,6 +22,7 @@ use crate::activity::Activity;
 use crate::allow::Cidr;
 use crate::config::HttpConfig;
 use crate::metrics::{Metrics, Snapshot};
+use crate::store::backend::StoreError;
 
 /// What the HTTP side reads of the running WWEP side: a narrow view the server
 /// fills in, so nothing here knows how the server is built.
@@ -31,6 +33,9 @@ pub trait Status: Send + Sync {
     /// `Ok` when the server can do its work, or the reason it cannot.
     fn health(&self) -> Result<(), String>;
     fn is_stopping(&self) -> bool;
+    /// The registers written for one device, sorted, read from the store
+    /// whatever the backend.
+    fn device(&self, device: u16) -> Result<Vec<(u8, u16)>, StoreError>;
 }
 
 /// What the request threads share.

@@ -5,7 +5,7 @@ use std::io::Cursor;
 use log::debug;
 use tiny_http::{Header, Method, Request, Response};
 
-use super::State;
+use super::{State, devices};
 use crate::allow;
 
 /// The live page: HTML, CSS and script in one file, no external assets.
@@ -86,6 +86,10 @@ fn route(path: &str, state: &State) -> Response<Cursor<Vec<u8>>> {
                     .activity
                     .to_json(state.metrics.answered_total(), registers),
             )
+        }
+        _ if path.starts_with(devices::PREFIX) => {
+            let (status, content_type, body) = devices::answer(path, server.map(|s| &**s));
+            reply(status, content_type, body)
         }
         _ => text(404, "not found: try /, /metrics, /health or /ready"),
     }

@@ -25,7 +25,7 @@ use crate::net::listener;
 use crate::net::record::{Limits, Record};
 use crate::net::session::Room;
 use crate::protocol::Transport;
-use crate::store::backend::Backend;
+use crate::store::backend::{Backend, StoreError};
 use crate::store::journal::JournalError;
 use crate::store::redis::{RedisOpenError, RedisStore};
 use crate::store::{RegisterStore, open_logged};
@@ -381,6 +381,10 @@ impl Status for ServerStatus {
 
     fn is_stopping(&self) -> bool {
         self.ctx.is_stopping()
+    }
+
+    fn device(&self, device: u16) -> Result<Vec<(u8, u16)>, StoreError> {
+        self.ctx.backend.device(device)
     }
 }
 

@@ -31,6 +31,9 @@ impl std::error::Error for StoreError {}
 pub trait Backend: Send + Sync {
     /// The value of a register, or `None` if it was never written.
     fn read(&self, device: u16, register: u8) -> Result<Option<u16>, StoreError>;
+    /// The registers written for one device, sorted by register (empty if
+    /// none was ever written).
+    fn device(&self, device: u16) -> Result<Vec<(u8, u16)>, StoreError>;
     /// Stores a value; returns once it is as durable as the store promises.
     fn write(&self, device: u16, register: u8, value: u16) -> Result<(), StoreError>;
     /// Forces what was written to durable storage (at shutdown).

@@ -117,6 +117,15 @@ impl Table {
             .and_then(|r| r.get(register))
     }
 
+    /// The registers of one device, sorted (`each` walks them in order).
+    fn device(&self, device: u16) -> Vec<(u8, u16)> {
+        let mut registers = Vec::new();
+        if let Some(r) = self.shard(device).slots[device as usize / SHARDS].as_ref() {
+            r.each(|register, value| registers.push((register, value)));
+        }
+        registers
+    }
+
     fn set(&self, (device, register): Key, value: u16) {
         let new = self.shard(device).slots[device as usize / SHARDS]
             .get_or_insert_with(|| Box::new(Registers::new()))
@@ -243,6 +252,12 @@ impl RegisterStore {
     /// whose record is in the data file (on disk under `--fsync always`) are seen.
     pub fn read(&self, device: u16, register: u8) -> Option<u16> {
         self.table.get((device, register))
+    }
+
+    /// The registers written for one device, sorted by register; like
+    /// [`RegisterStore::read`], only what is in the data file shows.
+    pub fn device(&self, device: u16) -> Vec<(u8, u16)> {
+        self.table.device(device)
     }
 
     /// Stores a value, replacing any earlier one. With a data file, returns once
@@ -408,6 +423,10 @@ impl RegisterStore {
 impl Backend for RegisterStore {
     fn read(&self, device: u16, register: u8) -> Result<Option<u16>, StoreError> {
         Ok(RegisterStore::read(self, device, register))
+    }
+
+    fn device(&self, device: u16) -> Result<Vec<(u8, u16)>, StoreError> {
+        Ok(RegisterStore::device(self, device))
     }
 
     fn write(&self, device: u16, register: u8, value: u16) -> Result<(), StoreError> {

@@ -942,6 +942,29 @@ impl Backend for RedisStore {
         }
     }
 
+    /// `HGETALL` of the device's hash, within the same time limit as `read`.
+    /// A field or value this server would not have written is logged and left
+    /// out, so one foreign field does not hide the device's other registers.
+    fn device(&self, device: u16) -> Result<Vec<(u8, u16)>, StoreError> {
+        let fields: std::collections::HashMap<String, String> =
+            self.with_connection(|c| redis::cmd("HGETALL").arg(self.key(device)).query(c))?;
+        let mut registers = Vec::with_capacity(fields.len());
+        for (field, text) in fields {
+            let register = (field.len() == 2 && field.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| u8::from_str_radix(&field, 16).ok())
+                .flatten();
+            match (register, parse_value(&text)) {
+                (Some(register), Some(value)) => registers.push((register, value)),
+                _ => self.failure_log.log(format_args!(
+                    "{}: field {field:?} holds {text:?}, not a register and 4 hex digits; left out",
+                    self.key(device)
+                )),
+            }
+        }
+        registers.sort_unstable();
+        Ok(registers)
+    }
+
     fn write(&self, device: u16, register: u8, value: u16) -> Result<(), StoreError> {
         // WAIT (and WAITAOF) must answer well before the socket's read
         // timeout, so that "not confirmed" (an answer) and "no answer" are told
