@@ -125,8 +125,8 @@ impl Fleet {
             let here = format!("{}a{i}", fleet.prefix);
             let there = format!("{}b{i}", fleet.prefix);
             must_ip(&[
-                "-n", &br, "link", "add", &there, "type", "veth", "peer", "name", &here,
-                "netns", &ns,
+                "-n", &br, "link", "add", &there, "type", "veth", "peer", "name", &here, "netns",
+                &ns,
             ]);
             must_ip(&["-n", &br, "link", "set", &there, "master", "br0"]);
             must_ip(&["-n", &br, "link", "set", &there, "up"]);
@@ -177,8 +177,18 @@ impl Fleet {
             let own = self.dir.join(node);
             std::fs::create_dir_all(&own).unwrap();
             let mut args: Vec<String> = [
-                "--bind", &self.addr(node), "--port", "6379", "--save", "",
-                "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no",
+                "--bind",
+                &self.addr(node),
+                "--port",
+                "6379",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--protected-mode",
+                "no",
             ]
             .iter()
             .map(|s| s.to_string())
@@ -217,12 +227,22 @@ impl Fleet {
                 ),
             )
             .unwrap();
-            self.spawn(s, s, "redis-server", &[conf.display().to_string(), "--sentinel".into()]);
+            self.spawn(
+                s,
+                s,
+                "redis-server",
+                &[conf.display().to_string(), "--sentinel".into()],
+            );
         }
         assert!(
             patiently(Duration::from_secs(30), || {
                 ["s1", "s2", "s3"].iter().all(|s| {
-                    let info = self.redis_cli("cl", &self.addr(s), 26379, &["SENTINEL", "master", PRIMARY]);
+                    let info = self.redis_cli(
+                        "cl",
+                        &self.addr(s),
+                        26379,
+                        &["SENTINEL", "master", PRIMARY],
+                    );
                     info.contains("num-other-sentinels\n2") && info.contains("num-slaves\n1")
                 })
             }),
@@ -240,8 +260,15 @@ impl Fleet {
 
     fn start_front_end(&self, node: &str) {
         let args: Vec<String> = [
-            "--bind", &self.addr(node), "--plain-port", &WWEP_PORT.to_string(), "--no-tls",
-            "--store", &self.sentinel_url(), "--timeout-ms", "2000",
+            "--bind",
+            &self.addr(node),
+            "--plain-port",
+            &WWEP_PORT.to_string(),
+            "--no-tls",
+            "--store",
+            &self.sentinel_url(),
+            "--timeout-ms",
+            "2000",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -254,19 +281,35 @@ impl Fleet {
     }
 
     fn primary(&self) -> String {
-        self.redis_cli("cl", &self.addr("s1"), 26379, &["SENTINEL", "get-master-addr-by-name", PRIMARY])
+        self.redis_cli(
+            "cl",
+            &self.addr("s1"),
+            26379,
+            &["SENTINEL", "get-master-addr-by-name", PRIMARY],
+        )
     }
 
     fn link(&self, node: &str, up: bool) {
-        must_ip(&["-n", &self.ns(node), "link", "set", "eth0", if up { "up" } else { "down" }]);
+        must_ip(&[
+            "-n",
+            &self.ns(node),
+            "link",
+            "set",
+            "eth0",
+            if up { "up" } else { "down" },
+        ]);
     }
 
     fn logs(&self) -> String {
         let mut out = String::new();
         for name in ["r1", "r2", "s1", "f1", "f2"] {
-            let text = std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+            let text =
+                std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
-            out += &format!("--- {name} ---\n{}\n", lines[lines.len().saturating_sub(20)..].join("\n"));
+            out += &format!(
+                "--- {name} ---\n{}\n",
+                lines[lines.len().saturating_sub(20)..].join("\n")
+            );
         }
         out
     }
@@ -328,7 +371,6 @@ struct Tally {
     /// Per front end: the time of its last `A`, and its longest gap.
     last_a: [Option<Instant>; 2],
     longest: [Duration; 2],
-    first_a_after: [Option<Instant>; 2],
 }
 
 struct Plan {
@@ -353,7 +395,10 @@ fn run_writers(
 ) -> Outcome {
     let registers: Arc<Vec<Register>> = Arc::new(
         (0..plan.registers)
-            .map(|i| Register { address: 0x0A0000 + i as u32, last_a: Mutex::new(None) })
+            .map(|i| Register {
+                address: 0x0A0000 + i as u32,
+                last_a: Mutex::new(None),
+            })
             .collect(),
     );
     let tally = Arc::new(Mutex::new(Tally::default()));
@@ -378,11 +423,14 @@ fn run_writers(
                 let mut k = w + fe * 7;
                 while !stop.load(Ordering::SeqCst) {
                     let now = start.elapsed();
-                    if let Some((from, until)) = active {
-                        if now >= from && now < until {
-                            std::thread::sleep(pause);
-                            continue;
-                        }
+                    if let Some((from, until)) = active
+                        && now >= from
+                        && now < until
+                    {
+                        // Idle time is not an outage.
+                        tally.lock().unwrap().last_a[fe] = None;
+                        std::thread::sleep(pause);
+                        continue;
                     }
                     let reg = &registers[k % registers.len()];
                     k += 1;
@@ -399,9 +447,6 @@ fn run_writers(
                             t.longest[fe] = t.longest[fe].max(at - prev);
                         }
                         t.last_a[fe] = Some(at);
-                        if t.first_a_after[fe].is_none() {
-                            t.first_a_after[fe] = Some(at);
-                        }
                     } else {
                         t.refused += 1;
                     }
@@ -427,7 +472,9 @@ fn run_writers(
                 enter(&fleet.ns("cl"));
                 let mut lost = Vec::new();
                 for reg in registers.iter() {
-                    let Some(want) = *reg.last_a.lock().unwrap() else { continue };
+                    let Some(want) = *reg.last_a.lock().unwrap() else {
+                        continue;
+                    };
                     let expect = format!("A{:06X}{want:04X}", reg.address);
                     let mut got = String::new();
                     let ok = patiently(Duration::from_secs(20), || {
@@ -505,7 +552,11 @@ fn setup() -> Option<Arc<Fleet>> {
     fleet.start_front_end("f1");
     fleet.start_front_end("f2");
     let bad = serves_again(&fleet, &["f1", "f2"], Duration::from_secs(20));
-    assert!(bad.is_empty(), "front ends did not start: {bad:?}\n{}", fleet.logs());
+    assert!(
+        bad.is_empty(),
+        "front ends did not start: {bad:?}\n{}",
+        fleet.logs()
+    );
     Some(fleet)
 }
 
@@ -528,7 +579,9 @@ fn cut_and_heal(f2_idle: bool, name: &str) {
             std::thread::sleep(Duration::from_millis(50));
         }
         fleet.link("r1", false);
-        switched = patiently(cut_for, || !fleet.primary().starts_with(&r1) && !fleet.primary().is_empty());
+        switched = patiently(cut_for, || {
+            !fleet.primary().starts_with(&r1) && !fleet.primary().is_empty()
+        });
         while start.elapsed() < cut_at + cut_for {
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -536,8 +589,15 @@ fn cut_and_heal(f2_idle: bool, name: &str) {
     });
     let bad = serves_again(&fleet, &["f1", "f2"], Duration::from_secs(10));
     report(name, &fleet, &out, switched);
-    assert!(switched, "{name}: Sentinel did not fail over during the cut");
-    assert!(bad.is_empty(), "{name}: {bad:?} did not answer A after the heal\n{}", fleet.logs());
+    assert!(
+        switched,
+        "{name}: Sentinel did not fail over during the cut"
+    );
+    assert!(
+        bad.is_empty(),
+        "{name}: {bad:?} did not answer A after the heal\n{}",
+        fleet.logs()
+    );
 }
 
 #[test]
@@ -572,7 +632,11 @@ fn five_short_cuts_without_failover_lose_no_acknowledged_write() {
     });
     let bad = serves_again(&fleet, &["f1", "f2"], Duration::from_secs(10));
     report("five short cuts", &fleet, &out, false);
-    assert!(bad.is_empty(), "{bad:?} did not answer A after the cuts\n{}", fleet.logs());
+    assert!(
+        bad.is_empty(),
+        "{bad:?} did not answer A after the cuts\n{}",
+        fleet.logs()
+    );
 }
 
 #[test]
@@ -596,10 +660,16 @@ fn kill_9_of_one_front_end_loses_no_acknowledged_write() {
             std::thread::sleep(Duration::from_millis(50));
         }
         fleet.kill("f2");
-        switched = patiently(Duration::from_secs(8), || !fleet.primary().starts_with(&r1) && !fleet.primary().is_empty());
+        switched = patiently(Duration::from_secs(8), || {
+            !fleet.primary().starts_with(&r1) && !fleet.primary().is_empty()
+        });
         fleet.link("r1", true);
     });
     let bad = serves_again(&fleet, &["f1"], Duration::from_secs(10));
     report("kill -9 of a front end", &fleet, &out, switched);
-    assert!(bad.is_empty(), "f1 did not answer A after the heal\n{}", fleet.logs());
+    assert!(
+        bad.is_empty(),
+        "f1 did not answer A after the heal\n{}",
+        fleet.logs()
+    );
 }
