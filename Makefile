@@ -12,7 +12,7 @@ SYSTEMD_DIR ?= /etc/systemd/system
 SYSUSERS_DIR ?= /usr/lib/sysusers.d
 CONF_DIR ?= /etc/wwep
 
-.PHONY: all build release run test bench bench-fleet bench-generator microbench certs clean install deb
+.PHONY: all build release run test bench bench-fleet bench-partition bench-generator microbench certs clean install deb
 
 all: build
 
@@ -68,6 +68,10 @@ bench-data:
 # The memory store against Redis, one front end and two behind a balancer.
 bench-fleet:
 	./scripts/bench-fleet.sh
+
+# tests/fleet_partition.rs with every scenario run longer (root: namespaces).
+bench-partition:
+	WWEP_FLEET_LONG=1 cargo test --test fleet_partition -- --nocapture --test-threads=1
 
 # Only the check that `wwep bench` keeps up with a minimal C generator on nginx.
 bench-generator:
