@@ -1,7 +1,8 @@
 //! Registers in Valkey/Redis, shared by several front ends.
 //!
 //! One hash per device: `PREFIX:0FAC` holds field `0B` = `"1234"`, so
-//! `redis-cli HGETALL wwep:0FAC` shows a board readably. `W` is `HSET` (then
+//! `redis-cli HGETALL wwep:0FAC` shows a board readably. `W` is `HSET` in a script
+//! that refuses it after its deadline ([`FENCE_SCRIPT`]; then
 //! `WAIT`/`WAITAOF` when asked for), `R` is `HGET`. Connections come from a
 //! bounded pool; connecting (Sentinel's answer included) and every command
 //! have a time limit; when Redis is down, each request fails at once (`X`)
