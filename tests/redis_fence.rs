@@ -245,3 +245,70 @@ fn a_write_answered_x_that_arrives_late_is_not_applied_over_a_newer_one() {
         .write(7, 2, 3)
         == Ok(())));
 }
+
+#[test]
+fn a_front_end_that_hears_no_sentinel_refuses_writes_within_down_after() {
+    let Some(redis) = Redis::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\n\
+             sentinel monitor wwep 127.0.0.1 {} 1\n\
+             sentinel down-after-milliseconds wwep 1000\n",
+            redis.port
+        ),
+    )
+    .unwrap();
+    let mut sentinel = Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .arg("--dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server --sentinel");
+    let asked = |what: &str| {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}"));
+        let info: Option<String> = client
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
+            .and_then(|mut c| redis::cmd("CLIENT").arg("LIST").query(&mut c))
+            .ok();
+        info.is_some_and(|info| info.contains(what))
+    };
+    let settings = RedisSettings {
+        location: format!("redis+sentinel://127.0.0.1:{port}/wwep")
+            .parse()
+            .unwrap(),
+        ..RedisSettings::default()
+    };
+    let store = RedisStore::open(&settings, 2, Duration::from_millis(300)).unwrap();
+    assert!(eventually(Duration::from_secs(10), || store.write(1, 1, 1) == Ok(())));
+    // The watcher has subscribed, so it has read the down-after period.
+    assert!(
+        eventually(Duration::from_secs(10), || asked("cmd=subscribe")),
+        "the watcher never subscribed"
+    );
+    // A connection made after the watcher first heard the primary is pooled.
+    assert!(eventually(Duration::from_secs(10), || store.write(1, 1, 1) == Ok(())));
+    let _ = sentinel.kill();
+    let _ = sentinel.wait();
+    let stopped = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(5), || store.write(1, 1, 2)
+            == Err(StoreError::Unavailable)),
+        "writes went on without a Sentinel"
+    );
+    let took = stopped.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "refused after {took:?}"
+    );
+    assert_eq!(store.read(1, 1), Err(StoreError::Unavailable));
+    // The primary itself answers all along.
+    assert!(redis.query::<String>(&["PING"]).is_ok());
+}

@@ -407,12 +407,12 @@ impl SentinelSource {
     fn watch(&self, sentinel: &Client, stop: &AtomicBool) -> RedisResult<()> {
         let mut connection = sentinel.get_connection_with_timeout(WATCH_TICK)?;
         connection.set_write_timeout(Some(WATCH_TICK))?;
-        let mut pubsub = connection.as_pubsub();
-        pubsub.subscribe("+switch-master")?;
-        pubsub.set_read_timeout(Some(WATCH_TICK))?;
         if let Some(ms) = self.ask_down_after(sentinel) {
             self.down_after.store(ms, Ordering::Release);
         }
+        let mut pubsub = connection.as_pubsub();
+        pubsub.subscribe("+switch-master")?;
+        pubsub.set_read_timeout(Some(WATCH_TICK))?;
         while !stop.load(Ordering::Acquire) {
             self.note(self.ask(sentinel, Instant::now() + WATCH_TICK)?);
             *self.heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
