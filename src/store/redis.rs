@@ -1,7 +1,8 @@
 //! Registers in Valkey/Redis, shared by several front ends.
 //!
 //! One hash per device: `PREFIX:0FAC` holds field `0B` = `"1234"`, so
-//! `redis-cli HGETALL wwep:0FAC` shows a board readably. `W` is `HSET` (then
+//! `redis-cli HGETALL wwep:0FAC` shows a board readably. `W` is `HSET` in a script
+//! that refuses it after its deadline ([`FENCE_SCRIPT`]; then
 //! `WAIT`/`WAITAOF` when asked for), `R` is `HGET`. Connections come from a
 //! bounded pool; connecting (Sentinel's answer included) and every command
 //! have a time limit; when Redis is down, each request fails at once (`X`)
@@ -283,6 +284,12 @@ struct SentinelSource {
     epoch: AtomicU64,
     /// The primary the Sentinels named last, as the watcher heard it.
     named: Mutex<Option<(String, u16)>>,
+    /// When a Sentinel last answered (the watcher or a lookup).
+    heard: Mutex<Instant>,
+    /// The Sentinels' `down-after-milliseconds` for the primary, as they
+    /// report it: after this long without any Sentinel, pooled connections
+    /// are not trusted.
+    down_after: AtomicU64,
 }
 
 impl SentinelSource {
@@ -338,6 +345,7 @@ impl SentinelSource {
             match self.ask(&self.sentinels[index], deadline) {
                 Ok(addr) => {
                     self.first.store(index, Ordering::Relaxed);
+                    *self.heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
                     return Ok(addr);
                 }
                 Err(e) => {
@@ -399,11 +407,15 @@ impl SentinelSource {
     fn watch(&self, sentinel: &Client, stop: &AtomicBool) -> RedisResult<()> {
         let mut connection = sentinel.get_connection_with_timeout(WATCH_TICK)?;
         connection.set_write_timeout(Some(WATCH_TICK))?;
+        if let Some(ms) = self.ask_down_after(sentinel) {
+            self.down_after.store(ms, Ordering::Release);
+        }
         let mut pubsub = connection.as_pubsub();
         pubsub.subscribe("+switch-master")?;
         pubsub.set_read_timeout(Some(WATCH_TICK))?;
         while !stop.load(Ordering::Acquire) {
             self.note(self.ask(sentinel, Instant::now() + WATCH_TICK)?);
+            *self.heard.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
             let message = match pubsub.get_message() {
                 Ok(message) => message,
                 Err(e) if e.is_timeout() => continue,
@@ -422,6 +434,32 @@ impl SentinelSource {
         Ok(())
     }
 }
+
+impl SentinelSource {
+    /// `down-after-milliseconds` from `SENTINEL MASTER`, if it answers.
+    fn ask_down_after(&self, sentinel: &Client) -> Option<u64> {
+        let mut connection = sentinel.get_connection_with_timeout(WATCH_TICK).ok()?;
+        connection.set_read_timeout(Some(WATCH_TICK)).ok()?;
+        let fields: Vec<String> = redis::cmd("SENTINEL")
+            .arg("MASTER")
+            .arg(&self.primary)
+            .query(&mut connection)
+            .ok()?;
+        let at = fields.iter().position(|f| f == "down-after-milliseconds")?;
+        fields.get(at + 1)?.parse().ok()
+    }
+
+    /// No Sentinel has answered for longer than the down-after period: the
+    /// primary may have been replaced without this front end hearing of it.
+    fn blind(&self) -> Option<Duration> {
+        let heard = *self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        let silent = heard.elapsed();
+        (silent > Duration::from_millis(self.down_after.load(Ordering::Acquire))).then_some(silent)
+    }
+}
+
+/// Until a Sentinel reports its own: Sentinel's default.
+const DEFAULT_DOWN_AFTER_MS: u64 = 30_000;
 
 /// How often the watcher asks a Sentinel for the primary, and how long it
 /// waits for one to answer.
@@ -478,7 +516,59 @@ const MAX_ABANDONED_ATTEMPTS: usize = 4;
 struct Pooled {
     connection: Connection,
     epoch: u64,
+    /// Redis's clock, sampled on this connection.
+    clock: Clock,
+    /// When it was last given back.
+    idle_since: Instant,
 }
+
+/// One reading of Redis's clock (`TIME`), and the local instant just after
+/// the answer came: at any later local instant `t`, Redis's clock reads at
+/// least `redis_ms + (t - local)` (less the rounding down to milliseconds).
+#[derive(Clone, Copy)]
+struct Clock {
+    redis_ms: u64,
+    local: Instant,
+}
+
+impl Clock {
+    fn sample(connection: &mut Connection) -> RedisResult<Clock> {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query(connection)?;
+        Ok(Clock {
+            redis_ms: secs * 1000 + micros / 1000,
+            local: Instant::now(),
+        })
+    }
+
+    /// The Redis time by which Redis's clock has certainly passed when the
+    /// local clock reaches `at`, less [`FENCE_MARGIN`].
+    fn deadline(&self, at: Instant) -> u64 {
+        let ahead = at.saturating_duration_since(self.local).as_millis() as u64;
+        (self.redis_ms + ahead).saturating_sub(FENCE_MARGIN.as_millis() as u64)
+    }
+}
+
+/// Room for the two clocks drifting apart between samples.
+const FENCE_MARGIN: Duration = Duration::from_millis(5);
+/// A connection idle longer than this, or whose clock reading is older than
+/// [`MAX_CLOCK_AGE`], reads Redis's clock again before it carries a write
+/// (which also shows it still answers).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+const MAX_CLOCK_AGE: Duration = Duration::from_secs(10);
+
+/// The fence: `HSET KEYS[1] ARGV[2] ARGV[3]` only if Redis's clock has not
+/// passed `ARGV[1]` (milliseconds), the moment the front end answers `X` for
+/// this write; 1 when written, 0 when refused. A write that reaches Redis
+/// after its front end gave up on it is never applied, so it cannot land on
+/// a newer acknowledged one.
+const FENCE_SCRIPT: &str = "\
+local t = redis.call('TIME')
+if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+return 1
+";
 
 /// Reconnection pacing while Redis is down.
 struct Backoff {
@@ -515,6 +605,8 @@ pub struct RedisStore {
     /// The last command failed (cleared by the next one that works).
     failing: AtomicBool,
     failure_log: RateLimitedLog,
+    /// The SHA1 of [`FENCE_SCRIPT`], for `EVALSHA`.
+    fence_sha: String,
 }
 
 /// Connections to the data nodes close with a reset (`SO_LINGER` 0): a
@@ -602,6 +694,8 @@ impl RedisStore {
                     first: AtomicUsize::new(0),
                     epoch: AtomicU64::new(0),
                     named: Mutex::new(None),
+                    heard: Mutex::new(Instant::now()),
+                    down_after: AtomicU64::new(DEFAULT_DOWN_AFTER_MS),
                 })
             }
         };
@@ -625,6 +719,10 @@ impl RedisStore {
             }),
             failing: AtomicBool::new(false),
             failure_log: RateLimitedLog::new(log::Level::Warn, Duration::from_secs(1)),
+            fence_sha: openssl::sha::sha1(FENCE_SCRIPT.as_bytes())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
         };
         if let Source::Sentinel(_) = &*store.source {
             let (source, stop) = (Arc::clone(&store.source), Arc::clone(&store.stop));
@@ -640,8 +738,15 @@ impl RedisStore {
                     return Err(RedisOpenError::NoWaitAof(store.location.to_string()));
                 }
                 info!("registers are kept in {}", store.location);
-                store.open.fetch_add(1, Ordering::AcqRel);
-                store.give_back(Pooled { connection, epoch });
+                if let Ok(clock) = Clock::sample(&mut connection) {
+                    store.open.fetch_add(1, Ordering::AcqRel);
+                    store.give_back(Pooled {
+                        connection,
+                        epoch,
+                        clock,
+                        idle_since: Instant::now(),
+                    });
+                }
             }
             Err(e) if store.wait_aof => return Err(RedisOpenError::Unreachable(describe(&e))),
             Err(e) => {
@@ -736,7 +841,8 @@ impl RedisStore {
         Ok(connection)
     }
 
-    fn give_back(&self, pooled: Pooled) {
+    fn give_back(&self, mut pooled: Pooled) {
+        pooled.idle_since = Instant::now();
         self.idle().push(pooled);
         self.returned.notify_one();
     }
@@ -746,8 +852,17 @@ impl RedisStore {
         self.failure_log.log(format_args!(
             "{} {what}: {}; answering X until it recovers",
             self.location,
-            describe(e)
+            self.describe(e)
         ));
+    }
+
+    /// [`describe`], with the time limit in milliseconds.
+    fn describe(&self, e: &redis::RedisError) -> String {
+        if e.is_timeout() && e.to_string().contains("os error") {
+            format!("no answer within {} ms", self.timeout.as_millis())
+        } else {
+            describe(e)
+        }
     }
 
     /// Lends a connection: an idle one, a new one while fewer than `capacity`
@@ -757,9 +872,46 @@ impl RedisStore {
         let deadline = Instant::now() + self.timeout;
         let mut idle = self.idle();
         loop {
-            if let Some(pooled) = idle.pop() {
+            if let Source::Sentinel(sentinels) = &*self.source
+                && let Some(silent) = sentinels.blind()
+                && !idle.is_empty()
+            {
+                // The primary may have been replaced unheard: no pooled
+                // connection is trusted; a new one asks a Sentinel first.
+                let stale = std::mem::take(&mut *idle).len();
+                self.open.fetch_sub(stale, Ordering::AcqRel);
+                self.returned.notify_all();
+                self.failing.store(true, Ordering::Release);
+                self.failure_log.log(format_args!(
+                    "{}: no Sentinel has answered for {} ms (longer than down-after {} ms); the primary is not known, answering X",
+                    self.location,
+                    silent.as_millis(),
+                    sentinels.down_after.load(Ordering::Acquire)
+                ));
+            }
+            if let Some(mut pooled) = idle.pop() {
                 if pooled.epoch == self.source.epoch() {
-                    return Ok((pooled, true));
+                    if pooled.idle_since.elapsed() < IDLE_CHECK
+                        && pooled.clock.local.elapsed() < MAX_CLOCK_AGE
+                    {
+                        return Ok((pooled, true));
+                    }
+                    drop(idle);
+                    match Clock::sample(&mut pooled.connection) {
+                        Ok(clock) if pooled.epoch == self.source.epoch() => {
+                            pooled.clock = clock;
+                            return Ok((pooled, true));
+                        }
+                        _ => {
+                            // Gone stale while idle: closed, and another is
+                            // tried (the others are checked in turn).
+                            drop(pooled);
+                            self.open.fetch_sub(1, Ordering::AcqRel);
+                            self.returned.notify_one();
+                            idle = self.idle();
+                            continue;
+                        }
+                    }
                 }
                 // Sentinel named another primary since this connection was
                 // made: it and every other idle one go, however long they lay
@@ -801,14 +953,22 @@ impl RedisStore {
                 return Err(StoreError::Unavailable);
             }
         }
-        match self.connect() {
-            Ok(connection) => {
+        match self
+            .connect()
+            .and_then(|mut c| Clock::sample(&mut c).map(|clock| (c, clock)))
+        {
+            Ok((connection, clock)) => {
                 let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
                 if backoff.until.take().is_some() {
                     info!("{} answers again", self.location);
                 }
                 backoff.step = FIRST_BACKOFF;
-                Ok(Pooled { connection, epoch })
+                Ok(Pooled {
+                    connection,
+                    epoch,
+                    clock,
+                    idle_since: Instant::now(),
+                })
             }
             Err(e) => {
                 let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
@@ -836,12 +996,12 @@ impl RedisStore {
     /// a store that answers again. A command that timed out is not repeated.
     fn with_connection<T>(
         &self,
-        command: impl Fn(&mut Connection) -> RedisResult<T>,
+        command: impl Fn(&mut Connection, &Clock) -> RedisResult<T>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
         let (mut connection, mut pooled) = self.lend()?;
         loop {
-            let e = match command(&mut connection.connection) {
+            let e = match command(&mut connection.connection, &connection.clock) {
                 Ok(_) if connection.epoch != self.source.epoch() => {
                     // The answer came from a node Sentinel replaced while the
                     // command ran: a write it took may be discarded when it
@@ -901,6 +1061,15 @@ impl Drop for RedisStore {
     }
 }
 
+/// What became of a write that Redis answered.
+enum Outcome {
+    Done,
+    /// The fence refused it: it arrived after its deadline.
+    Late,
+    /// Applied, but not confirmed by the replicas or the append-only file.
+    Unconfirmed,
+}
+
 /// Whether the server knows `WAITAOF` (Redis/Valkey 7.2+).
 fn has_waitaof(connection: &mut Connection) -> bool {
     let info: RedisResult<redis::Value> = redis::cmd("COMMAND")
@@ -921,7 +1090,7 @@ fn parse_value(text: &str) -> Option<u16> {
 impl Backend for RedisStore {
     fn read(&self, device: u16, register: u8) -> Result<Option<u16>, StoreError> {
         let field = format!("{register:02X}");
-        let value: Option<String> = self.with_connection(|c| {
+        let value: Option<String> = self.with_connection(|c, _| {
             redis::cmd("HGET")
                 .arg(self.key(device))
                 .arg(&field)
@@ -972,21 +1141,42 @@ impl Backend for RedisStore {
         let waits = u64::from(self.wait_replicas > 0) + u64::from(self.wait_aof);
         let wait_ms = (self.timeout.as_millis() as u64 / 2 / waits.max(1)).max(1);
         let (replicas, aof) = (self.wait_replicas, self.wait_aof);
-        let confirmed = self.with_connection(|c| {
-            let mut pipe = redis::pipe();
-            pipe.cmd("HSET")
-                .arg(self.key(device))
-                .arg(format!("{register:02X}"))
-                .arg(format!("{value:04X}"))
-                .ignore();
-            if replicas > 0 {
-                pipe.cmd("WAIT").arg(replicas).arg(wait_ms);
-            }
-            if aof {
-                pipe.cmd("WAITAOF").arg(1).arg(replicas).arg(wait_ms);
-            }
-            let answers: Vec<redis::Value> = pipe.query(c)?;
+        let key = self.key(device);
+        let (field, text) = (format!("{register:02X}"), format!("{value:04X}"));
+        let outcome = self.with_connection(|c, clock| {
+            // This write is answered X once the socket's time limit passes
+            // from now at the earliest: the fence refuses it after that.
+            let deadline = clock.deadline(Instant::now() + self.timeout);
+            let pipe = |by_sha: bool| {
+                let mut pipe = redis::pipe();
+                if by_sha {
+                    pipe.cmd("EVALSHA").arg(&self.fence_sha);
+                } else {
+                    pipe.cmd("EVAL").arg(FENCE_SCRIPT);
+                }
+                pipe.arg(1).arg(&key).arg(deadline).arg(&field).arg(&text);
+                if replicas > 0 {
+                    pipe.cmd("WAIT").arg(replicas).arg(wait_ms);
+                }
+                if aof {
+                    pipe.cmd("WAITAOF").arg(1).arg(replicas).arg(wait_ms);
+                }
+                pipe
+            };
+            let answers: Vec<redis::Value> = match pipe(true).query(c) {
+                Err(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                    // The first write on this server since it started (or
+                    // since SCRIPT FLUSH): EVAL caches the script.
+                    pipe(false).query(c)?
+                }
+                answers => answers?,
+            };
             let mut answers = answers.into_iter();
+            let applied: i64 =
+                redis::from_redis_value(answers.next().unwrap_or(redis::Value::Nil)).unwrap_or(0);
+            if applied != 1 {
+                return Ok(Outcome::Late);
+            }
             let mut ok = true;
             if replicas > 0 {
                 let acked: i64 =
@@ -1001,17 +1191,30 @@ impl Backend for RedisStore {
                 ok &= counts.first().is_some_and(|local| *local >= 1)
                     && counts.get(1).is_some_and(|r| *r >= i64::from(replicas));
             }
-            Ok(ok)
+            Ok(if ok {
+                Outcome::Done
+            } else {
+                Outcome::Unconfirmed
+            })
         })?;
-        if confirmed {
-            Ok(())
-        } else {
-            self.failure_log.log(format_args!(
-                "{}: a write was not confirmed by {replicas} replica(s){} in {wait_ms} ms; answered X",
-                self.location,
-                if aof { " and the append-only file" } else { "" }
-            ));
-            Err(StoreError::Unavailable)
+        match outcome {
+            Outcome::Done => Ok(()),
+            Outcome::Late => {
+                self.failure_log.log(format_args!(
+                    "{}: a write reached Redis after its time limit of {} ms and was not applied; answered X",
+                    self.location,
+                    self.timeout.as_millis()
+                ));
+                Err(StoreError::Unavailable)
+            }
+            Outcome::Unconfirmed => {
+                self.failure_log.log(format_args!(
+                    "{}: a write was not confirmed by {replicas} replica(s){} in {wait_ms} ms; answered X",
+                    self.location,
+                    if aof { " and the append-only file" } else { "" }
+                ));
+                Err(StoreError::Unavailable)
+            }
         }
     }
 
@@ -1021,7 +1224,7 @@ impl Backend for RedisStore {
         if !self.failing.load(Ordering::Acquire) {
             return true;
         }
-        self.with_connection(|c| redis::cmd("PING").query::<String>(c))
+        self.with_connection(|c, _| redis::cmd("PING").query::<String>(c))
             .is_ok()
     }
 }
