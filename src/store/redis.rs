@@ -1116,7 +1116,7 @@ impl Backend for RedisStore {
     /// out, so one foreign field does not hide the device's other registers.
     fn device(&self, device: u16) -> Result<Vec<(u8, u16)>, StoreError> {
         let fields: std::collections::HashMap<String, String> =
-            self.with_connection(|c| redis::cmd("HGETALL").arg(self.key(device)).query(c))?;
+            self.with_connection(|c, _| redis::cmd("HGETALL").arg(self.key(device)).query(c))?;
         let mut registers = Vec::with_capacity(fields.len());
         for (field, text) in fields {
             let register = (field.len() == 2 && field.bytes().all(|b| b.is_ascii_hexdigit()))
