@@ -62,13 +62,22 @@ pub struct HttpConfig {
     /// Client addresses allowed ([`HttpConfig::default_allow`]: loopback
     /// only). An empty list allows everyone, as `--allow` does.
     pub allow: Vec<Cidr>,
+    /// Open HTTP connections at most (`--http-max-connections`); when full,
+    /// the oldest idle one is shed.
+    pub max_connections: usize,
 }
+
+/// `--http-max-connections` by default.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 256;
+/// `--http-max-connections` at most.
+pub const MAX_HTTP_MAX_CONNECTIONS: usize = 4096;
 
 impl HttpConfig {
     pub fn new(addr: SocketAddr) -> HttpConfig {
         HttpConfig {
             addr,
             allow: HttpConfig::default_allow(),
+            max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
         }
     }
 
@@ -247,6 +256,17 @@ impl ServerConfig {
         ] {
             if value > max {
                 return Err(ConfigError::TooLarge { flag, max });
+            }
+        }
+        if let Some(http) = &self.http {
+            if http.max_connections == 0 {
+                return Err(ConfigError::Zero("--http-max-connections"));
+            }
+            if http.max_connections > MAX_HTTP_MAX_CONNECTIONS {
+                return Err(ConfigError::TooLarge {
+                    flag: "--http-max-connections",
+                    max: MAX_HTTP_MAX_CONNECTIONS as u64,
+                });
             }
         }
         let lifetime = self.tls.session_lifetime.as_secs();
