@@ -186,3 +186,53 @@ fn a_slow_request_head_is_shed_at_the_deadline() {
         "{metrics}"
     );
 }
+
+/// Sends `/health` on a keep-alive connection and reads its whole answer.
+fn health_on(c: &mut TcpStream) -> bool {
+    if c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"\r\n\r\nok\n") {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got.starts_with(b"HTTP/1.1 200")
+}
+
+/// With the cap reached, a new connection sheds the one idle the longest.
+#[test]
+fn a_full_table_sheds_the_oldest_idle_connection() {
+    let server = ServerProcess::start(&[
+        "--no-tls",
+        "--http",
+        "127.0.0.1:0",
+        "--http-max-connections",
+        "2",
+    ]);
+    let mut addr = None;
+    assert!(eventually(Duration::from_secs(10), || {
+        addr = http_addr(&server);
+        addr.is_some()
+    }));
+    let addr = addr.unwrap();
+    assert!(eventually(Duration::from_secs(10), || get(addr, "/health") == 200));
+    // Each answered once, so each is accepted and idle, the first the longest.
+    let mut oldest = try_connect_from("127.0.0.1", addr).expect("connect");
+    assert!(health_on(&mut oldest));
+    let mut second = try_connect_from("127.0.0.1", addr).expect("connect");
+    assert!(health_on(&mut second));
+    let mut third = try_connect_from("127.0.0.1", addr).expect("connect");
+    assert!(health_on(&mut third), "the new connection is served");
+    let closed = matches!(oldest.read(&mut [0u8; 1]), Ok(0) | Err(_));
+    assert!(closed, "the oldest idle connection was not shed");
+    assert!(
+        health_on(&mut second),
+        "the newer connection was shed instead"
+    );
+}
