@@ -353,6 +353,30 @@ mod tests {
     }
 
     #[test]
+    fn http_max_connections_is_bounded() {
+        let with = |n| ServerConfig {
+            identity: identity(),
+            http: Some(HttpConfig {
+                max_connections: n,
+                ..HttpConfig::new("127.0.0.1:0".parse().unwrap())
+            }),
+            ..ServerConfig::default()
+        };
+        assert_eq!(
+            with(0).validate(),
+            Err(ConfigError::Zero("--http-max-connections"))
+        );
+        assert_eq!(
+            with(MAX_HTTP_MAX_CONNECTIONS + 1).validate(),
+            Err(ConfigError::TooLarge {
+                flag: "--http-max-connections",
+                max: MAX_HTTP_MAX_CONNECTIONS as u64
+            })
+        );
+        assert_eq!(with(DEFAULT_HTTP_MAX_CONNECTIONS).validate(), Ok(()));
+    }
+
+    #[test]
     fn invalid_settings_name_their_flag() {
         let base = ServerConfig {
             identity: identity(),
