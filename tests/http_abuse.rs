@@ -236,3 +236,35 @@ fn a_full_table_sheds_the_oldest_idle_connection() {
         "the newer connection was shed instead"
     );
 }
+
+/// HEAD has the headers without the body; other methods get 405; an
+/// oversized head 431; a body 413.
+#[test]
+fn head_other_methods_and_oversized_requests() {
+    let server = ServerProcess::start(&["--no-tls", "--http", "127.0.0.1:0"]);
+    let mut addr = None;
+    assert!(eventually(Duration::from_secs(10), || {
+        addr = http_addr(&server);
+        addr.is_some()
+    }));
+    let addr = addr.unwrap();
+    let send = |raw: &[u8]| {
+        let mut c = try_connect_from("127.0.0.1", addr).expect("connect");
+        let _ = c.write_all(raw);
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let head = send(b"HEAD /metrics HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("X-Content-Type-Options: nosniff"), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "HEAD carried a body: {head}");
+    let post = send(b"POST / HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+    let body = send(b"GET / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi");
+    assert!(body.starts_with("HTTP/1.1 413"), "{body}");
+    let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+    big.resize(20_000, b'a');
+    let big = send(&big);
+    assert!(big.starts_with("HTTP/1.1 431"), "{big}");
+}
