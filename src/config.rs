@@ -62,13 +62,22 @@ pub struct HttpConfig {
     /// Client addresses allowed ([`HttpConfig::default_allow`]: loopback
     /// only). An empty list allows everyone, as `--allow` does.
     pub allow: Vec<Cidr>,
+    /// Open HTTP connections at most (`--http-max-connections`); when full,
+    /// the oldest idle one is shed.
+    pub max_connections: usize,
 }
+
+/// `--http-max-connections` by default.
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 256;
+/// `--http-max-connections` at most.
+pub const MAX_HTTP_MAX_CONNECTIONS: usize = 4096;
 
 impl HttpConfig {
     pub fn new(addr: SocketAddr) -> HttpConfig {
         HttpConfig {
             addr,
             allow: HttpConfig::default_allow(),
+            max_connections: DEFAULT_HTTP_MAX_CONNECTIONS,
         }
     }
 
@@ -249,6 +258,17 @@ impl ServerConfig {
                 return Err(ConfigError::TooLarge { flag, max });
             }
         }
+        if let Some(http) = &self.http {
+            if http.max_connections == 0 {
+                return Err(ConfigError::Zero("--http-max-connections"));
+            }
+            if http.max_connections > MAX_HTTP_MAX_CONNECTIONS {
+                return Err(ConfigError::TooLarge {
+                    flag: "--http-max-connections",
+                    max: MAX_HTTP_MAX_CONNECTIONS as u64,
+                });
+            }
+        }
         let lifetime = self.tls.session_lifetime.as_secs();
         if lifetime == 0 {
             return Err(ConfigError::Zero("--tls-session-lifetime"));
@@ -330,6 +350,30 @@ mod tests {
         assert_eq!(config.validate(), Ok(()));
         assert_eq!(config.plain_port, Some(27708));
         assert_eq!(config.tls_port, Some(40508));
+    }
+
+    #[test]
+    fn http_max_connections_is_bounded() {
+        let with = |n| ServerConfig {
+            identity: identity(),
+            http: Some(HttpConfig {
+                max_connections: n,
+                ..HttpConfig::new("127.0.0.1:0".parse().unwrap())
+            }),
+            ..ServerConfig::default()
+        };
+        assert_eq!(
+            with(0).validate(),
+            Err(ConfigError::Zero("--http-max-connections"))
+        );
+        assert_eq!(
+            with(MAX_HTTP_MAX_CONNECTIONS + 1).validate(),
+            Err(ConfigError::TooLarge {
+                flag: "--http-max-connections",
+                max: MAX_HTTP_MAX_CONNECTIONS as u64
+            })
+        );
+        assert_eq!(with(DEFAULT_HTTP_MAX_CONNECTIONS).validate(), Ok(()));
     }
 
     #[test]

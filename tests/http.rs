@@ -328,6 +328,7 @@ fn http_allow_refuses_other_addresses() {
         c.http = Some(HttpConfig {
             addr: "127.0.0.1:0".parse().unwrap(),
             allow: vec!["127.0.0.1/32".parse().unwrap()],
+            ..HttpConfig::new("127.0.0.1:0".parse().unwrap())
         });
     });
     let http = s.server().http_addr().unwrap();

@@ -201,6 +201,15 @@ struct Args {
         requires = "http"
     )]
     http_allow: Vec<Cidr>,
+    /// Open HTTP connections at most; when full, the oldest idle one is shed.
+    #[arg(
+        long,
+        env = "WWEP_HTTP_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = wwep::config::DEFAULT_HTTP_MAX_CONNECTIONS,
+        requires = "http"
+    )]
+    http_max_connections: usize,
     /// Log lines as text (for people) or json (one object per line, for machines).
     #[arg(long, env = "WWEP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -267,6 +276,7 @@ impl Args {
                 } else {
                     self.http_allow
                 },
+                max_connections: self.http_max_connections,
             }),
             data: self.data.map(|path| DataConfig {
                 path,

@@ -3,12 +3,16 @@
 //! the devices' registers and the last transactions. Read-only: nothing here
 //! changes a register.
 //!
-//! `tiny_http` parses HTTP; a few threads of ours take its requests and answer
-//! them. The HTTP port starts before the data file is replayed (so `/ready`
+//! One thread runs a `mio` event loop ([`server`]) that accepts, parses
+//! (with `httparse`) and answers every request; no thread is ever started per
+//! connection. The HTTP port starts before the data file is replayed (so `/ready`
 //! can say the server is still starting) and stops after the WWEP ports.
 
 mod devices;
 mod routes;
+mod server;
+
+pub use server::{IDLE_DEADLINE, MAX_HEAD, REQUEST_DEADLINE};
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,7 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 
-use log::{debug, info};
+use log::info;
+use mio::net::TcpListener;
+use mio::{Interest, Poll, Waker};
 
 use crate::activity::Activity;
 use crate::allow::Cidr;
@@ -46,19 +52,16 @@ struct State {
     /// Set once the WWEP ports are open: the server is ready.
     server: OnceLock<Arc<dyn Status>>,
     stopping: AtomicBool,
+    counters: server::Counters,
 }
 
 /// A running HTTP side; stopped by [`HttpServer::stop`] or on drop.
 pub struct HttpServer {
-    http: Arc<tiny_http::Server>,
+    waker: Waker,
     addr: SocketAddr,
     state: Arc<State>,
-    threads: Vec<JoinHandle<()>>,
+    thread: Option<JoinHandle<()>>,
 }
-
-/// Request threads: enough for a scrape, a health check and a few pages at
-/// once; every answer is computed in memory.
-const THREADS: usize = 2;
 
 impl HttpServer {
     /// Binds the HTTP port and starts answering (`/ready` says 503 until
@@ -68,30 +71,31 @@ impl HttpServer {
         metrics: Arc<Metrics>,
         activity: Arc<Activity>,
     ) -> io::Result<HttpServer> {
-        let http = tiny_http::Server::http(config.addr).map_err(io::Error::other)?;
-        let addr = http.server_addr().to_ip().unwrap_or(config.addr);
-        let http = Arc::new(http);
+        let mut listener = TcpListener::bind(config.addr)?;
+        let addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, server::LISTENER, Interest::READABLE)?;
+        let waker = server::waker(&poll)?;
         let state = Arc::new(State {
             metrics,
             activity,
             allow: config.allow.clone(),
             server: OnceLock::new(),
             stopping: AtomicBool::new(false),
+            counters: server::Counters::default(),
         });
-        let mut server = HttpServer {
-            http,
+        let mut event_loop =
+            server::EventLoop::new(poll, listener, Arc::clone(&state), config.max_connections);
+        let thread = thread::Builder::new()
+            .name("wwep-http".to_string())
+            .spawn(move || event_loop.run())?;
+        let server = HttpServer {
+            waker,
             addr,
             state,
-            threads: Vec::new(),
+            thread: Some(thread),
         };
-        for i in 0..THREADS {
-            let http = Arc::clone(&server.http);
-            let state = Arc::clone(&server.state);
-            let handle = thread::Builder::new()
-                .name(format!("wwep-http-{i}"))
-                .spawn(move || serve(&http, &state))?;
-            server.threads.push(handle);
-        }
         info!("http listener on {addr}");
         Ok(server)
     }
@@ -105,17 +109,15 @@ impl HttpServer {
         let _ = self.state.server.set(status);
     }
 
-    /// Stops answering and joins the request threads.
+    /// Stops answering and joins the event-loop thread.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
         self.state.stopping.store(true, Ordering::Release);
-        for _ in &self.threads {
-            self.http.unblock();
-        }
-        for handle in self.threads.drain(..) {
+        let _ = self.waker.wake();
+        if let Some(handle) = self.thread.take() {
             let _ = handle.join();
         }
     }
@@ -124,18 +126,5 @@ impl HttpServer {
 impl Drop for HttpServer {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-fn serve(http: &tiny_http::Server, state: &State) {
-    while !state.stopping.load(Ordering::Acquire) {
-        match http.recv() {
-            Ok(request) => routes::answer(request, state),
-            Err(e) => {
-                if !state.stopping.load(Ordering::Acquire) {
-                    debug!("http: {e}");
-                }
-            }
-        }
     }
 }

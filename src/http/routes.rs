@@ -1,12 +1,7 @@
 //! One answer per path, in one `match`.
 
-use std::io::Cursor;
-
-use log::debug;
-use tiny_http::{Header, Method, Request, Response};
-
 use super::{State, devices};
-use crate::allow;
+use super::server::{Head, Response};
 
 /// The live page: HTML, CSS and script in one file, no external assets.
 const PAGE: &str = include_str!("page.html");
@@ -14,12 +9,11 @@ const PAGE: &str = include_str!("page.html");
 /// The page's script and styles are inline; it talks only to its own origin.
 const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
-fn header(name: &str, value: &str) -> Header {
-    // Names and values below are ASCII constants.
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("ASCII header")
+fn header<'a>(name: &'static str, value: &'a str) -> (&'static str, &'a str) {
+    (name, value)
 }
 
-fn reply(status: u16, content_type: &str, body: String) -> Response<Cursor<Vec<u8>>> {
+fn reply(status: u16, content_type: &str, body: String) -> Response {
     Response::from_string(body)
         .with_status_code(status)
         .with_header(header("Content-Type", content_type))
@@ -27,31 +21,37 @@ fn reply(status: u16, content_type: &str, body: String) -> Response<Cursor<Vec<u
         .with_header(header("X-Content-Type-Options", "nosniff"))
 }
 
-fn text(status: u16, body: impl Into<String>) -> Response<Cursor<Vec<u8>>> {
+fn text(status: u16, body: impl Into<String>) -> Response {
     let mut body = body.into();
     body.push('\n');
     reply(status, "text/plain; charset=utf-8", body)
 }
 
-pub(super) fn answer(request: Request, state: &State) {
-    let allowed = request
-        .remote_addr()
-        .is_some_and(|peer| allow::allowed(&state.allow, peer.ip().to_canonical()));
-    let response = if !allowed {
-        text(403, "forbidden: this address is not in --http-allow")
-    } else if !matches!(request.method(), Method::Get | Method::Head) {
-        text(405, "only GET and HEAD: this side is read-only")
-            .with_header(header("Allow", "GET, HEAD"))
-    } else {
-        let path = request.url().split('?').next().unwrap_or("");
-        route(path, state)
-    };
-    if let Err(e) = request.respond(response) {
-        debug!("http: reply not sent: {e}");
+/// The answer to a connection from an address not in `--http-allow`.
+pub(super) fn forbidden() -> Response {
+    text(403, "forbidden: this address is not in --http-allow")
+}
+
+/// The answer to a request that cannot be read: 400, 413 or 431.
+pub(super) fn refusal(status: u16) -> Response {
+    match status {
+        413 => text(413, "a request to this side has no body"),
+        431 => text(431, "request head too large"),
+        _ => text(400, "malformed request"),
     }
 }
 
-fn route(path: &str, state: &State) -> Response<Cursor<Vec<u8>>> {
+pub(super) fn answer(request: &Head, state: &State) -> Response {
+    if !matches!(request.method.as_str(), "GET" | "HEAD") {
+        text(405, "only GET and HEAD: this side is read-only")
+            .with_header(header("Allow", "GET, HEAD"))
+    } else {
+        let path = request.path.split('?').next().unwrap_or("");
+        route(path, state)
+    }
+}
+
+fn route(path: &str, state: &State) -> Response {
     let server = state.server.get();
     match path {
         "/" | "/index.html" => reply(200, "text/html; charset=utf-8", PAGE.to_string())
@@ -62,7 +62,7 @@ fn route(path: &str, state: &State) -> Response<Cursor<Vec<u8>>> {
             reply(
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
-                state.metrics.encode(&snapshot),
+                with_http_counters(state.metrics.encode(&snapshot), state),
             )
         }
         "/health" => match server {
@@ -93,4 +93,15 @@ fn route(path: &str, state: &State) -> Response<Cursor<Vec<u8>>> {
         }
         _ => text(404, "not found: try /, /metrics, /health or /ready"),
     }
+}
+
+/// `/metrics` with the HTTP side's own connection counters, before the
+/// OpenMetrics `# EOF` line if there is one.
+fn with_http_counters(mut text: String, state: &State) -> String {
+    let counters = state.counters.encode();
+    match text.rfind("# EOF") {
+        Some(at) => text.insert_str(at, &counters),
+        None => text.push_str(&counters),
+    }
+    text
 }

@@ -256,12 +256,14 @@ const SPARE_FDS: u64 = 64;
 /// Raises the soft limit on open files to what the connection table needs (each
 /// connection may also hold a lingering close), as Redis does for `maxclients`;
 /// where the hard limit is lower, the table shrinks to fit, with a warning.
+/// The HTTP side's connections (`--http-max-connections`) are counted too.
 fn fit_open_files(config: &mut ServerConfig) {
-    let wanted = 2 * config.max_connections as u64 + SPARE_FDS;
+    let http = config.http.as_ref().map_or(0, |h| h.max_connections as u64);
+    let wanted = 2 * config.max_connections as u64 + http + SPARE_FDS;
     match rlimit::increase_nofile_limit(wanted) {
         Ok(got) if got >= wanted => {}
         Ok(got) => {
-            let fits = (got.saturating_sub(SPARE_FDS) / 2).max(1) as usize;
+            let fits = (got.saturating_sub(SPARE_FDS + http) / 2).max(1) as usize;
             warn!(
                 "open-file limit is {got} (hard limit), below the {wanted} that --max-connections {} needs; serving at most {fits} connections at once (raise LimitNOFILE to allow more)",
                 config.max_connections

@@ -1,0 +1,574 @@
+//! The HTTP side's event loop: one thread, one `mio` poll, every connection
+//! held to the rules of the WWEP ports. The allow-list is applied at accept,
+//! before a byte is read; open connections are capped (when full, the oldest
+//! idle one is shed); a request has an absolute deadline from its first byte
+//! to the last byte of its answer, and an idle keep-alive connection is closed
+//! after [`IDLE_DEADLINE`]. `httparse` parses request heads; a request never
+//! has a body (this side is read-only), so one with a body is refused (413).
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use log::debug;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::State;
+use crate::allow;
+use crate::rate_limited::RateLimitedLog;
+
+pub(super) const LISTENER: Token = Token(0);
+pub(super) const WAKER: Token = Token(1);
+const FIRST_CONNECTION: usize = 2;
+
+/// From a request's first byte to the last byte of its answer.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// A keep-alive connection with no request in progress.
+pub const IDLE_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a refused connection is kept to read what the client sent, so
+/// that the `403` is not lost to a reset.
+const REFUSED_LINGER: Duration = Duration::from_secs(1);
+/// The largest request head (request line and headers).
+pub const MAX_HEAD: usize = 8192;
+const MAX_HEADERS: usize = 32;
+
+/// Counters for `/metrics`.
+#[derive(Default)]
+pub(super) struct Counters {
+    pub refused_address: AtomicU64,
+    pub shed_full: AtomicU64,
+    pub shed_deadline: AtomicU64,
+    pub open: AtomicU64,
+}
+
+impl Counters {
+    /// The counters in the Prometheus text format.
+    pub(super) fn encode(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "# HELP wwep_http_connections_refused_total HTTP connections refused at accept, by reason\n\
+             # TYPE wwep_http_connections_refused_total counter\n\
+             wwep_http_connections_refused_total{{reason=\"address\"}} {}\n\
+             # HELP wwep_http_connections_shed_total HTTP connections closed by the server, by reason\n\
+             # TYPE wwep_http_connections_shed_total counter\n\
+             wwep_http_connections_shed_total{{reason=\"full\"}} {}\n\
+             wwep_http_connections_shed_total{{reason=\"deadline\"}} {}\n\
+             # HELP wwep_http_connections_open HTTP connections open now\n\
+             # TYPE wwep_http_connections_open gauge\n\
+             wwep_http_connections_open {}\n",
+            get(&self.refused_address),
+            get(&self.shed_full),
+            get(&self.shed_deadline),
+            get(&self.open),
+        )
+    }
+}
+
+/// An answer: status, headers and body.
+pub struct Response {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    pub fn from_string(body: String) -> Response {
+        Response {
+            status: 200,
+            headers: Vec::new(),
+            body: body.into_bytes(),
+        }
+    }
+
+    pub fn with_status_code(mut self, status: u16) -> Response {
+        self.status = status;
+        self
+    }
+
+    pub fn with_header(mut self, header: (&'static str, &str)) -> Response {
+        self.headers.push((header.0, header.1.to_string()));
+        self
+    }
+
+    /// The bytes on the wire; `head_only` for HEAD.
+    pub fn to_bytes(&self, head_only: bool, keep_alive: bool) -> Vec<u8> {
+        let mut out = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        for (name, value) in &self.headers {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        out.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
+        if !keep_alive {
+            out.push_str("Connection: close\r\n");
+        }
+        out.push_str("\r\n");
+        let mut out = out.into_bytes();
+        if !head_only {
+            out.extend_from_slice(&self.body);
+        }
+        out
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "",
+    }
+}
+
+/// A request head, parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Head {
+    pub method: String,
+    pub path: String,
+    pub keep_alive: bool,
+    pub has_body: bool,
+}
+
+/// What the bytes so far hold.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// A whole head of this many bytes.
+    Complete(Head, usize),
+    /// Not yet a whole head.
+    Partial,
+    /// An answer to send before closing: 400 or 431.
+    Refuse(u16),
+}
+
+/// Parses a request head from the start of `buf`.
+pub fn parse(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => {
+            let header = |name: &str| {
+                request
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
+            };
+            let connection = header("connection").unwrap_or_default();
+            let keep_alive = match request.version {
+                Some(1) => !connection.split(',').any(|t| t.trim() == "close"),
+                _ => connection.split(',').any(|t| t.trim() == "keep-alive"),
+            };
+            let has_body = header("transfer-encoding").is_some()
+                || header("content-length").is_some_and(|v| v != "0");
+            Parsed::Complete(
+                Head {
+                    method: request.method.unwrap_or("").to_string(),
+                    path: request.path.unwrap_or("").to_string(),
+                    keep_alive,
+                    has_body,
+                },
+                n,
+            )
+        }
+        Ok(httparse::Status::Complete(_)) => Parsed::Refuse(431),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => Parsed::Refuse(431),
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => Parsed::Refuse(431),
+        Err(_) => Parsed::Refuse(400),
+    }
+}
+
+struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    written: usize,
+    /// When the request in progress began (first byte read).
+    request_since: Option<Instant>,
+    idle_since: Instant,
+    /// Close once the output is written.
+    closing: bool,
+    /// Refused at accept: only discard what arrives until `REFUSED_LINGER`.
+    refused_at: Option<Instant>,
+    /// Reading stopped: the output ended the exchange.
+    read_done: bool,
+}
+
+impl Connection {
+    fn is_idle(&self) -> bool {
+        self.request_since.is_none() && self.output.is_empty() && self.refused_at.is_none()
+    }
+
+    fn deadline(&self) -> Instant {
+        if let Some(at) = self.refused_at {
+            at + REFUSED_LINGER
+        } else if let Some(at) = self.request_since {
+            at + REQUEST_DEADLINE
+        } else {
+            self.idle_since + IDLE_DEADLINE
+        }
+    }
+}
+
+/// What became of a connection after it was driven.
+enum Fate {
+    Open,
+    Close,
+}
+
+pub(super) struct EventLoop {
+    pub poll: Poll,
+    pub listener: TcpListener,
+    pub state: Arc<State>,
+    pub max_connections: usize,
+    connections: HashMap<usize, Connection>,
+    next: usize,
+    log: RateLimitedLog,
+}
+
+impl EventLoop {
+    pub fn new(
+        poll: Poll,
+        listener: TcpListener,
+        state: Arc<State>,
+        max_connections: usize,
+    ) -> Self {
+        EventLoop {
+            poll,
+            listener,
+            state,
+            max_connections,
+            connections: HashMap::new(),
+            next: FIRST_CONNECTION,
+            log: RateLimitedLog::new(log::Level::Warn, Duration::from_secs(10)),
+        }
+    }
+
+    pub fn run(&mut self) {
+        let mut events = Events::with_capacity(256);
+        while !self.state.stopping.load(Ordering::Acquire) {
+            let timeout = self
+                .connections
+                .values()
+                .map(Connection::deadline)
+                .min()
+                .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_millis(1));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    debug!("http: poll: {e}");
+                }
+                continue;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(id) => {
+                        if let Some(conn) = self.connections.get_mut(&id)
+                            && let Fate::Close = drive(conn, &self.state)
+                        {
+                            self.close(id);
+                        }
+                    }
+                }
+            }
+            self.expire();
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let (mut stream, peer) = match self.listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.log.log(format_args!("http: accept: {e}"));
+                    return;
+                }
+            };
+            let now = Instant::now();
+            let refused = !allow::allowed(&self.state.allow, peer.ip().to_canonical());
+            if refused {
+                self.state
+                    .counters
+                    .refused_address
+                    .fetch_add(1, Ordering::Relaxed);
+                self.log
+                    .log(format_args!("http: refused {peer}: not in --http-allow"));
+                let answer = super::routes::forbidden().to_bytes(false, false);
+                // A fresh socket's send buffer takes these few bytes at once.
+                let _ = stream.write(&answer);
+                let _ = stream.shutdown(Shutdown::Write);
+            }
+            if self.connections.len() >= self.max_connections && !self.shed_oldest_idle() {
+                // Full of busy connections: this one goes (a refused one has
+                // had its 403).
+                self.state
+                    .counters
+                    .shed_full
+                    .fetch_add(1, Ordering::Relaxed);
+                if !refused {
+                    self.log.log(format_args!(
+                        "http: {peer} shed: --http-max-connections {} reached",
+                        self.max_connections
+                    ));
+                }
+                continue;
+            }
+            let id = self.next;
+            self.next += 1;
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                Token(id),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                debug!("http: register {peer}: {e}");
+                continue;
+            }
+            self.state.counters.open.fetch_add(1, Ordering::Relaxed);
+            self.connections.insert(
+                id,
+                Connection {
+                    stream,
+                    peer,
+                    input: Vec::new(),
+                    output: Vec::new(),
+                    written: 0,
+                    request_since: None,
+                    idle_since: now,
+                    closing: refused,
+                    refused_at: refused.then_some(now),
+                    read_done: false,
+                },
+            );
+        }
+    }
+
+    /// Sheds the idle connection idle the longest (or a refused one that is
+    /// lingering); false if every connection is busy.
+    fn shed_oldest_idle(&mut self) -> bool {
+        let victim = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.refused_at.is_some())
+            .map(|(id, _)| *id)
+            .next()
+            .or_else(|| {
+                self.connections
+                    .iter()
+                    .filter(|(_, c)| c.is_idle())
+                    .min_by_key(|(_, c)| c.idle_since)
+                    .map(|(id, _)| *id)
+            });
+        match victim {
+            Some(id) => {
+                if self
+                    .connections
+                    .get(&id)
+                    .is_some_and(|c| c.refused_at.is_none())
+                {
+                    self.state
+                        .counters
+                        .shed_full
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.log.log(format_args!(
+                        "http: oldest idle connection shed: --http-max-connections {} reached",
+                        self.max_connections
+                    ));
+                }
+                self.close(id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let due: Vec<usize> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.deadline() <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(c) = self.connections.get(&id)
+                && c.refused_at.is_none()
+                && c.request_since.is_some()
+            {
+                self.state
+                    .counters
+                    .shed_deadline
+                    .fetch_add(1, Ordering::Relaxed);
+                self.log.log(format_args!(
+                    "http: {} shed: request not done within {}s",
+                    c.peer,
+                    REQUEST_DEADLINE.as_secs()
+                ));
+            }
+            self.close(id);
+        }
+    }
+
+    fn close(&mut self, id: usize) {
+        if let Some(mut c) = self.connections.remove(&id) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            self.state.counters.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Reads, answers and writes what can be done now without blocking.
+fn drive(conn: &mut Connection, state: &State) -> Fate {
+    loop {
+        let mut progress = false;
+        // Write what is pending.
+        while conn.written < conn.output.len() {
+            match conn.stream.write(&conn.output[conn.written..]) {
+                Ok(0) => return Fate::Close,
+                Ok(n) => {
+                    conn.written += n;
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Fate::Close,
+            }
+        }
+        if !conn.output.is_empty() && conn.written == conn.output.len() {
+            conn.output.clear();
+            conn.written = 0;
+            conn.request_since = None;
+            conn.idle_since = Instant::now();
+            if conn.closing && conn.refused_at.is_none() {
+                let _ = conn.stream.shutdown(Shutdown::Write);
+                conn.refused_at = Some(Instant::now());
+            }
+        }
+        // Read, up to one head's worth beyond what is buffered.
+        if !conn.read_done && conn.input.len() <= MAX_HEAD {
+            let mut chunk = [0u8; 4096];
+            match conn.stream.read(&mut chunk) {
+                Ok(0) => {
+                    conn.read_done = true;
+                    if conn.output.is_empty() && (conn.input.is_empty() || conn.closing) {
+                        return Fate::Close;
+                    }
+                }
+                Ok(n) => {
+                    progress = true;
+                    if conn.closing {
+                        // Refused or ending: what the client sends is discarded.
+                    } else {
+                        if conn.input.is_empty() && conn.request_since.is_none() {
+                            conn.request_since = Some(Instant::now());
+                        }
+                        conn.input.extend_from_slice(&chunk[..n]);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
+                Err(_) => return Fate::Close,
+            }
+        }
+        // Answer the next request once the previous answer is out.
+        if conn.output.is_empty() && !conn.closing && !conn.input.is_empty() {
+            match parse(&conn.input) {
+                Parsed::Partial => {
+                    if conn.read_done {
+                        return Fate::Close;
+                    }
+                }
+                Parsed::Refuse(status) => {
+                    conn.output = super::routes::refusal(status).to_bytes(false, false);
+                    conn.closing = true;
+                    conn.input.clear();
+                    progress = true;
+                }
+                Parsed::Complete(head, n) => {
+                    conn.input.drain(..n);
+                    let (response, keep_alive) = if head.has_body {
+                        (super::routes::refusal(413), false)
+                    } else {
+                        (super::routes::answer(&head, state), head.keep_alive)
+                    };
+                    let keep_alive = keep_alive && !state.stopping.load(Ordering::Acquire);
+                    conn.output = response.to_bytes(head.method == "HEAD", keep_alive);
+                    conn.closing = !keep_alive;
+                    if conn.request_since.is_none() {
+                        conn.request_since = Some(Instant::now());
+                    }
+                    progress = true;
+                }
+            }
+        }
+        if !progress {
+            return Fate::Open;
+        }
+    }
+}
+
+/// Wakes the event loop to stop.
+pub(super) fn waker(poll: &Poll) -> io::Result<Waker> {
+    Waker::new(poll.registry(), WAKER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GET: &[u8] = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    #[test]
+    fn every_prefix_of_a_request_is_partial() {
+        for i in 0..GET.len() {
+            assert_eq!(parse(&GET[..i]), Parsed::Partial, "prefix {i}");
+        }
+        match parse(GET) {
+            Parsed::Complete(head, n) => {
+                assert_eq!(n, GET.len());
+                assert_eq!(head.method, "GET");
+                assert_eq!(head.path, "/health");
+                assert!(head.keep_alive);
+                assert!(!head.has_body);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_connection_header() {
+        let head = |raw: &[u8]| match parse(raw) {
+            Parsed::Complete(head, _) => head,
+            other => panic!("{other:?}"),
+        };
+        assert!(!head(b"GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(head(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive);
+        assert!(!head(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(head(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n").has_body);
+    }
+
+    #[test]
+    fn oversized_and_malformed_heads_are_refused() {
+        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        big.resize(MAX_HEAD + 1, b'a');
+        assert_eq!(parse(&big), Parsed::Refuse(431));
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("X{i}: y\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(parse(&many), Parsed::Refuse(431));
+        assert_eq!(parse(b"GET\x01 / HTTP/1.1\r\n\r\n"), Parsed::Refuse(400));
+    }
+}
