@@ -190,3 +190,51 @@ fn a_register_written_by_another_front_end_through_redis_is_answered() {
     assert_eq!(status, 503, "{body}");
     assert!(json(&body)["error"].is_string(), "{body}");
 }
+
+#[test]
+fn health_answers_while_a_device_lookup_waits_for_a_hung_redis() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let args = [
+        "--no-tls",
+        "--http",
+        "127.0.0.1:0",
+        "--store",
+        &url,
+        "--timeout-ms",
+        "3000",
+    ];
+    let server = ServerProcess::start(&args);
+    let http = ready_http(&server);
+    assert_eq!(get(http, "/api/devices/0FAC").0, 404);
+    // Redis stops answering (its process stopped, its sockets open).
+    let pid = redis.child.id() as libc::pid_t;
+    // SAFETY: signals a child this test started and still owns.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let lookup = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let status = get(http, "/api/devices/0FAC").0;
+        (status, started.elapsed())
+    });
+    // Scenario pacing: the lookup is on its way to the hung store.
+    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let (health, _) = get(http, "/health");
+    let (metrics, _) = get(http, "/metrics");
+    let took = started.elapsed();
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let (status, waited) = lookup.join().expect("the lookup thread");
+    eprintln!("health+metrics {took:?}, lookup {status} after {waited:?}");
+    assert_eq!((health, metrics), (200, 200));
+    assert!(
+        took < Duration::from_millis(1500),
+        "/health and /metrics took {took:?} behind a lookup waiting for the store"
+    );
+    assert!(
+        waited > took,
+        "the lookup ({waited:?}, status {status}) did not overlap the health check"
+    );
+}

@@ -57,7 +57,7 @@ struct State {
 
 /// A running HTTP side; stopped by [`HttpServer::stop`] or on drop.
 pub struct HttpServer {
-    waker: Waker,
+    waker: Arc<Waker>,
     addr: SocketAddr,
     state: Arc<State>,
     thread: Option<JoinHandle<()>>,
@@ -76,7 +76,7 @@ impl HttpServer {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut listener, server::LISTENER, Interest::READABLE)?;
-        let waker = server::waker(&poll)?;
+        let waker = Arc::new(server::waker(&poll)?);
         let state = Arc::new(State {
             metrics,
             activity,
@@ -85,8 +85,13 @@ impl HttpServer {
             stopping: AtomicBool::new(false),
             counters: server::Counters::default(),
         });
-        let mut event_loop =
-            server::EventLoop::new(poll, listener, Arc::clone(&state), config.max_connections);
+        let mut event_loop = server::EventLoop::new(
+            poll,
+            listener,
+            Arc::clone(&state),
+            config.max_connections,
+            Arc::clone(&waker),
+        )?;
         let thread = thread::Builder::new()
             .name("wwep-http".to_string())
             .spawn(move || event_loop.run())?;

@@ -1,7 +1,7 @@
 //! One answer per path, in one `match`.
 
-use super::{State, devices};
 use super::server::{Head, Response};
+use super::{State, devices};
 
 /// The live page: HTML, CSS and script in one file, no external assets.
 const PAGE: &str = include_str!("page.html");
@@ -37,8 +37,15 @@ pub(super) fn refusal(status: u16) -> Response {
     match status {
         413 => text(413, "a request to this side has no body"),
         431 => text(431, "request head too large"),
+        503 => text(503, "stopping: device lookups are no longer answered"),
         _ => text(400, "malformed request"),
     }
+}
+
+/// Whether answering reads the store (and may wait for it): the device
+/// lookup. Everything else is answered from memory.
+pub(super) fn reads_store(request: &Head) -> bool {
+    matches!(request.method.as_str(), "GET" | "HEAD") && request.path.starts_with(devices::PREFIX)
 }
 
 pub(super) fn answer(request: &Head, state: &State) -> Response {

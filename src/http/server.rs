@@ -9,8 +9,10 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use log::debug;
@@ -201,11 +203,16 @@ struct Connection {
     refused_at: Option<Instant>,
     /// Reading stopped: the output ended the exchange.
     read_done: bool,
+    /// Its answer is being computed on the lookup thread.
+    waiting: bool,
 }
 
 impl Connection {
     fn is_idle(&self) -> bool {
-        self.request_since.is_none() && self.output.is_empty() && self.refused_at.is_none()
+        self.request_since.is_none()
+            && self.output.is_empty()
+            && self.refused_at.is_none()
+            && !self.waiting
     }
 
     fn deadline(&self) -> Instant {
@@ -233,6 +240,59 @@ pub(super) struct EventLoop {
     connections: HashMap<usize, Connection>,
     next: usize,
     log: RateLimitedLog,
+    lookups: Lookups,
+}
+
+/// Answers that read the store run on one thread of their own: a device
+/// lookup may wait for Valkey/Redis up to the store's time limit, and
+/// `/health` and `/metrics` must never wait behind it.
+struct Lookups {
+    jobs: Option<Sender<(usize, Head)>>,
+    done: Arc<Mutex<Vec<(usize, Head, Response)>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Lookups {
+    fn start(state: Arc<State>, waker: Arc<Waker>) -> io::Result<Lookups> {
+        let (jobs, queue) = mpsc::channel::<(usize, Head)>();
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let answers = Arc::clone(&done);
+        let thread = thread::Builder::new()
+            .name("wwep-http-lookup".to_string())
+            .spawn(move || {
+                for (id, head) in queue {
+                    let response = super::routes::answer(&head, &state);
+                    answers
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((id, head, response));
+                    let _ = waker.wake();
+                }
+            })?;
+        Ok(Lookups {
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands a request to the lookup thread; false if it has stopped.
+    fn ask(&self, id: usize, head: Head) -> bool {
+        self.jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.send((id, head)).is_ok())
+    }
+
+    fn answered(&self) -> Vec<(usize, Head, Response)> {
+        std::mem::take(&mut *self.done.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn stop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl EventLoop {
@@ -241,8 +301,10 @@ impl EventLoop {
         listener: TcpListener,
         state: Arc<State>,
         max_connections: usize,
-    ) -> Self {
-        EventLoop {
+        waker: Arc<Waker>,
+    ) -> io::Result<Self> {
+        let lookups = Lookups::start(Arc::clone(&state), waker)?;
+        Ok(EventLoop {
             poll,
             listener,
             state,
@@ -250,7 +312,8 @@ impl EventLoop {
             connections: HashMap::new(),
             next: FIRST_CONNECTION,
             log: RateLimitedLog::new(log::Level::Warn, Duration::from_secs(10)),
-        }
+            lookups,
+        })
     }
 
     pub fn run(&mut self) {
@@ -271,10 +334,10 @@ impl EventLoop {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
-                    WAKER => {}
+                    WAKER => self.deliver_lookups(),
                     Token(id) => {
                         if let Some(conn) = self.connections.get_mut(&id)
-                            && let Fate::Close = drive(conn, &self.state)
+                            && let Fate::Close = drive(id, conn, &self.state, &self.lookups)
                         {
                             self.close(id);
                         }
@@ -282,6 +345,21 @@ impl EventLoop {
                 }
             }
             self.expire();
+        }
+        self.lookups.stop();
+    }
+
+    /// Sends the answers the lookup thread has finished (a connection closed
+    /// meanwhile, by its deadline or its peer, is gone and its answer dropped).
+    fn deliver_lookups(&mut self) {
+        for (id, head, response) in self.lookups.answered() {
+            if let Some(conn) = self.connections.get_mut(&id) {
+                conn.waiting = false;
+                set_answer(conn, &head, response, &self.state);
+                if let Fate::Close = drive(id, conn, &self.state, &self.lookups) {
+                    self.close(id);
+                }
+            }
         }
     }
 
@@ -349,6 +427,7 @@ impl EventLoop {
                     closing: refused,
                     refused_at: refused.then_some(now),
                     read_done: false,
+                    waiting: false,
                 },
             );
         }
@@ -429,7 +508,7 @@ impl EventLoop {
 }
 
 /// Reads, answers and writes what can be done now without blocking.
-fn drive(conn: &mut Connection, state: &State) -> Fate {
+fn drive(id: usize, conn: &mut Connection, state: &State, lookups: &Lookups) -> Fate {
     loop {
         let mut progress = false;
         // Write what is pending.
@@ -461,7 +540,10 @@ fn drive(conn: &mut Connection, state: &State) -> Fate {
             match conn.stream.read(&mut chunk) {
                 Ok(0) => {
                     conn.read_done = true;
-                    if conn.output.is_empty() && (conn.input.is_empty() || conn.closing) {
+                    if conn.output.is_empty()
+                        && !conn.waiting
+                        && (conn.input.is_empty() || conn.closing)
+                    {
                         return Fate::Close;
                     }
                 }
@@ -482,7 +564,7 @@ fn drive(conn: &mut Connection, state: &State) -> Fate {
             }
         }
         // Answer the next request once the previous answer is out.
-        if conn.output.is_empty() && !conn.closing && !conn.input.is_empty() {
+        if conn.output.is_empty() && !conn.closing && !conn.waiting && !conn.input.is_empty() {
             match parse(&conn.input) {
                 Parsed::Partial => {
                     if conn.read_done {
@@ -497,18 +579,30 @@ fn drive(conn: &mut Connection, state: &State) -> Fate {
                 }
                 Parsed::Complete(head, n) => {
                     conn.input.drain(..n);
-                    let (response, keep_alive) = if head.has_body {
-                        (super::routes::refusal(413), false)
-                    } else {
-                        (super::routes::answer(&head, state), head.keep_alive)
-                    };
-                    let keep_alive = keep_alive && !state.stopping.load(Ordering::Acquire);
-                    conn.output = response.to_bytes(head.method == "HEAD", keep_alive);
-                    conn.closing = !keep_alive;
                     if conn.request_since.is_none() {
                         conn.request_since = Some(Instant::now());
                     }
                     progress = true;
+                    if head.has_body {
+                        let mut head = head;
+                        head.keep_alive = false;
+                        set_answer(conn, &head, super::routes::refusal(413), state);
+                    } else if !super::routes::reads_store(&head) {
+                        let response = super::routes::answer(&head, state);
+                        set_answer(conn, &head, response, state);
+                    } else {
+                        conn.waiting = true;
+                        if !lookups.ask(id, head) {
+                            conn.waiting = false;
+                            let head = Head {
+                                method: "GET".to_string(),
+                                path: String::new(),
+                                keep_alive: false,
+                                has_body: false,
+                            };
+                            set_answer(conn, &head, super::routes::refusal(503), state);
+                        }
+                    }
                 }
             }
         }
@@ -516,6 +610,13 @@ fn drive(conn: &mut Connection, state: &State) -> Fate {
             return Fate::Open;
         }
     }
+}
+
+/// Puts a request's answer in the connection's output.
+fn set_answer(conn: &mut Connection, head: &Head, response: Response, state: &State) {
+    let keep_alive = head.keep_alive && !state.stopping.load(Ordering::Acquire);
+    conn.output = response.to_bytes(head.method == "HEAD", keep_alive);
+    conn.closing = !keep_alive;
 }
 
 /// Wakes the event loop to stop.
