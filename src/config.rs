@@ -13,8 +13,9 @@ use std::path::PathBuf;
 
 pub use crate::protocol::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT};
 
-/// Worker threads: enough to keep both cores busy while some wait on the data
-/// file's fsync; workers never wait on clients.
+/// Worker threads where a transaction can wait (on the data file's fsync, or
+/// on a shared store): enough to keep the cores busy while some wait; workers
+/// never wait on clients.
 pub const DEFAULT_WORKERS: usize = 64;
 /// The most worker threads that make sense; more only cost memory.
 pub const MAX_WORKERS: usize = 4096;
@@ -106,7 +107,9 @@ pub struct ServerConfig {
     pub tls: TlsSettings,
     /// Whether TLS clients must present a certificate.
     pub client_auth: ClientAuth,
-    pub workers: usize,
+    /// Worker threads; `None`: as many as the store needs (see
+    /// [`ServerConfig::worker_threads`]).
+    pub workers: Option<usize>,
     /// Connections queued or being served at once; more are refused at accept.
     pub max_connections: usize,
     /// How long a connection may take to deliver its message, TLS handshake included.
@@ -146,7 +149,7 @@ impl Default for ServerConfig {
             extra_identity: None,
             tls: TlsSettings::default(),
             client_auth: ClientAuth::Off,
-            workers: DEFAULT_WORKERS,
+            workers: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
             gap: Duration::from_millis(DEFAULT_GAP_MS),
@@ -218,6 +221,23 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl ServerConfig {
+    /// The worker threads to start: `--workers` when given; otherwise one per
+    /// core when registers live in this process without a data file (nothing
+    /// a worker does can wait then, so more threads than cores would only
+    /// take turns on them, each turn a context switch and a cold cache), and
+    /// [`DEFAULT_WORKERS`] when a transaction can wait on a disk or a shared
+    /// store.
+    pub fn worker_threads(&self) -> usize {
+        if let Some(n) = self.workers {
+            return n;
+        }
+        if self.store.location.is_memory() && self.data.is_none() {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            DEFAULT_WORKERS
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.plain_port.is_none() && self.tls_port.is_none() {
             return Err(ConfigError::NoListener);
@@ -226,7 +246,7 @@ impl ServerConfig {
             return Err(ConfigError::TlsWithoutIdentity);
         }
         for (value, flag) in [
-            (self.workers, "--workers"),
+            (self.workers.unwrap_or(1), "--workers"),
             (self.max_connections, "--max-connections"),
             (self.timeout.as_millis() as usize, "--timeout-ms"),
             (self.gap.as_millis() as usize, "--gap-ms"),
@@ -237,7 +257,11 @@ impl ServerConfig {
             }
         }
         for (value, flag, max) in [
-            (self.workers as u64, "--workers", MAX_WORKERS as u64),
+            (
+                self.workers.unwrap_or(1) as u64,
+                "--workers",
+                MAX_WORKERS as u64,
+            ),
             (
                 self.max_connections as u64,
                 "--max-connections",
@@ -393,7 +417,7 @@ mod tests {
             ),
             (
                 ServerConfig {
-                    workers: 0,
+                    workers: Some(0),
                     ..base.clone()
                 },
                 ConfigError::Zero("--workers"),
@@ -421,7 +445,7 @@ mod tests {
             ),
             (
                 ServerConfig {
-                    workers: 100_000,
+                    workers: Some(100_000),
                     ..base.clone()
                 },
                 ConfigError::TooLarge {

@@ -236,7 +236,7 @@ mod tests {
             bind: Ipv4Addr::LOCALHOST.into(),
             plain_port: Some(0),
             tls_port: None,
-            workers: 2,
+            workers: Some(2),
             acl: Some(acl.to_path_buf()),
             ..ServerConfig::default()
         }

@@ -225,7 +225,7 @@ fn concurrent_clients_write_distinct_registers_then_read_them_back() {
 fn a_full_table_sheds_the_oldest_silent_connection_for_a_newcomer() {
     let s = TestServer::with(|c| {
         c.max_connections = 2;
-        c.workers = 2;
+        c.workers = Some(2);
         c.timeout = Duration::from_secs(3);
     });
     // Two silent connections fill the table.
@@ -249,7 +249,7 @@ fn a_full_table_sheds_the_oldest_silent_connection_for_a_newcomer() {
 fn a_table_full_of_unfinished_messages_refuses_at_once_with_x() {
     let s = TestServer::with(|c| {
         c.max_connections = 2;
-        c.workers = 2;
+        c.workers = Some(2);
         c.timeout = Duration::from_secs(3);
         c.gap = Duration::from_secs(3);
     });

@@ -11,7 +11,7 @@ use wwep::allow::Cidr;
 use wwep::config::{ConfigError, HttpConfig, PortAccess, identities};
 use wwep::config::{
     DEFAULT_GAP_MS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_IP, DEFAULT_PLAIN_PORT,
-    DEFAULT_TIMEOUT_MS, DEFAULT_TLS_PORT, DEFAULT_WORKERS, ProxyProtocol, ServerConfig,
+    DEFAULT_TIMEOUT_MS, DEFAULT_TLS_PORT, ProxyProtocol, ServerConfig,
 };
 use wwep::logging::LogFormat;
 use wwep::protocol::ErrorDetail;
@@ -130,9 +130,10 @@ struct Args {
     /// it is valid, 2 with the line that is not.
     #[arg(long, value_name = "FILE")]
     check_acl: Option<PathBuf>,
-    /// Worker threads serving connections.
-    #[arg(long, env = "WWEP_WORKERS", default_value_t = DEFAULT_WORKERS)]
-    workers: usize,
+    /// Worker threads serving connections [default: one per core with registers
+    /// in memory only; 64 with --data or --store]
+    #[arg(long, env = "WWEP_WORKERS")]
+    workers: Option<usize>,
     /// Connections open at once; when full, the oldest that has sent nothing is
     /// closed to make room, and only when none has is a newcomer refused.
     #[arg(long, env = "WWEP_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]

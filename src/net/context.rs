@@ -1,7 +1,7 @@
 //! What every connection is served with: the settings, the store, the TLS
 //! context and the `--acl` rules in force (both swapped whole on reload), the
-//! connection table, the record that counts, and the workers. Built once at
-//! start; the waiting room is passed beside it, not kept in it.
+//! connection table and the record that counts. Built once at start; the
+//! waiting room (whose threads are the workers) is passed beside it.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use log::error;
 use mio::Token;
-use threadpool::ThreadPool;
 
 use crate::acl::Acl;
 use crate::config::ServerConfig;
@@ -32,7 +31,6 @@ pub(crate) struct Context {
     pub(crate) table: Arc<AdmissionTable>,
     pub(crate) lingerer: Lingerer,
     pub(crate) record: Record,
-    workers: ThreadPool,
     next_token: AtomicUsize,
     stopping: AtomicBool,
     /// Trouble of the server's own (accepting, renewing session keys), at
@@ -52,10 +50,6 @@ pub(crate) struct Parts {
 impl Context {
     pub(crate) fn new(parts: Parts, lingerer: Lingerer) -> Context {
         let config = parts.config;
-        let workers = threadpool::Builder::new()
-            .num_threads(config.workers)
-            .thread_name("wwep-worker".to_string())
-            .build();
         Context {
             table: AdmissionTable::new(config.max_connections, config.max_per_ip),
             backend: parts.backend,
@@ -63,8 +57,7 @@ impl Context {
             acl: parts.acl.map(|acl| RwLock::new(Arc::new(acl))),
             lingerer,
             record: parts.record,
-            workers,
-            // Token 0 is the waiting room's waker; tokens are never reused.
+            // Tokens are never reused.
             next_token: AtomicUsize::new(1),
             stopping: AtomicBool::new(false),
             trouble_log: RateLimitedLog::new(log::Level::Warn, Duration::from_secs(1)),
@@ -141,19 +134,10 @@ impl Context {
         !self.stopping.swap(true, Ordering::AcqRel)
     }
 
-    /// Runs a job on the workers; a panic in it is logged and costs only that
-    /// connection (dropping the session releases its place and closes it).
-    pub(crate) fn execute(&self, job: impl FnOnce() + Send + 'static) {
-        self.workers.execute(move || run_guarded(job));
-    }
-
-    /// Waits for every queued and running job.
-    pub(crate) fn join_workers(&self) {
-        self.workers.join();
-    }
 }
 
-/// Runs a connection's step with the same guard as the workers.
+/// Runs a connection's step; a panic in it is logged and costs only that
+/// connection (dropping the session releases its place and closes it).
 pub(crate) fn run_guarded(job: impl FnOnce()) {
     if catch_unwind(AssertUnwindSafe(job)).is_err() {
         error!("a connection was abandoned after a panic while it was served");

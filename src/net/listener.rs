@@ -38,7 +38,11 @@ const SERVED_HERE_PER_BATCH: usize = 16;
 /// Binds a non-blocking listener whose backlog can hold a burst as large as the
 /// connection table (std's fixed 128 would drop SYNs and cost clients a
 /// one-second retry).
-pub(crate) fn bind(addr: SocketAddr, backlog: usize) -> io::Result<std::net::TcpListener> {
+pub(crate) fn bind(
+    addr: SocketAddr,
+    backlog: usize,
+    transport: Transport,
+) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // A restart must not wait for the old connections' TIME_WAIT to expire.
@@ -46,6 +50,12 @@ pub(crate) fn bind(addr: SocketAddr, backlog: usize) -> io::Result<std::net::Tcp
     if addr.is_ipv6() && addr.ip().is_unspecified() {
         // `::` serves IPv4 too where the system allows it.
         let _ = socket.set_only_v6(false);
+    }
+    if transport == Transport::Tls {
+        // A handshake is several small writes; Nagle would delay each. Set on
+        // the listener, it is inherited by every accepted socket: no call per
+        // connection.
+        socket.set_tcp_nodelay(true)?;
     }
     socket.bind(&addr.into())?;
     socket.listen(backlog.clamp(128, 65535) as i32)?;
@@ -151,9 +161,10 @@ fn serves_here(transport: Transport, ctx: &Context) -> bool {
     transport == Transport::Plain && ctx.backend.answers_from_memory()
 }
 
-fn hand_to_pool(session: Session, ctx: &Arc<Context>, room: &Arc<Room>) {
-    let (for_job, room) = (Arc::clone(ctx), Arc::clone(room));
-    ctx.execute(move || session.run(Wake::Accepted, &for_job, &room));
+/// The pool's workers wait on the waiting room's sockets: a new connection
+/// goes there until its first bytes arrive (at once, when they already have).
+fn hand_to_pool(session: Session, _ctx: &Arc<Context>, room: &Arc<Room>) {
+    session.wait_for_first_bytes(room);
 }
 
 /// Gives a new connection its place, or turns it away.

@@ -19,7 +19,7 @@ use crate::config::{ConfigError, ServerConfig};
 use crate::facts::Refusal;
 use crate::http::{HttpServer, Status};
 use crate::metrics::{Metrics, Snapshot};
-use crate::net::context::{Context, Parts};
+use crate::net::context::{Context, Parts, run_guarded};
 use crate::net::linger::Lingerer;
 use crate::net::listener;
 use crate::net::record::{Limits, Record};
@@ -113,7 +113,8 @@ pub struct RunningServer {
     plain_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
     accept_threads: Vec<JoinHandle<()>>,
-    room_thread: Option<JoinHandle<()>>,
+    /// The waiting room's timer thread and its workers.
+    room_threads: Vec<JoinHandle<()>>,
     maintenance: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
     http: Option<HttpServer>,
 }
@@ -199,7 +200,7 @@ fn open_store(
     cancel: &AtomicBool,
 ) -> Result<OpenedStore, ServerError> {
     if !config.store.location.is_memory() {
-        let shared = RedisStore::open(&config.store, config.workers, config.timeout)
+        let shared = RedisStore::open(&config.store, config.worker_threads(), config.timeout)
             .map_err(ServerError::Store)?;
         return Ok((Arc::new(shared), None));
     }
@@ -277,10 +278,14 @@ fn fit_open_files(config: &mut ServerConfig) {
 /// A bound listener and its address.
 type Bound = Option<(std::net::TcpListener, SocketAddr)>;
 
-fn bind_port(config: &ServerConfig, port: Option<u16>) -> Result<Bound, ServerError> {
+fn bind_port(
+    config: &ServerConfig,
+    port: Option<u16>,
+    transport: Transport,
+) -> Result<Bound, ServerError> {
     let Some(port) = port else { return Ok(None) };
     let addr = SocketAddr::new(config.bind, port);
-    let listener = listener::bind(addr, config.max_connections)
+    let listener = listener::bind(addr, config.max_connections, transport)
         .map_err(|source| ServerError::Bind { addr, source })?;
     let bound = listener
         .local_addr()
@@ -296,10 +301,10 @@ fn launch(
     http: Option<HttpServer>,
 ) -> Result<RunningServer, ServerError> {
     fit_open_files(&mut parts.config);
-    let plain = bind_port(&parts.config, parts.config.plain_port)?;
-    let secure = bind_port(&parts.config, parts.config.tls_port)?;
+    let plain = bind_port(&parts.config, parts.config.plain_port, Transport::Plain)?;
+    let secure = bind_port(&parts.config, parts.config.tls_port, Transport::Tls)?;
     let lingerer = Lingerer::start(parts.config.max_connections).map_err(ServerError::Thread)?;
-    let (room, room_poll) = Room::new().map_err(ServerError::Thread)?;
+    let room = Room::new().map_err(ServerError::Thread)?;
     let ctx = Arc::new(Context::new(parts, lingerer));
     let stop_maintenance = Arc::new(AtomicBool::new(false));
     let mut server = RunningServer {
@@ -314,11 +319,11 @@ fn launch(
         plain_addr: plain.as_ref().map(|(_, a)| *a),
         tls_addr: secure.as_ref().map(|(_, a)| *a),
         accept_threads: Vec::new(),
-        room_thread: None,
+        room_threads: Vec::new(),
         http,
     };
     let started = server
-        .start_room(room_poll)
+        .start_room()
         .and_then(|()| server.start_accepting(plain, Transport::Plain))
         .and_then(|()| server.start_accepting(secure, Transport::Tls));
     if let Err(e) = started {
@@ -391,18 +396,25 @@ impl Status for ServerStatus {
 }
 
 impl RunningServer {
-    /// The waiting room's thread: hands due connections to the workers.
-    fn start_room(&mut self, poll: Poll) -> io::Result<()> {
-        let (ctx, room) = (Arc::clone(&self.ctx), Arc::clone(&self.room));
-        let handle = thread::Builder::new()
-            .name("wwep-waiting-room".to_string())
-            .spawn(move || {
-                room.run(poll, |session, wake| {
-                    let (for_job, for_room) = (Arc::clone(&ctx), Arc::clone(&room));
-                    ctx.execute(move || session.run(wake, &for_job, &for_room));
-                })
-            })?;
-        self.room_thread = Some(handle);
+    /// The waiting room's timer thread and the workers, each waiting on the
+    /// room's sockets itself.
+    fn start_room(&mut self) -> io::Result<()> {
+        let room = Arc::clone(&self.room);
+        let timers = thread::Builder::new()
+            .name("wwep-timers".to_string())
+            .spawn(move || room.run_timers())?;
+        self.room_threads.push(timers);
+        for _ in 0..self.ctx.config.worker_threads() {
+            let (ctx, room) = (Arc::clone(&self.ctx), Arc::clone(&self.room));
+            let worker = thread::Builder::new()
+                .name("wwep-worker".to_string())
+                .spawn(move || {
+                    room.serve(|session, wake| {
+                        run_guarded(|| session.run(wake, &ctx, &room));
+                    })
+                })?;
+            self.room_threads.push(worker);
+        }
         Ok(())
     }
 
@@ -487,10 +499,9 @@ impl RunningServer {
             warn!("stopping with {} connections still open", ctx.table.open());
         }
         self.room.stop();
-        if let Some(handle) = self.room_thread.take() {
+        for handle in self.room_threads.drain(..) {
             let _ = handle.join();
         }
-        ctx.join_workers();
         ctx.lingerer.stop();
         if let Some((stop, handle)) = self.maintenance.take() {
             stop.store(true, Ordering::Release);

@@ -11,7 +11,7 @@
 
 use std::io::{ErrorKind, Read};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,7 +26,7 @@ use crate::net::admission::Admission;
 use crate::net::context::Context;
 use crate::net::linger::{self, Drained};
 use crate::net::proxy::{self, Header, Origin};
-use crate::net::waiting_room::{Waiter, WaitingRoom, Wake};
+use crate::net::waiting_room::{Registration, Waiter, WaitingRoom, Wake};
 use crate::protocol::{Failure, Reply, Terminator, Transport};
 use crate::tls::server::{Handshake, HandshakeFailureKind, PendingHandshake, ServerStream};
 
@@ -68,8 +68,8 @@ pub(crate) struct Session {
     incoming: Incoming,
     sending: Option<Sending>,
     admission: Admission,
-    /// Whether the socket is registered with the waiting room's poller.
-    registered: bool,
+    /// Where the socket stands with the waiting room's epoll set.
+    registration: Registration,
 }
 
 impl Waiter for Session {
@@ -77,8 +77,8 @@ impl Waiter for Session {
         self.token
     }
 
-    fn fd(&self) -> Option<RawFd> {
-        self.tcp().map(|tcp| tcp.as_raw_fd())
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.tcp().map(|tcp| tcp.as_fd())
     }
 
     fn is_silent(&self) -> bool {
@@ -89,8 +89,8 @@ impl Waiter for Session {
         }
     }
 
-    fn registered(&mut self) -> &mut bool {
-        &mut self.registered
+    fn registration(&mut self) -> &mut Registration {
+        &mut self.registration
     }
 }
 
@@ -102,10 +102,6 @@ impl Session {
         admission: Admission,
         ctx: &Context,
     ) -> Session {
-        if facts.transport == Transport::Tls {
-            // The handshake is several small writes; Nagle would delay each.
-            let _ = stream.set_nodelay(true);
-        }
         let stage = match ctx.config.proxy {
             ProxyProtocol::From(_) => Stage::AwaitingProxy(stream),
             ProxyProtocol::Off => first_stage(facts.transport, stream),
@@ -118,7 +114,7 @@ impl Session {
             incoming: Incoming::default(),
             sending: None,
             admission,
-            registered: false,
+            registration: Registration::Off,
         }
     }
 
@@ -130,6 +126,19 @@ impl Session {
             Stage::Tls(s) => s.tcp(),
             Stage::Closed => None,
         }
+    }
+
+    /// A new connection waits in the room for its first bytes (a worker takes
+    /// it as soon as they are there, at once when they already are).
+    pub(crate) fn wait_for_first_bytes(self, room: &Room) {
+        let until = self.deadline;
+        // A ClientHello is its client's first write and leaves at once, Nagle
+        // or not (nothing of the client's is unacknowledged yet): only a plain
+        // request, which a client may write in pieces, needs the quick ACK.
+        if !matches!(self.stage, Stage::TlsFresh(_)) {
+            self.ack_at_once();
+        }
+        room.park(self, Interest::READABLE, until);
     }
 
     /// Advances the session as far as it goes now, then parks it or ends it.
@@ -360,7 +369,7 @@ impl Session {
             }
             Handshake::Failed(failure) => {
                 if let Some(tcp) = failure.socket {
-                    room.forget_fd(&mut self.registered, Some(tcp.as_raw_fd()));
+                    room.forget_fd(std::mem::take(&mut self.registration), Some(tcp.as_fd()));
                     // The alert that says why goes out before the FIN.
                     if tcp.shutdown(Shutdown::Write).is_ok() {
                         ctx.lingerer.close(tcp, ctx.config.linger);

@@ -1,29 +1,44 @@
-//! The waiting room: connections that have nothing for a worker to do yet.
+//! The waiting room: connections that have nothing for a worker to do yet,
+//! and the workers that take them out when they have.
 //!
 //! A connection waits here — costing a file descriptor and a few hundred bytes,
 //! never a thread — until its socket is ready or its timer fires (the end of the
-//! gap after a started message, or its deadline), then goes to the pool. One
-//! thread runs a readiness poller (mio: epoll on Linux) over every waiting
-//! socket. When the connection table is full, the oldest connection that has
-//! sent nothing is shed from here to make room for a newcomer.
+//! gap after a started message, or its deadline). Each waiting socket is armed
+//! once (epoll's one-shot interest) in one epoll set that every worker waits on
+//! itself: the kernel wakes one worker per ready socket, and that worker runs
+//! the connection at once. There is no thread in between handing connections
+//! over, so a TLS handshake's flights cost no wake-up but the worker's own (and
+//! none at all when the worker is busy: it finds the next ready socket without
+//! sleeping). Timers are the one thing epoll does not watch: a timer thread
+//! sleeps until the earliest one and puts the connections whose time has come
+//! in a queue that wakes a worker per entry through a counting eventfd. When
+//! the connection table is full, the oldest connection that has sent nothing is
+//! shed from here to make room for a newcomer.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::io;
-use std::os::fd::RawFd;
-use std::sync::{Mutex, MutexGuard};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use log::{debug, error};
-use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use mio::{Interest, Token};
+use rustix::event::epoll::{self, EventData, EventFlags};
+use rustix::event::{EventfdFlags, eventfd};
 
-const WAKER: Token = Token(0);
+/// The due queue's eventfd (a counting semaphore: one unit per queued entry).
+const DUE: u64 = u64::MAX;
+/// The stop eventfd (level-triggered and never read: once written, every
+/// worker's wait returns at once).
+const STOP: u64 = u64::MAX - 1;
 
 /// Why a waiting connection is handed back now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wake {
-    /// Just accepted.
+    /// Just accepted (served on the accept thread).
     Accepted,
     /// Its socket became ready.
     Ready,
@@ -33,16 +48,30 @@ pub(crate) enum Wake {
     Shutdown,
 }
 
+/// Where a connection's socket stands with the room's epoll set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Registration {
+    /// Not in the set.
+    #[default]
+    Off,
+    /// In the set and armed: one readiness will be reported.
+    Armed,
+    /// In the set, its one readiness reported: nothing more will be until it
+    /// is armed again, so closing the socket needs no removal (the kernel
+    /// drops a closed socket from the set itself).
+    Fired,
+}
+
 /// What the room needs to know of a connection it holds.
 pub(crate) trait Waiter: Send + 'static {
     /// Its key in the room; never reused.
     fn token(&self) -> Token;
     /// The socket to watch (`None` once closed).
-    fn fd(&self) -> Option<RawFd>;
+    fn fd(&self) -> Option<BorrowedFd<'_>>;
     /// Nothing has arrived on it yet: the first to go when the table is full.
     fn is_silent(&self) -> bool;
-    /// Whether its socket is registered with the room's poller now.
-    fn registered(&mut self) -> &mut bool;
+    /// Where its socket stands with the room's epoll set.
+    fn registration(&mut self) -> &mut Registration;
 }
 
 struct Parked<S> {
@@ -57,7 +86,10 @@ struct Room<S> {
     /// When each parked connection must be looked at; entries whose instant no
     /// longer matches the parked connection's are stale and skipped.
     timers: BinaryHeap<Reverse<(Instant, Token)>>,
-    /// What the poller sleeps until now (`None`: no timer).
+    /// Connections taken out by their timer (or the stop), each waiting for a
+    /// worker; one unit of the due eventfd per entry.
+    due: VecDeque<(S, Wake)>,
+    /// What the timer thread sleeps until now (`None`: no timer, or awake).
     next_wake: Option<Instant>,
     /// Answer every silent connection at once (the server is stopping).
     flush_silent: bool,
@@ -70,6 +102,7 @@ impl<S> Default for Room<S> {
             parked: HashMap::new(),
             silent: BTreeSet::new(),
             timers: BinaryHeap::new(),
+            due: VecDeque::new(),
             next_wake: None,
             flush_silent: false,
             stop: false,
@@ -86,25 +119,52 @@ impl<S> Room<S> {
 }
 
 pub(crate) struct WaitingRoom<S> {
-    registry: Registry,
-    waker: Waker,
+    epoll: OwnedFd,
+    /// Counts the entries of the due queue: each unit wakes one worker.
+    due: OwnedFd,
+    /// Written once at stop: every worker leaves.
+    stop: OwnedFd,
     room: Mutex<Room<S>>,
+    /// Wakes the timer thread when an earlier timer is set, or at stop.
+    timer_changed: Condvar,
+    stopped: AtomicBool,
+}
+
+fn one_shot(interest: Interest) -> EventFlags {
+    let mut flags = EventFlags::ONESHOT;
+    if interest.is_readable() {
+        // A peer's close (or half-close) is a readiness too.
+        flags |= EventFlags::IN | EventFlags::RDHUP;
+    }
+    if interest.is_writable() {
+        flags |= EventFlags::OUT;
+    }
+    flags
 }
 
 impl<S: Waiter> WaitingRoom<S> {
-    /// The room and the poller its thread will run.
-    pub(crate) fn new() -> io::Result<(WaitingRoom<S>, Poll)> {
-        let poll = Poll::new()?;
-        let registry = poll.registry().try_clone()?;
-        let waker = Waker::new(poll.registry(), WAKER)?;
-        Ok((
-            WaitingRoom {
-                registry,
-                waker,
-                room: Mutex::new(Room::default()),
-            },
-            poll,
-        ))
+    pub(crate) fn new() -> io::Result<WaitingRoom<S>> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let due = eventfd(
+            0,
+            EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK | EventfdFlags::SEMAPHORE,
+        )?;
+        let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        epoll::add(
+            &epoll,
+            &due,
+            EventData::new_u64(DUE),
+            EventFlags::IN | EventFlags::ONESHOT,
+        )?;
+        epoll::add(&epoll, &stop, EventData::new_u64(STOP), EventFlags::IN)?;
+        Ok(WaitingRoom {
+            epoll,
+            due,
+            stop,
+            room: Mutex::new(Room::default()),
+            timer_changed: Condvar::new(),
+            stopped: AtomicBool::new(false),
+        })
     }
 
     /// A panic never leaves the room half-updated (each change is a few map
@@ -115,54 +175,62 @@ impl<S: Waiter> WaitingRoom<S> {
 
     /// Parks a session until its socket is ready for `interest` or `until`.
     pub(crate) fn park(&self, mut session: S, interest: Interest, until: Instant) {
-        let Some(fd) = session.fd() else {
-            return;
-        };
         let token = session.token();
         let mut room = self.room();
-        // Registration happens after the read that would block, and epoll reports
-        // a socket that is already ready when it is (re)registered: no wake-up is
-        // lost in between.
-        let registered = if *session.registered() {
-            self.registry
-                .reregister(&mut SourceFd(&fd), token, interest)
-        } else {
-            self.registry.register(&mut SourceFd(&fd), token, interest)
-        };
-        if let Err(e) = registered {
+        if room.stop {
+            // Too late to wait: the session is closed (dropped) here.
             drop(room);
-            debug!("cannot wait on a connection: {e}");
+            self.forget(&mut session);
             return;
         }
-        *session.registered() = true;
+        let registered = *session.registration() != Registration::Off;
+        let event = EventData::new_u64(token.0 as u64);
+        // Arming happens under the room's lock: a worker woken by it waits for
+        // the lock, and by then the session is in the room. Arming after the read that would block is enough, since
+        // epoll reports a socket that is already ready when it is armed.
+        let armed = match session.fd() {
+            None => return,
+            Some(fd) if registered => epoll::modify(&self.epoll, fd, event, one_shot(interest)),
+            Some(fd) => epoll::add(&self.epoll, fd, event, one_shot(interest)),
+        };
+        if let Err(e) = armed {
+            drop(room);
+            debug!("cannot wait on a connection: {e}");
+            self.forget(&mut session);
+            return;
+        }
+        *session.registration() = Registration::Armed;
         if session.is_silent() {
             room.silent.insert(token);
         }
         room.timers.push(Reverse((until, token)));
         room.parked.insert(token, Parked { session, until });
-        let wake = room.next_wake.is_none_or(|at| until < at);
-        if wake {
+        if room.next_wake.is_some_and(|at| until < at) {
             room.next_wake = Some(until);
-        }
-        drop(room);
-        if wake {
-            let _ = self.waker.wake();
+            drop(room);
+            self.timer_changed.notify_one();
+        } else if room.next_wake.is_none() {
+            drop(room);
+            self.timer_changed.notify_one();
         }
     }
 
-    /// Stops watching a session's socket (before it is closed or handed on).
+    /// Stops watching a session's socket for good (before it is closed or
+    /// handed on to a lingering close).
     pub(crate) fn forget(&self, session: &mut S) {
-        let fd = session.fd();
-        self.forget_fd(session.registered(), fd);
+        let registration = std::mem::take(session.registration());
+        self.forget_fd(registration, session.fd());
     }
 
     /// [`forget`](WaitingRoom::forget) for a socket already taken out of its
     /// connection (a failed handshake hands it back on its own).
-    pub(crate) fn forget_fd(&self, registered: &mut bool, fd: Option<RawFd>) {
-        if std::mem::replace(registered, false)
+    pub(crate) fn forget_fd(&self, registration: Registration, fd: Option<BorrowedFd<'_>>) {
+        // Only an armed socket can still be reported; one whose readiness
+        // was reported stays silent until closed, so it costs no call.
+        if registration == Registration::Armed
             && let Some(fd) = fd
         {
-            let _ = self.registry.deregister(&mut SourceFd(&fd));
+            let _ = epoll::delete(&self.epoll, fd);
         }
     }
 
@@ -182,87 +250,142 @@ impl<S: Waiter> WaitingRoom<S> {
     /// answered now rather than at its deadline.
     pub(crate) fn flush_silent(&self) {
         self.room().flush_silent = true;
-        let _ = self.waker.wake();
+        self.timer_changed.notify_one();
     }
 
-    /// Ends the poller thread; connections still parked are closed.
+    /// Ends the timer thread and the workers (each finishes the connection it
+    /// is running); connections still waiting are closed.
     pub(crate) fn stop(&self) {
         self.room().stop = true;
-        let _ = self.waker.wake();
+        self.stopped.store(true, Ordering::Release);
+        self.timer_changed.notify_one();
+        let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
     }
 
-    /// The poller thread: hands each connection whose socket or timer is due to
-    /// `dispatch` (the pool).
-    pub(crate) fn run(&self, mut poll: Poll, mut dispatch: impl FnMut(S, Wake)) {
-        let mut events = Events::with_capacity(1024);
-        let mut due: Vec<(S, Wake)> = Vec::new();
-        loop {
-            let timeout = {
-                let mut room = self.room();
-                if room.stop {
-                    let parked: Vec<Parked<S>> = room.parked.drain().map(|(_, p)| p).collect();
-                    room.silent.clear();
-                    drop(room);
-                    for mut p in parked {
-                        self.forget(&mut p.session);
+    /// A worker's loop: waits in the shared epoll set and runs each connection
+    /// whose socket is ready, or whose timer fired, with `run`, until the stop.
+    pub(crate) fn serve(&self, mut run: impl FnMut(S, Wake)) {
+        let mut events = [MaybeUninit::<epoll::Event>::uninit(); 1];
+        while !self.stopped.load(Ordering::Acquire) {
+            let data = match epoll::wait(&self.epoll, &mut events, None) {
+                Ok((ready, _)) => match ready.first() {
+                    Some(event) => {
+                        let data = event.data;
+                        data.u64()
                     }
-                    return;
-                }
-                let next = room.timers.peek().map(|Reverse((at, _))| *at);
-                room.next_wake = next;
-                next.map(|at| at.saturating_duration_since(Instant::now()))
-            };
-            if let Err(e) = poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    error!("waiting room: poll failed: {e}");
+                    None => continue,
+                },
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    error!("worker: waiting for sockets failed: {e}");
                     std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
                 }
-                continue;
-            }
-            {
-                let mut room = self.room();
-                for event in events.iter() {
-                    let token = event.token();
-                    if token == WAKER {
+            };
+            match data {
+                STOP => break,
+                DUE => {
+                    let taken = rustix::io::read(&self.due, &mut [0u8; 8]).is_ok();
+                    // Re-armed at once: while units remain, another worker wakes.
+                    let _ = epoll::modify(
+                        &self.epoll,
+                        &self.due,
+                        EventData::new_u64(DUE),
+                        EventFlags::IN | EventFlags::ONESHOT,
+                    );
+                    if !taken {
                         continue;
                     }
+                    let next = self.room().due.pop_front();
+                    if let Some((session, wake)) = next {
+                        run(session, wake);
+                    }
+                }
+                token => {
+                    let session = self.room().take(Token(token as usize));
+                    // None: its timer took it first (or it was shed).
+                    if let Some(mut session) = session {
+                        *session.registration() = Registration::Fired;
+                        run(session, Wake::Ready);
+                    }
+                }
+            }
+        }
+        // Wake the next sleeping worker: each wake-up reaches only one.
+        let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
+    }
+
+    /// The timer thread: queues each connection whose timer is due for the
+    /// workers, until the stop; then closes what still waits.
+    pub(crate) fn run_timers(&self) {
+        let mut room = self.room();
+        loop {
+            if room.stop {
+                let parked: Vec<Parked<S>> = room.parked.drain().map(|(_, p)| p).collect();
+                let due: Vec<(S, Wake)> = room.due.drain(..).collect();
+                room.silent.clear();
+                drop(room);
+                for mut p in parked {
+                    self.forget(&mut p.session);
+                }
+                for (mut session, _) in due {
+                    self.forget(&mut session);
+                }
+                return;
+            }
+            let queued = room.due.len();
+            let now = Instant::now();
+            while let Some(&Reverse((at, token))) = room.timers.peek() {
+                if at > now {
+                    break;
+                }
+                room.timers.pop();
+                if room.parked.get(&token).is_some_and(|p| p.until == at)
+                    && let Some(session) = room.take(token)
+                {
+                    room.due.push_back((session, Wake::Timer));
+                }
+            }
+            if std::mem::take(&mut room.flush_silent) {
+                let silent: Vec<Token> = room.silent.iter().copied().collect();
+                for token in silent {
                     if let Some(session) = room.take(token) {
-                        due.push((session, Wake::Ready));
+                        room.due.push_back((session, Wake::Shutdown));
                     }
-                }
-                let now = Instant::now();
-                while let Some(&Reverse((at, token))) = room.timers.peek() {
-                    if at > now {
-                        break;
-                    }
-                    room.timers.pop();
-                    if room.parked.get(&token).is_some_and(|p| p.until == at)
-                        && let Some(session) = room.take(token)
-                    {
-                        due.push((session, Wake::Timer));
-                    }
-                }
-                if std::mem::take(&mut room.flush_silent) {
-                    let silent: Vec<Token> = room.silent.iter().copied().collect();
-                    for token in silent {
-                        if let Some(session) = room.take(token) {
-                            due.push((session, Wake::Shutdown));
-                        }
-                    }
-                }
-                if room.timers.len() > 4 * room.parked.len() + 1024 {
-                    // Drop stale timers so re-parking cannot grow the heap without bound.
-                    let live: Vec<_> = room
-                        .parked
-                        .iter()
-                        .map(|(token, p)| Reverse((p.until, *token)))
-                        .collect();
-                    room.timers = live.into();
                 }
             }
-            for (session, wake) in due.drain(..) {
-                dispatch(session, wake);
+            if room.timers.len() > 4 * room.parked.len() + 1024 {
+                // Drop stale timers so re-parking cannot grow the heap without bound.
+                let live: Vec<_> = room
+                    .parked
+                    .iter()
+                    .map(|(token, p)| Reverse((p.until, *token)))
+                    .collect();
+                room.timers = live.into();
             }
+            let added = room.due.len() - queued;
+            if added > 0 {
+                drop(room);
+                let _ = rustix::io::write(&self.due, &(added as u64).to_ne_bytes());
+                room = self.room();
+                continue;
+            }
+            let next = room.timers.peek().map(|Reverse((at, _))| *at);
+            room.next_wake = next;
+            room = match next {
+                Some(at) => {
+                    let wait = at.saturating_duration_since(Instant::now());
+                    self.timer_changed
+                        .wait_timeout(room, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self
+                    .timer_changed
+                    .wait(room)
+                    .unwrap_or_else(|p| p.into_inner()),
+            };
+            room.next_wake = None;
         }
     }
 }
