@@ -249,33 +249,31 @@ if [ "${GEN_ONLY:-0}" != 1 ]; then
     function avg(a, key, who) { return n[key,who] ? a[key,who]/n[key,who] : 0 }
     END {
       if (limit == "none") {
-        printf "| %-18s | %4s | %9s | %8s | %8s | %8s |\n", "case", "conc", "wwep tx/s", "wwep p99", "wwep cpu", "wwep sw"
-        printf "|--------------------|------|-----------|----------|----------|----------|\n"
+        printf "| %-19s | %4s | %9s | %8s | %8s | %8s |\n", "case", "conc", "wwep tx/s", "wwep p99", "wwep cpu", "wwep sw"
+        printf "|---------------------|------|-----------|----------|----------|----------|\n"
       } else {
-        printf "| %-18s | %4s | %9s | %10s | %6s | %8s | %9s | %9s | %8s | %9s | %9s | %7s | %8s |\n", "case", "conc", "wwep tx/s", "nginx tx/s", "ratio", "wwep p99", "nginx p99", "p99 ratio", "wwep cpu", "nginx cpu", "cpu ratio", "wwep sw", "nginx sw"
-        printf "|--------------------|------|-----------|------------|--------|----------|-----------|-----------|----------|-----------|-----------|---------|----------|\n"
+        printf "| %-19s | %4s | %9s | %10s | %6s | %8s | %9s | %9s | %8s | %9s | %9s | %7s | %8s |\n", "case", "conc", "wwep tx/s", "nginx tx/s", "ratio", "wwep p99", "nginx p99", "p99 ratio", "wwep cpu", "nginx cpu", "cpu ratio", "wwep sw", "nginx sw"
+        printf "|---------------------|------|-----------|------------|--------|----------|-----------|-----------|----------|-----------|-----------|---------|----------|\n"
       }
       for (i=1; i<=k; i++) {
         key=order[i]; split(key, f, " ")
         o=avg(tps, key, "ours"); o99=avg(p99, key, "ours")/1000; oc=avg(cpu, key, "ours"); os=avg(sw, key, "ours")
-        if (limit == "none") { printf "| %-18s | %4s | %9.0f | %8.3f | %8.0f | %8.2f |\n", f[1], f[2], o, o99, oc, os; continue }
+        if (limit == "none") { printf "| %-19s | %4s | %9.0f | %8.3f | %8.0f | %8.2f |\n", f[1], f[2], o, o99, oc, os; continue }
         t=avg(tps, key, "limit"); t99=avg(p99, key, "limit")/1000; tc=avg(cpu, key, "limit"); ts=avg(sw, key, "limit")
-        printf "| %-18s | %4s | %9.0f | %10.0f | %6.2f | %8.3f | %9.3f | %9.2f | %8.0f | %9.0f | %9.2f | %7.2f | %8.2f |\n", f[1], f[2], o, t, (t>0?o/t:0), o99, t99, (t99>0?o99/t99:0), oc, tc, (tc>0?oc/tc:0), os, ts
+        printf "| %-19s | %4s | %9.0f | %10.0f | %6.2f | %8.3f | %9.3f | %9.2f | %8.0f | %9.0f | %9.2f | %7.2f | %8.2f |\n", f[1], f[2], o, t, (t>0?o/t:0), o99, t99, (t99>0?o99/t99:0), oc, tc, (tc>0?oc/tc:0), os, ts
       }
       # The resumed cases must have resumed (the full ones offer no session at all).
-      line=""
       for (i=1; i<=k; i++) {
-        key=order[i]
+        key=order[i]; line=""
         for (w=1; w<=2; w++) {
           who=(w==1 ? "ours" : "limit")
           if (!((key,who) in hs)) continue
           name=(who=="ours" ? "wwep" : "nginx")
-          frac=(hs[key,who] > 0 ? res[key,who]/hs[key,who] : 0)
-          line=line sprintf(" %s %s %d/%d;", key, name, res[key,who], hs[key,who])
-          if (frac < 0.9) bad=bad sprintf("\nNOT RESUMED: %s on %s: %d of %d handshakes resumed", key, name, res[key,who], hs[key,who])
+          line=line sprintf("%s %s %d/%d", (line == "" ? "" : ","), name, res[key,who], hs[key,who])
+          if (res[key,who] < 0.9 * hs[key,who] || hs[key,who] == 0) line=line " NOT RESUMED"
         }
+        if (line != "") { if (!head++) print "handshakes resumed (of all):"; split(key, f, " "); printf "  %s:%s\n", f[1], line }
       }
-      if (line != "") print "resumed/handshakes (warm-up excluded):" line bad
       for (key in err) if (err[key] != "") { split(key, g, SUBSEP); print "errors " g[1] " " g[2] ":" err[key] }
     }' "$results"
 fi
