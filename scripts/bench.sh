@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
 # `make bench`: our server against the practical limit for a one-shot server on
 # this machine (nginx's stream module answering a constant reply, no parsing, no
-# state), plain and TLS (RSA-2048 and ECDSA P-256), at concurrency 1 and 32, and
-# resumed TLS sessions (ECDSA; TLS 1.3 tickets, and TLS 1.2 as boards resume),
-# alternating the two servers. Loopback only; every process is stopped by PID.
+# state), alternating the two servers. Loopback only; every process is stopped
+# by PID. The cases:
+#   plain                 the open port, at concurrency 1 and 32
+#   tls13-{rsa,ec}-full   TLS 1.3 full handshakes, also at concurrency 1
+# and at concurrency 32, each with an RSA-2048 and an ECDSA P-256 certificate
+# ({rsa,ec}):
+#   tls12-{rsa,ec}-full       TLS 1.2 full handshakes
+#   tls12-{rsa,ec}-ticket     TLS 1.2 resumed by session ticket
+#   tls12-{rsa,ec}-sessionid  TLS 1.2 resumed by session ID alone (the server's
+#                             session cache; `--resume-with session-id`)
+#   tls13-{rsa,ec}-full       TLS 1.3 full handshakes
+#   tls13-{rsa,ec}-resumed    TLS 1.3 resumed (ticket, PSK with ECDHE)
+# The client picks the version (`bench --tls12`, or TLS 1.3); both servers offer
+# 1.2 and 1.3, session tickets and a session cache. Each row gives rate, p99,
+# server CPU and context switches (all threads of the server and its children)
+# per transaction, and the ratios wwep/nginx; for the resumed cases it checks
+# that the handshakes did resume.
 #
 # Then it checks the generator itself: `wwep bench` against scripts/refgen.c (the
 # smallest one-shot generator: blocking threads doing socket, connect, write,
@@ -11,7 +25,7 @@
 # median rates and their ratio.
 #
 # DURATION (seconds per run, default 3) and ROUNDS (default 2) tune the length;
-# CASES (e.g. "plain tls-ec") picks cases by name; GEN_ROUNDS (default 7) and
+# CASES (e.g. "plain tls12-ec-sessionid") picks cases by name; GEN_ROUNDS (default 7) and
 # GEN_DURATION (seconds, default 2) the generator check;
 # GEN_ONLY=1 (`make bench-generator`) runs the generator check alone.
 set -euo pipefail
@@ -73,6 +87,18 @@ cpu_ticks() {
 }
 tick=$(getconf CLK_TCK)
 
+# switches PID...: voluntary and involuntary context switches of these processes'
+# and their children's threads.
+switches() {
+  local pids=("$@") p
+  for p in "$@"; do mapfile -t -O "${#pids[@]}" pids < <(pgrep -P "$p"); done
+  local files=()
+  for p in "${pids[@]}"; do files+=(/proc/"$p"/task/*/status); done
+  # A thread may end between the listing and the reading: cat skips it.
+  cat "${files[@]}" 2>/dev/null | awk '/^(non)?voluntary_ctxt_switches:/ { s += $2 } END { printf "%d\n", s }'
+
+}
+
 start_ours ours-rsa "$tmp/rsa"
 ours_rsa_pid=${pids[-1]}
 start_ours ours-ec "$tmp/ec" --no-plain
@@ -104,13 +130,15 @@ stream {
     listen 127.0.0.1:$ng_rsa ssl;
     ssl_certificate $tmp/rsa/server.pem; ssl_certificate_key $tmp/rsa/server.key;
     ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:wwep_rsa:10m;
+    ssl_session_tickets on;
     return "A0FAC0B1234";
   }
   server {
     listen 127.0.0.1:$ng_ec ssl;
     ssl_certificate $tmp/ec/server.pem; ssl_certificate_key $tmp/ec/server.key;
     ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_session_cache shared:wwep:10m;
+    ssl_session_cache shared:wwep_ec:10m;
     ssl_session_tickets on;
     return "A0FAC0B1234";
   }
@@ -126,93 +154,125 @@ CONF
   limit=nginx
 fi
 
-# bench_cmd PORT CA CONCURRENCY SECONDS [tls [resume|resume12]]: the wwep bench
-# command line; resume offers each connection the previous session (resume12:
-# TLS 1.2 only, as embedded stacks of the boards' generation).
-bench_cmd() {
-  local port=$1 ca=$2 conc=$3 secs=$4 tls=${5:-} resume=${6:-}
-  local args=(--server "localhost:$port" --json bench -c "$conc" --duration "$secs" --warmup 0 --quiet)
-  case "$resume" in
-    resume) args=(--resume "${args[@]}") ;;
-    resume12) args=(--resume "${args[@]}" --tls12) ;;
+# case_flags NAME: the client's flags for a case, one a line: none for plain;
+# the case's CA, TLS 1.2 only for tls12-*, and resumption for the resumed cases.
+case_flags() {
+  local name=$1
+  [ "$name" = plain ] && return 0
+  case "$name" in
+    *-rsa-*) printf '%s\n' --tls --ca "$tmp/rsa/ca.pem" ;;
+    *) printf '%s\n' --tls --ca "$tmp/ec/ca.pem" ;;
   esac
-  if [ -n "$tls" ]; then args=(--tls --ca "$ca" "${args[@]}"); fi
-  echo "$wwep" "${args[@]}"
+  case "$name" in tls12-*) echo --tls12 ;; esac
+  case "$name" in
+    *-ticket | *-resumed) printf '%s\n' --resume --resume-with ticket ;;
+    *-sessionid) printf '%s\n' --resume --resume-with session-id ;;
+  esac
 }
 
-# run PORT CA CONCURRENCY SERVER_PID [tls [resume]]: warm up, then one measurement
-# as JSON, with the server's CPU per completed transaction added as "cpu_us" and
-# the generator's as "client_us".
+# bench PORT CONCURRENCY SECONDS FLAGS...: one wwep bench run, its JSON on stdout.
+bench() {
+  local port=$1 conc=$2 secs=$3
+  shift 3
+  "$wwep" --server "localhost:$port" --json bench -c "$conc" --duration "$secs" \
+    --warmup 0 --quiet "$@"
+}
+
+# run NAME PORT CONCURRENCY SERVER_PID: warm up, then one measurement as JSON,
+# with the server's CPU (µs) and context switches per completed transaction
+# added as "cpu_us" and "switches".
 run() {
-  local port=$1 ca=$2 conc=$3 pid=$4 tls=${5:-} resume=${6:-}
-  $(bench_cmd "$port" "$ca" "$conc" "$WARMUP" $tls $resume) >/dev/null 2>&1 || true
-  local before out after n cpu=0 client=0 client_s
+  local name=$1 port=$2 conc=$3 pid=$4 flags
+  mapfile -t flags < <(case_flags "$name")
+  bench "$port" "$conc" "$WARMUP" "${flags[@]}" >/dev/null 2>&1 || true
+  local before sw_before out after sw_after n cpu=0 sw=0
   before=$(cpu_ticks "$pid")
-  # The generator's own CPU (user + system, from bash's `time`), to see what a
-  # server's way of closing costs its clients' kernels.
-  client_s=$( { TIMEFORMAT='%U %S'; time $(bench_cmd "$port" "$ca" "$conc" "$DURATION" $tls $resume) >"$tmp/run.json" 2>/dev/null; } 2>&1 ) || true
-  out=$(cat "$tmp/run.json")
-  [ -n "$out" ] || out='{"completed":0,"per_second":0,"p50_us":0,"p99_us":0,"errors":{"run":1}}'
+  sw_before=$(switches "$pid")
+  out=$(bench "$port" "$conc" "$DURATION" "${flags[@]}" 2>/dev/null) || true
   after=$(cpu_ticks "$pid")
+  sw_after=$(switches "$pid")
+  [ -n "$out" ] || out='{"completed":0,"per_second":0,"p99_us":0,"errors":{"run":1}}'
   n=$(field "$out" completed)
   if [ "${n:-0}" -gt 0 ]; then
     cpu=$(( (after - before) * 1000000 / tick / n ))
-    client=$(awk -v t="$client_s" -v n="$n" 'BEGIN { split(t, f, " "); printf "%d", (f[1] + f[2]) * 1000000 / n }')
+    sw=$(awk -v d="$((sw_after - sw_before))" -v n="$n" 'BEGIN { printf "%.2f", d / n }')
   fi
-  echo "${out%\}},\"cpu_us\":$cpu,\"client_us\":$client}"
+  echo "${out%\}},\"cpu_us\":$cpu,\"switches\":$sw}"
 }
 field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
 errors() { sed -n 's/.*"errors":{\([^}]*\)}.*/\1/p' <<<"$1"; }
 
+# row NAME CONCURRENCY WHO JSON: one line of results: case, concurrency, who,
+# tx/s, p99 µs, cpu µs/tx, switches/tx, handshakes and resumed (- without
+# --resume), errors.
+row() {
+  local r=$4 hs resumed
+  hs=$(field "$r" handshakes); resumed=$(field "$r" resumed)
+  echo "$1 $2 $3 $(field "$r" per_second) $(field "$r" p99_us) $(field "$r" cpu_us) $(field "$r" switches) ${hs:--} ${resumed:--} $(errors "$r")" >>"$results"
+}
+
 if [ "${GEN_ONLY:-0}" != 1 ]; then
   results="$tmp/results"
   : >"$results"
-  cases=("plain 1 $ours_plain ${ng_plain:-} -" "plain 32 $ours_plain ${ng_plain:-} -"
-         "tls-rsa 1 $ours_rsa ${ng_rsa:-} $tmp/rsa/ca.pem" "tls-rsa 32 $ours_rsa ${ng_rsa:-} $tmp/rsa/ca.pem"
-         "tls-ec 1 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem" "tls-ec 32 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem"
-         "ec-resumed 32 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem" "ec12-resumed 32 $ours_ec ${ng_ec:-} $tmp/ec/ca.pem")
+  # NAME CONCURRENCY: our port and PID, and nginx's port, follow from the name.
+  cases=("plain 1" "plain 32" "tls13-rsa-full 1" "tls13-ec-full 1")
+  for v in tls12-full tls12-ticket tls12-sessionid tls13-full tls13-resumed; do
+    for k in rsa ec; do cases+=("${v%%-*}-$k-${v#*-} 32"); done
+  done
   for round in $(seq "$ROUNDS"); do
     for c in "${cases[@]}"; do
-      read -r name conc ours theirs ca <<<"$c"
+      read -r name conc <<<"$c"
       case " ${CASES:-$name} " in *" $name "*) ;; *) continue ;; esac
-      tls=""; [ "$ca" != "-" ] && tls=1
-      resume=""
-      case "$name" in ec-resumed) resume=resume ;; ec12-resumed) resume=resume12 ;; esac
-      echo "round $round: $name c=$conc" >&2
       case "$name" in
-        tls-ec | ec-resumed | ec12-resumed) ours_pid=$ours_ec_pid ;;
-        *) ours_pid=$ours_rsa_pid ;;
+        plain) ours=$ours_plain theirs=${ng_plain:-} ours_pid=$ours_rsa_pid ;;
+        *-rsa-*) ours=$ours_rsa theirs=${ng_rsa:-} ours_pid=$ours_rsa_pid ;;
+        *) ours=$ours_ec theirs=${ng_ec:-} ours_pid=$ours_ec_pid ;;
       esac
-      r=$(run "$ours" "$ca" "$conc" "$ours_pid" $tls $resume)
-      echo "$name $conc ours $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(field "$r" cpu_us) $(field "$r" client_us) $(errors "$r")" >>"$results"
+      echo "round $round: $name c=$conc" >&2
+      row "$name" "$conc" ours "$(run "$name" "$ours" "$conc" "$ours_pid")"
       if [ "$limit" = nginx ]; then
-        r=$(run "$theirs" "$ca" "$conc" "$nginx_pid" $tls $resume)
-        echo "$name $conc limit $(field "$r" per_second) $(field "$r" p50_us) $(field "$r" p99_us) $(field "$r" cpu_us) $(field "$r" client_us) $(errors "$r")" >>"$results"
+        row "$name" "$conc" limit "$(run "$name" "$theirs" "$conc" "$nginx_pid")"
       fi
     done
   done
 
   echo
   echo "wwep vs. the one-shot limit on this machine ($(nproc) cores), ${ROUNDS}x${DURATION} s each, loopback"
+  echo "(cpu: server user+system µs per transaction; switches: the server's context switches per transaction)"
   [ "$limit" = none ] && echo "(nginx with its stream module is not available here: ours alone)"
   awk -v limit="$limit" '
-    { key=$1" "$2; who=$3; n[key,who]++; tps[key,who]+=$4; p50[key,who]+=$5; p99[key,who]+=$6; cpu[key,who]+=$7; gen[key,who]+=$8
-      if ($9 != "") err[key,who]=err[key,who] " " $9
+    { key=$1" "$2; who=$3; n[key,who]++; tps[key,who]+=$4; p99[key,who]+=$5; cpu[key,who]+=$6; sw[key,who]+=$7
+      if ($1 ~ /-(ticket|sessionid|resumed)$/) { hs[key,who]+=($8 == "-" ? 0 : $8); res[key,who]+=($9 == "-" ? 0 : $9) }
+      rest=""; for (i=10; i<=NF; i++) rest=rest " " $i
+      if (rest != "") err[key,who]=err[key,who] rest
       if (!(key in seen)) { seen[key]=1; order[++k]=key } }
+    function avg(a, key, who) { return n[key,who] ? a[key,who]/n[key,who] : 0 }
     END {
       if (limit == "none") {
-        printf "| %-12s | %4s | %10s | %9s | %9s | %8s | %10s |\n", "case", "conc", "ours tx/s", "p50 ms", "p99 ms", "ours cpu", "ours client"
-        printf "|--------------|------|------------|-----------|-----------|----------|-------------|\n"
+        printf "| %-19s | %4s | %9s | %8s | %8s | %8s |\n", "case", "conc", "wwep tx/s", "wwep p99", "wwep cpu", "wwep sw"
+        printf "|---------------------|------|-----------|----------|----------|----------|\n"
       } else {
-        printf "| %-12s | %4s | %10s | %10s | %6s | %9s | %9s | %9s | %9s | %9s | %8s | %9s | %11s | %12s |\n", "case", "conc", "ours tx/s", "limit tx/s", "ratio", "ours p50", "limit p50", "ours p99", "limit p99", "p99 ratio", "ours cpu", "limit cpu", "ours client", "limit client"
-        printf "|--------------|------|------------|------------|--------|-----------|-----------|-----------|-----------|-----------|----------|-----------|-------------|--------------|\n"
+        printf "| %-19s | %4s | %9s | %10s | %6s | %8s | %9s | %9s | %8s | %9s | %9s | %7s | %8s |\n", "case", "conc", "wwep tx/s", "nginx tx/s", "ratio", "wwep p99", "nginx p99", "p99 ratio", "wwep cpu", "nginx cpu", "cpu ratio", "wwep sw", "nginx sw"
+        printf "|---------------------|------|-----------|------------|--------|----------|-----------|-----------|----------|-----------|-----------|---------|----------|\n"
       }
       for (i=1; i<=k; i++) {
         key=order[i]; split(key, f, " ")
-        o=tps[key,"ours"]/n[key,"ours"]; o50=p50[key,"ours"]/n[key,"ours"]/1000; o99=p99[key,"ours"]/n[key,"ours"]/1000; oc=cpu[key,"ours"]/n[key,"ours"]; og=gen[key,"ours"]/n[key,"ours"]
-        if (limit == "none") { printf "| %-12s | %4s | %10.0f | %9.3f | %9.3f | %8.0f | %11.0f |\n", f[1], f[2], o, o50, o99, oc, og; continue }
-        t=tps[key,"limit"]/n[key,"limit"]; t50=p50[key,"limit"]/n[key,"limit"]/1000; t99=p99[key,"limit"]/n[key,"limit"]/1000; tc=cpu[key,"limit"]/n[key,"limit"]; tg=gen[key,"limit"]/n[key,"limit"]
-        printf "| %-12s | %4s | %10.0f | %10.0f | %6.2f | %9.3f | %9.3f | %9.3f | %9.3f | %9.2f | %8.0f | %9.0f | %11.0f | %12.0f |\n", f[1], f[2], o, t, (t>0?o/t:0), o50, t50, o99, t99, (t99>0?o99/t99:0), oc, tc, og, tg
+        o=avg(tps, key, "ours"); o99=avg(p99, key, "ours")/1000; oc=avg(cpu, key, "ours"); os=avg(sw, key, "ours")
+        if (limit == "none") { printf "| %-19s | %4s | %9.0f | %8.3f | %8.0f | %8.2f |\n", f[1], f[2], o, o99, oc, os; continue }
+        t=avg(tps, key, "limit"); t99=avg(p99, key, "limit")/1000; tc=avg(cpu, key, "limit"); ts=avg(sw, key, "limit")
+        printf "| %-19s | %4s | %9.0f | %10.0f | %6.2f | %8.3f | %9.3f | %9.2f | %8.0f | %9.0f | %9.2f | %7.2f | %8.2f |\n", f[1], f[2], o, t, (t>0?o/t:0), o99, t99, (t99>0?o99/t99:0), oc, tc, (tc>0?oc/tc:0), os, ts
+      }
+      # The resumed cases must have resumed (the full ones offer no session at all).
+      for (i=1; i<=k; i++) {
+        key=order[i]; line=""
+        for (w=1; w<=2; w++) {
+          who=(w==1 ? "ours" : "limit")
+          if (!((key,who) in hs)) continue
+          name=(who=="ours" ? "wwep" : "nginx")
+          line=line sprintf("%s %s %d/%d", (line == "" ? "" : ","), name, res[key,who], hs[key,who])
+          if (res[key,who] < 0.9 * hs[key,who] || hs[key,who] == 0) line=line " NOT RESUMED"
+        }
+        if (line != "") { if (!head++) print "handshakes resumed (of all):"; split(key, f, " "); printf "  %s:%s\n", f[1], line }
       }
       for (key in err) if (err[key] != "") { split(key, g, SUBSEP); print "errors " g[1] " " g[2] ":" err[key] }
     }' "$results"

@@ -412,33 +412,48 @@ fn clients_with_nagle_on_are_not_held_by_delayed_acks() {
     assert!(tls < Duration::from_millis(30), "tls {tls:?}");
 }
 
+/// `wwep bench` with `--resume` (and `extra` flags) against `addr`: its
+/// handshakes and how many of them resumed.
+fn bench_resumption(addr: SocketAddr, ca: &Path, extra: &[&str]) -> (u64, u64) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep"));
+    cmd.arg("--server")
+        .arg(addr.to_string())
+        .args(["--servername", "localhost", "--tls", "--ca"])
+        .arg(ca)
+        .args(["--resume", "--json", "bench", "-c", "2", "--requests", "40"])
+        .args(["--warmup", "0", "--quiet"])
+        .args(extra);
+    let out = run_with_input(&mut cmd, b"");
+    let text = describe(&cmd, &out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let json = stdout(&out);
+    let number = |field: &str| -> u64 {
+        json.split(&format!("\"{field}\":"))
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in {text}"))
+    };
+    let (handshakes, resumed) = (number("handshakes"), number("resumed"));
+    assert!(handshakes >= 40, "{text}");
+    (handshakes, resumed)
+}
+
 #[test]
 fn wwep_bench_resume_reuses_sessions_like_a_board() {
     let s = TestServer::start();
     let ca = s.pki.path("ca.pem");
-    for extra in [&[][..], &["--tls12"][..]] {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep"));
-        cmd.arg("--server")
-            .arg(s.tls().to_string())
-            .args(["--servername", "localhost", "--tls", "--ca"])
-            .arg(&ca)
-            .args(["--resume", "--json", "bench", "-c", "2", "--requests", "40"])
-            .args(["--warmup", "0", "--quiet"])
-            .args(extra);
-        let out = run_with_input(&mut cmd, b"");
-        let text = describe(&cmd, &out);
-        assert_eq!(out.status.code(), Some(0), "{text}");
-        let json = stdout(&out);
-        let number = |field: &str| -> u64 {
-            json.split(&format!("\"{field}\":"))
-                .nth(1)
-                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or_else(|| panic!("no {field} in {text}"))
-        };
-        let (handshakes, resumed) = (number("handshakes"), number("resumed"));
-        assert!(handshakes >= 40, "{text}");
-        assert!(resumed >= handshakes - 4, "most handshakes resume: {text}");
+    for extra in [
+        &[][..],
+        &["--tls12"][..],
+        &["--tls12", "--resume-with", "ticket"][..],
+        &["--tls12", "--resume-with", "session-id"][..],
+    ] {
+        let (handshakes, resumed) = bench_resumption(s.tls(), &ca, extra);
+        assert!(
+            resumed >= handshakes - 4,
+            "most handshakes resume with {extra:?}: {resumed} of {handshakes}"
+        );
     }
     // Resumption needs a CA to trust.
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep"));
@@ -453,4 +468,77 @@ fn wwep_bench_resume_reuses_sessions_like_a_board() {
     let out = run_with_input(&mut cmd, b"");
     assert_eq!(out.status.code(), Some(2), "{}", describe(&cmd, &out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--resume needs --ca"));
+}
+
+#[test]
+fn wwep_bench_resume_with_session_id_uses_the_servers_session_cache() {
+    // Without the server's session cache only tickets can resume a TLS 1.2
+    // session: the session-ID-only client then never resumes, the ticket one does.
+    let s = TestServer::with(|c| c.tls.session_cache = 0);
+    let ca = s.pki.path("ca.pem");
+    let (_, resumed) = bench_resumption(s.tls(), &ca, &["--tls12", "--resume-with", "session-id"]);
+    assert_eq!(
+        resumed, 0,
+        "session-id only resumed without a session cache"
+    );
+    let (handshakes, resumed) =
+        bench_resumption(s.tls(), &ca, &["--tls12", "--resume-with", "ticket"]);
+    assert!(resumed >= handshakes - 4, "{resumed} of {handshakes}");
+}
+
+#[test]
+fn wwep_resume_with_is_refused_where_it_means_nothing() {
+    let s = TestServer::start();
+    let ca = s.pki.path("ca.pem");
+    let refused = |args: &[&str], words: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep"));
+        cmd.arg("--server").arg(s.tls().to_string()).args(args);
+        let out = run_with_input(&mut cmd, b"");
+        let text = describe(&cmd, &out);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(stderr.contains(words), "{text}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {text}");
+    };
+    let ca = ca.to_str().unwrap();
+    let bench = ["bench", "--requests", "1", "--warmup", "0", "--quiet"];
+    // TLS 1.3 has no session-ID resumption.
+    let args = [
+        &[
+            "--tls",
+            "--ca",
+            ca,
+            "--resume",
+            "--resume-with",
+            "session-id",
+        ][..],
+        &bench[..],
+    ]
+    .concat();
+    refused(&args, "--resume-with session-id needs bench --tls12");
+    let args = [
+        &[
+            "--tls",
+            "--ca",
+            ca,
+            "--resume",
+            "--resume-with",
+            "session-id",
+        ][..],
+        &["read", "1", "1"][..],
+    ]
+    .concat();
+    refused(&args, "--resume-with session-id needs bench --tls12");
+    // Without --resume, or without TLS, there is nothing to resume.
+    let args = [
+        &["--tls", "--ca", ca, "--resume-with", "ticket"][..],
+        &bench[..],
+        &["--tls12"][..],
+    ]
+    .concat();
+    refused(&args, "--resume-with needs --resume");
+    refused(
+        &["--resume-with", "ticket", "read", "1", "1"],
+        "--resume-with needs --tls",
+    );
 }

@@ -209,6 +209,18 @@ impl Connector {
     }
 }
 
+/// How a resuming client offers to resume a TLS 1.2 session (TLS 1.3 always
+/// resumes by ticket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ResumeWith {
+    /// Asks for a ticket and offers it, or the session ID when it has no ticket.
+    #[default]
+    Ticket,
+    /// Offers only the session ID, asking for no ticket: the server's session
+    /// cache does the work.
+    SessionId,
+}
+
 /// A client configuration that resumes TLS sessions the way a board does:
 /// TLS 1.2 by session ID or ticket, TLS 1.3 by ticket, from sessions kept in
 /// memory and shared by every connection made with it (and its clones). It
@@ -223,11 +235,13 @@ pub struct ResumingConnector {
 }
 
 impl ResumingConnector {
-    /// Verifies the server as `servername` (the `--servername` flag, or the host).
+    /// Verifies the server as `servername` (the `--servername` flag, or the host);
+    /// resumes TLS 1.2 sessions as `tls12` says.
     pub fn new(
         ca: &Path,
         identity: Option<&IdentitySource>,
         newest: TlsVersion,
+        tls12: ResumeWith,
         servername: &str,
     ) -> Result<ResumingConnector, TlsError> {
         use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -250,7 +264,7 @@ impl ResumingConnector {
             .with_protocol_versions(versions)
             .map_err(|e| refused(ca, e))?
             .with_root_certificates(roots);
-        let config = match identity {
+        let mut config = match identity {
             None => builder.with_no_client_auth(),
             Some(source) => {
                 let identity = Identity::load(source)?;
@@ -272,6 +286,10 @@ impl ResumingConnector {
                     .map_err(|e| refused(&identity.cert_path, e))?
             }
         };
+        config.resumption = rustls::client::Resumption::default().tls12_resumption(match tls12 {
+            ResumeWith::Ticket => rustls::client::Tls12Resumption::SessionIdOrTickets,
+            ResumeWith::SessionId => rustls::client::Tls12Resumption::SessionIdOnly,
+        });
         let name =
             rustls::pki_types::ServerName::try_from(servername.to_string()).map_err(|_| {
                 TlsError::new(
@@ -567,9 +585,15 @@ mod tests {
         let ca = dir.path().join("ca.pem");
         let (cert, _) = super::super::tests::self_signed("ca", false);
         std::fs::write(&ca, cert.to_pem().unwrap()).unwrap();
-        let err = ResumingConnector::new(&ca, None, TlsVersion::Tls13, "not a name!")
-            .err()
-            .unwrap();
+        let err = ResumingConnector::new(
+            &ca,
+            None,
+            TlsVersion::Tls13,
+            ResumeWith::Ticket,
+            "not a name!",
+        )
+        .err()
+        .unwrap();
         assert_eq!(err.path, Path::new("--servername"));
         assert_eq!(
             err.kind,
@@ -577,7 +601,16 @@ mod tests {
                 name: "not a name!".into()
             }
         );
-        assert!(ResumingConnector::new(&ca, None, TlsVersion::Tls12, "wwep.test").is_ok());
+        assert!(
+            ResumingConnector::new(
+                &ca,
+                None,
+                TlsVersion::Tls12,
+                ResumeWith::SessionId,
+                "wwep.test"
+            )
+            .is_ok()
+        );
     }
 
     #[test]

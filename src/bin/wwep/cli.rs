@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use wwep::bench::{self, AbuseConfig, BenchConfig, Load, Mix, Until};
 use wwep::client::{Client, Link, ServerAddress};
-use wwep::tls::client::{Connector, ResumingConnector, Trust};
+use wwep::tls::client::{Connector, ResumeWith, ResumingConnector, Trust};
 use wwep::tls::{IdentitySource, TlsVersion};
 
 use crate::args;
@@ -49,6 +49,11 @@ pub struct ConnectionArgs {
     /// session ID or ticket, TLS 1.3 ticket); needs --tls and --ca.
     #[arg(long, global = true)]
     pub resume: bool,
+    /// With --resume, how TLS 1.2 sessions resume: ticket (a ticket when the
+    /// server gives one, else the session ID) or session-id (session ID only, no
+    /// tickets asked for; needs bench --tls12, as TLS 1.3 resumes by ticket only).
+    #[arg(long, global = true, value_name = "HOW", value_enum)]
+    pub resume_with: Option<ResumeWith>,
     /// Client certificate (PEM) to present, for servers that require one.
     #[arg(
         long,
@@ -223,8 +228,19 @@ impl ConnectionArgs {
                 "a client certificate",
             ),
             (c.resume, "--resume"),
+            (c.resume_with.is_some(), "--resume-with"),
         ];
         let link = if c.tls {
+            if c.resume_with.is_some() && !c.resume {
+                return Err("--resume-with needs --resume".into());
+            }
+            let resume_with = c.resume_with.unwrap_or_default();
+            if resume_with == ResumeWith::SessionId && newest != TlsVersion::Tls12 {
+                return Err(
+                    "--resume-with session-id needs bench --tls12 (TLS 1.3 resumes by ticket only)"
+                        .into(),
+                );
+            }
             let trust = match (&c.ca, c.insecure) {
                 (Some(ca), _) => Trust::CaFile(ca.clone()),
                 (None, true) => {
@@ -253,8 +269,9 @@ impl ConnectionArgs {
                         "--resume needs --ca (the resuming client trusts exactly that CA)".into(),
                     );
                 };
-                let connector = ResumingConnector::new(ca, identity.as_ref(), newest, &servername)
-                    .map_err(|e| e.to_string())?;
+                let connector =
+                    ResumingConnector::new(ca, identity.as_ref(), newest, resume_with, &servername)
+                        .map_err(|e| e.to_string())?;
                 Link::resuming(connector)
             } else {
                 let connector =
