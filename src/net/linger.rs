@@ -8,10 +8,13 @@
 //! with non-blocking reads every millisecond until each client has closed
 //! or its linger time is up.
 //!
-//! An accept thread that serves connections itself finishes their closes
-//! itself too ([`finish_own_closes`]): it looks at them between its batches,
-//! when the clients have usually closed, which spares the hand-over and the
-//! lingering thread's bursts of closes landing on a core someone is waiting for.
+//! A thread that serves connections — a worker, or an accept thread that
+//! serves some itself — finishes their closes itself too
+//! ([`finish_own_closes`]): it looks at them between its other work, when the
+//! clients have usually closed, which spares the hand-over (a wake-up of the
+//! lingering thread per close) and that thread's bursts of closes landing on a
+//! core someone is waiting for. The lingering thread takes what a thread holds
+//! beyond its share, and what it still holds when it stops.
 
 use std::cell::RefCell;
 use std::io;

@@ -20,7 +20,7 @@ use crate::facts::Refusal;
 use crate::http::{HttpServer, Status};
 use crate::metrics::{Metrics, Snapshot};
 use crate::net::context::{Context, Parts, run_guarded};
-use crate::net::linger::Lingerer;
+use crate::net::linger::{self, Lingerer};
 use crate::net::listener;
 use crate::net::record::{Limits, Record};
 use crate::net::session::Room;
@@ -409,9 +409,15 @@ impl RunningServer {
             let worker = thread::Builder::new()
                 .name("wwep-worker".to_string())
                 .spawn(move || {
-                    room.serve(|session, wake| {
-                        run_guarded(|| session.run(wake, &ctx, &room));
-                    })
+                    // Each worker finishes the lingering closes of the
+                    // connections it served, between them: under load that
+                    // costs no wake-up of another thread.
+                    linger::finish_own_closes();
+                    room.serve(
+                        |session, wake| run_guarded(|| session.run(wake, &ctx, &room)),
+                        || linger::sweep_own_closes(&ctx.lingerer),
+                    );
+                    linger::hand_over_own_closes(&ctx.lingerer);
                 })?;
             self.room_threads.push(worker);
         }

@@ -22,12 +22,12 @@ use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, error};
 use mio::{Interest, Token};
 use rustix::event::epoll::{self, EventData, EventFlags};
-use rustix::event::{EventfdFlags, eventfd};
+use rustix::event::{EventfdFlags, Timespec, eventfd};
 
 /// The due queue's eventfd (a counting semaphore: one unit per queued entry).
 const DUE: u64 = u64::MAX;
@@ -264,10 +264,21 @@ impl<S: Waiter> WaitingRoom<S> {
 
     /// A worker's loop: waits in the shared epoll set and runs each connection
     /// whose socket is ready, or whose timer fired, with `run`, until the stop.
-    pub(crate) fn serve(&self, mut run: impl FnMut(S, Wake)) {
+    /// `between` runs before each wait and says how long the wait may last
+    /// (`None`: until something is ready); the worker finishes its own
+    /// lingering closes there.
+    pub(crate) fn serve(
+        &self,
+        mut run: impl FnMut(S, Wake),
+        mut between: impl FnMut() -> Option<Duration>,
+    ) {
         let mut events = [MaybeUninit::<epoll::Event>::uninit(); 1];
         while !self.stopped.load(Ordering::Acquire) {
-            let data = match epoll::wait(&self.epoll, &mut events, None) {
+            let timeout = between().map(|d| Timespec {
+                tv_sec: d.as_secs() as _,
+                tv_nsec: d.subsec_nanos() as _,
+            });
+            let data = match epoll::wait(&self.epoll, &mut events, timeout.as_ref()) {
                 Ok((ready, _)) => match ready.first() {
                     Some(event) => {
                         let data = event.data;
@@ -278,7 +289,7 @@ impl<S: Waiter> WaitingRoom<S> {
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => {
                     error!("worker: waiting for sockets failed: {e}");
-                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(10));
                     continue;
                 }
             };
