@@ -224,6 +224,17 @@ pub(crate) fn sweep_own_closes(lingerer: &Lingerer) -> Option<Duration> {
 /// ending).
 pub(crate) fn hand_over_own_closes(lingerer: &Lingerer) {
     let held = OWN.with_borrow_mut(|own| own.take().unwrap_or_default());
+    give(lingerer, held);
+}
+
+/// Hands the closes this thread holds to the lingering thread, and goes on
+/// finishing the ones it starts from now on itself (a worker about to sleep).
+pub(crate) fn hand_on_own_closes(lingerer: &Lingerer) {
+    let held = OWN.with_borrow_mut(|own| own.as_mut().map(std::mem::take).unwrap_or_default());
+    give(lingerer, held);
+}
+
+fn give(lingerer: &Lingerer, held: Vec<OwnClose>) {
     if held.is_empty() {
         return;
     }

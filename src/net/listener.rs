@@ -30,10 +30,12 @@ pub(crate) const STOP: Token = Token(1);
 /// How many connections of one accept batch the open port's accept thread
 /// serves itself (see [`serves_here`]); the rest of a longer batch go to the
 /// pool as they are accepted, so a load one thread cannot carry spreads over
-/// the workers. At concurrency 32 on two cores, 8–16 served here gave 0.85–0.95×
-/// nginx's rate; 1 gave 0.75×, and 64 left a core idle 10 % of the time while
-/// clients queued behind the one thread.
-const SERVED_HERE_PER_BATCH: usize = 16;
+/// the workers. With workers that wait on the sockets themselves (one per core
+/// with registers in memory), 64 served here cost 24 µs of server CPU per
+/// transaction at concurrency 32 on two cores against 34 µs with 16, at the
+/// same rate (a connection handed on costs its arming and a worker's wake-up).
+/// With the earlier pool behind a poller thread, 8–16 had been best.
+const SERVED_HERE_PER_BATCH: usize = 64;
 
 /// Binds a non-blocking listener whose backlog can hold a burst as large as the
 /// connection table (std's fixed 128 would drop SYNs and cost clients a

@@ -411,11 +411,13 @@ impl RunningServer {
                 .spawn(move || {
                     // Each worker finishes the lingering closes of the
                     // connections it served, between them: under load that
-                    // costs no wake-up of another thread.
+                    // costs no wake-up of another thread. One about to sleep
+                    // hands them to the lingering thread.
                     linger::finish_own_closes();
                     room.serve(
                         |session, wake| run_guarded(|| session.run(wake, &ctx, &room)),
                         || linger::sweep_own_closes(&ctx.lingerer),
+                        || linger::hand_on_own_closes(&ctx.lingerer),
                     );
                     linger::hand_over_own_closes(&ctx.lingerer);
                 })?;

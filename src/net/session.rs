@@ -132,12 +132,10 @@ impl Session {
     /// it as soon as they are there, at once when they already are).
     pub(crate) fn wait_for_first_bytes(self, room: &Room) {
         let until = self.deadline;
-        // A ClientHello is its client's first write and leaves at once, Nagle
-        // or not (nothing of the client's is unacknowledged yet): only a plain
-        // request, which a client may write in pieces, needs the quick ACK.
-        if !matches!(self.stage, Stage::TlsFresh(_)) {
-            self.ack_at_once();
-        }
+        // No quick ACK yet: a client's first write leaves at once, Nagle or
+        // not (nothing of its own is unacknowledged). Should a request come
+        // in pieces, the wait after the first piece arms it, and arming it
+        // sends the ACK that is pending.
         room.park(self, Interest::READABLE, until);
     }
 

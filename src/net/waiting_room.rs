@@ -264,29 +264,33 @@ impl<S: Waiter> WaitingRoom<S> {
 
     /// A worker's loop: waits in the shared epoll set and runs each connection
     /// whose socket is ready, or whose timer fired, with `run`, until the stop.
-    /// `between` runs before each wait and says how long the wait may last
-    /// (`None`: until something is ready); the worker finishes its own
-    /// lingering closes there.
+    /// Between connections, `between` finishes the worker's own lingering
+    /// closes that are due and says when the next look is (`None`: it holds
+    /// none). A worker holding closes looks whether a socket is ready without
+    /// sleeping; only when none is, it hands its closes on (`idle`) and
+    /// sleeps: so many workers sleeping with closes in hand never wake each
+    /// millisecond to look at them.
     pub(crate) fn serve(
         &self,
         mut run: impl FnMut(S, Wake),
         mut between: impl FnMut() -> Option<Duration>,
+        mut idle: impl FnMut(),
     ) {
         let mut events = [MaybeUninit::<epoll::Event>::uninit(); 1];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         while !self.stopped.load(Ordering::Acquire) {
-            let timeout = between().map(|d| Timespec {
-                tv_sec: d.as_secs() as _,
-                tv_nsec: d.subsec_nanos() as _,
-            });
-            let data = match epoll::wait(&self.epoll, &mut events, timeout.as_ref()) {
-                Ok((ready, _)) => match ready.first() {
-                    Some(event) => {
-                        let data = event.data;
-                        data.u64()
-                    }
-                    None => continue,
-                },
-                Err(rustix::io::Errno::INTR) => continue,
+            let holding = between().is_some();
+            let mut ready = self.wait(&mut events, holding.then_some(&now));
+            if holding && matches!(ready, Ok(None)) {
+                idle();
+                ready = self.wait(&mut events, None);
+            }
+            let data = match ready {
+                Ok(Some(data)) => data,
+                Ok(None) | Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => {
                     error!("worker: waiting for sockets failed: {e}");
                     std::thread::sleep(Duration::from_millis(10));
@@ -324,6 +328,20 @@ impl<S: Waiter> WaitingRoom<S> {
         }
         // Wake the next sleeping worker: each wake-up reaches only one.
         let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
+    }
+
+    /// One wait in the epoll set: the token of the socket (or eventfd) that is
+    /// ready, `None` when `timeout` passed first.
+    fn wait(
+        &self,
+        events: &mut [MaybeUninit<epoll::Event>; 1],
+        timeout: Option<&Timespec>,
+    ) -> rustix::io::Result<Option<u64>> {
+        let (ready, _) = epoll::wait(&self.epoll, events, timeout)?;
+        Ok(ready.first().map(|event| {
+            let data = event.data;
+            data.u64()
+        }))
     }
 
     /// The timer thread: queues each connection whose timer is due for the
