@@ -168,6 +168,9 @@ impl Session {
     fn advance(&mut self, wake: Wake, ctx: &Context, room: &Room) -> Step {
         let now = Instant::now();
         let expired = now >= self.deadline || wake == Wake::Shutdown;
+        // The wake-up says a ClientHello's first bytes are waiting (not bytes
+        // of a PROXY header that go first).
+        let hello_waiting = wake == Wake::Bytes && matches!(self.stage, Stage::TlsFresh(_));
         loop {
             if self.sending.is_some() {
                 return self.send(now, ctx, room);
@@ -191,13 +194,17 @@ impl Session {
                         return Step::Done;
                     };
                     // Nothing arrived yet: wait without building any TLS state.
-                    match tcp.peek(&mut [0u8; 1]) {
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            return Step::Park(Interest::READABLE, self.deadline);
+                    // (When the wake-up itself says bytes are waiting, the look
+                    // would only cost a system call.)
+                    if !hello_waiting {
+                        match tcp.peek(&mut [0u8; 1]) {
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                                return Step::Park(Interest::READABLE, self.deadline);
+                            }
+                            Ok(0) => return self.finish(Ending::Empty, ctx, room),
+                            Err(e) => return self.finish(Ending::Broken(e.kind()), ctx, room),
+                            Ok(_) => {}
                         }
-                        Ok(0) => return self.finish(Ending::Empty, ctx, room),
-                        Err(e) => return self.finish(Ending::Broken(e.kind()), ctx, room),
-                        Ok(_) => {}
                     }
                     let Some(acceptor) = ctx.acceptor() else {
                         return self.finish(Ending::Broken(ErrorKind::NotConnected), ctx, room);

@@ -42,6 +42,8 @@ pub(crate) enum Wake {
     Accepted,
     /// Its socket became ready.
     Ready,
+    /// Its socket has bytes waiting (readable, no hang-up or error reported).
+    Bytes,
     /// Its timer (gap or deadline) fired.
     Timer,
     /// The server is stopping and the connection has sent nothing: answer now.
@@ -288,8 +290,8 @@ impl<S: Waiter> WaitingRoom<S> {
                 idle();
                 ready = self.wait(&mut events, None);
             }
-            let data = match ready {
-                Ok(Some(data)) => data,
+            let (data, flags) = match ready {
+                Ok(Some(ready)) => ready,
                 Ok(None) | Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => {
                     error!("worker: waiting for sockets failed: {e}");
@@ -321,7 +323,13 @@ impl<S: Waiter> WaitingRoom<S> {
                     // None: its timer took it first (or it was shed).
                     if let Some(mut session) = session {
                         *session.registration() = Registration::Fired;
-                        run(session, Wake::Ready);
+                        let ended = EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR;
+                        let wake = if flags.contains(EventFlags::IN) && !flags.intersects(ended) {
+                            Wake::Bytes
+                        } else {
+                            Wake::Ready
+                        };
+                        run(session, wake);
                     }
                 }
             }
@@ -331,16 +339,16 @@ impl<S: Waiter> WaitingRoom<S> {
     }
 
     /// One wait in the epoll set: the token of the socket (or eventfd) that is
-    /// ready, `None` when `timeout` passed first.
+    /// ready and what it is ready for, `None` when `timeout` passed first.
     fn wait(
         &self,
         events: &mut [MaybeUninit<epoll::Event>; 1],
         timeout: Option<&Timespec>,
-    ) -> rustix::io::Result<Option<u64>> {
+    ) -> rustix::io::Result<Option<(u64, EventFlags)>> {
         let (ready, _) = epoll::wait(&self.epoll, events, timeout)?;
         Ok(ready.first().map(|event| {
-            let data = event.data;
-            data.u64()
+            let (data, flags) = (event.data, event.flags);
+            (data.u64(), flags)
         }))
     }
 
