@@ -302,3 +302,34 @@ fn reply_survives_a_client_that_keeps_sending() {
         "the server reset the connection"
     );
 }
+
+#[test]
+fn many_messages_whose_gaps_end_together_are_all_judged() {
+    // The timer thread hands each connection whose gap has ended to the
+    // workers one queue entry at a time: with two workers, a hundred entries
+    // due at once must all be served, none left to wait for its deadline.
+    let s = TestServer::with(|c| {
+        c.workers = Some(2);
+        c.gap = Duration::from_millis(300);
+        c.timeout = Duration::from_secs(30);
+    });
+    let mut clients: Vec<_> = (0..100)
+        .map(|_| {
+            let mut c = connect(s.plain());
+            c.write_all(b"R0FAC0").unwrap();
+            c
+        })
+        .collect();
+    let started = Instant::now();
+    for c in &mut clients {
+        assert_eq!(read_to_close(c), b"X", "judged as it stood at its gap's end");
+    }
+    // Far below the 30 s deadline: each was judged when its gap ended.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    let stats = s.stats_when(|st| st.transactions >= 100);
+    assert_eq!(stats.transactions, 100);
+}

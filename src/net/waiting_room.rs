@@ -40,7 +40,7 @@ const STOP: u64 = u64::MAX - 1;
 pub(crate) enum Wake {
     /// Just accepted (served on the accept thread).
     Accepted,
-    /// Its socket became ready.
+    /// Its socket became ready (writable, or a hang-up or error reported).
     Ready,
     /// Its socket has bytes waiting (readable, no hang-up or error reported).
     Bytes,
