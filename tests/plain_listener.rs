@@ -322,7 +322,11 @@ fn many_messages_whose_gaps_end_together_are_all_judged() {
         .collect();
     let started = Instant::now();
     for c in &mut clients {
-        assert_eq!(read_to_close(c), b"X", "judged as it stood at its gap's end");
+        assert_eq!(
+            read_to_close(c),
+            b"X",
+            "judged as it stood at its gap's end"
+        );
     }
     // Far below the 30 s deadline: each was judged when its gap ended.
     assert!(

@@ -133,7 +133,6 @@ impl Context {
     pub(crate) fn stop(&self) -> bool {
         !self.stopping.swap(true, Ordering::AcqRel)
     }
-
 }
 
 /// Runs a connection's step; a panic in it is logged and costs only that
