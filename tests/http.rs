@@ -322,6 +322,56 @@ fn health_and_ready_answer_200_on_a_running_server() {
     assert!(page.body.contains("/api/state"));
 }
 
+/// Three requests written at once on one connection are answered in the order
+/// they were sent, each whole, and the connection closes after the one that
+/// asked for it.
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let s = TestServer::with(with_http);
+    let http = s.server().http_addr().unwrap();
+    let mut c = TcpStream::connect(http).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n\
+          GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .expect("send");
+    let mut got = String::new();
+    c.read_to_string(&mut got).expect("answers, then the close");
+    // Each answer: its head, then exactly Content-Length bytes of body.
+    let mut answers = Vec::new();
+    let mut rest = got.as_str();
+    while !rest.is_empty() {
+        let Some(head_end) = rest.find("\r\n\r\n") else {
+            panic!("an answer without its head's end: {got}");
+        };
+        let head = &rest[..head_end];
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("Content-Length: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no Content-Length: {got}"));
+        let body = &rest[head_end + 4..head_end + 4 + length];
+        let status = head.lines().next().unwrap_or("");
+        answers.push((status.to_string(), body.to_string()));
+        rest = &rest[head_end + 4 + length..];
+    }
+    let expected = [
+        ("HTTP/1.1 200 OK", "ok\n"),
+        (
+            "HTTP/1.1 404 Not Found",
+            "not found: try /, /metrics, /health or /ready\n",
+        ),
+        ("HTTP/1.1 200 OK", "ready\n"),
+    ];
+    let answers: Vec<(&str, &str)> = answers
+        .iter()
+        .map(|(s, b)| (s.as_str(), b.as_str()))
+        .collect();
+    assert_eq!(answers, expected, "{got}");
+}
+
 #[test]
 fn http_allow_refuses_other_addresses() {
     let s = TestServer::with(|c| {
