@@ -268,3 +268,65 @@ fn head_other_methods_and_oversized_requests() {
     let big = send(&big);
     assert!(big.starts_with("HTTP/1.1 431"), "{big}");
 }
+
+/// A refused address gets its `403` and its connection's end: the server
+/// keeps the socket about a second, so that the answer is not lost to a
+/// reset, and then lets it go however long the client keeps sending, so a
+/// refused client cannot hold a connection open.
+#[test]
+fn a_refused_client_that_keeps_sending_is_let_go_after_its_403() {
+    if try_connect_from("127.0.0.2", "127.0.0.1:9".parse().unwrap())
+        .err()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::AddrNotAvailable)
+    {
+        skip("cannot bind 127.0.0.2 as a source address");
+        return;
+    }
+    let server = ServerProcess::start(&[
+        "--no-tls",
+        "--http",
+        "127.0.0.1:0",
+        "--http-allow",
+        "127.0.0.1/32",
+    ]);
+    let mut addr = None;
+    assert!(eventually(Duration::from_secs(10), || {
+        addr = http_addr(&server);
+        addr.is_some()
+    }));
+    let addr = addr.unwrap();
+    assert!(eventually(Duration::from_secs(10), || get(addr, "/ready") == 200));
+
+    let mut refused = try_connect_from("127.0.0.2", addr).expect("connect");
+    let mut writer = refused.try_clone().expect("clone");
+    let started = Instant::now();
+    // A byte every 50 ms, for far longer than the server keeps the socket;
+    // once it is gone, the kernel answers with a reset and a write fails.
+    let sender = std::thread::spawn(move || {
+        while started.elapsed() < Duration::from_secs(15) {
+            if writer.write_all(b"G").is_err() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    });
+    refused
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = refused.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    let let_go = sender.join().expect("the sender thread");
+    eprintln!("refused connection let go after {let_go:?}");
+    let let_go = let_go.expect("the server still held the refused connection after 15 s");
+    assert!(
+        let_go >= Duration::from_millis(900),
+        "let go after {let_go:?}: the 403 could be lost to the reset"
+    );
+    assert!(
+        let_go < Duration::from_secs(8),
+        "let go only after {let_go:?}, though the server keeps a refused socket about 1 s"
+    );
+}
