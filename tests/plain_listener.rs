@@ -337,3 +337,57 @@ fn many_messages_whose_gaps_end_together_are_all_judged() {
     let stats = s.stats_when(|st| st.transactions >= 100);
     assert_eq!(stats.transactions, 100);
 }
+
+/// At a stop, connections that have sent nothing get their `X` at once (the
+/// TLS port's are closed: no handshake happened), a started message is still
+/// judged when its gap ends, and the stop waits for nothing longer.
+#[test]
+fn a_stop_answers_silent_connections_at_once_and_lets_a_started_message_finish() {
+    let gap = Duration::from_secs(3);
+    let s = TestServer::with(|c| {
+        c.timeout = Duration::from_secs(20);
+        c.gap = gap;
+    });
+    let (plain, tls) = (s.plain(), s.tls());
+    let mut silent: Vec<_> = (0..3).map(|_| connect(plain)).collect();
+    let mut silent_tls = connect(tls);
+    let mut started = connect(plain);
+    started.write_all(b"W0FAC").unwrap();
+    let sent = Instant::now();
+    assert!(s.in_flight_becomes(5, Duration::from_secs(10)));
+    for c in silent.iter_mut().chain([&mut silent_tls, &mut started]) {
+        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    }
+    let stopping = Instant::now();
+    let stop = thread::spawn(move || drop(s));
+    for c in &mut silent {
+        assert_eq!(read_to_close(c), b"X", "a silent connection at the stop");
+    }
+    let silent_answered = stopping.elapsed();
+    let mut tls_bytes = Vec::new();
+    let tls_end = silent_tls.read_to_end(&mut tls_bytes);
+    assert!(
+        tls_end.is_ok() || tls_end.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the silent TLS connection is closed"
+    );
+    assert!(tls_bytes.is_empty(), "{tls_bytes:?}");
+    assert_eq!(read_to_close(&mut started), b"X", "judged as it stood");
+    let judged = sent.elapsed();
+    stop.join().expect("the stop");
+    let stopped = stopping.elapsed();
+    eprintln!(
+        "silent answered after {silent_answered:?}, started judged after {judged:?}, stopped after {stopped:?}"
+    );
+    assert!(
+        silent_answered < gap,
+        "silent connections answered only after {silent_answered:?}"
+    );
+    assert!(
+        judged >= gap - Duration::from_millis(200),
+        "the started message was cut short at {judged:?}, before its gap ended"
+    );
+    assert!(
+        stopped < Duration::from_secs(15),
+        "the stop took {stopped:?}, towards the 20 s deadline"
+    );
+}
