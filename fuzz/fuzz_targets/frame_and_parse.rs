@@ -10,7 +10,11 @@ fuzz_target!(|data: &[u8]| {
     // Grow the buffer byte by byte, as reads may deliver it, until it is complete.
     let mut verdict = None;
     for end in 0..=input.len() {
-        if let Frame::Complete { message_len, terminator } = frame(&input[..end]) {
+        if let Frame::Complete {
+            message_len,
+            terminator,
+        } = frame(&input[..end])
+        {
             assert!(message_len <= end);
             verdict = Some((&input[..message_len], terminator));
             break;
@@ -25,14 +29,27 @@ fuzz_target!(|data: &[u8]| {
         Ok(req) => {
             assert_eq!(Request::parse(req.encode().as_bytes()), Ok(req));
             let reply = match req {
-                Request::Read { device, register } => Reply::Accepted { device, register, value: 0 },
-                Request::Write { device, register, value } => Reply::Accepted { device, register, value },
+                Request::Read { device, register } => Reply::Accepted {
+                    device,
+                    register,
+                    value: 0,
+                },
+                Request::Write {
+                    device,
+                    register,
+                    value,
+                } => Reply::Accepted {
+                    device,
+                    register,
+                    value,
+                },
             };
             let wire = reply.encode(ErrorDetail::Bare, terminator);
             assert_eq!(Reply::parse(wire.as_bytes()), Some(reply));
         }
         Err(e) => {
-            let wire = Reply::Failed(wwep::protocol::Failure::Protocol(e)).encode(ErrorDetail::Explained, terminator);
+            let wire = Reply::Failed(wwep::protocol::Failure::Protocol(e))
+                .encode(ErrorDetail::Explained, terminator);
             assert_eq!(wire.as_bytes()[0], b'X');
         }
     }
