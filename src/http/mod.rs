@@ -9,10 +9,12 @@
 //! can say the server is still starting) and stops after the WWEP ports.
 
 mod devices;
+mod message;
 mod routes;
 mod server;
 
-pub use server::{IDLE_DEADLINE, MAX_HEAD, REQUEST_DEADLINE};
+pub use message::MAX_HEAD;
+pub use server::{IDLE_DEADLINE, REQUEST_DEADLINE};
 
 use std::io;
 use std::net::SocketAddr;

@@ -1,6 +1,6 @@
 //! One answer per path, in one `match`.
 
-use super::server::{Head, Response};
+use super::message::{Head, Response};
 use super::{State, devices};
 
 /// The live page: HTML, CSS and script in one file, no external assets.
