@@ -4,17 +4,21 @@
 //! The crate is layered so each piece can be tested alone, and each layer
 //! imports only the ones below it:
 //!
-//! - [`protocol`] the wire grammar; [`allow`] address ranges; [`facts`] what is
-//!   known of one connection; [`rate_limited`] log lines;
-//! - [`tls`] certificates and handshakes; [`acl`] who may read or write which
-//!   registers; [`metrics`] the counters; [`activity`] the live page's record;
-//!   [`store`] the registers (memory, data file, Valkey/Redis);
+//! - [`protocol`] the wire grammar; [`allow`] address ranges; `rate_limited`
+//!   log lines; [`logging`] the log writer; [`notify`] systemd readiness;
+//! - [`acl`] who may read or write which registers; [`tls`] certificates and
+//!   handshakes; [`activity`] the live page's record;
+//! - [`facts`] what is known of one connection; [`metrics`] the counters;
+//! - [`store`] the registers (memory, data file, Valkey/Redis);
 //! - [`config`] the settings; [`connection`] one transaction with no sockets;
 //! - [`http`] the HTTP side, reading a narrow status view; [`net`] the
 //!   listeners, waiting room, sessions and the record of each connection, and
 //!   [`net::server`], which starts and stops it all; [`service`] the process's
 //!   life from settings to exit code: start, reload and stop on request;
-//! - [`client`] and [`bench`], the blocking client the CLI and tests use.
+//! - [`client`] and [`mod@bench`], the blocking client the CLI and tests use.
+//!
+//! docs/design.md says how this shape grew from the design card it started
+//! from, and why each piece changed.
 #![forbid(unsafe_code)]
 
 pub mod acl;

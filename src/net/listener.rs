@@ -120,7 +120,7 @@ pub(crate) fn accept_loop(
                         continue;
                     };
                     if served + here.len() >= here_per_batch {
-                        hand_to_pool(session, &ctx, &room);
+                        session.wait_for_first_bytes(&room);
                     } else if served == 0 && here.is_empty() {
                         served += 1;
                         run_guarded(|| session.run(Wake::Accepted, &ctx, &room));
@@ -141,7 +141,7 @@ pub(crate) fn accept_loop(
         }
         for session in here.drain(..) {
             if ctx.is_stopping() {
-                hand_to_pool(session, &ctx, &room);
+                session.wait_for_first_bytes(&room);
             } else {
                 run_guarded(|| session.run(Wake::Accepted, &ctx, &room));
             }
@@ -161,12 +161,6 @@ pub(crate) fn accept_loop(
 /// always go to the pool.
 fn serves_here(transport: Transport, ctx: &Context) -> bool {
     transport == Transport::Plain && ctx.backend.answers_from_memory()
-}
-
-/// The pool's workers wait on the waiting room's sockets: a new connection
-/// goes there until its first bytes arrive (at once, when they already have).
-fn hand_to_pool(session: Session, _ctx: &Arc<Context>, room: &Arc<Room>) {
-    session.wait_for_first_bytes(room);
 }
 
 /// Gives a new connection its place, or turns it away.
