@@ -2,14 +2,12 @@
 //! allow-list and the per-address limit; headers from anyone else, or malformed
 //! ones, close the connection; and a real nginx in front works end to end.
 
-mod common;
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use wwep::net::proxy::V2_SIGNATURE;
 
 fn v2_header(source: [u8; 4], port: u16) -> Vec<u8> {

@@ -1,12 +1,10 @@
 //! `wwep bench` against a real `wwep-server` process on ephemeral loopback ports:
 //! the open-loop schedule, abuse connections beside the load, and bad values.
 
-mod common;
-
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 struct Run {
     out: Output,

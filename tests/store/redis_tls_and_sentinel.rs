@@ -6,8 +6,6 @@
 //! answering (a stopped Redis or Sentinel) getting `X` within the time limit
 //! instead of holding the workers.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -15,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// A process this file started; killed by PID (SIGKILL) on drop.
 struct Process {

@@ -2,8 +2,6 @@
 //! Redis, Redis going away and coming back, and acknowledged writes surviving a
 //! `kill -9` of Redis under `appendfsync always`.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -12,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// A `redis-server` on a free loopback port, killed by PID on drop.
 struct Redis {

@@ -3,8 +3,6 @@
 //! side, session resumption, revocation, reloads that cannot break the port, and
 //! no delayed-ACK stalls for clients that leave Nagle's algorithm on.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -13,7 +11,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
 use wwep::tls::{ClientAuth, DEFAULT_TLS12_CIPHERS, DEFAULT_TLS13_CIPHERSUITES, IdentitySource};
 

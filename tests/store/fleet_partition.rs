@@ -11,8 +11,6 @@
 //! there and reach the front ends across the bridge. `WWEP_FLEET_LONG=1`
 //! makes every scenario run longer.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -21,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const WWEP_PORT: u16 = 7000;
 const PRIMARY: &str = "fleet";

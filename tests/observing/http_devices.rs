@@ -2,14 +2,12 @@
 //! from the data file after a restart, one written by another front end
 //! through a shared Redis, 404, 400 and a lower-case id.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// `GET path` over HTTP/1.0, read to the close: (status, body).
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {

@@ -1,12 +1,10 @@
 //! Mutual TLS: the TLS listener with `--client-ca` admits only clients whose
 //! certificate was signed by that CA, and logs who they are.
 
-mod common;
-
 use std::process::Command;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use wwep::tls::ClientAuth;
 
 fn mtls_server(pki: Arc<Pki>) -> TestServer {

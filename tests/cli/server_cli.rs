@@ -1,11 +1,9 @@
 //! The `wwep-server` binary: startup failures, flags and environment, and the
 //! real tools people use against it (`nc`, `openssl s_client`).
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// Runs the server expecting it to refuse to start; returns its stderr.
 fn refuses_to_start(cmd: &mut Command, code: i32) -> String {

@@ -1,13 +1,11 @@
 //! Who may talk to the server, and hostile traffic on loopback: allow-lists,
 //! per-address limits, a read-only open port, slow clients and connection floods.
 
-mod common;
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use wwep::config::PortAccess;
 #[test]
 fn allow_list_closes_other_addresses_without_a_reply() {

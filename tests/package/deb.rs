@@ -6,14 +6,12 @@
 //! never start the service on a first install. Installing and purging it for
 //! real is done by .ci/run.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::*;
+use crate::common::*;
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 

@@ -2,8 +2,6 @@
 //! that follow real transactions, `/health` and `/ready`, `--http-allow`, JSON
 //! log lines, and the live page in a real (headless) browser.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -11,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use wwep::config::HttpConfig;
 
 /// An HTTP answer as the tests look at it.

@@ -1,8 +1,6 @@
 //! Durable registers and the service around them: the data file across restarts,
 //! crashes and damage; compaction; signals; systemd readiness and the unit file.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -11,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use wwep::store::RegisterStore;
 use wwep::store::journal::{CompactionPolicy, Fsync, MAGIC, encode_record};
 

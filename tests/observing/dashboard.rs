@@ -2,13 +2,11 @@
 //! `wwep_*` name in its queries is in `/metrics` of a server with a data file
 //! and TLS (so every family exists) after one write.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
-use common::*;
+use crate::common::*;
 
 /// Every string under a key named `expr` or `query`/`definition` (template
 /// variables), anywhere in the dashboard.

@@ -1,13 +1,11 @@
 //! The TLS port: the spec's sequence over native-tls, every key form the course
 //! hands out, old certificates, protocol versions and hostile handshakes.
 
-mod common;
-
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use openssl::hash::MessageDigest;
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
 use wwep::tls::{Identity, IdentitySource};

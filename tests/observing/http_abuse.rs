@@ -1,14 +1,12 @@
 //! The HTTP side under a flood of refused, idle and slow clients: its thread
 //! count stays fixed and an allowed client is still answered at once.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{ServerProcess, eventually, skip, try_connect_from};
+use crate::common::{ServerProcess, eventually, skip, try_connect_from};
 
 const REFUSED: usize = 1000;
 const ALLOWED_IDLE: usize = 200;

@@ -3,15 +3,13 @@
 //! anything no rule allows is refused; SIGHUP reloads the rules (and keeps them
 //! when the new file is broken); `--check-acl`; README's example file and flow.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use wwep::acl::{Acl, Certificate, Peer};
 use wwep::protocol::{ErrorDetail, Request};
 use wwep::tls::ClientAuth;

@@ -1,12 +1,10 @@
 //! The `wwep` client binary against real servers on ephemeral ports: every
 //! subcommand, the TLS trust options and the exit codes scripts rely on.
 
-mod common;
-
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 
 struct Run {
     out: Output,

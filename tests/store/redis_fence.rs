@@ -2,8 +2,6 @@
 //! answered `X` is not applied, so it cannot overwrite a newer acknowledged
 //! write; the normal path and the stored layout are unchanged.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -11,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use wwep::store::backend::{Backend, StoreError};
 use wwep::store::redis::{RedisSettings, RedisStore};
 

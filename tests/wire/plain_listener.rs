@@ -1,13 +1,11 @@
 //! The open port: the spec's sequence, every framing rule, concurrency and hostile
 //! input, driven by std sockets against a real server on ephemeral ports.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use wwep::protocol::ErrorDetail;
 
 #[test]

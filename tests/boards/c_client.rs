@@ -2,14 +2,12 @@
 //! then `wwep-button` as a board would run it — open port, TLS with the test CA,
 //! a foreign CA, mutual TLS, and TLS session resumption.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// The MAC of the course's board; its device id is 04FB.
 const MAC: &str = "aa:bb:cc:dd:ee:ff";
