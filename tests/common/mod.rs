@@ -2,6 +2,13 @@
 //! server on ephemeral loopback ports, and clients that never wait forever.
 #![allow(dead_code)]
 
+mod http_client;
+mod redis_server;
+#[allow(unused_imports)] // only the HTTP tests use it
+pub use http_client::{HttpAnswer, http_get, http_get_from};
+#[allow(unused_imports)] // not every test binary starts a Redis
+pub use redis_server::{RedisServer, free_port};
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -419,6 +426,17 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// [`eventually`] for checks that cost a round trip to another process (a
+/// transaction through a store, a Redis command): polled every 100 ms.
+pub fn patiently(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    eventually(limit, || {
+        check() || {
+            std::thread::sleep(Duration::from_millis(100));
+            false
+        }
+    })
+}
+
 /// Whether an external tool is on PATH. A missing tool skips the test (see
 /// [`skip`]), unless WWEP_REQUIRE_TOOLS=1, where it fails it.
 pub fn have_tool(name: &str) -> bool {
@@ -581,6 +599,16 @@ impl ServerProcess {
 
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// The HTTP side's address, from the line the server logs when its HTTP
+    /// listener is up (`--http 127.0.0.1:0`); `None` before that line.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.log_text()
+            .lines()
+            .find_map(|l| l.split("http listener on ").nth(1))
+            .and_then(|a| a.split(['"', ' ']).next())
+            .and_then(|a| a.trim().parse().ok())
     }
 
     /// Sends a signal by name (`TERM`, `HUP`, `KILL`) to the server's PID.

@@ -3,8 +3,7 @@
 //! and TLS (so every family exists) after one write.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 
 use crate::common::*;
 
@@ -49,17 +48,6 @@ fn metric_names(query: &str) -> BTreeSet<String> {
     names
 }
 
-fn get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect");
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).expect("read the answer");
-    raw.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
-}
-
 #[test]
 fn every_metric_the_dashboard_queries_is_exported() {
     let text = std::fs::read_to_string(concat!(
@@ -102,7 +90,7 @@ fn every_metric_the_dashboard_queries_is_exported() {
     let mut exported = BTreeSet::new();
     assert!(
         eventually(IO_TIMEOUT, || {
-            let body = get(http, "/metrics");
+            let body = http_get(http, "/metrics").body;
             exported = body
                 .lines()
                 .filter(|l| !l.starts_with('#') && !l.is_empty())

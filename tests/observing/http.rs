@@ -12,49 +12,6 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use wwep::config::HttpConfig;
 
-/// An HTTP answer as the tests look at it.
-struct Answer {
-    status: u16,
-    headers: String,
-    body: String,
-}
-
-/// `GET path` over HTTP/1.0 from `from` (a source address), read to the close.
-fn get_from(from: Option<&str>, addr: SocketAddr, path: &str) -> std::io::Result<Answer> {
-    let mut stream = match from {
-        None => TcpStream::connect_timeout(&addr, IO_TIMEOUT)?,
-        Some(ip) => {
-            use socket2::{Domain, Protocol, Socket, Type};
-            let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-            let source: SocketAddr = format!("{ip}:0").parse().unwrap();
-            socket.bind(&source.into())?;
-            socket.connect_timeout(&addr.into(), IO_TIMEOUT)?;
-            socket.into()
-        }
-    };
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n")?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    let raw = String::from_utf8(raw).expect("UTF-8 answer");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("headers end");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    Ok(Answer {
-        status,
-        headers: head.to_ascii_lowercase(),
-        body: body.to_string(),
-    })
-}
-
-fn get(addr: SocketAddr, path: &str) -> Answer {
-    get_from(None, addr, path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
-}
-
 /// One sample of a Prometheus text exposition: `name{labels} value`.
 type Samples = BTreeMap<String, f64>;
 
@@ -137,7 +94,7 @@ fn parse_prometheus(text: &str) -> (Samples, BTreeMap<String, String>) {
 }
 
 fn metrics(addr: SocketAddr) -> Samples {
-    let answer = get(addr, "/metrics");
+    let answer = http_get(addr, "/metrics");
     assert_eq!(answer.status, 200);
     assert!(
         answer
@@ -310,11 +267,11 @@ fn metrics_follow_a_scripted_set_of_transactions() {
 fn health_and_ready_answer_200_on_a_running_server() {
     let s = TestServer::with(with_http);
     let http = s.server().http_addr().unwrap();
-    let health = get(http, "/health");
+    let health = http_get(http, "/health");
     assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
-    assert_eq!(get(http, "/ready").status, 200);
-    assert_eq!(get(http, "/nowhere").status, 404);
-    let page = get(http, "/");
+    assert_eq!(http_get(http, "/ready").status, 200);
+    assert_eq!(http_get(http, "/nowhere").status, 404);
+    let page = http_get(http, "/");
     assert_eq!(page.status, 200);
     assert!(page.headers.contains("content-security-policy"));
     assert!(page.body.contains("/api/state"));
@@ -381,13 +338,13 @@ fn http_allow_refuses_other_addresses() {
     });
     let http = s.server().http_addr().unwrap();
     assert_eq!(
-        get_from(Some("127.0.0.1"), http, "/metrics")
+        http_get_from(Some("127.0.0.1"), http, "/metrics")
             .unwrap()
             .status,
         200
     );
     for path in ["/metrics", "/health", "/", "/api/state"] {
-        let refused = get_from(Some("127.0.0.2"), http, path).unwrap();
+        let refused = http_get_from(Some("127.0.0.2"), http, path).unwrap();
         assert_eq!(refused.status, 403, "{path}");
         assert!(!refused.body.contains("wwep_"), "{path}");
     }
@@ -459,7 +416,7 @@ fn health_turns_503_when_the_data_file_fails_and_200_when_it_recovers() {
     });
     let http = s.server().http_addr().unwrap();
     assert_eq!(s.plain_transact(b"W0FAC0B1234"), b"A0FAC0B1234");
-    assert!(eventually(IO_TIMEOUT, || get(http, "/health").status == 200));
+    assert!(eventually(IO_TIMEOUT, || http_get(http, "/health").status == 200));
 
     let filler = disk.fill();
     // The file's last page may still have room for a few hundred records.
@@ -468,8 +425,8 @@ fn health_turns_503_when_the_data_file_fails_and_200_when_it_recovers() {
         s.plain_transact(request.as_bytes()) == b"X"
     });
     assert!(failed_after.is_some(), "the disk is full");
-    assert!(eventually(IO_TIMEOUT, || get(http, "/health").status == 503));
-    let health = get(http, "/health");
+    assert!(eventually(IO_TIMEOUT, || http_get(http, "/health").status == 503));
+    let health = http_get(http, "/health");
     assert!(health.body.contains("data file"), "{}", health.body);
     assert_eq!(health.body.lines().count(), 1, "one line: {}", health.body);
     let m = metrics(http);
@@ -477,11 +434,11 @@ fn health_turns_503_when_the_data_file_fails_and_200_when_it_recovers() {
     assert_eq!(m["wwep_data_file_write_errors_total"], 1.0);
     // Reads keep working meanwhile.
     assert_eq!(s.plain_transact(b"R0FAC0B"), b"A0FAC0B1234");
-    assert_eq!(get(http, "/health").status, 503);
+    assert_eq!(http_get(http, "/health").status, 503);
 
     std::fs::remove_file(filler).unwrap();
     assert_eq!(s.plain_transact(b"W0FAC0B5678"), b"A0FAC0B5678");
-    assert!(eventually(IO_TIMEOUT, || get(http, "/health").status == 200));
+    assert!(eventually(IO_TIMEOUT, || http_get(http, "/health").status == 200));
     assert!(metrics(http)["wwep_data_file_bytes"] > 0.0);
     drop(s);
 }
@@ -553,7 +510,7 @@ fn json_log_lines_parse_and_carry_the_transaction_fields() {
         transact(&mut connect(plain), b"W0FAC0B1234\n"),
         b"A0FAC0B1234\n"
     );
-    assert!(eventually(IO_TIMEOUT, || get(http, "/ready").status == 200));
+    assert!(eventually(IO_TIMEOUT, || http_get(http, "/ready").status == 200));
     let transaction = loop {
         let line = rx.recv_timeout(IO_TIMEOUT).expect("a transaction line");
         lines.push(line.clone());
@@ -616,7 +573,7 @@ fn the_live_page_shows_a_register_written_over_the_plain_port() {
     let profile = tempfile::tempdir().unwrap();
     let url = format!("http://{http}/");
     // The register is not in the HTML: the page's script must fetch and draw it.
-    assert!(!get(http, "/").body.contains("1234"));
+    assert!(!http_get(http, "/").body.contains("1234"));
     let started = Instant::now();
     let mut cmd = chromium(profile.path());
     cmd.args(["--virtual-time-budget=2000", "--dump-dom", &url]);
@@ -862,13 +819,13 @@ fn before_the_server_is_up_ready_and_health_say_starting() {
         std::sync::Arc::new(wwep::activity::Activity::new()),
     )
     .expect("http starts");
-    let ready = get(http.addr(), "/ready");
+    let ready = http_get(http.addr(), "/ready");
     assert_eq!((ready.status, ready.body.as_str()), (503, "starting\n"));
-    let health = get(http.addr(), "/health");
+    let health = http_get(http.addr(), "/health");
     assert_eq!(health.status, 503);
     assert!(health.body.starts_with("starting"), "{}", health.body);
     // Metrics are there already (build info, zeroes).
-    let m = parse_prometheus(&get(http.addr(), "/metrics").body).0;
+    let m = parse_prometheus(&http_get(http.addr(), "/metrics").body).0;
     assert!(m.keys().any(|k| k.starts_with("wwep_build_info")));
     http.stop();
 }

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::common::{ServerProcess, eventually, skip, try_connect_from};
+use crate::common::{ServerProcess, eventually, http_get_from, skip, try_connect_from};
 
 const REFUSED: usize = 1000;
 const ALLOWED_IDLE: usize = 200;
@@ -25,31 +25,9 @@ fn threads(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn http_addr(server: &ServerProcess) -> Option<SocketAddr> {
-    server
-        .log_text()
-        .lines()
-        .find(|l| l.contains("http listener on"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|a| a.parse().ok())
-}
-
 /// One request on a fresh connection; the status line's code, or 0.
 fn get(addr: SocketAddr, path: &str) -> u16 {
-    let Ok(mut c) = try_connect_from("127.0.0.1", addr) else {
-        return 0;
-    };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    if c.write_all(request.as_bytes()).is_err() {
-        return 0;
-    }
-    let mut answer = Vec::new();
-    let _ = c.read_to_end(&mut answer);
-    String::from_utf8_lossy(&answer)
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0)
+    http_get_from(Some("127.0.0.1"), addr, path).map_or(0, |a| a.status)
 }
 
 #[test]
@@ -78,7 +56,7 @@ fn refused_idle_and_slow_clients_neither_add_threads_nor_slow_an_allowed_client(
     let mut addr = None;
     assert!(
         eventually(Duration::from_secs(10), || {
-            addr = http_addr(&server);
+            addr = server.http_addr();
             addr.is_some()
         }),
         "no http listener in the log"
@@ -159,7 +137,7 @@ fn a_slow_request_head_is_shed_at_the_deadline() {
     let server = ServerProcess::start(&["--no-tls", "--http", "127.0.0.1:0"]);
     let mut addr = None;
     assert!(eventually(Duration::from_secs(10), || {
-        addr = http_addr(&server);
+        addr = server.http_addr();
         addr.is_some()
     }));
     let addr = addr.unwrap();
@@ -215,7 +193,7 @@ fn a_full_table_sheds_the_oldest_idle_connection() {
     ]);
     let mut addr = None;
     assert!(eventually(Duration::from_secs(10), || {
-        addr = http_addr(&server);
+        addr = server.http_addr();
         addr.is_some()
     }));
     let addr = addr.unwrap();
@@ -242,7 +220,7 @@ fn head_other_methods_and_oversized_requests() {
     let server = ServerProcess::start(&["--no-tls", "--http", "127.0.0.1:0"]);
     let mut addr = None;
     assert!(eventually(Duration::from_secs(10), || {
-        addr = http_addr(&server);
+        addr = server.http_addr();
         addr.is_some()
     }));
     let addr = addr.unwrap();
@@ -289,7 +267,7 @@ fn a_refused_client_that_keeps_sending_is_let_go_after_its_403() {
     ]);
     let mut addr = None;
     assert!(eventually(Duration::from_secs(10), || {
-        addr = http_addr(&server);
+        addr = server.http_addr();
         addr.is_some()
     }));
     let addr = addr.unwrap();

@@ -329,15 +329,6 @@ impl Drop for Fleet {
     }
 }
 
-fn patiently(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    eventually(limit, || {
-        check() || {
-            std::thread::sleep(Duration::from_millis(100));
-            false
-        }
-    })
-}
-
 /// Moves the calling thread into the named network namespace.
 fn enter(ns: &str) {
     let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");

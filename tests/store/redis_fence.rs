@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,71 +12,6 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 use wwep::store::backend::{Backend, StoreError};
 use wwep::store::redis::{RedisSettings, RedisStore};
-
-/// A `redis-server` on a free loopback port, killed by PID on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        if !have_tool("redis-server") {
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--save", "", "--port"])
-            .arg(port.to_string())
-            .arg("--dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        let redis = Redis {
-            child,
-            port,
-            _dir: dir,
-        };
-        assert!(
-            eventually(Duration::from_secs(10), || redis
-                .query::<String>(&["PING"])
-                .is_ok()),
-            "redis-server did not answer on port {port}"
-        );
-        Some(redis)
-    }
-
-    fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
-        let client = redis::Client::open(format!("redis://127.0.0.1:{}", self.port))?;
-        let mut connection = client.get_connection_with_timeout(Duration::from_secs(2))?;
-        connection.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut cmd = redis::cmd(args[0]);
-        for arg in &args[1..] {
-            cmd.arg(*arg);
-        }
-        cmd.query(&mut connection)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn store(port: u16, timeout: Duration) -> RedisStore {
     let settings = RedisSettings {
@@ -186,7 +121,9 @@ fn relay(
 
 #[test]
 fn writes_keep_the_layout_and_survive_a_script_flush() {
-    let Some(redis) = Redis::start() else { return };
+    let Some(redis) = RedisServer::start(&[]) else {
+        return;
+    };
     let store = store(redis.port, Duration::from_millis(500));
     assert_eq!(store.write(0x0FAC, 0x0B, 0x1234), Ok(()));
     assert_eq!(store.read(0x0FAC, 0x0B), Ok(Some(0x1234)));
@@ -206,7 +143,9 @@ fn writes_keep_the_layout_and_survive_a_script_flush() {
 
 #[test]
 fn a_write_answered_x_that_arrives_late_is_not_applied_over_a_newer_one() {
-    let Some(redis) = Redis::start() else { return };
+    let Some(redis) = RedisServer::start(&[]) else {
+        return;
+    };
     let relay = Relay::start(redis.port);
     let limit = Duration::from_millis(300);
     let cut_off = store(relay.port, limit);
@@ -246,7 +185,9 @@ fn a_write_answered_x_that_arrives_late_is_not_applied_over_a_newer_one() {
 
 #[test]
 fn a_front_end_that_hears_no_sentinel_refuses_writes_within_down_after() {
-    let Some(redis) = Redis::start() else { return };
+    let Some(redis) = RedisServer::start(&[]) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let conf = dir.path().join("sentinel.conf");

@@ -84,25 +84,6 @@ impl Drop for Process {
     }
 }
 
-/// [`eventually`], pausing 100 ms between tries: these checks start processes
-/// or open connections, on a machine others share.
-fn patiently(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-    eventually(limit, || {
-        check() || {
-            std::thread::sleep(Duration::from_millis(100));
-            false
-        }
-    })
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Whether the Redis tools are here (skips with a message, or fails under
 /// WWEP_REQUIRE_TOOLS=1).
 fn have_redis() -> bool {
@@ -387,9 +368,16 @@ fn a_tls_store_that_stops_answering_gets_x_within_the_time_limit() {
     // answers a command or a ClientHello: a hung server, or a paused machine.
     redis.signal("STOP");
     let stopped = ContinueOnDrop(&redis);
-    let limit = Duration::from_secs(10);
     // The first request finds the pooled connection silent; the next ones open
     // new connections, whose TLS handshakes must time out too.
+    unavailable_until_continued(&server, plain, stopped);
+}
+
+/// While `stopped` holds a store process stopped, each of four reads gets
+/// `X store unavailable` within the 1 s time limit (well under 5 s); once it
+/// is continued, service resumes with the register written before.
+fn unavailable_until_continued(server: &ServerProcess, plain: SocketAddr, stopped: ContinueOnDrop) {
+    let limit = Duration::from_secs(10);
     for i in 0..4 {
         let (reply, took) = timed_transact(plain, b"R0FAC0B", limit);
         assert_eq!(
@@ -742,32 +730,7 @@ fn a_sentinel_that_stops_answering_gets_x_within_the_time_limit() {
         killed >= 1,
         "the front end had no connection to the primary"
     );
-    let limit = Duration::from_secs(10);
-    for i in 0..4 {
-        let (reply, took) = timed_transact(plain, b"R0FAC0B", limit);
-        assert_eq!(
-            reply.as_deref(),
-            Ok(&b"X store unavailable"[..]),
-            "request {i} after {took:?}\n{}",
-            server.log_text()
-        );
-        assert!(
-            took < Duration::from_secs(5),
-            "request {i} took {took:?} with --timeout-ms 1000\n{}",
-            server.log_text()
-        );
-    }
-    drop(stopped);
-    assert!(
-        patiently(Duration::from_secs(15), || timed_transact(
-            plain, b"R0FAC0B", limit
-        )
-        .0
-        .as_deref()
-            == Ok(&b"A0FAC0B1234"[..])),
-        "service did not resume\n{}",
-        server.log_text()
-    );
+    unavailable_until_continued(&server, plain, stopped);
 }
 
 #[test]
@@ -792,9 +755,14 @@ fn rediss_sentinel_reaches_the_named_primary_over_tls_verified_with_store_ca() {
         "--explain-errors",
     ]);
     let plain = server.plain.unwrap();
-    assert_eq!(
-        transact(&mut connect(plain), b"W0FAC0B1234"),
-        b"A0FAC0B1234",
+    // The first write opens the pool's first TLS connection through the
+    // Sentinel; a busy machine can answer it with an honest X under the
+    // store's time limit, so it is retried.
+    assert!(
+        patiently(Duration::from_secs(10), || transact(
+            &mut connect(plain),
+            b"W0FAC0B1234"
+        ) == b"A0FAC0B1234"),
         "{}\n{}",
         server.log_text(),
         setup.logs()

@@ -4,109 +4,13 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
 
-/// A `redis-server` on a free loopback port, killed by PID on drop.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-    extra: Vec<String>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Redis {
-    fn start(extra: &[&str]) -> Option<Redis> {
-        if !have_tool("redis-server") {
-            return None;
-        }
-        let mut redis = Redis {
-            child: None,
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        redis.run();
-        Some(redis)
-    }
-
-    /// Starts (again) on the same port and directory.
-    fn run(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
-            .arg("--dir")
-            .arg(self.dir.path())
-            .args(["--save", ""])
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        assert!(
-            eventually(Duration::from_secs(10), || self.ping()),
-            "redis-server did not answer on port {}",
-            self.port
-        );
-    }
-
-    fn ping(&self) -> bool {
-        let Ok(mut c) = TcpStream::connect(self.addr()) else {
-            return false;
-        };
-        let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut reply = [0u8; 7];
-        c.write_all(b"PING\r\n").is_ok()
-            && c.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
-    }
-
-    fn addr(&self) -> SocketAddr {
-        format!("127.0.0.1:{}", self.port).parse().unwrap()
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// `kill -9`, and wait for the process to be gone.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn client(&self) -> redis::Connection {
-        let client = redis::Client::open(self.url()).unwrap();
-        client
-            .get_connection_with_timeout(Duration::from_secs(2))
-            .unwrap()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn front_end(pki: &Pki, redis: &Redis, extra: &[&str]) -> ServerProcess {
+fn front_end(pki: &Pki, redis: &RedisServer, extra: &[&str]) -> ServerProcess {
     let (cert, key, url) = (pki.path("server.pem"), pki.path("server.key"), redis.url());
     let mut args = vec![
         "--cert",
@@ -131,7 +35,7 @@ fn tls_transact(pki: &Pki, addr: SocketAddr, request: &[u8]) -> Vec<u8> {
 
 #[test]
 fn two_front_ends_share_one_redis() {
-    let Some(redis) = Redis::start(&[]) else {
+    let Some(redis) = RedisServer::start(&[]) else {
         return;
     };
     let pki = Pki::new(KeyKind::EcP256);
@@ -179,7 +83,7 @@ fn two_front_ends_share_one_redis() {
 
 #[test]
 fn redis_going_away_gives_x_at_once_and_service_resumes_by_itself() {
-    let Some(mut redis) = Redis::start(&[]) else {
+    let Some(mut redis) = RedisServer::start(&[]) else {
         return;
     };
     let pki = Pki::new(KeyKind::EcP256);
@@ -242,7 +146,7 @@ fn redis_going_away_gives_x_at_once_and_service_resumes_by_itself() {
 
 #[test]
 fn a_restarted_redis_costs_no_x_for_the_stale_pooled_connections() {
-    let Some(mut redis) = Redis::start(&[]) else {
+    let Some(mut redis) = RedisServer::start(&[]) else {
         return;
     };
     let pki = Pki::new(KeyKind::EcP256);
@@ -293,7 +197,8 @@ fn health(http: SocketAddr) -> String {
 
 #[test]
 fn acknowledged_writes_survive_kill_9_of_redis_with_appendfsync_always() {
-    let Some(mut redis) = Redis::start(&["--appendonly", "yes", "--appendfsync", "always"]) else {
+    let Some(mut redis) = RedisServer::start(&["--appendonly", "yes", "--appendfsync", "always"])
+    else {
         return;
     };
     let pki = Pki::new(KeyKind::EcP256);
@@ -359,12 +264,11 @@ fn acknowledged_writes_survive_kill_9_of_redis_with_appendfsync_always() {
         "{lost} of {} acknowledged writes lost",
         acked.len()
     );
-    assert!(Path::new(&redis.dir.path()).exists());
 }
 
 #[test]
 fn shared_store_flags_fail_clearly() {
-    let Some(redis) = Redis::start(&[]) else {
+    let Some(redis) = RedisServer::start(&[]) else {
         return;
     };
     let url = redis.url();
@@ -407,7 +311,7 @@ fn metrics_text(http: SocketAddr) -> String {
 
 #[test]
 fn registers_in_a_shared_store_are_counted_truly_or_not_at_all() {
-    let Some(redis) = Redis::start(&[]) else {
+    let Some(redis) = RedisServer::start(&[]) else {
         return;
     };
     let pki = Pki::new(KeyKind::EcP256);

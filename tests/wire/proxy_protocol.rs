@@ -168,14 +168,6 @@ impl Drop for Nginx {
 
 const STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn nginx(listen: u16, upstream: SocketAddr) -> Nginx {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("nginx.conf");
