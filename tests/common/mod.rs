@@ -601,6 +601,30 @@ impl ServerProcess {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// The HTTP side's address, waiting up to 10 s for the server to log it.
+    pub fn await_http_addr(&self) -> SocketAddr {
+        let mut addr = None;
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                addr = self.http_addr();
+                addr.is_some()
+            }),
+            "no HTTP address logged:\n{}",
+            self.log_text()
+        );
+        addr.expect("set when eventually succeeded")
+    }
+
+    /// Fails the test, showing the log, unless a line containing `needle`
+    /// is logged within `limit`.
+    pub fn assert_logs_within(&self, needle: &str, limit: Duration) {
+        assert!(
+            eventually(limit, || self.log_text().contains(needle)),
+            "no log line with {needle:?} within {limit:?}:\n{}",
+            self.log_text()
+        );
+    }
+
     /// The HTTP side's address, from the line the server logs when its HTTP
     /// listener is up (`--http 127.0.0.1:0`); `None` before that line.
     pub fn http_addr(&self) -> Option<SocketAddr> {

@@ -25,6 +25,17 @@ fn threads(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The server's HTTP address once `path` answers 200 there.
+fn answering(server: &ServerProcess, path: &str) -> SocketAddr {
+    let addr = server.await_http_addr();
+    assert!(
+        eventually(Duration::from_secs(10), || get(addr, path) == 200),
+        "{path} never answered 200\n{}",
+        server.log_text()
+    );
+    addr
+}
+
 /// One request on a fresh connection; the status line's code, or 0.
 fn get(addr: SocketAddr, path: &str) -> u16 {
     http_get_from(Some("127.0.0.1"), addr, path).map_or(0, |a| a.status)
@@ -53,16 +64,7 @@ fn refused_idle_and_slow_clients_neither_add_threads_nor_slow_an_allowed_client(
         "127.0.0.1/32",
     ]);
     let pid = server.child.id();
-    let mut addr = None;
-    assert!(
-        eventually(Duration::from_secs(10), || {
-            addr = server.http_addr();
-            addr.is_some()
-        }),
-        "no http listener in the log"
-    );
-    let addr = addr.unwrap();
-    assert!(eventually(Duration::from_secs(10), || get(addr, "/ready") == 200));
+    let addr = answering(&server, "/ready");
     let before = threads(pid);
 
     let mut idle = Vec::new();
@@ -135,12 +137,7 @@ fn refused_idle_and_slow_clients_neither_add_threads_nor_slow_an_allowed_client(
 #[test]
 fn a_slow_request_head_is_shed_at_the_deadline() {
     let server = ServerProcess::start(&["--no-tls", "--http", "127.0.0.1:0"]);
-    let mut addr = None;
-    assert!(eventually(Duration::from_secs(10), || {
-        addr = server.http_addr();
-        addr.is_some()
-    }));
-    let addr = addr.unwrap();
+    let addr = server.await_http_addr();
     let mut c: TcpStream = try_connect_from("127.0.0.1", addr).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let start = Instant::now();
@@ -191,13 +188,7 @@ fn a_full_table_sheds_the_oldest_idle_connection() {
         "--http-max-connections",
         "2",
     ]);
-    let mut addr = None;
-    assert!(eventually(Duration::from_secs(10), || {
-        addr = server.http_addr();
-        addr.is_some()
-    }));
-    let addr = addr.unwrap();
-    assert!(eventually(Duration::from_secs(10), || get(addr, "/health") == 200));
+    let addr = answering(&server, "/health");
     // Each answered once, so each is accepted and idle, the first the longest.
     let mut oldest = try_connect_from("127.0.0.1", addr).expect("connect");
     assert!(health_on(&mut oldest));
@@ -218,12 +209,7 @@ fn a_full_table_sheds_the_oldest_idle_connection() {
 #[test]
 fn head_other_methods_and_oversized_requests() {
     let server = ServerProcess::start(&["--no-tls", "--http", "127.0.0.1:0"]);
-    let mut addr = None;
-    assert!(eventually(Duration::from_secs(10), || {
-        addr = server.http_addr();
-        addr.is_some()
-    }));
-    let addr = addr.unwrap();
+    let addr = server.await_http_addr();
     let send = |raw: &[u8]| {
         let mut c = try_connect_from("127.0.0.1", addr).expect("connect");
         let _ = c.write_all(raw);
@@ -265,13 +251,7 @@ fn a_refused_client_that_keeps_sending_is_let_go_after_its_403() {
         "--http-allow",
         "127.0.0.1/32",
     ]);
-    let mut addr = None;
-    assert!(eventually(Duration::from_secs(10), || {
-        addr = server.http_addr();
-        addr.is_some()
-    }));
-    let addr = addr.unwrap();
-    assert!(eventually(Duration::from_secs(10), || get(addr, "/ready") == 200));
+    let addr = answering(&server, "/ready");
 
     let mut refused = try_connect_from("127.0.0.2", addr).expect("connect");
     let mut writer = refused.try_clone().expect("clone");

@@ -16,7 +16,7 @@ fn get_status_body(addr: SocketAddr, path: &str) -> (u16, String) {
 /// The HTTP address of a server process, once `/ready` says 200 (the WWEP
 /// side is attached).
 fn ready_http(server: &ServerProcess) -> SocketAddr {
-    let http = server.http_addr().expect("the HTTP address is logged");
+    let http = server.await_http_addr();
     assert!(
         eventually(IO_TIMEOUT, || get_status_body(http, "/ready").0 == 200),
         "the server never said it was ready"

@@ -308,12 +308,9 @@ fn sighup_reloads_the_rules_and_keeps_them_when_the_file_is_broken() {
     assert_eq!(tls_as(tls, &pki, Some(&a), "W04FB050001"), "A04FB050001");
     assert_eq!(tls_as(tls, &pki, Some(&a), "W0500050001"), "X");
     // The log names who, from where, what, and why.
-    assert!(
-        eventually(Duration::from_secs(5), || server.log_text().contains(
-            &format!("forbidden by {}: tls 127.0.0.1:", acl.display())
-        )),
-        "{}",
-        server.log_text()
+    server.assert_logs_within(
+        &format!("forbidden by {}: tls 127.0.0.1:", acl.display()),
+        Duration::from_secs(5),
     );
     let log = server.log_text();
     let line = log.lines().find(|l| l.contains("forbidden by")).unwrap();
@@ -330,13 +327,7 @@ fn sighup_reloads_the_rules_and_keeps_them_when_the_file_is_broken() {
     );
     server.signal("HUP");
     let reloaded = format!("SIGHUP: reloaded the acl {}: 2 rules", acl.display());
-    assert!(
-        eventually(Duration::from_secs(5), || server
-            .log_text()
-            .contains(&reloaded)),
-        "{}",
-        server.log_text()
-    );
+    server.assert_logs_within(&reloaded, Duration::from_secs(5));
     assert_eq!(tls_as(tls, &pki, Some(&a), "W04FB050002"), "X");
     assert_eq!(tls_as(tls, &pki, Some(&a), "R04FB05"), "A04FB050001");
     // A broken file: refused as a whole, with one line naming file and line;
@@ -350,13 +341,7 @@ fn sighup_reloads_the_rules_and_keeps_them_when_the_file_is_broken() {
         "SIGHUP: keeping the old acl rules: {} line 2: unknown who 'everyone'",
         acl.display()
     );
-    assert!(
-        eventually(Duration::from_secs(5), || server
-            .log_text()
-            .contains(&refused)),
-        "{}",
-        server.log_text()
-    );
+    server.assert_logs_within(&refused, Duration::from_secs(5));
     assert_eq!(tls_as(tls, &pki, Some(&a), "W04FB050003"), "X");
     assert_eq!(tls_as(tls, &pki, Some(&a), "R04FB05"), "A04FB050001");
     // Every TLS transaction line shows the certificate's identity (a line is

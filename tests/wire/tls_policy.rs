@@ -323,12 +323,9 @@ fn a_revoked_client_certificate_is_refused_and_its_sessions_stop_resuming() {
         !stdout(&out).contains("A0000010003"),
         "revoked, served anyway: {text}"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || server
-            .log_text()
-            .contains("handshake failed: certificate revoked")),
-        "{}",
-        server.log_text()
+    server.assert_logs_within(
+        "handshake failed: certificate revoked",
+        Duration::from_secs(5),
     );
 }
 
