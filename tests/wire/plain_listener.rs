@@ -81,6 +81,27 @@ fn short_illegal_message_without_terminator_is_answered_promptly() {
     );
 }
 
+/// A first byte that is no command is answered at once: with a 3 s gap, the
+/// `X` still comes long before the gap could have ended.
+#[test]
+fn a_lowercase_command_is_answered_without_the_gap() {
+    let s = TestServer::with(|c| {
+        c.gap = Duration::from_secs(3);
+        c.timeout = Duration::from_secs(10);
+    });
+    let mut c = connect(s.plain());
+    let started = Instant::now();
+    c.write_all(b"w0fac0b1234").unwrap();
+    let mut reply = [0u8; 1];
+    c.read_exact(&mut reply).expect("a reply");
+    assert_eq!(&reply, b"X");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "X after {:?}: the gap was waited",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn half_close_ends_the_message() {
     let s = TestServer::with(|c| c.gap = Duration::from_secs(3));

@@ -307,3 +307,28 @@ fn read_to_close_lenient(c: &mut std::net::TcpStream) -> Vec<u8> {
         }
     }
 }
+
+/// A first byte that is no command is answered at once: with a 3 s gap, the
+/// `X` still comes long before the gap could have ended.
+#[test]
+fn a_lowercase_command_over_tls_is_answered_without_the_gap() {
+    let s = TestServer::with(|c| {
+        c.gap = Duration::from_secs(3);
+        c.timeout = Duration::from_secs(10);
+    });
+    let tcp = connect(s.tls());
+    let mut tls = s.pki.connector().connect("localhost", tcp).unwrap();
+    let started = std::time::Instant::now();
+    tls.write_all(b"w0fac0b1234").unwrap();
+    tls.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reply = [0u8; 1];
+    std::io::Read::read_exact(&mut tls, &mut reply).expect("a reply");
+    assert_eq!(&reply, b"X");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "X after {:?}: the gap was waited",
+        started.elapsed()
+    );
+}
