@@ -310,8 +310,10 @@ fn reply_survives_a_client_that_keeps_sending() {
     let mut request = b"W0FAC0B1234\n".to_vec();
     request.extend([b'.'; 2000]);
     c.write_all(&request).unwrap();
-    // Let the reply and the close happen before the client reads anything.
-    thread::sleep(Duration::from_millis(150));
+    // Let the reply and the close happen before the client reads anything:
+    // the transaction is recorded once the server has closed the connection.
+    let stats = s.stats_when(|st| st.transactions == 1);
+    assert_eq!(stats.transactions, 1, "the server never closed");
     let mut reply = Vec::new();
     c.read_to_end(&mut reply).expect("no reset");
     assert_eq!(reply, b"A0FAC0B1234\n");
