@@ -26,6 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::format::{Damage, FormatError, HEADER_BYTES, Scanner};
 pub use super::format::{Key, MAGIC, RECORD_BYTES, encode_record};
+use super::lock::{DataLock, LockError, lock_path};
 
 /// How much of the file is read at a time at startup; a stop request is noticed
 /// between reads (every ~29,000 records).
@@ -121,6 +122,13 @@ pub enum JournalError {
     Cancelled {
         path: PathBuf,
     },
+    /// Another process (another server) has the file open: its lock file is
+    /// held, by this PID when the lock file says.
+    Locked {
+        path: PathBuf,
+        lock: PathBuf,
+        pid: Option<u32>,
+    },
 }
 
 impl fmt::Display for JournalError {
@@ -157,6 +165,17 @@ impl fmt::Display for JournalError {
             ),
             JournalError::Cancelled { path } => {
                 write!(f, "{}: replay stopped by a stop request", path.display())
+            }
+            JournalError::Locked { path, lock, pid } => {
+                write!(f, "{}: in use by another wwep-server", path.display())?;
+                if let Some(pid) = pid {
+                    write!(f, " (PID {pid})")?;
+                }
+                write!(
+                    f,
+                    ", which holds {}; one server per data file",
+                    lock.display()
+                )
             }
         }
     }
@@ -251,6 +270,9 @@ struct State {
 
 /// The open data file.
 pub struct Journal {
+    /// `FILE.lock`, held from before the file was opened until the journal
+    /// is dropped (or the process exits): one server per data file.
+    _lock: DataLock,
     /// The file as the user named it, for messages.
     path: PathBuf,
     /// Where it really is (a symbolic link followed): compaction replaces this
@@ -313,6 +335,21 @@ impl Journal {
             Err(e) if e.kind() == io::ErrorKind::NotFound => true,
             Err(e) => return Err(io_err(path, "inspect the data file")(e)),
         };
+        // One server per data file: the lock is taken before the file is
+        // opened, read or written, and held as long as the journal lives.
+        let real = real_path(path).map_err(io_err(path, "follow the symbolic link"))?;
+        let lock = DataLock::acquire(&real).map_err(|e| match e {
+            LockError::Held { pid } => JournalError::Locked {
+                path: path.to_path_buf(),
+                lock: lock_path(&real),
+                pid,
+            },
+            LockError::Io(source) => JournalError::Io {
+                path: lock_path(&real),
+                action: "lock the data file",
+                source,
+            },
+        })?;
         // Non-blocking, so a FIFO swapped in after the check cannot hang the open.
         let file = OpenOptions::new()
             .create(true)
@@ -395,17 +432,12 @@ impl Journal {
             .map_err(io_err(path, "fsync the data file"))?;
         // A compaction cut short by a crash left its temporary file; the data
         // file itself is whole (it is replaced only by a rename).
-        let real = match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                std::fs::canonicalize(path).map_err(io_err(path, "follow the symbolic link"))?
-            }
-            _ => path.to_path_buf(),
-        };
         let _ = std::fs::remove_file(tmp_path(&real));
         if created {
             sync_dir(&real).map_err(io_err(path, "fsync the data file's directory"))?;
         }
         let journal = Journal {
+            _lock: lock,
             path: path.to_path_buf(),
             real: real.clone(),
             policy,
@@ -864,6 +896,26 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
+}
+
+/// Where the data file really is: a symbolic link followed (even one whose
+/// target does not exist yet), so that compaction replaces the real file and
+/// two servers given two links to one file take one lock.
+fn real_path(path: &Path) -> io::Result<PathBuf> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => match std::fs::canonicalize(path) {
+            Ok(real) => Ok(real),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let target = std::fs::read_link(path)?;
+                Ok(match path.parent() {
+                    Some(dir) if target.is_relative() => dir.join(target),
+                    _ => target,
+                })
+            }
+            Err(e) => Err(e),
+        },
+        _ => Ok(path.to_path_buf()),
+    }
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
