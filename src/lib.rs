@@ -5,7 +5,8 @@
 //! imports only the ones below it:
 //!
 //! - [`protocol`] the wire grammar; [`allow`] address ranges; [`facts`] what is
-//!   known of one connection; [`rate_limited`] log lines;
+//!   known of one connection; [`rate_limited`] log lines; [`input_file`] the
+//!   files an operator names, read only when they are files of bounded size;
 //! - [`tls`] certificates and handshakes; [`acl`] who may read or write which
 //!   registers; [`metrics`] the counters; [`activity`] the live page's record;
 //!   [`store`] the registers (memory, data file, Valkey/Redis);
@@ -26,6 +27,7 @@ pub mod config;
 pub mod connection;
 pub mod facts;
 pub mod http;
+pub mod input_file;
 pub mod logging;
 pub mod metrics;
 pub mod net;

@@ -18,7 +18,7 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::format::{Damage, FormatError, HEADER_BYTES, Scanner};
 pub use super::format::{Key, MAGIC, RECORD_BYTES, encode_record};
 use super::lock::{DataLock, LockError, lock_path};
+use crate::input_file::FileKind;
 
 /// How much of the file is read at a time at startup; a stop request is noticed
 /// between reads (every ~29,000 records).
@@ -104,7 +105,7 @@ pub enum JournalError {
     /// A directory, FIFO, device or socket: never opened, so a FIFO cannot hang.
     NotRegular {
         path: PathBuf,
-        kind: &'static str,
+        kind: FileKind,
     },
     NotAJournal {
         path: PathBuf,
@@ -293,22 +294,6 @@ struct Reserve {
     short: bool,
 }
 
-fn file_kind(t: std::fs::FileType) -> &'static str {
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "something other than a file"
-    }
-}
-
 impl Journal {
     /// Opens (or creates) the data file and replays its good records into
     /// `replay`, checking `cancel` between chunks. A tail a crash can leave (a
@@ -325,13 +310,15 @@ impl Journal {
         replay: &mut dyn FnMut(Key, u16),
     ) -> Result<(Journal, OpenReport), JournalError> {
         let created = match std::fs::metadata(path) {
-            Ok(meta) if !meta.is_file() => {
-                return Err(JournalError::NotRegular {
-                    path: path.to_path_buf(),
-                    kind: file_kind(meta.file_type()),
-                });
-            }
-            Ok(_) => false,
+            Ok(meta) => match FileKind::of(meta.file_type()) {
+                Some(kind) => {
+                    return Err(JournalError::NotRegular {
+                        path: path.to_path_buf(),
+                        kind,
+                    });
+                }
+                None => false,
+            },
             Err(e) if e.kind() == io::ErrorKind::NotFound => true,
             Err(e) => return Err(io_err(path, "inspect the data file")(e)),
         };
@@ -361,10 +348,10 @@ impl Journal {
         let meta = file
             .metadata()
             .map_err(io_err(path, "inspect the data file"))?;
-        if !meta.is_file() {
+        if let Some(kind) = FileKind::of(meta.file_type()) {
             return Err(JournalError::NotRegular {
                 path: path.to_path_buf(),
-                kind: file_kind(meta.file_type()),
+                kind,
             });
         }
 
@@ -1137,7 +1124,7 @@ mod tests {
             matches!(
                 err,
                 JournalError::NotRegular {
-                    kind: "a directory",
+                    kind: FileKind::Directory,
                     ..
                 }
             ),
