@@ -789,3 +789,34 @@ fn an_acl_file_beginning_with_a_byte_order_mark_loads() {
         server.log_text()
     );
 }
+
+#[test]
+fn a_legacy_pkcs12_file_loads_with_its_password() {
+    let pki = Pki::new(KeyKind::Rsa2048);
+    let Some(file) = legacy_pkcs12(
+        &pki.path("server.pem"),
+        &pki.path("server.key"),
+        &pki.path("legacy.p12"),
+        "secret",
+    ) else {
+        return;
+    };
+    let server = ServerProcess::start_env(
+        &["--no-plain", "--pkcs12", file.to_str().unwrap()],
+        &[("WWEP_PKCS12_PASSWORD", "secret")],
+    );
+    let mut tls = pki
+        .connector()
+        .connect("localhost", connect(server.tls.unwrap()))
+        .unwrap();
+    assert_eq!(transact(&mut tls, b"W0001020003"), b"A0001020003");
+    let mut cmd = server_cmd();
+    cmd.args(["--no-plain", "--pkcs12"])
+        .arg(&file)
+        .env("WWEP_PKCS12_PASSWORD", "wrong");
+    let stderr = refuses_to_start(&mut cmd, 1);
+    assert!(
+        stderr.contains("legacy.p12") && stderr.contains("wrong password"),
+        "{stderr}"
+    );
+}
