@@ -45,7 +45,8 @@ check() {
     return 1
   fi
 }
-# within SECONDS COMMAND...: polls COMMAND until it succeeds or time is up.
+# within SECONDS COMMAND...: polls COMMAND until it succeeds or time is up
+# (COMMAND's arguments are expanded once: put what changes in a function).
 within() {
   local end=$((SECONDS + $1))
   shift
@@ -145,7 +146,8 @@ reload_expired() {
     systemctl status wwep --no-pager -n 5
     return 1
   }
-  within 10 [ "$(wwep_lines 'keeping the old certificate')" -gt "$refusals" ] || {
+  refused_more() { [ "$(wwep_lines 'keeping the old certificate')" -gt "$refusals" ]; }
+  within 10 refused_more || {
     echo "no 'keeping the old certificate' in the journal"
     return 1
   }
@@ -230,7 +232,8 @@ stop_under_load() {
   pid=$(main_pid)
   # Four connections that send nothing, accepted before the stop.
   exec 3<>/dev/tcp/127.0.0.1/27708 4<>/dev/tcp/127.0.0.1/27708 5<>/dev/tcp/127.0.0.1/40508 6<>/dev/tcp/127.0.0.1/40508
-  within 5 [ "$(accepted "$pid")" -ge 4 ] || {
+  all_accepted() { [ "$(accepted "$pid")" -ge 4 ]; }
+  within 5 all_accepted || {
     echo "the server holds $(accepted "$pid") connections, not 4"
     return 1
   }
@@ -352,7 +355,7 @@ upgrade() {
     echo "installed version $version"
     return 1
   }
-  within 30 [ "$(systemctl is-active wwep)" = active ] || return 1
+  within 30 systemctl is-active --quiet wwep || return 1
   new=$(main_pid)
   [ "$new" != "$pid" ] || {
     echo "still the old server ($pid)"
