@@ -156,10 +156,36 @@ fn can_run() -> Option<String> {
     Some(suite)
 }
 
+/// Removes what a run killed before it could clean up left in `dir`: its
+/// temporary directories (`run.*`, `*.tmp.*`) older than an hour, longer than
+/// any run or root build may take.
+fn sweep_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("run.") || name.contains(".tmp.")) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if old {
+            eprintln!("removing {name}, left by an earlier run");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// The minimal root for `suite`, made by debootstrap the first time.
 fn cached_root(suite: &str) -> PathBuf {
     let dir = repo().join("target/systemd-test");
     std::fs::create_dir_all(&dir).unwrap();
+    sweep_leftovers(&dir);
     let name = format!("{suite}-minbase-{ROOT_VERSION}");
     let root = dir.join(&name);
     if root.is_dir() {
