@@ -24,6 +24,8 @@ cmd  redis-server     redis-server
 cmd  redis-cli        redis-tools
 cmd  haproxy          haproxy
 cmd  chromium         chromium
+cmd  systemd-nspawn   systemd-container
+cmd  debootstrap      debootstrap
 '
 set -euo pipefail
 
