@@ -12,6 +12,16 @@
 #include "lwip/tcpip.h"
 #include "netif/tapif.h"
 
+/* Debian's liblwip 2.1.3 reads each frame from the TAP device into a chain of
+ * pool buffers that are allocated at 592 bytes but filled as if they held a
+ * 1460-byte segment: a longer frame writes past the allocation (valgrind shows
+ * it in pbuf_take under tapif's thread; a TLS handshake crashes on it). So the
+ * interface's MTU is 576, IPv4's minimum: lwIP then announces an MSS of 536
+ * and the peer sends no longer frames. The Linux side of the TAP device
+ * should have MTU 576 too (ip link set NAME mtu 576), for frames other than
+ * TCP's. */
+#define TAP_MTU 576
+
 static struct netif tap_netif;
 
 static void tcpip_ready(void *arg)
@@ -71,6 +81,7 @@ int wwep_lwip_tap_up(const char *tap, const char *address, const char *gateway, 
     LOCK_TCPIP_CORE();
     added = netif_add(&tap_netif, &ip, &mask, &gw, NULL, tapif_init, tcpip_input);
     if (added != NULL) {
+        tap_netif.mtu = TAP_MTU;
         netif_set_default(&tap_netif);
         netif_set_up(&tap_netif);
     }

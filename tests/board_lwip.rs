@@ -1,0 +1,414 @@
+//! The board library on a real embedded TCP/IP stack: `wwep-button` built
+//! over lwIP's own stack (clients/c/port/lwip), on a TAP device in a network
+//! namespace of its own, against a real `wwep-server` on the Linux side of
+//! the TAP; and the Cortex-M build with its check for allocation and for
+//! symbols a bare-metal newlib does not provide.
+//!
+//! Each test makes its namespace `wwl<pid>-<n>` with a TAP device in it; the
+//! Linux side of the TAP holds 198.18.N.1/24 and the lwIP program 198.18.N.2,
+//! N unique per test. The namespace (and with it the TAP device) and every
+//! process are removed by [`Net`]'s drop, also after a failed assertion.
+//! Root, `ip` and /dev/net/tun are needed; without them the tests are skipped
+//! (failed under WWEP_REQUIRE_TOOLS=1).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use common::*;
+
+/// The MAC of the course's board; its device id is 04FB.
+const MAC: &str = "aa:bb:cc:dd:ee:ff";
+const THREE_PRESSES: &str = "A04FB050001\nA04FB050000\nA04FB050001\n";
+/// The TAP device's name inside each test's namespace.
+const TAP: &str = "wtap0";
+
+fn require_tools() -> bool {
+    std::env::var("WWEP_REQUIRE_TOOLS").as_deref() == Ok("1")
+}
+
+/// Records a skip, or fails the test when WWEP_REQUIRE_TOOLS=1.
+fn missing(reason: &str) {
+    if require_tools() {
+        panic!("{reason}, but WWEP_REQUIRE_TOOLS=1 requires it");
+    }
+    skip(reason);
+}
+
+/// Whether `name` is a program on PATH (without recording anything).
+fn on_path(name: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target folder")
+        .to_path_buf()
+}
+
+fn sources() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/c")
+}
+
+/// `make -C clients/c TARGET BUILD=target/DIR`, asserted to succeed.
+fn make(target: &str, dir: &Path) -> Output {
+    let mut make = Command::new("make");
+    make.arg("-C")
+        .arg(sources())
+        .arg(target)
+        .arg(format!("BUILD={}", dir.display()));
+    let out = run_with_input(&mut make, b"");
+    assert!(
+        out.status.success(),
+        "make {target} succeeds\n{}",
+        describe(&make, &out)
+    );
+    out
+}
+
+/// What stops the lwIP tests on this machine, if anything.
+fn lwip_missing() -> Option<String> {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        return Some("network namespaces and TAP devices need root".into());
+    }
+    for tool in ["ip", "cc", "make"] {
+        if !on_path(tool) {
+            return Some(format!("{tool} is not installed"));
+        }
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("/dev/net/tun (TAP devices) is not available".into());
+    }
+    if !Path::new("/usr/include/lwip/lwip/sockets.h").exists() {
+        return Some("lwIP (liblwip-dev) is not installed".into());
+    }
+    if !Path::new("/usr/include/mbedtls/ssl.h").exists() {
+        return Some("the mbedTLS headers (libmbedtls-dev) are not installed".into());
+    }
+    None
+}
+
+/// Builds the lwIP programs once for the whole test binary (into
+/// target/c-lwip); `None`, with the skip recorded, where they cannot run.
+fn lwip_build() -> Option<&'static Path> {
+    static BUILD: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let build = BUILD.get_or_init(|| {
+        if let Some(reason) = lwip_missing() {
+            return Err(reason);
+        }
+        let dir = target_dir().join("c-lwip");
+        make("lwip", &dir);
+        Ok(dir.join("lwip"))
+    });
+    match build {
+        Ok(dir) => Some(dir),
+        Err(reason) => {
+            missing(reason);
+            None
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn must_ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Deletes namespaces an earlier run of this file left behind (killed before
+/// its drops ran): `wwl<pid>-…` whose process is gone.
+fn clean_leftovers() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(pid) = name
+            .strip_prefix("wwl")
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            ip(&["netns", "del", name]);
+        }
+    }
+}
+
+/// One test's network: a namespace with a TAP device whose Linux side holds
+/// 198.18.N.1/24; the lwIP program gets 198.18.N.2. Drop kills every process
+/// started with [`Net::spawn`] (by PID) and deletes the namespace.
+struct Net {
+    ns: String,
+    subnet: u8,
+    children: Vec<std::process::Child>,
+}
+
+impl Net {
+    fn new(subnet: u8) -> Net {
+        clean_leftovers();
+        let net = Net {
+            ns: format!("wwl{}-{subnet}", std::process::id()),
+            subnet,
+            children: Vec::new(),
+        };
+        ip(&["netns", "del", &net.ns]);
+        must_ip(&["netns", "add", &net.ns]);
+        must_ip(&["-n", &net.ns, "link", "set", "lo", "up"]);
+        must_ip(&["-n", &net.ns, "tuntap", "add", "dev", TAP, "mode", "tap"]);
+        let cidr = format!("{}/24", net.linux());
+        must_ip(&["-n", &net.ns, "addr", "add", &cidr, "dev", TAP]);
+        // As the port's interface (see clients/c/port/lwip/tap.c): Debian's
+        // lwIP cannot take longer frames.
+        must_ip(&["-n", &net.ns, "link", "set", TAP, "mtu", "576", "up"]);
+        net
+    }
+
+    /// The Linux side's address.
+    fn linux(&self) -> String {
+        format!("198.18.{}.1", self.subnet)
+    }
+
+    /// The lwIP program's address.
+    fn board(&self) -> String {
+        format!("198.18.{}.2", self.subnet)
+    }
+
+    /// The flags that put an lwIP program on this network.
+    fn lwip_flags(&self) -> Vec<String> {
+        vec![
+            "--tap".into(),
+            TAP.into(),
+            "--address".into(),
+            format!("{}/24", self.board()),
+        ]
+    }
+
+    /// Runs `f` on a thread inside the namespace: sockets it opens and
+    /// processes it starts live there.
+    fn inside<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    enter(&self.ns);
+                    f()
+                })
+                .join()
+                .expect("the thread inside the namespace")
+        })
+    }
+
+    /// Runs a command inside the namespace with `input` on stdin (killed
+    /// after 20 s); returns its output and a description for messages.
+    fn run(&self, cmd: &mut Command, input: &[u8]) -> (Output, String) {
+        let out = self.inside(|| run_with_input(cmd, input));
+        let text = describe(cmd, &out);
+        (out, text)
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for mut child in self.children.drain(..) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        ip(&["netns", "del", &self.ns]);
+    }
+}
+
+/// Moves the calling thread into the named network namespace.
+fn enter(ns: &str) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).expect("open netns");
+    // SAFETY: setns on a valid fd of a network namespace; it changes only the
+    // calling thread's namespace.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {ns}");
+}
+
+fn path(pki: &Pki, name: &str) -> String {
+    pki.path(name).to_str().unwrap().to_string()
+}
+
+/// A `wwep-server` in the namespace, bound to the Linux side's address on
+/// ephemeral ports; `pki` gives it its TLS listener.
+fn server_in(net: &Net, pki: Option<&Pki>) -> ServerProcess {
+    let linux = net.linux();
+    let mut args: Vec<String> = ["--bind", &linux, "--plain-port", "0", "--tls-port", "0"]
+        .map(String::from)
+        .to_vec();
+    match pki {
+        Some(pki) => args.extend([
+            "--cert".into(),
+            path(pki, "server.pem"),
+            "--key".into(),
+            path(pki, "server.key"),
+        ]),
+        None => args.push("--no-tls".into()),
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    net.inside(|| ServerProcess::spawn(&args, &[]))
+}
+
+/// The lwIP `wwep-button` in the namespace with `args` before HOST PORT MAC,
+/// one press per line on stdin.
+fn button(net: &Net, dir: &Path, args: &[&str], host: &str, port: u16) -> (Output, String) {
+    let mut cmd = Command::new(dir.join("wwep-button"));
+    cmd.args(net.lwip_flags())
+        .args(args)
+        .arg(host)
+        .arg(port.to_string())
+        .arg(MAC);
+    net.run(&mut cmd, b"\n\n\n")
+}
+
+/// `wwep ARGS` (the CLI) in the namespace.
+fn cli(net: &Net, args: &[&str]) -> (Output, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep"));
+    cmd.args(args);
+    net.run(&mut cmd, b"")
+}
+
+/// The server saw the presses come from the lwIP stack's address.
+fn from_board(server: &ServerProcess, net: &Net) {
+    let log = server.log_text();
+    let peer = format!("{}:", net.board());
+    let lines = log.lines().filter(|l| l.contains("W04FB05")).count();
+    let from_board = log
+        .lines()
+        .filter(|l| l.contains("W04FB05") && l.contains(&peer))
+        .count();
+    assert_eq!(lines, 3, "three presses in the server's log:\n{log}");
+    assert_eq!(from_board, 3, "every press came from {peer}:\n{log}");
+}
+
+#[test]
+fn button_over_lwip_toggles_the_led_on_a_real_server() {
+    let Some(dir) = lwip_build() else { return };
+    let net = Net::new(1);
+    let server = server_in(&net, None);
+    let port = server.plain.expect("the plain listener").port();
+    let (out, text) = button(&net, dir, &[], &net.linux(), port);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        THREE_PRESSES,
+        "{text}"
+    );
+    from_board(&server, &net);
+    let at = format!("{}:{port}", net.linux());
+    let (out, text) = cli(&net, &["--server", &at, "read", "04FB", "05"]);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "A04FB050001",
+        "{text}"
+    );
+}
+
+#[test]
+fn button_over_lwip_speaks_tls_verifying_the_server() {
+    let Some(dir) = lwip_build() else { return };
+    let pki = Pki::new(KeyKind::EcP256);
+    let net = Net::new(2);
+    let server = server_in(&net, Some(&pki));
+    let port = server.tls.expect("the TLS listener").port();
+    let ca = path(&pki, "ca.pem");
+    // The certificate names localhost; lwIP has no DNS, so the name is mapped
+    // to the server's address as a board's table would.
+    let resolve = format!("localhost={}", net.linux());
+    let args = ["--resolve", &resolve, "--tls", "--ca", &ca];
+    let (out, text) = button(&net, dir, &args, "localhost", port);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        THREE_PRESSES,
+        "{text}"
+    );
+    from_board(&server, &net);
+    let at = format!("{}:{port}", net.linux());
+    let (out, text) = cli(
+        &net,
+        &[
+            "--server",
+            &at,
+            "--tls",
+            "--ca",
+            &ca,
+            "--servername",
+            "localhost",
+            "read",
+            "04FB",
+            "05",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "A04FB050001",
+        "{text}"
+    );
+
+    // A CA that did not sign the server's certificate is refused in the
+    // handshake: the TLS above was verified, not only encrypted.
+    let other = Pki::new(KeyKind::EcP256);
+    let foreign = path(&other, "ca.pem");
+    let args = ["--resolve", &resolve, "--tls", "--ca", &foreign];
+    let (out, text) = button(&net, dir, &args, "localhost", port);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{text}");
+}
+
+#[test]
+fn button_over_lwip_has_no_linux_socket_calls() {
+    let Some(dir) = lwip_build() else { return };
+    let out = Command::new("nm")
+        .arg("-u")
+        .arg(dir.join("wwep-button"))
+        .output()
+        .expect("nm");
+    assert!(out.status.success(), "nm -u wwep-button");
+    let imported = String::from_utf8_lossy(&out.stdout);
+    let linux: Vec<&str> = imported
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .map(|s| s.split('@').next().unwrap_or(s))
+        .filter(|s| {
+            [
+                "socket", "connect", "bind", "listen", "accept", "accept4", "recv", "send", "poll",
+            ]
+            .contains(s)
+        })
+        .collect();
+    assert!(linux.is_empty(), "Linux socket calls linked in: {linux:?}");
+    assert!(
+        imported.contains("lwip_connect"),
+        "lwip_connect is what connects:\n{imported}"
+    );
+}
