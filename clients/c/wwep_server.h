@@ -213,15 +213,33 @@ void wwep_server_stop(wwep_server *server);
 /* ---- POSIX sockets ----------------------------------------------------- */
 
 #if defined(WWEP_WITH_POSIX)
+/* How long a closed connection is still read (its write side shut) so that
+ * bytes the client sends after the reply do not make the stack answer with a
+ * reset that could destroy the reply before the client reads it. */
+#ifndef WWEP_LINGER_MS
+#define WWEP_LINGER_MS 500
+#endif
+
+struct wwep_posix_listener;
+
+/* An accepted connection; `sock` first, so its address is the conn's. */
+typedef struct wwep_posix_conn {
+    wwep_posix sock;
+    struct wwep_posix_listener *owner;
+} wwep_posix_conn;
+
 typedef struct wwep_posix_listener {
     int fd;
-    wwep_posix conns[WWEP_SERVER_SLOTS];
+    wwep_posix_conn conns[WWEP_SERVER_SLOTS];
+    /* Closed connections still being read until the client closes or
+     * WWEP_LINGER_MS pass; -1 when unused. Looked after by accept. */
+    int closing[WWEP_SERVER_SLOTS];
+    uint32_t closing_since[WWEP_SERVER_SLOTS];
 } wwep_posix_listener;
 
 /* Fills *out with a listener over POSIX sockets using *l for its state.
- * Accepted connections are closed by shutting down the write side and
- * draining what the client already sent, so the reply is not lost to a
- * reset. */
+ * A connection's close shuts its write side and lingers (WWEP_LINGER_MS);
+ * the listener's close ends the lingering ones too. */
 void wwep_posix_listener_init(wwep_posix_listener *l, wwep_listener *out);
 /* A wwep_clock over CLOCK_MONOTONIC (ctx unused). */
 uint32_t wwep_posix_now_ms(void *ctx);
