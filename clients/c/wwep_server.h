@@ -265,6 +265,7 @@ typedef struct wwep_tls_conn {
     wwep_transport raw;          /* the accepted connection TLS runs over */
     uint32_t timeout_ms;         /* the current read's time limit */
     int busy;
+    int handshaken;              /* the handshake has finished */
     mbedtls_ssl_context ssl;
 } wwep_tls_conn;
 
