@@ -1,8 +1,11 @@
 /*
  * The board programs over lwIP on a PC. mk/lwip.mk compiles a program's own
- * source (wwep-button.c, ...) unchanged, with
+ * source (wwep-button.c, wwep-board-server.c) unchanged, with
  *
- *   -Dmain=wwep_program_main -Dwwep_posix_transport=wwep_lwip_posix_transport
+ *   -Dmain=wwep_program_main
+ *   -Dwwep_posix_transport=wwep_lwip_posix_transport
+ *   -Dwwep_posix_listener_init=wwep_lwip_posix_listener_init
+ *   -Dwwep_posix_now_ms=wwep_lwip_now_ms
  *
  * so that this main runs first: it takes the interface's flags
  *
@@ -10,7 +13,7 @@
  *
  * out of the command line, puts lwIP's stack on the TAP device (tap.c), and
  * calls the program with the rest; every transport the program makes is then
- * lwIP's. The programs are compiled with WWEP_WITH_POSIX for the wwep_posix
+ * lwIP's, and so is every listener and the server's clock. The programs are compiled with WWEP_WITH_POSIX for the wwep_posix
  * type they declare, wwep.c without it: no Linux socket call is linked in. lwIP has no DNS here: --resolve maps a name the program is given to
  * an address (the name is still the one a TLS certificate is checked against).
  */
@@ -22,15 +25,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The transports one program may hold at once. */
+/* The transports and listeners one program may hold at once. */
 #define PROGRAM_TRANSPORTS 16
+#define PROGRAM_LISTENERS 4
 #define PROGRAM_HOSTS 4
 
 int wwep_program_main(int argc, char **argv);
 void wwep_lwip_posix_transport(wwep_posix *posix, wwep_transport *t);
+void wwep_lwip_posix_listener_init(wwep_posix_listener *posix, wwep_listener *out);
 
 static wwep_lwip sockets[PROGRAM_TRANSPORTS];
 static size_t sockets_used;
+static wwep_lwip_listener listeners[PROGRAM_LISTENERS];
+static size_t listeners_used;
 static wwep_lwip_host hosts[PROGRAM_HOSTS];
 static char host_names[PROGRAM_HOSTS][64];
 static size_t host_count;
@@ -49,6 +56,17 @@ void wwep_lwip_posix_transport(wwep_posix *posix, wwep_transport *t)
     wwep_lwip_transport(p, t);
     p->hosts = hosts;
     p->host_count = host_count;
+}
+
+/* Stands in for wwep_posix_listener_init, the same way. */
+void wwep_lwip_posix_listener_init(wwep_posix_listener *posix, wwep_listener *out)
+{
+    (void)posix;
+    if (listeners_used == PROGRAM_LISTENERS) {
+        fprintf(stderr, "lwIP port: more than %d listeners\n", PROGRAM_LISTENERS);
+        exit(2);
+    }
+    wwep_lwip_listener_init(&listeners[listeners_used++], out);
 }
 
 static int usage(const char *program, const char *why)

@@ -6,10 +6,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "lwip/inet.h"
 #include "lwip/sockets.h"
+#include "lwip/sys.h"
+
+#define BACKLOG 8
 
 /* The address connect should use for host: a dotted IPv4 address as it is,
  * or a name from the table. 0 when there is none. */
@@ -104,4 +108,146 @@ void wwep_lwip_transport(wwep_lwip *p, wwep_transport *t)
     t->write = lwip_port_write;
     t->read = lwip_port_read;
     t->close = lwip_port_close;
+}
+
+/* ---- the listener ------------------------------------------------------ */
+
+uint32_t wwep_lwip_now_ms(void *ctx)
+{
+    (void)ctx;
+    return (uint32_t)sys_now();
+}
+
+/* Reads and drops what fd has without waiting. 1 at end of file or error. */
+static int drained(int fd)
+{
+    unsigned char sink[256];
+    for (;;) {
+        ssize_t n = lwip_recv(fd, sink, sizeof sink, MSG_DONTWAIT);
+        if (n > 0) continue;
+        if (n < 0 && errno == EINTR) continue;
+        return !(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+    }
+}
+
+/* Ends lingering connections whose client has closed or whose time is up
+ * (all of them when `all`). */
+static void reap(wwep_lwip_listener *l, int all)
+{
+    uint32_t t = wwep_lwip_now_ms(NULL);
+    size_t i;
+    for (i = 0; i < WWEP_SERVER_SLOTS; i++) {
+        int fd = l->closing[i];
+        if (fd < 0) continue;
+        if (all || drained(fd) || (uint32_t)(t - l->closing_since[i]) >= WWEP_LWIP_LINGER_MS) {
+            lwip_close(fd);
+            l->closing[i] = -1;
+        }
+    }
+}
+
+static void conn_close(void *ctx)
+{
+    wwep_lwip_conn *c = ctx;
+    wwep_lwip_listener *l = c->owner;
+    int fd = c->sock.fd;
+    size_t i;
+    c->sock.fd = -1;
+    if (fd < 0) return;
+    /* The reply is out: a FIN, then keep reading for a moment unless the
+     * client has closed already. */
+    if (lwip_shutdown(fd, SHUT_WR) == 0 && !drained(fd)) {
+        for (i = 0; i < WWEP_SERVER_SLOTS; i++) {
+            if (l->closing[i] < 0) {
+                l->closing[i] = fd;
+                l->closing_since[i] = wwep_lwip_now_ms(NULL);
+                return;
+            }
+        }
+    }
+    lwip_close(fd);
+}
+
+static int lst_listen(void *ctx, const char *addr, uint16_t port, uint16_t *bound_port)
+{
+    wwep_lwip_listener *l = ctx;
+    struct sockaddr_in sa, got;
+    socklen_t got_len = sizeof got;
+    int fd, flags, one = 1;
+    memset(&sa, 0, sizeof sa);
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(port);
+    if (lwip_inet_pton(AF_INET, addr, &sa.sin_addr) != 1) return WWEP_ERR_ARG;
+    fd = lwip_socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) return WWEP_ERR_IO;
+    (void)lwip_setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    flags = lwip_fcntl(fd, F_GETFL, 0);
+    if (lwip_bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || lwip_listen(fd, BACKLOG) != 0 ||
+        flags < 0 || lwip_fcntl(fd, F_SETFL, flags | O_NONBLOCK) != 0 ||
+        lwip_getsockname(fd, (struct sockaddr *)&got, &got_len) != 0) {
+        lwip_close(fd);
+        return WWEP_ERR_IO;
+    }
+    l->fd = fd;
+    if (bound_port != NULL) *bound_port = ntohs(got.sin_port);
+    return WWEP_OK;
+}
+
+static int lst_accept(void *ctx, wwep_transport *conn, char *peer, size_t peer_len,
+                      uint32_t timeout_ms)
+{
+    wwep_lwip_listener *l = ctx;
+    struct sockaddr_in sa;
+    socklen_t sa_len = sizeof sa;
+    wwep_lwip_conn *c = NULL;
+    char host[16];
+    size_t i;
+    int fd, rc;
+    reap(l, 0);
+    for (i = 0; i < WWEP_SERVER_SLOTS && c == NULL; i++)
+        if (l->conns[i].sock.fd < 0) c = &l->conns[i];
+    /* Every connection context in use: leave the newcomer in the backlog. */
+    if (c == NULL) return WWEP_ERR_TIMEOUT;
+    rc = wait_for(l->fd, POLLIN, timeout_ms);
+    if (rc == 0) return WWEP_ERR_TIMEOUT;
+    if (rc < 0) return WWEP_ERR_IO;
+    fd = lwip_accept(l->fd, (struct sockaddr *)&sa, &sa_len);
+    if (fd < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? WWEP_ERR_TIMEOUT : WWEP_ERR_IO;
+    if (peer_len > 0) {
+        if (lwip_inet_ntop(AF_INET, &sa.sin_addr, host, sizeof host) == NULL) host[0] = '\0';
+        /* "255.255.255.255:65535" and a NUL fit in WWEP_PEER_MAX. */
+        snprintf(peer, peer_len, "%s:%u", host[0] ? host : "?", (unsigned)ntohs(sa.sin_port));
+    }
+    wwep_lwip_transport(&c->sock, conn);
+    c->sock.fd = fd;
+    c->owner = l;
+    conn->connect = NULL;
+    conn->close = conn_close;
+    return WWEP_OK;
+}
+
+static void lst_close(void *ctx)
+{
+    wwep_lwip_listener *l = ctx;
+    reap(l, 1);
+    if (l->fd >= 0) lwip_close(l->fd);
+    l->fd = -1;
+}
+
+void wwep_lwip_listener_init(wwep_lwip_listener *l, wwep_listener *out)
+{
+    size_t i;
+    l->fd = -1;
+    for (i = 0; i < WWEP_SERVER_SLOTS; i++) {
+        l->conns[i].sock.fd = -1;
+        l->conns[i].sock.hosts = NULL;
+        l->conns[i].sock.host_count = 0;
+        l->conns[i].owner = l;
+        l->closing[i] = -1;
+        l->closing_since[i] = 0;
+    }
+    out->ctx = l;
+    out->listen = lst_listen;
+    out->accept = lst_accept;
+    out->close = lst_close;
 }
