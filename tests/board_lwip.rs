@@ -1,8 +1,8 @@
-//! The board library on a real embedded TCP/IP stack: `wwep-button` built
-//! over lwIP's own stack (clients/c/port/lwip), on a TAP device in a network
-//! namespace of its own, against a real `wwep-server` on the Linux side of
-//! the TAP; and the Cortex-M build with its check for allocation and for
-//! symbols a bare-metal newlib does not provide.
+//! The board library on a real embedded TCP/IP stack: `wwep-button` and
+//! `wwep-board-server` built over lwIP's own stack (clients/c/port/lwip), each
+//! on a TAP device in a network namespace of its own; the button against a
+//! real `wwep-server` on the Linux side of the TAP, the board server answering
+//! `wwep`, `nc` and `openssl s_client` from the Linux side.
 //!
 //! Each test makes its namespace `wwl<pid>-<n>` with a TAP device in it; the
 //! Linux side of the TAP holds 198.18.N.1/24 and the lwIP program 198.18.N.2,
@@ -13,9 +13,12 @@
 
 mod common;
 
+use std::io::{BufRead, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -410,5 +413,219 @@ fn button_over_lwip_has_no_linux_socket_calls() {
     assert!(
         imported.contains("lwip_connect"),
         "lwip_connect is what connects:\n{imported}"
+    );
+}
+
+/// `wwep-board-server` over lwIP, started in the namespace; its stdout (one
+/// line per transaction) and stderr are collected as they come.
+struct BoardServer {
+    plain: u16,
+    tls: u16,
+    out: Arc<Mutex<Vec<String>>>,
+    err: Arc<Mutex<Vec<String>>>,
+}
+
+impl BoardServer {
+    fn start(net: &mut Net, dir: &Path, pki: &Pki) -> BoardServer {
+        let mut cmd = Command::new(dir.join("wwep-board-server"));
+        cmd.args(net.lwip_flags())
+            .args(["--bind", "0.0.0.0", "--plain-port", "0", "--tls-port", "0"])
+            .args(["--cert", &path(pki, "server.pem")])
+            .args(["--key", &path(pki, "server.key")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = net.inside(|| cmd.spawn().expect("spawn wwep-board-server"));
+        let out = collect(child.stdout.take().unwrap());
+        let err = collect(child.stderr.take().unwrap());
+        net.children.push(child);
+        let port_of = |kind: &str| -> Option<u16> {
+            let lines = err.lock().unwrap();
+            lines
+                .iter()
+                .find(|l| l.contains(&format!("{kind} listener on")))
+                .and_then(|l| l.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+        };
+        let ready = eventually(Duration::from_secs(20), || {
+            port_of("plain").is_some() && port_of("tls").is_some()
+        });
+        assert!(
+            ready,
+            "wwep-board-server did not report its listeners: {:?}",
+            err.lock().unwrap()
+        );
+        BoardServer {
+            plain: port_of("plain").unwrap(),
+            tls: port_of("tls").unwrap(),
+            out,
+            err,
+        }
+    }
+
+    /// The transaction lines so far.
+    fn lines(&self) -> Vec<String> {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// Waits until the transaction lines are `n` (the line follows the reply).
+    fn lines_become(&self, n: usize) -> Vec<String> {
+        let ok = eventually(Duration::from_secs(10), || self.lines().len() >= n);
+        assert!(
+            ok,
+            "{n} transaction lines: {:?}\nstderr: {:?}",
+            self.lines(),
+            self.err.lock().unwrap()
+        );
+        self.lines()
+    }
+}
+
+/// Collects a pipe's lines on a thread of its own.
+fn collect(pipe: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap().push(line);
+        }
+    });
+    lines
+}
+
+/// `sh -c SCRIPT` in the namespace (for pipes into nc and s_client).
+fn shell(net: &Net, script: &str) -> (Output, String) {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(script);
+    net.run(&mut cmd, b"")
+}
+
+#[test]
+fn board_server_over_lwip_answers_wwep_nc_and_s_client() {
+    let Some(dir) = lwip_build() else { return };
+    if !have_tool("nc") || !have_tool("openssl") {
+        return;
+    }
+    let pki = Pki::new(KeyKind::EcP256);
+    let mut net = Net::new(3);
+    let board = BoardServer::start(&mut net, dir, &pki);
+    let plain = format!("{}:{}", net.board(), board.plain);
+    let tls = format!("{}:{}", net.board(), board.tls);
+    let ca = path(&pki, "ca.pem");
+
+    // The CLI on the open port: a write, then a read of it.
+    let (out, text) = cli(&net, &["--server", &plain, "write", "0FAC", "0B", "1234"]);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "A0FAC0B1234",
+        "{text}"
+    );
+    // nc as a person uses it: a line ended by `\n`, the reply ends the same.
+    let script = format!(
+        "printf 'R0FAC0B\\n' | nc -w 5 {} {}",
+        net.board(),
+        board.plain
+    );
+    let (out, text) = shell(&net, &script);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "A0FAC0B1234\n",
+        "{text}"
+    );
+    // Bad input gets X.
+    let script = format!(
+        "printf 'W01234\\n' | nc -w 5 {} {}",
+        net.board(),
+        board.plain
+    );
+    let (out, text) = shell(&net, &script);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "X\n", "{text}");
+
+    // TLS, verified against the test CA: the CLI and openssl s_client.
+    let tls_args = [
+        "--server",
+        &tls,
+        "--tls",
+        "--ca",
+        &ca,
+        "--servername",
+        "localhost",
+    ];
+    let mut args = tls_args.to_vec();
+    args.extend(["write", "0FAC", "0C", "00FF"]);
+    let (out, text) = cli(&net, &args);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "A0FAC0C00FF",
+        "{text}"
+    );
+    let script = format!(
+        "printf 'R0FAC0C\\r\\n' | openssl s_client -quiet -verify_return_error \
+         -CAfile {ca} -servername localhost -connect {tls} 2>/dev/null"
+    );
+    let (out, text) = shell(&net, &script);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "A0FAC0C00FF\r\n",
+        "{text}"
+    );
+    // A CA that did not sign the board's certificate: s_client refuses it.
+    let other = Pki::new(KeyKind::EcP256);
+    let script = format!(
+        "printf 'R0FAC0C\\n' | openssl s_client -quiet -verify_return_error \
+         -CAfile {} -servername localhost -connect {tls}",
+        path(&other, "ca.pem")
+    );
+    let (out, text) = shell(&net, &script);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains('A'),
+        "{text}"
+    );
+
+    // Every answer came over lwIP from the Linux side's address, one line each.
+    let lines = board.lines_become(5);
+    let peer = format!(" {}:", net.linux());
+    assert!(lines.iter().all(|l| l.contains(&peer)), "{lines:?}");
+    assert!(
+        lines[0].ends_with("\"W0FAC0B1234\" -> \"A0FAC0B1234\""),
+        "{lines:?}"
+    );
+    assert!(lines[3].contains(" tls "), "{lines:?}");
+}
+
+#[test]
+fn board_server_over_lwip_joins_a_message_split_across_segments() {
+    let Some(dir) = lwip_build() else { return };
+    let pki = Pki::new(KeyKind::EcP256);
+    let mut net = Net::new(4);
+    let board = BoardServer::start(&mut net, dir, &pki);
+    let addr: SocketAddr = format!("{}:{}", net.board(), board.plain).parse().unwrap();
+    let reply = net.inside(|| {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+        s.set_nodelay(true).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"W0FAC").unwrap();
+        s.flush().unwrap();
+        // Not a synchronisation: the pause is what makes two segments.
+        std::thread::sleep(Duration::from_millis(20));
+        let second = Instant::now();
+        s.write_all(b"0B1234").unwrap();
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        (reply, second.elapsed())
+    });
+    let (reply, took) = reply;
+    assert_eq!(
+        String::from_utf8_lossy(&reply),
+        "A0FAC0B1234",
+        "after {took:?}"
+    );
+    let lines = board.lines_become(1);
+    assert!(
+        lines[0].contains("\"W0FAC0B1234\" -> \"A0FAC0B1234\""),
+        "{lines:?}"
     );
 }
