@@ -629,3 +629,87 @@ fn board_server_over_lwip_joins_a_message_split_across_segments() {
         "{lines:?}"
     );
 }
+
+/// What stops the Cortex-M build on this machine, if anything.
+fn arm_missing() -> Option<String> {
+    for tool in [
+        "make",
+        "arm-none-eabi-gcc",
+        "arm-none-eabi-nm",
+        "arm-none-eabi-size",
+    ] {
+        if !on_path(tool) {
+            return Some(format!("{tool} (gcc-arm-none-eabi) is not installed"));
+        }
+    }
+    if !Path::new("/usr/include/newlib/string.h").exists() {
+        return Some("newlib (libnewlib-arm-none-eabi) is not installed".into());
+    }
+    None
+}
+
+#[test]
+fn cortex_m_build_needs_nothing_bare_metal_newlib_lacks() {
+    if let Some(reason) = arm_missing() {
+        return missing(&reason);
+    }
+    let dir = target_dir().join("c-cortex-m");
+    let out = make("cortex-m", &dir);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("bare-metal check: 4 objects need only:"),
+        "{said}"
+    );
+    for name in ["wwep", "wwep_frame", "wwep_store", "wwep_server"] {
+        let su = dir.join(format!("cortex-m/{name}.su"));
+        assert!(su.exists(), "{} is made", su.display());
+    }
+    // The table of docs/board-library.md comes out of the same build.
+    let out = make("size-table", &dir);
+    let table = String::from_utf8_lossy(&out.stdout);
+    for row in [
+        "| client core",
+        "| server core",
+        "| store at N = 400",
+        "| `wwep_server_step` |",
+    ] {
+        assert!(table.contains(row), "size-table has {row}:\n{table}");
+    }
+}
+
+#[test]
+fn bare_metal_check_refuses_allocation_and_stdio() {
+    if let Some(reason) = arm_missing() {
+        return missing(&reason);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let object = dir.path().join("allocates.o");
+    let mut cc = Command::new("arm-none-eabi-gcc");
+    cc.args([
+        "-mcpu=cortex-m4",
+        "-mthumb",
+        "-Os",
+        "-x",
+        "c",
+        "-c",
+        "-",
+        "-o",
+    ])
+    .arg(&object);
+    let source = b"#include <stdlib.h>\n#include <stdio.h>\n\
+        void *grow(void *p) { printf(\"%p\\n\", p); free(p); return malloc(16); }\n";
+    let out = run_with_input(&mut cc, source);
+    assert!(out.status.success(), "{}", describe(&cc, &out));
+    let mut check = Command::new("sh");
+    check
+        .arg(sources().join("mk/bare-metal-check.sh"))
+        .arg("arm-none-eabi-nm")
+        .arg(&object);
+    let out = run_with_input(&mut check, b"");
+    let text = describe(&check, &out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    for line in ["malloc allocates", "free allocates", "printf uses stdio"] {
+        assert!(said.contains(line), "{text}");
+    }
+}
