@@ -2,7 +2,9 @@
 //! `wwep-board-server` built over lwIP's own stack (clients/c/port/lwip), each
 //! on a TAP device in a network namespace of its own; the button against a
 //! real `wwep-server` on the Linux side of the TAP, the board server answering
-//! `wwep`, `nc` and `openssl s_client` from the Linux side.
+//! `wwep`, `nc` and `openssl s_client` from the Linux side. Then the Cortex-M
+//! build with its check for allocation and for symbols a bare-metal newlib
+//! does not provide, and the C fuzz targets in a short run.
 //!
 //! Each test makes its namespace `wwl<pid>-<n>` with a TAP device in it; the
 //! Linux side of the TAP holds 198.18.N.1/24 and the lwIP program 198.18.N.2,
@@ -711,5 +713,27 @@ fn bare_metal_check_refuses_allocation_and_stdio() {
     let said = String::from_utf8_lossy(&out.stderr);
     for line in ["malloc allocates", "free allocates", "printf uses stdio"] {
         assert!(said.contains(line), "{text}");
+    }
+}
+
+#[test]
+fn fuzz_targets_build_and_run_briefly() {
+    // The 30 s runs are CI's (.ci/run); here each target only has to build
+    // and survive a short run from an empty corpus.
+    if !on_path("clang") || !on_path("make") {
+        return missing("clang is not installed");
+    }
+    let dir = target_dir().join("c-fuzz-smoke");
+    make("fuzz", &dir);
+    for target in ["fuzz_request", "fuzz_reply", "fuzz_framer"] {
+        let mut run = Command::new(dir.join("fuzz").join(target));
+        run.args(["-runs=20000", "-seed=1"]);
+        let out = run_with_input(&mut run, b"");
+        let text = describe(&run, &out);
+        assert!(out.status.success(), "{text}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Done 20000 runs"),
+            "{text}"
+        );
     }
 }
