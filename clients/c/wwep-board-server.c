@@ -165,13 +165,13 @@ static int certificate_loads(const char *path, char *why, size_t len)
     else if (rc > 0) snprintf(why, len, "%d certificates in it cannot be parsed", rc);
     return rc == 0;
 }
-#endif
 
 static int cannot(const char *what, const char *file, const char *why)
 {
     fprintf(stderr, "wwep-board-server: cannot use %s %s: %s\n", what, file, why);
     return 1;
 }
+#endif
 
 int main(int argc, char **argv)
 {
