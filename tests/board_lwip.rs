@@ -677,6 +677,28 @@ fn cortex_m_build_needs_nothing_bare_metal_newlib_lacks() {
     ] {
         assert!(table.contains(row), "size-table has {row}:\n{table}");
     }
+    // docs/board-library.md shows this table; with the same compilers it
+    // must be this table (after a change: make -C clients/c size-table).
+    // (Without make's own lines and the commands it runs.)
+    let table: String = table
+        .lines()
+        .skip_while(|l| !l.starts_with("Cortex-M4: "))
+        .take_while(|l| !l.starts_with("make"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let docs = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/board-library.md"),
+    )
+    .unwrap();
+    let compilers = table.lines().next().unwrap_or_default();
+    if docs.contains(compilers) {
+        assert!(
+            docs.contains(table.trim_end()),
+            "docs/board-library.md shows the size table as make size-table prints it now:\n{table}"
+        );
+    } else {
+        eprintln!("other compilers than docs/board-library.md's: its table not compared");
+    }
 }
 
 #[test]
