@@ -632,6 +632,58 @@ fn board_server_over_lwip_joins_a_message_split_across_segments() {
     );
 }
 
+#[test]
+fn lwip_programs_refuse_a_missing_or_malformed_interface() {
+    let Some(dir) = lwip_build() else { return };
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["198.18.9.1", "27708", MAC],
+            "--tap and --address are required",
+        ),
+        (
+            &[
+                "--tap",
+                TAP,
+                "--address",
+                "198.18.9.2",
+                "198.18.9.1",
+                "27708",
+                MAC,
+            ],
+            "--address 198.18.9.2 is not A.B.C.D/NN",
+        ),
+        (
+            &[
+                "--tap",
+                TAP,
+                "--address",
+                "198.18.9.2/24",
+                "--gateway",
+                "x",
+                "h",
+                "1",
+                MAC,
+            ],
+            "--gateway x is not A.B.C.D",
+        ),
+        (
+            &["--tap", TAP, "--resolve", "localhost"],
+            "--resolve takes HOST=A.B.C.D",
+        ),
+    ];
+    for program in ["wwep-button", "wwep-board-server"] {
+        for (args, why) in cases {
+            let mut cmd = Command::new(dir.join(program));
+            cmd.args(args);
+            let out = run_with_input(&mut cmd, b"");
+            let text = describe(&cmd, &out);
+            assert_eq!(out.status.code(), Some(2), "{text}");
+            let said = String::from_utf8_lossy(&out.stderr);
+            assert!(said.starts_with(&format!("{program}: {why}\n")), "{text}");
+        }
+    }
+}
+
 /// What stops the Cortex-M build on this machine, if anything.
 fn arm_missing() -> Option<String> {
     for tool in [
