@@ -23,6 +23,7 @@ use redis::{
 };
 
 use super::backend::{Backend, StoreError};
+use crate::input_file::MAX_FILE_BYTES;
 use crate::rate_limited::RateLimitedLog;
 
 /// Where the registers live.
@@ -646,7 +647,7 @@ impl RedisStore {
     ) -> Result<RedisStore, RedisOpenError> {
         let setup = |e: redis::RedisError| RedisOpenError::Setup(describe(&e));
         let root_cert = match &settings.ca {
-            Some(path) => Some(std::fs::read(path).map_err(|e| {
+            Some(path) => Some(crate::input_file::read(path, MAX_FILE_BYTES).map_err(|e| {
                 RedisOpenError::Setup(format!("--store-ca {}: cannot read: {e}", path.display()))
             })?),
             None => None,

@@ -550,3 +550,37 @@ fn a_server_that_wants_a_client_certificate_refuses_without_one() {
     ])
     .expect(0, "A0001010007\n");
 }
+
+#[test]
+fn a_legacy_pkcs12_client_identity_loads_with_its_password() {
+    let pki = Arc::new(Pki::new(KeyKind::EcP256));
+    let Some(file) = legacy_pkcs12(
+        &pki.path("client.pem"),
+        &pki.path("client.key"),
+        &pki.path("client-legacy.p12"),
+        "secret",
+    ) else {
+        return;
+    };
+    let ca = pki.path("ca.pem");
+    let s = TestServer::with_pki(Arc::clone(&pki), |c| {
+        c.client_auth = wwep::tls::ClientAuth::Required { ca: ca.clone() }
+    });
+    let srv = tls_server(&s);
+    let with_password = |password: &str| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep"));
+        cmd.args(["--server", &srv, "--tls", "--ca"])
+            .arg(&ca)
+            .arg("--pkcs12")
+            .arg(&file)
+            .args(["write", "1", "1", "7"])
+            .env("WWEP_PKCS12_PASSWORD", password);
+        let out = run_with_input(&mut cmd, b"");
+        let text = describe(&cmd, &out);
+        Run { out, text }
+    };
+    with_password("secret").expect(0, "A0001010007\n");
+    with_password("wrong")
+        .fails_with("client-legacy.p12")
+        .fails_with("wrong password");
+}

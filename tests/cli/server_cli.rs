@@ -428,3 +428,393 @@ fn pkcs12_identity_from_the_command_line() {
         "{stderr}"
     );
 }
+
+/// Writes a certificate and its key as `NAME.pem` and `NAME.key`.
+fn write_pair(pki: &Pki, name: &str, issued: &Issued) -> (String, String) {
+    let cert = pki.write(&format!("{name}.pem"), &issued.cert.to_pem().unwrap());
+    let key = pki.write(
+        &format!("{name}.key"),
+        &issued.key.private_key_to_pem_pkcs8().unwrap(),
+    );
+    (
+        cert.to_str().unwrap().to_string(),
+        key.to_str().unwrap().to_string(),
+    )
+}
+
+/// Environment variables given to a command.
+type Environment<'a> = Vec<(&'a str, &'a str)>;
+
+#[test]
+fn flags_that_conflict_or_do_nothing_alone_are_usage_errors_naming_both() {
+    let pki = Pki::new(KeyKind::EcP256);
+    let cert = pki.path("server.pem");
+    let key = pki.path("server.key");
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let tls = ["--cert", cert, "--key", key];
+    // Ports here are refused before anything binds them.
+    let cases: Vec<(Vec<&str>, Environment, [&str; 2])> = vec![
+        (
+            vec!["--no-tls", "--client-ca", cert],
+            vec![],
+            ["--client-ca", "--no-tls"],
+        ),
+        (
+            vec!["--no-tls", "--cert", cert, "--key", key],
+            vec![],
+            ["--cert", "--no-tls"],
+        ),
+        (
+            vec!["--no-tls", "--key", key],
+            vec![],
+            ["--key", "--no-tls"],
+        ),
+        (
+            vec!["--no-tls", "--tls-min", "1.3"],
+            vec![],
+            ["--tls-min", "--no-tls"],
+        ),
+        (
+            vec!["--no-tls", "--client-crl", cert],
+            vec![],
+            ["--client-crl", "--no-tls"],
+        ),
+        (
+            vec!["--no-tls", "--fsync", "always"],
+            vec![],
+            ["--fsync", "--data"],
+        ),
+        (vec!["--no-tls", "--repair"], vec![], ["--repair", "--data"]),
+        (
+            vec!["--no-tls", "--compact-ratio", "2"],
+            vec![],
+            ["--compact-ratio", "--data"],
+        ),
+        (
+            vec!["--no-tls", "--compact-min-bytes", "9"],
+            vec![],
+            ["--compact-min-bytes", "--data"],
+        ),
+        (
+            vec!["--no-tls", "--store-wait-replicas", "1"],
+            vec![],
+            ["--store-wait-replicas", "--store"],
+        ),
+        (
+            vec!["--no-tls", "--http-allow", "127.0.0.1"],
+            vec![],
+            ["--http-allow", "--http"],
+        ),
+        (
+            vec![
+                "--no-plain",
+                "--plain-read-only",
+                "--cert",
+                cert,
+                "--key",
+                key,
+            ],
+            vec![],
+            ["--plain-read-only", "--no-plain"],
+        ),
+        (vec!["--cert", cert], vec![], ["--cert", "--key"]),
+        (
+            vec!["--cert", cert, "--key", key, "--pkcs12", cert],
+            vec![],
+            ["--cert", "--pkcs12"],
+        ),
+        (
+            vec!["--no-tls", "--proxy-protocol"],
+            vec![],
+            ["--proxy-protocol", "--proxy-from"],
+        ),
+        // The same rule for flags given in the environment, named both ways.
+        (
+            vec![],
+            vec![("WWEP_NO_TLS", "true"), ("WWEP_CLIENT_CA", cert)],
+            ["WWEP_CLIENT_CA", "WWEP_NO_TLS"],
+        ),
+        (
+            vec!["--no-tls"],
+            vec![("WWEP_FSYNC", "always")],
+            ["WWEP_FSYNC", "--data"],
+        ),
+        // Two listeners on one port.
+        (
+            [&tls[..], &["--plain-port", "40990", "--tls-port", "40990"]].concat(),
+            vec![],
+            ["--plain-port", "--tls-port"],
+        ),
+        (
+            vec![
+                "--no-tls",
+                "--plain-port",
+                "40991",
+                "--http",
+                "127.0.0.1:40991",
+            ],
+            vec![],
+            ["--plain-port", "--http"],
+        ),
+        (
+            [
+                &tls[..],
+                &["--tls-port", "40992", "--http", "127.0.0.1:40992"],
+            ]
+            .concat(),
+            vec![],
+            ["--tls-port", "--http"],
+        ),
+    ];
+    for (args, env, named) in cases {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep-server"));
+        cmd.args(["--bind", "127.0.0.1"]);
+        for port in ["--plain-port", "--tls-port"] {
+            if !args.contains(&port) {
+                cmd.args([port, "0"]);
+            }
+        }
+        cmd.args(&args).envs(env.iter().copied());
+        let stderr = refuses_to_start(&mut cmd, 2);
+        assert!(
+            named.iter().all(|n| stderr.contains(n)),
+            "{args:?} {env:?}: expected {named:?} in {stderr}"
+        );
+    }
+    // A switch turned off in its variable is not given; port 0 is no clash.
+    let server = ServerProcess::start_env(
+        &["--cert", cert, "--key", key, "--http", "127.0.0.1:0"],
+        &[("WWEP_NO_TLS", "false")],
+    );
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || server
+            .log_text()
+            .contains("tls listener on")),
+        "{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn two_certificates_of_one_key_type_are_refused_naming_both() {
+    let pki = Pki::new(KeyKind::EcP256);
+    let other = issue(&CertSpec::server("localhost"), Some(&pki.ca));
+    let (cert2, key2) = write_pair(&pki, "second", &other);
+    let cert1 = pki.path("server.pem");
+    let mut cmd = server_cmd();
+    cmd.arg("--cert")
+        .arg(format!("{},{cert2}", cert1.display()))
+        .arg("--key")
+        .arg(format!("{},{key2}", pki.path("server.key").display()));
+    let stderr = refuses_to_start(&mut cmd, 1);
+    assert!(
+        stderr.contains(&cert2)
+            && stderr.contains(&*cert1.to_string_lossy())
+            && stderr.contains("ECDSA"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn certificate_dates_are_judged_alike_at_start_and_at_reload() {
+    let pki = Pki::new(KeyKind::EcP256);
+    let future = issue(
+        &CertSpec {
+            not_before: 2 * 86400,
+            ..CertSpec::server("localhost")
+        },
+        Some(&pki.ca),
+    );
+    let soon = issue(
+        &CertSpec {
+            not_after: 3 * 86400,
+            ..CertSpec::server("localhost")
+        },
+        Some(&pki.ca),
+    );
+    let (future_cert, future_key) = write_pair(&pki, "future", &future);
+    let (soon_cert, soon_key) = write_pair(&pki, "soon", &soon);
+    // Not valid yet: refused at start...
+    let stderr = refuses_to_start(
+        server_cmd().args(["--cert", &future_cert, "--key", &future_key]),
+        1,
+    );
+    assert!(
+        stderr.contains(&future_cert) && stderr.contains("not valid before"),
+        "{stderr}"
+    );
+    // ...expiring soon: warned at start...
+    let live_cert = pki.path("live.pem");
+    let live_key = pki.path("live.key");
+    std::fs::copy(&soon_cert, &live_cert).unwrap();
+    std::fs::copy(&soon_key, &live_key).unwrap();
+    let server = ServerProcess::start(&[
+        "--no-plain",
+        "--cert",
+        live_cert.to_str().unwrap(),
+        "--key",
+        live_key.to_str().unwrap(),
+    ]);
+    let warned = |server: &ServerProcess| {
+        server
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("expires on") && l.contains("days left"))
+            .count()
+    };
+    assert_eq!(warned(&server), 1, "{}", server.log_text());
+    // ...and again at reload.
+    server.signal("HUP");
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || warned(&server) == 2),
+        "{}",
+        server.log_text()
+    );
+    // Not valid yet: refused at reload too, the certificate in service kept.
+    std::fs::copy(&future_cert, &live_cert).unwrap();
+    std::fs::copy(&future_key, &live_key).unwrap();
+    server.signal("HUP");
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || server
+            .log_text()
+            .contains("keeping the old certificate")),
+        "{}",
+        server.log_text()
+    );
+    assert!(server.log_text().contains("not valid before"));
+    let tls = pki
+        .connector()
+        .connect("localhost", connect(server.tls.unwrap()))
+        .unwrap();
+    let served = tls.peer_certificate().unwrap().unwrap().to_der().unwrap();
+    assert_eq!(served, soon.cert.to_der().unwrap(), "the old one is served");
+}
+
+#[test]
+fn paths_that_are_not_regular_files_are_refused_saying_what_they_are() {
+    let pki = Pki::new(KeyKind::EcP256);
+    let cert = pki.path("server.pem");
+    let key = pki.path("server.key");
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let fifo = pki.path("rules.acl");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let fifo = fifo.to_str().unwrap();
+    let big = pki.write("big.pem", &vec![b'#'; (1 << 20) + 1]);
+    let big = big.to_str().unwrap();
+    let dir = pki.dir.path().to_str().unwrap();
+    let cases: [(&[&str], i32, &str, &str); 9] = [
+        (&["--no-tls", "--acl", fifo], 2, fifo, "a FIFO"),
+        (
+            &["--cert", "/dev/zero", "--key", key],
+            1,
+            "/dev/zero",
+            "a character device",
+        ),
+        (
+            &["--cert", cert, "--key", key, "--client-ca", "/dev/urandom"],
+            1,
+            "/dev/urandom",
+            "a character device",
+        ),
+        (&["--cert", cert, "--key", fifo], 1, fifo, "a FIFO"),
+        (&["--pkcs12", fifo], 1, fifo, "a FIFO"),
+        (
+            &[
+                "--cert",
+                cert,
+                "--key",
+                key,
+                "--client-ca",
+                cert,
+                "--client-crl",
+                fifo,
+            ],
+            1,
+            fifo,
+            "a FIFO",
+        ),
+        (&["--cert", dir, "--key", key], 1, dir, "a directory"),
+        (
+            &["--cert", big, "--key", key],
+            1,
+            big,
+            "larger than 1024 KiB",
+        ),
+        (
+            &[
+                "--no-tls",
+                "--store",
+                "redis://127.0.0.1:1",
+                "--store-ca",
+                fifo,
+            ],
+            2,
+            fifo,
+            "a FIFO",
+        ),
+    ];
+    for (args, code, named, what) in cases {
+        let began = std::time::Instant::now();
+        let stderr = refuses_to_start(server_cmd().args(args), code);
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(2),
+            "{args:?} took {:?}",
+            began.elapsed()
+        );
+        assert!(
+            stderr.contains(named) && stderr.contains(what),
+            "{args:?}: expected {named} and {what:?} in {stderr}"
+        );
+    }
+}
+
+#[test]
+fn an_acl_file_beginning_with_a_byte_order_mark_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("boards.acl");
+    std::fs::write(&acl, b"\xEF\xBB\xBFallow anyone read *\n").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep-server"));
+    cmd.arg("--check-acl").arg(&acl);
+    let out = run_with_input(&mut cmd, b"");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&cmd, &out));
+    let server = ServerProcess::start(&["--no-tls", "--acl", acl.to_str().unwrap()]);
+    let addr = server.plain.unwrap();
+    assert_eq!(transact(&mut connect(addr), b"W0001020003\n"), b"X\n");
+    assert!(
+        server.log_text().contains("1 rule"),
+        "{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn a_legacy_pkcs12_file_loads_with_its_password() {
+    let pki = Pki::new(KeyKind::Rsa2048);
+    let Some(file) = legacy_pkcs12(
+        &pki.path("server.pem"),
+        &pki.path("server.key"),
+        &pki.path("legacy.p12"),
+        "secret",
+    ) else {
+        return;
+    };
+    let server = ServerProcess::start_env(
+        &["--no-plain", "--pkcs12", file.to_str().unwrap()],
+        &[("WWEP_PKCS12_PASSWORD", "secret")],
+    );
+    let mut tls = pki
+        .connector()
+        .connect("localhost", connect(server.tls.unwrap()))
+        .unwrap();
+    assert_eq!(transact(&mut tls, b"W0001020003"), b"A0001020003");
+    let mut cmd = server_cmd();
+    cmd.args(["--no-plain", "--pkcs12"])
+        .arg(&file)
+        .env("WWEP_PKCS12_PASSWORD", "wrong");
+    let stderr = refuses_to_start(&mut cmd, 1);
+    assert!(
+        stderr.contains("legacy.p12") && stderr.contains("wrong password"),
+        "{stderr}"
+    );
+}

@@ -722,3 +722,35 @@ pub fn describe(cmd: &Command, out: &std::process::Output) -> String {
 pub fn file_exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// A PKCS#12 file of `cert` and `key` made by `openssl pkcs12 -export -legacy`
+/// (the contents under RC2-40 and 3DES, as OpenSSL 1.x and older tools write
+/// them), checked to really be RC2; `None` (the test skipped) without the
+/// openssl command.
+pub fn legacy_pkcs12(cert: &Path, key: &Path, out: &Path, password: &str) -> Option<PathBuf> {
+    if !have_tool("openssl") {
+        return None;
+    }
+    let pass = format!("pass:{password}");
+    let mut cmd = Command::new("openssl");
+    cmd.args(["pkcs12", "-export", "-legacy", "-in"])
+        .arg(cert)
+        .arg("-inkey")
+        .arg(key)
+        .arg("-out")
+        .arg(out)
+        .args(["-passout", &pass]);
+    let made = run_with_input(&mut cmd, b"");
+    assert!(made.status.success(), "{}", describe(&cmd, &made));
+    let mut cmd = Command::new("openssl");
+    cmd.args(["pkcs12", "-info", "-noout", "-legacy", "-in"])
+        .arg(out)
+        .args(["-passin", &pass]);
+    let info = run_with_input(&mut cmd, b"");
+    assert!(
+        String::from_utf8_lossy(&info.stderr).contains("40BitRC2"),
+        "{}",
+        describe(&cmd, &info)
+    );
+    Some(out.to_path_buf())
+}

@@ -762,6 +762,115 @@ fn compaction_shrinks_the_file_while_serving() {
     }
 }
 
+/// A second server on a data file in use: exits 1 at once with one line naming
+/// the file and the PID of the server that holds it.
+fn refused_as_second(data: &Path, extra: &[&str], holder: u32) {
+    let mut cmd = server_cmd();
+    cmd.args(["--no-tls", "--data"]).arg(data).args(extra);
+    let began = Instant::now();
+    let out = run_with_input(&mut cmd, b"");
+    let took = began.elapsed();
+    let text = describe(&cmd, &out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(took < Duration::from_secs(2), "took {took:?}: {text}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {text}");
+    assert!(
+        stderr.contains(&*data.to_string_lossy()) && stderr.contains(&format!("PID {holder}")),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_second_server_on_one_data_file_exits_1_and_the_first_keeps_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("registers.wwep");
+    let link = dir.path().join("link.wwep");
+    std::os::unix::fs::symlink(&data, &link).unwrap();
+    // Small compaction thresholds: the file is rewritten about once a second
+    // while writes go on, so second servers are started before, during and
+    // after compactions (compaction renames a new file over the data file).
+    let policy = [
+        "--fsync",
+        "always",
+        "--compact-min-bytes",
+        "2000",
+        "--compact-ratio",
+        "2",
+    ];
+    let mut first = data_server(&data, &policy);
+    let pid = first.child.id();
+    let addr = first.plain.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged = Arc::new(Mutex::new(HashMap::new()));
+    let writer = {
+        let (stop, acknowledged) = (Arc::clone(&stop), Arc::clone(&acknowledged));
+        thread::spawn(move || {
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                // A few registers written over and over (dead records for
+                // compaction to drop) and a slowly growing set of distinct ones.
+                let (device, register) = if !i.is_multiple_of(8) {
+                    (0x00BB, (i % 4) as u8)
+                } else {
+                    (0x0100 + (i / 8 / 256) as u16, (i / 8 % 256) as u8)
+                };
+                let value = i as u16;
+                let request = format!("W{device:04X}{register:02X}{value:04X}");
+                let reply = transact(&mut connect(addr), request.as_bytes());
+                assert_eq!(reply.first(), Some(&b'A'), "{request}");
+                acknowledged
+                    .lock()
+                    .unwrap()
+                    .insert((device, register), value);
+                i += 1;
+            }
+        })
+    };
+    let compactions =
+        |server: &ServerProcess| server.log_text().matches("compacted the data file").count();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut attempts = 0;
+    while compactions(&first) < 3 || attempts < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "{attempts} attempts, {} compactions: {}",
+            compactions(&first),
+            first.log_text()
+        );
+        let name: &Path = if attempts % 2 == 0 { &data } else { &link };
+        let extra: &[&str] = if attempts % 3 == 2 {
+            &["--repair"]
+        } else {
+            &[]
+        };
+        refused_as_second(name, extra, pid);
+        attempts += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    let acknowledged = std::mem::take(&mut *acknowledged.lock().unwrap());
+    assert!(acknowledged.len() > 4, "{acknowledged:?}");
+    let read_back = |server: &ServerProcess| {
+        for (&(device, register), &value) in &acknowledged {
+            assert_eq!(
+                transact(
+                    &mut connect(server.plain.unwrap()),
+                    format!("R{device:04X}{register:02X}").as_bytes()
+                ),
+                format!("A{device:04X}{register:02X}{value:04X}").as_bytes()
+            );
+        }
+    };
+    read_back(&first);
+    first.signal("TERM");
+    let status = first.wait_exit(EXIT_LIMIT).expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}: {}", first.log_text());
+    // Its lock released, the data file opens again, with every write.
+    let again = data_server(&data, &[]);
+    read_back(&again);
+}
+
 #[test]
 fn sighup_swaps_the_certificate_and_a_bad_pair_keeps_the_old() {
     let first = Pki::new(KeyKind::EcP256);
