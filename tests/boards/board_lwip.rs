@@ -13,8 +13,6 @@
 //! Root, `ip` and /dev/net/tun are needed; without them the tests are skipped
 //! (failed under WWEP_REQUIRE_TOOLS=1).
 
-mod common;
-
 use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -22,7 +20,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// The MAC of the course's board; its device id is 04FB.
 const MAC: &str = "aa:bb:cc:dd:ee:ff";

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The checks of tests/systemd.rs, run inside a booted minimal Debian by the
+# The checks of tests/package/systemd.rs, run inside a booted minimal Debian by the
 # one-shot unit wwep-checks.service, as root. It installs the package, drives
 # the service through systemctl and dpkg as an operator does, and writes one
 # line per check to /wwep-test/out/results:
