@@ -10,8 +10,9 @@
 //! Linux side of the TAP holds 198.18.N.1/24 and the lwIP program 198.18.N.2,
 //! N unique per test. The namespace (and with it the TAP device) and every
 //! process are removed by [`Net`]'s drop, also after a failed assertion.
-//! Root, `ip` and /dev/net/tun are needed; without them the tests are skipped
-//! (failed under WWEP_REQUIRE_TOOLS=1).
+//! Root, `ip` and /dev/net/tun are needed for those; without them (or without
+//! the tools a test builds with) a test is skipped (failed under
+//! WWEP_REQUIRE_TOOLS=1).
 
 mod common;
 
@@ -79,22 +80,12 @@ fn make(target: &str, dir: &Path) -> Output {
     out
 }
 
-/// What stops the lwIP tests on this machine, if anything.
+/// What stops the lwIP programs from building here, if anything.
 fn lwip_missing() -> Option<String> {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !root {
-        return Some("network namespaces and TAP devices need root".into());
-    }
-    for tool in ["ip", "cc", "make"] {
+    for tool in ["cc", "make"] {
         if !on_path(tool) {
             return Some(format!("{tool} is not installed"));
         }
-    }
-    if !Path::new("/dev/net/tun").exists() {
-        return Some("/dev/net/tun (TAP devices) is not available".into());
     }
     if !Path::new("/usr/include/lwip/lwip/sockets.h").exists() {
         return Some("lwIP (liblwip-dev) is not installed".into());
@@ -105,8 +96,36 @@ fn lwip_missing() -> Option<String> {
     None
 }
 
+/// What stops a test from making its namespace and TAP device, if anything.
+fn net_missing() -> Option<String> {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        return Some("network namespaces and TAP devices need root".into());
+    }
+    if !on_path("ip") {
+        return Some("ip is not installed".into());
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        return Some("/dev/net/tun (TAP devices) is not available".into());
+    }
+    None
+}
+
+/// The lwIP programs for a test that runs them on a TAP device; `None`, with
+/// the skip recorded, where it cannot.
+fn lwip_net() -> Option<&'static Path> {
+    if let Some(reason) = net_missing() {
+        missing(&reason);
+        return None;
+    }
+    lwip_build()
+}
+
 /// Builds the lwIP programs once for the whole test binary (into
-/// target/c-lwip); `None`, with the skip recorded, where they cannot run.
+/// target/c-lwip); `None`, with the skip recorded, where they cannot build.
 fn lwip_build() -> Option<&'static Path> {
     static BUILD: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let build = BUILD.get_or_init(|| {
@@ -315,7 +334,7 @@ fn from_board(server: &ServerProcess, net: &Net) {
 
 #[test]
 fn button_over_lwip_toggles_the_led_on_a_real_server() {
-    let Some(dir) = lwip_build() else { return };
+    let Some(dir) = lwip_net() else { return };
     let net = Net::new(1);
     let server = server_in(&net, None);
     let port = server.plain.expect("the plain listener").port();
@@ -339,7 +358,7 @@ fn button_over_lwip_toggles_the_led_on_a_real_server() {
 
 #[test]
 fn button_over_lwip_speaks_tls_verifying_the_server() {
-    let Some(dir) = lwip_build() else { return };
+    let Some(dir) = lwip_net() else { return };
     let pki = Pki::new(KeyKind::EcP256);
     let net = Net::new(2);
     let server = server_in(&net, Some(&pki));
@@ -505,7 +524,7 @@ fn shell(net: &Net, script: &str) -> (Output, String) {
 
 #[test]
 fn board_server_over_lwip_answers_wwep_nc_and_s_client() {
-    let Some(dir) = lwip_build() else { return };
+    let Some(dir) = lwip_net() else { return };
     if !have_tool("nc") || !have_tool("openssl") {
         return;
     }
@@ -600,7 +619,7 @@ fn board_server_over_lwip_answers_wwep_nc_and_s_client() {
 
 #[test]
 fn board_server_over_lwip_joins_a_message_split_across_segments() {
-    let Some(dir) = lwip_build() else { return };
+    let Some(dir) = lwip_net() else { return };
     let pki = Pki::new(KeyKind::EcP256);
     let mut net = Net::new(4);
     let board = BoardServer::start(&mut net, dir, &pki);
