@@ -410,6 +410,39 @@ fn button_over_lwip_speaks_tls_verifying_the_server() {
 }
 
 #[test]
+fn button_over_lwip_reaches_a_server_beyond_its_gateway() {
+    let Some(dir) = lwip_net() else { return };
+    let net = Net::new(5);
+    // An address off the TAP's /24, held by the namespace's loopback: lwIP
+    // reaches it only through its default route, the Linux side.
+    let far = "198.19.5.1";
+    must_ip(&[
+        "-n",
+        &net.ns,
+        "addr",
+        "add",
+        &format!("{far}/32"),
+        "dev",
+        "lo",
+    ]);
+    let server =
+        net.inside(|| ServerProcess::spawn(&["--bind", far, "--plain-port", "0", "--no-tls"], &[]));
+    let port = server.plain.expect("the plain listener").port();
+    let linux = net.linux();
+    let (out, text) = button(&net, dir, &["--gateway", &linux], far, port);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        THREE_PRESSES,
+        "{text}"
+    );
+    from_board(&server, &net);
+    // Without the gateway there is no route: a network error, exit 2.
+    let (out, text) = button(&net, dir, &[], far, port);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+}
+
+#[test]
 fn button_over_lwip_has_no_linux_socket_calls() {
     let Some(dir) = lwip_build() else { return };
     let out = Command::new("nm")
