@@ -256,6 +256,32 @@ impl Net {
     }
 }
 
+impl Net {
+    /// Sends SIGTERM to a process started here and waits up to 10 s for it
+    /// to exit; its status, or `None` if it did not.
+    fn terminate(&mut self, pid: u32) -> Option<std::process::ExitStatus> {
+        let child = self
+            .children
+            .iter_mut()
+            .find(|c| c.id() == pid)
+            .expect("a process of this test");
+        // SAFETY: kill(2) on the PID of our own child, which has not been
+        // waited for, so the PID is still its.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill -TERM {pid}");
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
         for mut child in self.children.drain(..) {
@@ -473,6 +499,7 @@ fn button_over_lwip_has_no_linux_socket_calls() {
 /// `wwep-board-server` over lwIP, started in the namespace; its stdout (one
 /// line per transaction) and stderr are collected as they come.
 struct BoardServer {
+    pid: u32,
     plain: u16,
     tls: u16,
     out: Arc<Mutex<Vec<String>>>,
@@ -492,6 +519,7 @@ impl BoardServer {
         let mut child = net.inside(|| cmd.spawn().expect("spawn wwep-board-server"));
         let out = collect(child.stdout.take().unwrap());
         let err = collect(child.stderr.take().unwrap());
+        let pid = child.id();
         net.children.push(child);
         let port_of = |kind: &str| -> Option<u16> {
             let lines = err.lock().unwrap();
@@ -510,6 +538,7 @@ impl BoardServer {
             err.lock().unwrap()
         );
         BoardServer {
+            pid,
             plain: port_of("plain").unwrap(),
             tls: port_of("tls").unwrap(),
             out,
@@ -682,6 +711,18 @@ fn board_server_over_lwip_joins_a_message_split_across_segments() {
         lines[0].contains("\"W0FAC0B1234\" -> \"A0FAC0B1234\""),
         "{lines:?}"
     );
+
+    // SIGTERM stops the board server over lwIP as over Linux sockets: exit 0,
+    // having said so (its last line may still be on its way to us).
+    let status = net.terminate(board.pid);
+    let stopped = eventually(Duration::from_secs(5), || {
+        let said = board.err.lock().unwrap();
+        said.iter()
+            .any(|l| l.contains("stopped after 1 transactions"))
+    });
+    let said = board.err.lock().unwrap().clone();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{said:?}");
+    assert!(stopped, "{said:?}");
 }
 
 #[test]
