@@ -2,6 +2,8 @@
 //! server on ephemeral loopback ports, and clients that never wait forever.
 #![allow(dead_code)]
 
+pub mod c_build;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
