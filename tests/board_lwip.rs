@@ -345,17 +345,30 @@ fn cli(net: &Net, args: &[&str]) -> (Output, String) {
     net.run(&mut cmd, b"")
 }
 
-/// The server saw the presses come from the lwIP stack's address.
-fn from_board(server: &ServerProcess, net: &Net) {
-    let log = server.log_text();
-    let peer = format!("{}:", net.board());
-    let lines = log.lines().filter(|l| l.contains("W04FB05")).count();
-    let from_board = log
-        .lines()
-        .filter(|l| l.contains("W04FB05") && l.contains(&peer))
-        .count();
-    assert_eq!(lines, 3, "three presses in the server's log:\n{log}");
-    assert_eq!(from_board, 3, "every press came from {peer}:\n{log}");
+/// The server's transaction lines for the button's presses, once there are
+/// three (a transaction is recorded when its connection has closed), every
+/// one from the lwIP stack's address.
+fn presses_from_board(server: &ServerProcess, net: &Net) -> Vec<String> {
+    let presses = || -> Vec<String> {
+        server
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("\"W04FB05"))
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || presses().len() == 3),
+        "three presses in the server's log:\n{}",
+        server.log_text()
+    );
+    let lines = presses();
+    let peer = format!(" {}:", net.board());
+    assert!(
+        lines.iter().all(|l| l.contains(&peer)),
+        "every press came from {peer}: {lines:#?}"
+    );
+    lines
 }
 
 #[test]
@@ -371,7 +384,7 @@ fn button_over_lwip_toggles_the_led_on_a_real_server() {
         THREE_PRESSES,
         "{text}"
     );
-    from_board(&server, &net);
+    presses_from_board(&server, &net);
     let at = format!("{}:{port}", net.linux());
     let (out, text) = cli(&net, &["--server", &at, "read", "04FB", "05"]);
     assert_eq!(out.status.code(), Some(0), "{text}");
@@ -401,7 +414,7 @@ fn button_over_lwip_speaks_tls_verifying_the_server() {
         THREE_PRESSES,
         "{text}"
     );
-    from_board(&server, &net);
+    presses_from_board(&server, &net);
     let at = format!("{}:{port}", net.linux());
     let (out, text) = cli(
         &net,
@@ -436,6 +449,32 @@ fn button_over_lwip_speaks_tls_verifying_the_server() {
 }
 
 #[test]
+fn button_over_lwip_resumes_its_tls_session() {
+    let Some(dir) = lwip_net() else { return };
+    let pki = Pki::new(KeyKind::EcP256);
+    let net = Net::new(6);
+    let server = server_in(&net, Some(&pki));
+    let port = server.tls.expect("the TLS listener").port();
+    let ca = path(&pki, "ca.pem");
+    let resolve = format!("localhost={}", net.linux());
+    let args = ["--resolve", &resolve, "--tls", "--ca", &ca, "--resume"];
+    let (out, text) = button(&net, dir, &args, "localhost", port);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        THREE_PRESSES,
+        "{text}"
+    );
+    // The server is this test's own: one full handshake and two resumed ones
+    // mean every press after the first resumed (lines come in the order the
+    // connections closed, not necessarily the presses').
+    let lines = presses_from_board(&server, &net);
+    let full = lines.iter().filter(|l| l.contains(" full ")).count();
+    let resumed = lines.iter().filter(|l| l.contains(" resumed ")).count();
+    assert_eq!((full, resumed), (1, 2), "{lines:#?}");
+}
+
+#[test]
 fn button_over_lwip_reaches_a_server_beyond_its_gateway() {
     let Some(dir) = lwip_net() else { return };
     let net = Net::new(5);
@@ -462,7 +501,7 @@ fn button_over_lwip_reaches_a_server_beyond_its_gateway() {
         THREE_PRESSES,
         "{text}"
     );
-    from_board(&server, &net);
+    presses_from_board(&server, &net);
     // Without the gateway there is no route: a network error, exit 2.
     let (out, text) = button(&net, dir, &[], far, port);
     assert_eq!(out.status.code(), Some(2), "{text}");
