@@ -547,11 +547,17 @@ struct BoardServer {
 
 impl BoardServer {
     fn start(net: &mut Net, dir: &Path, pki: &Pki) -> BoardServer {
+        Self::start_with(net, dir, pki, &[])
+    }
+
+    /// With `extra` flags after the usual ones.
+    fn start_with(net: &mut Net, dir: &Path, pki: &Pki, extra: &[&str]) -> BoardServer {
         let mut cmd = Command::new(dir.join("wwep-board-server"));
         cmd.args(net.lwip_flags())
             .args(["--bind", "0.0.0.0", "--plain-port", "0", "--tls-port", "0"])
             .args(["--cert", &path(pki, "server.pem")])
             .args(["--key", &path(pki, "server.key")])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -716,6 +722,49 @@ fn board_server_over_lwip_answers_wwep_nc_and_s_client() {
         "{lines:?}"
     );
     assert!(lines[3].contains(" tls "), "{lines:?}");
+}
+
+#[test]
+fn board_server_over_lwip_requires_a_client_certificate_with_client_ca() {
+    let Some(dir) = lwip_net() else { return };
+    let pki = Pki::new(KeyKind::EcP256);
+    let mut net = Net::new(7);
+    let ca = path(&pki, "ca.pem");
+    let board = BoardServer::start_with(&mut net, dir, &pki, &["--client-ca", &ca]);
+    let tls = format!("{}:{}", net.board(), board.tls);
+    let tls_args = [
+        "--server",
+        &tls,
+        "--tls",
+        "--ca",
+        &ca,
+        "--servername",
+        "localhost",
+    ];
+    let (cert, key) = (path(&pki, "client.pem"), path(&pki, "client.key"));
+    let mut with_cert = tls_args.to_vec();
+    with_cert.extend([
+        "--cert", &cert, "--key", &key, "write", "0FAC", "0D", "0001",
+    ]);
+    let (out, text) = cli(&net, &with_cert);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "A0FAC0D0001",
+        "{text}"
+    );
+    // Without one the handshake fails: a TLS error, exit 2, nothing stored.
+    let mut without = tls_args.to_vec();
+    without.extend(["write", "0FAC", "0D", "0000"]);
+    let (out, text) = cli(&net, &without);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    let plain = format!("{}:{}", net.board(), board.plain);
+    let (out, text) = cli(&net, &["--server", &plain, "read", "0FAC", "0D"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "A0FAC0D0001",
+        "{text}"
+    );
 }
 
 #[test]
