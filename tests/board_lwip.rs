@@ -774,29 +774,40 @@ fn board_server_over_lwip_joins_a_message_split_across_segments() {
     let mut net = Net::new(4);
     let board = BoardServer::start(&mut net, dir, &pki);
     let addr: SocketAddr = format!("{}:{}", net.board(), board.plain).parse().unwrap();
-    let reply = net.inside(|| {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-        s.set_nodelay(true).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"W0FAC").unwrap();
-        s.flush().unwrap();
-        // Not a synchronisation: the pause is what makes two segments.
-        std::thread::sleep(Duration::from_millis(20));
-        let second = Instant::now();
-        s.write_all(b"0B1234").unwrap();
-        let mut reply = Vec::new();
-        let _ = s.read_to_end(&mut reply);
-        (reply, second.elapsed())
-    });
-    let (reply, took) = reply;
+    // The pieces must arrive within the server's 100 ms gap. On a machine so
+    // loaded that the 20 ms pause became most of the gap, the `X` would be
+    // right: such an attempt is made again (up to three in all).
+    let mut attempts = 0;
+    let (reply, pause) = loop {
+        attempts += 1;
+        let (reply, pause) = net.inside(|| {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+            s.set_nodelay(true).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let first = Instant::now();
+            s.write_all(b"W0FAC").unwrap();
+            s.flush().unwrap();
+            // Not a synchronisation: the pause is what makes two segments.
+            std::thread::sleep(Duration::from_millis(20));
+            s.write_all(b"0B1234").unwrap();
+            let pause = first.elapsed();
+            let mut reply = Vec::new();
+            let _ = s.read_to_end(&mut reply);
+            (reply, pause)
+        });
+        if pause < Duration::from_millis(60) || attempts == 3 {
+            break (reply, pause);
+        }
+        board.lines_become(attempts);
+    };
     assert_eq!(
         String::from_utf8_lossy(&reply),
         "A0FAC0B1234",
-        "after {took:?}"
+        "the second piece came {pause:?} after the first (attempt {attempts})"
     );
-    let lines = board.lines_become(1);
+    let lines = board.lines_become(attempts);
     assert!(
-        lines[0].contains("\"W0FAC0B1234\" -> \"A0FAC0B1234\""),
+        lines[attempts - 1].contains("\"W0FAC0B1234\" -> \"A0FAC0B1234\""),
         "{lines:?}"
     );
 
@@ -805,8 +816,8 @@ fn board_server_over_lwip_joins_a_message_split_across_segments() {
     let status = net.terminate(board.pid);
     let stopped = eventually(Duration::from_secs(5), || {
         let said = board.err.lock().unwrap();
-        said.iter()
-            .any(|l| l.contains("stopped after 1 transactions"))
+        let done = format!("stopped after {attempts} transactions");
+        said.iter().any(|l| l.contains(&done))
     });
     let said = board.err.lock().unwrap().clone();
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{said:?}");
