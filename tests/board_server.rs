@@ -50,9 +50,13 @@ impl BoardServer {
     /// the listeners it announces.
     fn start(dir: &Path, args: &[&str]) -> BoardServer {
         let mut cmd = Command::new(dir.join("wwep-board-server"));
-        cmd.args(LOOPBACK_EPHEMERAL)
-            .args(args)
-            .stdin(Stdio::null())
+        cmd.args(LOOPBACK_EPHEMERAL).args(args);
+        Self::spawn(cmd, args)
+    }
+
+    /// Starts `cmd` (the server, however it is wrapped) given `args`.
+    fn spawn(mut cmd: Command, args: &[&str]) -> BoardServer {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn wwep-board-server");
@@ -654,6 +658,57 @@ fn sigterm_and_sigint_stop_it_cleanly() {
             server.log_text()
         );
     }
+}
+
+/// CPU time the process has used (user + system), from /proc; None where
+/// there is no /proc.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which is in parentheses): utime and
+    // stime are the 12th and 13th of them, in clock ticks (100 a second on
+    // Linux).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+#[test]
+fn out_of_descriptors_it_waits_without_spinning_and_recovers() {
+    let Some(dir) = build() else { return };
+    // Room for stdio, the listener and three connections: the fourth client
+    // cannot be accepted until a silent one is answered.
+    let program = dir.join("wwep-board-server");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 7 && exec \"$0\" \"$@\"")
+        .arg(&program)
+        .args(LOOPBACK_EPHEMERAL)
+        .args(["--no-tls", "--timeout-ms", "1500"]);
+    let server = BoardServer::spawn(cmd, &["--no-tls"]);
+    let addr = server.plain();
+    let silent: Vec<_> = (0..3).map(|_| connect(addr)).collect();
+    let before = cpu_time(server.child.id());
+    let began = Instant::now();
+    let mut late = connect(addr);
+    late.write_all(b"W0001010001").unwrap();
+    let got = read_exact_within(&mut late, 11, Duration::from_secs(5));
+    assert_eq!(got, b"A0001010001", "{}", server.log_text());
+    let waited = began.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "served after {waited:?}"
+    );
+    // Waiting costs a wake-up every few milliseconds; a loop retrying the
+    // accept would use a whole core, or what a busy machine leaves of one.
+    if let (Some(before), Some(after)) = (before, cpu_time(server.child.id())) {
+        let used = after.saturating_sub(before);
+        assert!(
+            used < waited / 10,
+            "{used:?} of CPU in {waited:?} while the backlog could not be taken"
+        );
+    }
+    drop(silent);
 }
 
 /// Runs wwep-board-server with `args` that stop it before it serves.
