@@ -768,6 +768,42 @@ fn board_server_over_lwip_requires_a_client_certificate_with_client_ca() {
 }
 
 #[test]
+fn board_server_over_lwip_answers_many_clients_at_once() {
+    let Some(dir) = lwip_net() else { return };
+    let pki = Pki::new(KeyKind::EcP256);
+    let mut net = Net::new(8);
+    let board = BoardServer::start(&mut net, dir, &pki);
+    let addr: SocketAddr = format!("{}:{}", net.board(), board.plain).parse().unwrap();
+    // 24 device clients at once, more than the slots: each writes a register
+    // of its own and waits for its answer, as a board does.
+    let replies: Vec<(String, String)> = net.inside(|| {
+        std::thread::scope(|scope| {
+            let clients: Vec<_> = (0..24u8)
+                .map(|i| {
+                    scope.spawn(move || {
+                        let request = format!("W0FAC{i:02X}{:04X}", 0x100 + u16::from(i));
+                        let mut reply = Vec::new();
+                        if let Ok(mut s) =
+                            TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+                        {
+                            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                            let _ = s.write_all(request.as_bytes());
+                            let _ = s.read_to_end(&mut reply);
+                        }
+                        (request, String::from_utf8_lossy(&reply).to_string())
+                    })
+                })
+                .collect();
+            clients.into_iter().map(|c| c.join().unwrap()).collect()
+        })
+    });
+    for (request, reply) in &replies {
+        assert_eq!(reply, &format!("A{}", &request[1..]), "{replies:#?}");
+    }
+    assert_eq!(board.lines_become(24).len(), 24);
+}
+
+#[test]
 fn board_server_over_lwip_joins_a_message_split_across_segments() {
     let Some(dir) = lwip_net() else { return };
     let pki = Pki::new(KeyKind::EcP256);
