@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::c_build::build;
 use common::*;
+use openssl::hash::MessageDigest;
 
 /// A `wwep-board-server` on 127.0.0.1 and ephemeral ports, killed on drop.
 struct BoardServer {
@@ -508,6 +509,100 @@ fn openssl_s_client_verifies_the_ca_and_resumes_with_a_ticket() {
 }
 
 #[test]
+fn keys_and_certificates_load_in_every_form_the_course_used() {
+    let Some(dir) = build() else { return };
+    let rsa = Pki::new(KeyKind::Rsa2048);
+    let ec = Pki::new(KeyKind::EcP256);
+    // Signed by the test CA, so the client verifies them.
+    let forms: Vec<(&str, &Pki, Vec<u8>, Vec<u8>)> = vec![
+        (
+            "PKCS#1 PEM",
+            &rsa,
+            rsa.server.cert.to_pem().unwrap(),
+            rsa.server.key.rsa().unwrap().private_key_to_pem().unwrap(),
+        ),
+        (
+            "PKCS#8 DER, certificate DER",
+            &rsa,
+            rsa.server.cert.to_der().unwrap(),
+            rsa.server.key.private_key_to_pkcs8().unwrap(),
+        ),
+        (
+            "SEC1 PEM",
+            &ec,
+            ec.server.cert.to_pem().unwrap(),
+            ec.server
+                .key
+                .ec_key()
+                .unwrap()
+                .private_key_to_pem()
+                .unwrap(),
+        ),
+        (
+            "SEC1 DER",
+            &ec,
+            ec.server.cert.to_pem().unwrap(),
+            ec.server
+                .key
+                .ec_key()
+                .unwrap()
+                .private_key_to_der()
+                .unwrap(),
+        ),
+    ];
+    for (i, (form, pki, cert, key)) in forms.into_iter().enumerate() {
+        let cert = pki.write(&format!("form{i}.cert"), &cert);
+        let key = pki.write(&format!("form{i}.key"), &key);
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let server = BoardServer::start(dir, &["--no-plain", "--cert", cert, "--key", key]);
+        assert_eq!(
+            tls_transact_chunks(pki, None, server.tls(), &[b"W0001020003"]).as_deref(),
+            Ok(&b"A0001020003"[..]),
+            "{form}: {}",
+            server.log_text()
+        );
+    }
+    // Course material: an expired SHA-1 self-signed certificate with a
+    // traditional RSA key, and an RSA-1024 one. Served as they are; a client
+    // that knows they are old skips verification, as course boards did.
+    let expired = issue(
+        &CertSpec {
+            kind: KeyKind::Rsa2048,
+            digest: MessageDigest::sha1(),
+            not_before: -3 * 365 * 86400,
+            not_after: -2 * 365 * 86400,
+            ..CertSpec::server("old course server")
+        },
+        None,
+    );
+    let short = issue(
+        &CertSpec {
+            kind: KeyKind::Rsa1024,
+            digest: MessageDigest::sha1(),
+            ..CertSpec::server("rsa1024 board server")
+        },
+        None,
+    );
+    let connector = native_tls::TlsConnector::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    for (name, old) in [("expired", &expired), ("short", &short)] {
+        let cert = rsa.write(&format!("{name}.pem"), &old.cert.to_pem().unwrap());
+        let key = rsa.write(
+            &format!("{name}.key"),
+            &old.key.rsa().unwrap().private_key_to_pem().unwrap(),
+        );
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let server = BoardServer::start(dir, &["--no-plain", "--cert", cert, "--key", key]);
+        let mut tls = connector
+            .connect("localhost", connect(server.tls()))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(transact(&mut tls, b"W0001020003"), b"A0001020003", "{name}");
+    }
+}
+
+#[test]
 fn the_rust_client_on_both_ports() {
     let Some(dir) = build() else { return };
     let pki = Pki::new(KeyKind::EcP256);
@@ -544,8 +639,14 @@ fn the_rust_client_on_both_ports() {
 fn client_certificates_are_required_with_client_ca() {
     let Some(dir) = build() else { return };
     let pki = Pki::new(KeyKind::EcP256);
-    let ca = path(&pki, "ca.pem");
-    let server = both_ports(dir, &pki, &["--client-ca", &ca]);
+    let stranger = Pki::new(KeyKind::EcP256);
+    // A CA file as people keep them: several certificates, text between them.
+    let mut bundle = b"Another CA, not the clients':\n".to_vec();
+    bundle.extend(stranger.ca.cert.to_pem().unwrap());
+    bundle.extend(b"\nThe CA that signed the boards:\n");
+    bundle.extend(pki.ca.cert.to_pem().unwrap());
+    let ca = pki.write("client-cas.pem", &bundle);
+    let server = both_ports(dir, &pki, &["--client-ca", ca.to_str().unwrap()]);
     let identity = || {
         native_tls::Identity::from_pkcs8(
             &pki.client.cert.to_pem().unwrap(),
@@ -560,11 +661,11 @@ fn client_certificates_are_required_with_client_ca() {
         !matches!(&without, Ok(reply) if !reply.is_empty()),
         "served without a certificate: {without:?}"
     );
-    // A certificate from another CA is refused too.
-    let stranger = Pki::new(KeyKind::EcP256);
+    // A client certificate from a CA that is not in the file is refused too.
+    let outsider = Pki::new(KeyKind::EcP256);
     let foreign = native_tls::Identity::from_pkcs8(
-        &stranger.client.cert.to_pem().unwrap(),
-        &stranger.client.key.private_key_to_pem_pkcs8().unwrap(),
+        &outsider.client.cert.to_pem().unwrap(),
+        &outsider.client.key.private_key_to_pem_pkcs8().unwrap(),
     )
     .unwrap();
     let refused = tls_transact_chunks(&pki, Some(foreign), server.tls(), &[b"R04FB05\n"]);

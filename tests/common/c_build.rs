@@ -51,7 +51,7 @@ pub fn build() -> Option<&'static Path> {
             "the C library builds\n{}",
             describe(&make, &out)
         );
-        for unit in ["test_wwep", "test_wwep_server"] {
+        for unit in ["test_wwep", "test_wwep_server", "test_wwep_server_1slot"] {
             let mut unit = Command::new(target.join(unit));
             let out = run_with_input(&mut unit, b"");
             assert!(
