@@ -4,4 +4,5 @@
 mod common;
 
 mod board_lwip;
+mod board_server;
 mod c_client;

@@ -2,6 +2,7 @@
 //! server on ephemeral loopback ports, and clients that never wait forever.
 #![allow(dead_code)]
 
+pub mod c_build;
 mod http_client;
 mod redis_server;
 #[allow(unused_imports)] // only the HTTP tests use it
