@@ -26,12 +26,12 @@ use common::*;
 use openssl::hash::MessageDigest;
 use wwep::store::journal::{MAGIC, encode_record};
 
-/// Packages besides minbase: systemd as PID 1, dbus for systemctl and
-/// systemd-analyze, openssl for a TLS client that shows the served certificate
-/// (libssl3 is what the package needs anyway).
-const INCLUDE: &str = "systemd,systemd-sysv,dbus,openssl";
+/// Packages besides minbase: systemd as PID 1 (no dbus: systemctl and
+/// systemd-analyze talk to it directly, as root), openssl for a TLS client
+/// that shows the served certificate (libssl3 is what the package needs anyway).
+const INCLUDE: &str = "systemd,systemd-sysv,openssl";
 /// Part of the cached root's name: change it when INCLUDE changes.
-const ROOT_VERSION: &str = "v1";
+const ROOT_VERSION: &str = "v2";
 const MIRROR: &str = "http://deb.debian.org/debian";
 /// Records in the data file the service starts with: its replay is what
 /// `systemctl enable --now` must wait for (Type=notify).
