@@ -107,9 +107,9 @@ install -m 0600 -o wwep -g wwep "$in/registers.wwep" /var/lib/wwep/registers.wwe
 start=$(date +%s%N)
 systemctl enable --now wwep
 started=$?
+took=$((($(date +%s%N) - start) / 1000000))
 plain_reply=$(client read 0001 02)
 tls_reply=$(tls_client read "$(printf %04X $(((PRELOAD - 1) >> 8)))" "$(printf %02X $(((PRELOAD - 1) & 255)))")
-took=$((($(date +%s%N) - start) / 1000000))
 state=$(systemctl is-active wwep)
 if [ "$started" = 0 ] && [ "$state" = active ] && [ "$plain_reply" = "$(preloaded 258)" ]; then
   ok "notify-ready enable --now returned after ${took} ms (replay of $PRELOAD records) and the open port answered at once: $plain_reply"
