@@ -24,12 +24,10 @@ use crate::common::*;
 use openssl::hash::MessageDigest;
 use wwep::store::journal::{MAGIC, encode_record};
 
-/// Packages besides minbase: systemd as PID 1, dbus for systemctl and
-/// systemd-analyze, openssl for a TLS client that shows the served certificate
-/// (libssl3 is what the package needs anyway).
-const INCLUDE: &str = "systemd,systemd-sysv,dbus,openssl";
-/// Part of the cached root's name: change it when INCLUDE changes.
-const ROOT_VERSION: &str = "v1";
+/// Packages besides minbase: systemd as PID 1 (no dbus: systemctl and
+/// systemd-analyze talk to it directly, as root), openssl for a TLS client
+/// that shows the served certificate (libssl3 is what the package needs anyway).
+const INCLUDE: &str = "systemd,systemd-sysv,openssl";
 const MIRROR: &str = "http://deb.debian.org/debian";
 /// Records in the data file the service starts with: its replay is what
 /// `systemctl enable --now` must wait for (Type=notify).
@@ -184,7 +182,8 @@ fn cached_root(suite: &str) -> PathBuf {
     let dir = repo().join("target/systemd-test");
     std::fs::create_dir_all(&dir).unwrap();
     sweep_leftovers(&dir);
-    let name = format!("{suite}-minbase-{ROOT_VERSION}");
+    // The name says what is in it: a change of INCLUDE makes a new root.
+    let name = format!("{suite}-minbase+{}", INCLUDE.replace(',', "+"));
     let root = dir.join(&name);
     if root.is_dir() {
         return root;
