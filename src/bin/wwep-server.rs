@@ -85,7 +85,7 @@ struct Args {
     /// (session tickets still work).
     #[arg(long, env = "WWEP_TLS_SESSION_CACHE", default_value_t = DEFAULT_SESSION_CACHE)]
     tls_session_cache: usize,
-    /// Seconds a TLS session may be resumed (at most 300, OpenSSL's own limit):
+    /// Seconds a TLS session may be resumed (at most 300, OpenSSL's default):
     /// the session cache and ticket keys are renewed this often.
     #[arg(long, env = "WWEP_TLS_SESSION_LIFETIME", default_value_t = MAX_SESSION_LIFETIME_SECS)]
     tls_session_lifetime: u64,
