@@ -616,3 +616,32 @@ fn every_flag_of_the_client_is_documented() {
     }
     assert!(missing.is_empty(), "undocumented: {missing:?}");
 }
+
+#[test]
+fn a_ca_or_identity_that_is_not_a_file_is_refused_saying_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("ca.pem");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let fifo = fifo.to_str().unwrap();
+    let server = ["--server", "127.0.0.1:1", "--tls"];
+    let cases: [(&[&str], &str, &str); 3] = [
+        (&["--ca", fifo], fifo, "a FIFO"),
+        (
+            &["--ca", "/dev/urandom"],
+            "/dev/urandom",
+            "a character device",
+        ),
+        (&["--insecure", "--pkcs12", fifo], fifo, "a FIFO"),
+    ];
+    for (args, named, what) in cases {
+        let began = std::time::Instant::now();
+        let run = wwep(&[&server[..], args, &["read", "1", "1"]].concat());
+        run.fails_with(named).fails_with(what);
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(2),
+            "{}",
+            run.text
+        );
+    }
+}
