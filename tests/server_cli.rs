@@ -906,4 +906,17 @@ fn docs_server_md_has_the_flag_rules_of_the_code() {
         })
         .collect();
     assert_eq!(documented, code);
+    // Every flag a rule names is a flag of the server: a misspelt one would
+    // never count as given, and its rule would never fire.
+    let out = Command::new(env!("CARGO_BIN_EXE_wwep-server"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let flags = help_flags(&String::from_utf8_lossy(&out.stdout));
+    for (flag, rule) in FLAG_RULES {
+        let (FlagRule::Needs(other) | FlagRule::ConflictsWith(other)) = rule;
+        for named in [flag, other] {
+            assert!(flags.iter().any(|(f, _)| f == *named), "{named} is no flag");
+        }
+    }
 }
