@@ -5,7 +5,8 @@
 //! imports only the ones below it:
 //!
 //! - [`protocol`] the wire grammar; [`allow`] address ranges; `rate_limited`
-//!   log lines; [`logging`] the log writer; [`notify`] systemd readiness;
+//!   log lines; [`civil_date`] UTC dates; [`register_set`] which of a device's
+//!   256 registers exist; [`logging`] the log writer; [`notify`] systemd readiness;
 //! - [`acl`] who may read or write which registers; [`tls`] certificates and
 //!   handshakes; [`activity`] the live page's record;
 //! - [`facts`] what is known of one connection; [`metrics`] the counters;
@@ -25,6 +26,7 @@ pub mod acl;
 pub mod activity;
 pub mod allow;
 pub mod bench;
+pub mod civil_date;
 pub mod client;
 pub mod config;
 pub mod connection;
@@ -36,6 +38,7 @@ pub mod net;
 pub mod notify;
 pub mod protocol;
 pub(crate) mod rate_limited;
+pub mod register_set;
 pub mod service;
 pub mod store;
 pub mod tls;

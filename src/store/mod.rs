@@ -26,6 +26,7 @@ use self::journal::{
     StorageError,
 };
 use crate::metrics::DataFileMetrics;
+use crate::register_set::RegisterSet;
 
 /// How long the maintenance thread waits after a failed compaction.
 const COMPACTION_RETRY: Duration = Duration::from_secs(30);
@@ -37,41 +38,33 @@ const SLOTS: usize = 65_536 / SHARDS;
 /// The 256 registers of one device id.
 #[derive(Clone)]
 struct Registers {
-    present: [u64; 4],
+    present: RegisterSet,
     values: [u16; 256],
 }
 
 impl Registers {
     fn new() -> Registers {
         Registers {
-            present: [0; 4],
+            present: RegisterSet::EMPTY,
             values: [0; 256],
         }
     }
 
     fn get(&self, register: u8) -> Option<u16> {
-        let r = register as usize;
-        (self.present[r / 64] & (1 << (r % 64)) != 0).then_some(self.values[r])
+        self.present
+            .contains(register)
+            .then_some(self.values[usize::from(register)])
     }
 
     /// Sets a register; true if it did not exist before.
     fn set(&mut self, register: u8, value: u16) -> bool {
-        let r = register as usize;
-        let bit = 1 << (r % 64);
-        let new = self.present[r / 64] & bit == 0;
-        self.present[r / 64] |= bit;
-        self.values[r] = value;
-        new
+        self.values[usize::from(register)] = value;
+        self.present.insert(register)
     }
 
     fn each(&self, mut f: impl FnMut(u8, u16)) {
-        for (word, &bits) in self.present.iter().enumerate() {
-            let mut bits = bits;
-            while bits != 0 {
-                let r = word * 64 + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                f(r as u8, self.values[r]);
-            }
+        for register in self.present.iter() {
+            f(register, self.values[usize::from(register)]);
         }
     }
 }
