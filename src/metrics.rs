@@ -262,6 +262,40 @@ impl DataFileMetrics {
     pub fn set_bytes(&self, bytes: u64) {
         self.bytes.store(bytes, Ordering::Relaxed);
     }
+
+    /// The data file's size (what the store reported, if it does; else
+    /// `scraped_bytes`), fsyncs, compactions and write errors.
+    fn register(&self, registry: &mut Registry, scraped_bytes: u64) {
+        let bytes = match self.bytes.load(Ordering::Relaxed) {
+            0 => scraped_bytes,
+            reported => reported,
+        };
+        registry.register("data_file_bytes", "Size of the data file", gauge(bytes));
+        registry.register(
+            "data_file_fsyncs",
+            "fsyncs of the data file",
+            self.fsyncs.clone(),
+        );
+        registry.register(
+            "data_file_fsync_duration_seconds",
+            "Time each fsync of the data file took",
+            self.fsync_latency.clone(),
+        );
+        for (name, help, counter) in [
+            (
+                "data_file_compactions",
+                "Rewrites of the data file as a snapshot",
+                &self.compactions,
+            ),
+            (
+                "data_file_write_errors",
+                "Writes that could not be made durable (answered X)",
+                &self.write_errors,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+    }
 }
 
 /// Values read at scrape time from where they already live.
@@ -464,6 +498,26 @@ impl Metrics {
             "Version and git commit the server was built from",
             Info::new([("version", VERSION), ("commit", GIT_HASH)]),
         );
+        self.register_exchanges(&mut registry);
+        self.register_connections(&mut registry, snapshot);
+        if let Some(bytes) = snapshot.data_file_bytes {
+            self.data_file.register(&mut registry, bytes);
+        }
+        if let Some(not_after) = snapshot.certificate_not_after {
+            registry.register(
+                "tls_certificate_not_after_seconds",
+                "Expiry of the served certificate (the earliest, when two are served), as Unix time",
+                gauge(not_after),
+            );
+        }
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+        out
+    }
+
+    /// Transactions, their latency, TLS handshakes and refusals.
+    fn register_exchanges(&self, registry: &mut Registry) {
         registry.register(
             "transactions",
             "Transactions answered, by port, command (R, W, none), reply (A, X) and result (X reason)",
@@ -479,32 +533,39 @@ impl Metrics {
             "TLS handshakes completed, by protocol version and outcome (full, resumed)",
             self.handshakes_family.clone(),
         );
-        registry.register(
-            "tls_handshake_failures",
-            "TLS handshakes that failed, by kind",
-            self.handshake_failures_family.clone(),
-        );
-        registry.register(
-            "connections_refused",
-            "Connections turned away or closed early, by reason (full, per_address, not_allowed, shed)",
-            self.refusals_family.clone(),
-        );
-        let gauge = |v: i64| {
-            let g: Gauge = Gauge::default();
-            g.set(v);
-            g
-        };
-        let as_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
-        registry.register(
-            "connections_open",
-            "Connections open now (waiting, queued or being served)",
-            gauge(as_i64(snapshot.connections_open)),
-        );
-        registry.register(
-            "connections_waiting",
-            "Connections in the waiting room now (waiting for their client)",
-            gauge(as_i64(snapshot.connections_waiting)),
-        );
+        for (name, help, family) in [
+            (
+                "tls_handshake_failures",
+                "TLS handshakes that failed, by kind",
+                &self.handshake_failures_family,
+            ),
+            (
+                "connections_refused",
+                "Connections turned away or closed early, by reason (full, per_address, not_allowed, shed)",
+                &self.refusals_family,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
+    }
+
+    /// Connections open and waiting now, how connections ended, ACL denials,
+    /// the registers stored and which listeners run.
+    fn register_connections(&self, registry: &mut Registry, snapshot: &Snapshot) {
+        for (name, help, value) in [
+            (
+                "connections_open",
+                "Connections open now (waiting, queued or being served)",
+                snapshot.connections_open,
+            ),
+            (
+                "connections_waiting",
+                "Connections in the waiting room now (waiting for their client)",
+                snapshot.connections_waiting,
+            ),
+        ] {
+            registry.register(name, help, gauge(value));
+        }
         registry.register(
             "connections_closed",
             "Connections that ended without a message, by reason (empty: closed without sending a byte)",
@@ -516,7 +577,7 @@ impl Metrics {
             self.acl_denials.clone(),
         );
         if let Some(registers) = snapshot.registers {
-            registry.register("registers", "Registers stored", gauge(as_i64(registers)));
+            registry.register("registers", "Registers stored", gauge(registers));
         }
         let listening: Family<Labels1, Gauge> = Family::default();
         for port in PORTS {
@@ -529,54 +590,16 @@ impl Metrics {
             "1 while the port's accept thread runs",
             listening,
         );
-        if let Some(bytes) = snapshot.data_file_bytes {
-            let data = &self.data_file;
-            // What the store reported, if it does; else what the scrape read.
-            let bytes = match data.bytes.load(Ordering::Relaxed) {
-                0 => bytes,
-                reported => reported,
-            };
-            registry.register(
-                "data_file_bytes",
-                "Size of the data file",
-                gauge(i64::try_from(bytes).unwrap_or(i64::MAX)),
-            );
-            registry.register(
-                "data_file_fsyncs",
-                "fsyncs of the data file",
-                data.fsyncs.clone(),
-            );
-            registry.register(
-                "data_file_fsync_duration_seconds",
-                "Time each fsync of the data file took",
-                data.fsync_latency.clone(),
-            );
-            registry.register(
-                "data_file_compactions",
-                "Rewrites of the data file as a snapshot",
-                data.compactions.clone(),
-            );
-            registry.register(
-                "data_file_write_errors",
-                "Writes that could not be made durable (answered X)",
-                data.write_errors.clone(),
-            );
-        }
-        if let Some(not_after) = snapshot.certificate_not_after {
-            registry.register(
-                "tls_certificate_not_after_seconds",
-                "Expiry of the served certificate (the earliest, when two are served), as Unix time",
-                gauge(not_after),
-            );
-        }
-        let mut out = String::with_capacity(16 * 1024);
-        // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
-        out
     }
 }
 
-/// Clears a port's `listener_up` when its accept thread ends.
+/// A gauge reading `value` (the largest gauge value if it does not fit).
+fn gauge(value: impl TryInto<i64>) -> Gauge {
+    let g: Gauge = Gauge::default();
+    g.set(value.try_into().unwrap_or(i64::MAX));
+    g
+}
+
 /// `connections_closed{reason=...}`, with the one reason counted today.
 fn closed_family(empty: &Counter) -> Family<Labels1, Counter> {
     let family: Family<Labels1, Counter> = Family::default();
@@ -586,6 +609,7 @@ fn closed_family(empty: &Counter) -> Family<Labels1, Counter> {
     family
 }
 
+/// Clears a port's `listener_up` when its accept thread ends.
 pub struct ListeningGuard {
     metrics: Arc<Metrics>,
     port: Transport,
