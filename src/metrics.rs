@@ -17,11 +17,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::{MetricType, TypedMetric};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::facts::Refusal;
 use crate::protocol::{Failure, ProtocolError, Reply, Transport};
 use crate::tls::server::HandshakeFailureKind;
+use described::*;
 
 /// The version and commit the binary was built from (`unknown` without git).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -270,31 +271,15 @@ impl DataFileMetrics {
             0 => scraped_bytes,
             reported => reported,
         };
-        registry.register("data_file_bytes", "Size of the data file", gauge(bytes));
-        registry.register(
-            "data_file_fsyncs",
-            "fsyncs of the data file",
-            self.fsyncs.clone(),
-        );
-        registry.register(
-            "data_file_fsync_duration_seconds",
-            "Time each fsync of the data file took",
+        put(registry, DATA_FILE_BYTES, gauge(bytes));
+        put(registry, DATA_FILE_FSYNCS, self.fsyncs.clone());
+        put(
+            registry,
+            DATA_FILE_FSYNC_SECONDS,
             self.fsync_latency.clone(),
         );
-        for (name, help, counter) in [
-            (
-                "data_file_compactions",
-                "Rewrites of the data file as a snapshot",
-                &self.compactions,
-            ),
-            (
-                "data_file_write_errors",
-                "Writes that could not be made durable (answered X)",
-                &self.write_errors,
-            ),
-        ] {
-            registry.register(name, help, counter.clone());
-        }
+        put(registry, DATA_FILE_COMPACTIONS, self.compactions.clone());
+        put(registry, DATA_FILE_WRITE_ERRORS, self.write_errors.clone());
     }
 }
 
@@ -493,22 +478,15 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self, snapshot: &Snapshot) -> String {
         let mut registry = Registry::with_prefix("wwep");
-        registry.register(
-            "build",
-            "Version and git commit the server was built from",
-            Info::new([("version", VERSION), ("commit", GIT_HASH)]),
-        );
+        let build = Info::new([("version", VERSION), ("commit", GIT_HASH)]);
+        put(&mut registry, BUILD, build);
         self.register_exchanges(&mut registry);
         self.register_connections(&mut registry, snapshot);
         if let Some(bytes) = snapshot.data_file_bytes {
             self.data_file.register(&mut registry, bytes);
         }
         if let Some(not_after) = snapshot.certificate_not_after {
-            registry.register(
-                "tls_certificate_not_after_seconds",
-                "Expiry of the served certificate (the earliest, when two are served), as Unix time",
-                gauge(not_after),
-            );
+            put(&mut registry, CERTIFICATE_NOT_AFTER, gauge(not_after));
         }
         let mut out = String::with_capacity(16 * 1024);
         // Writing to a String cannot fail.
@@ -518,66 +496,31 @@ impl Metrics {
 
     /// Transactions, their latency, TLS handshakes and refusals.
     fn register_exchanges(&self, registry: &mut Registry) {
-        registry.register(
-            "transactions",
-            "Transactions answered, by port, command (R, W, none), reply (A, X) and result (X reason)",
-            self.transactions_family.clone(),
-        );
-        registry.register(
-            "transaction_duration_seconds",
-            "Time from accept to reply, by port",
-            self.latency_family.clone(),
-        );
-        registry.register(
-            "tls_handshakes",
-            "TLS handshakes completed, by protocol version and outcome (full, resumed)",
-            self.handshakes_family.clone(),
-        );
-        for (name, help, family) in [
-            (
-                "tls_handshake_failures",
-                "TLS handshakes that failed, by kind",
-                &self.handshake_failures_family,
-            ),
-            (
-                "connections_refused",
-                "Connections turned away or closed early, by reason (full, per_address, not_allowed, shed)",
-                &self.refusals_family,
-            ),
-        ] {
-            registry.register(name, help, family.clone());
-        }
+        put(registry, TRANSACTIONS, self.transactions_family.clone());
+        put(registry, TRANSACTION_SECONDS, self.latency_family.clone());
+        put(registry, TLS_HANDSHAKES, self.handshakes_family.clone());
+        let failures = self.handshake_failures_family.clone();
+        put(registry, TLS_HANDSHAKE_FAILURES, failures);
+        put(registry, CONNECTIONS_REFUSED, self.refusals_family.clone());
     }
 
     /// Connections open and waiting now, how connections ended, ACL denials,
     /// the registers stored and which listeners run.
     fn register_connections(&self, registry: &mut Registry, snapshot: &Snapshot) {
-        for (name, help, value) in [
-            (
-                "connections_open",
-                "Connections open now (waiting, queued or being served)",
-                snapshot.connections_open,
-            ),
-            (
-                "connections_waiting",
-                "Connections in the waiting room now (waiting for their client)",
-                snapshot.connections_waiting,
-            ),
-        ] {
-            registry.register(name, help, gauge(value));
-        }
-        registry.register(
-            "connections_closed",
-            "Connections that ended without a message, by reason (empty: closed without sending a byte)",
+        put(registry, CONNECTIONS_OPEN, gauge(snapshot.connections_open));
+        put(
+            registry,
+            CONNECTIONS_WAITING,
+            gauge(snapshot.connections_waiting),
+        );
+        put(
+            registry,
+            CONNECTIONS_CLOSED,
             closed_family(&self.closed_empty),
         );
-        registry.register(
-            "acl_denials",
-            "Requests the --acl rules refused (answered X)",
-            self.acl_denials.clone(),
-        );
+        put(registry, ACL_DENIALS, self.acl_denials.clone());
         if let Some(registers) = snapshot.registers {
-            registry.register("registers", "Registers stored", gauge(registers));
+            put(registry, REGISTERS, gauge(registers));
         }
         let listening: Family<Labels1, Gauge> = Family::default();
         for port in PORTS {
@@ -585,12 +528,40 @@ impl Metrics {
                 .get_or_create(&[("port", port.name())])
                 .set(i64::from(self.is_listening(port)));
         }
-        registry.register(
-            "listener_up",
-            "1 while the port's accept thread runs",
-            listening,
-        );
+        put(registry, LISTENER_UP, listening);
     }
+}
+
+/// A metric's name (after the `wwep_` prefix) and help text.
+type Described = (&'static str, &'static str);
+
+/// Every metric's name and help text, one a line.
+#[rustfmt::skip]
+mod described {
+    use super::Described;
+
+    pub const BUILD: Described = ("build", "Version and git commit the server was built from");
+    pub const TRANSACTIONS: Described = ("transactions", "Transactions answered, by port, command (R, W, none), reply (A, X) and result (X reason)");
+    pub const TRANSACTION_SECONDS: Described = ("transaction_duration_seconds", "Time from accept to reply, by port");
+    pub const TLS_HANDSHAKES: Described = ("tls_handshakes", "TLS handshakes completed, by protocol version and outcome (full, resumed)");
+    pub const TLS_HANDSHAKE_FAILURES: Described = ("tls_handshake_failures", "TLS handshakes that failed, by kind");
+    pub const CONNECTIONS_REFUSED: Described = ("connections_refused", "Connections turned away or closed early, by reason (full, per_address, not_allowed, shed)");
+    pub const CONNECTIONS_OPEN: Described = ("connections_open", "Connections open now (waiting, queued or being served)");
+    pub const CONNECTIONS_WAITING: Described = ("connections_waiting", "Connections in the waiting room now (waiting for their client)");
+    pub const CONNECTIONS_CLOSED: Described = ("connections_closed", "Connections that ended without a message, by reason (empty: closed without sending a byte)");
+    pub const ACL_DENIALS: Described = ("acl_denials", "Requests the --acl rules refused (answered X)");
+    pub const REGISTERS: Described = ("registers", "Registers stored");
+    pub const LISTENER_UP: Described = ("listener_up", "1 while the port's accept thread runs");
+    pub const DATA_FILE_BYTES: Described = ("data_file_bytes", "Size of the data file");
+    pub const DATA_FILE_FSYNCS: Described = ("data_file_fsyncs", "fsyncs of the data file");
+    pub const DATA_FILE_FSYNC_SECONDS: Described = ("data_file_fsync_duration_seconds", "Time each fsync of the data file took");
+    pub const DATA_FILE_COMPACTIONS: Described = ("data_file_compactions", "Rewrites of the data file as a snapshot");
+    pub const DATA_FILE_WRITE_ERRORS: Described = ("data_file_write_errors", "Writes that could not be made durable (answered X)");
+    pub const CERTIFICATE_NOT_AFTER: Described = ("tls_certificate_not_after_seconds", "Expiry of the served certificate (the earliest, when two are served), as Unix time");
+}
+
+fn put(registry: &mut Registry, (name, help): Described, metric: impl Metric) {
+    registry.register(name, help, metric);
 }
 
 /// A gauge reading `value` (the largest gauge value if it does not fit).
@@ -625,6 +596,12 @@ impl Drop for ListeningGuard {
 mod tests {
     use super::*;
 
+    const ACCEPTED: Reply = Reply::Accepted {
+        device: 1,
+        register: 2,
+        value: 3,
+    };
+
     fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
         text.lines().find(|l| l.starts_with(prefix))
     }
@@ -632,11 +609,7 @@ mod tests {
     #[test]
     fn transactions_are_counted_by_port_command_and_result() {
         let m = Metrics::new();
-        let ok = Reply::Accepted {
-            device: 1,
-            register: 2,
-            value: 3,
-        };
+        let ok = ACCEPTED;
         m.answered(
             Transport::Plain,
             b"W0001020003",
@@ -703,11 +676,7 @@ mod tests {
     #[test]
     fn answered_messages_are_numbered_and_empty_connections_are_not_transactions() {
         let m = Metrics::new();
-        let ok = Reply::Accepted {
-            device: 1,
-            register: 2,
-            value: 3,
-        };
+        let ok = ACCEPTED;
         assert_eq!(
             m.answered(Transport::Plain, b"R000102", &ok, Duration::ZERO),
             1

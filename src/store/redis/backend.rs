@@ -358,15 +358,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stored_values_are_four_hex_digits() {
-        assert_eq!(parse_value("1234"), Some(0x1234));
-        assert_eq!(parse_value("ffff"), Some(0xFFFF));
-        for bad in ["", "123", "12345", "12G4", "+123"] {
-            assert_eq!(parse_value(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
     fn a_store_that_does_not_answer_fails_fast_and_backs_off() {
         // A port nothing listens on: bind, note, close.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -430,5 +421,14 @@ mod tests {
             error.to_string(),
             "--store: the certificate of redis localhost:6380 is not trusted (checked against --store-ca redis-ca.pem): certificate has expired"
         );
+    }
+
+    #[test]
+    fn stored_values_are_four_hex_digits() {
+        assert_eq!(parse_value("1234"), Some(0x1234));
+        assert_eq!(parse_value("ffff"), Some(0xFFFF));
+        for bad in ["", "123", "12345", "12G4", "+123"] {
+            assert_eq!(parse_value(bad), None, "{bad}");
+        }
     }
 }
