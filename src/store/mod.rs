@@ -336,67 +336,21 @@ impl RegisterStore {
     /// records) and grows `FILE.reserve`; it ends when `stop` is set.
     pub fn spawn_maintenance(self: &Arc<Self>, stop: Arc<AtomicBool>) -> Option<JoinHandle<()>> {
         let journal = self.journal.as_ref()?;
-        let everysec = journal.policy() == Fsync::EverySec;
-        let store = Arc::clone(self);
+        let mut maintenance = Maintenance {
+            store: Arc::clone(self),
+            fsync: journal.policy(),
+            retry_at: None,
+            synced_len: journal.len(),
+        };
         std::thread::Builder::new()
             .name("wwep-journal".to_string())
             .spawn(move || {
                 let mut ticks = 0u32;
-                // After a failed compaction, wait before rewriting again.
-                let mut retry_at: Option<Instant> = None;
-                let mut synced_len = store.journal.as_ref().map_or(0, Journal::len);
                 while !stop.load(Ordering::Acquire) {
                     std::thread::sleep(Duration::from_millis(100));
                     ticks += 1;
-                    if !ticks.is_multiple_of(10) {
-                        continue;
-                    }
-                    let metrics = store.data_metrics.get();
-                    if everysec {
-                        let began = Instant::now();
-                        // A file that has not grown had nothing to fsync.
-                        let len = store.journal.as_ref().map_or(0, Journal::len);
-                        match store.sync() {
-                            Ok(()) => {
-                                if let Some(m) = metrics
-                                    && len != synced_len
-                                {
-                                    m.fsync(began.elapsed());
-                                }
-                                synced_len = len;
-                            }
-                            Err(e) => log::error!("data file fsync failed: {e}"),
-                        }
-                    }
-                    let began = Instant::now();
-                    let result = match retry_at {
-                        Some(t) if began < t => Ok(None),
-                        _ => store.compact_unless(false, &stop),
-                    };
-                    match result {
-                        Ok(Some(r)) => {
-                            if let Some(m) = metrics {
-                                m.compaction();
-                            }
-                            log::info!(
-                                "compacted the data file: {} -> {} bytes in {} ms (writes held {} µs)",
-                                r.before,
-                                r.after,
-                                began.elapsed().as_millis(),
-                                r.held_batches.as_micros()
-                            )
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            log::error!(
-                                "compaction failed: {e}; next try in {} s",
-                                COMPACTION_RETRY.as_secs()
-                            );
-                            retry_at = Some(Instant::now() + COMPACTION_RETRY);
-                        }
-                    }
-                    if let Some(journal) = store.journal() {
-                        journal.keep_reserve(store.len());
+                    if ticks.is_multiple_of(10) {
+                        maintenance.run(&stop);
                     }
                 }
             })
@@ -410,6 +364,79 @@ impl RegisterStore {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// What the maintenance thread does once a second, and what it remembers
+/// from one second to the next.
+struct Maintenance {
+    store: Arc<RegisterStore>,
+    fsync: Fsync,
+    /// After a failed compaction, no rewrite is tried before this.
+    retry_at: Option<Instant>,
+    /// The file's length at the last fsync.
+    synced_len: u64,
+}
+
+impl Maintenance {
+    fn run(&mut self, stop: &AtomicBool) {
+        if self.fsync == Fsync::EverySec {
+            self.sync();
+        }
+        self.compact(stop);
+        if let Some(journal) = self.store.journal() {
+            journal.keep_reserve(self.store.len());
+        }
+    }
+
+    /// `everysec`'s fsync, counted only when the file has grown (a file that
+    /// has not had nothing to fsync).
+    fn sync(&mut self) {
+        let began = Instant::now();
+        let len = self.store.journal.as_ref().map_or(0, Journal::len);
+        match self.store.sync() {
+            Ok(()) => {
+                if let Some(m) = self.store.data_metrics.get()
+                    && len != self.synced_len
+                {
+                    m.fsync(began.elapsed());
+                }
+                self.synced_len = len;
+            }
+            Err(e) => log::error!("data file fsync failed: {e}"),
+        }
+    }
+
+    /// Compacts if the file has outgrown the registers, unless a compaction
+    /// failed less than [`COMPACTION_RETRY`] ago.
+    fn compact(&mut self, stop: &AtomicBool) {
+        let began = Instant::now();
+        let result = match self.retry_at {
+            Some(t) if began < t => Ok(None),
+            _ => self.store.compact_unless(false, stop),
+        };
+        match result {
+            Ok(Some(r)) => {
+                if let Some(m) = self.store.data_metrics.get() {
+                    m.compaction();
+                }
+                log::info!(
+                    "compacted the data file: {} -> {} bytes in {} ms (writes held {} µs)",
+                    r.before,
+                    r.after,
+                    began.elapsed().as_millis(),
+                    r.held_batches.as_micros()
+                )
+            }
+            Ok(None) => {}
+            Err(e) => {
+                log::error!(
+                    "compaction failed: {e}; next try in {} s",
+                    COMPACTION_RETRY.as_secs()
+                );
+                self.retry_at = Some(Instant::now() + COMPACTION_RETRY);
+            }
+        }
     }
 }
 
