@@ -69,9 +69,9 @@ bench-data:
 bench-fleet:
 	./scripts/bench-fleet.sh
 
-# tests/fleet_partition.rs with every scenario run longer (root: namespaces).
+# tests/store/fleet_partition.rs with every scenario run longer (root: namespaces).
 bench-partition:
-	WWEP_FLEET_LONG=1 cargo test --test fleet_partition -- --nocapture --test-threads=1
+	WWEP_FLEET_LONG=1 cargo test --test store fleet_partition:: -- --nocapture --test-threads=1
 
 # Only the check that `wwep bench` keeps up with a minimal C generator on nginx.
 bench-generator:

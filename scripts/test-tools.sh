@@ -24,6 +24,14 @@ cmd  redis-server     redis-server
 cmd  redis-cli        redis-tools
 cmd  haproxy          haproxy
 cmd  chromium         chromium
+cmd  systemd-nspawn   systemd-container
+cmd  debootstrap      debootstrap
+file /usr/include/lwip/lwip/sockets.h liblwip-dev
+cmd  nm               binutils
+cmd  arm-none-eabi-gcc gcc-arm-none-eabi
+file /usr/include/newlib/string.h libnewlib-arm-none-eabi
+cmd  clang            clang
+pkg  libclang-rt-14-dev libclang-rt-14-dev
 '
 set -euo pipefail
 

@@ -33,13 +33,16 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use crate::allow::Cidr;
+use crate::input_file::InputFileError;
 use crate::protocol::Request;
 
 /// The pattern `self` uses when the file has no `self-cn` line.
 pub const DEFAULT_SELF_CN: &str = "wwep-{DEVICE}";
 /// The largest rule file read: far more rules than any deployment needs, and
 /// a bound on what a wrong path (a device, a log) can make the server read.
-pub const MAX_FILE_BYTES: u64 = 1 << 20;
+pub const MAX_FILE_BYTES: u64 = crate::input_file::MAX_FILE_BYTES;
+/// The byte-order mark some editors put at the start of a UTF-8 file.
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 /// Where the device id stands in a `self-cn` pattern.
 const DEVICE_PLACEHOLDER: &str = "{DEVICE}";
 
@@ -153,8 +156,8 @@ pub enum Field {
 /// What is wrong with a rule file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
-    /// The file cannot be read (the I/O error's text).
-    Unreadable(String),
+    /// The file cannot be read: missing, or not a regular file.
+    Unreadable(InputFileError),
     /// The file is larger than [`MAX_FILE_BYTES`].
     TooLarge,
     /// The line is not UTF-8 text.
@@ -629,24 +632,23 @@ impl fmt::Display for Decision<'_> {
 impl Acl {
     /// Reads and parses a rule file; any error refuses the file as a whole.
     pub fn load(path: &Path) -> Result<Acl, AclError> {
-        use std::io::Read;
         let error = |problem| AclError {
             path: path.to_path_buf(),
             line: None,
             problem,
         };
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
-            .map_err(|e| error(Problem::Unreadable(e.to_string())))?;
-        if bytes.len() as u64 > MAX_FILE_BYTES {
-            return Err(error(Problem::TooLarge));
-        }
+        let bytes = crate::input_file::read(path, MAX_FILE_BYTES).map_err(|e| match e {
+            InputFileError::TooLarge { .. } => error(Problem::TooLarge),
+            e => error(Problem::Unreadable(e)),
+        })?;
         Acl::parse(&bytes, path)
     }
 
     /// Parses the text of a rule file; `path` names it in errors.
+    /// A UTF-8 byte-order mark at the start (what some Windows editors
+    /// write) is skipped.
     pub fn parse(text: &[u8], path: &Path) -> Result<Acl, AclError> {
+        let text = text.strip_prefix(UTF8_BOM).unwrap_or(text);
         let mut self_cn: Option<(usize, SelfPattern)> = None;
         let mut rules = Vec::new();
         for (index, line) in text.split(|&b| b == b'\n').enumerate() {
@@ -950,6 +952,40 @@ mod tests {
                 .to_string()
                 .starts_with("/nonexistent/wwep.acl: cannot read the rule file: "),
             "{missing}"
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped_and_a_fifo_is_refused_unopened() {
+        let acl = Acl::parse(b"\xEF\xBB\xBFallow anyone read *\n", Path::new("x.acl")).unwrap();
+        assert_eq!(acl.rules().len(), 1);
+        // Only at the very start: elsewhere it is still an unknown word.
+        assert!(matches!(
+            Acl::parse(b"\n\xEF\xBB\xBFallow anyone read *\n", Path::new("x.acl")),
+            Err(AclError {
+                line: Some(2),
+                problem: Problem::UnknownKeyword(_),
+                ..
+            })
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("rules.acl");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        assert_eq!(
+            Acl::load(&fifo),
+            Err(AclError {
+                path: fifo.clone(),
+                line: None,
+                problem: Problem::Unreadable(InputFileError::NotRegular(
+                    crate::input_file::FileKind::Fifo
+                )),
+            })
         );
     }
 

@@ -37,6 +37,98 @@ pub const DEFAULT_GAP_MS: u64 = 100;
 /// How long a close waits for the client's own close before giving up.
 pub const DEFAULT_LINGER_MS: u64 = 250;
 
+/// How one flag depends on another: the rule every flag of `wwep-server`
+/// follows, from [`FLAG_RULES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagRule {
+    /// Does nothing without the other flag.
+    Needs(&'static str),
+    /// Cannot be given with the other flag: one would undo the other.
+    ConflictsWith(&'static str),
+}
+
+/// Every flag that needs another or conflicts with one, each rule once (the
+/// same table is in docs/server.md). A flag given against its rule, on the
+/// command line or in its environment variable, is a usage error naming both
+/// (a switch set to false in its variable is not given). The ports are not
+/// in it: `--plain-port` and `--tls-port` may stay set while their listener
+/// is off, so an environment file can keep them.
+pub const FLAG_RULES: &[(&str, FlagRule)] = &[
+    ("--cert", FlagRule::Needs("--key")),
+    ("--key", FlagRule::Needs("--cert")),
+    ("--cert", FlagRule::ConflictsWith("--pkcs12")),
+    ("--key", FlagRule::ConflictsWith("--pkcs12")),
+    ("--cert", FlagRule::ConflictsWith("--no-tls")),
+    ("--key", FlagRule::ConflictsWith("--no-tls")),
+    ("--pkcs12", FlagRule::ConflictsWith("--no-tls")),
+    ("--client-ca", FlagRule::ConflictsWith("--no-tls")),
+    ("--client-crl", FlagRule::Needs("--client-ca")),
+    ("--client-crl", FlagRule::ConflictsWith("--no-tls")),
+    ("--tls-min", FlagRule::ConflictsWith("--no-tls")),
+    ("--tls-ciphers", FlagRule::ConflictsWith("--no-tls")),
+    ("--tls-ciphersuites", FlagRule::ConflictsWith("--no-tls")),
+    ("--tls-session-cache", FlagRule::ConflictsWith("--no-tls")),
+    (
+        "--tls-session-lifetime",
+        FlagRule::ConflictsWith("--no-tls"),
+    ),
+    ("--plain-read-only", FlagRule::ConflictsWith("--no-plain")),
+    ("--proxy-protocol", FlagRule::Needs("--proxy-from")),
+    ("--proxy-from", FlagRule::Needs("--proxy-protocol")),
+    ("--fsync", FlagRule::Needs("--data")),
+    ("--repair", FlagRule::Needs("--data")),
+    ("--compact-ratio", FlagRule::Needs("--data")),
+    ("--compact-min-bytes", FlagRule::Needs("--data")),
+    ("--store-prefix", FlagRule::Needs("--store")),
+    ("--store-ca", FlagRule::Needs("--store")),
+    ("--store-wait-replicas", FlagRule::Needs("--store")),
+    ("--store-wait-aof", FlagRule::Needs("--store")),
+    ("--http-allow", FlagRule::Needs("--http")),
+    ("--http-max-connections", FlagRule::Needs("--http")),
+];
+
+/// Checks the flags given (`given("--data")`: whether the flag was given)
+/// against [`FLAG_RULES`]: conflicts first (`--no-tls --cert C` is about
+/// `--no-tls`, not the missing `--key`), then what is missing; the first
+/// broken rule is the error.
+pub fn check_flags(given: impl Fn(&'static str) -> bool) -> Result<(), ConfigError> {
+    for &(flag, rule) in FLAG_RULES {
+        if let FlagRule::ConflictsWith(with) = rule
+            && given(flag)
+            && given(with)
+        {
+            return Err(ConfigError::Conflict { flag, with });
+        }
+    }
+    for &(flag, rule) in FLAG_RULES {
+        if let FlagRule::Needs(needs) = rule
+            && given(flag)
+            && !given(needs)
+        {
+            return Err(ConfigError::Needs { flag, needs });
+        }
+    }
+    Ok(())
+}
+
+/// A flag's environment variable: `--tls-min` is `WWEP_TLS_MIN`.
+pub fn env_name(flag: &str) -> String {
+    format!(
+        "WWEP_{}",
+        flag.trim_start_matches('-')
+            .replace('-', "_")
+            .to_uppercase()
+    )
+}
+
+/// Whether a port at `a` and one at `b` would be the same socket: the same
+/// port, not 0 (a free one each), on addresses that overlap.
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// Whether connections may start with a load balancer's PROXY header.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ProxyProtocol {
@@ -186,6 +278,22 @@ pub enum ConfigError {
     CompactRatio,
     /// `--cert` and `--key` not given in pairs, or more than two pairs.
     UnpairedCertificates,
+    /// A flag that does nothing without another ([`FLAG_RULES`]).
+    Needs {
+        flag: &'static str,
+        needs: &'static str,
+    },
+    /// Two flags that cannot be given together ([`FLAG_RULES`]).
+    Conflict {
+        flag: &'static str,
+        with: &'static str,
+    },
+    /// Two listeners given one port.
+    SamePort {
+        flag: &'static str,
+        other: &'static str,
+        port: u16,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -213,6 +321,22 @@ impl fmt::Display for ConfigError {
             ConfigError::CompactRatio => f.write_str("--compact-ratio must be at least 1"),
             ConfigError::UnpairedCertificates => f.write_str(
                 "--cert and --key come in pairs, at most two (an RSA and an ECDSA certificate)",
+            ),
+            ConfigError::Needs { flag, needs } => write!(
+                f,
+                "{flag} ({}) does nothing without {needs} ({}): give both, or neither",
+                env_name(flag),
+                env_name(needs)
+            ),
+            ConfigError::Conflict { flag, with } => write!(
+                f,
+                "{flag} ({}) cannot be given with {with} ({}): give one or the other",
+                env_name(flag),
+                env_name(with)
+            ),
+            ConfigError::SamePort { flag, other, port } => write!(
+                f,
+                "{flag} and {other} are both {port}: each listener needs a port of its own (0 picks a free one)"
             ),
         }
     }
@@ -280,6 +404,25 @@ impl ServerConfig {
         ] {
             if value > max {
                 return Err(ConfigError::TooLarge { flag, max });
+            }
+        }
+        let listeners = [
+            ("--plain-port", self.plain_port),
+            ("--tls-port", self.tls_port),
+        ]
+        .into_iter()
+        .filter_map(|(flag, port)| Some((flag, SocketAddr::new(self.bind, port?))))
+        .chain(self.http.as_ref().map(|h| ("--http", h.addr)))
+        .collect::<Vec<_>>();
+        for (i, &(flag, a)) in listeners.iter().enumerate() {
+            for &(other, b) in &listeners[i + 1..] {
+                if same_socket(a, b) {
+                    return Err(ConfigError::SamePort {
+                        flag,
+                        other,
+                        port: a.port(),
+                    });
+                }
             }
         }
         if let Some(http) = &self.http {
@@ -475,6 +618,96 @@ mod tests {
             assert_eq!(config.validate(), Err(want.clone()));
             assert!(want.to_string().contains("--") || want == ConfigError::NoListener);
         }
+    }
+
+    #[test]
+    fn flags_are_checked_against_the_one_table() {
+        let with = |flags: &[&str]| check_flags(|f| flags.contains(&f));
+        assert_eq!(with(&[]), Ok(()));
+        assert_eq!(with(&["--data", "--fsync", "--repair"]), Ok(()));
+        assert_eq!(
+            with(&["--fsync"]),
+            Err(ConfigError::Needs {
+                flag: "--fsync",
+                needs: "--data"
+            })
+        );
+        assert_eq!(
+            with(&["--no-tls", "--cert"]),
+            Err(ConfigError::Conflict {
+                flag: "--cert",
+                with: "--no-tls"
+            }),
+            "a conflict is named before what is missing"
+        );
+        assert_eq!(
+            with(&["--client-crl", "--client-ca"]),
+            Ok(()),
+            "TLS on by default"
+        );
+        // Every rule fires alone, naming both of its flags (no flag needs
+        // two others).
+        for &(flag, rule) in FLAG_RULES {
+            let (given, want): (Vec<&str>, _) = match rule {
+                FlagRule::Needs(needs) => (vec![flag], ConfigError::Needs { flag, needs }),
+                FlagRule::ConflictsWith(with) => {
+                    (vec![flag, with], ConfigError::Conflict { flag, with })
+                }
+            };
+            let got = check_flags(|f| given.contains(&f));
+            assert_eq!(got, Err(want.clone()), "{flag} {rule:?}");
+            let text = want.to_string();
+            assert!(
+                text.contains(flag) && text.contains(&env_name(flag)),
+                "{text}"
+            );
+        }
+        assert_eq!(
+            env_name("--tls-session-lifetime"),
+            "WWEP_TLS_SESSION_LIFETIME"
+        );
+    }
+
+    #[test]
+    fn two_listeners_on_one_port_are_refused_unless_0_or_apart() {
+        let base = ServerConfig {
+            identity: identity(),
+            ..ServerConfig::default()
+        };
+        let same = |plain, tls| ServerConfig {
+            plain_port: plain,
+            tls_port: tls,
+            ..base.clone()
+        };
+        assert_eq!(
+            same(Some(5000), Some(5000)).validate(),
+            Err(ConfigError::SamePort {
+                flag: "--plain-port",
+                other: "--tls-port",
+                port: 5000
+            })
+        );
+        assert_eq!(same(Some(0), Some(0)).validate(), Ok(()));
+        assert_eq!(same(Some(5000), None).validate(), Ok(()));
+        let http = |bind: &str, addr: &str| ServerConfig {
+            bind: bind.parse().unwrap(),
+            http: Some(HttpConfig::new(addr.parse().unwrap())),
+            ..base.clone()
+        };
+        assert_eq!(
+            http("0.0.0.0", "127.0.0.1:40508").validate(),
+            Err(ConfigError::SamePort {
+                flag: "--tls-port",
+                other: "--http",
+                port: 40508
+            })
+        );
+        assert_eq!(
+            http("127.0.0.1", "10.0.0.1:27708").validate(),
+            Ok(()),
+            "two addresses"
+        );
+        assert_eq!(http("127.0.0.1", "127.0.0.1:9708").validate(), Ok(()));
     }
 
     #[test]

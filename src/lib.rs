@@ -7,6 +7,8 @@
 //! - [`protocol`] the wire grammar; [`allow`] address ranges; `rate_limited`
 //!   log lines; [`civil_date`] UTC dates; [`register_set`] which of a device's
 //!   256 registers exist; [`logging`] the log writer; [`notify`] systemd readiness;
+//!   [`input_file`] the files an operator names, read only when they are
+//!   files of bounded size;
 //! - [`acl`] who may read or write which registers; [`tls`] certificates and
 //!   handshakes; [`activity`] the live page's record;
 //! - [`facts`] what is known of one connection; [`metrics`] the counters;
@@ -32,6 +34,7 @@ pub mod config;
 pub mod connection;
 pub mod facts;
 pub mod http;
+pub mod input_file;
 pub mod logging;
 pub mod metrics;
 pub mod net;

@@ -148,15 +148,17 @@ pub fn frame(buf: &[u8]) -> Frame {
         return Frame::Partial;
     };
     let Some(need) = required_len(command) else {
-        // The verdict is already X; wait for the line's end so a person at a
-        // terminal gets the reply on its own line.
+        // The verdict is already X, so it is given at once instead of after
+        // the gap: a board with a lowercase bug would pay the gap on every
+        // message. A line received whole (what a terminal sends) has its end
+        // echoed, so a person still gets the reply on its own line.
         return match find_lf(buf) {
             Some(lf) => ended_at_lf(buf, lf),
-            None if buf.len() >= MAX_MESSAGE_BYTES => Frame::Complete {
-                message_len: buf.len(),
+            // A `\r` last is the start of a line end, not part of the message.
+            None => Frame::Complete {
+                message_len: buf.len() - usize::from(buf.ends_with(b"\r")),
                 terminator: Terminator::None,
             },
-            None => Frame::Partial,
         };
     };
     if let Some(lf) = find_lf(&buf[..buf.len().min(need)]) {
@@ -710,10 +712,13 @@ mod tests {
             (b"W01234\r\n", complete(6, CrLf)),
             (b"\n", complete(0, Lf)),
             (b"\r\n", complete(0, CrLf)),
-            // Illegal command letters wait for a newline (or a full buffer).
-            (b"hello", Frame::Partial),
+            // An illegal command letter is judged at once, with what has come.
+            (b"h", complete(1, None)),
+            (b"hello", complete(5, None)),
+            (b"hello\r", complete(5, None)),
             (b"hello\n", complete(5, Lf)),
-            (b"\x16\x03\x01", Frame::Partial),
+            (b"w0fac0b1234", complete(11, None)),
+            (b"\x16\x03\x01", complete(3, None)),
         ];
         for (input, want) in cases {
             assert_eq!(frame(input), *want, "input \"{}\"", Escaped(input));

@@ -16,6 +16,8 @@ const char *wwep_strerror(int code)
     case WWEP_ERR_TIMEOUT: return "timed out";
     case WWEP_ERR_TLS: return "TLS failed";
     case WWEP_ERR_REPLY: return "malformed reply";
+    case WWEP_ERR_FULL: return "store full";
+    case WWEP_ERR_NOT_FOUND: return "not found";
     default: return "unknown error";
     }
 }

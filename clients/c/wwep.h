@@ -30,6 +30,8 @@ extern "C" {
 #define WWEP_ERR_TIMEOUT (-4)  /* connect, read or handshake took too long */
 #define WWEP_ERR_TLS (-5)      /* TLS setup, handshake or verification failed */
 #define WWEP_ERR_REPLY (-6)    /* the server's reply is malformed or cut short */
+#define WWEP_ERR_FULL (-7)     /* the register store has no free entry */
+#define WWEP_ERR_NOT_FOUND (-8) /* a register that was never written */
 
 /* Longest request, 11 characters, plus a NUL. */
 #define WWEP_REQUEST_MAX 12

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use wwep::allow::Cidr;
 use wwep::config::{ConfigError, HttpConfig, PortAccess, identities};
@@ -49,16 +50,10 @@ struct Args {
     /// Server certificate, PEM: the leaf first, then any intermediates. Give it
     /// twice (with --key twice) to serve an RSA and an ECDSA certificate side by
     /// side; each client gets the one it can use.
-    #[arg(
-        long,
-        env = "WWEP_CERT",
-        value_delimiter = ',',
-        requires = "key",
-        conflicts_with = "pkcs12"
-    )]
+    #[arg(long, env = "WWEP_CERT", value_delimiter = ',')]
     cert: Vec<PathBuf>,
     /// Private key for --cert: PKCS#8, PKCS#1 (RSA) or SEC1 (EC), PEM or DER.
-    #[arg(long, env = "WWEP_KEY", value_delimiter = ',', requires = "cert")]
+    #[arg(long, env = "WWEP_KEY", value_delimiter = ',')]
     key: Vec<PathBuf>,
     /// PKCS#12 bundle with certificate and key, instead of --cert/--key; its
     /// password is read from WWEP_PKCS12_PASSWORD (empty when unset).
@@ -73,8 +68,7 @@ struct Args {
         long,
         env = "WWEP_CLIENT_CRL",
         value_name = "FILE",
-        value_delimiter = ',',
-        requires = "client_ca"
+        value_delimiter = ','
     )]
     client_crl: Vec<PathBuf>,
     /// Oldest TLS version accepted.
@@ -105,7 +99,7 @@ struct Args {
     max_per_ip: usize,
     /// Expect a PROXY protocol header (v1 or v2) from the load balancers in
     /// --proxy-from, on both ports, and take the client's address from it.
-    #[arg(long, env = "WWEP_PROXY_PROTOCOL", requires = "proxy_from")]
+    #[arg(long, env = "WWEP_PROXY_PROTOCOL")]
     proxy_protocol: bool,
     /// Addresses or CIDR ranges of the balancers whose PROXY headers are
     /// believed (repeatable, or comma-separated); a header from anywhere else
@@ -114,8 +108,7 @@ struct Args {
         long,
         env = "WWEP_PROXY_FROM",
         value_name = "CIDR",
-        value_delimiter = ',',
-        requires = "proxy_protocol"
+        value_delimiter = ','
     )]
     proxy_from: Vec<Cidr>,
     /// Serve only reads on the open port; writes there get X and need the TLS port.
@@ -198,8 +191,7 @@ struct Args {
         long,
         env = "WWEP_HTTP_ALLOW",
         value_name = "CIDR",
-        value_delimiter = ',',
-        requires = "http"
+        value_delimiter = ','
     )]
     http_allow: Vec<Cidr>,
     /// Open HTTP connections at most; when full, the oldest idle one is shed.
@@ -207,8 +199,7 @@ struct Args {
         long,
         env = "WWEP_HTTP_MAX_CONNECTIONS",
         value_name = "N",
-        default_value_t = wwep::config::DEFAULT_HTTP_MAX_CONNECTIONS,
-        requires = "http"
+        default_value_t = wwep::config::DEFAULT_HTTP_MAX_CONNECTIONS
     )]
     http_max_connections: usize,
     /// Log lines as text (for people) or json (one object per line, for machines).
@@ -294,8 +285,36 @@ impl Args {
     }
 }
 
+/// Whether `flag` (`--data`) was given, on the command line or in its
+/// environment variable; a switch counts only when on (`WWEP_NO_TLS=false`
+/// is not given).
+fn given(matches: &ArgMatches, flag: &str) -> bool {
+    let long = flag.trim_start_matches("--");
+    let command = Args::command();
+    let Some(arg) = command.get_arguments().find(|a| a.get_long() == Some(long)) else {
+        return false;
+    };
+    let id = arg.get_id().as_str();
+    match matches.value_source(id) {
+        Some(ValueSource::CommandLine | ValueSource::EnvVariable) => {}
+        _ => return false,
+    }
+    match arg.get_action() {
+        ArgAction::SetTrue => matches.get_flag(id),
+        _ => true,
+    }
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    if let Err(e) = wwep::config::check_flags(|flag| given(&matches, flag)) {
+        eprintln!("wwep-server: {e}");
+        return ExitCode::from(2);
+    }
     if let Some(path) = &args.check_acl {
         return match wwep::acl::Acl::load(path) {
             Ok(acl) => {

@@ -30,7 +30,7 @@ use crate::store::journal::JournalError;
 use crate::store::redis::{RedisOpenError, RedisStore};
 use crate::store::{RegisterStore, open_logged};
 use crate::tls::server::Acceptor;
-use crate::tls::{ClientAuth, Identity, TlsError};
+use crate::tls::{ClientAuth, Identity, Loading, TlsError};
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -212,24 +212,28 @@ fn open_store(
     Ok((store.clone(), Some(store)))
 }
 
-/// Loads the certificates and keys the TLS port serves.
-fn load_identities(config: &ServerConfig) -> Result<Vec<Identity>, TlsError> {
-    config
+/// Loads the certificates and keys the TLS port serves, judging their dates
+/// the same way at start and at reload (and warning of those that expire soon).
+fn load_identities(config: &ServerConfig, loading: Loading) -> Result<Vec<Identity>, TlsError> {
+    let identities = config
         .identity
         .iter()
         .chain(&config.extra_identity)
         .map(Identity::load)
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    for identity in &identities {
+        for warning in identity.judge_dates(loading)? {
+            warn!("{warning}");
+        }
+    }
+    Ok(identities)
 }
 
 fn load_acceptor(config: &ServerConfig) -> Result<Option<Acceptor>, TlsError> {
     if config.tls_port.is_none() || config.identity.is_none() {
         return Ok(None);
     }
-    let identities = load_identities(config)?;
-    for warning in identities.iter().flat_map(Identity::expiry_warnings) {
-        warn!("{warning}");
-    }
+    let identities = load_identities(config, Loading::Start)?;
     Acceptor::new(identities, &config.client_auth, &config.tls).map(Some)
 }
 
@@ -549,10 +553,7 @@ impl ServerControl {
         if config.tls_port.is_none() || config.identity.is_none() {
             return Ok(());
         }
-        let identities = load_identities(config)?;
-        for identity in &identities {
-            identity.check_validity_now()?;
-        }
+        let identities = load_identities(config, Loading::Reload)?;
         let acceptor = Acceptor::new(identities, &config.client_auth, &config.tls)?;
         self.ctx.replace_acceptor(acceptor);
         Ok(())

@@ -18,7 +18,7 @@
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -26,6 +26,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use super::format::{Damage, FormatError, HEADER_BYTES, Scanner};
 pub use super::format::{Key, MAGIC, RECORD_BYTES, encode_record};
+use super::lock::{DataLock, LockError, lock_path};
+use crate::input_file::FileKind;
 
 /// How much of the file is read at a time at startup; a stop request is noticed
 /// between reads (every ~29,000 records).
@@ -103,7 +105,7 @@ pub enum JournalError {
     /// A directory, FIFO, device or socket: never opened, so a FIFO cannot hang.
     NotRegular {
         path: PathBuf,
-        kind: &'static str,
+        kind: FileKind,
     },
     NotAJournal {
         path: PathBuf,
@@ -120,6 +122,13 @@ pub enum JournalError {
     /// Startup was asked to stop while the file was being replayed.
     Cancelled {
         path: PathBuf,
+    },
+    /// Another process (another server) has the file open: its lock file is
+    /// held, by this PID when the lock file says.
+    Locked {
+        path: PathBuf,
+        lock: PathBuf,
+        pid: Option<u32>,
     },
 }
 
@@ -157,6 +166,17 @@ impl fmt::Display for JournalError {
             ),
             JournalError::Cancelled { path } => {
                 write!(f, "{}: replay stopped by a stop request", path.display())
+            }
+            JournalError::Locked { path, lock, pid } => {
+                write!(f, "{}: in use by another wwep-server", path.display())?;
+                if let Some(pid) = pid {
+                    write!(f, " (PID {pid})")?;
+                }
+                write!(
+                    f,
+                    ", which holds {}; one server per data file",
+                    lock.display()
+                )
             }
         }
     }
@@ -251,6 +271,9 @@ struct State {
 
 /// The open data file.
 pub struct Journal {
+    /// `FILE.lock`, held from before the file was opened until the journal
+    /// is dropped (or the process exits): one server per data file.
+    _lock: DataLock,
     /// The file as the user named it, for messages.
     path: PathBuf,
     /// Where it really is (a symbolic link followed): compaction replaces this
@@ -271,22 +294,6 @@ struct Reserve {
     short: bool,
 }
 
-fn file_kind(t: std::fs::FileType) -> &'static str {
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "something other than a file"
-    }
-}
-
 impl Journal {
     /// Opens (or creates) the data file and replays its good records into
     /// `replay`, checking `cancel` between chunks. A tail a crash can leave (a
@@ -303,16 +310,33 @@ impl Journal {
         replay: &mut dyn FnMut(Key, u16),
     ) -> Result<(Journal, OpenReport), JournalError> {
         let created = match std::fs::metadata(path) {
-            Ok(meta) if !meta.is_file() => {
-                return Err(JournalError::NotRegular {
-                    path: path.to_path_buf(),
-                    kind: file_kind(meta.file_type()),
-                });
-            }
-            Ok(_) => false,
+            Ok(meta) => match FileKind::of(meta.file_type()) {
+                Some(kind) => {
+                    return Err(JournalError::NotRegular {
+                        path: path.to_path_buf(),
+                        kind,
+                    });
+                }
+                None => false,
+            },
             Err(e) if e.kind() == io::ErrorKind::NotFound => true,
             Err(e) => return Err(io_err(path, "inspect the data file")(e)),
         };
+        // One server per data file: the lock is taken before the file is
+        // opened, read or written, and held as long as the journal lives.
+        let real = real_path(path).map_err(io_err(path, "follow the symbolic link"))?;
+        let lock = DataLock::acquire(&real).map_err(|e| match e {
+            LockError::Held { pid } => JournalError::Locked {
+                path: path.to_path_buf(),
+                lock: lock_path(&real),
+                pid,
+            },
+            LockError::Io(source) => JournalError::Io {
+                path: lock_path(&real),
+                action: "lock the data file",
+                source,
+            },
+        })?;
         // Non-blocking, so a FIFO swapped in after the check cannot hang the open.
         let file = OpenOptions::new()
             .create(true)
@@ -324,10 +348,10 @@ impl Journal {
         let meta = file
             .metadata()
             .map_err(io_err(path, "inspect the data file"))?;
-        if !meta.is_file() {
+        if let Some(kind) = FileKind::of(meta.file_type()) {
             return Err(JournalError::NotRegular {
                 path: path.to_path_buf(),
-                kind: file_kind(meta.file_type()),
+                kind,
             });
         }
 
@@ -395,17 +419,12 @@ impl Journal {
             .map_err(io_err(path, "fsync the data file"))?;
         // A compaction cut short by a crash left its temporary file; the data
         // file itself is whole (it is replaced only by a rename).
-        let real = match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_symlink() => {
-                std::fs::canonicalize(path).map_err(io_err(path, "follow the symbolic link"))?
-            }
-            _ => path.to_path_buf(),
-        };
         let _ = std::fs::remove_file(tmp_path(&real));
         if created {
             sync_dir(&real).map_err(io_err(path, "fsync the data file's directory"))?;
         }
         let journal = Journal {
+            _lock: lock,
             path: path.to_path_buf(),
             real: real.clone(),
             policy,
@@ -866,6 +885,26 @@ fn suffixed(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Where the data file really is: a symbolic link followed (even one whose
+/// target does not exist yet), so that compaction replaces the real file and
+/// two servers given two links to one file take one lock.
+fn real_path(path: &Path) -> io::Result<PathBuf> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => match std::fs::canonicalize(path) {
+            Ok(real) => Ok(real),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let target = std::fs::read_link(path)?;
+                Ok(match path.parent() {
+                    Some(dir) if target.is_relative() => dir.join(target),
+                    _ => target,
+                })
+            }
+            Err(e) => Err(e),
+        },
+        _ => Ok(path.to_path_buf()),
+    }
+}
+
 fn tmp_path(path: &Path) -> PathBuf {
     suffixed(path, ".compact.tmp")
 }
@@ -1085,7 +1124,7 @@ mod tests {
             matches!(
                 err,
                 JournalError::NotRegular {
-                    kind: "a directory",
+                    kind: FileKind::Directory,
                     ..
                 }
             ),

@@ -10,6 +10,7 @@
 pub mod backend;
 pub mod format;
 pub mod journal;
+pub mod lock;
 pub mod redis;
 
 use std::io;

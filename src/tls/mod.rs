@@ -12,12 +12,16 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use openssl::asn1::Asn1Time;
 use openssl::error::ErrorStack;
 use openssl::pkcs12::Pkcs12;
-use openssl::pkey::{PKey, Private};
+use openssl::pkey::{Id, PKey, Private};
+use openssl::provider::Provider;
 use openssl::x509::X509;
+
+use crate::input_file::{InputFileError, MAX_FILE_BYTES};
 
 pub mod client;
 pub mod server;
@@ -34,7 +38,8 @@ pub struct TlsError {
 /// own words, for people, never matched on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsErrorKind {
-    Unreadable(String),
+    /// Missing, not a regular file, or too large.
+    Unreadable(InputFileError),
     NoCertificate,
     BadPem(String),
     /// No private key where one was expected (`pem`: the file was PEM).
@@ -46,8 +51,16 @@ pub enum TlsErrorKind {
     KeyMismatch {
         key: PathBuf,
     },
+    /// A second certificate whose key is of the same type as the first's
+    /// (`other`): it would replace the first for every client.
+    SameKeyType {
+        key_type: &'static str,
+        other: PathBuf,
+    },
     NotPkcs12,
     Pkcs12Locked,
+    /// Encrypted with RC2 or DES, and OpenSSL's legacy provider is not installed.
+    Pkcs12NeedsLegacy,
     Pkcs12WithoutKey,
     Expired {
         not_after: String,
@@ -105,10 +118,18 @@ impl fmt::Display for TlsErrorKind {
                 "certificate does not match the private key in {}",
                 key.display()
             ),
+            TlsErrorKind::SameKeyType { key_type, other } => write!(
+                f,
+                "holds a {key_type} key, as {} does; two certificates are served side by side only when one is RSA and the other ECDSA",
+                other.display()
+            ),
             TlsErrorKind::NotPkcs12 => f.write_str("not a PKCS#12 file"),
             TlsErrorKind::Pkcs12Locked => {
                 f.write_str("cannot open PKCS#12 file: wrong password or damaged file")
             }
+            TlsErrorKind::Pkcs12NeedsLegacy => f.write_str(
+                "PKCS#12 file is encrypted with RC2 or DES, which needs OpenSSL's legacy provider (ossl-modules/legacy.so), not found; re-export it with `openssl pkcs12 -legacy -in FILE -nodes | openssl pkcs12 -export`",
+            ),
             TlsErrorKind::Pkcs12WithoutKey => {
                 f.write_str("PKCS#12 file holds no certificate with a private key")
             }
@@ -138,6 +159,20 @@ impl fmt::Display for TlsError {
 
 impl std::error::Error for TlsError {}
 
+/// A certificate that expires within this many days is warned about, at
+/// start and at every reload.
+pub const EXPIRY_WARNING_DAYS: i32 = 30;
+
+/// When certificates are loaded, for how their dates are judged
+/// ([`Identity::judge_dates`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loading {
+    /// At startup: nothing else is being served.
+    Start,
+    /// On SIGHUP: the certificate in service stays if the new one is refused.
+    Reload,
+}
+
 /// Where a certificate and its private key come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdentitySource {
@@ -156,8 +191,11 @@ pub struct Identity {
     cert_path: PathBuf,
 }
 
-fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::new(path, TlsErrorKind::Unreadable(e.to_string())))
+/// Reads a certificate, key, CA or PKCS#12 file of at most `max_bytes`
+/// ([`MAX_FILE_BYTES`] but for CRLs): a regular file, never a FIFO or device.
+fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, TlsError> {
+    crate::input_file::read(path, max_bytes)
+        .map_err(|e| TlsError::new(path, TlsErrorKind::Unreadable(e)))
 }
 
 fn looks_like_pem(bytes: &[u8]) -> bool {
@@ -167,7 +205,7 @@ fn looks_like_pem(bytes: &[u8]) -> bool {
 /// Reads every certificate in a file: PEM with any number of certificates and free
 /// text between them, or a single DER certificate (`.cer`).
 fn load_certificates(path: &Path) -> Result<Vec<X509>, TlsError> {
-    let bytes = read_file(path)?;
+    let bytes = read_file(path, MAX_FILE_BYTES)?;
     let certs = if looks_like_pem(&bytes) {
         X509::stack_from_pem(&bytes)
             .map_err(|e| TlsError::new(path, TlsErrorKind::BadPem(first_reason(&e))))?
@@ -183,7 +221,7 @@ fn load_certificates(path: &Path) -> Result<Vec<X509>, TlsError> {
 /// Reads a private key in any form openssl writes: PKCS#8, PKCS#1 or SEC1, PEM or DER.
 /// Encrypted keys are refused with a hint rather than prompting on a terminal.
 fn load_private_key(path: &Path) -> Result<PKey<Private>, TlsError> {
-    let bytes = read_file(path)?;
+    let bytes = read_file(path, MAX_FILE_BYTES)?;
     if looks_like_pem(&bytes) {
         let text = String::from_utf8_lossy(&bytes);
         if text.contains("ENCRYPTED") {
@@ -202,6 +240,43 @@ fn load_private_key(path: &Path) -> Result<PKey<Private>, TlsError> {
         PKey::private_key_from_der(&bytes)
             .map_err(|_| TlsError::new(path, TlsErrorKind::NoPrivateKey { pem: false }))
     }
+}
+
+// OpenSSL 3's numbers (include/openssl/err.h): an algorithm no loaded
+// provider implements is reported by the EVP library as ERR_R_UNSUPPORTED.
+const ERR_LIB_EVP: i32 = 6;
+const ERR_R_UNSUPPORTED: i32 = 0x8010C;
+
+/// Whether an error stack says an algorithm is not available: what OpenSSL 3
+/// reports for RC2 and single DES until its legacy provider is loaded.
+fn needs_legacy_provider(e: &ErrorStack) -> bool {
+    e.errors()
+        .iter()
+        .any(|e| e.library_code() == ERR_LIB_EVP && e.reason_code() == ERR_R_UNSUPPORTED)
+}
+
+/// Loads OpenSSL 3's legacy provider the first time a file needs it and keeps
+/// it for the life of the process, the default provider staying available
+/// beside it. False where it is not installed.
+fn legacy_provider_loaded() -> bool {
+    static LEGACY: OnceLock<Option<Provider>> = OnceLock::new();
+    LEGACY
+        .get_or_init(|| match Provider::try_load(None, "legacy", true) {
+            Ok(provider) => {
+                log::info!(
+                    "loaded OpenSSL's legacy provider for a PKCS#12 file encrypted with RC2 or DES"
+                );
+                Some(provider)
+            }
+            Err(e) => {
+                log::warn!(
+                    "a PKCS#12 file needs OpenSSL's legacy provider, which cannot be loaded: {}",
+                    first_reason(&e)
+                );
+                None
+            }
+        })
+        .is_some()
 }
 
 /// The most readable part of an openssl error stack.
@@ -236,11 +311,24 @@ impl Identity {
                 Ok(identity)
             }
             IdentitySource::Pkcs12 { file, password } => {
-                let bytes = read_file(file)?;
-                let parsed = Pkcs12::from_der(&bytes)
-                    .map_err(|_| TlsError::new(file, TlsErrorKind::NotPkcs12))?
-                    .parse2(password)
-                    .map_err(|_| TlsError::new(file, TlsErrorKind::Pkcs12Locked))?;
+                let bytes = read_file(file, MAX_FILE_BYTES)?;
+                let pkcs12 = Pkcs12::from_der(&bytes)
+                    .map_err(|_| TlsError::new(file, TlsErrorKind::NotPkcs12))?;
+                let locked = |_| TlsError::new(file, TlsErrorKind::Pkcs12Locked);
+                let parsed = match pkcs12.parse2(password) {
+                    Ok(parsed) => parsed,
+                    // The password was right (the MAC verified) but the
+                    // contents are encrypted with an algorithm of OpenSSL 3's
+                    // legacy provider: RC2-40, what `openssl pkcs12 -export
+                    // -legacy` and OpenSSL 1.x write.
+                    Err(e) if needs_legacy_provider(&e) => match legacy_provider_loaded() {
+                        true => pkcs12.parse2(password).map_err(locked)?,
+                        false => {
+                            return Err(TlsError::new(file, TlsErrorKind::Pkcs12NeedsLegacy));
+                        }
+                    },
+                    Err(e) => return Err(locked(e)),
+                };
                 let (Some(leaf), Some(key)) = (parsed.cert, parsed.pkey) else {
                     return Err(TlsError::new(file, TlsErrorKind::Pkcs12WithoutKey));
                 };
@@ -255,13 +343,59 @@ impl Identity {
         }
     }
 
+    /// The name of the key's type, for messages.
+    fn key_type(&self) -> &'static str {
+        match self.key.id() {
+            Id::RSA => "RSA",
+            Id::EC => "ECDSA",
+            Id::ED25519 => "Ed25519",
+            Id::ED448 => "Ed448",
+            Id::DSA => "DSA",
+            _ => "non-RSA, non-ECDSA",
+        }
+    }
+
+    /// Refuses a second identity with a key of the first's type: OpenSSL
+    /// keeps one certificate per key type, so the second would silently
+    /// replace the first.
+    pub fn check_distinct_key_types(identities: &[Identity]) -> Result<(), TlsError> {
+        if let [first, second] = identities
+            && first.key.id() == second.key.id()
+        {
+            return Err(TlsError::new(
+                &second.cert_path,
+                TlsErrorKind::SameKeyType {
+                    key_type: second.key_type(),
+                    other: first.cert_path.clone(),
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// Judges the certificate's dates the same way at start and at reload: one
+    /// not valid yet is refused; one that expires within
+    /// [`EXPIRY_WARNING_DAYS`] gives a warning (returned). An expired leaf is
+    /// refused on reload (the one in service stays) but served with a warning
+    /// at start, as the course's long-expired certificates must be.
+    pub fn judge_dates(&self, loading: Loading) -> Result<Vec<String>, TlsError> {
+        match self.check_validity_now() {
+            Err(TlsError {
+                kind: TlsErrorKind::Expired { .. },
+                ..
+            }) if loading == Loading::Start => {}
+            Err(e) => return Err(e),
+            Ok(()) => {}
+        }
+        Ok(self.expiry_warnings())
+    }
+
     fn error(&self, e: ErrorStack) -> TlsError {
         TlsError::refused(&self.cert_path, &e)
     }
 
-    /// Refuses a leaf certificate that is expired or not yet valid: what a
-    /// reload checks before it replaces a certificate in service. (At startup old
-    /// course certificates are served with a warning instead.)
+    /// Refuses a leaf certificate that is expired or not yet valid (see
+    /// [`Identity::judge_dates`] for how start and reload use it).
     pub fn check_validity_now(&self) -> Result<(), TlsError> {
         let now = Asn1Time::days_from_now(0).map_err(|e| self.error(e))?;
         let leaf = &self.chain[0];
@@ -284,8 +418,8 @@ impl Identity {
         Ok(())
     }
 
-    /// Warnings for certificates in the chain that have expired or expire within 30
-    /// days. Old course certificates must still load, so these never fail.
+    /// Warnings for certificates in the chain that have expired or expire within
+    /// [`EXPIRY_WARNING_DAYS`] days.
     pub fn expiry_warnings(&self) -> Vec<String> {
         let Ok(now) = Asn1Time::days_from_now(0) else {
             return Vec::new();
@@ -302,7 +436,7 @@ impl Identity {
                     "{}: certificate {subject} expired on {not_after}",
                     self.cert_path.display()
                 ));
-            } else if diff.days < 30 {
+            } else if diff.days < EXPIRY_WARNING_DAYS {
                 warnings.push(format!(
                     "{}: certificate {subject} expires on {not_after} ({} days left)",
                     self.cert_path.display(),

@@ -20,6 +20,8 @@ use openssl::x509::store::{X509Lookup, X509StoreBuilder};
 use openssl::x509::verify::X509VerifyFlags;
 use openssl::x509::{X509, X509VerifyResult};
 
+use crate::input_file::MAX_CRL_BYTES;
+
 use super::{
     ClientAuth, DEFAULT_TLS12_CIPHERS, DEFAULT_TLS13_CIPHERSUITES, Identity, TlsError,
     TlsErrorKind, TlsSettings, TlsVersion, first_reason, load_certificates, looks_like_pem,
@@ -269,7 +271,7 @@ struct Material {
 
 /// Checks that a CRL file holds at least one CRL, PEM or DER.
 fn check_crl_file(path: &Path) -> Result<(), TlsError> {
-    let bytes = read_file(path)?;
+    let bytes = read_file(path, MAX_CRL_BYTES)?;
     let parsed = if looks_like_pem(&bytes) {
         openssl::x509::X509Crl::from_pem(&bytes).map(|_| ())
     } else {
@@ -304,6 +306,7 @@ impl Acceptor {
                 TlsErrorKind::NoCertificateGiven,
             ));
         };
+        Identity::check_distinct_key_types(&identities)?;
         let legacy = identities.iter().any(is_legacy);
         if legacy {
             log::warn!(
@@ -403,7 +406,7 @@ impl Acceptor {
                 let lookup = store.add_lookup(X509Lookup::file()).map_err(ca_err)?;
                 for crl in &settings.client_crls {
                     let crl_err = |e: ErrorStack| TlsError::refused(crl, &e);
-                    let kind = if looks_like_pem(&read_file(crl)?) {
+                    let kind = if looks_like_pem(&read_file(crl, MAX_CRL_BYTES)?) {
                         SslFiletype::PEM
                     } else {
                         SslFiletype::ASN1

@@ -2,6 +2,13 @@
 //! server on ephemeral loopback ports, and clients that never wait forever.
 #![allow(dead_code)]
 
+mod http_client;
+mod redis_server;
+#[allow(unused_imports)] // only the HTTP tests use it
+pub use http_client::{HttpAnswer, http_get, http_get_from};
+#[allow(unused_imports)] // not every test binary starts a Redis
+pub use redis_server::{RedisServer, free_port};
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -419,6 +426,17 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// [`eventually`] for checks that cost a round trip to another process (a
+/// transaction through a store, a Redis command): polled every 100 ms.
+pub fn patiently(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    eventually(limit, || {
+        check() || {
+            std::thread::sleep(Duration::from_millis(100));
+            false
+        }
+    })
+}
+
 /// Whether an external tool is on PATH. A missing tool skips the test (see
 /// [`skip`]), unless WWEP_REQUIRE_TOOLS=1, where it fails it.
 pub fn have_tool(name: &str) -> bool {
@@ -583,6 +601,40 @@ impl ServerProcess {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// The HTTP side's address, waiting up to 10 s for the server to log it.
+    pub fn await_http_addr(&self) -> SocketAddr {
+        let mut addr = None;
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                addr = self.http_addr();
+                addr.is_some()
+            }),
+            "no HTTP address logged:\n{}",
+            self.log_text()
+        );
+        addr.expect("set when eventually succeeded")
+    }
+
+    /// Fails the test, showing the log, unless a line containing `needle`
+    /// is logged within `limit`.
+    pub fn assert_logs_within(&self, needle: &str, limit: Duration) {
+        assert!(
+            eventually(limit, || self.log_text().contains(needle)),
+            "no log line with {needle:?} within {limit:?}:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// The HTTP side's address, from the line the server logs when its HTTP
+    /// listener is up (`--http 127.0.0.1:0`); `None` before that line.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.log_text()
+            .lines()
+            .find_map(|l| l.split("http listener on ").nth(1))
+            .and_then(|a| a.split(['"', ' ']).next())
+            .and_then(|a| a.trim().parse().ok())
+    }
+
     /// Sends a signal by name (`TERM`, `HUP`, `KILL`) to the server's PID.
     pub fn signal(&self, name: &str) {
         let status = Command::new("sh")
@@ -669,4 +721,36 @@ pub fn describe(cmd: &Command, out: &std::process::Output) -> String {
 
 pub fn file_exists(p: &Path) -> bool {
     p.exists()
+}
+
+/// A PKCS#12 file of `cert` and `key` made by `openssl pkcs12 -export -legacy`
+/// (the contents under RC2-40 and 3DES, as OpenSSL 1.x and older tools write
+/// them), checked to really be RC2; `None` (the test skipped) without the
+/// openssl command.
+pub fn legacy_pkcs12(cert: &Path, key: &Path, out: &Path, password: &str) -> Option<PathBuf> {
+    if !have_tool("openssl") {
+        return None;
+    }
+    let pass = format!("pass:{password}");
+    let mut cmd = Command::new("openssl");
+    cmd.args(["pkcs12", "-export", "-legacy", "-in"])
+        .arg(cert)
+        .arg("-inkey")
+        .arg(key)
+        .arg("-out")
+        .arg(out)
+        .args(["-passout", &pass]);
+    let made = run_with_input(&mut cmd, b"");
+    assert!(made.status.success(), "{}", describe(&cmd, &made));
+    let mut cmd = Command::new("openssl");
+    cmd.args(["pkcs12", "-info", "-noout", "-legacy", "-in"])
+        .arg(out)
+        .args(["-passin", &pass]);
+    let info = run_with_input(&mut cmd, b"");
+    assert!(
+        String::from_utf8_lossy(&info.stderr).contains("40BitRC2"),
+        "{}",
+        describe(&cmd, &info)
+    );
+    Some(out.to_path_buf())
 }

@@ -17,6 +17,7 @@ use super::fence::{Confirmation, FencedWrite, Outcome, fence_sha};
 use super::location::{RedisSettings, StoreLocation};
 use super::pool::{Pool, Source};
 use super::sentinel::SentinelSource;
+use crate::input_file::MAX_FILE_BYTES;
 use crate::protocol::Transport;
 use crate::store::backend::{Backend, StoreError};
 
@@ -208,7 +209,7 @@ impl Drop for RedisStore {
 /// The CA file's bytes (`--store-ca`), if one is given.
 fn read_ca(ca: Option<&Path>) -> Result<Option<Vec<u8>>, RedisOpenError> {
     ca.map(|path| {
-        std::fs::read(path).map_err(|e| {
+        crate::input_file::read(path, MAX_FILE_BYTES).map_err(|e| {
             RedisOpenError::Setup(format!("--store-ca {}: cannot read: {e}", path.display()))
         })
     })

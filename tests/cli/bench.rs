@@ -1,0 +1,286 @@
+//! `wwep bench` against a real `wwep-server` process on ephemeral loopback ports:
+//! the open-loop schedule, abuse connections beside the load, and bad values.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+struct Run {
+    out: Output,
+    text: String,
+    took: Duration,
+}
+
+impl Run {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).to_string()
+    }
+
+    fn succeeded(&self) -> &Self {
+        assert_eq!(self.out.status.code(), Some(0), "{}", self.text);
+        self
+    }
+
+    /// Exit 2 with one line on stderr that mentions `needle`, and no panic.
+    fn fails_with(&self, needle: &str) {
+        assert_eq!(self.out.status.code(), Some(2), "{}", self.text);
+        let err = String::from_utf8_lossy(&self.out.stderr);
+        assert!(err.contains(needle), "expected {needle:?}: {}", self.text);
+        assert_eq!(err.lines().count(), 1, "{}", self.text);
+        assert!(!err.contains("panicked"), "{}", self.text);
+    }
+
+    /// A number in the JSON report, found by its key (the first occurrence
+    /// after `within`, when given, for nested objects).
+    fn number(&self, within: Option<&str>, key: &str) -> f64 {
+        let out = self.stdout();
+        let scope = match within {
+            Some(w) => out
+                .split_once(&format!("\"{w}\":"))
+                .map(|(_, rest)| rest.to_string())
+                .unwrap_or_else(|| panic!("no {w} in {}", self.text)),
+            None => out,
+        };
+        scope
+            .split_once(&format!("\"{key}\":"))
+            .and_then(|(_, rest)| rest.split([',', '}']).next().and_then(|n| n.parse().ok()))
+            .unwrap_or_else(|| panic!("no number {key} in {}", self.text))
+    }
+}
+
+/// Runs `wwep` (killed after 20 s) and keeps what it printed.
+fn wwep(args: &[&str]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep"));
+    cmd.args(args);
+    let started = Instant::now();
+    let out = run_with_input(&mut cmd, b"");
+    let took = started.elapsed();
+    let text = describe(&cmd, &out);
+    Run { out, text, took }
+}
+
+fn plain(server: &ServerProcess) -> String {
+    server.plain.expect("plain listener").to_string()
+}
+
+#[test]
+fn open_loop_keeps_to_its_schedule_and_says_how_well() {
+    let server = ServerProcess::start(&["--no-tls"]);
+    let run = wwep(&[
+        "--server",
+        &plain(&server),
+        "--json",
+        "bench",
+        "-c",
+        "4",
+        "--rate",
+        "200",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "-q",
+    ]);
+    run.succeeded();
+    assert_eq!(run.number(Some("schedule"), "rate"), 200.0, "{}", run.text);
+    let scheduled = run.number(Some("schedule"), "scheduled");
+    assert!((195.0..=205.0).contains(&scheduled), "{}", run.text);
+    let completed = run.number(None, "completed");
+    // An idle server keeps up with 200/s: what was due got done, give or take
+    // the transactions in flight at either end.
+    assert!(
+        completed > 0.0 && (completed - scheduled).abs() <= 8.0,
+        "{}",
+        run.text
+    );
+    let late = run.number(Some("schedule"), "late");
+    let missed = run.number(Some("schedule"), "missed");
+    assert!(late <= completed && missed <= 8.0, "{}", run.text);
+
+    let text = wwep(&[
+        "--server",
+        &plain(&server),
+        "bench",
+        "-c",
+        "2",
+        "--rate",
+        "100",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+        "-q",
+    ]);
+    text.succeeded();
+    let out = text.stdout();
+    assert!(
+        out.contains("open loop at 100/s:")
+            && out.contains("late")
+            && out.contains("missed")
+            && out.contains("latency ms (from the scheduled time)"),
+        "{}",
+        text.text
+    );
+}
+
+#[test]
+fn idle_and_slow_connections_beside_the_load() {
+    // The server gives up on silent connections after 300 ms, so during a
+    // 1.5 s run every idle connection is closed and reopened several times.
+    let server = ServerProcess::start(&["--no-tls", "--timeout-ms", "300"]);
+    let run = wwep(&[
+        "--server",
+        &plain(&server),
+        "--json",
+        "bench",
+        "-c",
+        "2",
+        "--duration",
+        "1.5",
+        "--warmup",
+        "0",
+        "--idle",
+        "4",
+        "--slow",
+        "2",
+        "--slow-interval-ms",
+        "200",
+        "--idle-from",
+        "127.0.0.2",
+        "127.0.0.3",
+        "-q",
+    ]);
+    run.succeeded();
+    assert!(run.number(None, "completed") > 0.0, "{}", run.text);
+    assert!(run.stdout().contains("\"errors\":{}"), "{}", run.text);
+    let idle_opened = run.number(Some("idle"), "opened");
+    let idle_closed = run.number(Some("idle"), "closed_by_server");
+    assert!(idle_opened >= 4.0, "{}", run.text);
+    assert!(
+        idle_closed >= 4.0 && idle_closed <= idle_opened,
+        "{}",
+        run.text
+    );
+    let slow_opened = run.number(Some("slow"), "opened");
+    let slow_closed = run.number(Some("slow"), "closed_by_server");
+    // A byte every 200 ms is slower than the server's 100 ms gap: each slow
+    // connection is judged on what it has, answered and closed.
+    assert!(slow_opened >= 2.0 && slow_closed >= 2.0, "{}", run.text);
+    assert_eq!(
+        run.number(Some("idle"), "connect_failed"),
+        0.0,
+        "{}",
+        run.text
+    );
+    // Stopping does not wait out any timeout.
+    assert!(
+        run.took < Duration::from_secs(6),
+        "took {:?}: {}",
+        run.took,
+        run.text
+    );
+
+    let text = wwep(&[
+        "--server",
+        &plain(&server),
+        "bench",
+        "-c",
+        "1",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+        "--idle",
+        "2",
+        "-q",
+    ]);
+    text.succeeded();
+    let out = text.stdout();
+    assert!(
+        out.contains("abuse idle: ")
+            && out.contains("closed by the server")
+            && !out.contains("abuse slow"),
+        "{}",
+        text.text
+    );
+}
+
+#[test]
+fn slow_tls_client_hellos() {
+    let pki = Pki::new(KeyKind::EcP256);
+    let cert = pki.path("server.pem");
+    let key = pki.path("server.key");
+    let server = ServerProcess::start(&[
+        "--no-plain",
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--timeout-ms",
+        "300",
+    ]);
+    let ca = pki.path("ca.pem");
+    let run = wwep(&[
+        "--server",
+        &format!("localhost:{}", server.tls.expect("tls listener").port()),
+        "--tls",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--json",
+        "bench",
+        "-c",
+        "1",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--slow",
+        "2",
+        "--slow-interval-ms",
+        "100",
+        "-q",
+    ]);
+    run.succeeded();
+    // Whether the server cuts a trickled handshake short is the server's
+    // business; the bench holds the connections, counts them and stops on time.
+    assert!(run.number(Some("slow"), "opened") >= 2.0, "{}", run.text);
+    assert!(run.number(None, "completed") > 0.0, "{}", run.text);
+    assert!(
+        run.took < Duration::from_secs(6),
+        "took {:?}: {}",
+        run.took,
+        run.text
+    );
+}
+
+#[test]
+fn bad_values_are_one_line_and_exit_2() {
+    // Checked before any connection is made: no server needed.
+    for (args, needle) in [
+        (&["bench", "--rate", "0"][..], "--rate"),
+        (&["bench", "--rate", "fast"], "--rate"),
+        (&["bench", "--rate", "NaN"], "--rate"),
+        (&["bench", "-c", "0"], "--concurrency"),
+        (&["bench", "--requests", "0"], "--requests"),
+        (&["bench", "--duration", "-1"], "--duration"),
+        (&["bench", "--warmup", "x"], "--warmup"),
+        (&["bench", "--mix", "60/60"], "add up to 100"),
+        (&["bench", "--idle", "-3"], "--idle"),
+        (
+            &["bench", "--idle", "1", "--idle-from", "10.0.0.1"],
+            "not a loopback address",
+        ),
+        (
+            &["bench", "--source-ip", "192.0.2.1"],
+            "not a loopback address",
+        ),
+        (
+            &["bench", "--slow", "1", "--slow-interval-ms", "0"],
+            "--slow-interval-ms",
+        ),
+        (&["bench", "--idle", "20000"], "at most"),
+    ] {
+        wwep(args).fails_with(needle);
+    }
+}

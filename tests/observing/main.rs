@@ -1,0 +1,10 @@
+//! The HTTP side: `/metrics`, `/health`, `/ready`, `/api/devices`, the live page, its
+//! abuse limits, and the Grafana dashboard against the metrics.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod dashboard;
+mod http;
+mod http_abuse;
+mod http_devices;

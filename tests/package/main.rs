@@ -1,0 +1,6 @@
+//! The Debian package and the systemd unit.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod deb;

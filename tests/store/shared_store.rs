@@ -1,0 +1,348 @@
+//! Several front ends, one set of registers in Redis: sharing, the layout in
+//! Redis, Redis going away and coming back, and acknowledged writes surviving a
+//! `kill -9` of Redis under `appendfsync always`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn front_end(pki: &Pki, redis: &RedisServer, extra: &[&str]) -> ServerProcess {
+    let (cert, key, url) = (pki.path("server.pem"), pki.path("server.key"), redis.url());
+    let mut args = vec![
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+        "--store",
+        &url,
+        "--explain-errors",
+    ];
+    args.extend_from_slice(extra);
+    ServerProcess::start(&args)
+}
+
+fn tls_transact(pki: &Pki, addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut tls = pki
+        .connector()
+        .connect("localhost", connect(addr))
+        .expect("handshake");
+    transact(&mut tls, request)
+}
+
+#[test]
+fn two_front_ends_share_one_redis() {
+    let Some(redis) = RedisServer::start(&[]) else {
+        return;
+    };
+    let pki = Pki::new(KeyKind::EcP256);
+    let a = front_end(&pki, &redis, &[]);
+    let b = front_end(&pki, &redis, &[]);
+    assert_eq!(
+        transact(&mut connect(a.plain.unwrap()), b"W0FAC0B1234"),
+        b"A0FAC0B1234"
+    );
+    assert_eq!(
+        tls_transact(&pki, b.tls.unwrap(), b"R0FAC0B\n"),
+        b"A0FAC0B1234\n"
+    );
+    assert_eq!(
+        tls_transact(&pki, a.tls.unwrap(), b"W0FAC0C0001"),
+        b"A0FAC0C0001"
+    );
+    assert_eq!(
+        transact(&mut connect(b.plain.unwrap()), b"R0FAC0C"),
+        b"A0FAC0C0001"
+    );
+    assert_eq!(
+        transact(&mut connect(b.plain.unwrap()), b"R0FAC0D"),
+        b"X not found"
+    );
+    // One readable hash per device.
+    let stored: std::collections::BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg("wwep:0FAC")
+        .query(&mut redis.client())
+        .unwrap();
+    assert_eq!(
+        stored.into_iter().collect::<Vec<_>>(),
+        [
+            ("0B".to_string(), "1234".to_string()),
+            ("0C".to_string(), "0001".to_string())
+        ]
+    );
+    // Another deployment on the same Redis sees none of it.
+    let other = front_end(&pki, &redis, &["--store-prefix", "other"]);
+    assert_eq!(
+        transact(&mut connect(other.plain.unwrap()), b"R0FAC0B"),
+        b"X not found"
+    );
+}
+
+#[test]
+fn redis_going_away_gives_x_at_once_and_service_resumes_by_itself() {
+    let Some(mut redis) = RedisServer::start(&[]) else {
+        return;
+    };
+    let pki = Pki::new(KeyKind::EcP256);
+    let server = front_end(
+        &pki,
+        &redis,
+        &["--timeout-ms", "2000", "--http", "127.0.0.1:0"],
+    );
+    let plain = server.plain.unwrap();
+    let http: SocketAddr = server
+        .log_text()
+        .lines()
+        .find_map(|l| l.split("http listener on ").nth(1))
+        .and_then(|a| a.trim().parse().ok())
+        .expect("the HTTP address is logged");
+    // The HTTP side answers from before the listeners open ("starting").
+    assert!(
+        eventually(Duration::from_secs(5), || health(http)
+            .starts_with("HTTP/1.1 200")),
+        "{}",
+        health(http)
+    );
+    assert_eq!(
+        transact(&mut connect(plain), b"W0001010001"),
+        b"A0001010001"
+    );
+    redis.kill();
+    for request in [&b"R000101"[..], b"W0001010002"] {
+        let started = Instant::now();
+        assert_eq!(
+            transact(&mut connect(plain), request),
+            b"X store unavailable"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(eventually(Duration::from_secs(5), || server
+        .log_text()
+        .contains("answering X until it recovers")));
+    let down = health(http);
+    assert!(
+        down.starts_with("HTTP/1.1 503") && down.contains("does not answer"),
+        "{down}"
+    );
+    redis.run();
+    assert!(
+        eventually(Duration::from_secs(10), || transact(
+            &mut connect(plain),
+            b"W0001010003"
+        ) == b"A0001010003"),
+        "{}",
+        server.log_text()
+    );
+    assert_eq!(transact(&mut connect(plain), b"R000101"), b"A0001010003");
+    assert!(health(http).starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn a_restarted_redis_costs_no_x_for_the_stale_pooled_connections() {
+    let Some(mut redis) = RedisServer::start(&[]) else {
+        return;
+    };
+    let pki = Pki::new(KeyKind::EcP256);
+    let server = front_end(&pki, &redis, &["--timeout-ms", "2000"]);
+    let plain = server.plain.unwrap();
+    // Several connections in the pool: concurrent clients, a few rounds.
+    for round in 0..5u16 {
+        let clients: Vec<_> = (0..8u16)
+            .map(|k| {
+                std::thread::spawn(move || {
+                    let request = format!("W00{k:02X}01{round:04X}");
+                    transact(&mut connect(plain), request.as_bytes())
+                })
+            })
+            .collect();
+        for client in clients {
+            let reply = client.join().unwrap();
+            assert!(
+                reply.starts_with(b"A"),
+                "{}",
+                String::from_utf8_lossy(&reply)
+            );
+        }
+    }
+    redis.kill();
+    redis.run();
+    // Every pooled connection is stale now; none of them may cost a board an X.
+    for k in 0..8u16 {
+        let request = format!("W00{k:02X}01ABCD");
+        assert_eq!(
+            transact(&mut connect(plain), request.as_bytes()),
+            format!("A00{k:02X}01ABCD").as_bytes(),
+            "{}",
+            server.log_text()
+        );
+    }
+}
+
+/// `GET /health`, the whole response.
+fn health(http: SocketAddr) -> String {
+    let mut c = connect(http);
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = c.read_to_end(&mut response);
+    String::from_utf8_lossy(&response).to_string()
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9_of_redis_with_appendfsync_always() {
+    let Some(mut redis) = RedisServer::start(&["--appendonly", "yes", "--appendfsync", "always"])
+    else {
+        return;
+    };
+    let pki = Pki::new(KeyKind::EcP256);
+    let server = front_end(&pki, &redis, &["--timeout-ms", "2000"]);
+    let plain = server.plain.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // Each writer writes every key once, so an acknowledged value is the value.
+    let writers: Vec<_> = (0..4u16)
+        .map(|w| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for i in 0..4096u16 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let (device, register) = (w * 16 + i / 256, (i % 256) as u8);
+                    let request = format!("W{device:04X}{register:02X}{i:04X}");
+                    let Ok(mut c) = TcpStream::connect(plain) else {
+                        continue;
+                    };
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                    let _ = c.write_all(request.as_bytes());
+                    let mut reply = Vec::new();
+                    let _ = c.read_to_end(&mut reply);
+                    if reply.first() == Some(&b'A') {
+                        acked.push((device, register, i));
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    redis.kill();
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let acked: Vec<(u16, u8, u16)> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert!(
+        acked.len() > 50,
+        "only {} writes were acknowledged",
+        acked.len()
+    );
+    redis.run();
+    let mut conn = redis.client();
+    let mut lost = 0;
+    for (device, register, value) in &acked {
+        let stored: Option<String> = redis::cmd("HGET")
+            .arg(format!("wwep:{device:04X}"))
+            .arg(format!("{register:02X}"))
+            .query(&mut conn)
+            .unwrap();
+        if stored != Some(format!("{value:04X}")) {
+            lost += 1;
+        }
+    }
+    assert_eq!(
+        lost,
+        0,
+        "{lost} of {} acknowledged writes lost",
+        acked.len()
+    );
+}
+
+#[test]
+fn shared_store_flags_fail_clearly() {
+    let Some(redis) = RedisServer::start(&[]) else {
+        return;
+    };
+    let url = redis.url();
+    let one_line = |args: &[&str], code: i32, needle: &str| {
+        let mut cmd = server_cmd();
+        cmd.arg("--no-tls").args(args);
+        let out = run_with_input(&mut cmd, b"");
+        let text = describe(&cmd, &out);
+        assert_eq!(out.status.code(), Some(code), "{text}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("wwep-server:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{text}");
+        assert!(errors[0].contains(needle), "{text}");
+    };
+    one_line(&["--store", &url, "--data", "registers.wwep"], 2, "--data");
+    one_line(&["--store-wait-replicas", "1"], 2, "--store-wait-replicas");
+    // Debian's redis-server 7.0 has no WAITAOF: refused, not ignored.
+    one_line(&["--store", &url, "--store-wait-aof"], 2, "WAITAOF");
+    let mut cmd = server_cmd();
+    cmd.args(["--no-tls", "--store", "mysql://x"]);
+    let out = run_with_input(&mut cmd, b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--store"));
+}
+
+/// `GET /metrics`, the body.
+fn metrics_text(http: SocketAddr) -> String {
+    let mut c = connect(http);
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = c.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response).to_string();
+    text.split_once("\r\n\r\n")
+        .map_or(text.clone(), |(_, body)| body.to_string())
+}
+
+#[test]
+fn registers_in_a_shared_store_are_counted_truly_or_not_at_all() {
+    let Some(redis) = RedisServer::start(&[]) else {
+        return;
+    };
+    let pki = Pki::new(KeyKind::EcP256);
+    let server = front_end(&pki, &redis, &["--http", "127.0.0.1:0"]);
+    let plain = server.plain.unwrap();
+    let http: SocketAddr = server
+        .log_text()
+        .lines()
+        .find_map(|l| l.split("http listener on ").nth(1))
+        .and_then(|a| a.trim().parse().ok())
+        .expect("the HTTP address is logged");
+    for request in [
+        &b"W0FAC0B0001"[..],
+        b"W0FAC0C0002",
+        b"W00010500FF",
+        b"W0FAC0B0003",
+    ] {
+        let mut c = connect(plain);
+        assert_eq!(transact(&mut c, request)[0], b'A');
+    }
+    // Three distinct registers: wwep_registers says 3, or is not exported —
+    // never 0 or a count of this front end's own writes alone.
+    let mut text = String::new();
+    let settled = eventually(Duration::from_secs(10), || {
+        text = metrics_text(http);
+        let registers = text
+            .lines()
+            .find_map(|l| l.strip_prefix("wwep_registers "))
+            .map(str::trim);
+        registers.is_none_or(|n| n == "3")
+    });
+    assert!(settled, "{text}");
+    assert!(text.contains("wwep_transactions_total"), "{text}");
+}

@@ -1,0 +1,156 @@
+//! Mutual TLS: the TLS listener with `--client-ca` admits only clients whose
+//! certificate was signed by that CA, and logs who they are.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use crate::common::*;
+use wwep::tls::ClientAuth;
+
+fn mtls_server(pki: Arc<Pki>) -> TestServer {
+    let ca = pki.path("ca.pem");
+    TestServer::with_pki(pki, |c| c.client_auth = ClientAuth::Required { ca })
+}
+
+fn connector(pki: &Pki, client: Option<&Issued>, max_tls12: bool) -> native_tls::TlsConnector {
+    let mut b = native_tls::TlsConnector::builder();
+    b.add_root_certificate(
+        native_tls::Certificate::from_pem(&pki.ca.cert.to_pem().unwrap()).unwrap(),
+    )
+    .disable_built_in_roots(true);
+    if max_tls12 {
+        b.max_protocol_version(Some(native_tls::Protocol::Tlsv12));
+    }
+    if let Some(client) = client {
+        let identity = native_tls::Identity::from_pkcs8(
+            &client.cert.to_pem().unwrap(),
+            &client.key.private_key_to_pem_pkcs8().unwrap(),
+        )
+        .unwrap();
+        b.identity(identity);
+    }
+    b.build().unwrap()
+}
+
+/// Tries one write; returns the reply, or None when the server refused.
+fn try_write(s: &TestServer, connector: &native_tls::TlsConnector) -> Option<Vec<u8>> {
+    let mut tls = connector.connect("localhost", connect(s.tls())).ok()?;
+    std::io::Write::write_all(&mut tls, b"W0FAC0B0001").ok()?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 64];
+    loop {
+        match std::io::Read::read(&mut tls, &mut buf) {
+            Ok(0) => return Some(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return if out.is_empty() { None } else { Some(out) },
+        }
+    }
+}
+
+#[test]
+fn a_client_certificate_from_the_ca_is_admitted() {
+    for kind in [KeyKind::EcP256, KeyKind::Rsa2048] {
+        let pki = Arc::new(Pki::new(kind));
+        let s = mtls_server(Arc::clone(&pki));
+        for tls12 in [false, true] {
+            assert_eq!(
+                try_write(&s, &connector(&pki, Some(&pki.client), tls12)),
+                Some(b"A0FAC0B0001".to_vec())
+            );
+        }
+    }
+}
+
+#[test]
+fn no_certificate_or_a_stranger_is_refused() {
+    let pki = Arc::new(Pki::new(KeyKind::EcP256));
+    let stranger = Pki::new(KeyKind::EcP256);
+    let s = mtls_server(Arc::clone(&pki));
+    for tls12 in [false, true] {
+        assert_eq!(
+            try_write(&s, &connector(&pki, None, tls12)),
+            None,
+            "no certificate, tls12={tls12}"
+        );
+        assert_eq!(
+            try_write(&s, &connector(&pki, Some(&stranger.client), tls12)),
+            None,
+            "foreign certificate, tls12={tls12}"
+        );
+    }
+    assert_eq!(
+        s.server().store().unwrap().read(0x0FAC, 0x0B),
+        None,
+        "nothing was written"
+    );
+    // The open port is unaffected.
+    assert_eq!(s.plain_transact(b"R0FAC0B"), b"X");
+}
+
+#[test]
+fn cli_client_certificate_and_logged_common_name() {
+    let pki = Pki::new(KeyKind::EcP256);
+    let server = ServerProcess::start(&[
+        "--cert",
+        pki.path("server.pem").to_str().unwrap(),
+        "--key",
+        pki.path("server.key").to_str().unwrap(),
+        "--client-ca",
+        pki.path("ca.pem").to_str().unwrap(),
+    ]);
+    let srv = format!("localhost:{}", server.tls.unwrap().port());
+    let ca = pki.path("ca.pem");
+    let wwep = |extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep"));
+        cmd.args(["--server", &srv, "--tls", "--ca", ca.to_str().unwrap()])
+            .args(extra);
+        let out = run_with_input(&mut cmd, b"");
+        let text = describe(&cmd, &out);
+        (out, text)
+    };
+    let (out, text) = wwep(&[
+        "--cert",
+        pki.path("client.pem").to_str().unwrap(),
+        "--key",
+        pki.path("client.key").to_str().unwrap(),
+        "write",
+        "1",
+        "2",
+        "3",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(out.stdout, b"A0001020003\n", "{text}");
+    // The same certificate from a PKCS#12 bundle.
+    let p12 = pki.write("client.p12", &pkcs12(&pki.client, "client", "pw"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep"));
+    cmd.args([
+        "--server",
+        &srv,
+        "--tls",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--pkcs12",
+    ])
+    .arg(&p12)
+    .args(["read", "1", "2"])
+    .env("WWEP_PKCS12_PASSWORD", "pw");
+    let out = run_with_input(&mut cmd, b"");
+    assert_eq!(out.stdout, b"A0001020003\n", "{}", describe(&cmd, &out));
+    let (out, text) = wwep(&["read", "1", "2"]);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refused"),
+        "{text}"
+    );
+    assert!(eventually(std::time::Duration::from_secs(5), || server
+        .log_text()
+        .contains("handshake failed: certificate required")));
+    let logged = "cn=\"test client\" \"W0001020003\" -> \"A0001020003\"";
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || server
+            .log_text()
+            .contains(logged)),
+        "{}",
+        server.log_text()
+    );
+}

@@ -1,0 +1,334 @@
+//! The TLS port: the spec's sequence over native-tls, every key form the course
+//! hands out, old certificates, protocol versions and hostile handshakes.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use openssl::hash::MessageDigest;
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+use wwep::tls::{Identity, IdentitySource};
+
+#[test]
+fn spec_sequence_over_tls_rsa() {
+    let s = TestServer::with_pki(Arc::new(Pki::new(KeyKind::Rsa2048)), |_| {});
+    assert_eq!(s.tls_transact(b"R0FAC0B"), b"X");
+    assert_eq!(s.tls_transact(b"W0FAC0B1234"), b"A0FAC0B1234");
+    assert_eq!(s.tls_transact(b"R0FAC0B\r\n"), b"A0FAC0B1234\r\n");
+    assert_eq!(s.tls_transact(b"W01234\n"), b"X\n");
+    // Both listeners share one store.
+    assert_eq!(s.plain_transact(b"R0FAC0B"), b"A0FAC0B1234");
+    assert_eq!(s.plain_transact(b"W0FAC0B4321"), b"A0FAC0B4321");
+    assert_eq!(s.tls_transact(b"R0FAC0B"), b"A0FAC0B4321");
+}
+
+#[test]
+fn tls_device_client_without_terminator_or_close() {
+    let s = TestServer::start();
+    let tcp = connect(s.tls());
+    let mut tls = s.pki.connector().connect("localhost", tcp).unwrap();
+    tls.write_all(b"W0FAC0B0001").unwrap();
+    tls.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut reply = [0u8; 11];
+    std::io::Read::read_exact(&mut tls, &mut reply).expect("reply within 500 ms");
+    assert_eq!(&reply, b"A0FAC0B0001");
+}
+
+#[test]
+fn short_illegal_message_over_tls_is_answered_promptly() {
+    let s = TestServer::start();
+    let tcp = connect(s.tls());
+    let mut tls = s.pki.connector().connect("localhost", tcp).unwrap();
+    tls.write_all(b"W01234").unwrap();
+    tls.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut reply = [0u8; 1];
+    std::io::Read::read_exact(&mut tls, &mut reply).expect("reply within 500 ms");
+    assert_eq!(&reply, b"X");
+}
+
+fn serves_with_key(name: &str, key_pem: &[u8], pki: Pki) {
+    let key = pki.write(name, key_pem);
+    let cert = pki.path("server.pem");
+    let s = TestServer::with_pki(Arc::new(pki), |c| {
+        c.identity = Some(IdentitySource::Pem { cert, key })
+    });
+    assert_eq!(
+        s.tls_transact(b"W0001020003"),
+        b"A0001020003",
+        "key form {name}"
+    );
+}
+
+#[test]
+fn every_key_form_openssl_writes_is_accepted() {
+    let pki = Pki::new(KeyKind::Rsa2048);
+    let pkcs1 = pki.server.key.rsa().unwrap().private_key_to_pem().unwrap();
+    assert!(pkcs1.starts_with(b"-----BEGIN RSA PRIVATE KEY-----"));
+    serves_with_key("pkcs1.key", &pkcs1, pki);
+
+    let pki = Pki::new(KeyKind::EcP256);
+    let sec1 = pki
+        .server
+        .key
+        .ec_key()
+        .unwrap()
+        .private_key_to_pem()
+        .unwrap();
+    assert!(sec1.starts_with(b"-----BEGIN EC PRIVATE KEY-----"));
+    serves_with_key("sec1.key", &sec1, pki);
+
+    let pki = Pki::new(KeyKind::EcP256);
+    let pkcs8 = pki.server.key.private_key_to_pem_pkcs8().unwrap();
+    assert!(pkcs8.starts_with(b"-----BEGIN PRIVATE KEY-----"));
+    serves_with_key("pkcs8.key", &pkcs8, pki);
+
+    let pki = Pki::new(KeyKind::EcP256);
+    let der = pki.server.key.private_key_to_der().unwrap();
+    serves_with_key("der.key", &der, pki);
+}
+
+#[test]
+fn pkcs12_identity_is_accepted() {
+    let pki = Pki::new(KeyKind::EcP256);
+    let file = pki.write("server.p12", &pkcs12(&pki.server, "server", "s3cret"));
+    let wrong = IdentitySource::Pkcs12 {
+        file: file.clone(),
+        password: "wrong".into(),
+    };
+    let err = Identity::load(&wrong)
+        .err()
+        .expect("wrong password is refused");
+    assert_eq!(err.path, file);
+    assert_eq!(err.kind, wwep::tls::TlsErrorKind::Pkcs12Locked, "{err}");
+    let s = TestServer::with_pki(Arc::new(pki), |c| {
+        c.identity = Some(IdentitySource::Pkcs12 {
+            file,
+            password: "s3cret".into(),
+        })
+    });
+    assert_eq!(s.tls_transact(b"W0001020003"), b"A0001020003");
+}
+
+#[test]
+fn intermediates_in_the_cert_file_are_sent() {
+    let pki = Pki::new(KeyKind::EcP256);
+    let intermediate = issue(
+        &CertSpec {
+            is_ca: true,
+            sans: &[],
+            ..CertSpec::server("wwep intermediate")
+        },
+        Some(&pki.ca),
+    );
+    let leaf = issue(&CertSpec::server("localhost"), Some(&intermediate));
+    let mut chain = leaf.cert.to_pem().unwrap();
+    chain.extend(intermediate.cert.to_pem().unwrap());
+    let cert = pki.write("chain.pem", &chain);
+    let key = pki.write("leaf.key", &leaf.key.private_key_to_pem_pkcs8().unwrap());
+    // The client trusts only the root: the handshake needs the intermediate.
+    let s = TestServer::with_pki(Arc::new(pki), |c| {
+        c.identity = Some(IdentitySource::Pem { cert, key })
+    });
+    assert_eq!(s.tls_transact(b"W0001020003"), b"A0001020003");
+}
+
+#[test]
+fn expired_sha1_self_signed_certificate_loads_with_a_warning() {
+    let pki = Pki::new(KeyKind::Rsa2048);
+    let old = issue(
+        &CertSpec {
+            kind: KeyKind::Rsa2048,
+            digest: MessageDigest::sha1(),
+            not_before: -3 * 365 * 86400,
+            not_after: -2 * 365 * 86400,
+            ..CertSpec::server("old course server")
+        },
+        None,
+    );
+    let cert = pki.write("old.pem", &old.cert.to_pem().unwrap());
+    let key = pki.write(
+        "old.key",
+        &old.key.rsa().unwrap().private_key_to_pem().unwrap(),
+    );
+    let source = IdentitySource::Pem {
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    let identity = Identity::load(&source).expect("old certificate loads");
+    let warnings = identity.expiry_warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("CN=old course server") && warnings[0].contains("expired"));
+    let s = TestServer::with_pki(Arc::new(pki), |c| c.identity = Some(source));
+    // A client that knows the certificate is old skips verification, as course
+    // boards did; the server must still serve it.
+    let connector = native_tls::TlsConnector::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let mut tls = connector
+        .connect("localhost", connect(s.tls()))
+        .expect("handshake");
+    assert_eq!(transact(&mut tls, b"W0001020003"), b"A0001020003");
+}
+
+#[test]
+fn old_weak_certificates_are_still_served() {
+    // RSA-1024 self-signed, and a SHA-1 leaf signed by an (RSA-2048) CA: both
+    // refused by OpenSSL's default security level, both in course material.
+    let pki = Pki::new(KeyKind::Rsa2048);
+    let short_key = issue(
+        &CertSpec {
+            kind: KeyKind::Rsa1024,
+            digest: MessageDigest::sha1(),
+            ..CertSpec::server("rsa1024 board server")
+        },
+        None,
+    );
+    let sha1_leaf = issue(
+        &CertSpec {
+            kind: KeyKind::Rsa2048,
+            digest: MessageDigest::sha1(),
+            ..CertSpec::server("sha1 leaf")
+        },
+        Some(&pki.ca),
+    );
+    let connector = native_tls::TlsConnector::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let pki = Arc::new(pki);
+    for (name, issued) in [("short", &short_key), ("sha1", &sha1_leaf)] {
+        let cert = pki.write(&format!("{name}.pem"), &issued.cert.to_pem().unwrap());
+        let key = pki.write(
+            &format!("{name}.key"),
+            &issued.key.private_key_to_pem_pkcs8().unwrap(),
+        );
+        let s = TestServer::with_pki(Arc::clone(&pki), |c| {
+            c.identity = Some(IdentitySource::Pem { cert, key })
+        });
+        let mut tls = connector
+            .connect("localhost", connect(s.tls()))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(transact(&mut tls, b"W0001020003"), b"A0001020003", "{name}");
+    }
+}
+
+#[test]
+fn certificate_expiring_soon_is_warned_about() {
+    let pki = Pki::new(KeyKind::EcP256);
+    let soon = issue(
+        &CertSpec {
+            not_after: 10 * 86400,
+            ..CertSpec::server("soon")
+        },
+        Some(&pki.ca),
+    );
+    let cert = pki.write("soon.pem", &soon.cert.to_pem().unwrap());
+    let key = pki.write("soon.key", &soon.key.private_key_to_pem_pkcs8().unwrap());
+    let identity = Identity::load(&IdentitySource::Pem { cert, key }).unwrap();
+    let warnings = identity.expiry_warnings();
+    assert_eq!(warnings.len(), 1);
+    assert!(
+        warnings[0].contains("CN=soon") && warnings[0].contains("days left"),
+        "{warnings:?}"
+    );
+    let fresh = Identity::load(&pki.identity()).unwrap();
+    assert!(fresh.expiry_warnings().is_empty());
+}
+
+fn openssl_client(min: SslVersion, max: SslVersion) -> SslConnector {
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    // Let this client offer old protocol versions at all.
+    b.set_cipher_list("DEFAULT:@SECLEVEL=0").unwrap();
+    b.set_min_proto_version(Some(min)).unwrap();
+    b.set_max_proto_version(Some(max)).unwrap();
+    b.build()
+}
+
+#[test]
+fn tls_1_1_client_is_refused_and_tls_1_2_accepted() {
+    let s = TestServer::start();
+    let old = openssl_client(SslVersion::TLS1_1, SslVersion::TLS1_1);
+    assert!(
+        old.connect("localhost", connect(s.tls())).is_err(),
+        "TLS 1.1 must be refused"
+    );
+    let tls12 = openssl_client(SslVersion::TLS1_2, SslVersion::TLS1_2);
+    let mut stream = tls12
+        .connect("localhost", connect(s.tls()))
+        .expect("TLS 1.2 works");
+    assert_eq!(stream.ssl().version_str(), "TLSv1.2");
+    assert_eq!(transact(&mut stream, b"W0001020003"), b"A0001020003");
+}
+
+#[test]
+fn plain_bytes_on_the_tls_port_leave_the_server_healthy() {
+    let s = TestServer::start();
+    let mut c = connect(s.tls());
+    c.write_all(b"W0FAC0B1234\n").unwrap();
+    // The handshake fails; the server closes (an alert or nothing, never a reply).
+    let reply = read_to_close_lenient(&mut c);
+    assert!(!reply.starts_with(b"A"), "{reply:?}");
+    assert_eq!(
+        s.tls_transact(b"R0FAC0B"),
+        b"X",
+        "the plain bytes wrote nothing"
+    );
+    assert_eq!(s.plain_transact(b"W0FAC0B0001"), b"A0FAC0B0001");
+}
+
+#[test]
+fn unfinished_handshake_is_dropped_after_the_timeout() {
+    // Long enough for a handshake on a busy machine, short for a test.
+    let s = TestServer::with(|c| c.timeout = Duration::from_millis(1000));
+    let mut c = connect(s.tls());
+    let started = Instant::now();
+    let got = read_to_close_lenient(&mut c);
+    assert!(got.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(950));
+    assert!(s.in_flight_becomes(0, Duration::from_secs(2)));
+    assert_eq!(s.tls_transact(b"W0FAC0B0001"), b"A0FAC0B0001");
+}
+
+/// Reads until close, treating a reset as the end.
+fn read_to_close_lenient(c: &mut std::net::TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        match std::io::Read::read(c, &mut buf) {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A first byte that is no command is answered at once: with a 3 s gap, the
+/// `X` still comes long before the gap could have ended.
+#[test]
+fn a_lowercase_command_over_tls_is_answered_without_the_gap() {
+    let s = TestServer::with(|c| {
+        c.gap = Duration::from_secs(3);
+        c.timeout = Duration::from_secs(10);
+    });
+    let tcp = connect(s.tls());
+    let mut tls = s.pki.connector().connect("localhost", tcp).unwrap();
+    let started = std::time::Instant::now();
+    tls.write_all(b"w0fac0b1234").unwrap();
+    tls.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reply = [0u8; 1];
+    std::io::Read::read_exact(&mut tls, &mut reply).expect("a reply");
+    assert_eq!(&reply, b"X");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "X after {:?}: the gap was waited",
+        started.elapsed()
+    );
+}
