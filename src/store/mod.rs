@@ -24,7 +24,7 @@ use self::backend::{Backend, StoreError};
 use self::format::Key;
 use self::journal::{
     CompactionPolicy, CompactionReport, Fsync, Journal, JournalError, OpenReport, Publish,
-    StorageError,
+    Replaced, Rewrite, StorageError,
 };
 use crate::metrics::DataFileMetrics;
 use crate::register_set::RegisterSet;
@@ -227,7 +227,11 @@ impl RegisterStore {
             failing: AtomicBool::new(false),
         };
         if report.damage.regions > 0 {
-            let compacted = store.rewrite(true, true, &AtomicBool::new(false))?;
+            let compacted = store.rewrite(
+                Rewrite::Now,
+                Replaced::KeptAsDamaged,
+                &AtomicBool::new(false),
+            )?;
             report.damaged_copy = compacted.and_then(|c| c.damaged_copy);
         }
         Ok((store, report))
@@ -296,30 +300,34 @@ impl RegisterStore {
     /// Rewrites the data file as a snapshot of the live registers, if it has
     /// outgrown them (or always, with `force`). Writers keep going meanwhile.
     pub fn compact(&self, force: bool) -> Result<Option<CompactionReport>, JournalError> {
-        self.rewrite(force, false, &AtomicBool::new(false))
+        let when = if force {
+            Rewrite::Now
+        } else {
+            Rewrite::IfOutgrown
+        };
+        self.rewrite(when, Replaced::Dropped, &AtomicBool::new(false))
     }
 
     /// Compacts like [`compact`](RegisterStore::compact), abandoning the rewrite
     /// (`Ok(None)`, the data file untouched) if `stop` is set meanwhile.
     pub fn compact_unless(
         &self,
-        force: bool,
+        when: Rewrite,
         stop: &AtomicBool,
     ) -> Result<Option<CompactionReport>, JournalError> {
-        self.rewrite(force, false, stop)
+        self.rewrite(when, Replaced::Dropped, stop)
     }
 
     fn rewrite(
         &self,
-        force: bool,
-        keep_damaged: bool,
+        when: Rewrite,
+        replaced: Replaced,
         stop: &AtomicBool,
     ) -> Result<Option<CompactionReport>, JournalError> {
         let Some(journal) = &self.journal else {
             return Ok(None);
         };
-        let Some(mut compaction) = journal.begin_compaction(force, self.len(), keep_damaged)?
-        else {
+        let Some(mut compaction) = journal.begin_compaction(when, self.len(), replaced)? else {
             return Ok(None);
         };
         if !self
@@ -414,7 +422,7 @@ impl Maintenance {
         let began = Instant::now();
         let result = match self.retry_at {
             Some(t) if began < t => Ok(None),
-            _ => self.store.compact_unless(false, stop),
+            _ => self.store.compact_unless(Rewrite::IfOutgrown, stop),
         };
         match result {
             Ok(Some(r)) => {
@@ -570,6 +578,15 @@ mod tests {
         RegisterStore::open(&dir.join("data"), fsync, compaction, false)
             .unwrap()
             .0
+    }
+
+    /// A store in `dir` whose data file holds one live record and nine dead ones.
+    fn one_register_written_ten_times(dir: &Path, fsync: Fsync) -> RegisterStore {
+        let store = open(dir, fsync, CompactionPolicy::default());
+        for v in 0..10 {
+            store.write(1, 1, v).unwrap();
+        }
+        store
     }
 
     #[test]
@@ -747,13 +764,12 @@ mod tests {
     #[test]
     fn a_stopped_compaction_leaves_the_file_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path(), Fsync::Never, CompactionPolicy::default());
-        for v in 0..10 {
-            store.write(1, 1, v).unwrap();
-        }
+        let store = one_register_written_ten_times(dir.path(), Fsync::Never);
         let before = std::fs::read(dir.path().join("data")).unwrap();
         assert_eq!(
-            store.compact_unless(true, &AtomicBool::new(true)).unwrap(),
+            store
+                .compact_unless(Rewrite::Now, &AtomicBool::new(true))
+                .unwrap(),
             None
         );
         assert_eq!(std::fs::read(dir.path().join("data")).unwrap(), before);
@@ -802,10 +818,7 @@ mod tests {
     #[test]
     fn a_failed_write_gives_the_reserve_to_compaction() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path(), Fsync::Always, CompactionPolicy::default());
-        for v in 0..10 {
-            store.write(1, 1, v).unwrap();
-        }
+        let store = one_register_written_ten_times(dir.path(), Fsync::Always);
         let journal = store.journal().unwrap();
         let reserve = journal.reserve_path();
         assert_eq!(

@@ -22,6 +22,21 @@ const CATCH_UP_BYTES: u64 = 64 * 1024;
 /// Under `always`, the snapshot is fsynced every this many bytes as it is written.
 const SNAPSHOT_SYNC_BYTES: u64 = 2 << 20;
 
+/// Whether a rewrite waits until the file has outgrown the live data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewrite {
+    IfOutgrown,
+    Now,
+}
+
+/// What becomes of the file a rewrite replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replaced {
+    Dropped,
+    /// Kept as `FILE.damaged-TIMESTAMP` (a `--repair`).
+    KeptAsDamaged,
+}
+
 impl Journal {
     /// Whether the file has outgrown the live data enough to be rewritten: by the
     /// policy, or after a failed write (a full disk) once it holds any dead records.
@@ -32,19 +47,20 @@ impl Journal {
             && (self.compaction.outgrown(st.good_len, live) || (st.failed && st.good_len > live))
     }
 
-    /// Starts a rewrite (if none is running and, without `force`, the file wants
+    /// Starts a rewrite (if none is running and, unless [`Rewrite::Now`], the file wants
     /// one): the store then [`push`](Compaction::push)es a snapshot of every
     /// register and calls [`finish_compaction`](Journal::finish_compaction). The
     /// snapshot need not be consistent: every batch published after this call is
     /// also copied after it, so for each register the last record is the latest.
-    /// With `keep_damaged`, the current file is kept as `FILE.damaged-TIMESTAMP`.
+    /// With [`Replaced::KeptAsDamaged`], the current file is kept as
+    /// `FILE.damaged-TIMESTAMP`.
     pub(crate) fn begin_compaction(
         &self,
-        force: bool,
+        when: Rewrite,
         live_registers: usize,
-        keep_damaged: bool,
+        replaced: Replaced,
     ) -> Result<Option<Compaction>, JournalError> {
-        if !force && !self.wants_compaction(live_registers) {
+        if when == Rewrite::IfOutgrown && !self.wants_compaction(live_registers) {
             return Ok(None);
         }
         let mut st = self.state();
@@ -73,7 +89,7 @@ impl Journal {
                 sync_every: (self.policy == Fsync::Always).then_some(SNAPSHOT_SYNC_BYTES),
                 copied_to: start,
                 before: start,
-                keep_damaged,
+                replaced,
             })),
             Err(e) => {
                 self.state().compacting = false;
@@ -149,7 +165,7 @@ impl Journal {
         // From here on no batch is written until the new file is in place.
         let to = self.hold_batches();
         let held = Instant::now();
-        let renamed = self.put_in_place(&mut copy, to, &c.tmp, c.keep_damaged);
+        let renamed = self.put_in_place(&mut copy, to, &c.tmp, c.replaced);
         // Batches acknowledged from now on go to the new file: under `always`
         // its name must be on disk first.
         let dir_synced = match (&renamed, self.policy) {
@@ -211,7 +227,7 @@ impl Journal {
         copy: &mut CatchUp<'_>,
         to: u64,
         tmp: &PathBuf,
-        keep_damaged: bool,
+        replaced: Replaced,
     ) -> Result<Option<PathBuf>, JournalError> {
         let failed = |action| io_err(&self.path, action);
         copy.to(to)
@@ -224,11 +240,11 @@ impl Journal {
                 .sync_data()
                 .map_err(failed("fsync the compacted data file"))?;
         }
-        let kept = match keep_damaged {
-            true => Some(
+        let kept = match replaced {
+            Replaced::KeptAsDamaged => Some(
                 keep_copy(&self.real).map_err(failed("keep a copy of the damaged data file"))?,
             ),
-            false => None,
+            Replaced::Dropped => None,
         };
         std::fs::rename(tmp, &self.real)
             .map_err(failed("replace the data file with its compacted copy"))?;
@@ -268,7 +284,7 @@ pub(crate) struct Compaction {
     /// The live file is copied from here on after the snapshot.
     copied_to: u64,
     before: u64,
-    keep_damaged: bool,
+    replaced: Replaced,
 }
 
 impl Compaction {

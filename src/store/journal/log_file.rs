@@ -249,7 +249,7 @@ impl Journal {
     /// record cut short, zeros) is trimmed. Damage fails with
     /// [`JournalError::Corrupt`] unless `repair`; then the report says what is
     /// damaged, and the caller must rewrite the file by compaction
-    /// (`begin_compaction(.., keep_damaged: true)`) before appending.
+    /// (`begin_compaction(.., Replaced::KeptAsDamaged)`) before appending.
     pub fn open(
         path: &Path,
         policy: Fsync,

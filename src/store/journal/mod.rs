@@ -17,7 +17,7 @@ mod log_file;
 mod policy;
 mod reserve;
 
-pub use self::compaction::CompactionReport;
+pub use self::compaction::{CompactionReport, Replaced, Rewrite};
 pub use self::log_file::{Journal, JournalError, OpenReport, Publish, StorageError};
 pub use self::policy::{CompactionPolicy, Fsync};
 pub use crate::store::format::{Key, MAGIC, RECORD_BYTES, encode_record};
