@@ -47,9 +47,9 @@ impl Journal {
             && (self.compaction.outgrown(st.good_len, live) || (st.failed && st.good_len > live))
     }
 
-    /// Starts a rewrite (if none is running and, unless [`Rewrite::Now`], the file wants
-    /// one): the store then [`push`](Compaction::push)es a snapshot of every
-    /// register and calls [`finish_compaction`](Journal::finish_compaction). The
+    /// Starts a rewrite (if none is running and, unless [`Rewrite::Now`], the
+    /// file wants one): the store then [`push`](Compaction::push)es a snapshot
+    /// of every register and calls [`finish_compaction`](Journal::finish_compaction). The
     /// snapshot need not be consistent: every batch published after this call is
     /// also copied after it, so for each register the last record is the latest.
     /// With [`Replaced::KeptAsDamaged`], the current file is kept as
