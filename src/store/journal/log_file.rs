@@ -156,22 +156,30 @@ pub trait Publish {
     fn publish(&self, records: &[(Key, u16)]);
 }
 
-/// Outcome of one batch, shared by every writer whose record is in it.
-struct Outcome(AtomicU8);
+/// Where one batch stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Pending = 0,
+    Done = 1,
+    Failed = 2,
+}
 
-const PENDING: u8 = 0;
-const DONE: u8 = 1;
-const FAILED: u8 = 2;
+/// The [`Stage`] of one batch, shared by every writer whose record is in it.
+struct Outcome(AtomicU8);
 
 impl Outcome {
     fn new() -> Arc<Outcome> {
-        Arc::new(Outcome(AtomicU8::new(PENDING)))
+        Arc::new(Outcome(AtomicU8::new(Stage::Pending as u8)))
     }
-    fn get(&self) -> u8 {
-        self.0.load(Ordering::Acquire)
+    fn get(&self) -> Stage {
+        match self.0.load(Ordering::Acquire) {
+            1 => Stage::Done,
+            2 => Stage::Failed,
+            _ => Stage::Pending,
+        }
     }
-    fn set(&self, v: u8) {
-        self.0.store(v, Ordering::Release)
+    fn set(&self, stage: Stage) {
+        self.0.store(stage as u8, Ordering::Release)
     }
 }
 
@@ -339,9 +347,9 @@ impl Journal {
         let mut st = self.state();
         loop {
             match ticket.0.get() {
-                DONE => return Ok(()),
-                FAILED => return Err(StorageError),
-                _ => {}
+                Stage::Done => return Ok(()),
+                Stage::Failed => return Err(StorageError),
+                Stage::Pending => {}
             }
             st = if st.flushing {
                 self.wait_written(st)
@@ -376,12 +384,12 @@ impl Journal {
                 st.needs_truncate = false;
                 st.good_len += batch.buf.len() as u64;
                 st.dirty |= self.policy != Fsync::Always;
-                batch.outcome.set(DONE);
+                batch.outcome.set(Stage::Done);
             }
             Err(e) => {
                 // Nothing of the batch was published. Records gathered meanwhile
                 // stay in the open batch and get their own try.
-                batch.outcome.set(FAILED);
+                batch.outcome.set(Stage::Failed);
                 self.batch_failed(&mut st, &file, &e);
             }
         }
