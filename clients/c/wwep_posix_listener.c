@@ -157,7 +157,16 @@ static int lst_accept(void *ctx, wwep_transport *conn, char *peer, size_t peer_l
     if (rc == 0) return WWEP_ERR_TIMEOUT;
     if (rc < 0) return WWEP_ERR_IO;
     fd = accept(l->fd, (struct sockaddr *)&sa, &sa_len);
-    if (fd < 0) return (errno == EAGAIN || errno == EWOULDBLOCK) ? WWEP_ERR_TIMEOUT : WWEP_ERR_IO;
+    if (fd < 0) {
+        /* Gone before it was taken: as if none had come. */
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ECONNABORTED || errno == EINTR)
+            return WWEP_ERR_TIMEOUT;
+        /* Out of descriptors or memory: the connection stays in the backlog
+         * and poll would report it again at once, so back off for the time
+         * given instead of spinning. */
+        (void)poll(NULL, 0, (int)timeout_ms);
+        return WWEP_ERR_IO;
+    }
     describe_peer(&sa, sa_len, peer, peer_len);
     wwep_posix_transport(&c->sock, conn);
     c->sock.fd = fd;

@@ -28,8 +28,9 @@ extern "C" {
 
 /* Connections served at once. 1 is the course's "one connection at a time"
  * (exercise 4): a second client waits in the stack's accept backlog. Each
- * slot costs about 130 bytes here, plus its listener's connection context
- * (an int for POSIX, an mbedTLS context for TLS). */
+ * slot costs a wwep_slot (184 bytes on a 64-bit PC, less on a 32-bit board)
+ * plus its listener's connection context (an int for POSIX; for TLS an
+ * mbedTLS context and its record buffers, see docs/board-library.md). */
 #ifndef WWEP_SERVER_SLOTS
 #define WWEP_SERVER_SLOTS 4
 #endif

@@ -85,7 +85,7 @@ struct Args {
     /// (session tickets still work).
     #[arg(long, env = "WWEP_TLS_SESSION_CACHE", default_value_t = DEFAULT_SESSION_CACHE)]
     tls_session_cache: usize,
-    /// Seconds a TLS session may be resumed (at most 300, OpenSSL's own limit):
+    /// Seconds a TLS session may be resumed (at most 300, OpenSSL's default):
     /// the session cache and ticket keys are renewed this often.
     #[arg(long, env = "WWEP_TLS_SESSION_LIFETIME", default_value_t = MAX_SESSION_LIFETIME_SECS)]
     tls_session_lifetime: u64,
@@ -288,9 +288,8 @@ impl Args {
 /// Whether `flag` (`--data`) was given, on the command line or in its
 /// environment variable; a switch counts only when on (`WWEP_NO_TLS=false`
 /// is not given).
-fn given(matches: &ArgMatches, flag: &str) -> bool {
+fn given(command: &clap::Command, matches: &ArgMatches, flag: &str) -> bool {
     let long = flag.trim_start_matches("--");
-    let command = Args::command();
     let Some(arg) = command.get_arguments().find(|a| a.get_long() == Some(long)) else {
         return false;
     };
@@ -306,12 +305,13 @@ fn given(matches: &ArgMatches, flag: &str) -> bool {
 }
 
 fn main() -> ExitCode {
-    let matches = Args::command().get_matches();
+    let command = Args::command();
+    let matches = command.clone().get_matches();
     let args = match Args::from_arg_matches(&matches) {
         Ok(args) => args,
         Err(e) => e.exit(),
     };
-    if let Err(e) = wwep::config::check_flags(|flag| given(&matches, flag)) {
+    if let Err(e) = wwep::config::check_flags(|flag| given(&command, &matches, flag)) {
         eprintln!("wwep-server: {e}");
         return ExitCode::from(2);
     }

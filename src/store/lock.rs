@@ -56,13 +56,21 @@ impl DataLock {
     /// process holds it.
     pub fn acquire(data: &Path) -> Result<DataLock, LockError> {
         let path = lock_path(data);
-        let mut file = OpenOptions::new()
+        let opened = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&path)
-            .map_err(LockError::Io)?;
+            .open(&path);
+        // A lock file left by another user (a server once run as root) can
+        // still be locked read-only; only the PID is not written then.
+        let (mut file, writable) = match opened {
+            Ok(file) => (file, true),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                (File::open(&path).map_err(LockError::Io)?, false)
+            }
+            Err(e) => return Err(LockError::Io(e)),
+        };
         loop {
             match flock(&file, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => break,
@@ -78,7 +86,7 @@ impl DataLock {
         // The PID is for people; a lock whose PID could not be written is
         // still a lock.
         let pid = format!("{}\n", std::process::id());
-        if file.set_len(0).is_ok() {
+        if writable && file.set_len(0).is_ok() {
             let _ = file.write_all_at(pid.as_bytes(), 0);
         }
         Ok(DataLock { _file: file, path })

@@ -905,6 +905,44 @@ mod tests {
     }
 
     #[test]
+    fn a_second_open_is_refused_before_during_and_after_a_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let policy = CompactionPolicy::default();
+        let store = one_register_written_ten_times(dir.path(), Fsync::Always);
+        let refused = |repair| match RegisterStore::open(&path, Fsync::Always, policy, repair) {
+            Err(JournalError::Locked { path: p, lock, pid }) => {
+                assert_eq!(
+                    (p, lock, pid),
+                    (
+                        path.clone(),
+                        dir.path().join("data.lock"),
+                        Some(std::process::id())
+                    )
+                );
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a second store opened the data file"),
+        };
+        refused(false);
+        refused(true);
+        let journal = store.journal().unwrap();
+        let mut compaction = journal
+            .begin_compaction(Rewrite::Now, store.len(), Replaced::Dropped)
+            .unwrap()
+            .expect("forced");
+        compaction.push((1, 1), 9);
+        refused(false);
+        journal.finish_compaction(compaction).unwrap();
+        // The data file is a new one now; its lock is not.
+        refused(false);
+        store.write(2, 2, 2).unwrap();
+        drop(store);
+        let store = open(dir.path(), Fsync::Always, policy);
+        assert_eq!((store.read(1, 1), store.read(2, 2)), (Some(9), Some(2)));
+    }
+
+    #[test]
     fn only_registers_without_a_data_file_answer_from_memory() {
         assert!(RegisterStore::new().answers_from_memory());
         let dir = tempfile::tempdir().unwrap();

@@ -520,7 +520,8 @@ pub struct TlsSettings {
 
 /// Sessions kept by default: a board's session is ~200 bytes in OpenSSL's cache.
 pub const DEFAULT_SESSION_CACHE: usize = 20_480;
-/// OpenSSL's own session timeout, which no API here can raise.
+/// OpenSSL's default session timeout; the openssl crate has no call to set
+/// another, so sessions cannot live longer.
 pub const MAX_SESSION_LIFETIME_SECS: u64 = 300;
 
 impl Default for TlsSettings {

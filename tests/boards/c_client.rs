@@ -2,97 +2,16 @@
 //! then `wwep-button` as a board would run it — open port, TLS with the test CA,
 //! a foreign CA, mutual TLS, and TLS session resumption.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Duration;
 
+use crate::common::c_build::build;
 use crate::common::*;
 
 /// The MAC of the course's board; its device id is 04FB.
 const MAC: &str = "aa:bb:cc:dd:ee:ff";
 const THREE_PRESSES: &str = "A04FB050001\nA04FB050000\nA04FB050001\n";
-
-enum Build {
-    /// The folder with `wwep-button` and `test_wwep`.
-    Ready(PathBuf),
-    /// A tool the build needs is missing.
-    Missing(String),
-}
-
-/// Builds clients/c once for the whole test binary (into target/c-client) and
-/// runs its unit tests; a failing build or unit test fails every test here.
-fn build() -> Option<&'static Path> {
-    static BUILD: OnceLock<Build> = OnceLock::new();
-    let build = BUILD.get_or_init(|| {
-        // Not have_tool: each test below records its own skip, once.
-        let missing = ["cc", "make"]
-            .into_iter()
-            .find(|tool| !on_path(tool))
-            .map(|tool| format!("{tool} is not installed"))
-            .or_else(|| {
-                (!mbedtls_headers())
-                    .then(|| "the mbedTLS headers (libmbedtls-dev) are not installed".to_string())
-            });
-        if let Some(reason) = missing {
-            if std::env::var("WWEP_REQUIRE_TOOLS").as_deref() == Ok("1") {
-                panic!("{reason}, but WWEP_REQUIRE_TOOLS=1 requires it");
-            }
-            return Build::Missing(reason);
-        }
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .parent()
-            .expect("the target folder")
-            .join("c-client");
-        let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/c");
-        let mut make = Command::new("make");
-        make.arg("-C")
-            .arg(&sources)
-            .arg(format!("BUILD={}", target.display()));
-        let out = run_with_input(&mut make, b"");
-        assert!(
-            out.status.success(),
-            "the C client builds\n{}",
-            describe(&make, &out)
-        );
-        let mut unit = Command::new(target.join("test_wwep"));
-        let out = run_with_input(&mut unit, b"");
-        assert!(
-            out.status.success(),
-            "the C unit tests pass\n{}",
-            describe(&unit, &out)
-        );
-        Build::Ready(target)
-    });
-    match build {
-        Build::Ready(dir) => Some(dir),
-        Build::Missing(reason) => {
-            skip(reason);
-            None
-        }
-    }
-}
-
-/// Whether `name` is a program on PATH.
-fn on_path(name: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Whether the C compiler finds <mbedtls/ssl.h>.
-fn mbedtls_headers() -> bool {
-    let mut cc = Command::new("cc");
-    cc.args(["-E", "-x", "c", "-"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    run_with_input(&mut cc, b"#include <mbedtls/ssl.h>\n")
-        .status
-        .success()
-}
 
 struct Run {
     out: Output,

@@ -3,4 +3,6 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod board_lwip;
+mod board_server;
 mod c_client;

@@ -584,3 +584,62 @@ fn a_legacy_pkcs12_client_identity_loads_with_its_password() {
         .fails_with("client-legacy.p12")
         .fails_with("wrong password");
 }
+
+#[test]
+fn every_flag_of_the_client_is_documented() {
+    let help = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_wwep"))
+            .args(args)
+            .output()
+            .unwrap();
+        help_flags(&String::from_utf8_lossy(&out.stdout))
+    };
+    let read = |path: &str| {
+        std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    };
+    let readme = read("README.md");
+    let performance = read("docs/performance.md");
+    let global = help(&["--help"]);
+    assert!(global.len() > 10, "{global:?}");
+    let mut missing = Vec::new();
+    for (flag, _) in &global {
+        if !mentions_flag(&readme, flag) {
+            missing.push(format!("README.md: {flag}"));
+        }
+    }
+    for (flag, _) in help(&["bench", "--help"]) {
+        if !global.iter().any(|(f, _)| *f == flag) && !mentions_flag(&performance, &flag) {
+            missing.push(format!("docs/performance.md: {flag}"));
+        }
+    }
+    assert!(missing.is_empty(), "undocumented: {missing:?}");
+}
+
+#[test]
+fn a_ca_or_identity_that_is_not_a_file_is_refused_saying_what_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("ca.pem");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let fifo = fifo.to_str().unwrap();
+    let server = ["--server", "127.0.0.1:1", "--tls"];
+    let cases: [(&[&str], &str, &str); 3] = [
+        (&["--ca", fifo], fifo, "a FIFO"),
+        (
+            &["--ca", "/dev/urandom"],
+            "/dev/urandom",
+            "a character device",
+        ),
+        (&["--insecure", "--pkcs12", fifo], fifo, "a FIFO"),
+    ];
+    for (args, named, what) in cases {
+        let began = std::time::Instant::now();
+        let run = wwep(&[&server[..], args, &["read", "1", "1"]].concat());
+        run.fails_with(named).fails_with(what);
+        assert!(
+            began.elapsed() < std::time::Duration::from_secs(2),
+            "{}",
+            run.text
+        );
+    }
+}

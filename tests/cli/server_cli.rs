@@ -818,3 +818,103 @@ fn a_legacy_pkcs12_file_loads_with_its_password() {
         "{stderr}"
     );
 }
+
+/// The cells of a Markdown table row, trimmed (`\\|` stays in its cell);
+/// none for a line that is not a row.
+fn cells(line: &str) -> Vec<String> {
+    let line = line.trim();
+    if !line.starts_with('|') {
+        return Vec::new();
+    }
+    let mut cells = vec![String::new()];
+    let mut escaped = false;
+    for c in line.chars() {
+        match c {
+            '|' if !escaped => cells.push(String::new()),
+            _ => cells.last_mut().unwrap().push(c),
+        }
+        escaped = c == '\\';
+    }
+    // The empty text before the first bar and after the last.
+    cells[1..cells.len() - 1]
+        .iter()
+        .map(|c| c.trim().to_string())
+        .collect()
+}
+
+/// The text between `[NAME: ` and `]` in a flag's help block.
+fn bracketed<'a>(block: &'a str, name: &str) -> Option<&'a str> {
+    let start = block.find(&format!("[{name}: "))? + name.len() + 3;
+    let end = block[start..].find(']')?;
+    Some(&block[start..start + end])
+}
+
+#[test]
+fn docs_server_md_lists_every_flag_with_its_variable_and_default() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wwep-server"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let flags = help_flags(&help);
+    assert!(flags.len() > 30, "{flags:?}");
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/server.md")).unwrap();
+    let mut missing = Vec::new();
+    for (flag, block) in &flags {
+        // The row of the options table: the flag first, then its variable.
+        let row = doc.lines().map(cells).find(|cells| {
+            cells.len() == 4
+                && cells[0].trim_start_matches('`').split([' ', '`']).next() == Some(flag)
+                && (cells[1].is_empty() || cells[1].starts_with("`WWEP_"))
+        });
+        let Some(row) = row else {
+            missing.push(flag.clone());
+            continue;
+        };
+        if let Some(var) = bracketed(block, "env").map(|e| e.trim_end_matches('='))
+            && row[1] != format!("`{var}`")
+        {
+            missing.push(format!("{flag}'s variable {var}"));
+        }
+        if let Some(default) = bracketed(block, "default").filter(|d| !d.contains(' '))
+            && row[2].trim_matches('`') != default
+        {
+            missing.push(format!("{flag}'s default {default}"));
+        }
+    }
+    assert!(missing.is_empty(), "docs/server.md lacks {missing:?}");
+}
+
+#[test]
+fn docs_server_md_has_the_flag_rules_of_the_code() {
+    use wwep::config::{FLAG_RULES, FlagRule};
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/server.md")).unwrap();
+    let documented: Vec<String> = doc
+        .lines()
+        .filter(|l| l.contains(" | needs | ") || l.contains(" | conflicts with | "))
+        .map(str::to_string)
+        .collect();
+    let code: Vec<String> = FLAG_RULES
+        .iter()
+        .map(|(flag, rule)| match rule {
+            FlagRule::Needs(other) => format!("| `{flag}` | needs | `{other}` |"),
+            FlagRule::ConflictsWith(other) => format!("| `{flag}` | conflicts with | `{other}` |"),
+        })
+        .collect();
+    assert_eq!(documented, code);
+    // Every flag a rule names is a flag of the server: a misspelt one would
+    // never count as given, and its rule would never fire.
+    let out = Command::new(env!("CARGO_BIN_EXE_wwep-server"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let flags = help_flags(&String::from_utf8_lossy(&out.stdout));
+    for (flag, rule) in FLAG_RULES {
+        let (FlagRule::Needs(other) | FlagRule::ConflictsWith(other)) = rule;
+        for named in [flag, other] {
+            assert!(flags.iter().any(|(f, _)| f == *named), "{named} is no flag");
+        }
+    }
+}

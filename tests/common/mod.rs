@@ -2,6 +2,7 @@
 //! server on ephemeral loopback ports, and clients that never wait forever.
 #![allow(dead_code)]
 
+pub mod c_build;
 mod http_client;
 mod redis_server;
 #[allow(unused_imports)] // only the HTTP tests use it
@@ -753,4 +754,42 @@ pub fn legacy_pkcs12(cert: &Path, key: &Path, out: &Path, password: &str) -> Opt
         describe(&cmd, &info)
     );
     Some(out.to_path_buf())
+}
+
+/// The long flags a `--help` output lists (`--help` and `--version` left
+/// out), each with its block of text (description, `[env: …]`, `[default: …]`).
+pub fn help_flags(help: &str) -> Vec<(String, String)> {
+    let mut flags: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        let trimmed = line.trim_start();
+        let flag_line = line.starts_with("  ")
+            && (trimmed.starts_with("--")
+                || trimmed.starts_with('-') && trimmed.get(2..4) == Some(", "));
+        let long = trimmed.split_whitespace().find(|w| w.starts_with("--"));
+        match (flag_line, long) {
+            (true, Some(long)) => {
+                let name = long.trim_end_matches(',').to_string();
+                flags.push((name, String::new()));
+            }
+            _ => {
+                if let Some((_, block)) = flags.last_mut() {
+                    block.push_str(trimmed);
+                    block.push(' ');
+                }
+            }
+        }
+    }
+    flags.retain(|(f, _)| f != "--help" && f != "--version");
+    flags
+}
+
+/// Whether `text` mentions `flag` as a whole word (`--resume` is not found
+/// in `--resume-with`).
+pub fn mentions_flag(text: &str, flag: &str) -> bool {
+    text.match_indices(flag).any(|(at, _)| {
+        !text[at + flag.len()..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+    })
 }

@@ -5,7 +5,8 @@
 #
 #   make -C clients/c cortex-m     $(BUILD)/cortex-m/*.o, .su, .ci; fails on
 #                                  malloc, free, printf or any symbol outside
-#                                  mk/bare-metal-check.sh's allow-list
+#                                  mk/bare-metal-check.sh's allow-list, then
+#                                  links them with newlib-nano (core.elf)
 #   make -C clients/c size-table   the table: flash, RAM and worst stack use
 ARM_CC ?= arm-none-eabi-gcc
 ARM_NM ?= arm-none-eabi-nm
@@ -24,8 +25,15 @@ $(CM_DIR):
 $(CM_OBJS): $(CM_DIR)/%.o: $(SRC)%.c $(HEADERS) $(BUILD)/flags | $(CM_DIR)
 	$(ARM_CC) $(WARN) $(CM_FLAGS) $(CM_STACK) -DWWEP_SERVER_SLOTS=$(SLOTS) -c $< -o $@
 
+# The check, then a real link against newlib-nano with no system calls (no
+# nosys specs, no start files), every public function kept: a need for _sbrk,
+# _write or anything else the C library cannot give by itself fails here too.
 cortex-m: $(CM_OBJS)
 	sh $(SRC)mk/bare-metal-check.sh $(ARM_NM) $(CM_OBJS)
+	$(ARM_CC) $(CM_FLAGS) --specs=nano.specs -nostartfiles -Wl,--gc-sections \
+		-Wl,-e,wwep_server_step \
+		$$($(ARM_NM) -g --defined-only $(CM_OBJS) | awk 'NF == 3 && $$2 == "T" { printf " -Wl,-u,%s", $$3 }') \
+		$(CM_OBJS) -o $(CM_DIR)/core.elf
 
 # The state a caller owns, measured as objects of that type: the store's
 # table at N = 400, a server with SLOTS and with 1 slot, a reply.

@@ -32,6 +32,8 @@ set -- $(sizes "$ARM_SIZE" "$cm/wwep.o")
 client_flash=$1 client_ram=$2
 set -- $(sizes "$ARM_SIZE" "$cm/wwep_frame.o" "$cm/wwep_store.o" "$cm/wwep_server.o")
 server_flash=$1 server_ram=$2
+set -- $(sizes "$ARM_SIZE" "$cm/core.elf")
+linked_flash=$1 linked_ram=$2
 table=$(symbol "$ARM_NM" "$cm/state.o" store_table_400)
 store=$(symbol "$ARM_NM" "$cm/state.o" store)
 server=$(symbol "$ARM_NM" "$cm/state.o" server)
@@ -55,6 +57,7 @@ echo "| part | flash | RAM | state the caller owns |"
 echo "|---|---:|---:|---|"
 echo "| client core (\`wwep.c\`) | $(n "$client_flash") | $client_ram | \`wwep_reply\` $reply |"
 echo "| server core (\`wwep_frame.c\`, \`wwep_store.c\`, \`wwep_server.c\`) | $(n "$server_flash") | $server_ram | \`wwep_server\` $(n "$server") ($SLOTS slots), $(n "$server1") (1 slot) |"
+echo "| both cores linked with newlib-nano (\`core.elf\`: every public function, and the C library routines they use) | $(n "$linked_flash") | $linked_ram | |"
 echo "| store at N = 400 (\`static wwep_entry table[400]\`) | 0 | $(n $((table + store))) | the table $(n "$table"), \`wwep_store\` $store |"
 echo "| mbedTLS client transport (\`wwep.c\` with \`WWEP_WITH_MBEDTLS\`, beyond the core; PC) | $(n "$tls_client_flash") | $tls_client_ram | \`wwep_tls\` $(n "$tls_client") |"
 echo "| mbedTLS server transport (\`wwep_tls_server.c\`; PC) | $(n "$tls_server_flash") | $tls_server_ram | \`wwep_tls_server\` $(n "$tls_server") ($SLOTS slots; \`wwep_tls_conn\` $(n "$tls_conn") each) |"

@@ -253,8 +253,10 @@ pub struct Journal {
 
 impl Journal {
     /// Opens (or creates) the data file and replays its good records into
-    /// `replay`, checking `cancel` between chunks. A tail a crash can leave (a
-    /// record cut short, zeros) is trimmed. Damage fails with
+    /// `replay`, checking `cancel` between chunks. `FILE.lock` is taken first
+    /// and held while the journal lives: a file another process has open fails
+    /// with [`JournalError::Locked`] before a byte of it is read. A tail a crash
+    /// can leave (a record cut short, zeros) is trimmed. Damage fails with
     /// [`JournalError::Corrupt`] unless `repair`; then the report says what is
     /// damaged, and the caller must rewrite the file by compaction
     /// (`begin_compaction(.., Replaced::KeptAsDamaged)`) before appending.

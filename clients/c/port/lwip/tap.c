@@ -12,12 +12,12 @@
 #include "lwip/tcpip.h"
 #include "netif/tapif.h"
 
-/* Debian's liblwip 2.1.3 reads each frame from the TAP device into a chain of
- * pool buffers that are allocated at 592 bytes but filled as if they held a
- * 1460-byte segment: a longer frame writes past the allocation (valgrind shows
- * it in pbuf_take under tapif's thread; a TLS handshake crashes on it). So the
- * interface's MTU is 576, IPv4's minimum: lwIP then announces an MSS of 536
- * and the peer sends no longer frames. The Linux side of the TAP device
+/* With Debian's liblwip 2.1.3, a frame from the TAP device longer than about
+ * 590 bytes is copied past the end of the 616-byte pool buffer tapif received
+ * it into (valgrind shows the writes in pbuf_take under tapif's thread; a TLS
+ * handshake's certificate crashes the program). So the interface's MTU is
+ * 576, IPv4's minimum: lwIP then announces an MSS of 536 and the peer sends
+ * no longer frames. The Linux side of the TAP device
  * should have MTU 576 too (ip link set NAME mtu 576), for frames other than
  * TCP's. */
 #define TAP_MTU 576

@@ -5,13 +5,20 @@
 #include "wwep_lwip.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "lwip/inet.h"
 #include "lwip/sockets.h"
 #include "lwip/sys.h"
+
+/* lwIP defines O_NONBLOCK and F_GETFL/F_SETFL itself, with its own values,
+ * unless the system's socket headers are used (LWIP_SOCKET_EXTERNAL_HEADERS,
+ * as in Debian's build): then lwIP was built with the C library's, and so is
+ * this file. Including <fcntl.h> first would mix the two on a board. */
+#if !defined(O_NONBLOCK) || !defined(F_GETFL)
+#include <fcntl.h>
+#endif
 
 #define BACKLOG 8
 

@@ -1,7 +1,7 @@
 //! The Debian package under a running systemd: a minimal Debian (debootstrap
 //! `--variant=minbase` plus systemd, the release this machine runs) booted with
 //! `systemd-nspawn --boot`, the package installed in it, and the service driven
-//! as an operator does. The checks run inside, in tests/systemd/checks.sh, by a
+//! as an operator does. The checks run inside, in tests/package/systemd/checks.sh, by a
 //! one-shot unit that writes one line per check to a file read here and then
 //! powers the container off. See docs/operations.md ("The service under
 //! systemd, tested").
@@ -14,24 +14,20 @@
 //! mirror. WWEP_SYSTEMD_DEB=FILE checks that package (e.g. `make deb`'s) instead
 //! of one made from this build's binaries.
 
-mod common;
-
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use openssl::hash::MessageDigest;
 use wwep::store::journal::{MAGIC, encode_record};
 
-/// Packages besides minbase: systemd as PID 1, dbus for systemctl and
-/// systemd-analyze, openssl for a TLS client that shows the served certificate
-/// (libssl3 is what the package needs anyway).
-const INCLUDE: &str = "systemd,systemd-sysv,dbus,openssl";
-/// Part of the cached root's name: change it when INCLUDE changes.
-const ROOT_VERSION: &str = "v1";
+/// Packages besides minbase: systemd as PID 1 (no dbus: systemctl and
+/// systemd-analyze talk to it directly, as root), openssl for a TLS client
+/// that shows the served certificate (libssl3 is what the package needs anyway).
+const INCLUDE: &str = "systemd,systemd-sysv,openssl";
 const MIRROR: &str = "http://deb.debian.org/debian";
 /// Records in the data file the service starts with: its replay is what
 /// `systemctl enable --now` must wait for (Type=notify).
@@ -186,7 +182,8 @@ fn cached_root(suite: &str) -> PathBuf {
     let dir = repo().join("target/systemd-test");
     std::fs::create_dir_all(&dir).unwrap();
     sweep_leftovers(&dir);
-    let name = format!("{suite}-minbase-{ROOT_VERSION}");
+    // The name says what is in it: a change of INCLUDE makes a new root.
+    let name = format!("{suite}-minbase+{}", INCLUDE.replace(',', "+"));
     let root = dir.join(&name);
     if root.is_dir() {
         return root;
@@ -325,7 +322,7 @@ fn data_file(path: &Path) {
 
 const CHECKS_UNIT: &str = "\
 [Unit]
-Description=wwep's checks under systemd (tests/systemd.rs)
+Description=wwep's checks under systemd (tests/package/systemd.rs)
 After=multi-user.target
 SuccessAction=poweroff
 FailureAction=poweroff
@@ -400,7 +397,7 @@ fn the_package_under_a_booted_systemd() {
             .arg(bind("bind", &out, "/wwep-test/out"))
             .arg(bind(
                 "bind-ro",
-                &repo().join("tests/systemd/checks.sh"),
+                &repo().join("tests/package/systemd/checks.sh"),
                 "/wwep-test/checks.sh",
             ))
             .arg(bind(

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The checks of tests/systemd.rs, run inside a booted minimal Debian by the
+# The checks of tests/package/systemd.rs, run inside a booted minimal Debian by the
 # one-shot unit wwep-checks.service, as root. It installs the package, drives
 # the service through systemctl and dpkg as an operator does, and writes one
 # line per check to /wwep-test/out/results:
@@ -107,9 +107,9 @@ install -m 0600 -o wwep -g wwep "$in/registers.wwep" /var/lib/wwep/registers.wwe
 start=$(date +%s%N)
 systemctl enable --now wwep
 started=$?
+took=$((($(date +%s%N) - start) / 1000000))
 plain_reply=$(client read 0001 02)
 tls_reply=$(tls_client read "$(printf %04X $(((PRELOAD - 1) >> 8)))" "$(printf %02X $(((PRELOAD - 1) & 255)))")
-took=$((($(date +%s%N) - start) / 1000000))
 state=$(systemctl is-active wwep)
 if [ "$started" = 0 ] && [ "$state" = active ] && [ "$plain_reply" = "$(preloaded 258)" ]; then
   ok "notify-ready enable --now returned after ${took} ms (replay of $PRELOAD records) and the open port answered at once: $plain_reply"
@@ -337,7 +337,18 @@ security() {
     return 1
   }
   echo "exposure $exposure"
-  awk -v e="$exposure" 'BEGIN { exit !(e <= 1.5) }'
+  awk -v e="$exposure" 'BEGIN { exit !(e <= 1.5) }' || return 1
+  # And in force: the running server has the filter, no capabilities, no way
+  # to gain privileges, and runs as wwep.
+  local status
+  status=$(cat "/proc/$(main_pid)/status")
+  for want in 'Seccomp:\s*2' 'NoNewPrivs:\s*1' 'CapEff:\s*0+$' 'CapBnd:\s*0+$' "Uid:\\s*$(id -u wwep)\\s"; do
+    grep -Eq "^$want" <<<"$status" || {
+      echo "the server's /proc status lacks $want: $(grep -E '^(Uid|Seccomp|NoNewPrivs|CapEff|CapBnd):' <<<"$status" | tr '\n' ' ')"
+      return 1
+    }
+  done
+  echo "the server runs as wwep with Seccomp 2, NoNewPrivs 1, no capabilities"
 }
 check security-exposure security
 
