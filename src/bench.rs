@@ -374,13 +374,17 @@ pub fn run(client: &Client, config: &BenchConfig) -> Result<Report, String> {
     std::thread::sleep(config.warmup);
     shared.recording.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    let show = config.progress && std::io::stderr().is_terminal();
-    wait_for_the_end(config, &shared, started, show);
+    let progress = if config.progress && std::io::stderr().is_terminal() {
+        Progress::OnTerminal
+    } else {
+        Progress::Quiet
+    };
+    wait_for_the_end(config, &shared, started, progress);
     shared.recording.store(false, Ordering::Relaxed);
     shared.stop.store(true, Ordering::Relaxed);
     let ended = Instant::now();
     let (all, missed) = gather(workers, started, ended);
-    if show {
+    if progress == Progress::OnTerminal {
         eprintln!();
     }
     let elapsed = ended - started;
@@ -435,6 +439,14 @@ impl Shared {
     }
 }
 
+/// Whether a run shows its progress while it measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    Quiet,
+    /// A line on the terminal (stderr) every second.
+    OnTerminal,
+}
+
 /// One thread per worker, each with its own clone of the client; the open
 /// loop's schedules all start now.
 fn start_workers(
@@ -454,8 +466,8 @@ fn start_workers(
 }
 
 /// Waits, from `started`, until the time is up or a worker counted the last
-/// transaction; with `show`, a progress line on the terminal every second.
-fn wait_for_the_end(config: &BenchConfig, shared: &Shared, started: Instant, show: bool) {
+/// transaction; a progress line on the terminal every second if asked.
+fn wait_for_the_end(config: &BenchConfig, shared: &Shared, started: Instant, progress: Progress) {
     let mut last = (started, 0u64);
     loop {
         let wait = match config.until {
@@ -470,7 +482,7 @@ fn wait_for_the_end(config: &BenchConfig, shared: &Shared, started: Instant, sho
         {
             return;
         }
-        if show && last.0.elapsed() >= Duration::from_secs(1) {
+        if progress == Progress::OnTerminal && last.0.elapsed() >= Duration::from_secs(1) {
             let n = shared.recorded();
             let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64();
             eprint!(
