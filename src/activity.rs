@@ -25,6 +25,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::logging::push_json_str;
 use crate::protocol::Transport;
 use crate::protocol::{Escaped, Reply};
+use crate::register_set::RegisterSet;
 
 /// Transactions kept for the page.
 pub const RECENT: usize = 50;
@@ -89,7 +90,7 @@ struct Slot {
     device: u16,
     /// The latest write to any of its registers.
     last_us: u64,
-    present: [u64; 4],
+    present: RegisterSet,
     registers: [Written; 256],
 }
 
@@ -98,24 +99,26 @@ impl Slot {
         Slot {
             device,
             last_us: 0,
-            present: [0; 4],
+            present: RegisterSet::EMPTY,
             registers: [UNWRITTEN; 256],
         }
     }
 
     fn get(&self, register: u8) -> Option<&Written> {
-        let r = usize::from(register);
-        (self.present[r / 64] & (1 << (r % 64)) != 0).then(|| &self.registers[r])
+        self.present
+            .contains(register)
+            .then(|| &self.registers[usize::from(register)])
     }
 
     fn set(&mut self, register: u8, written: Written) {
-        let r = usize::from(register);
-        self.present[r / 64] |= 1 << (r % 64);
-        self.registers[r] = written;
+        self.present.insert(register);
+        self.registers[usize::from(register)] = written;
     }
 
     fn written(&self) -> impl Iterator<Item = (u8, &Written)> {
-        (0..=255u8).filter_map(|r| self.get(r).map(|w| (r, w)))
+        self.present
+            .iter()
+            .map(|r| (r, &self.registers[usize::from(r)]))
     }
 }
 
@@ -167,7 +170,7 @@ impl Inner {
                 let slot = &mut self.slots[oldest];
                 self.index.remove(&slot.device);
                 slot.device = device;
-                slot.present = [0; 4];
+                slot.present = RegisterSet::EMPTY;
                 slot.last_us = 0;
                 self.index.insert(device, oldest);
                 oldest

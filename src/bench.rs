@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::client::Client;
@@ -289,6 +290,21 @@ fn sleep_until(until: Instant, stop: &AtomicBool) {
     }
 }
 
+/// Open loop: worker `w` sends at `epoch + (k * workers + w) / rate`; its
+/// first slot and the spacing of its slots. None in a closed loop.
+fn first_slot(worker: usize, config: &BenchConfig, epoch: Instant) -> Option<(Instant, Duration)> {
+    match config.load {
+        Load::Closed => None,
+        Load::Open { per_second } => {
+            let workers = config.concurrency as f64;
+            Some((
+                epoch + Duration::from_secs_f64(worker as f64 / per_second),
+                Duration::from_secs_f64(workers / per_second),
+            ))
+        }
+    }
+}
+
 fn work(
     worker: usize,
     client: &Client,
@@ -301,17 +317,7 @@ fn work(
     );
     let mut mine = Tally::new();
     let mut reply = [0u8; MAX_MESSAGE_BYTES];
-    // Open loop: worker w sends at epoch + (k * workers + w) / rate.
-    let mut schedule = match config.load {
-        Load::Closed => None,
-        Load::Open { per_second } => {
-            let workers = config.concurrency as f64;
-            Some((
-                epoch + Duration::from_secs_f64(worker as f64 / per_second),
-                Duration::from_secs_f64(workers / per_second),
-            ))
-        }
-    };
+    let mut schedule = first_slot(worker, config, epoch);
     while !shared.stop.load(Ordering::Relaxed) {
         if let Some((due, _)) = schedule {
             sleep_until(due, &shared.stop);
@@ -342,15 +348,7 @@ fn work(
                     mine.bad_replies += 1;
                 }
                 mine.latencies.record(ended - measured_from);
-                let mine_so_far = mine.latencies.len();
-                shared.progress[worker]
-                    .0
-                    .store(mine_so_far, Ordering::Relaxed);
-                if let Until::Completed(limit) = config.until
-                    && shared.completed.fetch_add(1, Ordering::Relaxed) + 1 >= limit
-                {
-                    shared.stop.store(true, Ordering::Relaxed);
-                }
+                shared.completed(worker, mine.latencies.len(), config.until);
             }
             Err(e) => *mine.errors.entry(e.kind()).or_insert(0) += 1,
         }
@@ -371,78 +369,25 @@ pub fn run(client: &Client, config: &BenchConfig) -> Result<Report, String> {
     } else {
         None
     };
-    let shared = Arc::new(Shared {
-        recording: AtomicBool::new(config.warmup.is_zero()),
-        stop: AtomicBool::new(false),
-        completed: AtomicU64::new(0),
-        progress: (0..config.concurrency)
-            .map(|_| PerWorker::default())
-            .collect(),
-    });
-    let epoch = Instant::now();
-    let workers: Vec<_> = (0..config.concurrency)
-        .map(|w| {
-            let client = client.clone();
-            let config = config.clone();
-            let shared = Arc::clone(&shared);
-            std::thread::spawn(move || work(w, &client, &config, &shared, epoch))
-        })
-        .collect();
-
+    let shared = Arc::new(Shared::new(config));
+    let workers = start_workers(client, config, &shared);
     std::thread::sleep(config.warmup);
     shared.recording.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    let show = config.progress && std::io::stderr().is_terminal();
-    let mut last = (started, 0u64);
-    loop {
-        let wait = match config.until {
-            Until::Elapsed(d) => d
-                .saturating_sub(started.elapsed())
-                .min(Duration::from_millis(100)),
-            Until::Completed(_) => Duration::from_millis(100),
-        };
-        std::thread::sleep(wait);
-        if shared.stop.load(Ordering::Relaxed)
-            || matches!(config.until, Until::Elapsed(d) if started.elapsed() >= d)
-        {
-            break;
-        }
-        if show && last.0.elapsed() >= Duration::from_secs(1) {
-            let n: u64 = shared
-                .progress
-                .iter()
-                .map(|p| p.0.load(Ordering::Relaxed))
-                .sum();
-            let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64();
-            eprint!(
-                "\r{:>6.1} s  {n:>9} transactions  {rate:>9.0}/s ",
-                started.elapsed().as_secs_f64()
-            );
-            last = (Instant::now(), n);
-        }
-    }
+    let progress = if config.progress && std::io::stderr().is_terminal() {
+        Progress::OnTerminal
+    } else {
+        Progress::Quiet
+    };
+    wait_for_the_end(config, &shared, started, progress);
     shared.recording.store(false, Ordering::Relaxed);
     shared.stop.store(true, Ordering::Relaxed);
     let ended = Instant::now();
-    let elapsed = ended - started;
-    let mut all = Tally::new();
-    let mut missed = 0;
-    for w in workers {
-        // A worker that panicked has lost its tally; the others still count.
-        let Ok(mine) = w.join() else { continue };
-        all.latencies.merge(&mine.latencies);
-        for (k, v) in mine.errors {
-            *all.errors.entry(k).or_insert(0) += v;
-        }
-        all.bad_replies += mine.bad_replies;
-        all.late += mine.late;
-        if let Some((next, interval)) = mine.owed {
-            missed += missed_slots(next, interval, started, ended);
-        }
-    }
-    if show {
+    let (all, missed) = gather(workers, started, ended);
+    if progress == Progress::OnTerminal {
         eprintln!();
     }
+    let elapsed = ended - started;
     let schedule = match config.load {
         Load::Closed => None,
         Load::Open { per_second } => Some(Schedule {
@@ -460,6 +405,114 @@ pub fn run(client: &Client, config: &BenchConfig) -> Result<Report, String> {
         abuse: abuse.map(|a| a.finish()),
         resumption: client.resumption(),
     })
+}
+
+impl Shared {
+    fn new(config: &BenchConfig) -> Shared {
+        Shared {
+            recording: AtomicBool::new(config.warmup.is_zero()),
+            stop: AtomicBool::new(false),
+            completed: AtomicU64::new(0),
+            progress: (0..config.concurrency)
+                .map(|_| PerWorker::default())
+                .collect(),
+        }
+    }
+
+    /// `worker` has recorded `so_far` transactions, one just now; the one that
+    /// reaches `--requests` stops the run.
+    fn completed(&self, worker: usize, so_far: u64, until: Until) {
+        self.progress[worker].0.store(so_far, Ordering::Relaxed);
+        if let Until::Completed(limit) = until
+            && self.completed.fetch_add(1, Ordering::Relaxed) + 1 >= limit
+        {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Transactions recorded so far, by all workers.
+    fn recorded(&self) -> u64 {
+        self.progress
+            .iter()
+            .map(|p| p.0.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Whether a run shows its progress while it measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    Quiet,
+    /// A line on the terminal (stderr) every second.
+    OnTerminal,
+}
+
+/// One thread per worker, each with its own clone of the client; the open
+/// loop's schedules all start now.
+fn start_workers(
+    client: &Client,
+    config: &BenchConfig,
+    shared: &Arc<Shared>,
+) -> Vec<JoinHandle<Tally>> {
+    let epoch = Instant::now();
+    (0..config.concurrency)
+        .map(|w| {
+            let client = client.clone();
+            let config = config.clone();
+            let shared = Arc::clone(shared);
+            std::thread::spawn(move || work(w, &client, &config, &shared, epoch))
+        })
+        .collect()
+}
+
+/// Waits, from `started`, until the time is up or a worker counted the last
+/// transaction; a progress line on the terminal every second if asked.
+fn wait_for_the_end(config: &BenchConfig, shared: &Shared, started: Instant, progress: Progress) {
+    let mut last = (started, 0u64);
+    loop {
+        let wait = match config.until {
+            Until::Elapsed(d) => d
+                .saturating_sub(started.elapsed())
+                .min(Duration::from_millis(100)),
+            Until::Completed(_) => Duration::from_millis(100),
+        };
+        std::thread::sleep(wait);
+        if shared.stop.load(Ordering::Relaxed)
+            || matches!(config.until, Until::Elapsed(d) if started.elapsed() >= d)
+        {
+            return;
+        }
+        if progress == Progress::OnTerminal && last.0.elapsed() >= Duration::from_secs(1) {
+            let n = shared.recorded();
+            let rate = (n - last.1) as f64 / last.0.elapsed().as_secs_f64();
+            eprint!(
+                "\r{:>6.1} s  {n:>9} transactions  {rate:>9.0}/s ",
+                started.elapsed().as_secs_f64()
+            );
+            last = (Instant::now(), n);
+        }
+    }
+}
+
+/// Every worker's tally merged, and the open-loop slots they still owed
+/// between `started` and `ended`.
+fn gather(workers: Vec<JoinHandle<Tally>>, started: Instant, ended: Instant) -> (Tally, u64) {
+    let mut all = Tally::new();
+    let mut missed = 0;
+    for w in workers {
+        // A worker that panicked has lost its tally; the others still count.
+        let Ok(mine) = w.join() else { continue };
+        all.latencies.merge(&mine.latencies);
+        for (k, v) in mine.errors {
+            *all.errors.entry(k).or_insert(0) += v;
+        }
+        all.bad_replies += mine.bad_replies;
+        all.late += mine.late;
+        if let Some((next, interval)) = mine.owed {
+            missed += missed_slots(next, interval, started, ended);
+        }
+    }
+    (all, missed)
 }
 
 impl Report {
@@ -697,6 +750,16 @@ mod tests {
         assert!(!reply_fits(&r, b"HTTP/1.1 400"));
     }
 
+    /// `text` holds every one of `present` and none of `absent`.
+    fn assert_holds(text: &str, present: &[&str], absent: &[&str]) {
+        for part in present {
+            assert!(text.contains(part), "{part:?} missing from {text}");
+        }
+        for part in absent {
+            assert!(!text.contains(part), "{part:?} in {text}");
+        }
+    }
+
     #[test]
     fn report_formats() {
         let mut report = Report {
@@ -707,22 +770,20 @@ mod tests {
             abuse: None,
             resumption: None,
         };
-        let json = report.to_json();
-        assert!(
-            json.contains("\"completed\":2")
-                && json.contains("\"errors\":{\"connect\":2}")
-                && json.contains("\"p50_us\":100")
-                && json.ends_with("\"bad_replies\":1}"),
-            "{json}"
+        assert_holds(
+            &report.to_json(),
+            &[
+                "\"completed\":2",
+                "\"errors\":{\"connect\":2}",
+                "\"p50_us\":100",
+            ],
+            &[],
         );
-        let text = report.to_text();
-        assert!(
-            text.contains("2 transactions")
-                && text.contains("errors: 2 (connect 2)")
-                && text.contains("bad replies: 1")
-                && !text.contains("open loop")
-                && !text.contains("abuse"),
-            "{text}"
+        assert!(report.to_json().ends_with("\"bad_replies\":1}"));
+        assert_holds(
+            &report.to_text(),
+            &["2 transactions", "errors: 2 (connect 2)", "bad replies: 1"],
+            &["open loop", "abuse"],
         );
         report.schedule = Some(Schedule {
             per_second: 500.0,
@@ -739,21 +800,24 @@ mod tests {
             },
             slow: AbuseCounts::default(),
         });
-        let json = report.to_json();
-        assert!(
-            json.contains("\"schedule\":{\"rate\":500.0,\"scheduled\":500,\"late\":3,\"missed\":1}")
-                && json.contains("\"idle\":{\"opened\":10,\"closed_by_server\":8,\"answered\":8,\"connect_failed\":0}")
-                && json.ends_with("}}}"),
-            "{json}"
+        assert_holds(
+            &report.to_json(),
+            &[
+                "\"schedule\":{\"rate\":500.0,\"scheduled\":500,\"late\":3,\"missed\":1}",
+                "\"idle\":{\"opened\":10,\"closed_by_server\":8,\"answered\":8,\"connect_failed\":0}",
+            ],
+            &[],
         );
-        let text = report.to_text();
-        assert!(
-            text.contains("open loop at 500/s: 500 scheduled, 3 late")
-                && text.contains("1 missed")
-                && text.contains("latency ms (from the scheduled time)")
-                && text.contains("abuse idle: 10 opened, 8 closed by the server")
-                && !text.contains("abuse slow"),
-            "{text}"
+        assert!(report.to_json().ends_with("}}}"));
+        assert_holds(
+            &report.to_text(),
+            &[
+                "open loop at 500/s: 500 scheduled, 3 late",
+                "1 missed",
+                "latency ms (from the scheduled time)",
+                "abuse idle: 10 opened, 8 closed by the server",
+            ],
+            &["abuse slow"],
         );
     }
 }

@@ -5,7 +5,8 @@
 //! imports only the ones below it:
 //!
 //! - [`protocol`] the wire grammar; [`allow`] address ranges; `rate_limited`
-//!   log lines; [`logging`] the log writer; [`notify`] systemd readiness;
+//!   log lines; [`civil_date`] UTC dates; [`register_set`] which of a device's
+//!   256 registers exist; [`logging`] the log writer; [`notify`] systemd readiness;
 //!   [`input_file`] the files an operator names, read only when they are
 //!   files of bounded size;
 //! - [`acl`] who may read or write which registers; [`tls`] certificates and
@@ -27,6 +28,7 @@ pub mod acl;
 pub mod activity;
 pub mod allow;
 pub mod bench;
+pub mod civil_date;
 pub mod client;
 pub mod config;
 pub mod connection;
@@ -39,6 +41,7 @@ pub mod net;
 pub mod notify;
 pub mod protocol;
 pub(crate) mod rate_limited;
+pub mod register_set;
 pub mod service;
 pub mod store;
 pub mod tls;

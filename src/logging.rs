@@ -17,10 +17,12 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write as _;
 use std::os::fd::AsFd;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use log::kv::{Key, Value, VisitSource};
 use log::{Log, Metadata, Record};
+
+use crate::civil_date::UtcTime;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -160,32 +162,12 @@ pub fn push_json_str(out: &mut String, s: &str) {
 
 /// `2026-11-25T20:15:46.123456Z` — RFC 3339 in UTC, to the microsecond.
 fn push_timestamp(out: &mut String, now: SystemTime) {
-    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
+    let t = UtcTime::at(now);
     let _ = write!(
         out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_micros()
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year, t.month, t.day, t.hour, t.minute, t.second, t.micros
     );
-}
-
-/// Year, month, day of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Installs the logger: `RUST_LOG` as env_logger reads it, `info` by default.
@@ -216,7 +198,7 @@ pub fn init(format: LogFormat) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn timestamps_are_utc_rfc3339() {
@@ -278,13 +260,5 @@ mod tests {
             s,
             "{\"time\":\"1970-01-01T00:00:00.000000Z\",\"level\":\"warn\",\"target\":\"wwep::net::server\",\"message\":\"plain listener on 127.0.0.1:27708\",\"event\":\"log\"}\n"
         );
-    }
-
-    #[test]
-    fn civil_dates_across_eras() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
-        assert_eq!(civil_from_days(2_932_896), (9999, 12, 31));
     }
 }

@@ -17,11 +17,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::{MetricType, TypedMetric};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::facts::Refusal;
 use crate::protocol::{Failure, ProtocolError, Reply, Transport};
 use crate::tls::server::HandshakeFailureKind;
+use described::*;
 
 /// The version and commit the binary was built from (`unknown` without git).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -262,6 +263,24 @@ impl DataFileMetrics {
     pub fn set_bytes(&self, bytes: u64) {
         self.bytes.store(bytes, Ordering::Relaxed);
     }
+
+    /// The data file's size (what the store reported, if it does; else
+    /// `scraped_bytes`), fsyncs, compactions and write errors.
+    fn register(&self, registry: &mut Registry, scraped_bytes: u64) {
+        let bytes = match self.bytes.load(Ordering::Relaxed) {
+            0 => scraped_bytes,
+            reported => reported,
+        };
+        put(registry, DATA_FILE_BYTES, gauge(bytes));
+        put(registry, DATA_FILE_FSYNCS, self.fsyncs.clone());
+        put(
+            registry,
+            DATA_FILE_FSYNC_SECONDS,
+            self.fsync_latency.clone(),
+        );
+        put(registry, DATA_FILE_COMPACTIONS, self.compactions.clone());
+        put(registry, DATA_FILE_WRITE_ERRORS, self.write_errors.clone());
+    }
 }
 
 /// Values read at scrape time from where they already live.
@@ -459,64 +478,49 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self, snapshot: &Snapshot) -> String {
         let mut registry = Registry::with_prefix("wwep");
-        registry.register(
-            "build",
-            "Version and git commit the server was built from",
-            Info::new([("version", VERSION), ("commit", GIT_HASH)]),
+        let build = Info::new([("version", VERSION), ("commit", GIT_HASH)]);
+        put(&mut registry, BUILD, build);
+        self.register_exchanges(&mut registry);
+        self.register_connections(&mut registry, snapshot);
+        if let Some(bytes) = snapshot.data_file_bytes {
+            self.data_file.register(&mut registry, bytes);
+        }
+        if let Some(not_after) = snapshot.certificate_not_after {
+            put(&mut registry, CERTIFICATE_NOT_AFTER, gauge(not_after));
+        }
+        let mut out = String::with_capacity(16 * 1024);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+        out
+    }
+
+    /// Transactions, their latency, TLS handshakes and refusals.
+    fn register_exchanges(&self, registry: &mut Registry) {
+        put(registry, TRANSACTIONS, self.transactions_family.clone());
+        put(registry, TRANSACTION_SECONDS, self.latency_family.clone());
+        put(registry, TLS_HANDSHAKES, self.handshakes_family.clone());
+        let failures = self.handshake_failures_family.clone();
+        put(registry, TLS_HANDSHAKE_FAILURES, failures);
+        put(registry, CONNECTIONS_REFUSED, self.refusals_family.clone());
+    }
+
+    /// Connections open and waiting now, how connections ended, ACL denials,
+    /// the registers stored and which listeners run.
+    fn register_connections(&self, registry: &mut Registry, snapshot: &Snapshot) {
+        put(registry, CONNECTIONS_OPEN, gauge(snapshot.connections_open));
+        put(
+            registry,
+            CONNECTIONS_WAITING,
+            gauge(snapshot.connections_waiting),
         );
-        registry.register(
-            "transactions",
-            "Transactions answered, by port, command (R, W, none), reply (A, X) and result (X reason)",
-            self.transactions_family.clone(),
-        );
-        registry.register(
-            "transaction_duration_seconds",
-            "Time from accept to reply, by port",
-            self.latency_family.clone(),
-        );
-        registry.register(
-            "tls_handshakes",
-            "TLS handshakes completed, by protocol version and outcome (full, resumed)",
-            self.handshakes_family.clone(),
-        );
-        registry.register(
-            "tls_handshake_failures",
-            "TLS handshakes that failed, by kind",
-            self.handshake_failures_family.clone(),
-        );
-        registry.register(
-            "connections_refused",
-            "Connections turned away or closed early, by reason (full, per_address, not_allowed, shed)",
-            self.refusals_family.clone(),
-        );
-        let gauge = |v: i64| {
-            let g: Gauge = Gauge::default();
-            g.set(v);
-            g
-        };
-        let as_i64 = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
-        registry.register(
-            "connections_open",
-            "Connections open now (waiting, queued or being served)",
-            gauge(as_i64(snapshot.connections_open)),
-        );
-        registry.register(
-            "connections_waiting",
-            "Connections in the waiting room now (waiting for their client)",
-            gauge(as_i64(snapshot.connections_waiting)),
-        );
-        registry.register(
-            "connections_closed",
-            "Connections that ended without a message, by reason (empty: closed without sending a byte)",
+        put(
+            registry,
+            CONNECTIONS_CLOSED,
             closed_family(&self.closed_empty),
         );
-        registry.register(
-            "acl_denials",
-            "Requests the --acl rules refused (answered X)",
-            self.acl_denials.clone(),
-        );
+        put(registry, ACL_DENIALS, self.acl_denials.clone());
         if let Some(registers) = snapshot.registers {
-            registry.register("registers", "Registers stored", gauge(as_i64(registers)));
+            put(registry, REGISTERS, gauge(registers));
         }
         let listening: Family<Labels1, Gauge> = Family::default();
         for port in PORTS {
@@ -524,59 +528,49 @@ impl Metrics {
                 .get_or_create(&[("port", port.name())])
                 .set(i64::from(self.is_listening(port)));
         }
-        registry.register(
-            "listener_up",
-            "1 while the port's accept thread runs",
-            listening,
-        );
-        if let Some(bytes) = snapshot.data_file_bytes {
-            let data = &self.data_file;
-            // What the store reported, if it does; else what the scrape read.
-            let bytes = match data.bytes.load(Ordering::Relaxed) {
-                0 => bytes,
-                reported => reported,
-            };
-            registry.register(
-                "data_file_bytes",
-                "Size of the data file",
-                gauge(i64::try_from(bytes).unwrap_or(i64::MAX)),
-            );
-            registry.register(
-                "data_file_fsyncs",
-                "fsyncs of the data file",
-                data.fsyncs.clone(),
-            );
-            registry.register(
-                "data_file_fsync_duration_seconds",
-                "Time each fsync of the data file took",
-                data.fsync_latency.clone(),
-            );
-            registry.register(
-                "data_file_compactions",
-                "Rewrites of the data file as a snapshot",
-                data.compactions.clone(),
-            );
-            registry.register(
-                "data_file_write_errors",
-                "Writes that could not be made durable (answered X)",
-                data.write_errors.clone(),
-            );
-        }
-        if let Some(not_after) = snapshot.certificate_not_after {
-            registry.register(
-                "tls_certificate_not_after_seconds",
-                "Expiry of the served certificate (the earliest, when two are served), as Unix time",
-                gauge(not_after),
-            );
-        }
-        let mut out = String::with_capacity(16 * 1024);
-        // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
-        out
+        put(registry, LISTENER_UP, listening);
     }
 }
 
-/// Clears a port's `listener_up` when its accept thread ends.
+/// A metric's name (after the `wwep_` prefix) and help text.
+type Described = (&'static str, &'static str);
+
+/// Every metric's name and help text, one a line.
+#[rustfmt::skip]
+mod described {
+    use super::Described;
+
+    pub const BUILD: Described = ("build", "Version and git commit the server was built from");
+    pub const TRANSACTIONS: Described = ("transactions", "Transactions answered, by port, command (R, W, none), reply (A, X) and result (X reason)");
+    pub const TRANSACTION_SECONDS: Described = ("transaction_duration_seconds", "Time from accept to reply, by port");
+    pub const TLS_HANDSHAKES: Described = ("tls_handshakes", "TLS handshakes completed, by protocol version and outcome (full, resumed)");
+    pub const TLS_HANDSHAKE_FAILURES: Described = ("tls_handshake_failures", "TLS handshakes that failed, by kind");
+    pub const CONNECTIONS_REFUSED: Described = ("connections_refused", "Connections turned away or closed early, by reason (full, per_address, not_allowed, shed)");
+    pub const CONNECTIONS_OPEN: Described = ("connections_open", "Connections open now (waiting, queued or being served)");
+    pub const CONNECTIONS_WAITING: Described = ("connections_waiting", "Connections in the waiting room now (waiting for their client)");
+    pub const CONNECTIONS_CLOSED: Described = ("connections_closed", "Connections that ended without a message, by reason (empty: closed without sending a byte)");
+    pub const ACL_DENIALS: Described = ("acl_denials", "Requests the --acl rules refused (answered X)");
+    pub const REGISTERS: Described = ("registers", "Registers stored");
+    pub const LISTENER_UP: Described = ("listener_up", "1 while the port's accept thread runs");
+    pub const DATA_FILE_BYTES: Described = ("data_file_bytes", "Size of the data file");
+    pub const DATA_FILE_FSYNCS: Described = ("data_file_fsyncs", "fsyncs of the data file");
+    pub const DATA_FILE_FSYNC_SECONDS: Described = ("data_file_fsync_duration_seconds", "Time each fsync of the data file took");
+    pub const DATA_FILE_COMPACTIONS: Described = ("data_file_compactions", "Rewrites of the data file as a snapshot");
+    pub const DATA_FILE_WRITE_ERRORS: Described = ("data_file_write_errors", "Writes that could not be made durable (answered X)");
+    pub const CERTIFICATE_NOT_AFTER: Described = ("tls_certificate_not_after_seconds", "Expiry of the served certificate (the earliest, when two are served), as Unix time");
+}
+
+fn put(registry: &mut Registry, (name, help): Described, metric: impl Metric) {
+    registry.register(name, help, metric);
+}
+
+/// A gauge reading `value` (the largest gauge value if it does not fit).
+fn gauge(value: impl TryInto<i64>) -> Gauge {
+    let g: Gauge = Gauge::default();
+    g.set(value.try_into().unwrap_or(i64::MAX));
+    g
+}
+
 /// `connections_closed{reason=...}`, with the one reason counted today.
 fn closed_family(empty: &Counter) -> Family<Labels1, Counter> {
     let family: Family<Labels1, Counter> = Family::default();
@@ -586,6 +580,7 @@ fn closed_family(empty: &Counter) -> Family<Labels1, Counter> {
     family
 }
 
+/// Clears a port's `listener_up` when its accept thread ends.
 pub struct ListeningGuard {
     metrics: Arc<Metrics>,
     port: Transport,
@@ -601,6 +596,12 @@ impl Drop for ListeningGuard {
 mod tests {
     use super::*;
 
+    const ACCEPTED: Reply = Reply::Accepted {
+        device: 1,
+        register: 2,
+        value: 3,
+    };
+
     fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
         text.lines().find(|l| l.starts_with(prefix))
     }
@@ -608,11 +609,7 @@ mod tests {
     #[test]
     fn transactions_are_counted_by_port_command_and_result() {
         let m = Metrics::new();
-        let ok = Reply::Accepted {
-            device: 1,
-            register: 2,
-            value: 3,
-        };
+        let ok = ACCEPTED;
         m.answered(
             Transport::Plain,
             b"W0001020003",
@@ -679,11 +676,7 @@ mod tests {
     #[test]
     fn answered_messages_are_numbered_and_empty_connections_are_not_transactions() {
         let m = Metrics::new();
-        let ok = Reply::Accepted {
-            device: 1,
-            register: 2,
-            value: 3,
-        };
+        let ok = ACCEPTED;
         assert_eq!(
             m.answered(Transport::Plain, b"R000102", &ok, Duration::ZERO),
             1

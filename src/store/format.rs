@@ -115,6 +115,21 @@ enum Mode {
     Damaged { start: u64, nonzero_end: u64 },
 }
 
+/// Whether more bytes may follow the ones held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    More,
+    Ended,
+}
+
+/// What a step of the scan leaves: another step, or waiting for more bytes
+/// (or, once the input has ended, nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Next {
+    Step,
+    Wait,
+}
+
 /// A streaming scan: [`push`](Scanner::push) chunks, then [`finish`](Scanner::finish).
 /// Every good record goes to `emit` in file order. Verdicts do not depend on how
 /// the file was split into chunks.
@@ -156,7 +171,7 @@ impl Scanner {
         emit: &mut dyn FnMut(Key, u16),
     ) -> Result<(), FormatError> {
         self.buf.extend_from_slice(chunk);
-        self.run(false, emit)?;
+        self.run(Input::More, emit)?;
         let consumed = (self.at - self.base) as usize;
         self.buf.drain(..consumed);
         self.base = self.at;
@@ -164,7 +179,7 @@ impl Scanner {
     }
 
     pub fn finish(mut self, emit: &mut dyn FnMut(Key, u16)) -> Result<Scan, FormatError> {
-        self.run(true, emit)?;
+        self.run(Input::Ended, emit)?;
         Ok(self.scan)
     }
 
@@ -176,113 +191,152 @@ impl Scanner {
         self.base + self.buf.len() as u64
     }
 
-    fn run(&mut self, last: bool, emit: &mut dyn FnMut(Key, u16)) -> Result<(), FormatError> {
+    /// Scans as far as the bytes held allow: each step reads the header, the
+    /// zeros of a blank file, one record, or one offset inside damage.
+    fn run(&mut self, input: Input, emit: &mut dyn FnMut(Key, u16)) -> Result<(), FormatError> {
         loop {
-            let available = self.end() - self.at;
-            match self.mode {
-                Mode::Header => {
-                    if available < HEADER_BYTES {
-                        if !last {
-                            return Ok(());
-                        }
-                        let bytes = self.bytes(self.at);
-                        if MAGIC.starts_with(bytes) {
-                            self.scan.blank = true;
-                            self.scan.tail.torn_bytes = available;
-                        } else if bytes.iter().all(|&b| b == 0) {
-                            self.scan.blank = true;
-                            self.scan.tail.zero_bytes = available;
-                        } else {
-                            return Err(FormatError::NotAJournal);
-                        }
-                        self.at = self.end();
-                        return Ok(());
-                    }
-                    let header = &self.bytes(0)[..HEADER_BYTES as usize];
-                    if header == MAGIC {
-                        self.mode = Mode::Records;
-                        self.at = HEADER_BYTES;
-                        self.scan.end = HEADER_BYTES;
-                    } else if header.iter().all(|&b| b == 0) {
-                        self.mode = Mode::Zeros;
-                    } else {
-                        return Err(FormatError::NotAJournal);
-                    }
-                }
-                Mode::Zeros => {
-                    if self.bytes(self.at).iter().any(|&b| b != 0) {
-                        return Err(FormatError::NotAJournal);
-                    }
-                    self.at = self.end();
-                    if last {
-                        self.scan.blank = true;
-                        self.scan.tail.zero_bytes = self.at;
-                    }
-                    return Ok(());
-                }
-                Mode::Records => {
-                    if available < RECORD {
-                        if !last {
-                            return Ok(());
-                        }
-                        if available == 0 {
-                            self.scan.end = self.at;
-                            return Ok(());
-                        }
-                    }
-                    match decode_record(self.bytes(self.at)) {
-                        Ok((key, value)) => {
-                            emit(key, value);
-                            self.scan.records += 1;
-                            self.at += RECORD;
-                            self.scan.end = self.at;
-                        }
-                        Err(_) => {
-                            self.mode = Mode::Damaged {
-                                start: self.at,
-                                nonzero_end: self.at,
-                            };
-                        }
-                    }
-                }
-                Mode::Damaged { start, nonzero_end } => {
-                    if self.at > start {
-                        // A candidate needs two records of look-ahead (or the end).
-                        if available < 2 * RECORD && !last {
-                            return Ok(());
-                        }
-                        let here = self.bytes(self.at);
-                        let aligned = (self.at - start).is_multiple_of(RECORD);
-                        // In the old alignment one good record is proof enough (a
-                        // flipped byte); at a new one, two in a row (or one that ends
-                        // the file), so damage cannot fake a resynchronisation.
-                        let resync = is_record(here)
-                            && (aligned
-                                || available == RECORD
-                                || here.get(RECORD_BYTES..).is_some_and(is_record));
-                        if resync {
-                            if self.scan.damage.first.is_none() {
-                                self.scan.damage.first = Some(start);
-                                self.scan.records_before_damage = self.scan.records;
-                            }
-                            self.scan.damage.regions += 1;
-                            self.scan.damage.bytes += self.at - start;
-                            self.mode = Mode::Records;
-                            continue;
-                        }
-                    }
-                    if available == 0 {
-                        self.finish_damage(start, nonzero_end);
-                        return Ok(());
-                    }
-                    // Leave the byte behind; try the next offset.
-                    let byte = self.bytes(self.at)[0];
-                    self.at += 1;
-                    let nonzero_end = if byte != 0 { self.at } else { nonzero_end };
-                    self.mode = Mode::Damaged { start, nonzero_end };
-                }
+            let next = match self.mode {
+                Mode::Header => self.header(input)?,
+                Mode::Zeros => self.zeros(input)?,
+                Mode::Records => self.record(input, emit),
+                Mode::Damaged { start, nonzero_end } => self.damaged(input, start, nonzero_end),
+            };
+            if next == Next::Wait {
+                return Ok(());
             }
         }
+    }
+
+    fn available(&self) -> u64 {
+        self.end() - self.at
+    }
+
+    /// The first 8 bytes: the magic (records follow), zeros (a blank file), or
+    /// at the end of a short file, part of the magic or zeros (blank too).
+    fn header(&mut self, input: Input) -> Result<Next, FormatError> {
+        let available = self.available();
+        if available < HEADER_BYTES {
+            if input == Input::More {
+                return Ok(Next::Wait);
+            }
+            let bytes = self.bytes(self.at);
+            if MAGIC.starts_with(bytes) {
+                self.scan.blank = true;
+                self.scan.tail.torn_bytes = available;
+            } else if bytes.iter().all(|&b| b == 0) {
+                self.scan.blank = true;
+                self.scan.tail.zero_bytes = available;
+            } else {
+                return Err(FormatError::NotAJournal);
+            }
+            self.at = self.end();
+            return Ok(Next::Wait);
+        }
+        let header = &self.bytes(0)[..HEADER_BYTES as usize];
+        if header == MAGIC {
+            self.mode = Mode::Records;
+            self.at = HEADER_BYTES;
+            self.scan.end = HEADER_BYTES;
+        } else if header.iter().all(|&b| b == 0) {
+            self.mode = Mode::Zeros;
+        } else {
+            return Err(FormatError::NotAJournal);
+        }
+        Ok(Next::Step)
+    }
+
+    /// A file that began with zeros must be zeros to its end.
+    fn zeros(&mut self, input: Input) -> Result<Next, FormatError> {
+        if self.bytes(self.at).iter().any(|&b| b != 0) {
+            return Err(FormatError::NotAJournal);
+        }
+        self.at = self.end();
+        if input == Input::Ended {
+            self.scan.blank = true;
+            self.scan.tail.zero_bytes = self.at;
+        }
+        Ok(Next::Wait)
+    }
+
+    /// One record: emitted when it checks out, the start of damage when not.
+    fn record(&mut self, input: Input, emit: &mut dyn FnMut(Key, u16)) -> Next {
+        let available = self.available();
+        if available < RECORD {
+            if input == Input::More {
+                return Next::Wait;
+            }
+            if available == 0 {
+                self.scan.end = self.at;
+                return Next::Wait;
+            }
+        }
+        match decode_record(self.bytes(self.at)) {
+            Ok((key, value)) => {
+                emit(key, value);
+                self.scan.records += 1;
+                self.at += RECORD;
+                self.scan.end = self.at;
+            }
+            Err(_) => {
+                self.mode = Mode::Damaged {
+                    start: self.at,
+                    nonzero_end: self.at,
+                };
+            }
+        }
+        Next::Step
+    }
+
+    /// Inside damage that began at `start`: records again at this offset end
+    /// it; otherwise the byte is left behind and the next offset is tried.
+    fn damaged(&mut self, input: Input, start: u64, nonzero_end: u64) -> Next {
+        let available = self.available();
+        if self.at > start {
+            // A candidate needs two records of look-ahead (or the end).
+            if available < 2 * RECORD && input == Input::More {
+                return Next::Wait;
+            }
+            if self.resynchronises(start, available) {
+                self.end_damage(start);
+                return Next::Step;
+            }
+        }
+        if available == 0 {
+            self.finish_damage(start, nonzero_end);
+            return Next::Wait;
+        }
+        let byte = self.bytes(self.at)[0];
+        self.at += 1;
+        let nonzero_end = if byte != 0 { self.at } else { nonzero_end };
+        self.mode = Mode::Damaged { start, nonzero_end };
+        Next::Step
+    }
+
+    /// Whether records start again at the scan's offset. In the old alignment
+    /// one good record is proof enough (a flipped byte); at a new one, two in a
+    /// row (or one that ends the file), so damage cannot fake a
+    /// resynchronisation.
+    fn resynchronises(&self, start: u64, available: u64) -> bool {
+        let here = self.bytes(self.at);
+        let aligned = (self.at - start).is_multiple_of(RECORD);
+        is_record(here)
+            && (aligned || available == RECORD || here.get(RECORD_BYTES..).is_some_and(is_record))
+    }
+
+    /// Damage from `start` to the scan's offset, with good records after it.
+    fn end_damage(&mut self, start: u64) {
+        self.count_damage(start, self.at - start);
+        self.mode = Mode::Records;
+    }
+
+    /// One damaged region of `bytes` bytes from `start`.
+    fn count_damage(&mut self, start: u64, bytes: u64) {
+        if self.scan.damage.first.is_none() {
+            self.scan.damage.first = Some(start);
+            self.scan.records_before_damage = self.scan.records;
+        }
+        self.scan.damage.regions += 1;
+        self.scan.damage.bytes += bytes;
     }
 
     /// Damage that runs to the end of the file: a tail a crash can leave, or damage.
@@ -297,12 +351,7 @@ impl Scanner {
             };
             return;
         }
-        if self.scan.damage.first.is_none() {
-            self.scan.damage.first = Some(start);
-            self.scan.records_before_damage = self.scan.records;
-        }
-        self.scan.damage.regions += 1;
-        self.scan.damage.bytes += content;
+        self.count_damage(start, content);
         self.scan.end = nonzero_end;
         self.scan.tail = Tail {
             torn_bytes: 0,

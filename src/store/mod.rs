@@ -24,9 +24,10 @@ use self::backend::{Backend, StoreError};
 use self::format::Key;
 use self::journal::{
     CompactionPolicy, CompactionReport, Fsync, Journal, JournalError, OpenReport, Publish,
-    StorageError,
+    Replaced, Rewrite, StorageError,
 };
 use crate::metrics::DataFileMetrics;
+use crate::register_set::RegisterSet;
 
 /// How long the maintenance thread waits after a failed compaction.
 const COMPACTION_RETRY: Duration = Duration::from_secs(30);
@@ -38,41 +39,33 @@ const SLOTS: usize = 65_536 / SHARDS;
 /// The 256 registers of one device id.
 #[derive(Clone)]
 struct Registers {
-    present: [u64; 4],
+    present: RegisterSet,
     values: [u16; 256],
 }
 
 impl Registers {
     fn new() -> Registers {
         Registers {
-            present: [0; 4],
+            present: RegisterSet::EMPTY,
             values: [0; 256],
         }
     }
 
     fn get(&self, register: u8) -> Option<u16> {
-        let r = register as usize;
-        (self.present[r / 64] & (1 << (r % 64)) != 0).then_some(self.values[r])
+        self.present
+            .contains(register)
+            .then_some(self.values[usize::from(register)])
     }
 
     /// Sets a register; true if it did not exist before.
     fn set(&mut self, register: u8, value: u16) -> bool {
-        let r = register as usize;
-        let bit = 1 << (r % 64);
-        let new = self.present[r / 64] & bit == 0;
-        self.present[r / 64] |= bit;
-        self.values[r] = value;
-        new
+        self.values[usize::from(register)] = value;
+        self.present.insert(register)
     }
 
     fn each(&self, mut f: impl FnMut(u8, u16)) {
-        for (word, &bits) in self.present.iter().enumerate() {
-            let mut bits = bits;
-            while bits != 0 {
-                let r = word * 64 + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                f(r as u8, self.values[r]);
-            }
+        for register in self.present.iter() {
+            f(register, self.values[usize::from(register)]);
         }
     }
 }
@@ -234,7 +227,11 @@ impl RegisterStore {
             failing: AtomicBool::new(false),
         };
         if report.damage.regions > 0 {
-            let compacted = store.rewrite(true, true, &AtomicBool::new(false))?;
+            let compacted = store.rewrite(
+                Rewrite::Now,
+                Replaced::KeptAsDamaged,
+                &AtomicBool::new(false),
+            )?;
             report.damaged_copy = compacted.and_then(|c| c.damaged_copy);
         }
         Ok((store, report))
@@ -303,30 +300,34 @@ impl RegisterStore {
     /// Rewrites the data file as a snapshot of the live registers, if it has
     /// outgrown them (or always, with `force`). Writers keep going meanwhile.
     pub fn compact(&self, force: bool) -> Result<Option<CompactionReport>, JournalError> {
-        self.rewrite(force, false, &AtomicBool::new(false))
+        let when = if force {
+            Rewrite::Now
+        } else {
+            Rewrite::IfOutgrown
+        };
+        self.rewrite(when, Replaced::Dropped, &AtomicBool::new(false))
     }
 
     /// Compacts like [`compact`](RegisterStore::compact), abandoning the rewrite
     /// (`Ok(None)`, the data file untouched) if `stop` is set meanwhile.
     pub fn compact_unless(
         &self,
-        force: bool,
+        when: Rewrite,
         stop: &AtomicBool,
     ) -> Result<Option<CompactionReport>, JournalError> {
-        self.rewrite(force, false, stop)
+        self.rewrite(when, Replaced::Dropped, stop)
     }
 
     fn rewrite(
         &self,
-        force: bool,
-        keep_damaged: bool,
+        when: Rewrite,
+        replaced: Replaced,
         stop: &AtomicBool,
     ) -> Result<Option<CompactionReport>, JournalError> {
         let Some(journal) = &self.journal else {
             return Ok(None);
         };
-        let Some(mut compaction) = journal.begin_compaction(force, self.len(), keep_damaged)?
-        else {
+        let Some(mut compaction) = journal.begin_compaction(when, self.len(), replaced)? else {
             return Ok(None);
         };
         if !self
@@ -344,67 +345,21 @@ impl RegisterStore {
     /// records) and grows `FILE.reserve`; it ends when `stop` is set.
     pub fn spawn_maintenance(self: &Arc<Self>, stop: Arc<AtomicBool>) -> Option<JoinHandle<()>> {
         let journal = self.journal.as_ref()?;
-        let everysec = journal.policy() == Fsync::EverySec;
-        let store = Arc::clone(self);
+        let mut maintenance = Maintenance {
+            store: Arc::clone(self),
+            fsync: journal.policy(),
+            retry_at: None,
+            synced_len: journal.len(),
+        };
         std::thread::Builder::new()
             .name("wwep-journal".to_string())
             .spawn(move || {
                 let mut ticks = 0u32;
-                // After a failed compaction, wait before rewriting again.
-                let mut retry_at: Option<Instant> = None;
-                let mut synced_len = store.journal.as_ref().map_or(0, Journal::len);
                 while !stop.load(Ordering::Acquire) {
                     std::thread::sleep(Duration::from_millis(100));
                     ticks += 1;
-                    if !ticks.is_multiple_of(10) {
-                        continue;
-                    }
-                    let metrics = store.data_metrics.get();
-                    if everysec {
-                        let began = Instant::now();
-                        // A file that has not grown had nothing to fsync.
-                        let len = store.journal.as_ref().map_or(0, Journal::len);
-                        match store.sync() {
-                            Ok(()) => {
-                                if let Some(m) = metrics
-                                    && len != synced_len
-                                {
-                                    m.fsync(began.elapsed());
-                                }
-                                synced_len = len;
-                            }
-                            Err(e) => log::error!("data file fsync failed: {e}"),
-                        }
-                    }
-                    let began = Instant::now();
-                    let result = match retry_at {
-                        Some(t) if began < t => Ok(None),
-                        _ => store.compact_unless(false, &stop),
-                    };
-                    match result {
-                        Ok(Some(r)) => {
-                            if let Some(m) = metrics {
-                                m.compaction();
-                            }
-                            log::info!(
-                                "compacted the data file: {} -> {} bytes in {} ms (writes held {} µs)",
-                                r.before,
-                                r.after,
-                                began.elapsed().as_millis(),
-                                r.held_batches.as_micros()
-                            )
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            log::error!(
-                                "compaction failed: {e}; next try in {} s",
-                                COMPACTION_RETRY.as_secs()
-                            );
-                            retry_at = Some(Instant::now() + COMPACTION_RETRY);
-                        }
-                    }
-                    if let Some(journal) = store.journal() {
-                        journal.keep_reserve(store.len());
+                    if ticks.is_multiple_of(10) {
+                        maintenance.run(&stop);
                     }
                 }
             })
@@ -418,6 +373,79 @@ impl RegisterStore {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// What the maintenance thread does once a second, and what it remembers
+/// from one second to the next.
+struct Maintenance {
+    store: Arc<RegisterStore>,
+    fsync: Fsync,
+    /// After a failed compaction, no rewrite is tried before this.
+    retry_at: Option<Instant>,
+    /// The file's length at the last fsync.
+    synced_len: u64,
+}
+
+impl Maintenance {
+    fn run(&mut self, stop: &AtomicBool) {
+        if self.fsync == Fsync::EverySec {
+            self.sync();
+        }
+        self.compact(stop);
+        if let Some(journal) = self.store.journal() {
+            journal.keep_reserve(self.store.len());
+        }
+    }
+
+    /// `everysec`'s fsync, counted only when the file has grown (a file that
+    /// has not had nothing to fsync).
+    fn sync(&mut self) {
+        let began = Instant::now();
+        let len = self.store.journal.as_ref().map_or(0, Journal::len);
+        match self.store.sync() {
+            Ok(()) => {
+                if let Some(m) = self.store.data_metrics.get()
+                    && len != self.synced_len
+                {
+                    m.fsync(began.elapsed());
+                }
+                self.synced_len = len;
+            }
+            Err(e) => log::error!("data file fsync failed: {e}"),
+        }
+    }
+
+    /// Compacts if the file has outgrown the registers, unless a compaction
+    /// failed less than [`COMPACTION_RETRY`] ago.
+    fn compact(&mut self, stop: &AtomicBool) {
+        let began = Instant::now();
+        let result = match self.retry_at {
+            Some(t) if began < t => Ok(None),
+            _ => self.store.compact_unless(Rewrite::IfOutgrown, stop),
+        };
+        match result {
+            Ok(Some(r)) => {
+                if let Some(m) = self.store.data_metrics.get() {
+                    m.compaction();
+                }
+                log::info!(
+                    "compacted the data file: {} -> {} bytes in {} ms (writes held {} µs)",
+                    r.before,
+                    r.after,
+                    began.elapsed().as_millis(),
+                    r.held_batches.as_micros()
+                )
+            }
+            Ok(None) => {}
+            Err(e) => {
+                log::error!(
+                    "compaction failed: {e}; next try in {} s",
+                    COMPACTION_RETRY.as_secs()
+                );
+                self.retry_at = Some(Instant::now() + COMPACTION_RETRY);
+            }
+        }
     }
 }
 
@@ -550,6 +578,15 @@ mod tests {
         RegisterStore::open(&dir.join("data"), fsync, compaction, false)
             .unwrap()
             .0
+    }
+
+    /// A store in `dir` whose data file holds one live record and nine dead ones.
+    fn one_register_written_ten_times(dir: &Path, fsync: Fsync) -> RegisterStore {
+        let store = open(dir, fsync, CompactionPolicy::default());
+        for v in 0..10 {
+            store.write(1, 1, v).unwrap();
+        }
+        store
     }
 
     #[test]
@@ -727,13 +764,12 @@ mod tests {
     #[test]
     fn a_stopped_compaction_leaves_the_file_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path(), Fsync::Never, CompactionPolicy::default());
-        for v in 0..10 {
-            store.write(1, 1, v).unwrap();
-        }
+        let store = one_register_written_ten_times(dir.path(), Fsync::Never);
         let before = std::fs::read(dir.path().join("data")).unwrap();
         assert_eq!(
-            store.compact_unless(true, &AtomicBool::new(true)).unwrap(),
+            store
+                .compact_unless(Rewrite::Now, &AtomicBool::new(true))
+                .unwrap(),
             None
         );
         assert_eq!(std::fs::read(dir.path().join("data")).unwrap(), before);
@@ -782,10 +818,7 @@ mod tests {
     #[test]
     fn a_failed_write_gives_the_reserve_to_compaction() {
         let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path(), Fsync::Always, CompactionPolicy::default());
-        for v in 0..10 {
-            store.write(1, 1, v).unwrap();
-        }
+        let store = one_register_written_ten_times(dir.path(), Fsync::Always);
         let journal = store.journal().unwrap();
         let reserve = journal.reserve_path();
         assert_eq!(
@@ -876,10 +909,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data");
         let policy = CompactionPolicy::default();
-        let store = open(dir.path(), Fsync::Always, policy);
-        for v in 0..10 {
-            store.write(1, 1, v).unwrap();
-        }
+        let store = one_register_written_ten_times(dir.path(), Fsync::Always);
         let refused = |repair| match RegisterStore::open(&path, Fsync::Always, policy, repair) {
             Err(JournalError::Locked { path: p, lock, pid }) => {
                 assert_eq!(
@@ -898,7 +928,7 @@ mod tests {
         refused(true);
         let journal = store.journal().unwrap();
         let mut compaction = journal
-            .begin_compaction(true, store.len(), false)
+            .begin_compaction(Rewrite::Now, store.len(), Replaced::Dropped)
             .unwrap()
             .expect("forced");
         compaction.push((1, 1), 9);

@@ -1,0 +1,435 @@
+//! [`RedisStore`]: the register [`Backend`] over the pool. `R` is `HGET`,
+//! `W` goes through the fence, and opening the store sets up the source of
+//! connections (one server or Sentinel), the Sentinel watcher and a first
+//! connection.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use redis::{Client, Connection, IntoConnectionInfo, RedisError, RedisResult, TlsCertificates};
+
+use super::connect::{aborting, describe};
+use super::fence::{Confirmation, FencedWrite, Outcome, fence_sha};
+use super::location::{RedisSettings, StoreLocation};
+use super::pool::{Pool, Source};
+use super::sentinel::SentinelSource;
+use crate::input_file::MAX_FILE_BYTES;
+use crate::protocol::Transport;
+use crate::store::backend::{Backend, StoreError};
+
+/// Why the shared store cannot be used at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisOpenError {
+    /// The location or the CA file cannot be used.
+    Setup(String),
+    /// `--store-wait-aof` against a server without `WAITAOF`.
+    NoWaitAof(String),
+    /// `--store-wait-aof` needs to ask the server, which did not answer.
+    Unreachable(String),
+    /// The store's TLS certificate does not verify, at startup: a setting to
+    /// fix (`--store-ca`, the name in the URL, the store's certificate), not an
+    /// outage to wait out.
+    Untrusted {
+        store: String,
+        /// The CA file it was checked against; None for the system's roots.
+        ca: Option<PathBuf>,
+        /// OpenSSL's reason, e.g. `hostname mismatch`.
+        reason: String,
+    },
+}
+
+impl fmt::Display for RedisOpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RedisOpenError::Setup(e) => write!(f, "--store: {e}"),
+            RedisOpenError::NoWaitAof(server) => write!(
+                f,
+                "--store-wait-aof: {server} has no WAITAOF (it needs Redis or Valkey 7.2 or later)"
+            ),
+            RedisOpenError::Unreachable(e) => write!(
+                f,
+                "--store-wait-aof: cannot ask the store whether it has WAITAOF: {e}"
+            ),
+            RedisOpenError::Untrusted { store, ca, reason } => match ca {
+                Some(ca) => write!(
+                    f,
+                    "--store: the certificate of {store} is not trusted (checked against --store-ca {}): {reason}",
+                    ca.display()
+                ),
+                None => write!(
+                    f,
+                    "--store: the certificate of {store} is not trusted (checked against the system's roots; --store-ca names another CA): {reason}"
+                ),
+            },
+        }
+    }
+}
+
+impl std::error::Error for RedisOpenError {}
+
+/// The longest one command may take, whatever `--timeout-ms` allows.
+const MAX_COMMAND_TIME: Duration = Duration::from_secs(1);
+
+pub struct RedisStore {
+    pool: Pool,
+    /// Keys are `PREFIX:DEV`.
+    prefix: String,
+    /// What a write waits for once applied.
+    confirm: Confirmation,
+    /// Ends the Sentinel watcher when the store is dropped.
+    stop: Arc<AtomicBool>,
+    /// The SHA1 of the fence script, for `EVALSHA`.
+    fence_sha: String,
+}
+
+impl RedisStore {
+    /// Sets up the pool (`capacity` connections at most, one per worker) and
+    /// tries a first connection. A store that does not answer yet is not an
+    /// error (service starts when it does), unless `--store-wait-aof` needs to
+    /// ask it what it supports.
+    pub fn open(
+        settings: &RedisSettings,
+        capacity: usize,
+        timeout: Duration,
+    ) -> Result<RedisStore, RedisOpenError> {
+        let root_cert = read_ca(settings.ca.as_deref())?;
+        let source = source_of(&settings.location, root_cert.clone())?;
+        let timeout = timeout.min(MAX_COMMAND_TIME);
+        let store = RedisStore {
+            pool: Pool::new(source, settings.location.clone(), capacity, timeout),
+            prefix: settings.prefix.clone(),
+            confirm: Confirmation::new(settings.wait_replicas, settings.wait_aof, timeout),
+            stop: Arc::new(AtomicBool::new(false)),
+            fence_sha: fence_sha(),
+        };
+        store.follow_sentinels()?;
+        store.first_connection(settings.ca.as_deref(), root_cert.as_deref())?;
+        Ok(store)
+    }
+
+    /// With Sentinel, starts the thread that follows the Sentinels until the
+    /// store is dropped.
+    fn follow_sentinels(&self) -> Result<(), RedisOpenError> {
+        if let Source::Sentinel(_) = &*self.pool.source {
+            let (source, stop) = (Arc::clone(&self.pool.source), Arc::clone(&self.stop));
+            std::thread::Builder::new()
+                .name("wwep-sentinel-watch".to_string())
+                .spawn(move || {
+                    if let Source::Sentinel(sentinels) = &*source {
+                        sentinels.follow(&stop);
+                    }
+                })
+                .map_err(|e| RedisOpenError::Setup(format!("cannot start a thread: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Connects once: the connection joins the pool; `--store-wait-aof` is
+    /// checked; a store whose certificate does not verify is refused, and one
+    /// that does not answer yet is logged.
+    fn first_connection(
+        &self,
+        ca: Option<&Path>,
+        root_cert: Option<&[u8]>,
+    ) -> Result<(), RedisOpenError> {
+        let location = &self.pool.location;
+        let epoch = self.pool.source.epoch();
+        match self.pool.connect() {
+            Ok(mut connection) => {
+                if self.confirm.aof && !has_waitaof(&mut connection) {
+                    return Err(RedisOpenError::NoWaitAof(location.to_string()));
+                }
+                info!("registers are kept in {location}");
+                self.pool.adopt(connection, epoch);
+            }
+            Err(e) if self.confirm.aof => return Err(RedisOpenError::Unreachable(describe(&e))),
+            Err(e) => {
+                if let Some(reason) = self.certificate_rejection(root_cert) {
+                    return Err(RedisOpenError::Untrusted {
+                        store: location.to_string(),
+                        ca: ca.map(Path::to_path_buf),
+                        reason,
+                    });
+                }
+                warn!(
+                    "{location} does not answer yet ({}); requests get X until it does",
+                    describe(&e)
+                )
+            }
+        }
+        Ok(())
+    }
+
+    /// Why the data node's TLS certificate does not verify, if it is reached
+    /// over TLS and answers a handshake that fails on its certificate.
+    fn certificate_rejection(&self, root_cert: Option<&[u8]>) -> Option<String> {
+        let deadline = Instant::now() + self.pool.timeout;
+        let (host, port) = self.pool.source.tls_node(deadline)?;
+        crate::tls::client::certificate_rejection(&host, port, root_cert, deadline)
+    }
+
+    fn key(&self, device: u16) -> String {
+        format!("{}:{device:04X}", self.prefix)
+    }
+
+    /// The answer to a write Redis answered: logged unless it was done.
+    fn report(&self, outcome: Outcome) -> Result<(), StoreError> {
+        let Confirmation {
+            replicas,
+            aof,
+            wait_ms,
+        } = self.confirm;
+        match outcome {
+            Outcome::Done => return Ok(()),
+            Outcome::Late => self.pool.failure_log.log(format_args!(
+                "{}: a write reached Redis after its time limit of {} ms and was not applied; answered X",
+                self.pool.location,
+                self.pool.timeout.as_millis()
+            )),
+            Outcome::Unconfirmed => self.pool.failure_log.log(format_args!(
+                "{}: a write was not confirmed by {replicas} replica(s){} in {wait_ms} ms; answered X",
+                self.pool.location,
+                if aof { " and the append-only file" } else { "" }
+            )),
+        }
+        Err(StoreError::Unavailable)
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// The CA file's bytes (`--store-ca`), if one is given.
+fn read_ca(ca: Option<&Path>) -> Result<Option<Vec<u8>>, RedisOpenError> {
+    ca.map(|path| {
+        crate::input_file::read(path, MAX_FILE_BYTES).map_err(|e| {
+            RedisOpenError::Setup(format!("--store-ca {}: cannot read: {e}", path.display()))
+        })
+    })
+    .transpose()
+}
+
+/// Where the pool's connections will come from.
+fn source_of(
+    location: &StoreLocation,
+    root_cert: Option<Vec<u8>>,
+) -> Result<Source, RedisOpenError> {
+    let setup = |e: RedisError| RedisOpenError::Setup(describe(&e));
+    match location {
+        StoreLocation::Memory => Err(RedisOpenError::Setup("not a shared store".to_string())),
+        StoreLocation::Redis { url } => direct_client(url, root_cert)
+            .map(Source::Direct)
+            .map_err(setup),
+        StoreLocation::Sentinel {
+            sentinels,
+            primary,
+            node,
+            transport,
+        } => {
+            if *transport == Transport::Plain && root_cert.is_some() {
+                return Err(RedisOpenError::Setup(
+                    "--store-ca is for TLS to the store: rediss://… or rediss+sentinel://…"
+                        .to_string(),
+                ));
+            }
+            SentinelSource::new(sentinels, primary, node, *transport, root_cert)
+                .map(Source::Sentinel)
+                .map_err(setup)
+        }
+    }
+}
+
+/// A client for one server at `url`, trusting `root_cert` for TLS if given.
+fn direct_client(url: &str, root_cert: Option<Vec<u8>>) -> RedisResult<Client> {
+    let info = aborting(url.into_connection_info()?);
+    match root_cert {
+        Some(root) => Client::build_with_tls(
+            info,
+            TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root),
+            },
+        ),
+        None => Client::open(info),
+    }
+}
+
+/// Whether the server knows `WAITAOF` (Redis/Valkey 7.2+).
+fn has_waitaof(connection: &mut Connection) -> bool {
+    let info: RedisResult<redis::Value> = redis::cmd("COMMAND")
+        .arg("INFO")
+        .arg("WAITAOF")
+        .query(connection);
+    matches!(info, Ok(redis::Value::Array(entries)) if entries.first().is_some_and(|e| *e != redis::Value::Nil))
+}
+
+/// Parses a stored value: 4 hex digits (what this server writes).
+fn parse_value(text: &str) -> Option<u16> {
+    if text.len() != 4 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u16::from_str_radix(text, 16).ok()
+}
+
+impl Backend for RedisStore {
+    fn read(&self, device: u16, register: u8) -> Result<Option<u16>, StoreError> {
+        let field = format!("{register:02X}");
+        let value: Option<String> = self.pool.with_connection(|c, _| {
+            redis::cmd("HGET")
+                .arg(self.key(device))
+                .arg(&field)
+                .query(c)
+        })?;
+        match value {
+            None => Ok(None),
+            Some(text) => match parse_value(&text) {
+                Some(value) => Ok(Some(value)),
+                None => {
+                    self.pool.failure_log.log(format_args!(
+                        "{}: field {field} holds {text:?}, not 4 hex digits",
+                        self.key(device)
+                    ));
+                    Err(StoreError::Unavailable)
+                }
+            },
+        }
+    }
+
+    /// `HGETALL` of the device's hash, within the same time limit as `read`.
+    /// A field or value this server would not have written is logged and left
+    /// out, so one foreign field does not hide the device's other registers.
+    fn device(&self, device: u16) -> Result<Vec<(u8, u16)>, StoreError> {
+        let fields: std::collections::HashMap<String, String> = self
+            .pool
+            .with_connection(|c, _| redis::cmd("HGETALL").arg(self.key(device)).query(c))?;
+        let mut registers = Vec::with_capacity(fields.len());
+        for (field, text) in fields {
+            let register = (field.len() == 2 && field.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| u8::from_str_radix(&field, 16).ok())
+                .flatten();
+            match (register, parse_value(&text)) {
+                (Some(register), Some(value)) => registers.push((register, value)),
+                _ => self.pool.failure_log.log(format_args!(
+                    "{}: field {field:?} holds {text:?}, not a register and 4 hex digits; left out",
+                    self.key(device)
+                )),
+            }
+        }
+        registers.sort_unstable();
+        Ok(registers)
+    }
+
+    fn write(&self, device: u16, register: u8, value: u16) -> Result<(), StoreError> {
+        let write = FencedWrite {
+            key: self.key(device),
+            field: format!("{register:02X}"),
+            text: format!("{value:04X}"),
+            confirm: self.confirm,
+            sha: &self.fence_sha,
+        };
+        let outcome = self.pool.with_connection(|c, clock| {
+            // This write is answered X once the socket's time limit passes
+            // from now at the earliest: the fence refuses it after that.
+            write.run(c, clock.deadline(Instant::now() + self.pool.timeout))
+        })?;
+        self.report(outcome)
+    }
+
+    /// Answers from the last command; after a failure, asks Redis (a `PING`,
+    /// paced by the reconnection back-off).
+    fn writable(&self) -> bool {
+        if !self.pool.is_failing() {
+            return true;
+        }
+        self.pool
+            .with_connection(|c, _| redis::cmd("PING").query::<String>(c))
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_that_does_not_answer_fails_fast_and_backs_off() {
+        // A port nothing listens on: bind, note, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let settings = RedisSettings {
+            location: format!("redis://127.0.0.1:{port}").parse().unwrap(),
+            ..RedisSettings::default()
+        };
+        let store = RedisStore::open(&settings, 4, Duration::from_millis(200)).unwrap();
+        let started = Instant::now();
+        assert_eq!(store.write(1, 2, 3), Err(StoreError::Unavailable));
+        assert_eq!(store.read(1, 2), Err(StoreError::Unavailable));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(!store.writable(), "the last command failed");
+        let wait_aof = RedisSettings {
+            wait_aof: true,
+            ..settings
+        };
+        assert!(matches!(
+            RedisStore::open(&wait_aof, 4, Duration::from_millis(200)),
+            Err(RedisOpenError::Unreachable(_))
+        ));
+    }
+
+    #[test]
+    fn a_store_or_sentinel_that_accepts_and_never_answers_fails_within_the_time_limit() {
+        // The kernel completes the TCP handshakes; nothing ever answers: a hung
+        // server. Neither a TLS handshake nor a Sentinel lookup may wait on it.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = silent.local_addr().unwrap().port();
+        for location in [
+            format!("rediss://127.0.0.1:{port}"),
+            format!("redis+sentinel://127.0.0.1:{port}/main"),
+        ] {
+            let settings = RedisSettings {
+                location: location.parse().unwrap(),
+                ..RedisSettings::default()
+            };
+            let started = Instant::now();
+            let store = RedisStore::open(&settings, 4, Duration::from_millis(200)).unwrap();
+            assert_eq!(store.read(1, 2), Err(StoreError::Unavailable), "{location}");
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "{location}: {:?}",
+                started.elapsed()
+            );
+        }
+    }
+
+    #[test]
+    fn an_untrusted_certificate_is_named_with_the_ca() {
+        let error = RedisOpenError::Untrusted {
+            store: "redis localhost:6380".to_string(),
+            ca: Some(PathBuf::from("redis-ca.pem")),
+            reason: "certificate has expired".to_string(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "--store: the certificate of redis localhost:6380 is not trusted (checked against --store-ca redis-ca.pem): certificate has expired"
+        );
+    }
+
+    #[test]
+    fn stored_values_are_four_hex_digits() {
+        assert_eq!(parse_value("1234"), Some(0x1234));
+        assert_eq!(parse_value("ffff"), Some(0xFFFF));
+        for bad in ["", "123", "12345", "12G4", "+123"] {
+            assert_eq!(parse_value(bad), None, "{bad}");
+        }
+    }
+}
