@@ -97,7 +97,12 @@ static void reply(wwep_server *s, wwep_slot *slot, const wwep_frame *frame)
     size_t sent = 0;
     while (sent < len) {
         int rc = slot->conn.write(slot->conn.ctx, (const unsigned char *)out + sent, len - sent);
-        if (rc <= 0) break;
+        if (rc <= 0) {
+            if (s->config.on_failure != NULL)
+                s->config.on_failure(s->config.hook_ctx, slot->listener, slot->peer,
+                                     rc < 0 ? rc : WWEP_ERR_IO);
+            break;
+        }
         sent += (size_t)rc;
     }
     if (sent == len && s->config.on_transaction != NULL) {
@@ -142,6 +147,8 @@ static int advance(wwep_server *s, wwep_slot *slot, uint32_t timeout_ms)
         if (rc == WWEP_ERR_TIMEOUT) break;
         if (rc < 0) {
             /* A reset, or a TLS handshake that failed: nobody to answer. */
+            if (s->config.on_failure != NULL)
+                s->config.on_failure(s->config.hook_ctx, slot->listener, slot->peer, rc);
             finish(slot);
             return 1;
         }
