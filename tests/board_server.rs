@@ -409,6 +409,29 @@ fn a_silent_client_gets_x_after_its_time_and_holds_only_its_own_slot() {
 }
 
 #[test]
+fn a_tls_client_silent_in_its_handshake_is_closed_at_its_time() {
+    let Some(dir) = build() else { return };
+    let pki = Pki::new(KeyKind::EcP256);
+    let server = both_ports(dir, &pki, &["--no-plain", "--timeout-ms", "1000"]);
+    let began = Instant::now();
+    // Connected, no ClientHello: no reply can be encrypted, so it is closed.
+    let mut silent = connect(server.tls());
+    assert_eq!(read_to_close(&mut silent), b"");
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || server
+            .log_text()
+            .contains("closed without a reply: SSL - The operation timed out")),
+        "{}",
+        server.log_text()
+    );
+}
+
+#[test]
 fn tls_follows_the_same_framing_rules() {
     let Some(dir) = build() else { return };
     let pki = Pki::new(KeyKind::EcP256);
@@ -672,6 +695,25 @@ fn client_certificates_are_required_with_client_ca() {
     assert!(
         !matches!(&refused, Ok(reply) if !reply.is_empty()),
         "served a foreign certificate: {refused:?}"
+    );
+    // Each refusal is one line on stderr saying why.
+    let said = |why: &str| {
+        eventually(Duration::from_secs(5), || {
+            server
+                .log_text()
+                .lines()
+                .any(|l| l.contains("closed without a reply") && l.contains(why))
+        })
+    };
+    assert!(
+        said("No client certification received"),
+        "{}",
+        server.log_text()
+    );
+    assert!(
+        said("not correctly signed by the trusted CA"),
+        "{}",
+        server.log_text()
     );
     // The open port asks for nothing.
     assert_eq!(

@@ -30,8 +30,14 @@
 static wwep_entry table[CAPACITY_MAX];
 static volatile sig_atomic_t stop_requested;
 
-/* The name of each listener the server has, by its index. */
-static const char *port_names[WWEP_SERVER_LISTENERS];
+/* What the console hooks need: the name of each listener the server has,
+ * by its index, and the TLS server that can say why a handshake failed. */
+typedef struct console {
+    const char *names[WWEP_SERVER_LISTENERS];
+#if defined(WWEP_WITH_MBEDTLS)
+    const wwep_tls_server *tls;
+#endif
+} console;
 
 static void on_signal(int sig)
 {
@@ -74,13 +80,29 @@ static void put_escaped(const unsigned char *b, size_t len)
 
 static void console_line(void *ctx, const wwep_transaction *t)
 {
-    const char *const *names = ctx;
-    printf("#%lu %s %s \"", t->count, names[t->listener], t->peer);
+    const console *c = ctx;
+    printf("#%lu %s %s \"", t->count, c->names[t->listener], t->peer);
     put_escaped(t->received, t->received_len);
     fputs("\" -> \"", stdout);
     put_escaped((const unsigned char *)t->reply, t->reply_len);
     fputs("\"\n", stdout);
     fflush(stdout);
+}
+
+/* A connection that ended without a reply, on stderr: a reset, or a TLS
+ * handshake that failed (no client certificate, a client that does not trust
+ * ours, a client too slow to finish). */
+static void failure_line(void *ctx, size_t listener, const char *peer, int code)
+{
+    const console *c = ctx;
+    char why[160];
+    snprintf(why, sizeof why, "%s", wwep_strerror(code));
+#if defined(WWEP_WITH_MBEDTLS)
+    if (strcmp(c->names[listener], "tls") == 0 && c->tls->last_error != 0)
+        wwep_tls_server_describe(c->tls, why, sizeof why);
+#endif
+    fprintf(stderr, "wwep-board-server: %s %s: closed without a reply: %s\n", c->names[listener],
+            peer, why);
 }
 
 typedef struct options {
@@ -186,6 +208,7 @@ int main(int argc, char **argv)
     wwep_clock clock;
     wwep_server_config config;
     options o;
+    static console hooks;
     struct sigaction sa;
     int rc, status = 0, have_plain = 0, have_tls = 0;
 
@@ -207,7 +230,8 @@ int main(int argc, char **argv)
     config.timeout_ms = (uint32_t)o.timeout_ms;
     config.gap_ms = (uint32_t)o.gap_ms;
     config.on_transaction = console_line;
-    config.hook_ctx = (void *)port_names;
+    config.on_failure = failure_line;
+    config.hook_ctx = &hooks;
     wwep_server_init(&server, &store, &clock, &config);
 
     wwep_posix_listener_init(&plain_sock, &plain);
@@ -220,6 +244,7 @@ int main(int argc, char **argv)
         return 1;
     }
     wwep_tls_server_listener(&tls, &secure);
+    hooks.tls = &tls;
     if (o.tls) {
         if (!certificate_loads(o.cert, why, sizeof why)) {
             status = cannot("certificate", o.cert, why);
@@ -250,7 +275,7 @@ int main(int argc, char **argv)
             status = 1;
         } else {
             have_plain = 1;
-            port_names[server.listener_count] = "plain";
+            hooks.names[server.listener_count] = "plain";
             wwep_server_add_listener(&server, &plain);
             fprintf(stderr, "wwep-board-server: plain listener on %s%s%s:%u\n",
                     strchr(o.bind, ':') ? "[" : "", o.bind, strchr(o.bind, ':') ? "]" : "",
@@ -265,7 +290,7 @@ int main(int argc, char **argv)
             status = 1;
         } else {
             have_tls = 1;
-            port_names[server.listener_count] = "tls";
+            hooks.names[server.listener_count] = "tls";
             wwep_server_add_listener(&server, &secure);
             fprintf(stderr, "wwep-board-server: tls listener on %s%s%s:%u\n",
                     strchr(o.bind, ':') ? "[" : "", o.bind, strchr(o.bind, ':') ? "]" : "",
