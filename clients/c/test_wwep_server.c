@@ -471,6 +471,26 @@ static void test_full_store_through_the_server(void)
     CHECK(transactions == 6);
 }
 
+/* A flood of clients answered at once: one step takes a bounded number of
+ * them and returns, so the caller's loop keeps control. */
+static void test_a_step_takes_a_bounded_number(void)
+{
+    static conn conns[4 * WWEP_SERVER_SLOTS];
+    int i, n = (int)(sizeof conns / sizeof conns[0]);
+    memset(conns, 0, sizeof conns);
+    for (i = 0; i < n; i++) {
+        conns[i].arrives = 1000;
+        conns[i].chunks[0].at = 1000;
+        conns[i].chunks[0].bytes = "R0FAC0B";
+    }
+    start(conns, n, 8);
+    wwep_server_step(&server, 0);
+    CHECK(fake.next == WWEP_SERVER_SLOTS);
+    CHECK(strcmp(conns[0].written, "X") == 0 && conns[0].closed);
+    run_until(conns, n, 2000);
+    CHECK(fake.next == n && transactions == (unsigned long)n);
+}
+
 static void test_stop_judges_what_is_open(void)
 {
     conn conns[2];
@@ -505,6 +525,7 @@ int main(void)
     test_silent_client_gets_x_after_its_time();
     test_slots();
     test_full_store_through_the_server();
+    test_a_step_takes_a_bounded_number();
     test_stop_judges_what_is_open();
     if (failures) {
         fprintf(stderr, "test_wwep_server: %d failed\n", failures);
