@@ -876,6 +876,7 @@ fn bad_flags_exit_2_naming_the_flag() {
         (&["--no-tls", "--timeout-ms"], "--timeout-ms"),
         (&["--no-tls", "--plain-port", "65536"], "--plain-port"),
         (&["--no-tls", "--no-plain"], "--no-plain"),
+        (&["--no-tls", "--bind", "localhost"], "--bind"),
         (&["--key", "k.pem"], "--cert"),
     ] {
         let (code, stderr, text) = refused(dir, args);
@@ -922,6 +923,10 @@ fn a_port_in_use_exits_1() {
     let out = run_with_input(&mut cmd, b"");
     assert_eq!(out.status.code(), Some(1), "{}", describe(&cmd, &out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&port), "{}", describe(&cmd, &out));
+    assert!(
+        stderr.contains(&port) && stderr.contains("in use"),
+        "{}",
+        describe(&cmd, &out)
+    );
     drop(taken);
 }

@@ -15,6 +15,8 @@
 #define _POSIX_C_SOURCE 200112L
 #include "wwep_server.h"
 
+#include <arpa/inet.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -162,6 +164,11 @@ static int parse(int argc, char **argv, options *o)
         }
         i += takes;
     }
+    {
+        unsigned char addr[16];
+        if (inet_pton(AF_INET, o->bind, addr) != 1 && inet_pton(AF_INET6, o->bind, addr) != 1)
+            return bad_flag("--bind", "must be an IP address, such as 0.0.0.0 or ::");
+    }
     if (!o->plain && !o->tls) return bad_flag("--no-plain", "and --no-tls together leave nothing to serve");
     if (o->tls && (o->cert == NULL || o->key == NULL))
         return bad_flag(o->cert == NULL ? "--cert" : "--key",
@@ -270,8 +277,8 @@ int main(int argc, char **argv)
     if (status == 0 && o.plain) {
         uint16_t port;
         if (plain.listen(plain.ctx, o.bind, (uint16_t)o.plain_port, &port) != WWEP_OK) {
-            fprintf(stderr, "wwep-board-server: cannot listen on %s port %lu\n", o.bind,
-                    o.plain_port);
+            fprintf(stderr, "wwep-board-server: cannot listen on %s port %lu: %s\n", o.bind,
+                    o.plain_port, strerror(errno));
             status = 1;
         } else {
             have_plain = 1;
@@ -285,8 +292,8 @@ int main(int argc, char **argv)
     if (status == 0 && o.tls) {
         uint16_t port;
         if (secure.listen(secure.ctx, o.bind, (uint16_t)o.tls_port, &port) != WWEP_OK) {
-            fprintf(stderr, "wwep-board-server: cannot listen on %s port %lu\n", o.bind,
-                    o.tls_port);
+            fprintf(stderr, "wwep-board-server: cannot listen on %s port %lu: %s\n", o.bind,
+                    o.tls_port, strerror(errno));
             status = 1;
         } else {
             have_tls = 1;
