@@ -408,6 +408,44 @@ fn a_silent_client_gets_x_after_its_time_and_holds_only_its_own_slot() {
     );
 }
 
+/// `make -C clients/c SLOTS=1` into target/c-client-1slot: the course's
+/// one-connection-at-a-time server (exercise 4).
+fn one_slot_build() -> Option<std::path::PathBuf> {
+    // The main build first: it checks the tools and records a skip.
+    let main = build()?;
+    let target = main.with_file_name("c-client-1slot");
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/c");
+    let mut make = Command::new("make");
+    make.arg("-C")
+        .arg(&sources)
+        .arg(format!("BUILD={}", target.display()))
+        .arg("SLOTS=1")
+        .arg(target.join("wwep-board-server"));
+    let out = run_with_input(&mut make, b"");
+    assert!(out.status.success(), "{}", describe(&make, &out));
+    Some(target)
+}
+
+#[test]
+fn with_one_slot_it_serves_one_connection_at_a_time() {
+    let Some(dir) = one_slot_build() else { return };
+    let server = BoardServer::start(&dir, &["--no-tls", "--timeout-ms", "1000"]);
+    let addr = server.plain();
+    let began = Instant::now();
+    let mut silent = connect(addr);
+    // The second waits in the backlog until the first has had its time.
+    let mut next = connect(addr);
+    next.write_all(b"W0001010001").unwrap();
+    let got = read_exact_within(&mut next, 11, Duration::from_secs(5));
+    assert_eq!(got, b"A0001010001");
+    let waited = began.elapsed();
+    assert!(
+        waited >= Duration::from_millis(950),
+        "served after {waited:?} beside a silent client"
+    );
+    assert_eq!(read_to_close(&mut silent), b"X");
+}
+
 #[test]
 fn a_tls_client_silent_in_its_handshake_is_closed_at_its_time() {
     let Some(dir) = build() else { return };
