@@ -218,6 +218,17 @@ fn plain_chunks(addr: SocketAddr, chunks: &[&[u8]]) -> Vec<u8> {
     read_to_close(&mut stream)
 }
 
+/// Plain: `first`, a pause of `pause_ms` (the stimulus), `second`, then read
+/// to the close.
+fn plain_paused(addr: SocketAddr, first: &[u8], pause_ms: u64, second: &[u8]) -> Vec<u8> {
+    let mut stream = connect(addr);
+    stream.set_nodelay(true).unwrap();
+    stream.write_all(first).unwrap();
+    std::thread::sleep(Duration::from_millis(pause_ms));
+    stream.write_all(second).unwrap();
+    read_to_close(&mut stream)
+}
+
 #[test]
 fn the_spec_examples_on_both_ports_over_one_store() {
     let Some(dir) = build() else { return };
@@ -351,6 +362,24 @@ fn an_unfinished_message_is_judged_after_the_gap_or_at_end_of_file() {
             == transactions),
         "{:?}",
         server.console()
+    );
+}
+
+#[test]
+fn gap_ms_sets_how_long_a_pause_may_be() {
+    let Some(dir) = build() else { return };
+    let server = BoardServer::start(dir, &["--no-tls", "--gap-ms", "400"]);
+    let addr = server.plain();
+    // A 150 ms pause is now inside one message.
+    assert_eq!(plain_paused(addr, b"W0FAC0B", 150, b"1234"), b"A0FAC0B1234");
+    let mut stream = connect(addr);
+    let began = Instant::now();
+    stream.write_all(b"W01234").unwrap();
+    assert_eq!(read_to_close(&mut stream), b"X");
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_millis(390) && took < Duration::from_millis(3000),
+        "judged after {took:?}"
     );
 }
 
@@ -694,6 +723,41 @@ fn the_rust_client_on_both_ports() {
     assert_eq!((code, out.as_str()), (Some(0), "A04FB050000\n"), "{text}");
     let (code, out, text) = wwep(server.plain(), false, &["read", "04FB", "06"]);
     assert_eq!((code, out.as_str()), (Some(1), "X\n"), "{text}");
+}
+
+#[test]
+fn the_c_button_presses_against_the_c_board_server() {
+    let Some(dir) = build() else { return };
+    let pki = Pki::new(KeyKind::EcP256);
+    let ca = path(&pki, "ca.pem");
+    let (cert, key) = (path(&pki, "client.pem"), path(&pki, "client.key"));
+    let server = both_ports(dir, &pki, &["--client-ca", &ca]);
+    // One board, the button's MAC aa:bb:cc:dd:ee:ff (device 04FB): three
+    // presses on the open port, then three over TLS with its certificate,
+    // resuming the session after the first.
+    let press = |args: &[&str], port: u16| {
+        let mut cmd = Command::new(dir.join("wwep-button"));
+        cmd.args(args)
+            .args(["localhost", &port.to_string(), "aa:bb:cc:dd:ee:ff"]);
+        let out = run_with_input(&mut cmd, b"\n\n\n");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            describe(&cmd, &out),
+        )
+    };
+    let three = "A04FB050001\nA04FB050000\nA04FB050001\n";
+    let (code, out, text) = press(&[], server.plain().port());
+    assert_eq!((code, out.as_str()), (Some(0), three), "{text}");
+    let tls_args = [
+        "--tls", "--ca", &ca, "--cert", &cert, "--key", &key, "--resume",
+    ];
+    let (code, out, text) = press(&tls_args, server.tls().port());
+    assert_eq!((code, out.as_str()), (Some(0), three), "{text}");
+    assert_eq!(
+        transact(&mut connect(server.plain()), b"R04FB05\n"),
+        b"A04FB050001\n"
+    );
 }
 
 #[test]
