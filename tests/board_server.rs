@@ -287,7 +287,9 @@ fn a_device_client_gets_its_answer_without_a_terminator_or_a_close() {
 #[test]
 fn every_framing_rule_on_the_open_port() {
     let Some(dir) = build() else { return };
-    let server = BoardServer::start(dir, &["--no-tls"]);
+    // No case here waits for the gap; a long one keeps a loaded machine's
+    // stretched pauses between parts from ending a message early.
+    let server = BoardServer::start(dir, &["--no-tls", "--gap-ms", "2000"]);
     let addr = server.plain();
     assert_eq!(plain_chunks(addr, &[b"W0FAC0B1234"]), b"A0FAC0B1234");
     let cases: &[(&[&[u8]], &[u8])] = &[
@@ -502,7 +504,8 @@ fn a_tls_client_silent_in_its_handshake_is_closed_at_its_time() {
 fn tls_follows_the_same_framing_rules() {
     let Some(dir) = build() else { return };
     let pki = Pki::new(KeyKind::EcP256);
-    let server = both_ports(dir, &pki, &["--no-plain"]);
+    // A long gap, as above: the split below must not depend on timing.
+    let server = both_ports(dir, &pki, &["--no-plain", "--gap-ms", "2000"]);
     let tls = server.tls();
     assert_eq!(tls_transact(&pki, tls, b"W0FAC0B1234"), b"A0FAC0B1234");
     let split = tls_transact_chunks(&pki, None, tls, &[b"R0FA", b"C0B\r\n"]);
