@@ -523,6 +523,39 @@ static void test_a_step_takes_a_bounded_number(void)
     CHECK(fake.next == n && transactions == (unsigned long)n);
 }
 
+/* Two listeners (exercise 7): a step takes turns between them, so a flood on
+ * one port leaves the other served in the same step, and the transaction
+ * names the listener it came from. */
+static void test_two_listeners_take_turns(void)
+{
+    static conn busy[4 * WWEP_SERVER_SLOTS], quiet[1];
+    static fake_listener second;
+    static wwep_listener second_listener;
+    int i, n = (int)(sizeof busy / sizeof busy[0]);
+    memset(busy, 0, sizeof busy);
+    memset(quiet, 0, sizeof quiet);
+    for (i = 0; i < n; i++) {
+        busy[i].arrives = 1000;
+        busy[i].chunks[0].at = 1000;
+        busy[i].chunks[0].bytes = "W0001010001";
+    }
+    quiet[0].arrives = 1000;
+    quiet[0].chunks[0].at = 1000;
+    quiet[0].chunks[0].bytes = "R000101";
+    start(busy, n, 8);
+    second.conns = quiet;
+    second.count = 1;
+    second.next = 0;
+    second_listener = listener;
+    second_listener.ctx = &second;
+    CHECK(wwep_server_add_listener(&server, &second_listener) == WWEP_OK);
+    /* A third is one more than WWEP_SERVER_LISTENERS. */
+    CHECK(wwep_server_add_listener(&server, &second_listener) == WWEP_ERR_ARG);
+    wwep_server_step(&server, 0);
+    CHECK(quiet[0].closed && strcmp(quiet[0].written, "A0001010001") == 0);
+    CHECK(fake.next < n);
+}
+
 static void test_stop_judges_what_is_open(void)
 {
     conn conns[2];
@@ -559,6 +592,7 @@ int main(void)
     test_slots();
     test_full_store_through_the_server();
     test_a_step_takes_a_bounded_number();
+    test_two_listeners_take_turns();
     test_stop_judges_what_is_open();
     if (failures) {
         fprintf(stderr, "test_wwep_server: %d failed\n", failures);
