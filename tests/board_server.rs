@@ -764,6 +764,27 @@ fn the_c_button_presses_against_the_c_board_server() {
 }
 
 #[test]
+fn the_library_halves_over_tls_with_everything_from_buffers() {
+    let Some(dir) = build() else { return };
+    // clients/c/test_wwep_tls_server.c: the server given its certificate, key
+    // and client CA with the _buffer calls; a forked board with and without
+    // its certificate, through wwep_transact over the client's TLS.
+    let pki = Pki::new(KeyKind::EcP256);
+    let mut cmd = Command::new(dir.join("test_wwep_tls_server"));
+    for name in [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "client.pem",
+        "client.key",
+    ] {
+        cmd.arg(pki.path(name));
+    }
+    let out = run_with_input(&mut cmd, b"");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&cmd, &out));
+}
+
+#[test]
 fn client_certificates_are_required_with_client_ca() {
     let Some(dir) = build() else { return };
     let pki = Pki::new(KeyKind::EcP256);
