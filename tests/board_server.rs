@@ -1016,6 +1016,32 @@ fn bad_flags_exit_2_naming_the_flag() {
 }
 
 #[test]
+fn help_names_every_flag() {
+    let Some(dir) = build() else { return };
+    let mut cmd = Command::new(dir.join("wwep-board-server"));
+    cmd.arg("--help");
+    let out = run_with_input(&mut cmd, b"");
+    let text = describe(&cmd, &out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let usage = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--bind",
+        "--plain-port",
+        "--tls-port",
+        "--cert",
+        "--key",
+        "--client-ca",
+        "--no-tls",
+        "--no-plain",
+        "--capacity",
+        "--timeout-ms",
+        "--gap-ms",
+    ] {
+        assert!(usage.contains(flag), "{flag}: {text}");
+    }
+}
+
+#[test]
 fn unusable_files_exit_1_naming_the_file() {
     let Some(dir) = build() else { return };
     let pki = Pki::new(KeyKind::EcP256);

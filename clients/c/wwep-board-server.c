@@ -10,7 +10,8 @@
  * on 127.0.0.1:27708"); each transaction is one line on stdout, in the
  * reference console's shape: #count port peer "message" -> "reply".
  * SIGTERM or SIGINT stops it (exit 0). Exit 2 for flags that do not make
- * sense, 1 when a file cannot be used or a port cannot be bound.
+ * sense, 1 when a file cannot be used or a port cannot be bound. --help
+ * prints the usage.
  */
 #define _POSIX_C_SOURCE 200112L
 #include "wwep_server.h"
@@ -113,6 +114,15 @@ typedef struct options {
     int plain, tls;
 } options;
 
+static const char USAGE[] =
+    "usage: wwep-board-server [--bind ADDR] [--plain-port P] [--tls-port T]\n"
+    "           [--cert FILE --key FILE [--client-ca FILE]] [--no-tls | --no-plain]\n"
+    "           [--capacity N] [--timeout-ms MS] [--gap-ms MS]\n"
+    "Serves WWEP from a fixed register store on the open port (default 27708) and\n"
+    "the TLS port (default 40508); port 0 picks a free one. One line per\n"
+    "transaction on stdout. Exit 0 after SIGTERM or SIGINT, 1 when a file or port\n"
+    "cannot be used, 2 for flags that do not make sense.\n";
+
 static int takes_value(const char *flag)
 {
     static const char *const flags[] = {"--bind", "--cert", "--key", "--client-ca",
@@ -138,7 +148,10 @@ static int parse(int argc, char **argv, options *o)
     for (i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int takes = 1;
-        if (strcmp(a, "--no-plain") == 0) o->plain = 0, takes = 0;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            fputs(USAGE, stdout);
+            return -1;
+        } else if (strcmp(a, "--no-plain") == 0) o->plain = 0, takes = 0;
         else if (strcmp(a, "--no-tls") == 0) o->tls = 0, takes = 0;
         else if (!takes_value(a))
             return bad_flag(a, "is not an option of wwep-board-server");
@@ -220,7 +233,7 @@ int main(int argc, char **argv)
     int rc, status = 0, have_plain = 0, have_tls = 0;
 
     rc = parse(argc, argv, &o);
-    if (rc != 0) return rc;
+    if (rc != 0) return rc < 0 ? 0 : rc;  /* -1: --help was answered */
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     memset(&sa, 0, sizeof sa);
