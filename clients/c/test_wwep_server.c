@@ -188,6 +188,7 @@ typedef struct conn {
     chunk chunks[4];
     int next;
     uint32_t arrives;   /* when the connection is there to accept */
+    int read_error;     /* if not 0, what every read returns (a reset) */
     int accepted, closed;
     uint32_t closed_at;
     char written[32];
@@ -210,6 +211,7 @@ static int c_read(void *ctx, unsigned char *buf, size_t len, uint32_t timeout_ms
     conn *c = ctx;
     chunk *k = c->next < 4 ? &c->chunks[c->next] : NULL;
     size_t n;
+    if (c->read_error != 0) return c->read_error;
     if (k == NULL || (k->bytes == NULL && k->at == 0)) {
         /* Nothing more will come: a client that keeps quiet. */
         sleep_until(clock_ms + timeout_ms);
@@ -275,6 +277,18 @@ static int l_accept(void *ctx, wwep_transport *t, char *peer, size_t peer_len,
     return WWEP_OK;
 }
 
+static int failures_seen, failure_code;
+static size_t failure_listener;
+
+static void failed(void *ctx, size_t listener, const char *peer, int code)
+{
+    (void)ctx;
+    (void)peer;
+    failures_seen++;
+    failure_listener = listener;
+    failure_code = code;
+}
+
 static wwep_entry table[8];
 static wwep_store store;
 static wwep_server server;
@@ -300,6 +314,9 @@ static void start(conn *conns, int n, size_t capacity)
     wwep_store_init(&store, table, capacity);
     wwep_server_config_defaults(&config);
     config.on_transaction = count;
+    config.on_failure = failed;
+    failures_seen = 0;
+    failure_code = 0;
     wwep_server_init(&server, &store, &clock, &config);
     fake.conns = conns;
     fake.count = n;
@@ -405,6 +422,21 @@ static void test_end_of_file(void)
     CHECK(transactions == 0);
 }
 
+/* A connection whose read fails (a reset, a failed handshake) is closed
+ * without a reply, and the failure hook says so; no transaction is counted. */
+static void test_a_failed_read_is_reported(void)
+{
+    conn c;
+    memset(&c, 0, sizeof c);
+    c.arrives = 1000;
+    c.read_error = WWEP_ERR_TLS;
+    start(&c, 1, 8);
+    run_until(&c, 1, 20000);
+    CHECK(c.closed && c.written_len == 0 && c.closed_at == 1000);
+    CHECK(failures_seen == 1 && failure_code == WWEP_ERR_TLS && failure_listener == 0);
+    CHECK(transactions == 0);
+}
+
 static void test_silent_client_gets_x_after_its_time(void)
 {
     chunk none[] = {{0, NULL}};
@@ -468,7 +500,60 @@ static void test_full_store_through_the_server(void)
     start(conns, 6, 3);
     run_until(conns, 6, 20000);
     for (i = 0; i < 6; i++) CHECK(strcmp(conns[i].written, want[i]) == 0);
-    CHECK(transactions == 6);
+    CHECK(transactions == 6 && failures_seen == 0);
+}
+
+/* A flood of clients answered at once: one step takes a bounded number of
+ * them and returns, so the caller's loop keeps control. */
+static void test_a_step_takes_a_bounded_number(void)
+{
+    static conn conns[4 * WWEP_SERVER_SLOTS];
+    int i, n = (int)(sizeof conns / sizeof conns[0]);
+    memset(conns, 0, sizeof conns);
+    for (i = 0; i < n; i++) {
+        conns[i].arrives = 1000;
+        conns[i].chunks[0].at = 1000;
+        conns[i].chunks[0].bytes = "R0FAC0B";
+    }
+    start(conns, n, 8);
+    wwep_server_step(&server, 0);
+    CHECK(fake.next == WWEP_SERVER_SLOTS);
+    CHECK(strcmp(conns[0].written, "X") == 0 && conns[0].closed);
+    run_until(conns, n, 2000);
+    CHECK(fake.next == n && transactions == (unsigned long)n);
+}
+
+/* Two listeners (exercise 7): a step takes turns between them, so a flood on
+ * one port leaves the other served in the same step, and the transaction
+ * names the listener it came from. */
+static void test_two_listeners_take_turns(void)
+{
+    static conn busy[4 * WWEP_SERVER_SLOTS], quiet[1];
+    static fake_listener second;
+    static wwep_listener second_listener;
+    int i, n = (int)(sizeof busy / sizeof busy[0]);
+    memset(busy, 0, sizeof busy);
+    memset(quiet, 0, sizeof quiet);
+    for (i = 0; i < n; i++) {
+        busy[i].arrives = 1000;
+        busy[i].chunks[0].at = 1000;
+        busy[i].chunks[0].bytes = "W0001010001";
+    }
+    quiet[0].arrives = 1000;
+    quiet[0].chunks[0].at = 1000;
+    quiet[0].chunks[0].bytes = "R000101";
+    start(busy, n, 8);
+    second.conns = quiet;
+    second.count = 1;
+    second.next = 0;
+    second_listener = listener;
+    second_listener.ctx = &second;
+    CHECK(wwep_server_add_listener(&server, &second_listener) == WWEP_OK);
+    /* A third is one more than WWEP_SERVER_LISTENERS. */
+    CHECK(wwep_server_add_listener(&server, &second_listener) == WWEP_ERR_ARG);
+    wwep_server_step(&server, 0);
+    CHECK(quiet[0].closed && strcmp(quiet[0].written, "A0001010001") == 0);
+    CHECK(fake.next < n);
 }
 
 static void test_stop_judges_what_is_open(void)
@@ -503,8 +588,11 @@ int main(void)
     test_terminators_and_trailing_bytes();
     test_end_of_file();
     test_silent_client_gets_x_after_its_time();
+    test_a_failed_read_is_reported();
     test_slots();
     test_full_store_through_the_server();
+    test_a_step_takes_a_bounded_number();
+    test_two_listeners_take_turns();
     test_stop_judges_what_is_open();
     if (failures) {
         fprintf(stderr, "test_wwep_server: %d failed\n", failures);

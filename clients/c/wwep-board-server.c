@@ -10,11 +10,14 @@
  * on 127.0.0.1:27708"); each transaction is one line on stdout, in the
  * reference console's shape: #count port peer "message" -> "reply".
  * SIGTERM or SIGINT stops it (exit 0). Exit 2 for flags that do not make
- * sense, 1 when a file cannot be used or a port cannot be bound.
+ * sense, 1 when a file cannot be used or a port cannot be bound. --help
+ * prints the usage.
  */
 #define _POSIX_C_SOURCE 200112L
 #include "wwep_server.h"
 
+#include <arpa/inet.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,8 +33,14 @@
 static wwep_entry table[CAPACITY_MAX];
 static volatile sig_atomic_t stop_requested;
 
-/* The name of each listener the server has, by its index. */
-static const char *port_names[WWEP_SERVER_LISTENERS];
+/* What the console hooks need: the name of each listener the server has,
+ * by its index, and the TLS server that can say why a handshake failed. */
+typedef struct console {
+    const char *names[WWEP_SERVER_LISTENERS];
+#if defined(WWEP_WITH_MBEDTLS)
+    const wwep_tls_server *tls;
+#endif
+} console;
 
 static void on_signal(int sig)
 {
@@ -74,8 +83,8 @@ static void put_escaped(const unsigned char *b, size_t len)
 
 static void console_line(void *ctx, const wwep_transaction *t)
 {
-    const char *const *names = ctx;
-    printf("#%lu %s %s \"", t->count, names[t->listener], t->peer);
+    const console *c = ctx;
+    printf("#%lu %s %s \"", t->count, c->names[t->listener], t->peer);
     put_escaped(t->received, t->received_len);
     fputs("\" -> \"", stdout);
     put_escaped((const unsigned char *)t->reply, t->reply_len);
@@ -83,11 +92,36 @@ static void console_line(void *ctx, const wwep_transaction *t)
     fflush(stdout);
 }
 
+/* A connection that ended without a reply, on stderr: a reset, or a TLS
+ * handshake that failed (no client certificate, a client that does not trust
+ * ours, a client too slow to finish). */
+static void failure_line(void *ctx, size_t listener, const char *peer, int code)
+{
+    const console *c = ctx;
+    char why[160];
+    snprintf(why, sizeof why, "%s", wwep_strerror(code));
+#if defined(WWEP_WITH_MBEDTLS)
+    if (strcmp(c->names[listener], "tls") == 0 && c->tls->last_error != 0)
+        wwep_tls_server_describe(c->tls, why, sizeof why);
+#endif
+    fprintf(stderr, "wwep-board-server: %s %s: closed without a reply: %s\n", c->names[listener],
+            peer, why);
+}
+
 typedef struct options {
     const char *bind, *cert, *key, *client_ca;
     unsigned long plain_port, tls_port, capacity, timeout_ms, gap_ms;
     int plain, tls;
 } options;
+
+static const char USAGE[] =
+    "usage: wwep-board-server [--bind ADDR] [--plain-port P] [--tls-port T]\n"
+    "           [--cert FILE --key FILE [--client-ca FILE]] [--no-tls | --no-plain]\n"
+    "           [--capacity N] [--timeout-ms MS] [--gap-ms MS]\n"
+    "Serves WWEP from a fixed register store on the open port (default 27708) and\n"
+    "the TLS port (default 40508); port 0 picks a free one. One line per\n"
+    "transaction on stdout. Exit 0 after SIGTERM or SIGINT, 1 when a file or port\n"
+    "cannot be used, 2 for flags that do not make sense.\n";
 
 static int takes_value(const char *flag)
 {
@@ -114,7 +148,10 @@ static int parse(int argc, char **argv, options *o)
     for (i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int takes = 1;
-        if (strcmp(a, "--no-plain") == 0) o->plain = 0, takes = 0;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            fputs(USAGE, stdout);
+            return -1;
+        } else if (strcmp(a, "--no-plain") == 0) o->plain = 0, takes = 0;
         else if (strcmp(a, "--no-tls") == 0) o->tls = 0, takes = 0;
         else if (!takes_value(a))
             return bad_flag(a, "is not an option of wwep-board-server");
@@ -139,6 +176,11 @@ static int parse(int argc, char **argv, options *o)
                 return bad_flag(a, "must be milliseconds, 1-3600000");
         }
         i += takes;
+    }
+    {
+        unsigned char addr[16];
+        if (inet_pton(AF_INET, o->bind, addr) != 1 && inet_pton(AF_INET6, o->bind, addr) != 1)
+            return bad_flag("--bind", "must be an IP address, such as 0.0.0.0 or ::");
     }
     if (!o->plain && !o->tls) return bad_flag("--no-plain", "and --no-tls together leave nothing to serve");
     if (o->tls && (o->cert == NULL || o->key == NULL))
@@ -186,11 +228,12 @@ int main(int argc, char **argv)
     wwep_clock clock;
     wwep_server_config config;
     options o;
+    static console hooks;
     struct sigaction sa;
     int rc, status = 0, have_plain = 0, have_tls = 0;
 
     rc = parse(argc, argv, &o);
-    if (rc != 0) return rc;
+    if (rc != 0) return rc < 0 ? 0 : rc;  /* -1: --help was answered */
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     memset(&sa, 0, sizeof sa);
@@ -207,7 +250,8 @@ int main(int argc, char **argv)
     config.timeout_ms = (uint32_t)o.timeout_ms;
     config.gap_ms = (uint32_t)o.gap_ms;
     config.on_transaction = console_line;
-    config.hook_ctx = (void *)port_names;
+    config.on_failure = failure_line;
+    config.hook_ctx = &hooks;
     wwep_server_init(&server, &store, &clock, &config);
 
     wwep_posix_listener_init(&plain_sock, &plain);
@@ -220,6 +264,7 @@ int main(int argc, char **argv)
         return 1;
     }
     wwep_tls_server_listener(&tls, &secure);
+    hooks.tls = &tls;
     if (o.tls) {
         if (!certificate_loads(o.cert, why, sizeof why)) {
             status = cannot("certificate", o.cert, why);
@@ -245,12 +290,12 @@ int main(int argc, char **argv)
     if (status == 0 && o.plain) {
         uint16_t port;
         if (plain.listen(plain.ctx, o.bind, (uint16_t)o.plain_port, &port) != WWEP_OK) {
-            fprintf(stderr, "wwep-board-server: cannot listen on %s port %lu\n", o.bind,
-                    o.plain_port);
+            fprintf(stderr, "wwep-board-server: cannot listen on %s port %lu: %s\n", o.bind,
+                    o.plain_port, strerror(errno));
             status = 1;
         } else {
             have_plain = 1;
-            port_names[server.listener_count] = "plain";
+            hooks.names[server.listener_count] = "plain";
             wwep_server_add_listener(&server, &plain);
             fprintf(stderr, "wwep-board-server: plain listener on %s%s%s:%u\n",
                     strchr(o.bind, ':') ? "[" : "", o.bind, strchr(o.bind, ':') ? "]" : "",
@@ -260,12 +305,12 @@ int main(int argc, char **argv)
     if (status == 0 && o.tls) {
         uint16_t port;
         if (secure.listen(secure.ctx, o.bind, (uint16_t)o.tls_port, &port) != WWEP_OK) {
-            fprintf(stderr, "wwep-board-server: cannot listen on %s port %lu\n", o.bind,
-                    o.tls_port);
+            fprintf(stderr, "wwep-board-server: cannot listen on %s port %lu: %s\n", o.bind,
+                    o.tls_port, strerror(errno));
             status = 1;
         } else {
             have_tls = 1;
-            port_names[server.listener_count] = "tls";
+            hooks.names[server.listener_count] = "tls";
             wwep_server_add_listener(&server, &secure);
             fprintf(stderr, "wwep-board-server: tls listener on %s%s%s:%u\n",
                     strchr(o.bind, ':') ? "[" : "", o.bind, strchr(o.bind, ':') ? "]" : "",

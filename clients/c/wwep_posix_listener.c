@@ -107,8 +107,11 @@ static int lst_listen(void *ctx, const char *addr, uint16_t port, uint16_t *boun
     (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, BACKLOG) != 0 ||
         set_nonblocking(fd) != 0 || getsockname(fd, (struct sockaddr *)&got, &got_len) != 0) {
+        /* errno says why (in use, not this machine's address) to the caller. */
+        int why = errno;
         freeaddrinfo(res);
         close(fd);
+        errno = why;
         return WWEP_ERR_IO;
     }
     freeaddrinfo(res);

@@ -97,7 +97,12 @@ static void reply(wwep_server *s, wwep_slot *slot, const wwep_frame *frame)
     size_t sent = 0;
     while (sent < len) {
         int rc = slot->conn.write(slot->conn.ctx, (const unsigned char *)out + sent, len - sent);
-        if (rc <= 0) break;
+        if (rc <= 0) {
+            if (s->config.on_failure != NULL)
+                s->config.on_failure(s->config.hook_ctx, slot->listener, slot->peer,
+                                     rc < 0 ? rc : WWEP_ERR_IO);
+            break;
+        }
         sent += (size_t)rc;
     }
     if (sent == len && s->config.on_transaction != NULL) {
@@ -142,6 +147,8 @@ static int advance(wwep_server *s, wwep_slot *slot, uint32_t timeout_ms)
         if (rc == WWEP_ERR_TIMEOUT) break;
         if (rc < 0) {
             /* A reset, or a TLS handshake that failed: nobody to answer. */
+            if (s->config.on_failure != NULL)
+                s->config.on_failure(s->config.hook_ctx, slot->listener, slot->peer, rc);
             finish(slot);
             return 1;
         }
@@ -208,24 +215,30 @@ static wwep_slot *accept_one(wwep_server *s, size_t i, uint32_t timeout_ms)
     return slot;
 }
 
-/* Accepts what every listener has waiting, taking turns between them so a
- * busy port cannot keep the other out. Returns 1 if any came. */
+/* Accepts what the listeners have waiting, taking turns between them so a
+ * busy port cannot keep the other out, until each has come up empty in a row
+ * or WWEP_SERVER_SLOTS connections a listener have been taken: a flood of
+ * clients answered at once never keeps a step from returning. Returns 1 if
+ * any came. */
 static int accept_waiting(wwep_server *s)
 {
-    size_t tries, moved = 0;
-    for (tries = 0; tries < s->listener_count; tries++) {
+    size_t accepted = 0, empty = 0;
+    while (empty < s->listener_count && accepted < WWEP_SERVER_SLOTS * s->listener_count &&
+           free_slot(s) != NULL) {
         size_t i = s->next_listener;
         wwep_slot *slot;
-        s->next_listener = (s->next_listener + 1) % s->listener_count;
+        s->next_listener = (i + 1) % s->listener_count;
         slot = accept_one(s, i, 0);
-        if (slot == NULL) continue;
-        moved = 1;
+        if (slot == NULL) {
+            empty++;
+            continue;
+        }
+        empty = 0;
+        accepted++;
         /* A board writes its message right after connecting: read it now. */
         (void)advance(s, slot, 0);
-        tries = (size_t)-1; /* another round: every listener again */
-        if (free_slot(s) == NULL) break;
     }
-    return moved != 0;
+    return accepted > 0;
 }
 
 int wwep_server_step(wwep_server *server, uint32_t wait_ms)

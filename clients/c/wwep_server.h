@@ -162,6 +162,10 @@ typedef struct wwep_server_config {
     uint32_t tick_ms;
     /* Called after each reply is written (optional). */
     void (*on_transaction)(void *ctx, const wwep_transaction *t);
+    /* Called when a connection ends without a reply because reading or
+     * writing failed (a reset; for TLS, a failed handshake): the listener's
+     * index, the peer and the result code (optional). */
+    void (*on_failure)(void *ctx, size_t listener, const char *peer, int code);
     void *hook_ctx;
 } wwep_server_config;
 

@@ -196,8 +196,13 @@ static int conn_write(void *ctx, const unsigned char *buf, size_t len)
 {
     wwep_tls_conn *c = ctx;
     int rc;
-    /* Nothing can be sent before the handshake (a silent client's `X`). */
-    if (!c->handshaken) return WWEP_ERR_TLS;
+    /* Nothing can be sent before the handshake: the server writes then only
+     * to answer a client whose time ran out mid-handshake, so say that. */
+    if (!c->handshaken) {
+        c->server->last_error = MBEDTLS_ERR_SSL_TIMEOUT;
+        c->server->verify_flags = 0;
+        return WWEP_ERR_TLS;
+    }
     c->timeout_ms = 0;
     do rc = mbedtls_ssl_write(&c->ssl, buf, len);
     while (rc == MBEDTLS_ERR_SSL_WANT_WRITE);
@@ -237,6 +242,9 @@ static int lst_accept(void *ctx, wwep_transport *conn, char *peer, size_t peer_l
     if (c == NULL) return WWEP_ERR_TIMEOUT;
     rc = tls->under->accept(tls->under->ctx, &c->raw, peer, peer_len, timeout_ms);
     if (rc != WWEP_OK) return rc;
+    /* The last error describes this connection's failure, not an older one. */
+    tls->last_error = 0;
+    tls->verify_flags = 0;
     c->busy = 1;
     c->handshaken = 0;
     c->timeout_ms = 0;

@@ -216,6 +216,17 @@ fn plain_chunks(addr: SocketAddr, chunks: &[&[u8]]) -> Vec<u8> {
     read_to_close(&mut stream)
 }
 
+/// Plain: `first`, a pause of `pause_ms` (the stimulus), `second`, then read
+/// to the close.
+fn plain_paused(addr: SocketAddr, first: &[u8], pause_ms: u64, second: &[u8]) -> Vec<u8> {
+    let mut stream = connect(addr);
+    stream.set_nodelay(true).unwrap();
+    stream.write_all(first).unwrap();
+    std::thread::sleep(Duration::from_millis(pause_ms));
+    stream.write_all(second).unwrap();
+    read_to_close(&mut stream)
+}
+
 #[test]
 fn the_spec_examples_on_both_ports_over_one_store() {
     let Some(dir) = build() else { return };
@@ -274,7 +285,9 @@ fn a_device_client_gets_its_answer_without_a_terminator_or_a_close() {
 #[test]
 fn every_framing_rule_on_the_open_port() {
     let Some(dir) = build() else { return };
-    let server = BoardServer::start(dir, &["--no-tls"]);
+    // No case here waits for the gap; a long one keeps a loaded machine's
+    // stretched pauses between parts from ending a message early.
+    let server = BoardServer::start(dir, &["--no-tls", "--gap-ms", "2000"]);
     let addr = server.plain();
     assert_eq!(plain_chunks(addr, &[b"W0FAC0B1234"]), b"A0FAC0B1234");
     let cases: &[(&[&[u8]], &[u8])] = &[
@@ -353,6 +366,24 @@ fn an_unfinished_message_is_judged_after_the_gap_or_at_end_of_file() {
 }
 
 #[test]
+fn gap_ms_sets_how_long_a_pause_may_be() {
+    let Some(dir) = build() else { return };
+    let server = BoardServer::start(dir, &["--no-tls", "--gap-ms", "400"]);
+    let addr = server.plain();
+    // A 150 ms pause is now inside one message.
+    assert_eq!(plain_paused(addr, b"W0FAC0B", 150, b"1234"), b"A0FAC0B1234");
+    let mut stream = connect(addr);
+    let began = Instant::now();
+    stream.write_all(b"W01234").unwrap();
+    assert_eq!(read_to_close(&mut stream), b"X");
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_millis(390) && took < Duration::from_millis(3000),
+        "judged after {took:?}"
+    );
+}
+
+#[test]
 fn bad_input_gets_x_and_hex_may_be_lowercase() {
     let Some(dir) = build() else { return };
     let server = BoardServer::start(dir, &["--no-tls"]);
@@ -406,11 +437,73 @@ fn a_silent_client_gets_x_after_its_time_and_holds_only_its_own_slot() {
     );
 }
 
+/// `make -C clients/c SLOTS=1` into target/c-client-1slot: the course's
+/// one-connection-at-a-time server (exercise 4).
+fn one_slot_build() -> Option<std::path::PathBuf> {
+    // The main build first: it checks the tools and records a skip.
+    let main = build()?;
+    let target = main.with_file_name("c-client-1slot");
+    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/c");
+    let mut make = Command::new("make");
+    make.arg("-C")
+        .arg(&sources)
+        .arg(format!("BUILD={}", target.display()))
+        .arg("SLOTS=1")
+        .arg(target.join("wwep-board-server"));
+    let out = run_with_input(&mut make, b"");
+    assert!(out.status.success(), "{}", describe(&make, &out));
+    Some(target)
+}
+
+#[test]
+fn with_one_slot_it_serves_one_connection_at_a_time() {
+    let Some(dir) = one_slot_build() else { return };
+    let server = BoardServer::start(&dir, &["--no-tls", "--timeout-ms", "1000"]);
+    let addr = server.plain();
+    let began = Instant::now();
+    let mut silent = connect(addr);
+    // The second waits in the backlog until the first has had its time.
+    let mut next = connect(addr);
+    next.write_all(b"W0001010001").unwrap();
+    let got = read_exact_within(&mut next, 11, Duration::from_secs(5));
+    assert_eq!(got, b"A0001010001");
+    let waited = began.elapsed();
+    assert!(
+        waited >= Duration::from_millis(950),
+        "served after {waited:?} beside a silent client"
+    );
+    assert_eq!(read_to_close(&mut silent), b"X");
+}
+
+#[test]
+fn a_tls_client_silent_in_its_handshake_is_closed_at_its_time() {
+    let Some(dir) = build() else { return };
+    let pki = Pki::new(KeyKind::EcP256);
+    let server = both_ports(dir, &pki, &["--no-plain", "--timeout-ms", "1000"]);
+    let began = Instant::now();
+    // Connected, no ClientHello: no reply can be encrypted, so it is closed.
+    let mut silent = connect(server.tls());
+    assert_eq!(read_to_close(&mut silent), b"");
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || server
+            .log_text()
+            .contains("closed without a reply: SSL - The operation timed out")),
+        "{}",
+        server.log_text()
+    );
+}
+
 #[test]
 fn tls_follows_the_same_framing_rules() {
     let Some(dir) = build() else { return };
     let pki = Pki::new(KeyKind::EcP256);
-    let server = both_ports(dir, &pki, &["--no-plain"]);
+    // A long gap, as above: the split below must not depend on timing.
+    let server = both_ports(dir, &pki, &["--no-plain", "--gap-ms", "2000"]);
     let tls = server.tls();
     assert_eq!(tls_transact(&pki, tls, b"W0FAC0B1234"), b"A0FAC0B1234");
     let split = tls_transact_chunks(&pki, None, tls, &[b"R0FA", b"C0B\r\n"]);
@@ -634,6 +727,62 @@ fn the_rust_client_on_both_ports() {
 }
 
 #[test]
+fn the_c_button_presses_against_the_c_board_server() {
+    let Some(dir) = build() else { return };
+    let pki = Pki::new(KeyKind::EcP256);
+    let ca = path(&pki, "ca.pem");
+    let (cert, key) = (path(&pki, "client.pem"), path(&pki, "client.key"));
+    let server = both_ports(dir, &pki, &["--client-ca", &ca]);
+    // One board, the button's MAC aa:bb:cc:dd:ee:ff (device 04FB): three
+    // presses on the open port, then three over TLS with its certificate,
+    // resuming the session after the first.
+    let press = |args: &[&str], port: u16| {
+        let mut cmd = Command::new(dir.join("wwep-button"));
+        cmd.args(args)
+            .args(["localhost", &port.to_string(), "aa:bb:cc:dd:ee:ff"]);
+        let out = run_with_input(&mut cmd, b"\n\n\n");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            describe(&cmd, &out),
+        )
+    };
+    let three = "A04FB050001\nA04FB050000\nA04FB050001\n";
+    let (code, out, text) = press(&[], server.plain().port());
+    assert_eq!((code, out.as_str()), (Some(0), three), "{text}");
+    let tls_args = [
+        "--tls", "--ca", &ca, "--cert", &cert, "--key", &key, "--resume",
+    ];
+    let (code, out, text) = press(&tls_args, server.tls().port());
+    assert_eq!((code, out.as_str()), (Some(0), three), "{text}");
+    assert_eq!(
+        transact(&mut connect(server.plain()), b"R04FB05\n"),
+        b"A04FB050001\n"
+    );
+}
+
+#[test]
+fn the_library_halves_over_tls_with_everything_from_buffers() {
+    let Some(dir) = build() else { return };
+    // clients/c/test_wwep_tls_server.c: the server given its certificate, key
+    // and client CA with the _buffer calls; a forked board with and without
+    // its certificate, through wwep_transact over the client's TLS.
+    let pki = Pki::new(KeyKind::EcP256);
+    let mut cmd = Command::new(dir.join("test_wwep_tls_server"));
+    for name in [
+        "ca.pem",
+        "server.pem",
+        "server.key",
+        "client.pem",
+        "client.key",
+    ] {
+        cmd.arg(pki.path(name));
+    }
+    let out = run_with_input(&mut cmd, b"");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&cmd, &out));
+}
+
+#[test]
 fn client_certificates_are_required_with_client_ca() {
     let Some(dir) = build() else { return };
     let pki = Pki::new(KeyKind::EcP256);
@@ -670,6 +819,25 @@ fn client_certificates_are_required_with_client_ca() {
     assert!(
         !matches!(&refused, Ok(reply) if !reply.is_empty()),
         "served a foreign certificate: {refused:?}"
+    );
+    // Each refusal is one line on stderr saying why.
+    let said = |why: &str| {
+        eventually(Duration::from_secs(5), || {
+            server
+                .log_text()
+                .lines()
+                .any(|l| l.contains("closed without a reply") && l.contains(why))
+        })
+    };
+    assert!(
+        said("No client certification received"),
+        "{}",
+        server.log_text()
+    );
+    assert!(
+        said("not correctly signed by the trusted CA"),
+        "{}",
+        server.log_text()
     );
     // The open port asks for nothing.
     assert_eq!(
@@ -832,6 +1000,7 @@ fn bad_flags_exit_2_naming_the_flag() {
         (&["--no-tls", "--timeout-ms"], "--timeout-ms"),
         (&["--no-tls", "--plain-port", "65536"], "--plain-port"),
         (&["--no-tls", "--no-plain"], "--no-plain"),
+        (&["--no-tls", "--bind", "localhost"], "--bind"),
         (&["--key", "k.pem"], "--cert"),
     ] {
         let (code, stderr, text) = refused(dir, args);
@@ -841,6 +1010,32 @@ fn bad_flags_exit_2_naming_the_flag() {
             stderr.starts_with("wwep-board-server: ") && stderr.contains(flag),
             "{text}"
         );
+    }
+}
+
+#[test]
+fn help_names_every_flag() {
+    let Some(dir) = build() else { return };
+    let mut cmd = Command::new(dir.join("wwep-board-server"));
+    cmd.arg("--help");
+    let out = run_with_input(&mut cmd, b"");
+    let text = describe(&cmd, &out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let usage = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--bind",
+        "--plain-port",
+        "--tls-port",
+        "--cert",
+        "--key",
+        "--client-ca",
+        "--no-tls",
+        "--no-plain",
+        "--capacity",
+        "--timeout-ms",
+        "--gap-ms",
+    ] {
+        assert!(usage.contains(flag), "{flag}: {text}");
     }
 }
 
@@ -878,6 +1073,10 @@ fn a_port_in_use_exits_1() {
     let out = run_with_input(&mut cmd, b"");
     assert_eq!(out.status.code(), Some(1), "{}", describe(&cmd, &out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&port), "{}", describe(&cmd, &out));
+    assert!(
+        stderr.contains(&port) && stderr.contains("in use"),
+        "{}",
+        describe(&cmd, &out)
+    );
     drop(taken);
 }
