@@ -70,10 +70,13 @@ static void test_framing_rules(void)
     CHECK(COMPLETE("W01234\r\n", 6, WWEP_TERM_CRLF));
     CHECK(COMPLETE("\n", 0, WWEP_TERM_LF));
     CHECK(COMPLETE("\r\n", 0, WWEP_TERM_CRLF));
-    /* Illegal command letters wait for a newline (or a full buffer). */
-    CHECK(PARTIAL("hello"));
+    /* An illegal command letter is judged at once, with what has come. */
+    CHECK(COMPLETE("h", 1, WWEP_TERM_NONE));
+    CHECK(COMPLETE("hello", 5, WWEP_TERM_NONE));
+    CHECK(COMPLETE("hello\r", 5, WWEP_TERM_NONE));
     CHECK(COMPLETE("hello\n", 5, WWEP_TERM_LF));
-    CHECK(PARTIAL("\x16\x03\x01"));
+    CHECK(COMPLETE("w0fac0b1234", 11, WWEP_TERM_NONE));
+    CHECK(COMPLETE("\x16\x03\x01", 3, WWEP_TERM_NONE));
     memset(full, 'Z', sizeof full);
     CHECK(wwep_frame_message(full, sizeof full, &f) == WWEP_FRAME_COMPLETE &&
           f.len == WWEP_MESSAGE_MAX && f.terminator == WWEP_TERM_NONE);

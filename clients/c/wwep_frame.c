@@ -40,12 +40,12 @@ int wwep_frame_message(const unsigned char *buf, size_t len, wwep_frame *out)
     if (len == 0) return WWEP_FRAME_PARTIAL;
     need = required_len(buf[0]);
     if (need == 0) {
-        /* Already X; wait for the line's end so a person at a terminal gets
-         * the reply on its own line. */
+        /* Already X, so judged at once rather than after the gap (a board
+         * with a lowercase bug would wait it on every message). A line that
+         * came whole keeps its end; a `\r` last starts one and is dropped. */
         lf = memchr(buf, '\n', len);
         if (lf != NULL) return ended_at_lf(buf, (size_t)(lf - buf), out);
-        if (len >= WWEP_MESSAGE_MAX) return complete(len, WWEP_TERM_NONE, out);
-        return WWEP_FRAME_PARTIAL;
+        return complete(buf[len - 1] == '\r' ? len - 1 : len, WWEP_TERM_NONE, out);
     }
     lf = memchr(buf, '\n', len < need ? len : need);
     if (lf != NULL) return ended_at_lf(buf, (size_t)(lf - buf), out);

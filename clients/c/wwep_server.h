@@ -70,8 +70,9 @@ typedef struct wwep_frame {
  * The message is complete at the first of: a `\n`; the length its command
  * needs (R 7, W 11), judging every byte already received, so `W0FAC0B12345`
  * in one piece is complete (and `X`); WWEP_MESSAGE_MAX bytes. A message that
- * starts with any other byte is already `X`, but waits for its line end (or
- * the gap) so a person at a terminal gets the reply on its own line.
+ * starts with any other byte is `X` at once, with what has arrived (a line
+ * that came whole keeps its end, so a person at a terminal still gets the
+ * reply on its own line).
  * Returns WWEP_FRAME_PARTIAL or WWEP_FRAME_COMPLETE. */
 int wwep_frame_message(const unsigned char *buf, size_t len, wwep_frame *out);
 
