@@ -5,11 +5,13 @@
 //! the connection's life from then on: the balancer's [`proxy`] header, TLS
 //! handshake, receive, transact, send, close → when a step would block, the
 //! [`waiting_room`] holds it until its socket is ready or its timer fires →
-//! [`linger`] finishes graceful closes → [`record`] turns the finished
+//! [`linger`] finishes graceful closes ([`close`] is the one way a connection
+//! is refused or closed) → [`record`] turns the finished
 //! connection's facts into its log line, counts and live-page entry. Every
 //! step reads the [`context`]; [`server`] starts and stops all of it.
 
 pub mod admission;
+pub(crate) mod close;
 pub(crate) mod context;
 pub mod linger;
 pub(crate) mod listener;

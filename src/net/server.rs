@@ -19,7 +19,7 @@ use crate::config::{ConfigError, ServerConfig};
 use crate::facts::Refusal;
 use crate::http::{HttpServer, Status};
 use crate::metrics::{Metrics, Snapshot};
-use crate::net::context::{Context, Parts, run_guarded};
+use crate::net::context::{Context, Parts};
 use crate::net::linger::{self, Lingerer};
 use crate::net::listener;
 use crate::net::record::{Limits, Record};
@@ -415,7 +415,7 @@ impl RunningServer {
                     // hands them to the lingering thread.
                     linger::finish_own_closes();
                     room.serve(
-                        |session, wake| run_guarded(|| session.run(wake, &ctx, &room)),
+                        &ctx,
                         || linger::sweep_own_closes(&ctx.lingerer),
                         || linger::hand_on_own_closes(&ctx.lingerer),
                     );

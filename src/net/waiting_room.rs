@@ -65,7 +65,12 @@ pub(crate) enum Registration {
 }
 
 /// What the room needs to know of a connection it holds.
-pub(crate) trait Waiter: Send + 'static {
+pub(crate) trait Waiter: Send + Sized + 'static {
+    /// What every connection is run with (the server's context).
+    type Served: Sync;
+    /// Runs the connection after `wake`, as far as it goes now; it comes back
+    /// to `room` when it must wait again.
+    fn wake(self, wake: Wake, served: &Self::Served, room: &WaitingRoom<Self>);
     /// Its key in the room; never reused.
     fn token(&self) -> Token;
     /// The socket to watch (`None` once closed).
@@ -264,8 +269,8 @@ impl<S: Waiter> WaitingRoom<S> {
         let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
     }
 
-    /// A worker's loop: waits in the shared epoll set and runs each connection
-    /// whose socket is ready, or whose timer fired, with `run`, until the stop.
+    /// A worker's loop: waits in the shared epoll set and wakes each
+    /// connection whose socket is ready, or whose timer fired, until the stop.
     /// Between connections, `between` finishes the worker's own lingering
     /// closes that are due and says when the next look is (`None`: it holds
     /// none). A worker holding closes looks whether a socket is ready without
@@ -274,7 +279,7 @@ impl<S: Waiter> WaitingRoom<S> {
     /// millisecond to look at them.
     pub(crate) fn serve(
         &self,
-        mut run: impl FnMut(S, Wake),
+        served: &S::Served,
         mut between: impl FnMut() -> Option<Duration>,
         mut idle: impl FnMut(),
     ) {
@@ -315,7 +320,7 @@ impl<S: Waiter> WaitingRoom<S> {
                     }
                     let next = self.room().due.pop_front();
                     if let Some((session, wake)) = next {
-                        run(session, wake);
+                        session.wake(wake, served, self);
                     }
                 }
                 token => {
@@ -329,7 +334,7 @@ impl<S: Waiter> WaitingRoom<S> {
                         } else {
                             Wake::Ready
                         };
-                        run(session, wake);
+                        session.wake(wake, served, self);
                     }
                 }
             }
@@ -424,5 +429,205 @@ impl<S: Waiter> WaitingRoom<S> {
             };
             room.next_wake = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+    use std::sync::mpsc::{self, Receiver, Sender};
+    use std::thread::JoinHandle;
+
+    const LONG: Duration = Duration::from_secs(30);
+    const PATIENCE: Duration = Duration::from_secs(5);
+
+    /// A connection as the room sees it, over one end of a socket pair; its
+    /// wake-ups are reported to the test.
+    struct Fake {
+        token: Token,
+        socket: UnixStream,
+        silent: bool,
+        registration: Registration,
+    }
+
+    impl Waiter for Fake {
+        type Served = Sender<(usize, Wake)>;
+
+        fn wake(self, wake: Wake, served: &Self::Served, _room: &WaitingRoom<Self>) {
+            let _ = served.send((self.token.0, wake));
+        }
+
+        fn token(&self) -> Token {
+            self.token
+        }
+
+        fn fd(&self) -> Option<BorrowedFd<'_>> {
+            Some(self.socket.as_fd())
+        }
+
+        fn is_silent(&self) -> bool {
+            self.silent
+        }
+
+        fn registration(&mut self) -> &mut Registration {
+            &mut self.registration
+        }
+    }
+
+    /// A fake connection and the client's end of its socket.
+    fn fake(token: usize, silent: bool) -> (Fake, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        theirs.set_read_timeout(Some(PATIENCE)).unwrap();
+        let fake = Fake {
+            token: Token(token),
+            socket: ours,
+            silent,
+            registration: Registration::Off,
+        };
+        (fake, theirs)
+    }
+
+    /// A room with its timer thread and one worker; stopped and joined on
+    /// drop.
+    struct Running {
+        room: Arc<WaitingRoom<Fake>>,
+        woken: Receiver<(usize, Wake)>,
+        threads: Vec<JoinHandle<()>>,
+    }
+
+    impl Running {
+        fn start() -> Running {
+            let room = Arc::new(WaitingRoom::new().unwrap());
+            let (tell, woken) = mpsc::channel();
+            let timers = {
+                let room = Arc::clone(&room);
+                std::thread::spawn(move || room.run_timers())
+            };
+            let worker = {
+                let room = Arc::clone(&room);
+                std::thread::spawn(move || room.serve(&tell, || None, || {}))
+            };
+            Running {
+                room,
+                woken,
+                threads: vec![timers, worker],
+            }
+        }
+
+        fn next_wake(&self) -> (usize, Wake) {
+            self.woken
+                .recv_timeout(PATIENCE)
+                .expect("a wake-up in time")
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.room.stop();
+            for thread in self.threads.drain(..) {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    #[test]
+    fn a_connection_is_woken_once_by_its_bytes_and_a_hang_up_by_readiness() {
+        let running = Running::start();
+        let (talker, mut client) = fake(1, true);
+        let (leaver, gone) = fake(2, true);
+        running
+            .room
+            .park(talker, Interest::READABLE, Instant::now() + LONG);
+        running
+            .room
+            .park(leaver, Interest::READABLE, Instant::now() + LONG);
+        assert_eq!(running.room.len(), 2);
+        client.write_all(b"R0FAC0B").unwrap();
+        assert_eq!(running.next_wake(), (1, Wake::Bytes));
+        drop(gone);
+        assert_eq!(running.next_wake(), (2, Wake::Ready));
+        assert_eq!(running.room.len(), 0, "a woken connection leaves the room");
+        assert!(running.woken.try_recv().is_err(), "one wake-up each");
+    }
+
+    #[test]
+    fn a_quiet_connection_is_woken_by_its_timer_and_a_parked_one_again_by_its_new_one() {
+        let running = Running::start();
+        let (quiet, _client) = fake(1, false);
+        let until = Instant::now() + Duration::from_millis(20);
+        running.room.park(quiet, Interest::READABLE, until);
+        assert_eq!(running.next_wake(), (1, Wake::Timer));
+        assert!(Instant::now() >= until, "not before its time");
+        // Parked again with a later timer: the earlier (stale) entry is
+        // skipped, the new one fires.
+        let (again, _client) = fake(2, false);
+        running
+            .room
+            .park(again, Interest::READABLE, Instant::now() + LONG);
+        let (soon, _other) = fake(3, false);
+        running.room.park(
+            soon,
+            Interest::READABLE,
+            Instant::now() + Duration::from_millis(10),
+        );
+        assert_eq!(running.next_wake(), (3, Wake::Timer));
+        assert_eq!(running.room.len(), 1);
+    }
+
+    #[test]
+    fn shedding_takes_the_oldest_silent_connection_first_and_never_a_talking_one() {
+        let room = WaitingRoom::<Fake>::new().unwrap();
+        let mut clients = Vec::new();
+        for (token, silent) in [(3, true), (1, false), (2, true)] {
+            let (waiter, client) = fake(token, silent);
+            room.park(waiter, Interest::READABLE, Instant::now() + LONG);
+            clients.push(client);
+        }
+        let shed: Vec<usize> = std::iter::from_fn(|| room.shed_oldest_silent())
+            .map(|mut waiter| {
+                room.forget(&mut waiter);
+                waiter.token.0
+            })
+            .collect();
+        assert_eq!(shed, [2, 3], "oldest (lowest token) first");
+        assert_eq!(room.len(), 1, "the one that talked stays");
+        room.stop();
+        room.run_timers();
+    }
+
+    #[test]
+    fn at_stop_silent_connections_are_answered_at_once_and_the_rest_closed() {
+        let running = Running::start();
+        let (silent, _a) = fake(1, true);
+        let (talking, _b) = fake(2, false);
+        running
+            .room
+            .park(silent, Interest::READABLE, Instant::now() + LONG);
+        running.room.park(
+            talking,
+            Interest::WRITABLE | Interest::READABLE,
+            Instant::now() + LONG,
+        );
+        // The talking one is writable at once: woken by its readiness.
+        assert_eq!(running.next_wake(), (2, Wake::Ready));
+        let (talking, _b2) = fake(4, false);
+        running
+            .room
+            .park(talking, Interest::READABLE, Instant::now() + LONG);
+        running.room.flush_silent();
+        assert_eq!(running.next_wake(), (1, Wake::Shutdown));
+        assert_eq!(running.room.len(), 1, "only the silent ones are flushed");
+        running.room.stop();
+        // Parking after the stop closes the connection instead.
+        let (late, mut client) = fake(5, true);
+        running
+            .room
+            .park(late, Interest::READABLE, Instant::now() + LONG);
+        assert_eq!(client.read(&mut [0u8; 1]).unwrap(), 0, "closed");
     }
 }
