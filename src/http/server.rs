@@ -406,106 +406,129 @@ impl Places for EventLoop {
 /// Reads, answers and writes what can be done now without blocking.
 fn drive(id: usize, conn: &mut Connection, state: &State, lookups: &Lookups) -> Fate {
     loop {
-        let mut progress = false;
-        // Write what is pending.
-        while conn.written < conn.output.len() {
-            match conn.stream.write(&conn.output[conn.written..]) {
-                Ok(0) => return Fate::Close,
-                Ok(n) => {
-                    conn.written += n;
-                    progress = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Fate::Close,
-            }
-        }
-        if !conn.output.is_empty() && conn.written == conn.output.len() {
-            conn.output.clear();
-            conn.written = 0;
-            conn.request_since = None;
-            conn.idle_since = Instant::now();
-            if conn.closing && conn.refused_at.is_none() {
-                let _ = conn.stream.shutdown(Shutdown::Write);
-                conn.refused_at = Some(Instant::now());
-            }
-        }
+        let mut progress = match write_pending(conn) {
+            Some(progress) => progress,
+            None => return Fate::Close,
+        };
         // Read, up to one head's worth beyond what is buffered.
         if !conn.read_done && conn.input.len() <= MAX_HEAD {
-            let mut chunk = [0u8; 4096];
-            match conn.stream.read(&mut chunk) {
-                Ok(0) => {
-                    conn.read_done = true;
-                    if conn.output.is_empty()
-                        && !conn.waiting
-                        && (conn.input.is_empty() || conn.closing)
-                    {
-                        return Fate::Close;
-                    }
-                }
-                Ok(n) => {
-                    progress = true;
-                    if conn.closing {
-                        // Refused or ending: what the client sends is discarded.
-                    } else {
-                        if conn.input.is_empty() && conn.request_since.is_none() {
-                            conn.request_since = Some(Instant::now());
-                        }
-                        conn.input.extend_from_slice(&chunk[..n]);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
-                Err(_) => return Fate::Close,
+            match read_more(conn) {
+                Some(read) => progress |= read,
+                None => return Fate::Close,
             }
         }
         // Answer the next request once the previous answer is out.
         if conn.output.is_empty() && !conn.closing && !conn.waiting && !conn.input.is_empty() {
-            match parse(&conn.input) {
-                Parsed::Partial => {
-                    if conn.read_done {
-                        return Fate::Close;
-                    }
-                }
-                Parsed::Refuse(status) => {
-                    conn.output = super::routes::refusal(status).to_bytes(false, false);
-                    conn.closing = true;
-                    conn.input.clear();
-                    progress = true;
-                }
-                Parsed::Complete(head, n) => {
-                    conn.input.drain(..n);
-                    if conn.request_since.is_none() {
-                        conn.request_since = Some(Instant::now());
-                    }
-                    progress = true;
-                    if head.has_body {
-                        let mut head = head;
-                        head.keep_alive = false;
-                        set_answer(conn, &head, super::routes::refusal(413), state);
-                    } else if !super::routes::reads_store(&head) {
-                        let response = super::routes::answer(&head, state);
-                        set_answer(conn, &head, response, state);
-                    } else {
-                        conn.waiting = true;
-                        if !lookups.ask(id, head) {
-                            conn.waiting = false;
-                            let head = Head {
-                                method: "GET".to_string(),
-                                path: String::new(),
-                                keep_alive: false,
-                                has_body: false,
-                            };
-                            set_answer(conn, &head, super::routes::refusal(503), state);
-                        }
-                    }
-                }
+            match answer_next(id, conn, state, lookups) {
+                Some(answered) => progress |= answered,
+                None => return Fate::Close,
             }
         }
         if !progress {
             return Fate::Open;
         }
     }
+}
+
+/// Writes what is pending; once an answer is out, the connection is idle
+/// again (or half-closed, when it was its last). Whether anything was
+/// written; `None` when the connection must close.
+fn write_pending(conn: &mut Connection) -> Option<bool> {
+    let mut progress = false;
+    while conn.written < conn.output.len() {
+        match conn.stream.write(&conn.output[conn.written..]) {
+            Ok(0) => return None,
+            Ok(n) => {
+                conn.written += n;
+                progress = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    if !conn.output.is_empty() && conn.written == conn.output.len() {
+        conn.output.clear();
+        conn.written = 0;
+        conn.request_since = None;
+        conn.idle_since = Instant::now();
+        if conn.closing && conn.refused_at.is_none() {
+            let _ = conn.stream.shutdown(Shutdown::Write);
+            conn.refused_at = Some(Instant::now());
+        }
+    }
+    Some(progress)
+}
+
+/// Reads what has arrived (discarded once the connection is ending). Whether
+/// anything was read; `None` when the connection must close.
+fn read_more(conn: &mut Connection) -> Option<bool> {
+    let mut chunk = [0u8; 4096];
+    match conn.stream.read(&mut chunk) {
+        Ok(0) => {
+            conn.read_done = true;
+            let nothing_owed = conn.output.is_empty() && !conn.waiting;
+            if nothing_owed && (conn.input.is_empty() || conn.closing) {
+                return None;
+            }
+            Some(false)
+        }
+        Ok(n) => {
+            // Refused or ending: what the client sends is discarded.
+            if !conn.closing {
+                if conn.input.is_empty() && conn.request_since.is_none() {
+                    conn.request_since = Some(Instant::now());
+                }
+                conn.input.extend_from_slice(&chunk[..n]);
+            }
+            Some(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(false),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Some(true),
+        Err(_) => None,
+    }
+}
+
+/// Parses the next request and answers it, here or (when the answer reads
+/// the store) on the lookup thread. Whether a request was taken; `None` when
+/// the connection must close (it ended in the middle of a head).
+fn answer_next(id: usize, conn: &mut Connection, state: &State, lookups: &Lookups) -> Option<bool> {
+    let (head, n) = match parse(&conn.input) {
+        Parsed::Partial if conn.read_done => return None,
+        Parsed::Partial => return Some(false),
+        Parsed::Refuse(status) => {
+            conn.output = super::routes::refusal(status).to_bytes(false, false);
+            conn.closing = true;
+            conn.input.clear();
+            return Some(true);
+        }
+        Parsed::Complete(head, n) => (head, n),
+    };
+    conn.input.drain(..n);
+    if conn.request_since.is_none() {
+        conn.request_since = Some(Instant::now());
+    }
+    if head.has_body {
+        let mut head = head;
+        head.keep_alive = false;
+        set_answer(conn, &head, super::routes::refusal(413), state);
+    } else if !super::routes::reads_store(&head) {
+        let response = super::routes::answer(&head, state);
+        set_answer(conn, &head, response, state);
+    } else {
+        conn.waiting = true;
+        if !lookups.ask(id, head) {
+            conn.waiting = false;
+            let head = Head {
+                method: "GET".to_string(),
+                path: String::new(),
+                keep_alive: false,
+                has_body: false,
+            };
+            set_answer(conn, &head, super::routes::refusal(503), state);
+        }
+    }
+    Some(true)
 }
 
 /// Puts a request's answer in the connection's output.
