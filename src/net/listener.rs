@@ -1,7 +1,8 @@
 //! Listening sockets and the accept threads.
 //!
 //! Each port has its own accept thread. It accepts every pending connection,
-//! checks `--allow`, takes a place in the connection table (shedding the oldest
+//! checks `--allow` (unless a trusted balancer's PROXY header must first name
+//! the client), takes a place in the connection table (shedding the oldest
 //! silent connection when the table is full) and hands the new session to the
 //! pool, except the first few of a batch on the open port, which it serves
 //! itself when nothing in that can wait (see `serves_here`). It never waits on a
