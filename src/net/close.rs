@@ -103,9 +103,13 @@ mod tests {
     use crate::protocol::Transport;
     use crate::store::RegisterStore;
 
-    /// A context with registers in memory and the defaults of the settings.
-    pub(crate) fn context() -> Context {
-        let config = ServerConfig::default();
+    /// A context with registers in memory and the defaults of the settings,
+    /// but a linger long enough that a slow test still sees the socket held.
+    fn context() -> Context {
+        let config = ServerConfig {
+            linger: Duration::from_secs(30),
+            ..ServerConfig::default()
+        };
         let record = Record::new(
             Arc::new(Metrics::new()),
             None,
