@@ -124,7 +124,7 @@ pub(crate) fn accept_loop(
                         continue;
                     };
                     if served + here.len() >= here_per_batch {
-                        session.wait_for_first_bytes(&room);
+                        session.wait_for_first_bytes(&ctx, &room);
                     } else if served == 0 && here.is_empty() {
                         served += 1;
                         session.wake(Wake::Accepted, &ctx, &room);
@@ -145,7 +145,7 @@ pub(crate) fn accept_loop(
         }
         for session in here.drain(..) {
             if ctx.is_stopping() {
-                session.wait_for_first_bytes(&room);
+                session.wait_for_first_bytes(&ctx, &room);
             } else {
                 session.wake(Wake::Accepted, &ctx, &room);
             }

@@ -399,10 +399,10 @@ impl RunningServer {
     /// The waiting room's timer thread and the workers, each waiting on the
     /// room's sockets itself.
     fn start_room(&mut self) -> io::Result<()> {
-        let room = Arc::clone(&self.room);
+        let (ctx, room) = (Arc::clone(&self.ctx), Arc::clone(&self.room));
         let timers = thread::Builder::new()
             .name("wwep-timers".to_string())
-            .spawn(move || room.run_timers())?;
+            .spawn(move || room.run_timers(&ctx))?;
         self.room_threads.push(timers);
         for _ in 0..self.ctx.config.worker_threads() {
             let (ctx, room) = (Arc::clone(&self.ctx), Arc::clone(&self.room));

@@ -79,6 +79,13 @@ impl Waiter for Session {
         run_guarded(|| self.run(wake, ctx, room));
     }
 
+    /// The server stopped with the connection unfinished (past its deadline
+    /// and gap: every connection before has been answered or closed): it ends
+    /// through the one close and is recorded, as every connection is.
+    fn end_now(mut self, ctx: &Context, room: &Room) {
+        self.finish(Ending::Broken(ErrorKind::TimedOut), ctx, room);
+    }
+
     fn token(&self) -> Token {
         self.token
     }
@@ -136,13 +143,15 @@ impl Session {
 
     /// A new connection waits in the room for its first bytes (a worker takes
     /// it as soon as they are there, at once when they already are).
-    pub(crate) fn wait_for_first_bytes(self, room: &Room) {
+    pub(crate) fn wait_for_first_bytes(self, ctx: &Context, room: &Room) {
         let until = self.deadline;
         // No quick ACK yet: a client's first write leaves at once, Nagle or
         // not (nothing of its own is unacknowledged). Should a request come
         // in pieces, the wait after the first piece arms it, and arming it
         // sends the ACK that is pending.
-        room.park(self, Interest::READABLE, until);
+        if let Some(session) = room.park(self, Interest::READABLE, until) {
+            session.end_now(ctx, room);
+        }
     }
 
     /// Advances the session as far as it goes now, then parks it or ends it.
@@ -152,7 +161,9 @@ impl Session {
                 if interest.is_readable() {
                     self.ack_at_once();
                 }
-                room.park(self, interest, until)
+                if let Some(session) = room.park(self, interest, until) {
+                    session.end_now(ctx, room);
+                }
             }
             Step::Done => {}
         }

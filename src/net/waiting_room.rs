@@ -71,6 +71,9 @@ pub(crate) trait Waiter: Send + Sized + 'static {
     /// Runs the connection after `wake`, as far as it goes now; it comes back
     /// to `room` when it must wait again.
     fn wake(self, wake: Wake, served: &Self::Served, room: &WaitingRoom<Self>);
+    /// Ends the connection now: the room has stopped (or cannot watch its
+    /// socket), so it will not be woken again. The room no longer watches it.
+    fn end_now(self, served: &Self::Served, room: &WaitingRoom<Self>);
     /// Its key in the room; never reused.
     fn token(&self) -> Token;
     /// The socket to watch (`None` once closed).
@@ -180,15 +183,17 @@ impl<S: Waiter> WaitingRoom<S> {
         self.room.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Parks a session until its socket is ready for `interest` or `until`.
-    pub(crate) fn park(&self, mut session: S, interest: Interest, until: Instant) {
+    /// Parks a session until its socket is ready for `interest` or `until`;
+    /// hands it back when it cannot wait (the room has stopped, or its socket
+    /// cannot be watched), for the caller to end it now.
+    #[must_use = "a session handed back must be ended"]
+    pub(crate) fn park(&self, mut session: S, interest: Interest, until: Instant) -> Option<S> {
         let token = session.token();
         let mut room = self.room();
         if room.stop {
-            // Too late to wait: the session is closed (dropped) here.
             drop(room);
             self.forget(&mut session);
-            return;
+            return Some(session);
         }
         let registered = *session.registration() != Registration::Off;
         let event = EventData::new_u64(token.0 as u64);
@@ -196,7 +201,7 @@ impl<S: Waiter> WaitingRoom<S> {
         // the lock, and by then the session is in the room. Arming after the read that would block is enough, since
         // epoll reports a socket that is already ready when it is armed.
         let armed = match session.fd() {
-            None => return,
+            None => return Some(session),
             Some(fd) if registered => epoll::modify(&self.epoll, fd, event, one_shot(interest)),
             Some(fd) => epoll::add(&self.epoll, fd, event, one_shot(interest)),
         };
@@ -204,7 +209,7 @@ impl<S: Waiter> WaitingRoom<S> {
             drop(room);
             debug!("cannot wait on a connection: {e}");
             self.forget(&mut session);
-            return;
+            return Some(session);
         }
         *session.registration() = Registration::Armed;
         if session.is_silent() {
@@ -220,6 +225,7 @@ impl<S: Waiter> WaitingRoom<S> {
             drop(room);
             self.timer_changed.notify_one();
         }
+        None
     }
 
     /// Stops watching a session's socket for good (before it is closed or
@@ -358,20 +364,19 @@ impl<S: Waiter> WaitingRoom<S> {
     }
 
     /// The timer thread: queues each connection whose timer is due for the
-    /// workers, until the stop; then closes what still waits.
-    pub(crate) fn run_timers(&self) {
+    /// workers, until the stop; then ends what still waits.
+    pub(crate) fn run_timers(&self, served: &S::Served) {
         let mut room = self.room();
         loop {
             if room.stop {
-                let parked: Vec<Parked<S>> = room.parked.drain().map(|(_, p)| p).collect();
-                let due: Vec<(S, Wake)> = room.due.drain(..).collect();
+                let parked = room.parked.drain().map(|(_, p)| p.session);
+                let mut left: Vec<S> = parked.collect();
+                left.extend(room.due.drain(..).map(|(session, _)| session));
                 room.silent.clear();
                 drop(room);
-                for mut p in parked {
-                    self.forget(&mut p.session);
-                }
-                for (mut session, _) in due {
+                for mut session in left {
                     self.forget(&mut session);
+                    session.end_now(served, self);
                 }
                 return;
             }
@@ -461,6 +466,11 @@ mod tests {
             let _ = served.send((self.token.0, wake));
         }
 
+        fn end_now(self, served: &Self::Served, _room: &WaitingRoom<Self>) {
+            let _ = served.send((self.token.0, Wake::Shutdown));
+            assert_eq!(self.registration, Registration::Off, "forgotten first");
+        }
+
         fn token(&self) -> Token {
             self.token
         }
@@ -492,6 +502,12 @@ mod tests {
         (fake, theirs)
     }
 
+    /// Parks `fake` for `interest`, for `wait` from now at most: it must wait.
+    fn park(room: &WaitingRoom<Fake>, fake: Fake, interest: Interest, wait: Duration) {
+        let until = Instant::now() + wait;
+        assert!(room.park(fake, interest, until).is_none(), "parked");
+    }
+
     /// A room with its timer thread and one worker; stopped and joined on
     /// drop.
     struct Running {
@@ -506,7 +522,8 @@ mod tests {
             let (tell, woken) = mpsc::channel();
             let timers = {
                 let room = Arc::clone(&room);
-                std::thread::spawn(move || room.run_timers())
+                let tell = tell.clone();
+                std::thread::spawn(move || room.run_timers(&tell))
             };
             let worker = {
                 let room = Arc::clone(&room);
@@ -540,12 +557,8 @@ mod tests {
         let running = Running::start();
         let (talker, mut client) = fake(1, true);
         let (leaver, gone) = fake(2, true);
-        running
-            .room
-            .park(talker, Interest::READABLE, Instant::now() + LONG);
-        running
-            .room
-            .park(leaver, Interest::READABLE, Instant::now() + LONG);
+        park(&running.room, talker, Interest::READABLE, LONG);
+        park(&running.room, leaver, Interest::READABLE, LONG);
         assert_eq!(running.room.len(), 2);
         client.write_all(b"R0FAC0B").unwrap();
         assert_eq!(running.next_wake(), (1, Wake::Bytes));
@@ -556,24 +569,31 @@ mod tests {
     }
 
     #[test]
-    fn a_quiet_connection_is_woken_by_its_timer_and_a_parked_one_again_by_its_new_one() {
+    fn a_quiet_connection_is_woken_by_its_timer_the_earliest_first() {
         let running = Running::start();
         let (quiet, _client) = fake(1, false);
-        let until = Instant::now() + Duration::from_millis(20);
-        running.room.park(quiet, Interest::READABLE, until);
+        let started = Instant::now();
+        park(
+            &running.room,
+            quiet,
+            Interest::READABLE,
+            Duration::from_millis(20),
+        );
         assert_eq!(running.next_wake(), (1, Wake::Timer));
-        assert!(Instant::now() >= until, "not before its time");
-        // Parked again with a later timer: the earlier (stale) entry is
-        // skipped, the new one fires.
+        assert!(
+            started.elapsed() >= Duration::from_millis(20),
+            "not before its time"
+        );
+        // A later timer and an earlier one: the earlier fires first, the
+        // later one not yet.
         let (again, _client) = fake(2, false);
-        running
-            .room
-            .park(again, Interest::READABLE, Instant::now() + LONG);
+        park(&running.room, again, Interest::READABLE, LONG);
         let (soon, _other) = fake(3, false);
-        running.room.park(
+        park(
+            &running.room,
             soon,
             Interest::READABLE,
-            Instant::now() + Duration::from_millis(10),
+            Duration::from_millis(10),
         );
         assert_eq!(running.next_wake(), (3, Wake::Timer));
         assert_eq!(running.room.len(), 1);
@@ -585,7 +605,7 @@ mod tests {
         let mut clients = Vec::new();
         for (token, silent) in [(3, true), (1, false), (2, true)] {
             let (waiter, client) = fake(token, silent);
-            room.park(waiter, Interest::READABLE, Instant::now() + LONG);
+            park(&room, waiter, Interest::READABLE, LONG);
             clients.push(client);
         }
         let shed: Vec<usize> = std::iter::from_fn(|| room.shed_oldest_silent())
@@ -597,7 +617,13 @@ mod tests {
         assert_eq!(shed, [2, 3], "oldest (lowest token) first");
         assert_eq!(room.len(), 1, "the one that talked stays");
         room.stop();
-        room.run_timers();
+        let (tell, ended) = mpsc::channel();
+        room.run_timers(&tell);
+        assert_eq!(
+            ended.try_recv(),
+            Ok((1, Wake::Shutdown)),
+            "ended at the stop"
+        );
     }
 
     #[test]
@@ -605,29 +631,35 @@ mod tests {
         let running = Running::start();
         let (silent, _a) = fake(1, true);
         let (talking, _b) = fake(2, false);
-        running
-            .room
-            .park(silent, Interest::READABLE, Instant::now() + LONG);
-        running.room.park(
+        park(&running.room, silent, Interest::READABLE, LONG);
+        park(
+            &running.room,
             talking,
             Interest::WRITABLE | Interest::READABLE,
-            Instant::now() + LONG,
+            LONG,
         );
         // The talking one is writable at once: woken by its readiness.
         assert_eq!(running.next_wake(), (2, Wake::Ready));
         let (talking, _b2) = fake(4, false);
-        running
-            .room
-            .park(talking, Interest::READABLE, Instant::now() + LONG);
+        park(&running.room, talking, Interest::READABLE, LONG);
         running.room.flush_silent();
         assert_eq!(running.next_wake(), (1, Wake::Shutdown));
         assert_eq!(running.room.len(), 1, "only the silent ones are flushed");
         running.room.stop();
-        // Parking after the stop closes the connection instead.
+        assert_eq!(
+            running.next_wake(),
+            (4, Wake::Shutdown),
+            "ended at the stop"
+        );
+        // Parking after the stop hands the connection back to be ended.
         let (late, mut client) = fake(5, true);
-        running
-            .room
-            .park(late, Interest::READABLE, Instant::now() + LONG);
+        assert!(
+            running
+                .room
+                .park(late, Interest::READABLE, Instant::now() + LONG)
+                .is_some(),
+            "handed back after the stop"
+        );
         assert_eq!(client.read(&mut [0u8; 1]).unwrap(), 0, "closed");
     }
 }
