@@ -12,6 +12,8 @@
 //! - [`acl`] who may read or write which registers; [`tls`] certificates and
 //!   handshakes; [`activity`] the live page's record;
 //! - [`facts`] what is known of one connection; [`metrics`] the counters;
+//!   [`policy`] who may connect, how many at once and for how long (both
+//!   listening sides);
 //! - [`store`] the registers (memory, data file, Valkey/Redis);
 //! - [`config`] the settings; [`connection`] one transaction with no sockets;
 //! - [`http`] the HTTP side, reading a narrow status view; [`net`] the
@@ -39,6 +41,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod notify;
+pub mod policy;
 pub mod protocol;
 pub(crate) mod rate_limited;
 pub mod register_set;

@@ -27,9 +27,9 @@ use mio::net::TcpListener;
 use mio::{Interest, Poll, Waker};
 
 use crate::activity::Activity;
-use crate::allow::Cidr;
 use crate::config::HttpConfig;
 use crate::metrics::{Metrics, Snapshot};
+use crate::policy::ConnectionPolicy;
 use crate::store::backend::StoreError;
 
 /// What the HTTP side reads of the running WWEP side: a narrow view the server
@@ -50,7 +50,8 @@ pub trait Status: Send + Sync {
 struct State {
     metrics: Arc<Metrics>,
     activity: Arc<Activity>,
-    allow: Vec<Cidr>,
+    /// `--http-allow`, `--http-max-connections` and the request deadline.
+    policy: ConnectionPolicy,
     /// Set once the WWEP ports are open: the server is ready.
     server: OnceLock<Arc<dyn Status>>,
     stopping: AtomicBool,
@@ -82,18 +83,17 @@ impl HttpServer {
         let state = Arc::new(State {
             metrics,
             activity,
-            allow: config.allow.clone(),
+            policy: ConnectionPolicy::new(
+                config.allow.clone(),
+                config.max_connections,
+                REQUEST_DEADLINE,
+            ),
             server: OnceLock::new(),
             stopping: AtomicBool::new(false),
             counters: server::Counters::default(),
         });
-        let mut event_loop = server::EventLoop::new(
-            poll,
-            listener,
-            Arc::clone(&state),
-            config.max_connections,
-            Arc::clone(&waker),
-        )?;
+        let mut event_loop =
+            server::EventLoop::new(poll, listener, Arc::clone(&state), Arc::clone(&waker))?;
         let thread = thread::Builder::new()
             .name("wwep-http".to_string())
             .spawn(move || event_loop.run())?;

@@ -1,14 +1,14 @@
 //! The HTTP side's event loop: one thread, one `mio` poll, every connection
-//! held to the rules of the WWEP ports. The allow-list is applied at accept,
-//! before a byte is read; open connections are capped (when full, the oldest
-//! idle one is shed); a request has an absolute deadline from its first byte
-//! to the last byte of its answer, and an idle keep-alive connection is closed
-//! after [`IDLE_DEADLINE`]. `httparse` parses request heads; a request never
+//! held to the same [`ConnectionPolicy`] as the WWEP ports. The allow-list is
+//! applied at accept, before a byte is read; open connections are capped (when
+//! full, the oldest idle one is shed); a request has an absolute deadline from
+//! its first byte to the last byte of its answer, and an idle keep-alive
+//! connection is closed after [`IDLE_DEADLINE`]. `httparse` parses request heads; a request never
 //! has a body (this side is read-only), so one with a body is refused (413).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,7 +21,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::State;
 use super::message::{Head, MAX_HEAD, Parsed, Response, parse};
-use crate::allow;
+use crate::facts::Refusal;
+use crate::policy::{ConnectionPolicy, Places};
 use crate::rate_limited::RateLimitedLog;
 
 pub(super) const LISTENER: Token = Token(0);
@@ -95,11 +96,11 @@ impl Connection {
             && !self.waiting
     }
 
-    fn deadline(&self) -> Instant {
+    fn deadline(&self, policy: &ConnectionPolicy) -> Instant {
         if let Some(at) = self.refused_at {
             at + REFUSED_LINGER
         } else if let Some(at) = self.request_since {
-            at + REQUEST_DEADLINE
+            policy.deadline_from(at)
         } else {
             self.idle_since + IDLE_DEADLINE
         }
@@ -116,7 +117,6 @@ pub(super) struct EventLoop {
     pub poll: Poll,
     pub listener: TcpListener,
     pub state: Arc<State>,
-    pub max_connections: usize,
     connections: HashMap<usize, Connection>,
     next: usize,
     log: RateLimitedLog,
@@ -180,7 +180,6 @@ impl EventLoop {
         poll: Poll,
         listener: TcpListener,
         state: Arc<State>,
-        max_connections: usize,
         waker: Arc<Waker>,
     ) -> io::Result<Self> {
         let lookups = Lookups::start(Arc::clone(&state), waker)?;
@@ -188,7 +187,6 @@ impl EventLoop {
             poll,
             listener,
             state,
-            max_connections,
             connections: HashMap::new(),
             next: FIRST_CONNECTION,
             log: RateLimitedLog::new(log::Level::Warn, Duration::from_secs(10)),
@@ -199,10 +197,11 @@ impl EventLoop {
     pub fn run(&mut self) {
         let mut events = Events::with_capacity(256);
         while !self.state.stopping.load(Ordering::Acquire) {
+            let policy = &self.state.policy;
             let timeout = self
                 .connections
                 .values()
-                .map(Connection::deadline)
+                .map(|c| c.deadline(policy))
                 .min()
                 .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_millis(1));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -245,7 +244,7 @@ impl EventLoop {
 
     fn accept(&mut self) {
         loop {
-            let (mut stream, peer) = match self.listener.accept() {
+            let (stream, peer) = match self.listener.accept() {
                 Ok(pair) => pair,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -254,62 +253,115 @@ impl EventLoop {
                     return;
                 }
             };
-            let now = Instant::now();
-            let refused = !allow::allowed(&self.state.allow, peer.ip().to_canonical());
-            if refused {
+            self.admit(stream, peer);
+        }
+    }
+
+    /// Gives a new connection its place: a refused address gets its 403 and
+    /// keeps a place while it lingers; when every place is taken, the oldest
+    /// idle connection is shed, and without one the newcomer goes.
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr) {
+        let now = Instant::now();
+        let state = Arc::clone(&self.state);
+        let ip = peer.ip().to_canonical();
+        let refused = state.policy.check_address(ip).is_err();
+        if refused {
+            state
+                .counters
+                .refused_address
+                .fetch_add(1, Ordering::Relaxed);
+            self.log
+                .log(format_args!("http: refused {peer}: not in --http-allow"));
+            let answer = super::routes::forbidden().to_bytes(false, false);
+            // A fresh socket's send buffer takes these few bytes at once.
+            let _ = stream.write(&answer);
+            let _ = stream.shutdown(Shutdown::Write);
+        }
+        if state.policy.make_room(self, ip).is_err() {
+            // Full of busy connections: this one goes (a refused one has
+            // had its 403).
+            state.counters.shed_full.fetch_add(1, Ordering::Relaxed);
+            if !refused {
+                self.log.log(format_args!(
+                    "http: {peer} shed: --http-max-connections {} reached",
+                    state.policy.max_connections()
+                ));
+            }
+            return;
+        }
+        let id = self.next;
+        self.next += 1;
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(id),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            debug!("http: register {peer}: {e}");
+            return;
+        }
+        state.counters.open.fetch_add(1, Ordering::Relaxed);
+        let connection = Connection {
+            stream,
+            peer,
+            input: Vec::new(),
+            output: Vec::new(),
+            written: 0,
+            request_since: None,
+            idle_since: now,
+            closing: refused,
+            refused_at: refused.then_some(now),
+            read_done: false,
+            waiting: false,
+        };
+        self.connections.insert(id, connection);
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let policy = &self.state.policy;
+        let due: Vec<usize> = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.deadline(policy) <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(c) = self.connections.get(&id)
+                && c.refused_at.is_none()
+                && c.request_since.is_some()
+            {
                 self.state
                     .counters
-                    .refused_address
+                    .shed_deadline
                     .fetch_add(1, Ordering::Relaxed);
-                self.log
-                    .log(format_args!("http: refused {peer}: not in --http-allow"));
-                let answer = super::routes::forbidden().to_bytes(false, false);
-                // A fresh socket's send buffer takes these few bytes at once.
-                let _ = stream.write(&answer);
-                let _ = stream.shutdown(Shutdown::Write);
+                self.log.log(format_args!(
+                    "http: {} shed: request not done within {}s",
+                    c.peer,
+                    self.state.policy.request_deadline().as_secs()
+                ));
             }
-            if self.connections.len() >= self.max_connections && !self.shed_oldest_idle() {
-                // Full of busy connections: this one goes (a refused one has
-                // had its 403).
-                self.state
-                    .counters
-                    .shed_full
-                    .fetch_add(1, Ordering::Relaxed);
-                if !refused {
-                    self.log.log(format_args!(
-                        "http: {peer} shed: --http-max-connections {} reached",
-                        self.max_connections
-                    ));
-                }
-                continue;
-            }
-            let id = self.next;
-            self.next += 1;
-            if let Err(e) = self.poll.registry().register(
-                &mut stream,
-                Token(id),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                debug!("http: register {peer}: {e}");
-                continue;
-            }
-            self.state.counters.open.fetch_add(1, Ordering::Relaxed);
-            self.connections.insert(
-                id,
-                Connection {
-                    stream,
-                    peer,
-                    input: Vec::new(),
-                    output: Vec::new(),
-                    written: 0,
-                    request_since: None,
-                    idle_since: now,
-                    closing: refused,
-                    refused_at: refused.then_some(now),
-                    read_done: false,
-                    waiting: false,
-                },
-            );
+            self.close(id);
+        }
+    }
+
+    fn close(&mut self, id: usize) {
+        if let Some(mut c) = self.connections.remove(&id) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            self.state.counters.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The open connections, as the connection policy sees them: a place is
+/// room in the table, nothing more.
+impl Places for EventLoop {
+    type Place = ();
+
+    fn take(&mut self, _ip: IpAddr) -> Result<(), Refusal> {
+        if self.state.policy.is_full(self.connections.len()) {
+            Err(Refusal::Full)
+        } else {
+            Ok(())
         }
     }
 
@@ -329,167 +381,154 @@ impl EventLoop {
                     .min_by_key(|(_, c)| c.idle_since)
                     .map(|(id, _)| *id)
             });
-        match victim {
-            Some(id) => {
-                if self
-                    .connections
-                    .get(&id)
-                    .is_some_and(|c| c.refused_at.is_none())
-                {
-                    self.state
-                        .counters
-                        .shed_full
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.log.log(format_args!(
-                        "http: oldest idle connection shed: --http-max-connections {} reached",
-                        self.max_connections
-                    ));
-                }
-                self.close(id);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn expire(&mut self) {
-        let now = Instant::now();
-        let due: Vec<usize> = self
+        let Some(id) = victim else {
+            return false;
+        };
+        if self
             .connections
-            .iter()
-            .filter(|(_, c)| c.deadline() <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            if let Some(c) = self.connections.get(&id)
-                && c.refused_at.is_none()
-                && c.request_since.is_some()
-            {
-                self.state
-                    .counters
-                    .shed_deadline
-                    .fetch_add(1, Ordering::Relaxed);
-                self.log.log(format_args!(
-                    "http: {} shed: request not done within {}s",
-                    c.peer,
-                    REQUEST_DEADLINE.as_secs()
-                ));
-            }
-            self.close(id);
+            .get(&id)
+            .is_some_and(|c| c.refused_at.is_none())
+        {
+            self.state
+                .counters
+                .shed_full
+                .fetch_add(1, Ordering::Relaxed);
+            self.log.log(format_args!(
+                "http: oldest idle connection shed: --http-max-connections {} reached",
+                self.state.policy.max_connections()
+            ));
         }
-    }
-
-    fn close(&mut self, id: usize) {
-        if let Some(mut c) = self.connections.remove(&id) {
-            let _ = self.poll.registry().deregister(&mut c.stream);
-            self.state.counters.open.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.close(id);
+        true
     }
 }
 
 /// Reads, answers and writes what can be done now without blocking.
 fn drive(id: usize, conn: &mut Connection, state: &State, lookups: &Lookups) -> Fate {
     loop {
-        let mut progress = false;
-        // Write what is pending.
-        while conn.written < conn.output.len() {
-            match conn.stream.write(&conn.output[conn.written..]) {
-                Ok(0) => return Fate::Close,
-                Ok(n) => {
-                    conn.written += n;
-                    progress = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Fate::Close,
-            }
-        }
-        if !conn.output.is_empty() && conn.written == conn.output.len() {
-            conn.output.clear();
-            conn.written = 0;
-            conn.request_since = None;
-            conn.idle_since = Instant::now();
-            if conn.closing && conn.refused_at.is_none() {
-                let _ = conn.stream.shutdown(Shutdown::Write);
-                conn.refused_at = Some(Instant::now());
-            }
-        }
+        let mut progress = match write_pending(conn) {
+            Some(progress) => progress,
+            None => return Fate::Close,
+        };
         // Read, up to one head's worth beyond what is buffered.
         if !conn.read_done && conn.input.len() <= MAX_HEAD {
-            let mut chunk = [0u8; 4096];
-            match conn.stream.read(&mut chunk) {
-                Ok(0) => {
-                    conn.read_done = true;
-                    if conn.output.is_empty()
-                        && !conn.waiting
-                        && (conn.input.is_empty() || conn.closing)
-                    {
-                        return Fate::Close;
-                    }
-                }
-                Ok(n) => {
-                    progress = true;
-                    if conn.closing {
-                        // Refused or ending: what the client sends is discarded.
-                    } else {
-                        if conn.input.is_empty() && conn.request_since.is_none() {
-                            conn.request_since = Some(Instant::now());
-                        }
-                        conn.input.extend_from_slice(&chunk[..n]);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
-                Err(_) => return Fate::Close,
+            match read_more(conn) {
+                Some(read) => progress |= read,
+                None => return Fate::Close,
             }
         }
         // Answer the next request once the previous answer is out.
         if conn.output.is_empty() && !conn.closing && !conn.waiting && !conn.input.is_empty() {
-            match parse(&conn.input) {
-                Parsed::Partial => {
-                    if conn.read_done {
-                        return Fate::Close;
-                    }
-                }
-                Parsed::Refuse(status) => {
-                    conn.output = super::routes::refusal(status).to_bytes(false, false);
-                    conn.closing = true;
-                    conn.input.clear();
-                    progress = true;
-                }
-                Parsed::Complete(head, n) => {
-                    conn.input.drain(..n);
-                    if conn.request_since.is_none() {
-                        conn.request_since = Some(Instant::now());
-                    }
-                    progress = true;
-                    if head.has_body {
-                        let mut head = head;
-                        head.keep_alive = false;
-                        set_answer(conn, &head, super::routes::refusal(413), state);
-                    } else if !super::routes::reads_store(&head) {
-                        let response = super::routes::answer(&head, state);
-                        set_answer(conn, &head, response, state);
-                    } else {
-                        conn.waiting = true;
-                        if !lookups.ask(id, head) {
-                            conn.waiting = false;
-                            let head = Head {
-                                method: "GET".to_string(),
-                                path: String::new(),
-                                keep_alive: false,
-                                has_body: false,
-                            };
-                            set_answer(conn, &head, super::routes::refusal(503), state);
-                        }
-                    }
-                }
+            match answer_next(id, conn, state, lookups) {
+                Some(answered) => progress |= answered,
+                None => return Fate::Close,
             }
         }
         if !progress {
             return Fate::Open;
         }
     }
+}
+
+/// Writes what is pending; once an answer is out, the connection is idle
+/// again (or half-closed, when it was its last). Whether anything was
+/// written; `None` when the connection must close.
+fn write_pending(conn: &mut Connection) -> Option<bool> {
+    let mut progress = false;
+    while conn.written < conn.output.len() {
+        match conn.stream.write(&conn.output[conn.written..]) {
+            Ok(0) => return None,
+            Ok(n) => {
+                conn.written += n;
+                progress = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    if !conn.output.is_empty() && conn.written == conn.output.len() {
+        conn.output.clear();
+        conn.written = 0;
+        conn.request_since = None;
+        conn.idle_since = Instant::now();
+        if conn.closing && conn.refused_at.is_none() {
+            let _ = conn.stream.shutdown(Shutdown::Write);
+            conn.refused_at = Some(Instant::now());
+        }
+    }
+    Some(progress)
+}
+
+/// Reads what has arrived (discarded once the connection is ending). Whether
+/// anything was read; `None` when the connection must close.
+fn read_more(conn: &mut Connection) -> Option<bool> {
+    let mut chunk = [0u8; 4096];
+    match conn.stream.read(&mut chunk) {
+        Ok(0) => {
+            conn.read_done = true;
+            let nothing_owed = conn.output.is_empty() && !conn.waiting;
+            if nothing_owed && (conn.input.is_empty() || conn.closing) {
+                return None;
+            }
+            Some(false)
+        }
+        Ok(n) => {
+            // Refused or ending: what the client sends is discarded.
+            if !conn.closing {
+                if conn.input.is_empty() && conn.request_since.is_none() {
+                    conn.request_since = Some(Instant::now());
+                }
+                conn.input.extend_from_slice(&chunk[..n]);
+            }
+            Some(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(false),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Some(true),
+        Err(_) => None,
+    }
+}
+
+/// Parses the next request and answers it, here or (when the answer reads
+/// the store) on the lookup thread. Whether a request was taken; `None` when
+/// the connection must close (it ended in the middle of a head).
+fn answer_next(id: usize, conn: &mut Connection, state: &State, lookups: &Lookups) -> Option<bool> {
+    let (head, n) = match parse(&conn.input) {
+        Parsed::Partial if conn.read_done => return None,
+        Parsed::Partial => return Some(false),
+        Parsed::Refuse(status) => {
+            conn.output = super::routes::refusal(status).to_bytes(false, false);
+            conn.closing = true;
+            conn.input.clear();
+            return Some(true);
+        }
+        Parsed::Complete(head, n) => (head, n),
+    };
+    conn.input.drain(..n);
+    if conn.request_since.is_none() {
+        conn.request_since = Some(Instant::now());
+    }
+    if head.has_body {
+        let mut head = head;
+        head.keep_alive = false;
+        set_answer(conn, &head, super::routes::refusal(413), state);
+    } else if !super::routes::reads_store(&head) {
+        let response = super::routes::answer(&head, state);
+        set_answer(conn, &head, response, state);
+    } else {
+        conn.waiting = true;
+        if !lookups.ask(id, head) {
+            conn.waiting = false;
+            let head = Head {
+                method: "GET".to_string(),
+                path: String::new(),
+                keep_alive: false,
+                has_body: false,
+            };
+            set_answer(conn, &head, super::routes::refusal(503), state);
+        }
+    }
+    Some(true)
 }
 
 /// Puts a request's answer in the connection's output.

@@ -16,12 +16,16 @@ use crate::config::ServerConfig;
 use crate::net::admission::AdmissionTable;
 use crate::net::linger::Lingerer;
 use crate::net::record::Record;
+use crate::policy::ConnectionPolicy;
 use crate::rate_limited::RateLimitedLog;
 use crate::store::backend::Backend;
 use crate::tls::server::Acceptor;
 
 pub(crate) struct Context {
     pub(crate) config: ServerConfig,
+    /// `--allow`, `--max-connections` and `--timeout-ms`, as the rules the
+    /// HTTP side's connections are held to too.
+    pub(crate) policy: ConnectionPolicy,
     /// Where registers are read and written.
     pub(crate) backend: Arc<dyn Backend>,
     /// Swapped whole on reload; a handshake holds its own `Arc`.
@@ -51,6 +55,11 @@ impl Context {
     pub(crate) fn new(parts: Parts, lingerer: Lingerer) -> Context {
         let config = parts.config;
         Context {
+            policy: ConnectionPolicy::new(
+                config.allow.clone(),
+                config.max_connections,
+                config.timeout,
+            ),
             table: AdmissionTable::new(config.max_connections, config.max_per_ip),
             backend: parts.backend,
             acceptor: RwLock::new(parts.acceptor.map(Arc::new)),

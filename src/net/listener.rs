@@ -1,14 +1,15 @@
 //! Listening sockets and the accept threads.
 //!
 //! Each port has its own accept thread. It accepts every pending connection,
-//! checks `--allow`, takes a place in the connection table (shedding the oldest
+//! checks `--allow` (unless a trusted balancer's PROXY header must first name
+//! the client), takes a place in the connection table (shedding the oldest
 //! silent connection when the table is full) and hands the new session to the
 //! pool, except the first few of a batch on the open port, which it serves
 //! itself when nothing in that can wait (see `serves_here`). It never waits on a
 //! client.
 
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,12 +17,15 @@ use log::debug;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 
-use crate::allow;
-use crate::facts::{Ending, Facts, Refusal};
-use crate::net::context::{Context, run_guarded};
+use crate::facts::{Facts, Refusal};
+use crate::net::admission::Admission;
+use crate::net::close::{self, Reach};
+use crate::net::context::Context;
 use crate::net::linger;
-use crate::net::session::{self, Room, Session};
-use crate::net::waiting_room::Wake;
+use crate::net::proxy;
+use crate::net::session::{Room, Session};
+use crate::net::waiting_room::{Waiter, Wake};
+use crate::policy;
 use crate::protocol::Transport;
 
 pub(crate) const LISTENER: Token = Token(0);
@@ -120,10 +124,10 @@ pub(crate) fn accept_loop(
                         continue;
                     };
                     if served + here.len() >= here_per_batch {
-                        session.wait_for_first_bytes(&room);
+                        session.wait_for_first_bytes(&ctx, &room);
                     } else if served == 0 && here.is_empty() {
                         served += 1;
-                        run_guarded(|| session.run(Wake::Accepted, &ctx, &room));
+                        session.wake(Wake::Accepted, &ctx, &room);
                     } else {
                         here.push(session);
                     }
@@ -141,9 +145,9 @@ pub(crate) fn accept_loop(
         }
         for session in here.drain(..) {
             if ctx.is_stopping() {
-                session.wait_for_first_bytes(&room);
+                session.wait_for_first_bytes(&ctx, &room);
             } else {
-                run_guarded(|| session.run(Wake::Accepted, &ctx, &room));
+                session.wake(Wake::Accepted, &ctx, &room);
             }
         }
         sweep_in = linger::sweep_own_closes(&ctx.lingerer);
@@ -163,7 +167,9 @@ fn serves_here(transport: Transport, ctx: &Context) -> bool {
     transport == Transport::Plain && ctx.backend.answers_from_memory()
 }
 
-/// Gives a new connection its place, or turns it away.
+/// Gives a new connection its place, or turns it away. The address check runs
+/// here when the peer's address is the client's; behind a trusted balancer it
+/// runs once the PROXY header has named the client (in the session).
 fn admit(
     stream: TcpStream,
     peer: SocketAddr,
@@ -173,20 +179,12 @@ fn admit(
 ) -> Option<Session> {
     let mut facts = Facts::new(transport, peer, Instant::now());
     let ip = peer.ip().to_canonical();
-    if !allow::allowed(&ctx.config.allow, ip) {
-        refuse(&stream, &mut facts, Refusal::NotAllowed, ctx);
-        return None;
-    }
-    let admitted = match ctx.table.admit(ip) {
-        Err(Refusal::Full) => match room.shed_oldest_silent() {
-            Some(victim) => {
-                victim.shed(ctx, room);
-                ctx.table.admit(ip)
-            }
-            None => Err(Refusal::Full),
-        },
-        other => other,
+    let checked = if proxy::from_balancer(&ctx.config.proxy, ip) {
+        Ok(())
+    } else {
+        ctx.policy.check_address(ip)
     };
+    let admitted = checked.and_then(|()| ctx.policy.make_room(&mut Places { ctx, room }, ip));
     match admitted {
         Ok(admission) => Some(Session::new(
             ctx.next_token(),
@@ -196,29 +194,38 @@ fn admit(
             ctx,
         )),
         Err(refusal) => {
-            refuse(&stream, &mut facts, refusal, ctx);
+            let reach = match transport {
+                Transport::Plain => Reach::Now,
+                Transport::Tls => Reach::NotYet,
+            };
+            close::refuse(Some(stream), reach, &mut facts, refusal, None, ctx);
             None
         }
     }
 }
 
-/// Turns a connection away without blocking: an `X` on the open port for
-/// lack of room, nothing on the TLS port (no handshake has happened) or to an
-/// address not allowed.
-fn refuse(stream: &TcpStream, facts: &mut Facts, refusal: Refusal, ctx: &Context) {
-    if facts.transport == Transport::Plain && refusal != Refusal::NotAllowed {
-        let busy = session::busy_reply(ctx);
-        let _ = socket2::SockRef::from(stream)
-            .send_with_flags(busy.encoded.as_bytes(), libc::MSG_DONTWAIT);
-        let _ = stream.shutdown(Shutdown::Write);
-        // Whatever already arrived is read so the close is a FIN, not a reset.
-        linger::drain_now(stream);
-        facts.verdict = Some(busy);
+/// The connection table and the waiting room, as the connection policy sees
+/// them: a place is a slot of the table; the idle connection to shed is the
+/// oldest one in the room that has sent nothing.
+struct Places<'a> {
+    ctx: &'a Context,
+    room: &'a Room,
+}
+
+impl policy::Places for Places<'_> {
+    type Place = Admission;
+
+    fn take(&mut self, ip: IpAddr) -> Result<Admission, Refusal> {
+        self.ctx.table.admit(ip)
     }
-    facts.finished_at = Some(Instant::now());
-    let ending = Ending::Refused {
-        refusal,
-        problem: None,
-    };
-    ctx.record.finished(facts, b"", &ending);
+
+    fn shed_oldest_idle(&mut self) -> bool {
+        match self.room.shed_oldest_silent() {
+            Some(victim) => {
+                victim.shed(self.ctx, self.room);
+                true
+            }
+            None => false,
+        }
+    }
 }

@@ -1,9 +1,21 @@
 //! The PROXY protocol (versions 1 and 2) a load balancer puts before a
 //! connection's own bytes to say whom it is forwarding. Parsing only, no I/O:
-//! bytes in, a verdict out, every prefix of a valid header `Partial`.
+//! bytes in, a verdict out, every prefix of a valid header `Partial`; and who
+//! must send one.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::config::ProxyProtocol;
+
+/// Whether a connection from `peer` comes from a balancer in `--proxy-from`:
+/// its client's real address is known only once the header is read.
+pub fn from_balancer(proxy: &ProxyProtocol, peer: IpAddr) -> bool {
+    match proxy {
+        ProxyProtocol::From(balancers) => balancers.iter().any(|range| range.contains(peer)),
+        ProxyProtocol::Off => false,
+    }
+}
 
 /// The 12 bytes that open a version 2 header.
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";

@@ -262,3 +262,188 @@ impl Record {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+    use std::time::Instant;
+
+    use crate::facts::{Denial, TlsFacts, Verdict};
+    use crate::protocol::{ErrorDetail, Failure, Reply, Terminator, Transport};
+    use crate::tls::server::HandshakeFailureKind;
+
+    fn record() -> Record {
+        let limits = Limits {
+            max_connections: 64,
+            max_per_ip: 8,
+        };
+        Record::new(Arc::new(Metrics::new()), None, limits)
+    }
+
+    fn peer() -> SocketAddr {
+        "192.0.2.7:40000".parse().unwrap()
+    }
+
+    fn facts_with(reply: Option<Reply>) -> Facts {
+        let mut facts = Facts::new(Transport::Plain, peer(), Instant::now());
+        facts.verdict = reply.map(|reply| Verdict {
+            reply,
+            encoded: reply.encode(ErrorDetail::Bare, Terminator::None),
+            denial: None,
+        });
+        facts.finished_at = Some(Instant::now());
+        facts
+    }
+
+    fn accepted() -> Option<Reply> {
+        Some(Reply::Accepted {
+            device: 0x0FAC,
+            register: 0x0B,
+            value: 0x1234,
+        })
+    }
+
+    /// (answered, refused as full, handshake failures, acl denials)
+    fn counts(record: &Record) -> (u64, u64, u64, u64) {
+        let m = record.metrics();
+        (
+            m.answered_total(),
+            m.refusals_total(Refusal::Full),
+            m.handshake_failures_total(),
+            m.acl_denials_total(),
+        )
+    }
+
+    #[test]
+    fn each_ending_is_counted_once_and_only_an_answer_is_a_transaction() {
+        let denied = {
+            let mut facts = facts_with(Some(Reply::Failed(Failure::Forbidden)));
+            if let Some(verdict) = facts.verdict.as_mut() {
+                verdict.denial = Some(Denial {
+                    file: "acl.rules".to_string(),
+                    reason: "no rule allows it (default deny)".to_string(),
+                });
+            }
+            facts
+        };
+        let cases = [
+            (facts_with(accepted()), Ending::Answered, (1, 0, 0, 0)),
+            (denied, Ending::Answered, (1, 0, 0, 1)),
+            (
+                facts_with(Some(Reply::Failed(Failure::Timeout))),
+                Ending::TimedOut,
+                (0, 0, 0, 0),
+            ),
+            (facts_with(None), Ending::Empty, (0, 0, 0, 0)),
+            (
+                facts_with(Some(Reply::Failed(Failure::Busy))),
+                Ending::Refused {
+                    refusal: Refusal::Full,
+                    problem: None,
+                },
+                (0, 1, 0, 0),
+            ),
+            (
+                facts_with(None),
+                Ending::HandshakeFailed {
+                    kind: HandshakeFailureKind::Timeout,
+                    detail: String::new(),
+                },
+                (0, 0, 1, 0),
+            ),
+            (
+                facts_with(None),
+                Ending::Broken(std::io::ErrorKind::ConnectionReset),
+                (0, 0, 0, 0),
+            ),
+        ];
+        for (facts, ending, expected) in cases {
+            let record = record();
+            record.finished(&facts, b"W0FAC0B1234", &ending);
+            assert_eq!(counts(&record), expected, "{ending:?}");
+        }
+    }
+
+    #[test]
+    fn transactions_are_numbered_in_the_order_they_end() {
+        let record = record();
+        for n in 1..=3 {
+            record.finished(&facts_with(accepted()), b"W0FAC0B1234", &Ending::Answered);
+            assert_eq!(record.metrics().answered_total(), n);
+        }
+        // A refusal's X between them takes no number.
+        let busy = facts_with(Some(Reply::Failed(Failure::Busy)));
+        let shed = Ending::Refused {
+            refusal: Refusal::Shed,
+            problem: None,
+        };
+        record.finished(&busy, b"", &shed);
+        assert_eq!(record.metrics().answered_total(), 3);
+        assert_eq!(record.metrics().refusals_total(Refusal::Shed), 1);
+    }
+
+    #[test]
+    fn a_completed_handshake_is_counted_whatever_the_ending() {
+        let record = record();
+        let mut facts = facts_with(None);
+        facts.tls = Some(TlsFacts {
+            version: "TLSv1.3",
+            resumed: true,
+        });
+        record.finished(&facts, b"", &Ending::Empty);
+        let text = record.metrics().encode(&Default::default());
+        let counted = |outcome: &str, n: &str| {
+            text.lines().any(|line| {
+                line.contains("tls_handshakes")
+                    && line.contains("\"TLSv1.3\"")
+                    && line.contains(outcome)
+                    && line.ends_with(n)
+            })
+        };
+        assert!(counted("\"resumed\"", " 1"), "{text}");
+        assert!(counted("\"full\"", " 0"), "{text}");
+    }
+
+    #[test]
+    fn each_refusal_has_its_own_line_naming_the_limit() {
+        let record = record();
+        let facts = facts_with(None);
+        let cases = [
+            (Refusal::NotAllowed, None, "address not in --allow"),
+            (
+                Refusal::PerIp,
+                None,
+                "8 connections from that address are unfinished (--max-per-ip)",
+            ),
+            (
+                Refusal::Full,
+                None,
+                "64 connections open and none silent to shed (--max-connections)",
+            ),
+            (
+                Refusal::Shed,
+                None,
+                "the connection table is full (--max-connections 64)",
+            ),
+            (Refusal::ProxyHeader, None, "a bad PROXY header"),
+            (
+                Refusal::ProxyHeader,
+                Some("a PROXY header from an address not in --proxy-from".to_string()),
+                "not in --proxy-from",
+            ),
+        ];
+        for (refusal, problem, expected) in cases {
+            let line = record.refusal_line(&facts, refusal, &problem);
+            assert!(line.contains("192.0.2.7:40000"), "{line}");
+            assert!(line.contains(expected), "{refusal}: {line}");
+        }
+        let mut proxied = facts_with(None);
+        proxied.balancer = Some("10.0.0.1:5000".parse().unwrap());
+        let line = record.refusal_line(&proxied, Refusal::PerIp, &None);
+        assert_eq!(
+            line,
+            "closed plain connection from 192.0.2.7:40000 (through 10.0.0.1:5000): per-address limit"
+        );
+    }
+}

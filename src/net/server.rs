@@ -19,7 +19,7 @@ use crate::config::{ConfigError, ServerConfig};
 use crate::facts::Refusal;
 use crate::http::{HttpServer, Status};
 use crate::metrics::{Metrics, Snapshot};
-use crate::net::context::{Context, Parts, run_guarded};
+use crate::net::context::{Context, Parts};
 use crate::net::linger::{self, Lingerer};
 use crate::net::listener;
 use crate::net::record::{Limits, Record};
@@ -403,10 +403,10 @@ impl RunningServer {
     /// The waiting room's timer thread and the workers, each waiting on the
     /// room's sockets itself.
     fn start_room(&mut self) -> io::Result<()> {
-        let room = Arc::clone(&self.room);
+        let (ctx, room) = (Arc::clone(&self.ctx), Arc::clone(&self.room));
         let timers = thread::Builder::new()
             .name("wwep-timers".to_string())
-            .spawn(move || room.run_timers())?;
+            .spawn(move || room.run_timers(&ctx))?;
         self.room_threads.push(timers);
         for _ in 0..self.ctx.config.worker_threads() {
             let (ctx, room) = (Arc::clone(&self.ctx), Arc::clone(&self.room));
@@ -419,7 +419,7 @@ impl RunningServer {
                     // hands them to the lingering thread.
                     linger::finish_own_closes();
                     room.serve(
-                        |session, wake| run_guarded(|| session.run(wake, &ctx, &room)),
+                        &ctx,
                         || linger::sweep_own_closes(&ctx.lingerer),
                         || linger::hand_on_own_closes(&ctx.lingerer),
                     );

@@ -10,25 +10,25 @@
 //! the [`Record`](crate::net::record::Record), once.
 
 use std::io::{ErrorKind, Read};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::Arc;
 use std::time::Instant;
 
 use mio::{Interest, Token};
 
 use crate::acl::{self, Certificate};
-use crate::allow;
 use crate::config::{PortAccess, ProxyProtocol};
 use crate::connection::{self, Incoming, Policy, Received, Sent};
 use crate::facts::{Ending, Facts, Refusal, TlsFacts, Verdict};
 use crate::net::admission::Admission;
-use crate::net::context::Context;
-use crate::net::linger::{self, Drained};
+use crate::net::close::{self, Reach};
+use crate::net::context::{Context, run_guarded};
 use crate::net::proxy::{self, Header, Origin};
 use crate::net::waiting_room::{Registration, Waiter, WaitingRoom, Wake};
-use crate::protocol::{Failure, Reply, Terminator, Transport};
-use crate::tls::server::{Handshake, HandshakeFailureKind, PendingHandshake, ServerStream};
+use crate::protocol::{Terminator, Transport};
+use crate::tls::server::{
+    Acceptor, Handshake, HandshakeFailureKind, PendingHandshake, ServerStream,
+};
 
 /// The waiting room of WWEP connections.
 pub(crate) type Room = WaitingRoom<Session>;
@@ -73,6 +73,19 @@ pub(crate) struct Session {
 }
 
 impl Waiter for Session {
+    type Served = Context;
+
+    fn wake(self, wake: Wake, ctx: &Context, room: &Room) {
+        run_guarded(|| self.run(wake, ctx, room));
+    }
+
+    /// The server stopped with the connection unfinished (past its deadline
+    /// and gap: every connection before has been answered or closed): it ends
+    /// through the one close and is recorded, as every connection is.
+    fn end_now(mut self, ctx: &Context, room: &Room) {
+        self.finish(Ending::Broken(ErrorKind::TimedOut), ctx, room);
+    }
+
     fn token(&self) -> Token {
         self.token
     }
@@ -109,7 +122,7 @@ impl Session {
         Session {
             token,
             stage,
-            deadline: facts.accepted_at + ctx.config.timeout,
+            deadline: ctx.policy.deadline_from(facts.accepted_at),
             facts,
             incoming: Incoming::default(),
             sending: None,
@@ -130,23 +143,27 @@ impl Session {
 
     /// A new connection waits in the room for its first bytes (a worker takes
     /// it as soon as they are there, at once when they already are).
-    pub(crate) fn wait_for_first_bytes(self, room: &Room) {
+    pub(crate) fn wait_for_first_bytes(self, ctx: &Context, room: &Room) {
         let until = self.deadline;
         // No quick ACK yet: a client's first write leaves at once, Nagle or
         // not (nothing of its own is unacknowledged). Should a request come
         // in pieces, the wait after the first piece arms it, and arming it
         // sends the ACK that is pending.
-        room.park(self, Interest::READABLE, until);
+        if let Some(session) = room.park(self, Interest::READABLE, until) {
+            session.end_now(ctx, room);
+        }
     }
 
     /// Advances the session as far as it goes now, then parks it or ends it.
-    pub(crate) fn run(mut self, wake: Wake, ctx: &Arc<Context>, room: &Arc<Room>) {
+    fn run(mut self, wake: Wake, ctx: &Context, room: &Room) {
         match self.advance(wake, ctx, room) {
             Step::Park(interest, until) => {
                 if interest.is_readable() {
                     self.ack_at_once();
                 }
-                room.park(self, interest, until)
+                if let Some(session) = room.park(self, interest, until) {
+                    session.end_now(ctx, room);
+                }
             }
             Step::Done => {}
         }
@@ -175,66 +192,64 @@ impl Session {
             if self.sending.is_some() {
                 return self.send(now, ctx, room);
             }
-            match std::mem::replace(&mut self.stage, Stage::Closed) {
-                Stage::AwaitingProxy(tcp) => {
-                    self.stage = Stage::AwaitingProxy(tcp);
-                    if expired {
-                        return self.finish(Ending::Broken(ErrorKind::TimedOut), ctx, room);
-                    }
-                    if let Some(step) = self.proxy_header(ctx, room) {
-                        return step;
-                    }
+            let step = match self.stage {
+                Stage::Closed => Some(Step::Done),
+                Stage::AwaitingProxy(_) if expired => {
+                    Some(self.finish(Ending::Broken(ErrorKind::TimedOut), ctx, room))
                 }
-                Stage::TlsFresh(tcp) => {
-                    self.stage = Stage::TlsFresh(tcp);
-                    if expired {
-                        return self.handshake_failed(HandshakeFailureKind::Timeout, ctx, room);
-                    }
-                    let Stage::TlsFresh(tcp) = &self.stage else {
-                        return Step::Done;
-                    };
-                    // Nothing arrived yet: wait without building any TLS state.
-                    // (When the wake-up itself says bytes are waiting, the look
-                    // would only cost a system call.)
-                    if !hello_waiting {
-                        match tcp.peek(&mut [0u8; 1]) {
-                            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                                return Step::Park(Interest::READABLE, self.deadline);
-                            }
-                            Ok(0) => return self.finish(Ending::Empty, ctx, room),
-                            Err(e) => return self.finish(Ending::Broken(e.kind()), ctx, room),
-                            Ok(_) => {}
-                        }
-                    }
-                    let Some(acceptor) = ctx.acceptor() else {
-                        return self.finish(Ending::Broken(ErrorKind::NotConnected), ctx, room);
-                    };
-                    let Stage::TlsFresh(tcp) = std::mem::replace(&mut self.stage, Stage::Closed)
-                    else {
-                        return Step::Done;
-                    };
-                    if let Some(step) = self.handshake_step(acceptor.start(tcp), ctx, room) {
-                        return step;
-                    }
+                Stage::TlsFresh(_) | Stage::Handshaking(_) if expired => {
+                    Some(self.handshake_failed(HandshakeFailureKind::Timeout, ctx, room))
                 }
-                Stage::Handshaking(pending) => {
-                    if expired {
-                        self.stage = Stage::Handshaking(pending);
-                        return self.handshake_failed(HandshakeFailureKind::Timeout, ctx, room);
-                    }
-                    if let Some(step) = self.handshake_step(pending.resume(), ctx, room) {
-                        return step;
-                    }
-                }
-                Stage::Closed => return Step::Done,
-                stage @ (Stage::Plain(_) | Stage::Tls(_)) => {
-                    self.stage = stage;
-                    if let Some(step) = self.receive(now, expired, ctx, room) {
-                        return step;
-                    }
-                }
+                Stage::AwaitingProxy(_) => self.proxy_header(ctx, room),
+                Stage::TlsFresh(_) => self.hello(hello_waiting, ctx, room),
+                Stage::Handshaking(_) => self.handshake(None, ctx, room),
+                Stage::Plain(_) | Stage::Tls(_) => self.receive(now, expired, ctx, room),
+            };
+            if let Some(step) = step {
+                return step;
             }
         }
+    }
+
+    /// A TLS connection on which nothing had arrived: waits for the
+    /// ClientHello without building any TLS state, then starts the handshake.
+    /// (When the wake-up itself says bytes are waiting, the look would only
+    /// cost a system call.)
+    fn hello(&mut self, hello_waiting: bool, ctx: &Context, room: &Room) -> Option<Step> {
+        if !hello_waiting && let Some(tcp) = self.tcp() {
+            match tcp.peek(&mut [0u8; 1]) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    return Some(Step::Park(Interest::READABLE, self.deadline));
+                }
+                Ok(0) => return Some(self.finish(Ending::Empty, ctx, room)),
+                Err(e) => return Some(self.finish(Ending::Broken(e.kind()), ctx, room)),
+                Ok(_) => {}
+            }
+        }
+        match ctx.acceptor() {
+            Some(acceptor) => self.handshake(Some(&acceptor), ctx, room),
+            None => Some(self.finish(Ending::Broken(ErrorKind::NotConnected), ctx, room)),
+        }
+    }
+
+    /// One step of the TLS handshake: started with `acceptor` on a fresh
+    /// connection, resumed on a pending one.
+    fn handshake(
+        &mut self,
+        acceptor: Option<&Acceptor>,
+        ctx: &Context,
+        room: &Room,
+    ) -> Option<Step> {
+        let step = match (self.stage.take(), acceptor) {
+            (Stage::TlsFresh(tcp), Some(acceptor)) => acceptor.start(tcp),
+            (Stage::Handshaking(pending), _) => pending.resume(),
+            (stage, _) => {
+                // Any other stage has no handshake to step.
+                self.stage = stage;
+                return None;
+            }
+        };
+        self.handshake_step(step, ctx, room)
     }
 
     /// Reads a balancer's PROXY header, where one is due, and takes the
@@ -242,10 +257,6 @@ impl Session {
     /// first real stage; a step when it must wait for more bytes or is over.
     fn proxy_header(&mut self, ctx: &Context, room: &Room) -> Option<Step> {
         let Stage::AwaitingProxy(tcp) = &self.stage else {
-            return None;
-        };
-        let ProxyProtocol::From(balancers) = &ctx.config.proxy else {
-            self.enter_first_stage();
             return None;
         };
         let mut buf = [0u8; proxy::MAX_HEADER_BYTES];
@@ -257,10 +268,7 @@ impl Session {
             }
             Err(e) => return Some(self.finish(Ending::Broken(e.kind()), ctx, room)),
         };
-        let trusted = balancers
-            .iter()
-            .any(|range| range.contains(self.facts.peer.ip()));
-        let problem = if !trusted {
+        let problem = if !proxy::from_balancer(&ctx.config.proxy, self.facts.peer.ip()) {
             if !proxy::looks_like_header(&buf[..n]) {
                 self.enter_first_stage();
                 return None;
@@ -275,72 +283,57 @@ impl Session {
                 Ok(Header::Complete { origin, len }) => {
                     // The header's bytes are there (peeked): take exactly them.
                     if (&*tcp).read_exact(&mut buf[..len]).is_err() {
-                        return Some(self.finish(
-                            Ending::Broken(ErrorKind::InvalidData),
-                            ctx,
-                            room,
-                        ));
+                        let broken = Ending::Broken(ErrorKind::InvalidData);
+                        return Some(self.finish(broken, ctx, room));
                     }
                     if let Origin::Client { source, .. } = origin {
-                        return self.behind_balancer(source, ctx, room);
+                        self.facts.balancer = Some(self.facts.peer);
+                        self.facts.peer = source;
                     }
-                    self.enter_first_stage();
-                    return None;
+                    return self.address_known(ctx, room);
                 }
                 Err(e) => e.to_string(),
             }
         };
-        let refused = Ending::Refused {
-            refusal: Refusal::ProxyHeader,
-            problem: Some(problem),
-        };
-        Some(self.turn_away(refused, ctx, room))
+        Some(self.refuse(Refusal::ProxyHeader, Some(problem), ctx, room))
     }
 
-    /// A trusted balancer named the client: the client's address is checked
-    /// against `--allow` and `--max-per-ip` as if it had connected itself.
-    fn behind_balancer(&mut self, source: SocketAddr, ctx: &Context, room: &Room) -> Option<Step> {
-        self.facts.balancer = Some(self.facts.peer);
-        self.facts.peer = source;
-        let ip = source.ip().to_canonical();
-        let refusal = if !allow::allowed(&ctx.config.allow, ip) {
-            Some(Refusal::NotAllowed)
-        } else {
-            self.admission.moved_to(ip).err()
-        };
+    /// A trusted balancer's header said who the client is (or that the
+    /// connection is the balancer's own): the one address check runs now, on
+    /// that address, and `--max-per-ip` counts the connection against it.
+    fn address_known(&mut self, ctx: &Context, room: &Room) -> Option<Step> {
+        let ip = self.facts.peer.ip().to_canonical();
+        let checked = ctx
+            .policy
+            .check_address(ip)
+            .and_then(|()| self.admission.moved_to(ip));
         self.enter_first_stage();
-        let refusal = refusal?;
-        if refusal == Refusal::PerIp
-            && let Stage::Plain(tcp) = &self.stage
-        {
-            let busy = busy_reply(ctx);
-            let _ = PlainWriter(tcp).write_now(busy.encoded.as_bytes());
-            self.facts.verdict = Some(busy);
-        }
-        let refused = Ending::Refused {
-            refusal,
-            problem: None,
-        };
-        Some(self.turn_away(refused, ctx, room))
+        let refusal = checked.err()?;
+        Some(self.refuse(refusal, None, ctx, room))
     }
 
     fn enter_first_stage(&mut self) {
-        if let Stage::AwaitingProxy(tcp) = std::mem::replace(&mut self.stage, Stage::Closed) {
+        if let Stage::AwaitingProxy(tcp) = self.stage.take() {
             self.stage = first_stage(self.facts.transport, tcp);
         }
     }
 
-    /// Closes a connection that will get no (further) reply with a FIN
-    /// (reading what it still sends for a moment), not a reset.
-    fn turn_away(&mut self, ending: Ending, ctx: &Context, room: &Room) -> Step {
+    /// Turns the connection away (the one refusal: reply, close, record).
+    fn refuse(
+        &mut self,
+        refusal: Refusal,
+        problem: Option<String>,
+        ctx: &Context,
+        room: &Room,
+    ) -> Step {
         room.forget(self);
-        if let Stage::AwaitingProxy(tcp) | Stage::Plain(tcp) | Stage::TlsFresh(tcp) =
-            std::mem::replace(&mut self.stage, Stage::Closed)
-            && tcp.shutdown(Shutdown::Write).is_ok()
-        {
-            ctx.lingerer.close(tcp, ctx.config.linger);
-        }
-        self.finish(ending, ctx, room)
+        let reach = match self.stage {
+            Stage::Plain(_) => Reach::Now,
+            _ => Reach::NotYet,
+        };
+        let tcp = self.stage.take().into_tcp();
+        close::refuse(tcp, reach, &mut self.facts, refusal, problem, ctx);
+        Step::Done
     }
 
     /// Takes a handshake step's result into the stage; `Some` when the
@@ -376,9 +369,7 @@ impl Session {
                 if let Some(tcp) = failure.socket {
                     room.forget_fd(std::mem::take(&mut self.registration), Some(tcp.as_fd()));
                     // The alert that says why goes out before the FIN.
-                    if tcp.shutdown(Shutdown::Write).is_ok() {
-                        ctx.lingerer.close(tcp, ctx.config.linger);
-                    }
+                    close::gracefully(tcp, ctx);
                 }
                 let ending = Ending::HandshakeFailed {
                     kind: failure.kind,
@@ -493,17 +484,10 @@ impl Session {
         // A reply went out: the close must not destroy it.
         let replied = self.sending.is_some()
             && matches!(ending, Ending::Answered | Ending::TimedOut | Ending::Empty);
-        let tcp = match std::mem::replace(&mut self.stage, Stage::Closed) {
-            Stage::Plain(tcp) | Stage::AwaitingProxy(tcp) | Stage::TlsFresh(tcp) => Some(tcp),
-            Stage::Tls(stream) => stream.close(),
-            Stage::Handshaking(pending) => pending.abandon(),
-            Stage::Closed => None,
-        };
-        if let Some(tcp) = tcp
+        if let Some(tcp) = self.stage.take().into_tcp()
             && replied
-            && tcp.shutdown(Shutdown::Write).is_ok()
         {
-            ctx.lingerer.close(tcp, ctx.config.linger);
+            close::gracefully(tcp, ctx);
         }
         ctx.record
             .finished(&self.facts, self.incoming.bytes(), &ending);
@@ -513,30 +497,26 @@ impl Session {
     /// Closes a silent connection to make room for a newcomer (accept thread;
     /// nothing here blocks).
     pub(crate) fn shed(mut self, ctx: &Context, room: &Room) {
-        room.forget(&mut self);
-        if let Stage::Plain(tcp) = &self.stage {
-            let busy = busy_reply(ctx);
-            let _ = PlainWriter(tcp).write_now(busy.encoded.as_bytes());
-            let _ = tcp.shutdown(Shutdown::Write);
-            let _ = linger::drain_now(tcp) == Drained::Closed;
-            self.facts.verdict = Some(busy);
-        }
-        self.facts.finished_at = Some(Instant::now());
-        let ending = Ending::Refused {
-            refusal: Refusal::Shed,
-            problem: None,
-        };
-        ctx.record.finished(&self.facts, b"", &ending);
+        self.refuse(Refusal::Shed, None, ctx, room);
     }
 }
 
-/// The `X` a connection turned away for lack of room gets.
-pub(crate) fn busy_reply(ctx: &Context) -> Verdict {
-    let reply = Reply::Failed(Failure::Busy);
-    Verdict {
-        reply,
-        encoded: reply.encode(ctx.config.error_detail, Terminator::None),
-        denial: None,
+impl Stage {
+    /// The stage, taken out: the session holds [`Stage::Closed`] until the
+    /// next stage is put in.
+    fn take(&mut self) -> Stage {
+        std::mem::replace(self, Stage::Closed)
+    }
+
+    /// The socket, for closing: a TLS stream sends its close_notify first,
+    /// a handshake in progress is abandoned.
+    fn into_tcp(self) -> Option<TcpStream> {
+        match self {
+            Stage::Plain(tcp) | Stage::AwaitingProxy(tcp) | Stage::TlsFresh(tcp) => Some(tcp),
+            Stage::Tls(stream) => stream.close(),
+            Stage::Handshaking(pending) => pending.abandon(),
+            Stage::Closed => None,
+        }
     }
 }
 
@@ -552,12 +532,6 @@ fn first_stage(transport: Transport, tcp: TcpStream) -> Stage {
 /// MSG_MORE holds it for the FIN that follows at once and both leave in one
 /// segment.
 struct PlainWriter<'a>(&'a TcpStream);
-
-impl PlainWriter<'_> {
-    fn write_now(&self, bytes: &[u8]) -> std::io::Result<usize> {
-        socket2::SockRef::from(self.0).send_with_flags(bytes, libc::MSG_DONTWAIT)
-    }
-}
 
 impl std::io::Write for PlainWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

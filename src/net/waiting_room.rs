@@ -65,7 +65,15 @@ pub(crate) enum Registration {
 }
 
 /// What the room needs to know of a connection it holds.
-pub(crate) trait Waiter: Send + 'static {
+pub(crate) trait Waiter: Send + Sized + 'static {
+    /// What every connection is run with (the server's context).
+    type Served: Sync;
+    /// Runs the connection after `wake`, as far as it goes now; it comes back
+    /// to `room` when it must wait again.
+    fn wake(self, wake: Wake, served: &Self::Served, room: &WaitingRoom<Self>);
+    /// Ends the connection now: the room has stopped (or cannot watch its
+    /// socket), so it will not be woken again. The room no longer watches it.
+    fn end_now(self, served: &Self::Served, room: &WaitingRoom<Self>);
     /// Its key in the room; never reused.
     fn token(&self) -> Token;
     /// The socket to watch (`None` once closed).
@@ -175,15 +183,17 @@ impl<S: Waiter> WaitingRoom<S> {
         self.room.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Parks a session until its socket is ready for `interest` or `until`.
-    pub(crate) fn park(&self, mut session: S, interest: Interest, until: Instant) {
+    /// Parks a session until its socket is ready for `interest` or `until`;
+    /// hands it back when it cannot wait (the room has stopped, or its socket
+    /// cannot be watched), for the caller to end it now.
+    #[must_use = "a session handed back must be ended"]
+    pub(crate) fn park(&self, mut session: S, interest: Interest, until: Instant) -> Option<S> {
         let token = session.token();
         let mut room = self.room();
         if room.stop {
-            // Too late to wait: the session is closed (dropped) here.
             drop(room);
             self.forget(&mut session);
-            return;
+            return Some(session);
         }
         let registered = *session.registration() != Registration::Off;
         let event = EventData::new_u64(token.0 as u64);
@@ -191,7 +201,7 @@ impl<S: Waiter> WaitingRoom<S> {
         // the lock, and by then the session is in the room. Arming after the read that would block is enough, since
         // epoll reports a socket that is already ready when it is armed.
         let armed = match session.fd() {
-            None => return,
+            None => return Some(session),
             Some(fd) if registered => epoll::modify(&self.epoll, fd, event, one_shot(interest)),
             Some(fd) => epoll::add(&self.epoll, fd, event, one_shot(interest)),
         };
@@ -199,7 +209,7 @@ impl<S: Waiter> WaitingRoom<S> {
             drop(room);
             debug!("cannot wait on a connection: {e}");
             self.forget(&mut session);
-            return;
+            return Some(session);
         }
         *session.registration() = Registration::Armed;
         if session.is_silent() {
@@ -215,6 +225,7 @@ impl<S: Waiter> WaitingRoom<S> {
             drop(room);
             self.timer_changed.notify_one();
         }
+        None
     }
 
     /// Stops watching a session's socket for good (before it is closed or
@@ -264,8 +275,8 @@ impl<S: Waiter> WaitingRoom<S> {
         let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
     }
 
-    /// A worker's loop: waits in the shared epoll set and runs each connection
-    /// whose socket is ready, or whose timer fired, with `run`, until the stop.
+    /// A worker's loop: waits in the shared epoll set and wakes each
+    /// connection whose socket is ready, or whose timer fired, until the stop.
     /// Between connections, `between` finishes the worker's own lingering
     /// closes that are due and says when the next look is (`None`: it holds
     /// none). A worker holding closes looks whether a socket is ready without
@@ -274,7 +285,7 @@ impl<S: Waiter> WaitingRoom<S> {
     /// millisecond to look at them.
     pub(crate) fn serve(
         &self,
-        mut run: impl FnMut(S, Wake),
+        served: &S::Served,
         mut between: impl FnMut() -> Option<Duration>,
         mut idle: impl FnMut(),
     ) {
@@ -315,7 +326,7 @@ impl<S: Waiter> WaitingRoom<S> {
                     }
                     let next = self.room().due.pop_front();
                     if let Some((session, wake)) = next {
-                        run(session, wake);
+                        session.wake(wake, served, self);
                     }
                 }
                 token => {
@@ -329,7 +340,7 @@ impl<S: Waiter> WaitingRoom<S> {
                         } else {
                             Wake::Ready
                         };
-                        run(session, wake);
+                        session.wake(wake, served, self);
                     }
                 }
             }
@@ -353,20 +364,19 @@ impl<S: Waiter> WaitingRoom<S> {
     }
 
     /// The timer thread: queues each connection whose timer is due for the
-    /// workers, until the stop; then closes what still waits.
-    pub(crate) fn run_timers(&self) {
+    /// workers, until the stop; then ends what still waits.
+    pub(crate) fn run_timers(&self, served: &S::Served) {
         let mut room = self.room();
         loop {
             if room.stop {
-                let parked: Vec<Parked<S>> = room.parked.drain().map(|(_, p)| p).collect();
-                let due: Vec<(S, Wake)> = room.due.drain(..).collect();
+                let parked = room.parked.drain().map(|(_, p)| p.session);
+                let mut left: Vec<S> = parked.collect();
+                left.extend(room.due.drain(..).map(|(session, _)| session));
                 room.silent.clear();
                 drop(room);
-                for mut p in parked {
-                    self.forget(&mut p.session);
-                }
-                for (mut session, _) in due {
+                for mut session in left {
                     self.forget(&mut session);
+                    session.end_now(served, self);
                 }
                 return;
             }
@@ -424,5 +434,232 @@ impl<S: Waiter> WaitingRoom<S> {
             };
             room.next_wake = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+    use std::sync::mpsc::{self, Receiver, Sender};
+    use std::thread::JoinHandle;
+
+    const LONG: Duration = Duration::from_secs(30);
+    const PATIENCE: Duration = Duration::from_secs(5);
+
+    /// A connection as the room sees it, over one end of a socket pair; its
+    /// wake-ups are reported to the test.
+    struct Fake {
+        token: Token,
+        socket: UnixStream,
+        silent: bool,
+        registration: Registration,
+    }
+
+    impl Waiter for Fake {
+        type Served = Sender<(usize, Wake)>;
+
+        fn wake(self, wake: Wake, served: &Self::Served, _room: &WaitingRoom<Self>) {
+            let _ = served.send((self.token.0, wake));
+        }
+
+        fn end_now(self, served: &Self::Served, _room: &WaitingRoom<Self>) {
+            let _ = served.send((self.token.0, Wake::Shutdown));
+            assert_eq!(self.registration, Registration::Off, "forgotten first");
+        }
+
+        fn token(&self) -> Token {
+            self.token
+        }
+
+        fn fd(&self) -> Option<BorrowedFd<'_>> {
+            Some(self.socket.as_fd())
+        }
+
+        fn is_silent(&self) -> bool {
+            self.silent
+        }
+
+        fn registration(&mut self) -> &mut Registration {
+            &mut self.registration
+        }
+    }
+
+    /// A fake connection and the client's end of its socket.
+    fn fake(token: usize, silent: bool) -> (Fake, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        theirs.set_read_timeout(Some(PATIENCE)).unwrap();
+        let fake = Fake {
+            token: Token(token),
+            socket: ours,
+            silent,
+            registration: Registration::Off,
+        };
+        (fake, theirs)
+    }
+
+    /// Parks `fake` for `interest`, for `wait` from now at most: it must wait.
+    fn park(room: &WaitingRoom<Fake>, fake: Fake, interest: Interest, wait: Duration) {
+        let until = Instant::now() + wait;
+        assert!(room.park(fake, interest, until).is_none(), "parked");
+    }
+
+    /// A room with its timer thread and one worker; stopped and joined on
+    /// drop.
+    struct Running {
+        room: Arc<WaitingRoom<Fake>>,
+        woken: Receiver<(usize, Wake)>,
+        threads: Vec<JoinHandle<()>>,
+    }
+
+    impl Running {
+        fn start() -> Running {
+            let room = Arc::new(WaitingRoom::new().unwrap());
+            let (tell, woken) = mpsc::channel();
+            let timers = {
+                let room = Arc::clone(&room);
+                let tell = tell.clone();
+                std::thread::spawn(move || room.run_timers(&tell))
+            };
+            let worker = {
+                let room = Arc::clone(&room);
+                std::thread::spawn(move || room.serve(&tell, || None, || {}))
+            };
+            Running {
+                room,
+                woken,
+                threads: vec![timers, worker],
+            }
+        }
+
+        fn next_wake(&self) -> (usize, Wake) {
+            self.woken
+                .recv_timeout(PATIENCE)
+                .expect("a wake-up in time")
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            self.room.stop();
+            for thread in self.threads.drain(..) {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    #[test]
+    fn a_connection_is_woken_once_by_its_bytes_and_a_hang_up_by_readiness() {
+        let running = Running::start();
+        let (talker, mut client) = fake(1, true);
+        let (leaver, gone) = fake(2, true);
+        park(&running.room, talker, Interest::READABLE, LONG);
+        park(&running.room, leaver, Interest::READABLE, LONG);
+        assert_eq!(running.room.len(), 2);
+        client.write_all(b"R0FAC0B").unwrap();
+        assert_eq!(running.next_wake(), (1, Wake::Bytes));
+        drop(gone);
+        assert_eq!(running.next_wake(), (2, Wake::Ready));
+        assert_eq!(running.room.len(), 0, "a woken connection leaves the room");
+        assert!(running.woken.try_recv().is_err(), "one wake-up each");
+    }
+
+    #[test]
+    fn a_quiet_connection_is_woken_by_its_timer_the_earliest_first() {
+        let running = Running::start();
+        let (quiet, _client) = fake(1, false);
+        let started = Instant::now();
+        park(
+            &running.room,
+            quiet,
+            Interest::READABLE,
+            Duration::from_millis(20),
+        );
+        assert_eq!(running.next_wake(), (1, Wake::Timer));
+        assert!(
+            started.elapsed() >= Duration::from_millis(20),
+            "not before its time"
+        );
+        // A later timer and an earlier one: the earlier fires first, the
+        // later one not yet.
+        let (again, _client) = fake(2, false);
+        park(&running.room, again, Interest::READABLE, LONG);
+        let (soon, _other) = fake(3, false);
+        park(
+            &running.room,
+            soon,
+            Interest::READABLE,
+            Duration::from_millis(10),
+        );
+        assert_eq!(running.next_wake(), (3, Wake::Timer));
+        assert_eq!(running.room.len(), 1);
+    }
+
+    #[test]
+    fn shedding_takes_the_oldest_silent_connection_first_and_never_a_talking_one() {
+        let room = WaitingRoom::<Fake>::new().unwrap();
+        let mut clients = Vec::new();
+        for (token, silent) in [(3, true), (1, false), (2, true)] {
+            let (waiter, client) = fake(token, silent);
+            park(&room, waiter, Interest::READABLE, LONG);
+            clients.push(client);
+        }
+        let shed: Vec<usize> = std::iter::from_fn(|| room.shed_oldest_silent())
+            .map(|mut waiter| {
+                room.forget(&mut waiter);
+                waiter.token.0
+            })
+            .collect();
+        assert_eq!(shed, [2, 3], "oldest (lowest token) first");
+        assert_eq!(room.len(), 1, "the one that talked stays");
+        room.stop();
+        let (tell, ended) = mpsc::channel();
+        room.run_timers(&tell);
+        assert_eq!(
+            ended.try_recv(),
+            Ok((1, Wake::Shutdown)),
+            "ended at the stop"
+        );
+    }
+
+    #[test]
+    fn at_stop_silent_connections_are_answered_at_once_and_the_rest_closed() {
+        let running = Running::start();
+        let (silent, _a) = fake(1, true);
+        let (talking, _b) = fake(2, false);
+        park(&running.room, silent, Interest::READABLE, LONG);
+        park(
+            &running.room,
+            talking,
+            Interest::WRITABLE | Interest::READABLE,
+            LONG,
+        );
+        // The talking one is writable at once: woken by its readiness.
+        assert_eq!(running.next_wake(), (2, Wake::Ready));
+        let (talking, _b2) = fake(4, false);
+        park(&running.room, talking, Interest::READABLE, LONG);
+        running.room.flush_silent();
+        assert_eq!(running.next_wake(), (1, Wake::Shutdown));
+        assert_eq!(running.room.len(), 1, "only the silent ones are flushed");
+        running.room.stop();
+        assert_eq!(
+            running.next_wake(),
+            (4, Wake::Shutdown),
+            "ended at the stop"
+        );
+        // Parking after the stop hands the connection back to be ended.
+        let (late, mut client) = fake(5, true);
+        assert!(
+            running
+                .room
+                .park(late, Interest::READABLE, Instant::now() + LONG)
+                .is_some(),
+            "handed back after the stop"
+        );
+        assert_eq!(client.read(&mut [0u8; 1]).unwrap(), 0, "closed");
     }
 }
