@@ -22,6 +22,14 @@ impl Run {
         self
     }
 
+    /// Every one of `words` is in the output.
+    fn says(&self, words: &[&str]) {
+        let out = self.stdout();
+        for word in words {
+            assert!(out.contains(word), "no {word:?} in {}", self.text);
+        }
+    }
+
     /// Exit 2 with one line on stderr that mentions `needle`, and no panic.
     fn fails_with(&self, needle: &str) {
         assert_eq!(self.out.status.code(), Some(2), "{}", self.text);
@@ -112,16 +120,12 @@ fn open_loop_keeps_to_its_schedule_and_says_how_well() {
         "0",
         "-q",
     ]);
-    text.succeeded();
-    let out = text.stdout();
-    assert!(
-        out.contains("open loop at 100/s:")
-            && out.contains("late")
-            && out.contains("missed")
-            && out.contains("latency ms (from the scheduled time)"),
-        "{}",
-        text.text
-    );
+    text.succeeded().says(&[
+        "open loop at 100/s:",
+        "late",
+        "missed",
+        "latency ms (from the scheduled time)",
+    ]);
 }
 
 #[test]
@@ -195,31 +199,15 @@ fn idle_and_slow_connections_beside_the_load() {
         "2",
         "-q",
     ]);
-    text.succeeded();
-    let out = text.stdout();
-    assert!(
-        out.contains("abuse idle: ")
-            && out.contains("closed by the server")
-            && !out.contains("abuse slow"),
-        "{}",
-        text.text
-    );
+    text.succeeded()
+        .says(&["abuse idle: ", "closed by the server"]);
+    assert!(!text.stdout().contains("abuse slow"), "{}", text.text);
 }
 
 #[test]
 fn slow_tls_client_hellos() {
     let pki = Pki::new(KeyKind::EcP256);
-    let cert = pki.path("server.pem");
-    let key = pki.path("server.key");
-    let server = ServerProcess::start(&[
-        "--no-plain",
-        "--cert",
-        cert.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-        "--timeout-ms",
-        "300",
-    ]);
+    let server = ServerProcess::with_pki(&pki, &["--no-plain", "--timeout-ms", "300"]);
     let ca = pki.path("ca.pem");
     let run = wwep(&[
         "--server",

@@ -201,6 +201,39 @@ fn redis_cli_tls(pki: &Pki, port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// A TLS-only Redis serving the test PKI's server certificate, in a
+/// directory of its own.
+struct TlsRedis {
+    redis: Process,
+    port: u16,
+    pki: Pki,
+    dir: tempfile::TempDir,
+}
+
+impl TlsRedis {
+    /// `None` (skipped) without the Redis tools.
+    fn start() -> Option<TlsRedis> {
+        if !have_redis() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(KeyKind::EcP256);
+        let (redis, port) = tls_redis_of(dir.path(), "redis-tls", &pki);
+        Some(TlsRedis {
+            redis,
+            port,
+            pki,
+            dir,
+        })
+    }
+}
+
+/// [`tls_redis`] serving the test PKI's server certificate and key.
+fn tls_redis_of(dir: &Path, name: &str, pki: &Pki) -> (Process, u16) {
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    tls_redis(dir, name, pki, &cert, &key)
+}
+
 fn tls_front_end(port: u16, ca: &Path, extra: &[&str]) -> ServerProcess {
     let url = format!("rediss://localhost:{port}");
     let mut args = vec![
@@ -217,18 +250,15 @@ fn tls_front_end(port: u16, ca: &Path, extra: &[&str]) -> ServerProcess {
 
 #[test]
 fn rediss_store_verified_with_store_ca_keeps_the_registers() {
-    if !have_redis() {
+    let Some(TlsRedis {
+        redis: _redis,
+        port,
+        pki,
+        dir: _dir,
+    }) = TlsRedis::start()
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(KeyKind::EcP256);
-    let (_redis, port) = tls_redis(
-        dir.path(),
-        "redis-tls",
-        &pki,
-        &pki.path("server.pem"),
-        &pki.path("server.key"),
-    );
+    };
     let server = tls_front_end(port, &pki.path("ca.pem"), &[]);
     let plain = server.plain.unwrap();
     assert_eq!(
@@ -261,31 +291,18 @@ fn rediss_store_verified_with_store_ca_keeps_the_registers() {
 
 #[test]
 fn rediss_store_whose_certificate_is_not_trusted_refuses_to_start() {
-    if !have_redis() {
+    let Some(TlsRedis {
+        redis: _redis,
+        port,
+        pki,
+        dir,
+    }) = TlsRedis::start()
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(KeyKind::EcP256);
-    let (_redis, port) = tls_redis(
-        dir.path(),
-        "redis-tls",
-        &pki,
-        &pki.path("server.pem"),
-        &pki.path("server.key"),
-    );
+    };
     // A certificate from the right CA for another name only.
-    let elsewhere = issue(
-        &CertSpec {
-            sans: &["redis.example"],
-            ..CertSpec::server("redis.example")
-        },
-        Some(&pki.ca),
-    );
-    let elsewhere_cert = pki.write("elsewhere.pem", &elsewhere.cert.to_pem().unwrap());
-    let elsewhere_key = pki.write(
-        "elsewhere.key",
-        &elsewhere.key.private_key_to_pem_pkcs8().unwrap(),
-    );
+    let elsewhere = pki.issue_for("redis.example");
+    let (elsewhere_cert, elsewhere_key) = pki.write_issued("elsewhere", &elsewhere);
     let (_misnamed, misnamed_port) = tls_redis(
         dir.path(),
         "redis-misnamed",
@@ -307,15 +324,11 @@ fn rediss_store_whose_certificate_is_not_trusted_refuses_to_start() {
         // A certificate that cannot be used stops the server, as for its own.
         assert_eq!(out.status.code(), Some(1), "{text}");
         assert!(started.elapsed() < Duration::from_secs(15), "{text}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let errors: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.starts_with("wwep-server:"))
-            .collect();
-        assert_eq!(errors.len(), 1, "{text}");
+        let error = the_error_line(&out.stderr, &text);
         for needle in needles {
-            assert!(errors[0].contains(needle), "{needle:?} missing: {text}");
+            assert!(error.contains(needle), "{needle:?} missing: {text}");
         }
+        let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("listener on"), "{text}");
     };
     let wrong_ca = other.path("ca.pem");
@@ -346,18 +359,15 @@ fn rediss_store_whose_certificate_is_not_trusted_refuses_to_start() {
 
 #[test]
 fn a_tls_store_that_stops_answering_gets_x_within_the_time_limit() {
-    if !have_redis() {
+    let Some(TlsRedis {
+        redis,
+        port,
+        pki,
+        dir: _dir,
+    }) = TlsRedis::start()
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(KeyKind::EcP256);
-    let (redis, port) = tls_redis(
-        dir.path(),
-        "redis-tls",
-        &pki,
-        &pki.path("server.pem"),
-        &pki.path("server.key"),
-    );
+    };
     let server = tls_front_end(port, &pki.path("ca.pem"), &["--timeout-ms", "1000"]);
     let plain = server.plain.unwrap();
     assert_eq!(
@@ -442,13 +452,7 @@ impl SentinelSetup {
         );
         let dir = tempfile::tempdir().unwrap();
         let (primary, primary_port) = match tls {
-            Some(pki) => tls_redis(
-                dir.path(),
-                "primary",
-                pki,
-                &pki.path("server.pem"),
-                &pki.path("server.key"),
-            ),
+            Some(pki) => tls_redis_of(dir.path(), "primary", pki),
             None => {
                 let port = free_port();
                 let primary =
@@ -759,10 +763,7 @@ fn rediss_sentinel_reaches_the_named_primary_over_tls_verified_with_store_ca() {
     // Sentinel; a busy machine can answer it with an honest X under the
     // store's time limit, so it is retried.
     assert!(
-        patiently(Duration::from_secs(10), || transact(
-            &mut connect(plain),
-            b"W0FAC0B1234"
-        ) == b"A0FAC0B1234"),
+        server.answers_within(b"W0FAC0B1234", b"A0FAC0B1234", Duration::from_secs(10)),
         "{}\n{}",
         server.log_text(),
         setup.logs()
@@ -780,15 +781,10 @@ fn rediss_sentinel_reaches_the_named_primary_over_tls_verified_with_store_ca() {
     let out = run_with_input(&mut cmd, b"");
     let text = describe(&cmd, &out);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("wwep-server:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{text}");
+    let error = the_error_line(&out.stderr, &text);
     assert!(
-        errors[0].contains("not trusted")
-            && errors[0].contains(&other.path("ca.pem").display().to_string()),
+        error.contains("not trusted")
+            && error.contains(&other.path("ca.pem").display().to_string()),
         "{text}"
     );
     // --store-ca without TLS to the data nodes is a mistake, said at once.
