@@ -538,6 +538,57 @@ pub fn on_path(name: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(name))))
 }
 
+/// Whether the file or folder at `path` was last modified more than `age` ago
+/// (false when that cannot be told).
+pub fn older_than(path: &Path, age: Duration) -> bool {
+    let modified = std::fs::metadata(path).and_then(|m| m.modified());
+    modified.is_ok_and(|t| t.elapsed().is_ok_and(|elapsed| elapsed > age))
+}
+
+/// One TCP connection as the kernel reports it (`ss -tin`).
+#[derive(Debug)]
+pub struct TcpQueue {
+    /// The other end's address.
+    pub peer: SocketAddr,
+    /// Bytes that arrived on this side.
+    pub received: u64,
+    /// Bytes that arrived but the owner of the socket has not read yet.
+    pub unread: u64,
+}
+
+/// The established TCP connections whose local port is `port`, from the
+/// kernel (iproute2's `ss`; check [`have_tool`]`("ss")` first): a signal from
+/// outside a process of what it has read, when it says nothing itself.
+pub fn tcp_queues(port: u16) -> Vec<TcpQueue> {
+    let filter = format!("sport = :{port}");
+    let out = Command::new("ss")
+        .args(["-Htin", "state", "established", &filter])
+        .output()
+        .expect("run ss");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut queues: Vec<TcpQueue> = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if !line.starts_with(char::is_whitespace) {
+            // Recv-Q, Send-Q, the local address, the peer's.
+            let unread = fields[0].parse().expect("Recv-Q");
+            let peer = fields[3].parse().expect("the peer's address");
+            queues.push(TcpQueue {
+                peer,
+                received: 0,
+                unread,
+            });
+        } else if let Some(last) = queues.last_mut() {
+            // The details: bytes_received:N is left out while it is 0.
+            let received = fields
+                .iter()
+                .find_map(|f| f.strip_prefix("bytes_received:"));
+            last.received = received.map_or(0, |n| n.parse().expect("bytes_received"));
+        }
+    }
+    queues
+}
+
 /// Says that the running test returns without testing, and why. libtest can
 /// only report it as passed, so the test and the reason are also appended to
 /// the file named by WWEP_SKIP_FILE (set by `make test`), from which

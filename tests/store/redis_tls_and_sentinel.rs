@@ -154,6 +154,16 @@ fn timed_transact(
     (result, started.elapsed())
 }
 
+/// Writes 1234 to register 0B of device 0FAC through `server`'s open port and
+/// reads it back; that port's address.
+fn writes_and_reads_back(server: &ServerProcess) -> SocketAddr {
+    let plain = server.plain.expect("the open port");
+    let write = transact(&mut connect(plain), b"W0FAC0B1234");
+    assert_eq!(write, b"A0FAC0B1234", "{}", server.log_text());
+    assert_eq!(transact(&mut connect(plain), b"R0FAC0B"), b"A0FAC0B1234");
+    plain
+}
+
 // ---------------------------------------------------------------- rediss://
 
 /// A TLS-only `redis-server` (`--port 0`) serving `cert`/`key`.
@@ -235,11 +245,15 @@ fn tls_redis_of(dir: &Path, name: &str, pki: &Pki) -> (Process, u16) {
 }
 
 fn tls_front_end(port: u16, ca: &Path, extra: &[&str]) -> ServerProcess {
-    let url = format!("rediss://localhost:{port}");
+    tls_store_front_end(&format!("rediss://localhost:{port}"), ca, extra)
+}
+
+/// A front end whose store is reached over TLS at `url`, verified with `ca`.
+fn tls_store_front_end(url: &str, ca: &Path, extra: &[&str]) -> ServerProcess {
     let mut args = vec![
         "--no-tls",
         "--store",
-        &url,
+        url,
         "--store-ca",
         ca.to_str().unwrap(),
         "--explain-errors",
@@ -250,33 +264,21 @@ fn tls_front_end(port: u16, ca: &Path, extra: &[&str]) -> ServerProcess {
 
 #[test]
 fn rediss_store_verified_with_store_ca_keeps_the_registers() {
-    let Some(TlsRedis {
-        redis: _redis,
-        port,
-        pki,
-        dir: _dir,
-    }) = TlsRedis::start()
-    else {
+    let Some(store) = TlsRedis::start() else {
         return;
     };
+    let (port, pki) = (store.port, &store.pki);
     let server = tls_front_end(port, &pki.path("ca.pem"), &[]);
-    let plain = server.plain.unwrap();
-    assert_eq!(
-        transact(&mut connect(plain), b"W0FAC0B1234"),
-        b"A0FAC0B1234",
-        "{}",
-        server.log_text()
-    );
-    assert_eq!(transact(&mut connect(plain), b"R0FAC0B"), b"A0FAC0B1234");
+    let plain = writes_and_reads_back(&server);
     assert_eq!(transact(&mut connect(plain), b"R0FAC0C"), b"X not found");
     // Really in the TLS Redis, as one readable hash, seen by another client.
     assert_eq!(
-        redis_cli_tls(&pki, port, &["HGET", "wwep:0FAC", "0B"]),
+        redis_cli_tls(pki, port, &["HGET", "wwep:0FAC", "0B"]),
         "1234"
     );
     // Written there by someone else, read through the front end.
     assert_eq!(
-        redis_cli_tls(&pki, port, &["HSET", "wwep:0FAC", "0C", "BEEF"]),
+        redis_cli_tls(pki, port, &["HSET", "wwep:0FAC", "0C", "BEEF"]),
         "1"
     );
     assert_eq!(transact(&mut connect(plain), b"R0FAC0C"), b"A0FAC0CBEEF");
@@ -291,22 +293,17 @@ fn rediss_store_verified_with_store_ca_keeps_the_registers() {
 
 #[test]
 fn rediss_store_whose_certificate_is_not_trusted_refuses_to_start() {
-    let Some(TlsRedis {
-        redis: _redis,
-        port,
-        pki,
-        dir,
-    }) = TlsRedis::start()
-    else {
+    let Some(store) = TlsRedis::start() else {
         return;
     };
+    let (port, pki) = (store.port, &store.pki);
     // A certificate from the right CA for another name only.
     let elsewhere = pki.issue_for("redis.example");
     let (elsewhere_cert, elsewhere_key) = pki.write_issued("elsewhere", &elsewhere);
     let (_misnamed, misnamed_port) = tls_redis(
-        dir.path(),
+        store.dir.path(),
         "redis-misnamed",
-        &pki,
+        pki,
         &elsewhere_cert,
         &elsewhere_key,
     );
@@ -359,15 +356,10 @@ fn rediss_store_whose_certificate_is_not_trusted_refuses_to_start() {
 
 #[test]
 fn a_tls_store_that_stops_answering_gets_x_within_the_time_limit() {
-    let Some(TlsRedis {
-        redis,
-        port,
-        pki,
-        dir: _dir,
-    }) = TlsRedis::start()
-    else {
+    let Some(store) = TlsRedis::start() else {
         return;
     };
+    let (port, pki) = (store.port, &store.pki);
     let server = tls_front_end(port, &pki.path("ca.pem"), &["--timeout-ms", "1000"]);
     let plain = server.plain.unwrap();
     assert_eq!(
@@ -376,8 +368,8 @@ fn a_tls_store_that_stops_answering_gets_x_within_the_time_limit() {
     );
     // Stopped, Redis still completes TCP handshakes (the kernel does) but never
     // answers a command or a ClientHello: a hung server, or a paused machine.
-    redis.signal("STOP");
-    let stopped = ContinueOnDrop(&redis);
+    store.redis.signal("STOP");
+    let stopped = ContinueOnDrop(&store.redis);
     // The first request finds the pooled connection silent; the next ones open
     // new connections, whose TLS handshakes must time out too.
     unavailable_until_continued(&server, plain, stopped);
@@ -576,6 +568,20 @@ impl SentinelSetup {
         .collect()
     }
 
+    /// A front end with the primary this Sentinel names as its store, `X`
+    /// explained, and `timeout_ms` as its time limit.
+    fn front_end(&self, timeout_ms: &str) -> ServerProcess {
+        let url = self.url();
+        ServerProcess::start(&[
+            "--no-tls",
+            "--store",
+            &url,
+            "--explain-errors",
+            "--timeout-ms",
+            timeout_ms,
+        ])
+    }
+
     fn url(&self) -> String {
         format!(
             "redis+sentinel://127.0.0.1:{}/{PRIMARY_NAME}",
@@ -600,16 +606,7 @@ fn sentinel_failover_after_kill_9_is_followed_without_a_restart() {
     }
     let mut setup = SentinelSetup::start(true);
     let replica_port = setup.replica.as_ref().unwrap().1;
-    let url = setup.url();
-    let server = ServerProcess::start(&[
-        "--no-tls",
-        "--store",
-        &url,
-        "--explain-errors",
-        "--timeout-ms",
-        "2000",
-    ]);
-    let plain = server.plain.unwrap();
+    let server = setup.front_end("2000");
     assert!(
         server.log_text().contains(&format!(
             "registers are kept in primary {PRIMARY_NAME} of sentinels 127.0.0.1:{}",
@@ -618,13 +615,7 @@ fn sentinel_failover_after_kill_9_is_followed_without_a_restart() {
         "{}",
         server.log_text()
     );
-    assert_eq!(
-        transact(&mut connect(plain), b"W0FAC0B1234"),
-        b"A0FAC0B1234",
-        "{}",
-        server.log_text()
-    );
-    assert_eq!(transact(&mut connect(plain), b"R0FAC0B"), b"A0FAC0B1234");
+    let plain = writes_and_reads_back(&server);
     assert_eq!(
         query::<Option<String>>(setup.primary_port, &["HGET", "wwep:0FAC", "0B"]).unwrap(),
         Some("1234".to_string())
@@ -702,15 +693,7 @@ fn a_sentinel_that_stops_answering_gets_x_within_the_time_limit() {
         return;
     }
     let setup = SentinelSetup::start(false);
-    let url = setup.url();
-    let server = ServerProcess::start(&[
-        "--no-tls",
-        "--store",
-        &url,
-        "--explain-errors",
-        "--timeout-ms",
-        "1000",
-    ]);
+    let server = setup.front_end("1000");
     let plain = server.plain.unwrap();
     // On a busy machine the first lookup through the Sentinel can take longer
     // than the 1 s limit (an honest X): the setup write may be retried.
@@ -750,14 +733,7 @@ fn rediss_sentinel_reaches_the_named_primary_over_tls_verified_with_store_ca() {
     );
     // Sentinel names 127.0.0.1, which the primary's certificate is for.
     let ca = pki.path("ca.pem");
-    let server = ServerProcess::start(&[
-        "--no-tls",
-        "--store",
-        &url,
-        "--store-ca",
-        ca.to_str().unwrap(),
-        "--explain-errors",
-    ]);
+    let server = tls_store_front_end(&url, &ca, &[]);
     let plain = server.plain.unwrap();
     // The first write opens the pool's first TLS connection through the
     // Sentinel; a busy machine can answer it with an honest X under the
