@@ -380,6 +380,22 @@ struct Plan {
     pause: Duration,
 }
 
+impl Plan {
+    /// Three writers per front end on `registers` registers, both front ends
+    /// taking requests throughout, for `seconds` (`long_seconds` under
+    /// [`long`]), pausing `pause_ms` between writes.
+    fn steady(registers: usize, seconds: (u64, u64), pause_ms: u64) -> Plan {
+        let (short, long_seconds) = seconds;
+        Plan {
+            registers,
+            writers_per_front_end: 3,
+            run: Duration::from_secs(if long() { long_seconds } else { short }),
+            f2_active: None,
+            pause: Duration::from_millis(pause_ms),
+        }
+    }
+}
+
 struct Outcome {
     tally: Tally,
     lost: Vec<(u32, u16, String)>,
@@ -661,13 +677,7 @@ cut_and_heal_tests! {
 #[test]
 fn five_short_cuts_without_failover_lose_no_acknowledged_write() {
     let Some(fleet) = setup(0) else { return };
-    let plan = Plan {
-        registers: 8,
-        writers_per_front_end: 3,
-        run: Duration::from_secs(if long() { 30 } else { 14 }),
-        f2_active: None,
-        pause: Duration::from_millis(60),
-    };
+    let plan = Plan::steady(8, (14, 30), 60);
     let out = run_writers(&fleet, &plan, |fleet, start, _| {
         for i in 0..5u64 {
             while start.elapsed() < Duration::from_millis(2000 + i * 2000) {
@@ -690,13 +700,7 @@ fn five_short_cuts_without_failover_lose_no_acknowledged_write() {
 #[test]
 fn kill_9_of_one_front_end_loses_no_acknowledged_write() {
     let Some(fleet) = setup(0) else { return };
-    let plan = Plan {
-        registers: 32,
-        writers_per_front_end: 3,
-        run: Duration::from_secs(if long() { 40 } else { 16 }),
-        f2_active: None,
-        pause: Duration::from_millis(80),
-    };
+    let plan = Plan::steady(32, (16, 40), 80);
     let r1 = fleet.addr("r1");
     let mut switched = false;
     let out = run_writers(&fleet, &plan, |fleet, start, _| {

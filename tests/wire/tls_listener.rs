@@ -150,14 +150,17 @@ fn expired_sha1_self_signed_certificate_loads_with_a_warning() {
     let warnings = identity.expiry_warnings();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("CN=old course server") && warnings[0].contains("expired"));
-    let s = TestServer::serving(pki, source);
     // A client that knows the certificate is old skips verification, as course
     // boards did; the server must still serve it.
-    let connector = unverifying_connector();
-    let mut tls = connector
+    unverified_write(&TestServer::serving(pki, source), "the old certificate");
+}
+
+/// A write through `s`'s TLS port from a client that accepts any certificate.
+fn unverified_write(s: &TestServer, what: &str) {
+    let mut tls = unverifying_connector()
         .connect("localhost", connect(s.tls()))
-        .expect("handshake");
-    assert_eq!(transact(&mut tls, b"W0001020003"), b"A0001020003");
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(transact(&mut tls, b"W0001020003"), b"A0001020003", "{what}");
 }
 
 #[test]
@@ -172,17 +175,12 @@ fn old_weak_certificates_are_still_served() {
     };
     let short_key = issue(&sha1(KeyKind::Rsa1024, "rsa1024 board server"), None);
     let sha1_leaf = issue(&sha1(KeyKind::Rsa2048, "sha1 leaf"), Some(&pki.ca));
-    let connector = unverifying_connector();
     let pki = Arc::new(pki);
     for (name, issued) in [("short", &short_key), ("sha1", &sha1_leaf)] {
         let (cert, key) = pki.write_issued(name, issued);
-        let s = TestServer::with_pki(Arc::clone(&pki), |c| {
-            c.identity = Some(IdentitySource::Pem { cert, key })
-        });
-        let mut tls = connector
-            .connect("localhost", connect(s.tls()))
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(transact(&mut tls, b"W0001020003"), b"A0001020003", "{name}");
+        let identity = IdentitySource::Pem { cert, key };
+        let s = TestServer::with_pki(Arc::clone(&pki), |c| c.identity = Some(identity));
+        unverified_write(&s, name);
     }
 }
 
@@ -253,9 +251,9 @@ fn unfinished_handshake_is_dropped_after_the_timeout() {
     let s = TestServer::with(|c| c.timeout = Duration::from_millis(1000));
     let mut c = connect(s.tls());
     let started = Instant::now();
-    let got = read_to_close_lenient(&mut c);
-    assert!(got.is_empty());
-    assert!(started.elapsed() >= Duration::from_millis(950));
+    assert!(read_to_close_lenient(&mut c).is_empty());
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(950), "{waited:?}");
     assert!(s.in_flight_becomes(0, Duration::from_secs(2)));
     assert_eq!(s.tls_transact(b"W0FAC0B0001"), b"A0FAC0B0001");
 }
