@@ -182,9 +182,9 @@ fn garbage_and_oversize_input_get_x_and_the_server_stays_healthy() {
 #[test]
 fn silent_connection_gets_x_after_the_timeout() {
     let s = TestServer::with(|c| c.timeout = Duration::from_millis(300));
-    let mut c = connect(s.plain());
+    let c = &mut connect(s.plain());
     let started = Instant::now();
-    let reply = read_to_close(&mut c);
+    let reply = read_to_close(c);
     let waited = started.elapsed();
     assert_eq!(reply, b"X");
     assert!(waited >= Duration::from_millis(250), "{waited:?}");

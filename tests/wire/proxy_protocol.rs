@@ -31,6 +31,16 @@ fn proxied_server(pki: &Pki, extra: &[&str]) -> ServerProcess {
     ServerProcess::with_pki(pki, &args)
 }
 
+/// One transaction with `to` from the balancer (127.0.0.1, in --proxy-from).
+fn from_balancer(to: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    transact(&mut connect_from("127.0.0.1", to), bytes)
+}
+
+/// One transaction with `to` from 127.0.0.2, an address not in --proxy-from.
+fn from_elsewhere(to: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    transact(&mut connect_from("127.0.0.2", to), bytes)
+}
+
 fn logged(server: &ServerProcess, text: &str) -> bool {
     eventually(Duration::from_secs(5), || server.log_text().contains(text))
 }
@@ -45,8 +55,8 @@ fn the_client_address_comes_from_a_trusted_balancer_header() {
     let server = proxied_server(&pki, &[]);
     let plain = server.plain.unwrap();
     // Version 1, header and request in one segment.
-    let reply = transact(
-        &mut connect_from("127.0.0.1", plain),
+    let reply = from_balancer(
+        plain,
         b"PROXY TCP4 192.0.2.7 198.51.100.1 56324 27708\r\nW0FAC0B0001",
     );
     assert_eq!(reply, b"A0FAC0B0001");
@@ -76,19 +86,17 @@ fn headers_from_elsewhere_or_malformed_close_the_connection() {
     let server = proxied_server(&pki, &[]);
     let plain = server.plain.unwrap();
     // A header from an address not in --proxy-from is not believed.
-    let reply = transact(
-        &mut connect_from("127.0.0.2", plain),
+    let reply = from_elsewhere(
+        plain,
         b"PROXY TCP4 192.0.2.7 198.51.100.1 1 2\r\nW0FAC0B0002",
     );
     assert_eq!(reply, b"");
     assert_logged(&server, "PROXY header from an address not in --proxy-from");
     // Without a header, that address is served as itself.
-    let mut c = connect_from("127.0.0.2", plain);
-    assert_eq!(transact(&mut c, b"W0FAC0B0003"), b"A0FAC0B0003");
+    assert_eq!(from_elsewhere(plain, b"W0FAC0B0003"), b"A0FAC0B0003");
     assert_logged(&server, "plain 127.0.0.2:");
     // Nothing of that was stored.
-    let mut c = connect_from("127.0.0.2", plain);
-    assert_eq!(transact(&mut c, b"R0FAC0B"), b"A0FAC0B0003");
+    assert_eq!(from_elsewhere(plain, b"R0FAC0B"), b"A0FAC0B0003");
 }
 
 #[test]
@@ -96,21 +104,17 @@ fn a_trusted_balancers_malformed_or_missing_header_closes_the_connection() {
     let pki = Pki::new(KeyKind::EcP256);
     let server = proxied_server(&pki, &[]);
     let plain = server.plain.unwrap();
-    let reply = transact(
-        &mut connect_from("127.0.0.1", plain),
+    let reply = from_balancer(
+        plain,
         b"PROXY TCP4 192.0.2.7 198.51.100.1 70000 1\r\nW0FAC0B0004",
     );
     assert_eq!(reply, b"");
     // (The log holds one line a second per kind of refusal.)
     assert_logged(&server, "malformed PROXY v1 line");
-    let reply = transact(&mut connect_from("127.0.0.1", plain), b"W0FAC0B0004");
+    let reply = from_balancer(plain, b"W0FAC0B0004");
     assert_eq!(reply, b"");
-    let mut c = connect_from("127.0.0.2", plain);
-    assert_eq!(
-        transact(&mut c, b"R0FAC0B"),
-        b"X not found",
-        "nothing was stored"
-    );
+    let reply = from_elsewhere(plain, b"R0FAC0B");
+    assert_eq!(reply, b"X not found", "nothing was stored");
 }
 
 #[test]
@@ -118,14 +122,14 @@ fn limits_apply_to_the_client_behind_the_balancer() {
     let pki = Pki::new(KeyKind::EcP256);
     let server = proxied_server(&pki, &["--allow", "127.0.0.1,192.0.2.0/24"]);
     let plain = server.plain.unwrap();
-    let reply = transact(
-        &mut connect_from("127.0.0.1", plain),
+    let reply = from_balancer(
+        plain,
         b"PROXY TCP4 203.0.113.5 198.51.100.1 1000 27708\r\nR0FAC0B",
     );
     assert_eq!(reply, b"");
     assert_logged(&server, "203.0.113.5:1000 (through 127.0.0.1:");
-    let reply = transact(
-        &mut connect_from("127.0.0.1", plain),
+    let reply = from_balancer(
+        plain,
         b"PROXY TCP4 192.0.2.5 198.51.100.1 1000 27708\r\nW0FAC0B0005",
     );
     assert_eq!(reply, b"A0FAC0B0005");
