@@ -13,29 +13,36 @@ use crate::common::*;
 const MAC: &str = "aa:bb:cc:dd:ee:ff";
 const THREE_PRESSES: &str = "A04FB050001\nA04FB050000\nA04FB050001\n";
 
+/// What a `wwep-button` run printed, with the whole run described for
+/// failure messages.
 struct Run {
-    out: Output,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
     text: String,
 }
 
 impl Run {
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.out.stdout).to_string()
-    }
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.out.stderr).to_string()
+    fn of(cmd: &Command, out: Output) -> Run {
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        Run {
+            code: out.status.code(),
+            stdout: text(&out.stdout),
+            stderr: text(&out.stderr),
+            text: describe(cmd, &out),
+        }
     }
     /// Exit 0 and exactly these reply lines.
     fn replies(&self, expected: &str) {
-        assert_eq!(self.out.status.code(), Some(0), "{}", self.text);
-        assert_eq!(self.stdout(), expected, "{}", self.text);
+        assert_eq!(self.code, Some(0), "{}", self.text);
+        assert_eq!(self.stdout, expected, "{}", self.text);
     }
     /// Exit 2, no reply, one line on stderr.
     fn fails(&self) {
-        assert_eq!(self.out.status.code(), Some(2), "{}", self.text);
-        assert_eq!(self.stdout(), "", "{}", self.text);
-        assert_eq!(self.stderr().lines().count(), 1, "{}", self.text);
-        assert!(self.stderr().starts_with("wwep-button: "), "{}", self.text);
+        assert_eq!(self.code, Some(2), "{}", self.text);
+        assert_eq!(self.stdout, "", "{}", self.text);
+        assert_eq!(self.stderr.lines().count(), 1, "{}", self.text);
+        assert!(self.stderr.starts_with("wwep-button: "), "{}", self.text);
     }
 }
 
@@ -44,33 +51,45 @@ fn button(dir: &Path, args: &[&str], host: &str, port: u16, presses: usize) -> R
     let mut cmd = Command::new(dir.join("wwep-button"));
     cmd.args(args).arg(host).arg(port.to_string()).arg(MAC);
     let out = run_with_input(&mut cmd, "\n".repeat(presses).as_bytes());
-    let text = describe(&cmd, &out);
-    Run { out, text }
+    Run::of(&cmd, out)
 }
 
 fn path(pki: &Pki, name: &str) -> String {
     pki.path(name).to_str().unwrap().to_string()
 }
 
-/// A server with the test PKI's certificate; requiring client certificates
-/// from its CA when `mutual`.
-fn tls_server(pki: &Pki, mutual: bool) -> ServerProcess {
-    let (cert, key, ca) = (
-        path(pki, "server.pem"),
-        path(pki, "server.key"),
-        path(pki, "ca.pem"),
-    );
-    let mut args = vec!["--cert", &cert, "--key", &key];
-    if mutual {
-        args.extend(["--client-ca", &ca]);
-    }
-    let server = ServerProcess::start(&args);
-    assert!(
-        server.tls.is_some(),
-        "the TLS listener: {}",
-        server.log_text()
-    );
-    server
+/// A board before a TLS server of its own: the built C client, the test PKI,
+/// the server with its certificate (requiring client certificates from its
+/// CA when `mutual`), the server's TLS port and the CA file for `--ca`.
+struct TlsBoard {
+    dir: &'static Path,
+    pki: Pki,
+    server: ServerProcess,
+    port: u16,
+    ca: String,
+}
+
+/// `None` (skipped) when the C client cannot be built here.
+fn tls_board(mutual: bool) -> Option<TlsBoard> {
+    let dir = build()?;
+    let pki = Pki::new(KeyKind::EcP256);
+    let ca = path(&pki, "ca.pem");
+    let client_ca = if mutual {
+        &["--client-ca", &ca][..]
+    } else {
+        &[]
+    };
+    let server = ServerProcess::with_pki(&pki, client_ca);
+    let Some(tls) = server.tls else {
+        panic!("no TLS listener: {}", server.log_text())
+    };
+    Some(TlsBoard {
+        dir,
+        pki,
+        port: tls.port(),
+        server,
+        ca,
+    })
 }
 
 #[test]
@@ -95,95 +114,51 @@ fn presses_on_the_open_port_toggle_the_led() {
 
 #[test]
 fn tls_with_the_servers_ca() {
-    let Some(dir) = build() else { return };
-    let pki = Pki::new(KeyKind::EcP256);
-    let server = tls_server(&pki, false);
-    let port = server.tls.unwrap().port();
-    let ca = path(&pki, "ca.pem");
-    button(dir, &["--tls", "--ca", &ca], "localhost", port, 3).replies(THREE_PRESSES);
+    let Some(b) = tls_board(false) else { return };
+    button(b.dir, &["--tls", "--ca", &b.ca], "localhost", b.port, 3).replies(THREE_PRESSES);
 }
 
 #[test]
 fn tls_with_a_foreign_ca_fails_in_one_line() {
-    let Some(dir) = build() else { return };
-    let pki = Pki::new(KeyKind::EcP256);
+    let Some(b) = tls_board(false) else { return };
     let other = Pki::new(KeyKind::EcP256);
-    let server = tls_server(&pki, false);
-    let port = server.tls.unwrap().port();
-    let run = button(
-        dir,
-        &["--tls", "--ca", &path(&other, "ca.pem")],
-        "localhost",
-        port,
-        3,
-    );
+    let foreign = ["--tls", "--ca", &path(&other, "ca.pem")];
+    let run = button(b.dir, &foreign, "localhost", b.port, 3);
     run.fails();
-    assert!(run.stderr().contains("TLS"), "{}", run.text);
+    assert!(run.stderr.contains("TLS"), "{}", run.text);
 }
 
 #[test]
 fn mutual_tls_needs_the_boards_certificate() {
-    let Some(dir) = build() else { return };
-    let pki = Pki::new(KeyKind::EcP256);
-    let server = tls_server(&pki, true);
-    let port = server.tls.unwrap().port();
-    let (ca, cert, key) = (
-        path(&pki, "ca.pem"),
-        path(&pki, "client.pem"),
-        path(&pki, "client.key"),
-    );
-    button(
-        dir,
-        &["--tls", "--ca", &ca, "--cert", &cert, "--key", &key],
-        "localhost",
-        port,
-        3,
-    )
-    .replies(THREE_PRESSES);
-    button(dir, &["--tls", "--ca", &ca], "localhost", port, 1).fails();
-    assert!(
-        eventually(Duration::from_secs(5), || server
-            .log_text()
-            .contains("handshake failed: certificate required")),
-        "{}",
-        server.log_text()
+    let Some(b) = tls_board(true) else { return };
+    let (cert, key) = (b.pki.path("client.pem"), b.pki.path("client.key"));
+    let with_certificate = [&["--tls", "--ca", &b.ca][..], &identity_args(&cert, &key)].concat();
+    button(b.dir, &with_certificate, "localhost", b.port, 3).replies(THREE_PRESSES);
+    button(b.dir, &["--tls", "--ca", &b.ca], "localhost", b.port, 1).fails();
+    b.server.assert_logs_within(
+        "handshake failed: certificate required",
+        Duration::from_secs(5),
     );
 }
 
 #[test]
 fn resume_skips_the_full_handshake_after_the_first_press() {
-    let Some(dir) = build() else { return };
-    let pki = Pki::new(KeyKind::EcP256);
-    let server = tls_server(&pki, false);
-    let port = server.tls.unwrap().port();
-    let ca = path(&pki, "ca.pem");
-    button(
-        dir,
-        &["--tls", "--ca", &ca, "--resume"],
-        "localhost",
-        port,
-        3,
-    )
-    .replies(THREE_PRESSES);
+    let Some(b) = tls_board(false) else { return };
+    let resume = ["--tls", "--ca", &b.ca, "--resume"];
+    button(b.dir, &resume, "localhost", b.port, 3).replies(THREE_PRESSES);
     // Each transaction is recorded once its connection has closed.
-    let transactions = || -> Vec<String> {
-        server
-            .log_text()
-            .lines()
-            .filter(|l| l.contains(" tls ") && l.contains("\"W04FB05"))
-            .map(str::to_string)
-            .collect()
-    };
-    assert!(
-        eventually(Duration::from_secs(5), || transactions().len() == 3),
-        "three transactions: {}",
-        server.log_text()
-    );
+    let press = |l: &&str| l.contains(" tls ") && l.contains("\"W04FB05");
+    let mut lines: Vec<String> = Vec::new();
+    let recorded = eventually(Duration::from_secs(5), || {
+        let log = b.server.log_text();
+        lines = log.lines().filter(press).map(String::from).collect();
+        lines.len() == 3
+    });
+    assert!(recorded, "three transactions: {}", b.server.log_text());
     // Recorded in the order their closes ended, which need not be the order
     // of the presses. The server is this test's own, so the first press has
     // no session to resume: one full handshake and two resumed ones can only
     // mean that every press after the first resumed.
-    let lines = transactions();
     let full = lines.iter().filter(|l| l.contains(" full ")).count();
     let resumed = lines.iter().filter(|l| l.contains(" resumed ")).count();
     assert_eq!(
@@ -207,6 +182,6 @@ fn a_refusal_is_printed_with_its_reason() {
     ]);
     let port = server.plain.expect("the plain listener").port();
     let run = button(dir, &[], "127.0.0.1", port, 2);
-    assert_eq!(run.out.status.code(), Some(1), "{}", run.text);
-    assert_eq!(run.stdout(), "X forbidden\nX forbidden\n", "{}", run.text);
+    assert_eq!(run.code, Some(1), "{}", run.text);
+    assert_eq!(run.stdout, "X forbidden\nX forbidden\n", "{}", run.text);
 }

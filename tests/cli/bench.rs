@@ -22,6 +22,14 @@ impl Run {
         self
     }
 
+    /// Every one of `words` is in the output.
+    fn says(&self, words: &[&str]) {
+        let out = self.stdout();
+        for word in words {
+            assert!(out.contains(word), "no {word:?} in {}", self.text);
+        }
+    }
+
     /// Exit 2 with one line on stderr that mentions `needle`, and no panic.
     fn fails_with(&self, needle: &str) {
         assert_eq!(self.out.status.code(), Some(2), "{}", self.text);
@@ -60,28 +68,30 @@ fn wwep(args: &[&str]) -> Run {
     Run { out, text, took }
 }
 
-fn plain(server: &ServerProcess) -> String {
-    server.plain.expect("plain listener").to_string()
+/// `wwep --server ADDR GLOBAL bench ARGS` against `server`'s open port.
+fn bench(server: &ServerProcess, global: &[&str], args: &[&str]) -> Run {
+    let plain = server.plain.expect("plain listener").to_string();
+    wwep(&[&["--server", &plain][..], global, &["bench"], args].concat())
 }
 
 #[test]
 fn open_loop_keeps_to_its_schedule_and_says_how_well() {
     let server = ServerProcess::start(&["--no-tls"]);
-    let run = wwep(&[
-        "--server",
-        &plain(&server),
-        "--json",
-        "bench",
-        "-c",
-        "4",
-        "--rate",
-        "200",
-        "--duration",
-        "1",
-        "--warmup",
-        "0",
-        "-q",
-    ]);
+    let run = bench(
+        &server,
+        &["--json"],
+        &[
+            "-c",
+            "4",
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "-q",
+        ],
+    );
     run.succeeded();
     assert_eq!(run.number(Some("schedule"), "rate"), 200.0, "{}", run.text);
     let scheduled = run.number(Some("schedule"), "scheduled");
@@ -98,30 +108,27 @@ fn open_loop_keeps_to_its_schedule_and_says_how_well() {
     let missed = run.number(Some("schedule"), "missed");
     assert!(late <= completed && missed <= 8.0, "{}", run.text);
 
-    let text = wwep(&[
-        "--server",
-        &plain(&server),
-        "bench",
-        "-c",
-        "2",
-        "--rate",
-        "100",
-        "--duration",
-        "0.5",
-        "--warmup",
-        "0",
-        "-q",
-    ]);
-    text.succeeded();
-    let out = text.stdout();
-    assert!(
-        out.contains("open loop at 100/s:")
-            && out.contains("late")
-            && out.contains("missed")
-            && out.contains("latency ms (from the scheduled time)"),
-        "{}",
-        text.text
+    let text = bench(
+        &server,
+        &[],
+        &[
+            "-c",
+            "2",
+            "--rate",
+            "100",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "-q",
+        ],
     );
+    text.succeeded().says(&[
+        "open loop at 100/s:",
+        "late",
+        "missed",
+        "latency ms (from the scheduled time)",
+    ]);
 }
 
 #[test]
@@ -129,28 +136,28 @@ fn idle_and_slow_connections_beside_the_load() {
     // The server gives up on silent connections after 300 ms, so during a
     // 1.5 s run every idle connection is closed and reopened several times.
     let server = ServerProcess::start(&["--no-tls", "--timeout-ms", "300"]);
-    let run = wwep(&[
-        "--server",
-        &plain(&server),
-        "--json",
-        "bench",
-        "-c",
-        "2",
-        "--duration",
-        "1.5",
-        "--warmup",
-        "0",
-        "--idle",
-        "4",
-        "--slow",
-        "2",
-        "--slow-interval-ms",
-        "200",
-        "--idle-from",
-        "127.0.0.2",
-        "127.0.0.3",
-        "-q",
-    ]);
+    let run = bench(
+        &server,
+        &["--json"],
+        &[
+            "-c",
+            "2",
+            "--duration",
+            "1.5",
+            "--warmup",
+            "0",
+            "--idle",
+            "4",
+            "--slow",
+            "2",
+            "--slow-interval-ms",
+            "200",
+            "--idle-from",
+            "127.0.0.2",
+            "127.0.0.3",
+            "-q",
+        ],
+    );
     run.succeeded();
     assert!(run.number(None, "completed") > 0.0, "{}", run.text);
     assert!(run.stdout().contains("\"errors\":{}"), "{}", run.text);
@@ -181,45 +188,30 @@ fn idle_and_slow_connections_beside_the_load() {
         run.text
     );
 
-    let text = wwep(&[
-        "--server",
-        &plain(&server),
-        "bench",
-        "-c",
-        "1",
-        "--duration",
-        "0.5",
-        "--warmup",
-        "0",
-        "--idle",
-        "2",
-        "-q",
-    ]);
-    text.succeeded();
-    let out = text.stdout();
-    assert!(
-        out.contains("abuse idle: ")
-            && out.contains("closed by the server")
-            && !out.contains("abuse slow"),
-        "{}",
-        text.text
+    let text = bench(
+        &server,
+        &[],
+        &[
+            "-c",
+            "1",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0",
+            "--idle",
+            "2",
+            "-q",
+        ],
     );
+    text.succeeded()
+        .says(&["abuse idle: ", "closed by the server"]);
+    assert!(!text.stdout().contains("abuse slow"), "{}", text.text);
 }
 
 #[test]
 fn slow_tls_client_hellos() {
     let pki = Pki::new(KeyKind::EcP256);
-    let cert = pki.path("server.pem");
-    let key = pki.path("server.key");
-    let server = ServerProcess::start(&[
-        "--no-plain",
-        "--cert",
-        cert.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-        "--timeout-ms",
-        "300",
-    ]);
+    let server = ServerProcess::with_pki(&pki, &["--no-plain", "--timeout-ms", "300"]);
     let ca = pki.path("ca.pem");
     let run = wwep(&[
         "--server",

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use super::{describe, run_with_input, skip};
+use super::{describe, on_path, run_with_input, skip};
 
 enum Build {
     /// The folder with the programs and the unit tests.
@@ -41,23 +41,16 @@ pub fn build() -> Option<&'static Path> {
             .expect("the target folder")
             .join("c-client");
         let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/c");
+        let build = format!("BUILD={}", target.display());
         let mut make = Command::new("make");
-        make.arg("-C")
-            .arg(&sources)
-            .arg(format!("BUILD={}", target.display()));
-        let out = run_with_input(&mut make, b"");
-        assert!(
-            out.status.success(),
-            "the C library builds\n{}",
-            describe(&make, &out)
+        must_succeed(
+            make.arg("-C").arg(&sources).arg(build),
+            "the C library builds",
         );
         for unit in ["test_wwep", "test_wwep_server", "test_wwep_server_1slot"] {
-            let mut unit = Command::new(target.join(unit));
-            let out = run_with_input(&mut unit, b"");
-            assert!(
-                out.status.success(),
-                "the C unit tests pass\n{}",
-                describe(&unit, &out)
+            must_succeed(
+                &mut Command::new(target.join(unit)),
+                "the C unit tests pass",
             );
         }
         Build::Ready(target)
@@ -71,14 +64,11 @@ pub fn build() -> Option<&'static Path> {
     }
 }
 
-/// Whether `name` is a program on PATH.
-fn on_path(name: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+/// Runs `cmd` to its end; fails the test, saying `what` was expected, unless
+/// it succeeds.
+fn must_succeed(cmd: &mut Command, what: &str) {
+    let out = run_with_input(cmd, b"");
+    assert!(out.status.success(), "{what}\n{}", describe(cmd, &out));
 }
 
 /// Whether the C compiler finds <mbedtls/ssl.h>.

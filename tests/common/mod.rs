@@ -167,6 +167,31 @@ pub fn issue(spec: &CertSpec, issuer: Option<&Issued>) -> Issued {
     }
 }
 
+/// A TLS client that accepts any certificate, as course boards that knew
+/// their server's was old did.
+pub fn unverifying_connector() -> native_tls::TlsConnector {
+    let mut builder = native_tls::TlsConnector::builder();
+    builder.danger_accept_invalid_certs(true);
+    builder.build().unwrap()
+}
+
+/// What old course material shipped: a self-signed RSA certificate signed
+/// with SHA-1 that expired two years ago, for "old course server".
+pub fn old_course_certificate() -> Issued {
+    let years = |n: i64| n * 365 * 86400;
+    let spec = CertSpec {
+        kind: KeyKind::Rsa2048,
+        digest: MessageDigest::sha1(),
+        ..CertSpec::server("old course server")
+    };
+    let expired = CertSpec {
+        not_before: -years(3),
+        not_after: -years(2),
+        ..spec
+    };
+    issue(&expired, None)
+}
+
 fn rand_u32() -> u32 {
     let mut buf = [0u8; 4];
     openssl::rand::rand_bytes(&mut buf).unwrap();
@@ -232,6 +257,17 @@ impl Pki {
         pki
     }
 
+    /// A server certificate from this CA for `name` alone (its CN and only SAN).
+    pub fn issue_for(&self, name: &str) -> Issued {
+        issue(
+            &CertSpec {
+                sans: &[name],
+                ..CertSpec::server(name)
+            },
+            Some(&self.ca),
+        )
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -240,6 +276,16 @@ impl Pki {
         let path = self.path(name);
         std::fs::write(&path, bytes).unwrap();
         path
+    }
+
+    /// Writes `issued` as `<stem>.pem` and its key as `<stem>.key` (PKCS#8).
+    pub fn write_issued(&self, stem: &str, issued: &Issued) -> (PathBuf, PathBuf) {
+        let cert = self.write(&format!("{stem}.pem"), &issued.cert.to_pem().unwrap());
+        let key = self.write(
+            &format!("{stem}.key"),
+            &issued.key.private_key_to_pem_pkcs8().unwrap(),
+        );
+        (cert, key)
     }
 
     pub fn identity(&self) -> IdentitySource {
@@ -293,6 +339,11 @@ impl TestServer {
         }
     }
 
+    /// A server serving `identity`, with `pki` for its clients to trust.
+    pub fn serving(pki: Pki, identity: IdentitySource) -> TestServer {
+        Self::with_pki(Arc::new(pki), |c| c.identity = Some(identity))
+    }
+
     pub fn server(&self) -> &RunningServer {
         self.server.as_ref().unwrap()
     }
@@ -316,6 +367,17 @@ impl TestServer {
             settled(&last)
         });
         last
+    }
+
+    /// Asserts the reply to each request, in order, one connection each, on
+    /// the open port.
+    pub fn plain_replies(&self, script: &[(&[u8], &[u8])]) {
+        assert_replies(|request| self.plain_transact(request), script);
+    }
+
+    /// [`TestServer::plain_replies`] on the TLS port.
+    pub fn tls_replies(&self, script: &[(&[u8], &[u8])]) {
+        assert_replies(|request| self.tls_transact(request), script);
     }
 
     pub fn tls(&self) -> SocketAddr {
@@ -344,6 +406,20 @@ impl Drop for TestServer {
         if let Some(server) = self.server.take() {
             let _ = server.shutdown();
         }
+    }
+}
+
+fn assert_replies(transact: impl Fn(&[u8]) -> Vec<u8>, script: &[(&[u8], &[u8])]) {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    for (request, want) in script {
+        let got = transact(request);
+        assert!(
+            got == *want,
+            "the reply to {:?} is {:?}, not {:?}",
+            text(request),
+            text(&got),
+            text(want)
+        );
     }
 }
 
@@ -441,13 +517,7 @@ pub fn patiently(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 /// Whether an external tool is on PATH. A missing tool skips the test (see
 /// [`skip`]), unless WWEP_REQUIRE_TOOLS=1, where it fails it.
 pub fn have_tool(name: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {name}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
+    let found = on_path(name);
     if !found {
         if std::env::var("WWEP_REQUIRE_TOOLS").as_deref() == Ok("1") {
             panic!("{name} is required (WWEP_REQUIRE_TOOLS=1) but not installed");
@@ -455,6 +525,68 @@ pub fn have_tool(name: &str) -> bool {
         skip(&format!("{name} is not installed"));
     }
     found
+}
+
+/// Whether `name` is an executable file in a folder on PATH (nothing recorded).
+pub fn on_path(name: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(name))))
+}
+
+/// Whether the file or folder at `path` was last modified more than `age` ago
+/// (false when that cannot be told).
+pub fn older_than(path: &Path, age: Duration) -> bool {
+    let modified = std::fs::metadata(path).and_then(|m| m.modified());
+    modified.is_ok_and(|t| t.elapsed().is_ok_and(|elapsed| elapsed > age))
+}
+
+/// One TCP connection as the kernel reports it (`ss -tin`).
+#[derive(Debug)]
+pub struct TcpQueue {
+    /// The other end's address.
+    pub peer: SocketAddr,
+    /// Bytes that arrived on this side.
+    pub received: u64,
+    /// Bytes that arrived but the owner of the socket has not read yet.
+    pub unread: u64,
+}
+
+/// The established TCP connections whose local port is `port`, from the
+/// kernel (iproute2's `ss`; check [`have_tool`]`("ss")` first): a signal from
+/// outside a process of what it has read, when it says nothing itself.
+pub fn tcp_queues(port: u16) -> Vec<TcpQueue> {
+    let filter = format!("sport = :{port}");
+    let out = Command::new("ss")
+        .args(["-Htin", "state", "established", &filter])
+        .output()
+        .expect("run ss");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut queues: Vec<TcpQueue> = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if !line.starts_with(char::is_whitespace) {
+            // Recv-Q, Send-Q, the local address, the peer's.
+            let unread = fields[0].parse().expect("Recv-Q");
+            let peer = fields[3].parse().expect("the peer's address");
+            queues.push(TcpQueue {
+                peer,
+                received: 0,
+                unread,
+            });
+        } else if let Some(last) = queues.last_mut() {
+            // The details: bytes_received:N is left out while it is 0.
+            let received = fields
+                .iter()
+                .find_map(|f| f.strip_prefix("bytes_received:"));
+            last.received = received.map_or(0, |n| n.parse().expect("bytes_received"));
+        }
+    }
+    queues
 }
 
 /// Says that the running test returns without testing, and why. libtest can
@@ -511,6 +643,12 @@ pub fn server_cmd() -> Command {
     cmd
 }
 
+/// `--cert` and `--key` naming `cert` and `key`, as the server and the client take them.
+pub fn identity_args<'a>(cert: &'a Path, key: &'a Path) -> [&'a str; 4] {
+    let text = |p: &'a Path| p.to_str().expect("a UTF-8 path");
+    ["--cert", text(cert), "--key", text(key)]
+}
+
 /// A PKCS#12 bundle of a certificate and its key, as DER.
 pub fn pkcs12(issued: &Issued, name: &str, password: &str) -> Vec<u8> {
     openssl::pkcs12::Pkcs12::builder()
@@ -534,6 +672,18 @@ pub struct ServerProcess {
 impl ServerProcess {
     pub fn start(args: &[&str]) -> ServerProcess {
         Self::start_env(args, &[])
+    }
+
+    /// [`ServerProcess::start`] serving the test PKI's server certificate and key.
+    pub fn with_pki(pki: &Pki, args: &[&str]) -> ServerProcess {
+        Self::with_identity(&pki.path("server.pem"), &pki.path("server.key"), args)
+    }
+
+    /// [`ServerProcess::start`] serving the certificate file `cert` with `key`.
+    pub fn with_identity(cert: &Path, key: &Path, args: &[&str]) -> ServerProcess {
+        let mut full = identity_args(cert, key).to_vec();
+        full.extend_from_slice(args);
+        Self::start(&full)
     }
 
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> ServerProcess {
@@ -571,13 +721,13 @@ impl ServerProcess {
         let wants_plain = !args.contains(&"--no-plain");
         let wants_tls =
             !args.contains(&"--no-tls") && !env.iter().any(|(k, _)| *k == "WWEP_NO_TLS");
+        let until = Instant::now() + Duration::from_secs(20);
         let mut proc = ServerProcess {
-            child,
             plain: None,
             tls: None,
+            child,
             log,
         };
-        let until = Instant::now() + Duration::from_secs(20);
         while (wants_plain && proc.plain.is_none()) || (wants_tls && proc.tls.is_none()) {
             let left = until.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -596,6 +746,13 @@ impl ServerProcess {
             }
         }
         proc
+    }
+
+    /// Whether `request` on the open port is answered `want` within `limit`,
+    /// asked again every 100 ms or so (a store may still be coming back).
+    pub fn answers_within(&self, request: &[u8], want: &[u8], limit: Duration) -> bool {
+        let plain = self.plain.expect("the open port");
+        patiently(limit, || transact(&mut connect(plain), request) == want)
     }
 
     pub fn log_text(&self) -> String {
@@ -648,16 +805,13 @@ impl ServerProcess {
 
     /// Waits for the process to exit, up to `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let until = Instant::now() + limit;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() > until {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let child = &mut self.child;
+        let mut status = None;
+        let exited = eventually(limit, || {
+            status = child.try_wait().unwrap_or(None);
+            status.is_some()
+        });
+        status.filter(|_| exited)
     }
 }
 
@@ -708,6 +862,17 @@ pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> std::process::Output {
         status,
         stdout: out_reader.join().unwrap(),
         stderr: err_reader.join().unwrap(),
+    }
+}
+
+/// The one `wwep-server:` line a refusal prints on stderr; fails the test,
+/// showing `text`, when there is none or more than one.
+pub fn the_error_line(stderr: &[u8], text: &str) -> String {
+    let stderr = String::from_utf8_lossy(stderr);
+    let mut errors = stderr.lines().filter(|l| l.starts_with("wwep-server:"));
+    match (errors.next(), errors.next()) {
+        (Some(line), None) => line.to_string(),
+        _ => panic!("not one error line: {text}"),
     }
 }
 

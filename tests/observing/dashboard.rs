@@ -3,7 +3,6 @@
 //! and TLS (so every family exists) after one write.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 
 use crate::common::*;
 
@@ -64,24 +63,11 @@ fn every_metric_the_dashboard_queries_is_exported() {
     let pki = Pki::new(KeyKind::EcP256);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("registers.wwep");
-    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
-    let server = ServerProcess::start(&[
-        "--cert",
-        cert.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--http",
-        "127.0.0.1:0",
-    ]);
-    let http: SocketAddr = server
-        .log_text()
-        .lines()
-        .find_map(|l| l.split("http listener on ").nth(1))
-        .and_then(|a| a.split(['"', ' ']).next())
-        .and_then(|a| a.trim().parse().ok())
-        .expect("the HTTP address is logged");
+    let server = ServerProcess::with_pki(
+        &pki,
+        &["--data", data.to_str().unwrap(), "--http", "127.0.0.1:0"],
+    );
+    let http = server.await_http_addr();
     let mut tls = pki
         .connector()
         .connect("localhost", connect(server.tls.unwrap()))

@@ -358,13 +358,12 @@ struct TinyDisk {
 impl TinyDisk {
     fn mount(bytes: usize) -> Option<TinyDisk> {
         let dir = tempfile::tempdir().unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(TinyDisk { dir })
+        let size = format!("size={bytes}");
+        let mut mount = Command::new("mount");
+        mount.args(["-t", "tmpfs", "-o", &size, "tmpfs"]);
+        mount.arg(dir.path()).stderr(Stdio::null());
+        let mounted = mount.status().is_ok_and(|s| s.success());
+        mounted.then_some(TinyDisk { dir })
     }
 
     fn path(&self) -> &Path {
@@ -493,6 +492,17 @@ fn server_with_http(args: &[&str]) -> (Child, SocketAddr, std::sync::mpsc::Recei
             return (child, addr, rx);
         }
     }
+}
+
+/// For the page's tests: a server with its HTTP address and its open port's;
+/// `None` (skipped) without chromium and mkfifo.
+fn server_for_a_browser() -> Option<(Child, SocketAddr, SocketAddr)> {
+    if !have_tool("chromium") || !have_tool("mkfifo") {
+        return None;
+    }
+    let (server, http, rx) = server_with_http(&[]);
+    let plain = plain_addr(&rx, &mut Vec::new());
+    Some((server, http, plain))
 }
 
 /// The plain port's address, from a `plain listener on ADDR` line.
@@ -767,11 +777,9 @@ impl Drop for Browser {
 
 #[test]
 fn the_open_page_shows_a_new_write_within_two_seconds() {
-    if !have_tool("chromium") || !have_tool("mkfifo") {
+    let Some((_server, http, plain)) = server_for_a_browser() else {
         return;
-    }
-    let (_server, http, rx) = server_with_http(&[]);
-    let plain = plain_addr(&rx, &mut Vec::new());
+    };
     let mut browser = Browser::start();
     browser.open(&format!("http://{http}/"));
     let value = r#"document.querySelector('[data-device="0FAC"][data-register="0B"] .value')?.textContent ?? null"#;
@@ -876,19 +884,13 @@ fn the_data_file_reports_its_fsyncs_and_compactions() {
 
 #[test]
 fn the_lookup_box_shows_any_device_and_follows_its_writes() {
-    if !have_tool("chromium") || !have_tool("mkfifo") {
+    let Some((_server, http, plain)) = server_for_a_browser() else {
         return;
+    };
+    for write in ["W0FAC0B1234", "W0ABC010042"] {
+        let reply = transact(&mut connect(plain), write.as_bytes());
+        assert_eq!(reply, write.replacen('W', "A", 1).as_bytes());
     }
-    let (_server, http, rx) = server_with_http(&[]);
-    let plain = plain_addr(&rx, &mut Vec::new());
-    assert_eq!(
-        transact(&mut connect(plain), b"W0FAC0B1234"),
-        b"A0FAC0B1234"
-    );
-    assert_eq!(
-        transact(&mut connect(plain), b"W0ABC010042"),
-        b"A0ABC010042"
-    );
     let mut browser = Browser::start();
     // The id prefilled from the address, in lower case.
     browser.open(&format!("http://{http}/#0fac"));

@@ -41,6 +41,20 @@ fn get(addr: SocketAddr, path: &str) -> u16 {
     http_get_from(Some("127.0.0.1"), addr, path).map_or(0, |a| a.status)
 }
 
+/// A server whose HTTP side allows 127.0.0.1 alone; `None` (skipped) where
+/// 127.0.0.2 cannot be a source address, as the refused clients need.
+fn http_for_127_0_0_1_only() -> Option<ServerProcess> {
+    let probe = try_connect_from("127.0.0.2", "127.0.0.1:9".parse().unwrap());
+    if probe.is_err_and(|e| e.kind() == std::io::ErrorKind::AddrNotAvailable) {
+        skip("cannot bind 127.0.0.2 as a source address");
+        return None;
+    }
+    let only = ["--http-allow", "127.0.0.1/32"];
+    Some(ServerProcess::start(
+        &[&["--no-tls", "--http", "127.0.0.1:0"][..], &only].concat(),
+    ))
+}
+
 #[test]
 fn refused_idle_and_slow_clients_neither_add_threads_nor_slow_an_allowed_client() {
     let wanted = (REFUSED + ALLOWED_IDLE + 200) as u64;
@@ -49,20 +63,9 @@ fn refused_idle_and_slow_clients_neither_add_threads_nor_slow_an_allowed_client(
         skip(&format!("the open-files limit is {got}, below {wanted}"));
         return;
     }
-    if try_connect_from("127.0.0.2", "127.0.0.1:9".parse().unwrap())
-        .err()
-        .is_some_and(|e| e.kind() == std::io::ErrorKind::AddrNotAvailable)
-    {
-        skip("cannot bind 127.0.0.2 as a source address");
+    let Some(server) = http_for_127_0_0_1_only() else {
         return;
-    }
-    let server = ServerProcess::start(&[
-        "--no-tls",
-        "--http",
-        "127.0.0.1:0",
-        "--http-allow",
-        "127.0.0.1/32",
-    ]);
+    };
     let pid = server.child.id();
     let addr = answering(&server, "/ready");
     let before = threads(pid);
@@ -237,20 +240,9 @@ fn head_other_methods_and_oversized_requests() {
 /// refused client cannot hold a connection open.
 #[test]
 fn a_refused_client_that_keeps_sending_is_let_go_after_its_403() {
-    if try_connect_from("127.0.0.2", "127.0.0.1:9".parse().unwrap())
-        .err()
-        .is_some_and(|e| e.kind() == std::io::ErrorKind::AddrNotAvailable)
-    {
-        skip("cannot bind 127.0.0.2 as a source address");
+    let Some(server) = http_for_127_0_0_1_only() else {
         return;
-    }
-    let server = ServerProcess::start(&[
-        "--no-tls",
-        "--http",
-        "127.0.0.1:0",
-        "--http-allow",
-        "127.0.0.1/32",
-    ]);
+    };
     let addr = answering(&server, "/ready");
 
     let mut refused = try_connect_from("127.0.0.2", addr).expect("connect");

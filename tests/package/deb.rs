@@ -339,14 +339,17 @@ fn maintainer_scripts_touch_systemd_only_where_it_runs_and_never_start_on_instal
         .split_once("\npurge)\n")
         .map(|(_, rest)| rest.split_once("\n\t;;").unwrap().0)
         .expect("postrm has a purge branch");
-    for removed in [
+    let removals = [
         "rm -rf /var/lib/wwep",
         "/etc/wwep/wwep.env",
         "userdel wwep",
         "groupdel wwep",
-    ] {
-        assert!(purge.contains(removed), "purge lacks {removed:?}:\n{purge}");
-    }
+    ];
+    let missing: Vec<&str> = removals
+        .into_iter()
+        .filter(|r| !purge.contains(r))
+        .collect();
+    assert!(missing.is_empty(), "purge lacks {missing:?}:\n{purge}");
 }
 
 #[test]

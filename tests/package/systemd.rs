@@ -164,13 +164,7 @@ fn sweep_leftovers(dir: &Path) {
         if !(name.starts_with("run.") || name.contains(".tmp.")) {
             continue;
         }
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > Duration::from_secs(3600));
-        if old {
+        if older_than(&entry.path(), Duration::from_secs(3600)) {
             eprintln!("removing {name}, left by an earlier run");
             let _ = std::fs::remove_dir_all(entry.path());
         }

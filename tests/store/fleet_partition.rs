@@ -37,12 +37,9 @@ struct Fleet {
 }
 
 fn ip(args: &[&str]) -> bool {
-    Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    let mut quiet = Command::new("ip");
+    quiet.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+    quiet.status().is_ok_and(|s| s.success())
 }
 
 fn must_ip(args: &[&str]) {
@@ -57,13 +54,8 @@ fn clean_leftovers() {
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
         if name.starts_with("wfp") {
-            let age_ok = Path::new(&format!("/run/netns/{name}"))
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > Duration::from_secs(600));
-            if age_ok {
+            let namespace = format!("/run/netns/{name}");
+            if older_than(Path::new(&namespace), Duration::from_secs(600)) {
                 ip(&["netns", "del", name]);
             }
         }
@@ -388,6 +380,22 @@ struct Plan {
     pause: Duration,
 }
 
+impl Plan {
+    /// Three writers per front end on `registers` registers, both front ends
+    /// taking requests throughout, for `seconds` (`long_seconds` under
+    /// [`long`]), pausing `pause_ms` between writes.
+    fn steady(registers: usize, seconds: (u64, u64), pause_ms: u64) -> Plan {
+        let (short, long_seconds) = seconds;
+        Plan {
+            registers,
+            writers_per_front_end: 3,
+            run: Duration::from_secs(if long() { long_seconds } else { short }),
+            f2_active: None,
+            pause: Duration::from_millis(pause_ms),
+        }
+    }
+}
+
 struct Outcome {
     tally: Tally,
     lost: Vec<(u32, u16, String)>,
@@ -646,36 +654,30 @@ fn cut_and_heal(f2_idle: bool, wait_replicas: u32, name: &str) {
     }
 }
 
-#[test]
-fn a_primary_cut_off_for_nine_seconds_loses_no_acknowledged_write() {
-    cut_and_heal(false, 0, "cut 9 s");
+/// One test for each case of [`cut_and_heal`]: its name, then whether the
+/// second front end idles, the replicas to wait for, and the case's label.
+macro_rules! cut_and_heal_tests {
+    ($($name:ident: $idle:expr, $replicas:expr, $label:expr;)*) => {$(
+        #[test]
+        fn $name() {
+            cut_and_heal($idle, $replicas, $label);
+        }
+    )*};
 }
 
-#[test]
-fn a_front_end_idle_through_the_partition_loses_no_acknowledged_write() {
-    cut_and_heal(true, 0, "idle front end");
-}
-
-#[test]
-fn waiting_for_a_replica_through_a_partition_loses_no_acknowledged_write() {
-    cut_and_heal(false, 1, "cut 9 s, wait-replicas 1");
-}
-
-#[test]
-fn waiting_for_a_replica_with_an_idle_front_end_loses_no_acknowledged_write() {
-    cut_and_heal(true, 1, "idle front end, wait-replicas 1");
+cut_and_heal_tests! {
+    a_primary_cut_off_for_nine_seconds_loses_no_acknowledged_write: false, 0, "cut 9 s";
+    a_front_end_idle_through_the_partition_loses_no_acknowledged_write: true, 0, "idle front end";
+    waiting_for_a_replica_through_a_partition_loses_no_acknowledged_write:
+        false, 1, "cut 9 s, wait-replicas 1";
+    waiting_for_a_replica_with_an_idle_front_end_loses_no_acknowledged_write:
+        true, 1, "idle front end, wait-replicas 1";
 }
 
 #[test]
 fn five_short_cuts_without_failover_lose_no_acknowledged_write() {
     let Some(fleet) = setup(0) else { return };
-    let plan = Plan {
-        registers: 8,
-        writers_per_front_end: 3,
-        run: Duration::from_secs(if long() { 30 } else { 14 }),
-        f2_active: None,
-        pause: Duration::from_millis(60),
-    };
+    let plan = Plan::steady(8, (14, 30), 60);
     let out = run_writers(&fleet, &plan, |fleet, start, _| {
         for i in 0..5u64 {
             while start.elapsed() < Duration::from_millis(2000 + i * 2000) {
@@ -698,13 +700,7 @@ fn five_short_cuts_without_failover_lose_no_acknowledged_write() {
 #[test]
 fn kill_9_of_one_front_end_loses_no_acknowledged_write() {
     let Some(fleet) = setup(0) else { return };
-    let plan = Plan {
-        registers: 32,
-        writers_per_front_end: 3,
-        run: Duration::from_secs(if long() { 40 } else { 16 }),
-        f2_active: None,
-        pause: Duration::from_millis(80),
-    };
+    let plan = Plan::steady(32, (16, 40), 80);
     let r1 = fleet.addr("r1");
     let mut switched = false;
     let out = run_writers(&fleet, &plan, |fleet, start, _| {

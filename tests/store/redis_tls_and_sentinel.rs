@@ -154,6 +154,16 @@ fn timed_transact(
     (result, started.elapsed())
 }
 
+/// Writes 1234 to register 0B of device 0FAC through `server`'s open port and
+/// reads it back; that port's address.
+fn writes_and_reads_back(server: &ServerProcess) -> SocketAddr {
+    let plain = server.plain.expect("the open port");
+    let write = transact(&mut connect(plain), b"W0FAC0B1234");
+    assert_eq!(write, b"A0FAC0B1234", "{}", server.log_text());
+    assert_eq!(transact(&mut connect(plain), b"R0FAC0B"), b"A0FAC0B1234");
+    plain
+}
+
 // ---------------------------------------------------------------- rediss://
 
 /// A TLS-only `redis-server` (`--port 0`) serving `cert`/`key`.
@@ -201,12 +211,49 @@ fn redis_cli_tls(pki: &Pki, port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// A TLS-only Redis serving the test PKI's server certificate, in a
+/// directory of its own.
+struct TlsRedis {
+    redis: Process,
+    port: u16,
+    pki: Pki,
+    dir: tempfile::TempDir,
+}
+
+impl TlsRedis {
+    /// `None` (skipped) without the Redis tools.
+    fn start() -> Option<TlsRedis> {
+        if !have_redis() {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(KeyKind::EcP256);
+        let (redis, port) = tls_redis_of(dir.path(), "redis-tls", &pki);
+        Some(TlsRedis {
+            redis,
+            port,
+            pki,
+            dir,
+        })
+    }
+}
+
+/// [`tls_redis`] serving the test PKI's server certificate and key.
+fn tls_redis_of(dir: &Path, name: &str, pki: &Pki) -> (Process, u16) {
+    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
+    tls_redis(dir, name, pki, &cert, &key)
+}
+
 fn tls_front_end(port: u16, ca: &Path, extra: &[&str]) -> ServerProcess {
-    let url = format!("rediss://localhost:{port}");
+    tls_store_front_end(&format!("rediss://localhost:{port}"), ca, extra)
+}
+
+/// A front end whose store is reached over TLS at `url`, verified with `ca`.
+fn tls_store_front_end(url: &str, ca: &Path, extra: &[&str]) -> ServerProcess {
     let mut args = vec![
         "--no-tls",
         "--store",
-        &url,
+        url,
         "--store-ca",
         ca.to_str().unwrap(),
         "--explain-errors",
@@ -217,36 +264,21 @@ fn tls_front_end(port: u16, ca: &Path, extra: &[&str]) -> ServerProcess {
 
 #[test]
 fn rediss_store_verified_with_store_ca_keeps_the_registers() {
-    if !have_redis() {
+    let Some(store) = TlsRedis::start() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(KeyKind::EcP256);
-    let (_redis, port) = tls_redis(
-        dir.path(),
-        "redis-tls",
-        &pki,
-        &pki.path("server.pem"),
-        &pki.path("server.key"),
-    );
+    };
+    let (port, pki) = (store.port, &store.pki);
     let server = tls_front_end(port, &pki.path("ca.pem"), &[]);
-    let plain = server.plain.unwrap();
-    assert_eq!(
-        transact(&mut connect(plain), b"W0FAC0B1234"),
-        b"A0FAC0B1234",
-        "{}",
-        server.log_text()
-    );
-    assert_eq!(transact(&mut connect(plain), b"R0FAC0B"), b"A0FAC0B1234");
+    let plain = writes_and_reads_back(&server);
     assert_eq!(transact(&mut connect(plain), b"R0FAC0C"), b"X not found");
     // Really in the TLS Redis, as one readable hash, seen by another client.
     assert_eq!(
-        redis_cli_tls(&pki, port, &["HGET", "wwep:0FAC", "0B"]),
+        redis_cli_tls(pki, port, &["HGET", "wwep:0FAC", "0B"]),
         "1234"
     );
     // Written there by someone else, read through the front end.
     assert_eq!(
-        redis_cli_tls(&pki, port, &["HSET", "wwep:0FAC", "0C", "BEEF"]),
+        redis_cli_tls(pki, port, &["HSET", "wwep:0FAC", "0C", "BEEF"]),
         "1"
     );
     assert_eq!(transact(&mut connect(plain), b"R0FAC0C"), b"A0FAC0CBEEF");
@@ -261,35 +293,17 @@ fn rediss_store_verified_with_store_ca_keeps_the_registers() {
 
 #[test]
 fn rediss_store_whose_certificate_is_not_trusted_refuses_to_start() {
-    if !have_redis() {
+    let Some(store) = TlsRedis::start() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(KeyKind::EcP256);
-    let (_redis, port) = tls_redis(
-        dir.path(),
-        "redis-tls",
-        &pki,
-        &pki.path("server.pem"),
-        &pki.path("server.key"),
-    );
+    };
+    let (port, pki) = (store.port, &store.pki);
     // A certificate from the right CA for another name only.
-    let elsewhere = issue(
-        &CertSpec {
-            sans: &["redis.example"],
-            ..CertSpec::server("redis.example")
-        },
-        Some(&pki.ca),
-    );
-    let elsewhere_cert = pki.write("elsewhere.pem", &elsewhere.cert.to_pem().unwrap());
-    let elsewhere_key = pki.write(
-        "elsewhere.key",
-        &elsewhere.key.private_key_to_pem_pkcs8().unwrap(),
-    );
+    let elsewhere = pki.issue_for("redis.example");
+    let (elsewhere_cert, elsewhere_key) = pki.write_issued("elsewhere", &elsewhere);
     let (_misnamed, misnamed_port) = tls_redis(
-        dir.path(),
+        store.dir.path(),
         "redis-misnamed",
-        &pki,
+        pki,
         &elsewhere_cert,
         &elsewhere_key,
     );
@@ -307,15 +321,11 @@ fn rediss_store_whose_certificate_is_not_trusted_refuses_to_start() {
         // A certificate that cannot be used stops the server, as for its own.
         assert_eq!(out.status.code(), Some(1), "{text}");
         assert!(started.elapsed() < Duration::from_secs(15), "{text}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let errors: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.starts_with("wwep-server:"))
-            .collect();
-        assert_eq!(errors.len(), 1, "{text}");
+        let error = the_error_line(&out.stderr, &text);
         for needle in needles {
-            assert!(errors[0].contains(needle), "{needle:?} missing: {text}");
+            assert!(error.contains(needle), "{needle:?} missing: {text}");
         }
+        let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("listener on"), "{text}");
     };
     let wrong_ca = other.path("ca.pem");
@@ -346,18 +356,10 @@ fn rediss_store_whose_certificate_is_not_trusted_refuses_to_start() {
 
 #[test]
 fn a_tls_store_that_stops_answering_gets_x_within_the_time_limit() {
-    if !have_redis() {
+    let Some(store) = TlsRedis::start() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(KeyKind::EcP256);
-    let (redis, port) = tls_redis(
-        dir.path(),
-        "redis-tls",
-        &pki,
-        &pki.path("server.pem"),
-        &pki.path("server.key"),
-    );
+    };
+    let (port, pki) = (store.port, &store.pki);
     let server = tls_front_end(port, &pki.path("ca.pem"), &["--timeout-ms", "1000"]);
     let plain = server.plain.unwrap();
     assert_eq!(
@@ -366,8 +368,8 @@ fn a_tls_store_that_stops_answering_gets_x_within_the_time_limit() {
     );
     // Stopped, Redis still completes TCP handshakes (the kernel does) but never
     // answers a command or a ClientHello: a hung server, or a paused machine.
-    redis.signal("STOP");
-    let stopped = ContinueOnDrop(&redis);
+    store.redis.signal("STOP");
+    let stopped = ContinueOnDrop(&store.redis);
     // The first request finds the pooled connection silent; the next ones open
     // new connections, whose TLS handshakes must time out too.
     unavailable_until_continued(&server, plain, stopped);
@@ -442,13 +444,7 @@ impl SentinelSetup {
         );
         let dir = tempfile::tempdir().unwrap();
         let (primary, primary_port) = match tls {
-            Some(pki) => tls_redis(
-                dir.path(),
-                "primary",
-                pki,
-                &pki.path("server.pem"),
-                &pki.path("server.key"),
-            ),
+            Some(pki) => tls_redis_of(dir.path(), "primary", pki),
             None => {
                 let port = free_port();
                 let primary =
@@ -572,6 +568,20 @@ impl SentinelSetup {
         .collect()
     }
 
+    /// A front end with the primary this Sentinel names as its store, `X`
+    /// explained, and `timeout_ms` as its time limit.
+    fn front_end(&self, timeout_ms: &str) -> ServerProcess {
+        let url = self.url();
+        ServerProcess::start(&[
+            "--no-tls",
+            "--store",
+            &url,
+            "--explain-errors",
+            "--timeout-ms",
+            timeout_ms,
+        ])
+    }
+
     fn url(&self) -> String {
         format!(
             "redis+sentinel://127.0.0.1:{}/{PRIMARY_NAME}",
@@ -596,16 +606,7 @@ fn sentinel_failover_after_kill_9_is_followed_without_a_restart() {
     }
     let mut setup = SentinelSetup::start(true);
     let replica_port = setup.replica.as_ref().unwrap().1;
-    let url = setup.url();
-    let server = ServerProcess::start(&[
-        "--no-tls",
-        "--store",
-        &url,
-        "--explain-errors",
-        "--timeout-ms",
-        "2000",
-    ]);
-    let plain = server.plain.unwrap();
+    let server = setup.front_end("2000");
     assert!(
         server.log_text().contains(&format!(
             "registers are kept in primary {PRIMARY_NAME} of sentinels 127.0.0.1:{}",
@@ -614,13 +615,7 @@ fn sentinel_failover_after_kill_9_is_followed_without_a_restart() {
         "{}",
         server.log_text()
     );
-    assert_eq!(
-        transact(&mut connect(plain), b"W0FAC0B1234"),
-        b"A0FAC0B1234",
-        "{}",
-        server.log_text()
-    );
-    assert_eq!(transact(&mut connect(plain), b"R0FAC0B"), b"A0FAC0B1234");
+    let plain = writes_and_reads_back(&server);
     assert_eq!(
         query::<Option<String>>(setup.primary_port, &["HGET", "wwep:0FAC", "0B"]).unwrap(),
         Some("1234".to_string())
@@ -698,15 +693,7 @@ fn a_sentinel_that_stops_answering_gets_x_within_the_time_limit() {
         return;
     }
     let setup = SentinelSetup::start(false);
-    let url = setup.url();
-    let server = ServerProcess::start(&[
-        "--no-tls",
-        "--store",
-        &url,
-        "--explain-errors",
-        "--timeout-ms",
-        "1000",
-    ]);
+    let server = setup.front_end("1000");
     let plain = server.plain.unwrap();
     // On a busy machine the first lookup through the Sentinel can take longer
     // than the 1 s limit (an honest X): the setup write may be retried.
@@ -746,23 +733,13 @@ fn rediss_sentinel_reaches_the_named_primary_over_tls_verified_with_store_ca() {
     );
     // Sentinel names 127.0.0.1, which the primary's certificate is for.
     let ca = pki.path("ca.pem");
-    let server = ServerProcess::start(&[
-        "--no-tls",
-        "--store",
-        &url,
-        "--store-ca",
-        ca.to_str().unwrap(),
-        "--explain-errors",
-    ]);
+    let server = tls_store_front_end(&url, &ca, &[]);
     let plain = server.plain.unwrap();
     // The first write opens the pool's first TLS connection through the
     // Sentinel; a busy machine can answer it with an honest X under the
     // store's time limit, so it is retried.
     assert!(
-        patiently(Duration::from_secs(10), || transact(
-            &mut connect(plain),
-            b"W0FAC0B1234"
-        ) == b"A0FAC0B1234"),
+        server.answers_within(b"W0FAC0B1234", b"A0FAC0B1234", Duration::from_secs(10)),
         "{}\n{}",
         server.log_text(),
         setup.logs()
@@ -780,15 +757,10 @@ fn rediss_sentinel_reaches_the_named_primary_over_tls_verified_with_store_ca() {
     let out = run_with_input(&mut cmd, b"");
     let text = describe(&cmd, &out);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("wwep-server:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{text}");
+    let error = the_error_line(&out.stderr, &text);
     assert!(
-        errors[0].contains("not trusted")
-            && errors[0].contains(&other.path("ca.pem").display().to_string()),
+        error.contains("not trusted")
+            && error.contains(&other.path("ca.pem").display().to_string()),
         "{text}"
     );
     // --store-ca without TLS to the data nodes is a mistake, said at once.

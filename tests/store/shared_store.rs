@@ -11,18 +11,10 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 fn front_end(pki: &Pki, redis: &RedisServer, extra: &[&str]) -> ServerProcess {
-    let (cert, key, url) = (pki.path("server.pem"), pki.path("server.key"), redis.url());
-    let mut args = vec![
-        "--cert",
-        cert.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
-        "--store",
-        &url,
-        "--explain-errors",
-    ];
+    let url = redis.url();
+    let mut args = vec!["--store", &url, "--explain-errors"];
     args.extend_from_slice(extra);
-    ServerProcess::start(&args)
+    ServerProcess::with_pki(pki, &args)
 }
 
 fn tls_transact(pki: &Pki, addr: SocketAddr, request: &[u8]) -> Vec<u8> {
@@ -93,17 +85,11 @@ fn redis_going_away_gives_x_at_once_and_service_resumes_by_itself() {
         &["--timeout-ms", "2000", "--http", "127.0.0.1:0"],
     );
     let plain = server.plain.unwrap();
-    let http: SocketAddr = server
-        .log_text()
-        .lines()
-        .find_map(|l| l.split("http listener on ").nth(1))
-        .and_then(|a| a.trim().parse().ok())
-        .expect("the HTTP address is logged");
+    let http = server.await_http_addr();
     // The HTTP side answers from before the listeners open ("starting").
     assert!(
-        eventually(Duration::from_secs(5), || health(http)
-            .starts_with("HTTP/1.1 200")),
-        "{}",
+        eventually(Duration::from_secs(5), || health(http).0 == 200),
+        "{:?}",
         health(http)
     );
     assert_eq!(
@@ -126,22 +112,19 @@ fn redis_going_away_gives_x_at_once_and_service_resumes_by_itself() {
     assert!(eventually(Duration::from_secs(5), || server
         .log_text()
         .contains("answering X until it recovers")));
-    let down = health(http);
+    let (status, down) = health(http);
     assert!(
-        down.starts_with("HTTP/1.1 503") && down.contains("does not answer"),
-        "{down}"
+        status == 503 && down.contains("does not answer"),
+        "{status} {down}"
     );
     redis.run();
     assert!(
-        eventually(Duration::from_secs(10), || transact(
-            &mut connect(plain),
-            b"W0001010003"
-        ) == b"A0001010003"),
+        server.answers_within(b"W0001010003", b"A0001010003", Duration::from_secs(10)),
         "{}",
         server.log_text()
     );
     assert_eq!(transact(&mut connect(plain), b"R000101"), b"A0001010003");
-    assert!(health(http).starts_with("HTTP/1.1 200"));
+    assert_eq!(health(http).0, 200);
 }
 
 #[test]
@@ -185,14 +168,15 @@ fn a_restarted_redis_costs_no_x_for_the_stale_pooled_connections() {
     }
 }
 
-/// `GET /health`, the whole response.
-fn health(http: SocketAddr) -> String {
-    let mut c = connect(http);
-    c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut response = Vec::new();
-    let _ = c.read_to_end(&mut response);
-    String::from_utf8_lossy(&response).to_string()
+/// `GET /health`: the status and the rest of the answer, head and body (0
+/// and nothing when there is no answer).
+fn health(http: SocketAddr) -> (u16, String) {
+    http_get_from(None, http, "/health").map_or((0, String::new()), |answer| {
+        (
+            answer.status,
+            format!("{}\n\n{}", answer.headers, answer.body),
+        )
+    })
 }
 
 #[test]
@@ -278,13 +262,10 @@ fn shared_store_flags_fail_clearly() {
         let out = run_with_input(&mut cmd, b"");
         let text = describe(&cmd, &out);
         assert_eq!(out.status.code(), Some(code), "{text}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let errors: Vec<&str> = stderr
-            .lines()
-            .filter(|l| l.starts_with("wwep-server:"))
-            .collect();
-        assert_eq!(errors.len(), 1, "{text}");
-        assert!(errors[0].contains(needle), "{text}");
+        assert!(
+            the_error_line(&out.stderr, &text).contains(needle),
+            "{text}"
+        );
     };
     one_line(&["--store", &url, "--data", "registers.wwep"], 2, "--data");
     one_line(&["--store-wait-replicas", "1"], 2, "--store-wait-replicas");
@@ -297,16 +278,9 @@ fn shared_store_flags_fail_clearly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--store"));
 }
 
-/// `GET /metrics`, the body.
+/// `GET /metrics`, the body (nothing when there is no answer).
 fn metrics_text(http: SocketAddr) -> String {
-    let mut c = connect(http);
-    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut response = Vec::new();
-    let _ = c.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).to_string();
-    text.split_once("\r\n\r\n")
-        .map_or(text.clone(), |(_, body)| body.to_string())
+    http_get_from(None, http, "/metrics").map_or(String::new(), |answer| answer.body)
 }
 
 #[test]
@@ -317,12 +291,7 @@ fn registers_in_a_shared_store_are_counted_truly_or_not_at_all() {
     let pki = Pki::new(KeyKind::EcP256);
     let server = front_end(&pki, &redis, &["--http", "127.0.0.1:0"]);
     let plain = server.plain.unwrap();
-    let http: SocketAddr = server
-        .log_text()
-        .lines()
-        .find_map(|l| l.split("http listener on ").nth(1))
-        .and_then(|a| a.trim().parse().ok())
-        .expect("the HTTP address is logged");
+    let http = server.await_http_addr();
     for request in [
         &b"W0FAC0B0001"[..],
         b"W0FAC0C0002",

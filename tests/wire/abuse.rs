@@ -124,16 +124,8 @@ fn flood(tls_port: bool, first: &[u8]) {
         return;
     }
     let pki = Pki::new(KeyKind::EcP256);
-    let mut server = ServerProcess::start(&[
-        "--cert",
-        pki.path("server.pem").to_str().unwrap(),
-        "--key",
-        pki.path("server.key").to_str().unwrap(),
-        "--max-per-ip",
-        "100000",
-        "--timeout-ms",
-        "3000",
-    ]);
+    let mut server =
+        ServerProcess::with_pki(&pki, &["--max-per-ip", "100000", "--timeout-ms", "3000"]);
     let pid = server.child.id();
     let baseline = rss_kib(pid);
     let target = if tls_port {
@@ -229,12 +221,7 @@ fn trickling_tls_clients_and_idle_floods_leave_service_to_others() {
         return;
     }
     let pki = Pki::new(KeyKind::EcP256);
-    let mut server = ServerProcess::start(&[
-        "--cert",
-        pki.path("server.pem").to_str().unwrap(),
-        "--key",
-        pki.path("server.key").to_str().unwrap(),
-    ]);
+    let mut server = ServerProcess::with_pki(&pki, &[]);
     let (plain, tls) = (server.plain.unwrap(), server.tls.unwrap());
     // Built once: loading trust roots is the client's cost, not the server's.
     let connector = pki.connector();

@@ -140,13 +140,17 @@ fn read_only_register_ranges() {
         plain_from("127.0.0.2", s.plain(), "W04FB800007"),
         "A04FB800007"
     );
-    assert_eq!(tls_as(tls, &pki, Some(&a), "W04FB000001"), "A04FB000001");
-    assert_eq!(tls_as(tls, &pki, Some(&a), "W04FB7F0001"), "A04FB7F0001");
-    assert_eq!(tls_as(tls, &pki, Some(&a), "W04FB800001"), "X forbidden");
-    assert_eq!(tls_as(tls, &pki, Some(&a), "W04FBFF0001"), "X forbidden");
-    assert_eq!(tls_as(tls, &pki, Some(&a), "R04FB80"), "A04FB800007");
-    assert_eq!(tls_as(tls, &pki, Some(&a), "R04FBFF"), "X not found");
-    assert_eq!(tls_as(tls, &pki, Some(&a), "R04FB80"), "A04FB800007");
+    for (request, want) in [
+        ("W04FB000001", "A04FB000001"),
+        ("W04FB7F0001", "A04FB7F0001"),
+        ("W04FB800001", "X forbidden"),
+        ("W04FBFF0001", "X forbidden"),
+        ("R04FB80", "A04FB800007"),
+        ("R04FBFF", "X not found"),
+        ("R04FB80", "A04FB800007"),
+    ] {
+        assert_eq!(tls_as(tls, &pki, Some(&a), request), want, "{request}");
+    }
 }
 
 #[test]
@@ -165,27 +169,16 @@ fn names_and_globs_from_the_certificate() {
         plain_from("127.0.0.2", s.plain(), "W0300010001"),
         "A0300010001"
     );
-    assert_eq!(tls_as(tls, &pki, Some(&gateway), "R030001"), "A0300010001");
-    assert_eq!(
-        tls_as(tls, &pki, Some(&gateway), "W0300010002"),
-        "X forbidden"
-    );
-    assert_eq!(
-        tls_as(tls, &pki, Some(&by_dns), "W01FF010001"),
-        "A01FF010001"
-    );
-    assert_eq!(
-        tls_as(tls, &pki, Some(&by_dns), "W0200010001"),
-        "X forbidden"
-    );
-    assert_eq!(
-        tls_as(tls, &pki, Some(&by_ip), "W0200010001"),
-        "A0200010001"
-    );
-    assert_eq!(
-        tls_as(tls, &pki, Some(&by_ip), "W0100010001"),
-        "X forbidden"
-    );
+    for (client, request, want) in [
+        (&gateway, "R030001", "A0300010001"),
+        (&gateway, "W0300010002", "X forbidden"),
+        (&by_dns, "W01FF010001", "A01FF010001"),
+        (&by_dns, "W0200010001", "X forbidden"),
+        (&by_ip, "W0200010001", "A0200010001"),
+        (&by_ip, "W0100010001", "X forbidden"),
+    ] {
+        assert_eq!(tls_as(tls, &pki, Some(client), request), want, "{request}");
+    }
 }
 
 #[test]
@@ -278,14 +271,11 @@ fn a_broken_file_stops_the_server_from_starting() {
     let out = run_with_input(&mut cmd, b"");
     let text = describe(&cmd, &out);
     assert_eq!(out.status.code(), Some(2), "{text}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&format!(
-            "wwep-server: {} line 2: range '0500-0400' ends before it starts",
-            acl.display()
-        )),
-        "{text}"
+    let said = format!(
+        "wwep-server: {} line 2: range '0500-0400' ends before it starts",
+        acl.display()
     );
+    assert_eq!(the_error_line(&out.stderr, &text), said, "{text}");
 }
 
 #[test]
@@ -293,17 +283,16 @@ fn sighup_reloads_the_rules_and_keeps_them_when_the_file_is_broken() {
     let pki = Pki::new(KeyKind::EcP256);
     let a = board(&pki, "04FB");
     let acl = pki.write("rules.acl", BOARDS.as_bytes());
-    let path = |name: &str| pki.path(name).to_str().unwrap().to_string();
-    let server = ServerProcess::start(&[
-        "--cert",
-        &path("server.pem"),
-        "--key",
-        &path("server.key"),
-        "--client-ca",
-        &path("ca.pem"),
-        "--acl",
-        acl.to_str().unwrap(),
-    ]);
+    let ca = pki.path("ca.pem");
+    let server = ServerProcess::with_pki(
+        &pki,
+        &[
+            "--client-ca",
+            ca.to_str().unwrap(),
+            "--acl",
+            acl.to_str().unwrap(),
+        ],
+    );
     let tls = server.tls.unwrap();
     assert_eq!(tls_as(tls, &pki, Some(&a), "W04FB050001"), "A04FB050001");
     assert_eq!(tls_as(tls, &pki, Some(&a), "W0500050001"), "X");
@@ -530,16 +519,17 @@ fn readme_flow_with_certificates_from_the_script() {
 
     let file = |name: &str| certs.join(name).to_str().unwrap().to_string();
     let acl = repo("dist/boards.acl");
-    let server = ServerProcess::start(&[
-        "--cert",
-        &file("server.pem"),
-        "--key",
-        &file("server.key"),
-        "--client-ca",
-        &file("ca.pem"),
-        "--acl",
-        acl.to_str().unwrap(),
-    ]);
+    let (cert, key) = (certs.join("server.pem"), certs.join("server.key"));
+    let server = ServerProcess::with_identity(
+        &cert,
+        &key,
+        &[
+            "--client-ca",
+            &file("ca.pem"),
+            "--acl",
+            acl.to_str().unwrap(),
+        ],
+    );
     let wwep = |board: &str, args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep"));
         cmd.args(["--server", &server.tls.unwrap().to_string(), "--tls"])

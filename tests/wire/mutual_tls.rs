@@ -90,16 +90,9 @@ fn no_certificate_or_a_stranger_is_refused() {
 #[test]
 fn cli_client_certificate_and_logged_common_name() {
     let pki = Pki::new(KeyKind::EcP256);
-    let server = ServerProcess::start(&[
-        "--cert",
-        pki.path("server.pem").to_str().unwrap(),
-        "--key",
-        pki.path("server.key").to_str().unwrap(),
-        "--client-ca",
-        pki.path("ca.pem").to_str().unwrap(),
-    ]);
-    let srv = format!("localhost:{}", server.tls.unwrap().port());
     let ca = pki.path("ca.pem");
+    let server = ServerProcess::with_pki(&pki, &["--client-ca", ca.to_str().unwrap()]);
+    let srv = format!("localhost:{}", server.tls.unwrap().port());
     let wwep = |extra: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wwep"));
         cmd.args(["--server", &srv, "--tls", "--ca", ca.to_str().unwrap()])
@@ -108,16 +101,8 @@ fn cli_client_certificate_and_logged_common_name() {
         let text = describe(&cmd, &out);
         (out, text)
     };
-    let (out, text) = wwep(&[
-        "--cert",
-        pki.path("client.pem").to_str().unwrap(),
-        "--key",
-        pki.path("client.key").to_str().unwrap(),
-        "write",
-        "1",
-        "2",
-        "3",
-    ]);
+    let (cert, key) = (pki.path("client.pem"), pki.path("client.key"));
+    let (out, text) = wwep(&[&identity_args(&cert, &key)[..], &["write", "1", "2", "3"]].concat());
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert_eq!(out.stdout, b"A0001020003\n", "{text}");
     // The same certificate from a PKCS#12 bundle.
@@ -142,15 +127,10 @@ fn cli_client_certificate_and_logged_common_name() {
         String::from_utf8_lossy(&out.stderr).contains("refused"),
         "{text}"
     );
-    assert!(eventually(std::time::Duration::from_secs(5), || server
-        .log_text()
-        .contains("handshake failed: certificate required")));
-    let logged = "cn=\"test client\" \"W0001020003\" -> \"A0001020003\"";
-    assert!(
-        eventually(std::time::Duration::from_secs(5), || server
-            .log_text()
-            .contains(logged)),
-        "{}",
-        server.log_text()
+    let within = std::time::Duration::from_secs(5);
+    server.assert_logs_within("handshake failed: certificate required", within);
+    server.assert_logs_within(
+        "cn=\"test client\" \"W0001020003\" -> \"A0001020003\"",
+        within,
     );
 }

@@ -21,23 +21,32 @@ fn v2_header(source: [u8; 4], port: u16) -> Vec<u8> {
 }
 
 fn proxied_server(pki: &Pki, extra: &[&str]) -> ServerProcess {
-    let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
     let mut args = vec![
-        "--cert",
-        cert.to_str().unwrap(),
-        "--key",
-        key.to_str().unwrap(),
         "--proxy-protocol",
         "--proxy-from",
         "127.0.0.1",
         "--explain-errors",
     ];
     args.extend_from_slice(extra);
-    ServerProcess::start(&args)
+    ServerProcess::with_pki(pki, &args)
+}
+
+/// One transaction with `to` from the balancer (127.0.0.1, in --proxy-from).
+fn from_balancer(to: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    transact(&mut connect_from("127.0.0.1", to), bytes)
+}
+
+/// One transaction with `to` from 127.0.0.2, an address not in --proxy-from.
+fn from_elsewhere(to: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    transact(&mut connect_from("127.0.0.2", to), bytes)
 }
 
 fn logged(server: &ServerProcess, text: &str) -> bool {
     eventually(Duration::from_secs(5), || server.log_text().contains(text))
+}
+
+fn assert_logged(server: &ServerProcess, text: &str) {
+    server.assert_logs_within(text, Duration::from_secs(5));
 }
 
 #[test]
@@ -46,15 +55,12 @@ fn the_client_address_comes_from_a_trusted_balancer_header() {
     let server = proxied_server(&pki, &[]);
     let plain = server.plain.unwrap();
     // Version 1, header and request in one segment.
-    let mut c = connect_from("127.0.0.1", plain);
-    c.write_all(b"PROXY TCP4 192.0.2.7 198.51.100.1 56324 27708\r\nW0FAC0B0001")
-        .unwrap();
-    assert_eq!(read_to_close(&mut c), b"A0FAC0B0001");
-    assert!(
-        logged(&server, "plain 192.0.2.7:56324 \"W0FAC0B0001\""),
-        "{}",
-        server.log_text()
+    let reply = from_balancer(
+        plain,
+        b"PROXY TCP4 192.0.2.7 198.51.100.1 56324 27708\r\nW0FAC0B0001",
     );
+    assert_eq!(reply, b"A0FAC0B0001");
+    assert_logged(&server, "plain 192.0.2.7:56324 \"W0FAC0B0001\"");
     // Version 2, the header in its own segment.
     let mut c = connect_from("127.0.0.1", plain);
     c.set_nodelay(true).unwrap();
@@ -62,7 +68,7 @@ fn the_client_address_comes_from_a_trusted_balancer_header() {
     std::thread::sleep(Duration::from_millis(20));
     c.write_all(b"R0FAC0B").unwrap();
     assert_eq!(read_to_close(&mut c), b"A0FAC0B0001");
-    assert!(logged(&server, "plain 192.0.2.8:4000 \"R0FAC0B\""));
+    assert_logged(&server, "plain 192.0.2.8:4000 \"R0FAC0B\"");
     // On the TLS port the header comes before the ClientHello.
     let mut tcp = connect_from("127.0.0.1", server.tls.unwrap());
     tcp.write_all(&v2_header([192, 0, 2, 9], 5000)).unwrap();
@@ -71,11 +77,7 @@ fn the_client_address_comes_from_a_trusted_balancer_header() {
         .connect("localhost", tcp)
         .expect("handshake");
     assert_eq!(transact(&mut tls, b"R0FAC0B\n"), b"A0FAC0B0001\n");
-    assert!(
-        logged(&server, "tls 192.0.2.9:5000"),
-        "{}",
-        server.log_text()
-    );
+    assert_logged(&server, "tls 192.0.2.9:5000");
 }
 
 #[test]
@@ -84,21 +86,17 @@ fn headers_from_elsewhere_or_malformed_close_the_connection() {
     let server = proxied_server(&pki, &[]);
     let plain = server.plain.unwrap();
     // A header from an address not in --proxy-from is not believed.
-    let mut c = connect_from("127.0.0.2", plain);
-    c.write_all(b"PROXY TCP4 192.0.2.7 198.51.100.1 1 2\r\nW0FAC0B0002")
-        .unwrap();
-    assert_eq!(read_to_close(&mut c), b"");
-    assert!(logged(
-        &server,
-        "PROXY header from an address not in --proxy-from"
-    ));
+    let reply = from_elsewhere(
+        plain,
+        b"PROXY TCP4 192.0.2.7 198.51.100.1 1 2\r\nW0FAC0B0002",
+    );
+    assert_eq!(reply, b"");
+    assert_logged(&server, "PROXY header from an address not in --proxy-from");
     // Without a header, that address is served as itself.
-    let mut c = connect_from("127.0.0.2", plain);
-    assert_eq!(transact(&mut c, b"W0FAC0B0003"), b"A0FAC0B0003");
-    assert!(logged(&server, "plain 127.0.0.2:"));
+    assert_eq!(from_elsewhere(plain, b"W0FAC0B0003"), b"A0FAC0B0003");
+    assert_logged(&server, "plain 127.0.0.2:");
     // Nothing of that was stored.
-    let mut c = connect_from("127.0.0.2", plain);
-    assert_eq!(transact(&mut c, b"R0FAC0B"), b"A0FAC0B0003");
+    assert_eq!(from_elsewhere(plain, b"R0FAC0B"), b"A0FAC0B0003");
 }
 
 #[test]
@@ -106,21 +104,17 @@ fn a_trusted_balancers_malformed_or_missing_header_closes_the_connection() {
     let pki = Pki::new(KeyKind::EcP256);
     let server = proxied_server(&pki, &[]);
     let plain = server.plain.unwrap();
-    let mut c = connect_from("127.0.0.1", plain);
-    c.write_all(b"PROXY TCP4 192.0.2.7 198.51.100.1 70000 1\r\nW0FAC0B0004")
-        .unwrap();
-    assert_eq!(read_to_close(&mut c), b"");
-    // (The log holds one line a second per kind of refusal.)
-    assert!(logged(&server, "malformed PROXY v1 line"));
-    let mut c = connect_from("127.0.0.1", plain);
-    c.write_all(b"W0FAC0B0004").unwrap();
-    assert_eq!(read_to_close(&mut c), b"");
-    let mut c = connect_from("127.0.0.2", plain);
-    assert_eq!(
-        transact(&mut c, b"R0FAC0B"),
-        b"X not found",
-        "nothing was stored"
+    let reply = from_balancer(
+        plain,
+        b"PROXY TCP4 192.0.2.7 198.51.100.1 70000 1\r\nW0FAC0B0004",
     );
+    assert_eq!(reply, b"");
+    // (The log holds one line a second per kind of refusal.)
+    assert_logged(&server, "malformed PROXY v1 line");
+    let reply = from_balancer(plain, b"W0FAC0B0004");
+    assert_eq!(reply, b"");
+    let reply = from_elsewhere(plain, b"R0FAC0B");
+    assert_eq!(reply, b"X not found", "nothing was stored");
 }
 
 #[test]
@@ -128,15 +122,17 @@ fn limits_apply_to_the_client_behind_the_balancer() {
     let pki = Pki::new(KeyKind::EcP256);
     let server = proxied_server(&pki, &["--allow", "127.0.0.1,192.0.2.0/24"]);
     let plain = server.plain.unwrap();
-    let mut c = connect_from("127.0.0.1", plain);
-    c.write_all(b"PROXY TCP4 203.0.113.5 198.51.100.1 1000 27708\r\nR0FAC0B")
-        .unwrap();
-    assert_eq!(read_to_close(&mut c), b"");
-    assert!(logged(&server, "203.0.113.5:1000 (through 127.0.0.1:"));
-    let mut c = connect_from("127.0.0.1", plain);
-    c.write_all(b"PROXY TCP4 192.0.2.5 198.51.100.1 1000 27708\r\nW0FAC0B0005")
-        .unwrap();
-    assert_eq!(read_to_close(&mut c), b"A0FAC0B0005");
+    let reply = from_balancer(
+        plain,
+        b"PROXY TCP4 203.0.113.5 198.51.100.1 1000 27708\r\nR0FAC0B",
+    );
+    assert_eq!(reply, b"");
+    assert_logged(&server, "203.0.113.5:1000 (through 127.0.0.1:");
+    let reply = from_balancer(
+        plain,
+        b"PROXY TCP4 192.0.2.5 198.51.100.1 1000 27708\r\nW0FAC0B0005",
+    );
+    assert_eq!(reply, b"A0FAC0B0005");
 }
 
 /// nginx's stream module on `listen`, forwarding to `upstream` with a PROXY
@@ -223,14 +219,14 @@ fn through_nginx_the_log_shows_the_board_not_the_balancer() {
     let balanced = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
     let mut c = connect_from("127.0.0.3", balanced(plain_port));
     assert_eq!(transact(&mut c, b"W0FAC0B0006"), b"A0FAC0B0006");
-    assert!(logged(&server, "plain 127.0.0.3:"), "{}", server.log_text());
+    assert_logged(&server, "plain 127.0.0.3:");
     let tcp = connect_from("127.0.0.4", balanced(tls_port));
     let mut tls = pki
         .connector()
         .connect("localhost", tcp)
         .expect("handshake");
     assert_eq!(transact(&mut tls, b"R0FAC0B"), b"A0FAC0B0006");
-    assert!(logged(&server, "tls 127.0.0.4:"), "{}", server.log_text());
+    assert_logged(&server, "tls 127.0.0.4:");
 }
 
 /// HAProxy with `dist/haproxy.cfg`, pointed at `plain` and `tls` pairs of front

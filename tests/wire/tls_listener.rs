@@ -13,55 +13,59 @@ use wwep::tls::{Identity, IdentitySource};
 #[test]
 fn spec_sequence_over_tls_rsa() {
     let s = TestServer::with_pki(Arc::new(Pki::new(KeyKind::Rsa2048)), |_| {});
-    assert_eq!(s.tls_transact(b"R0FAC0B"), b"X");
-    assert_eq!(s.tls_transact(b"W0FAC0B1234"), b"A0FAC0B1234");
-    assert_eq!(s.tls_transact(b"R0FAC0B\r\n"), b"A0FAC0B1234\r\n");
-    assert_eq!(s.tls_transact(b"W01234\n"), b"X\n");
+    s.tls_replies(&[
+        (b"R0FAC0B", b"X"),
+        (b"W0FAC0B1234", b"A0FAC0B1234"),
+        (b"R0FAC0B\r\n", b"A0FAC0B1234\r\n"),
+        (b"W01234\n", b"X\n"),
+    ]);
     // Both listeners share one store.
-    assert_eq!(s.plain_transact(b"R0FAC0B"), b"A0FAC0B1234");
-    assert_eq!(s.plain_transact(b"W0FAC0B4321"), b"A0FAC0B4321");
+    s.plain_replies(&[
+        (b"R0FAC0B", b"A0FAC0B1234"),
+        (b"W0FAC0B4321", b"A0FAC0B4321"),
+    ]);
     assert_eq!(s.tls_transact(b"R0FAC0B"), b"A0FAC0B4321");
 }
 
 #[test]
 fn tls_device_client_without_terminator_or_close() {
-    let s = TestServer::start();
-    let tcp = connect(s.tls());
-    let mut tls = s.pki.connector().connect("localhost", tcp).unwrap();
-    tls.write_all(b"W0FAC0B0001").unwrap();
-    tls.get_ref()
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let mut reply = [0u8; 11];
-    std::io::Read::read_exact(&mut tls, &mut reply).expect("reply within 500 ms");
-    assert_eq!(&reply, b"A0FAC0B0001");
+    tls_answered_within_500ms(b"W0FAC0B0001", b"A0FAC0B0001");
 }
 
 #[test]
 fn short_illegal_message_over_tls_is_answered_promptly() {
+    tls_answered_within_500ms(b"W01234", b"X");
+}
+
+/// Over a fresh handshake, sends `request` with neither a terminator nor a
+/// close and expects `want` within 500 ms.
+fn tls_answered_within_500ms(request: &[u8], want: &[u8]) {
     let s = TestServer::start();
     let tcp = connect(s.tls());
     let mut tls = s.pki.connector().connect("localhost", tcp).unwrap();
-    tls.write_all(b"W01234").unwrap();
+    tls.write_all(request).unwrap();
     tls.get_ref()
         .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
-    let mut reply = [0u8; 1];
+    let mut reply = vec![0u8; want.len()];
     std::io::Read::read_exact(&mut tls, &mut reply).expect("reply within 500 ms");
-    assert_eq!(&reply, b"X");
+    assert_eq!(reply, want);
 }
 
 fn serves_with_key(name: &str, key_pem: &[u8], pki: Pki) {
     let key = pki.write(name, key_pem);
     let cert = pki.path("server.pem");
-    let s = TestServer::with_pki(Arc::new(pki), |c| {
-        c.identity = Some(IdentitySource::Pem { cert, key })
-    });
-    assert_eq!(
-        s.tls_transact(b"W0001020003"),
-        b"A0001020003",
-        "key form {name}"
+    serves(
+        pki,
+        IdentitySource::Pem { cert, key },
+        &format!("key form {name}"),
     );
+}
+
+/// The TLS port answers a client that verifies `identity` with the test CA.
+fn serves(pki: Pki, identity: IdentitySource, what: &str) {
+    let s = TestServer::serving(pki, identity);
+    assert_eq!(s.tls_transact(b"W0001020003"), b"A0001020003", "{what}");
 }
 
 #[test]
@@ -105,13 +109,8 @@ fn pkcs12_identity_is_accepted() {
         .expect("wrong password is refused");
     assert_eq!(err.path, file);
     assert_eq!(err.kind, wwep::tls::TlsErrorKind::Pkcs12Locked, "{err}");
-    let s = TestServer::with_pki(Arc::new(pki), |c| {
-        c.identity = Some(IdentitySource::Pkcs12 {
-            file,
-            password: "s3cret".into(),
-        })
-    });
-    assert_eq!(s.tls_transact(b"W0001020003"), b"A0001020003");
+    let password = "s3cret".into();
+    serves(pki, IdentitySource::Pkcs12 { file, password }, "PKCS#12");
 }
 
 #[test]
@@ -131,25 +130,13 @@ fn intermediates_in_the_cert_file_are_sent() {
     let cert = pki.write("chain.pem", &chain);
     let key = pki.write("leaf.key", &leaf.key.private_key_to_pem_pkcs8().unwrap());
     // The client trusts only the root: the handshake needs the intermediate.
-    let s = TestServer::with_pki(Arc::new(pki), |c| {
-        c.identity = Some(IdentitySource::Pem { cert, key })
-    });
-    assert_eq!(s.tls_transact(b"W0001020003"), b"A0001020003");
+    serves(pki, IdentitySource::Pem { cert, key }, "the chain");
 }
 
 #[test]
 fn expired_sha1_self_signed_certificate_loads_with_a_warning() {
     let pki = Pki::new(KeyKind::Rsa2048);
-    let old = issue(
-        &CertSpec {
-            kind: KeyKind::Rsa2048,
-            digest: MessageDigest::sha1(),
-            not_before: -3 * 365 * 86400,
-            not_after: -2 * 365 * 86400,
-            ..CertSpec::server("old course server")
-        },
-        None,
-    );
+    let old = old_course_certificate();
     let cert = pki.write("old.pem", &old.cert.to_pem().unwrap());
     let key = pki.write(
         "old.key",
@@ -163,17 +150,17 @@ fn expired_sha1_self_signed_certificate_loads_with_a_warning() {
     let warnings = identity.expiry_warnings();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("CN=old course server") && warnings[0].contains("expired"));
-    let s = TestServer::with_pki(Arc::new(pki), |c| c.identity = Some(source));
     // A client that knows the certificate is old skips verification, as course
     // boards did; the server must still serve it.
-    let connector = native_tls::TlsConnector::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .unwrap();
-    let mut tls = connector
+    unverified_write(&TestServer::serving(pki, source), "the old certificate");
+}
+
+/// A write through `s`'s TLS port from a client that accepts any certificate.
+fn unverified_write(s: &TestServer, what: &str) {
+    let mut tls = unverifying_connector()
         .connect("localhost", connect(s.tls()))
-        .expect("handshake");
-    assert_eq!(transact(&mut tls, b"W0001020003"), b"A0001020003");
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(transact(&mut tls, b"W0001020003"), b"A0001020003", "{what}");
 }
 
 #[test]
@@ -181,55 +168,30 @@ fn old_weak_certificates_are_still_served() {
     // RSA-1024 self-signed, and a SHA-1 leaf signed by an (RSA-2048) CA: both
     // refused by OpenSSL's default security level, both in course material.
     let pki = Pki::new(KeyKind::Rsa2048);
-    let short_key = issue(
-        &CertSpec {
-            kind: KeyKind::Rsa1024,
-            digest: MessageDigest::sha1(),
-            ..CertSpec::server("rsa1024 board server")
-        },
-        None,
-    );
-    let sha1_leaf = issue(
-        &CertSpec {
-            kind: KeyKind::Rsa2048,
-            digest: MessageDigest::sha1(),
-            ..CertSpec::server("sha1 leaf")
-        },
-        Some(&pki.ca),
-    );
-    let connector = native_tls::TlsConnector::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .unwrap();
+    let sha1 = |kind, cn| CertSpec {
+        kind,
+        digest: MessageDigest::sha1(),
+        ..CertSpec::server(cn)
+    };
+    let short_key = issue(&sha1(KeyKind::Rsa1024, "rsa1024 board server"), None);
+    let sha1_leaf = issue(&sha1(KeyKind::Rsa2048, "sha1 leaf"), Some(&pki.ca));
     let pki = Arc::new(pki);
     for (name, issued) in [("short", &short_key), ("sha1", &sha1_leaf)] {
-        let cert = pki.write(&format!("{name}.pem"), &issued.cert.to_pem().unwrap());
-        let key = pki.write(
-            &format!("{name}.key"),
-            &issued.key.private_key_to_pem_pkcs8().unwrap(),
-        );
-        let s = TestServer::with_pki(Arc::clone(&pki), |c| {
-            c.identity = Some(IdentitySource::Pem { cert, key })
-        });
-        let mut tls = connector
-            .connect("localhost", connect(s.tls()))
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(transact(&mut tls, b"W0001020003"), b"A0001020003", "{name}");
+        let (cert, key) = pki.write_issued(name, issued);
+        let identity = IdentitySource::Pem { cert, key };
+        let s = TestServer::with_pki(Arc::clone(&pki), |c| c.identity = Some(identity));
+        unverified_write(&s, name);
     }
 }
 
 #[test]
 fn certificate_expiring_soon_is_warned_about() {
     let pki = Pki::new(KeyKind::EcP256);
-    let soon = issue(
-        &CertSpec {
-            not_after: 10 * 86400,
-            ..CertSpec::server("soon")
-        },
-        Some(&pki.ca),
-    );
-    let cert = pki.write("soon.pem", &soon.cert.to_pem().unwrap());
-    let key = pki.write("soon.key", &soon.key.private_key_to_pem_pkcs8().unwrap());
+    let ten_days = CertSpec {
+        not_after: 10 * 86400,
+        ..CertSpec::server("soon")
+    };
+    let (cert, key) = pki.write_issued("soon", &issue(&ten_days, Some(&pki.ca)));
     let identity = Identity::load(&IdentitySource::Pem { cert, key }).unwrap();
     let warnings = identity.expiry_warnings();
     assert_eq!(warnings.len(), 1);
@@ -289,9 +251,9 @@ fn unfinished_handshake_is_dropped_after_the_timeout() {
     let s = TestServer::with(|c| c.timeout = Duration::from_millis(1000));
     let mut c = connect(s.tls());
     let started = Instant::now();
-    let got = read_to_close_lenient(&mut c);
-    assert!(got.is_empty());
-    assert!(started.elapsed() >= Duration::from_millis(950));
+    assert!(read_to_close_lenient(&mut c).is_empty());
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(950), "{waited:?}");
     assert!(s.in_flight_becomes(0, Duration::from_secs(2)));
     assert_eq!(s.tls_transact(b"W0FAC0B0001"), b"A0FAC0B0001");
 }

@@ -47,11 +47,7 @@ fn rsa_identity(pki: &Pki) -> IdentitySource {
         },
         Some(&pki.ca),
     );
-    let cert = pki.write("server-rsa.pem", &rsa.cert.to_pem().unwrap());
-    let key = pki.write(
-        "server-rsa.key",
-        &rsa.key.private_key_to_pem_pkcs8().unwrap(),
-    );
+    let (cert, key) = pki.write_issued("server-rsa", &rsa);
     IdentitySource::Pem { cert, key }
 }
 
@@ -276,16 +272,15 @@ fn a_revoked_client_certificate_is_refused_and_its_sessions_stop_resuming() {
     }
     let pki = Pki::new(KeyKind::EcP256);
     let crl_path = pki.write("clients.crl", &crl(&pki, None));
-    let server = ServerProcess::start(&[
-        "--cert",
-        pki.path("server.pem").to_str().unwrap(),
-        "--key",
-        pki.path("server.key").to_str().unwrap(),
-        "--client-ca",
-        pki.path("ca.pem").to_str().unwrap(),
-        "--client-crl",
-        crl_path.to_str().unwrap(),
-    ]);
+    let server = ServerProcess::with_pki(
+        &pki,
+        &[
+            "--client-ca",
+            pki.path("ca.pem").to_str().unwrap(),
+            "--client-crl",
+            crl_path.to_str().unwrap(),
+        ],
+    );
     let tls = server.tls.unwrap();
     let cert = pki.path("client.pem");
     let key = pki.path("client.key");
@@ -335,12 +330,7 @@ fn sighup_refuses_an_expired_certificate_and_keeps_serving_the_old_one() {
         return;
     }
     let pki = Pki::new(KeyKind::EcP256);
-    let server = ServerProcess::start(&[
-        "--cert",
-        pki.path("server.pem").to_str().unwrap(),
-        "--key",
-        pki.path("server.key").to_str().unwrap(),
-    ]);
+    let server = ServerProcess::with_pki(&pki, &[]);
     let expired = issue(
         &CertSpec {
             not_before: -10 * 86400,
@@ -498,32 +488,20 @@ fn wwep_resume_with_is_refused_where_it_means_nothing() {
     let ca = ca.to_str().unwrap();
     let bench = ["bench", "--requests", "1", "--warmup", "0", "--quiet"];
     // TLS 1.3 has no session-ID resumption.
-    let args = [
-        &[
-            "--tls",
-            "--ca",
-            ca,
-            "--resume",
-            "--resume-with",
-            "session-id",
-        ][..],
-        &bench[..],
-    ]
-    .concat();
-    refused(&args, "--resume-with session-id needs bench --tls12");
-    let args = [
-        &[
-            "--tls",
-            "--ca",
-            ca,
-            "--resume",
-            "--resume-with",
-            "session-id",
-        ][..],
-        &["read", "1", "1"][..],
-    ]
-    .concat();
-    refused(&args, "--resume-with session-id needs bench --tls12");
+    let session_id = [
+        "--tls",
+        "--ca",
+        ca,
+        "--resume",
+        "--resume-with",
+        "session-id",
+    ];
+    for then in [&bench[..], &["read", "1", "1"][..]] {
+        refused(
+            &[&session_id[..], then].concat(),
+            "--resume-with session-id needs bench --tls12",
+        );
+    }
     // Without --resume, or without TLS, there is nothing to resume.
     let args = [
         &["--tls", "--ca", ca, "--resume-with", "ticket"][..],
