@@ -363,12 +363,34 @@ impl ServerConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_listeners()?;
+        self.check_limits()?;
+        self.check_ports_apart()?;
+        self.check_http()?;
+        self.check_tls_sessions()?;
+        self.check_store()?;
+        if self.proxy == ProxyProtocol::From(Vec::new()) {
+            return Err(ConfigError::ProxyWithoutSenders);
+        }
+        if self.gap > self.timeout {
+            return Err(ConfigError::GapBeyondTimeout);
+        }
+        Ok(())
+    }
+
+    /// At least one port, and a certificate for the TLS one.
+    fn check_listeners(&self) -> Result<(), ConfigError> {
         if self.plain_port.is_none() && self.tls_port.is_none() {
             return Err(ConfigError::NoListener);
         }
         if self.tls_port.is_some() && self.identity.is_none() {
             return Err(ConfigError::TlsWithoutIdentity);
         }
+        Ok(())
+    }
+
+    /// Counts and times that must be neither 0 nor past their maximum.
+    fn check_limits(&self) -> Result<(), ConfigError> {
         for (value, flag) in [
             (self.workers.unwrap_or(1), "--workers"),
             (self.max_connections, "--max-connections"),
@@ -406,6 +428,11 @@ impl ServerConfig {
                 return Err(ConfigError::TooLarge { flag, max });
             }
         }
+        Ok(())
+    }
+
+    /// No two listeners (open, TLS, `--http`) on one address and port.
+    fn check_ports_apart(&self) -> Result<(), ConfigError> {
         let listeners = [
             ("--plain-port", self.plain_port),
             ("--tls-port", self.tls_port),
@@ -425,17 +452,26 @@ impl ServerConfig {
                 }
             }
         }
-        if let Some(http) = &self.http {
-            if http.max_connections == 0 {
-                return Err(ConfigError::Zero("--http-max-connections"));
-            }
-            if http.max_connections > MAX_HTTP_MAX_CONNECTIONS {
-                return Err(ConfigError::TooLarge {
-                    flag: "--http-max-connections",
-                    max: MAX_HTTP_MAX_CONNECTIONS as u64,
-                });
-            }
+        Ok(())
+    }
+
+    fn check_http(&self) -> Result<(), ConfigError> {
+        let Some(http) = &self.http else {
+            return Ok(());
+        };
+        if http.max_connections == 0 {
+            return Err(ConfigError::Zero("--http-max-connections"));
         }
+        if http.max_connections > MAX_HTTP_MAX_CONNECTIONS {
+            return Err(ConfigError::TooLarge {
+                flag: "--http-max-connections",
+                max: MAX_HTTP_MAX_CONNECTIONS as u64,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_tls_sessions(&self) -> Result<(), ConfigError> {
         let lifetime = self.tls.session_lifetime.as_secs();
         if lifetime == 0 {
             return Err(ConfigError::Zero("--tls-session-lifetime"));
@@ -446,6 +482,12 @@ impl ServerConfig {
                 max: MAX_SESSION_LIFETIME_SECS,
             });
         }
+        Ok(())
+    }
+
+    /// The shared store's flags only with a shared store, never beside a
+    /// data file; a data file's compaction ratio at least 1.
+    fn check_store(&self) -> Result<(), ConfigError> {
         if self.store.location.is_memory() {
             for (set, flag) in [
                 (self.store.ca.is_some(), "--store-ca"),
@@ -460,12 +502,7 @@ impl ServerConfig {
         } else if self.data.is_some() {
             return Err(ConfigError::DataWithSharedStore);
         }
-        if self.proxy == ProxyProtocol::From(Vec::new()) {
-            return Err(ConfigError::ProxyWithoutSenders);
-        }
-        if self.gap > self.timeout {
-            return Err(ConfigError::GapBeyondTimeout);
-        }
+        // Written so that a ratio that is not a number is refused too.
         let ratio_ok = |d: &DataConfig| d.compaction.ratio >= 1.0;
         if self.data.as_ref().is_some_and(|d| !ratio_ok(d)) {
             return Err(ConfigError::CompactRatio);

@@ -294,6 +294,18 @@ pub struct Snapshot {
     pub data_file_bytes: Option<u64>,
     /// The earliest not-after of the served certificates, as Unix time.
     pub certificate_not_after: Option<i64>,
+    /// The HTTP side's own connection counts, when it serves `/metrics`.
+    pub http: Option<HttpCounts>,
+}
+
+/// The HTTP side's connections: refused at accept for their address, shed
+/// (the table full, or a request past its deadline), and open now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HttpCounts {
+    pub refused_address: u64,
+    pub shed_full: u64,
+    pub shed_deadline: u64,
+    pub open: u64,
 }
 
 /// Label sets of one, two and four labels.
@@ -488,6 +500,9 @@ impl Metrics {
         if let Some(not_after) = snapshot.certificate_not_after {
             put(&mut registry, CERTIFICATE_NOT_AFTER, gauge(not_after));
         }
+        if let Some(http) = snapshot.http {
+            register_http(&mut registry, http);
+        }
         let mut out = String::with_capacity(16 * 1024);
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
@@ -557,11 +572,30 @@ mod described {
     pub const DATA_FILE_FSYNC_SECONDS: Described = ("data_file_fsync_duration_seconds", "Time each fsync of the data file took");
     pub const DATA_FILE_COMPACTIONS: Described = ("data_file_compactions", "Rewrites of the data file as a snapshot");
     pub const DATA_FILE_WRITE_ERRORS: Described = ("data_file_write_errors", "Writes that could not be made durable (answered X)");
+    pub const HTTP_CONNECTIONS_REFUSED: Described = ("http_connections_refused", "HTTP connections refused at accept, by reason");
+    pub const HTTP_CONNECTIONS_SHED: Described = ("http_connections_shed", "HTTP connections closed by the server, by reason");
+    pub const HTTP_CONNECTIONS_OPEN: Described = ("http_connections_open", "HTTP connections open now");
     pub const CERTIFICATE_NOT_AFTER: Described = ("tls_certificate_not_after_seconds", "Expiry of the served certificate (the earliest, when two are served), as Unix time");
 }
 
 fn put(registry: &mut Registry, (name, help): Described, metric: impl Metric) {
     registry.register(name, help, metric);
+}
+
+/// The HTTP side's counts, read at scrape time from its own atomics.
+fn register_http(registry: &mut Registry, http: HttpCounts) {
+    let by_reason = |counts: &[(&'static str, u64)]| {
+        let family: Family<Labels1, Counter> = Family::default();
+        for &(reason, n) in counts {
+            family.get_or_create(&[("reason", reason)]).inc_by(n);
+        }
+        family
+    };
+    let refused = by_reason(&[("address", http.refused_address)]);
+    put(registry, HTTP_CONNECTIONS_REFUSED, refused);
+    let shed = by_reason(&[("full", http.shed_full), ("deadline", http.shed_deadline)]);
+    put(registry, HTTP_CONNECTIONS_SHED, shed);
+    put(registry, HTTP_CONNECTIONS_OPEN, gauge(http.open));
 }
 
 /// A gauge reading `value` (the largest gauge value if it does not fit).

@@ -65,11 +65,12 @@ fn route(path: &str, state: &State) -> Response {
             .with_header(header("Content-Security-Policy", PAGE_CSP))
             .with_header(header("Referrer-Policy", "no-referrer")),
         "/metrics" => {
-            let snapshot = server.map(|s| s.snapshot()).unwrap_or_default();
+            let mut snapshot = server.map(|s| s.snapshot()).unwrap_or_default();
+            snapshot.http = Some(state.counters.counts());
             reply(
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
-                with_http_counters(state.metrics.encode(&snapshot), state),
+                state.metrics.encode(&snapshot),
             )
         }
         "/health" => match server {
@@ -100,15 +101,4 @@ fn route(path: &str, state: &State) -> Response {
         }
         _ => text(404, "not found: try /, /metrics, /health or /ready"),
     }
-}
-
-/// `/metrics` with the HTTP side's own connection counters, before the
-/// OpenMetrics `# EOF` line if there is one.
-fn with_http_counters(mut text: String, state: &State) -> String {
-    let counters = state.counters.encode();
-    match text.rfind("# EOF") {
-        Some(at) => text.insert_str(at, &counters),
-        None => text.push_str(&counters),
-    }
-    text
 }

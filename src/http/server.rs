@@ -22,6 +22,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::State;
 use super::message::{Head, MAX_HEAD, Parsed, Response, parse};
 use crate::facts::Refusal;
+use crate::metrics::HttpCounts;
 use crate::policy::{ConnectionPolicy, Places};
 use crate::rate_limited::RateLimitedLog;
 
@@ -47,25 +48,15 @@ pub(super) struct Counters {
 }
 
 impl Counters {
-    /// The counters in the Prometheus text format.
-    pub(super) fn encode(&self) -> String {
+    /// What `/metrics` shows of them, read now.
+    pub(super) fn counts(&self) -> HttpCounts {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        format!(
-            "# HELP wwep_http_connections_refused_total HTTP connections refused at accept, by reason\n\
-             # TYPE wwep_http_connections_refused_total counter\n\
-             wwep_http_connections_refused_total{{reason=\"address\"}} {}\n\
-             # HELP wwep_http_connections_shed_total HTTP connections closed by the server, by reason\n\
-             # TYPE wwep_http_connections_shed_total counter\n\
-             wwep_http_connections_shed_total{{reason=\"full\"}} {}\n\
-             wwep_http_connections_shed_total{{reason=\"deadline\"}} {}\n\
-             # HELP wwep_http_connections_open HTTP connections open now\n\
-             # TYPE wwep_http_connections_open gauge\n\
-             wwep_http_connections_open {}\n",
-            get(&self.refused_address),
-            get(&self.shed_full),
-            get(&self.shed_deadline),
-            get(&self.open),
-        )
+        HttpCounts {
+            refused_address: get(&self.refused_address),
+            shed_full: get(&self.shed_full),
+            shed_deadline: get(&self.shed_deadline),
+            open: get(&self.open),
+        }
     }
 }
 

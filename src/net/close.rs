@@ -10,6 +10,7 @@
 //! the lingerer reads what the client still sends until it closes, so the
 //! close is never a reset.
 
+use rustix::net::SendFlags;
 use std::net::{Shutdown, TcpStream};
 use std::time::Instant;
 
@@ -84,7 +85,7 @@ pub(crate) fn gracefully(tcp: TcpStream, ctx: &Context) {
 
 /// Writes what fits without waiting.
 pub(crate) fn send_now(tcp: &TcpStream, bytes: &[u8]) -> std::io::Result<usize> {
-    socket2::SockRef::from(tcp).send_with_flags(bytes, libc::MSG_DONTWAIT)
+    socket2::SockRef::from(tcp).send_with_flags(bytes, SendFlags::DONTWAIT.bits() as i32)
 }
 
 #[cfg(test)]

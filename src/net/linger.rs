@@ -16,6 +16,7 @@
 //! core someone is waiting for. The lingering thread takes what a thread holds
 //! beyond its share, and what it still holds when it stops.
 
+use rustix::net::RecvFlags;
 use std::cell::RefCell;
 use std::io;
 use std::mem::MaybeUninit;
@@ -46,7 +47,7 @@ pub(crate) fn drain_now(stream: &TcpStream) -> Drained {
     let socket = socket2::SockRef::from(stream);
     let mut scratch = [MaybeUninit::<u8>::uninit(); 1024];
     for _ in 0..READS_PER_POLL {
-        match socket.recv_with_flags(&mut scratch, libc::MSG_DONTWAIT) {
+        match socket.recv_with_flags(&mut scratch, RecvFlags::DONTWAIT.bits() as i32) {
             Ok(0) => return Drained::Closed,
             Ok(_) => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drained::Open,

@@ -8,6 +8,7 @@
 //! itself when nothing in that can wait (see `serves_here`). It never waits on a
 //! client.
 
+use rustix::io::Errno;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -71,7 +72,8 @@ pub(crate) fn bind(
 
 fn is_fd_exhaustion(e: &io::Error) -> bool {
     // EMFILE and ENFILE: the process or the system is out of file descriptors.
-    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+    let errno = e.raw_os_error().map(Errno::from_raw_os_error);
+    matches!(errno, Some(Errno::MFILE | Errno::NFILE))
 }
 
 /// The accept thread's body: runs until the server stops.

@@ -361,6 +361,8 @@ impl Status for ServerStatus {
             certificate_not_after: ctx
                 .current_acceptor()
                 .and_then(|a| a.earliest_not_after_unix()),
+            // Filled in by the HTTP side, which keeps them.
+            http: None,
         }
     }
 

@@ -9,6 +9,7 @@
 //! The session counts and logs nothing itself: when it ends, its facts go to
 //! the [`Record`](crate::net::record::Record), once.
 
+use rustix::net::SendFlags;
 use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -535,7 +536,8 @@ struct PlainWriter<'a>(&'a TcpStream);
 
 impl std::io::Write for PlainWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        socket2::SockRef::from(self.0).send_with_flags(buf, libc::MSG_MORE | libc::MSG_DONTWAIT)
+        socket2::SockRef::from(self.0)
+            .send_with_flags(buf, (SendFlags::MORE | SendFlags::DONTWAIT).bits() as i32)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())

@@ -13,8 +13,8 @@ use openssl::error::ErrorStack;
 use openssl::nid::Nid;
 use openssl::pkey::{Id, PKey};
 use openssl::ssl::{
-    ErrorCode, HandshakeError, MidHandshakeSslStream, Ssl, SslAcceptor, SslContext, SslFiletype,
-    SslMethod, SslSessionCacheMode, SslStream, SslVerifyMode, SslVersion,
+    ErrorCode, HandshakeError, MidHandshakeSslStream, Ssl, SslAcceptor, SslAcceptorBuilder,
+    SslContext, SslFiletype, SslMethod, SslSessionCacheMode, SslStream, SslVerifyMode, SslVersion,
 };
 use openssl::x509::store::{X509Lookup, X509StoreBuilder};
 use openssl::x509::verify::X509VerifyFlags;
@@ -339,88 +339,20 @@ impl Acceptor {
     fn build(material: Arc<Material>) -> Result<Acceptor, TlsError> {
         let first = &material.identities[0];
         let cert_err = |e: ErrorStack| TlsError::refused(&first.cert_path, &e);
-        let settings = &material.settings;
         let mut b =
             SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).map_err(cert_err)?;
-        if material.legacy {
-            b.set_security_level(0);
-        }
-        let min = match settings.min {
-            TlsVersion::Tls12 => SslVersion::TLS1_2,
-            TlsVersion::Tls13 => SslVersion::TLS1_3,
-        };
-        b.set_min_proto_version(Some(min)).map_err(cert_err)?;
-        let flag_err = |flag: &'static str| {
-            move |e: ErrorStack| {
-                TlsError::new(
-                    Path::new(flag),
-                    TlsErrorKind::BadCipherList(first_reason(&e)),
-                )
-            }
-        };
-        b.set_cipher_list(settings.ciphers.as_deref().unwrap_or(DEFAULT_TLS12_CIPHERS))
-            .map_err(flag_err("--tls-ciphers"))?;
-        b.set_ciphersuites(
-            settings
-                .ciphersuites
-                .as_deref()
-                .unwrap_or(DEFAULT_TLS13_CIPHERSUITES),
-        )
-        .map_err(flag_err("--tls-ciphersuites"))?;
-        let mut chain_seen: Vec<Vec<u8>> = Vec::new();
-        for identity in &material.identities {
-            let err = |e: ErrorStack| TlsError::refused(&identity.cert_path, &e);
-            b.set_certificate(&identity.chain[0]).map_err(err)?;
-            b.set_private_key(&identity.key).map_err(err)?;
-            b.check_private_key().map_err(err)?;
-            for extra in &identity.chain[1..] {
-                let der = extra.to_der().map_err(err)?;
-                if !chain_seen.contains(&der) {
-                    chain_seen.push(der);
-                    b.add_extra_chain_cert(extra.clone()).map_err(err)?;
-                }
-            }
-        }
+        set_versions_and_ciphers(&mut b, &material, cert_err)?;
+        set_identities(&mut b, &material)?;
         // A client's flight (change-cipher-spec and Finished, then its request)
         // arrives as several records; reading ahead takes them in one read
         // instead of two per record. Safe here because a session only waits
         // for its socket after OpenSSL has asked for more bytes than it holds.
         b.set_read_ahead(true);
-        // Sessions (with or without client certificates) resume only within a
-        // context that names itself.
-        b.set_session_id_context(b"wwep").map_err(cert_err)?;
-        if settings.session_cache == 0 {
-            b.set_session_cache_mode(SslSessionCacheMode::OFF);
-        } else {
-            b.set_session_cache_mode(SslSessionCacheMode::SERVER);
-            b.set_session_cache_size(settings.session_cache.min(i32::MAX as usize) as i32);
-        }
+        set_session_cache(&mut b, &material.settings, cert_err)?;
         if let ClientAuth::Required { ca } = &material.client_auth {
-            let ca_err = |e: ErrorStack| TlsError::refused(ca, &e);
-            let mut store = X509StoreBuilder::new().map_err(ca_err)?;
-            for cert in &material.client_cas {
-                b.add_client_ca(cert).map_err(ca_err)?;
-                store.add_cert(cert.clone()).map_err(ca_err)?;
-            }
-            if !settings.client_crls.is_empty() {
-                let lookup = store.add_lookup(X509Lookup::file()).map_err(ca_err)?;
-                for crl in &settings.client_crls {
-                    let crl_err = |e: ErrorStack| TlsError::refused(crl, &e);
-                    let kind = if looks_like_pem(&read_file(crl, MAX_CRL_BYTES)?) {
-                        SslFiletype::PEM
-                    } else {
-                        SslFiletype::ASN1
-                    };
-                    lookup.load_crl_file(crl, kind).map_err(crl_err)?;
-                }
-                store
-                    .set_flags(X509VerifyFlags::CRL_CHECK)
-                    .map_err(ca_err)?;
-            }
-            b.set_verify_cert_store(store.build()).map_err(ca_err)?;
-            b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+            require_client_certificates(&mut b, &material, ca)?;
         }
-        let renew_at = std::time::Instant::now() + settings.session_lifetime;
+        let renew_at = std::time::Instant::now() + material.settings.session_lifetime;
         Ok(Acceptor {
             context: b.build().into_context(),
             material,
@@ -542,6 +474,113 @@ impl Write for ServerStream {
     fn flush(&mut self) -> std::io::Result<()> {
         self.ssl.flush()
     }
+}
+
+/// The lowest version (and, for a legacy certificate, OpenSSL's security
+/// level 0) and the cipher lists, each error naming its flag.
+fn set_versions_and_ciphers(
+    b: &mut SslAcceptorBuilder,
+    material: &Material,
+    cert_err: impl Fn(ErrorStack) -> TlsError,
+) -> Result<(), TlsError> {
+    let settings = &material.settings;
+    if material.legacy {
+        b.set_security_level(0);
+    }
+    let min = match settings.min {
+        TlsVersion::Tls12 => SslVersion::TLS1_2,
+        TlsVersion::Tls13 => SslVersion::TLS1_3,
+    };
+    b.set_min_proto_version(Some(min)).map_err(cert_err)?;
+    let flag_err = |flag: &'static str| {
+        move |e: ErrorStack| {
+            TlsError::new(
+                Path::new(flag),
+                TlsErrorKind::BadCipherList(first_reason(&e)),
+            )
+        }
+    };
+    b.set_cipher_list(settings.ciphers.as_deref().unwrap_or(DEFAULT_TLS12_CIPHERS))
+        .map_err(flag_err("--tls-ciphers"))?;
+    b.set_ciphersuites(
+        settings
+            .ciphersuites
+            .as_deref()
+            .unwrap_or(DEFAULT_TLS13_CIPHERSUITES),
+    )
+    .map_err(flag_err("--tls-ciphersuites"))?;
+    Ok(())
+}
+
+/// Every certificate and key (one per key type), each checked against the
+/// other, and each intermediate sent once.
+fn set_identities(b: &mut SslAcceptorBuilder, material: &Material) -> Result<(), TlsError> {
+    let mut chain_seen: Vec<Vec<u8>> = Vec::new();
+    for identity in &material.identities {
+        let err = |e: ErrorStack| TlsError::refused(&identity.cert_path, &e);
+        b.set_certificate(&identity.chain[0]).map_err(err)?;
+        b.set_private_key(&identity.key).map_err(err)?;
+        b.check_private_key().map_err(err)?;
+        for extra in &identity.chain[1..] {
+            let der = extra.to_der().map_err(err)?;
+            if !chain_seen.contains(&der) {
+                chain_seen.push(der);
+                b.add_extra_chain_cert(extra.clone()).map_err(err)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sessions (with or without client certificates) resume only within a
+/// context that names itself; the cache is off or sized as set.
+fn set_session_cache(
+    b: &mut SslAcceptorBuilder,
+    settings: &TlsSettings,
+    cert_err: impl Fn(ErrorStack) -> TlsError,
+) -> Result<(), TlsError> {
+    b.set_session_id_context(b"wwep").map_err(cert_err)?;
+    if settings.session_cache == 0 {
+        b.set_session_cache_mode(SslSessionCacheMode::OFF);
+    } else {
+        b.set_session_cache_mode(SslSessionCacheMode::SERVER);
+        b.set_session_cache_size(settings.session_cache.min(i32::MAX as usize) as i32);
+    }
+    Ok(())
+}
+
+/// Mutual TLS: the client CAs named in the handshake and trusted, the CRLs
+/// checked, and a certificate required.
+fn require_client_certificates(
+    b: &mut SslAcceptorBuilder,
+    material: &Material,
+    ca: &Path,
+) -> Result<(), TlsError> {
+    let ca_err = |e: ErrorStack| TlsError::refused(ca, &e);
+    let mut store = X509StoreBuilder::new().map_err(ca_err)?;
+    for cert in &material.client_cas {
+        b.add_client_ca(cert).map_err(ca_err)?;
+        store.add_cert(cert.clone()).map_err(ca_err)?;
+    }
+    let crls = &material.settings.client_crls;
+    if !crls.is_empty() {
+        let lookup = store.add_lookup(X509Lookup::file()).map_err(ca_err)?;
+        for crl in crls {
+            let crl_err = |e: ErrorStack| TlsError::refused(crl, &e);
+            let kind = if looks_like_pem(&read_file(crl, MAX_CRL_BYTES)?) {
+                SslFiletype::PEM
+            } else {
+                SslFiletype::ASN1
+            };
+            lookup.load_crl_file(crl, kind).map_err(crl_err)?;
+        }
+        store
+            .set_flags(X509VerifyFlags::CRL_CHECK)
+            .map_err(ca_err)?;
+    }
+    b.set_verify_cert_store(store.build()).map_err(ca_err)?;
+    b.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+    Ok(())
 }
 
 #[cfg(test)]
