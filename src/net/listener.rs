@@ -3,9 +3,10 @@
 //! Each port has its own accept thread. It accepts every pending connection,
 //! checks `--allow` (unless a trusted balancer's PROXY header must first name
 //! the client), takes a place in the connection table (shedding the oldest
-//! silent connection when the table is full) and hands the new session to the
-//! pool, except the first few of a batch on the open port, which it serves
-//! itself when nothing in that can wait (see `serves_here`). It never waits on a
+//! silent connection when the table is full) and puts the new session in the
+//! waiting room, where the workers take it up once its first bytes are there,
+//! except the first few of a batch on the open port, which it serves itself
+//! when nothing in that can wait (see `serves_here`). It never waits on a
 //! client.
 
 use rustix::io::Errno;
