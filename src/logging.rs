@@ -46,8 +46,32 @@ impl LogFormat {
 
 struct LineLogger {
     filter: env_logger::Logger,
-    out: File,
+    out: Stderr,
     format: LogFormat,
+}
+
+/// Where the lines go.
+enum Stderr {
+    /// A duplicate of stderr: one `write(2)` a line, without std's lock.
+    Duplicate(File),
+    /// Stderr itself, when no descriptor is left for a duplicate.
+    Shared(std::io::Stderr),
+}
+
+impl Stderr {
+    fn open() -> Stderr {
+        match std::io::stderr().as_fd().try_clone_to_owned() {
+            Ok(fd) => Stderr::Duplicate(File::from(fd)),
+            Err(_) => Stderr::Shared(std::io::stderr()),
+        }
+    }
+
+    fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stderr::Duplicate(file) => (&*file).write_all(line),
+            Stderr::Shared(stderr) => (&*stderr).write_all(line),
+        }
+    }
 }
 
 thread_local! {
@@ -83,7 +107,7 @@ impl Log for LineLogger {
                 LogFormat::Json => push_json_line(&mut line, record, SystemTime::now()),
             }
             // Logging must never take the server down: a failed write is dropped.
-            let _ = (&self.out).write_all(line.as_bytes());
+            let _ = self.out.write_line(line.as_bytes());
         });
     }
 
@@ -175,23 +199,13 @@ pub fn init(format: LogFormat) {
     let filter =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
     let level = filter.filter();
-    match std::io::stderr().as_fd().try_clone_to_owned() {
-        Ok(fd) => {
-            let logger = LineLogger {
-                filter,
-                out: File::from(fd),
-                format,
-            };
-            if log::set_boxed_logger(Box::new(logger)).is_ok() {
-                log::set_max_level(level);
-            }
-        }
-        // Without a second descriptor for stderr, env_logger's own writer will do.
-        Err(_) => {
-            let _ =
-                env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-                    .try_init();
-        }
+    let logger = LineLogger {
+        filter,
+        out: Stderr::open(),
+        format,
+    };
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(level);
     }
 }
 
