@@ -18,22 +18,22 @@ pub fn report(reply: &[u8], json: bool, state: Option<&str>) -> Result<ExitCode,
         .or_else(|| reply.strip_suffix(b"\n"))
         .unwrap_or(reply);
     if json {
-        let accepted = match parsed {
+        let (device, register, value) = match parsed {
             Some(Reply::Accepted {
                 device,
                 register,
                 value,
-            }) => Some((Hex(device), Hex(register), Hex(value))),
-            _ => None,
+            }) => (Some(Hex(device)), Some(Hex(register)), Some(Hex(value))),
+            _ => (None, None, None),
         };
         println!(
             "{}",
             to_json(&ReplyJson {
                 reply: Text(Latin1(text)),
-                accepted: accepted.is_some(),
-                device: accepted.map(|a| a.0),
-                register: accepted.map(|a| a.1),
-                value: accepted.map(|a| a.2),
+                accepted: device.is_some(),
+                device,
+                register,
+                value,
                 state,
             })
         );
