@@ -16,13 +16,14 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::logging::push_json_str;
+use serde::{Serialize, Serializer};
+
+use crate::json::{Hex, Text};
 use crate::protocol::Transport;
 use crate::protocol::{Escaped, Reply};
 use crate::register_set::RegisterSet;
@@ -329,62 +330,96 @@ impl Activity {
     /// register in order, and the recent transactions newest first.
     /// `registers` is `null` where the count is not known (a shared store).
     pub fn to_json(&self, transactions: u64, registers: Option<usize>) -> String {
-        let registers = registers.map_or_else(|| "null".to_string(), |n| n.to_string());
         let inner = self.merge_all();
         let mut order: Vec<&Slot> = inner.slots.iter().collect();
         order.sort_by_key(|slot| std::cmp::Reverse(slot.last_us));
-        let mut out = String::with_capacity(4096);
-        let _ = write!(
-            out,
-            "{{\"seq\":{},\"now\":{},\"transactions\":{transactions},\"registers\":{registers},\"max_devices\":{MAX_DEVICES},\"devices\":[",
-            inner.merged,
-            now_us() / 1000
-        );
-        for (i, slot) in order.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(
-                out,
-                "{{\"device\":\"{:04X}\",\"last\":{},\"registers\":[",
-                slot.device,
-                slot.last_us / 1000
-            );
-            for (j, (register, w)) in slot.written().enumerate() {
-                if j > 0 {
-                    out.push(',');
-                }
-                let _ = write!(
-                    out,
-                    "{{\"register\":\"{register:02X}\",\"value\":\"{:04X}\",\"time\":{},\"port\":\"{}\"}}",
-                    w.value,
-                    w.at_us / 1000,
-                    w.port
-                );
-            }
-            out.push_str("]}");
+        let page = PageJson {
+            seq: inner.merged,
+            now: now_us() / 1000,
+            transactions,
+            registers,
+            max_devices: MAX_DEVICES,
+            devices: order.into_iter().map(DeviceJson::of).collect(),
+            recent: inner.recent.iter().rev().map(RecentJson::of).collect(),
+        };
+        serde_json::to_string(&page).expect("every field of the page serializes")
+    }
+}
+
+/// The page's data as the page reads it; times in milliseconds since the epoch.
+#[derive(Serialize)]
+struct PageJson<'a> {
+    seq: u64,
+    now: u64,
+    transactions: u64,
+    registers: Option<usize>,
+    max_devices: usize,
+    devices: Vec<DeviceJson<'a>>,
+    recent: Vec<RecentJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct DeviceJson<'a> {
+    device: Hex<u16>,
+    last: u64,
+    registers: RegistersJson<'a>,
+}
+
+impl DeviceJson<'_> {
+    fn of(slot: &Slot) -> DeviceJson<'_> {
+        DeviceJson {
+            device: Hex(slot.device),
+            last: slot.last_us / 1000,
+            registers: RegistersJson(slot),
         }
-        out.push_str("],\"recent\":[");
-        for (i, r) in inner.recent.iter().rev().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(
-                out,
-                "{{\"n\":{},\"time\":{},\"port\":\"{}\",\"peer\":\"{}\",\"us\":{},\"request\":",
-                r.n,
-                r.at_us / 1000,
-                r.port,
-                r.peer,
-                r.micros
-            );
-            push_json_str(&mut out, &Escaped(r.request.get()).to_string());
-            out.push_str(",\"reply\":");
-            push_json_str(&mut out, &Escaped(r.reply.get()).to_string());
-            out.push('}');
+    }
+}
+
+/// A device's written registers in order, each written as it is visited.
+struct RegistersJson<'a>(&'a Slot);
+
+impl Serialize for RegistersJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.written().map(|(register, w)| RegisterJson {
+            register: Hex(register),
+            value: Hex(w.value),
+            time: w.at_us / 1000,
+            port: Text(w.port),
+        }))
+    }
+}
+
+#[derive(Serialize)]
+struct RegisterJson {
+    register: Hex<u8>,
+    value: Hex<u16>,
+    time: u64,
+    port: Text<Transport>,
+}
+
+/// A recent transaction; its bytes in their escaped form, as the log shows them.
+#[derive(Serialize)]
+struct RecentJson<'a> {
+    n: u64,
+    time: u64,
+    port: Text<Transport>,
+    peer: Text<SocketAddr>,
+    us: u64,
+    request: Text<Escaped<'a>>,
+    reply: Text<Escaped<'a>>,
+}
+
+impl RecentJson<'_> {
+    fn of(r: &Recent) -> RecentJson<'_> {
+        RecentJson {
+            n: r.n,
+            time: r.at_us / 1000,
+            port: Text(r.port),
+            peer: Text(r.peer),
+            us: r.micros,
+            request: Text(Escaped(r.request.get())),
+            reply: Text(Escaped(r.reply.get())),
         }
-        out.push_str("]}");
-        out
     }
 }
 

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use crate::client::Client;
 use crate::protocol::{MAX_MESSAGE_BYTES, Reply, Request};
 
@@ -515,54 +517,71 @@ fn gather(workers: Vec<JoinHandle<Tally>>, started: Instant, ended: Instant) -> 
     (all, missed)
 }
 
+/// The report as `--json` prints it; the optional parts only when they apply.
+#[derive(Serialize)]
+struct ReportJson<'a> {
+    completed: u64,
+    seconds: f64,
+    per_second: f64,
+    p50_us: u128,
+    p90_us: u128,
+    p99_us: u128,
+    p999_us: u128,
+    max_us: u128,
+    errors: &'a BTreeMap<&'static str, u64>,
+    bad_replies: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schedule: Option<ScheduleJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    abuse: Option<&'a AbuseReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handshakes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resumed: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct ScheduleJson {
+    rate: f64,
+    scheduled: u64,
+    late: u64,
+    missed: u64,
+}
+
+/// `x` to `decimals` places (JSON then shows no more of them).
+fn rounded(x: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (x * scale).round() / scale
+}
+
 impl Report {
+    /// `wwep bench --json`: latencies in microseconds, seconds to the
+    /// millisecond and rates to a tenth.
     pub fn to_json(&self) -> String {
         let s = &self.summary;
         let us = |d: Duration| d.as_micros();
-        let errors: Vec<String> = self
-            .errors
-            .iter()
-            .map(|(k, v)| format!("\"{k}\":{v}"))
-            .collect();
-        let mut out = format!(
-            "{{\"completed\":{},\"seconds\":{:.3},\"per_second\":{:.1},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"errors\":{{{}}},\"bad_replies\":{}",
-            s.completed,
-            s.elapsed.as_secs_f64(),
-            s.per_second,
-            us(s.p50),
-            us(s.p90),
-            us(s.p99),
-            us(s.p999),
-            us(s.max),
-            errors.join(","),
-            self.bad_replies
-        );
-        if let Some(p) = &self.schedule {
-            out.push_str(&format!(
-                ",\"schedule\":{{\"rate\":{:.1},\"scheduled\":{},\"late\":{},\"missed\":{}}}",
-                p.per_second, p.scheduled, p.late, p.missed
-            ));
-        }
-        if let Some(a) = &self.abuse {
-            let counts = |c: &AbuseCounts| {
-                format!(
-                    "{{\"opened\":{},\"closed_by_server\":{},\"answered\":{},\"connect_failed\":{}}}",
-                    c.opened, c.closed_by_server, c.answered, c.connect_failed
-                )
-            };
-            out.push_str(&format!(
-                ",\"abuse\":{{\"idle\":{},\"slow\":{}}}",
-                counts(&a.idle),
-                counts(&a.slow)
-            ));
-        }
-        if let Some((handshakes, resumed)) = self.resumption {
-            out.push_str(&format!(
-                ",\"handshakes\":{handshakes},\"resumed\":{resumed}"
-            ));
-        }
-        out.push('}');
-        out
+        let json = ReportJson {
+            completed: s.completed,
+            seconds: rounded(s.elapsed.as_secs_f64(), 3),
+            per_second: rounded(s.per_second, 1),
+            p50_us: us(s.p50),
+            p90_us: us(s.p90),
+            p99_us: us(s.p99),
+            p999_us: us(s.p999),
+            max_us: us(s.max),
+            errors: &self.errors,
+            bad_replies: self.bad_replies,
+            schedule: self.schedule.map(|p| ScheduleJson {
+                rate: rounded(p.per_second, 1),
+                scheduled: p.scheduled,
+                late: p.late,
+                missed: p.missed,
+            }),
+            abuse: self.abuse.as_ref(),
+            handshakes: self.resumption.map(|(handshakes, _)| handshakes),
+            resumed: self.resumption.map(|(_, resumed)| resumed),
+        };
+        serde_json::to_string(&json).expect("the report's fields serialize")
     }
 
     pub fn to_text(&self) -> String {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use rustix::io::Errno;
 use socket2::{Domain, Socket, Type};
 
 use crate::protocol::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT};
@@ -286,7 +287,7 @@ impl Client {
                     last = Some(ClientError::Refused { addr })
                 }
                 // A blocking connect that runs out of SO_SNDTIMEO fails with EINPROGRESS.
-                Err(e) if is_timeout(&e) || e.raw_os_error() == Some(libc::EINPROGRESS) => {
+                Err(e) if is_timeout(&e) || Errno::from_io_error(&e) == Some(Errno::INPROGRESS) => {
                     last = Some(ClientError::TimedOut {
                         stage: "connecting",
                         after: self.timeout,

@@ -11,6 +11,8 @@ use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
+use rustix::fs::OFlags;
+
 /// The most read of a certificate, key, CA bundle, PKCS#12 or rule file: a
 /// CA bundle of every public root is a quarter of this.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
@@ -99,7 +101,7 @@ pub fn read(path: &Path, max_bytes: u64) -> Result<Vec<u8>, InputFileError> {
     // the open either; what was opened is checked again.
     let file = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags((OFlags::NONBLOCK | OFlags::NOCTTY).bits() as i32)
         .open(path)
         .map_err(io)?;
     let meta = file.metadata().map_err(io)?;

@@ -5,8 +5,9 @@
 //! imports only the ones below it:
 //!
 //! - [`protocol`] the wire grammar; [`allow`] address ranges; `rate_limited`
-//!   log lines; [`civil_date`] UTC dates; [`register_set`] which of a device's
-//!   256 registers exist; [`logging`] the log writer; [`notify`] systemd readiness;
+//!   log lines; [`civil_date`] UTC dates; [`json`] hex and text as JSON
+//!   strings; [`register_set`] which of a device's 256 registers exist;
+//!   [`logging`] the log writer; [`notify`] systemd readiness;
 //!   [`input_file`] the files an operator names, read only when they are
 //!   files of bounded size;
 //! - [`acl`] who may read or write which registers; [`tls`] certificates and
@@ -37,6 +38,7 @@ pub mod connection;
 pub mod facts;
 pub mod http;
 pub mod input_file;
+pub mod json;
 pub mod logging;
 pub mod metrics;
 pub mod net;

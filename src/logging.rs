@@ -13,16 +13,19 @@
 //! `request`, `reply` and `us`), for journald, Loki and `jq`.
 
 use std::cell::RefCell;
-use std::fmt::Write as _;
+use std::fmt;
 use std::fs::File;
 use std::io::Write as _;
 use std::os::fd::AsFd;
 use std::time::SystemTime;
 
 use log::kv::{Key, Value, VisitSource};
-use log::{Log, Metadata, Record};
+use log::{Level, Log, Metadata, Record};
+use serde::ser::{Error as _, SerializeMap};
+use serde::{Serialize, Serializer};
 
 use crate::civil_date::UtcTime;
+use crate::json::Text;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -46,12 +49,36 @@ impl LogFormat {
 
 struct LineLogger {
     filter: env_logger::Logger,
-    out: File,
+    out: Stderr,
     format: LogFormat,
 }
 
+/// Where the lines go.
+enum Stderr {
+    /// A duplicate of stderr: one `write(2)` a line, without std's lock.
+    Duplicate(File),
+    /// Stderr itself, when no descriptor is left for a duplicate.
+    Shared(std::io::Stderr),
+}
+
+impl Stderr {
+    fn open() -> Stderr {
+        match std::io::stderr().as_fd().try_clone_to_owned() {
+            Ok(fd) => Stderr::Duplicate(File::from(fd)),
+            Err(_) => Stderr::Shared(std::io::stderr()),
+        }
+    }
+
+    fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stderr::Duplicate(file) => (&*file).write_all(line),
+            Stderr::Shared(stderr) => (&*stderr).write_all(line),
+        }
+    }
+}
+
 thread_local! {
-    static LINE: RefCell<String> = RefCell::new(String::with_capacity(256));
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(256));
 }
 
 impl Log for LineLogger {
@@ -68,22 +95,22 @@ impl Log for LineLogger {
                 return;
             };
             line.clear();
-            match self.format {
-                LogFormat::Text => {
-                    line.push('[');
-                    push_timestamp(&mut line, SystemTime::now());
-                    let _ = writeln!(
-                        line,
-                        " {:<5} {}] {}",
-                        record.level(),
-                        record.target(),
-                        record.args()
-                    );
-                }
-                LogFormat::Json => push_json_line(&mut line, record, SystemTime::now()),
+            let now = Timestamp(SystemTime::now());
+            let formatted = match self.format {
+                LogFormat::Text => writeln!(
+                    line,
+                    "[{now} {:<5} {}] {}",
+                    record.level(),
+                    record.target(),
+                    record.args()
+                ),
+                LogFormat::Json => push_json_line(&mut line, record, now),
+            };
+            // Logging must never take the server down: a line that cannot be
+            // formatted or written is dropped.
+            if formatted.is_ok() {
+                let _ = self.out.write_line(&line);
             }
-            // Logging must never take the server down: a failed write is dropped.
-            let _ = (&self.out).write_all(line.as_bytes());
         });
     }
 
@@ -93,81 +120,95 @@ impl Log for LineLogger {
 /// One record as a JSON object and a newline: `time`, `level`, `target`,
 /// `message`, `event` (`log` unless the record names its own) and the
 /// record's key-value pairs.
-fn push_json_line(out: &mut String, record: &Record<'_>, now: SystemTime) {
-    out.push_str("{\"time\":\"");
-    push_timestamp(out, now);
-    let _ = write!(
-        out,
-        "\",\"level\":\"{}\",\"target\":",
-        record.level().as_str().to_ascii_lowercase()
-    );
-    push_json_str(out, record.target());
-    out.push_str(",\"message\":");
-    match record.args().as_str() {
-        Some(s) => push_json_str(out, s),
-        None => push_json_str(out, &record.args().to_string()),
-    }
-    let kvs = record.key_values();
-    // Every line has an event: the transaction line says its own.
-    if kvs.get(Key::from_str("event")).is_none() {
-        out.push_str(",\"event\":\"log\"");
-    }
-    let _ = kvs.visit(&mut JsonFields(out));
-    out.push_str("}\n");
+fn push_json_line(out: &mut Vec<u8>, record: &Record<'_>, now: Timestamp) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, &JsonLine { record, now })?;
+    out.push(b'\n');
+    Ok(())
 }
 
-/// Writes key-value pairs as `,"key":value`: numbers and booleans as they
-/// are, everything else as a string.
-struct JsonFields<'a>(&'a mut String);
+/// A record as the JSON object of its line, written field by field.
+struct JsonLine<'a, 'r> {
+    record: &'a Record<'r>,
+    now: Timestamp,
+}
 
-impl<'kvs> VisitSource<'kvs> for JsonFields<'_> {
+impl Serialize for JsonLine<'_, '_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let record = self.record;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("time", &Text(self.now))?;
+        map.serialize_entry("level", lowercase(record.level()))?;
+        map.serialize_entry("target", record.target())?;
+        map.serialize_entry("message", record.args())?;
+        let kvs = record.key_values();
+        // Every line has an event: the transaction line says its own.
+        if kvs.get(Key::from_str("event")).is_none() {
+            map.serialize_entry("event", "log")?;
+        }
+        let mut fields = JsonFields {
+            map: &mut map,
+            error: None,
+        };
+        let visited = kvs.visit(&mut fields);
+        if let Some(error) = fields.error {
+            return Err(error);
+        }
+        visited.map_err(S::Error::custom)?;
+        map.end()
+    }
+}
+
+fn lowercase(level: Level) -> &'static str {
+    match level {
+        Level::Error => "error",
+        Level::Warn => "warn",
+        Level::Info => "info",
+        Level::Debug => "debug",
+        Level::Trace => "trace",
+    }
+}
+
+/// Writes key-value pairs as fields: numbers and booleans as they are,
+/// everything else as a string; the first error ends the visit.
+struct JsonFields<'m, M: SerializeMap> {
+    map: &'m mut M,
+    error: Option<M::Error>,
+}
+
+impl<'kvs, M: SerializeMap> VisitSource<'kvs> for JsonFields<'_, M> {
     fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), log::kv::Error> {
-        let out = &mut *self.0;
-        out.push(',');
-        push_json_str(out, key.as_str());
-        out.push(':');
-        if let Some(n) = value.to_u64() {
-            let _ = write!(out, "{n}");
+        let key = key.as_str();
+        let written = if let Some(n) = value.to_u64() {
+            self.map.serialize_entry(key, &n)
         } else if let Some(n) = value.to_i64() {
-            let _ = write!(out, "{n}");
+            self.map.serialize_entry(key, &n)
         } else if let Some(b) = value.to_bool() {
-            let _ = write!(out, "{b}");
+            self.map.serialize_entry(key, &b)
         } else if let Some(s) = value.to_borrowed_str() {
-            push_json_str(out, s);
+            self.map.serialize_entry(key, s)
         } else {
-            push_json_str(out, &value.to_string());
-        }
-        Ok(())
+            self.map.serialize_entry(key, &Text(value))
+        };
+        written.map_err(|e| {
+            self.error = Some(e);
+            log::kv::Error::msg("a field could not be written")
+        })
     }
-}
-
-/// Appends `s` as a JSON string literal, quotes included.
-pub fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 /// `2026-11-25T20:15:46.123456Z` — RFC 3339 in UTC, to the microsecond.
-fn push_timestamp(out: &mut String, now: SystemTime) {
-    let t = UtcTime::at(now);
-    let _ = write!(
-        out,
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        t.year, t.month, t.day, t.hour, t.minute, t.second, t.micros
-    );
+#[derive(Debug, Clone, Copy)]
+struct Timestamp(SystemTime);
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = UtcTime::at(self.0);
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            t.year, t.month, t.day, t.hour, t.minute, t.second, t.micros
+        )
+    }
 }
 
 /// Installs the logger: `RUST_LOG` as env_logger reads it, `info` by default.
@@ -175,23 +216,13 @@ pub fn init(format: LogFormat) {
     let filter =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
     let level = filter.filter();
-    match std::io::stderr().as_fd().try_clone_to_owned() {
-        Ok(fd) => {
-            let logger = LineLogger {
-                filter,
-                out: File::from(fd),
-                format,
-            };
-            if log::set_boxed_logger(Box::new(logger)).is_ok() {
-                log::set_max_level(level);
-            }
-        }
-        // Without a second descriptor for stderr, env_logger's own writer will do.
-        Err(_) => {
-            let _ =
-                env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-                    .try_init();
-        }
+    let logger = LineLogger {
+        filter,
+        out: Stderr::open(),
+        format,
+    };
+    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+        log::set_max_level(level);
     }
 }
 
@@ -202,32 +233,38 @@ mod tests {
 
     #[test]
     fn timestamps_are_utc_rfc3339() {
-        let mut s = String::new();
-        push_timestamp(&mut s, UNIX_EPOCH);
-        assert_eq!(s, "1970-01-01T00:00:00.000000Z");
-        s.clear();
-        // 2026-11-25T20:15:46.123456Z
-        push_timestamp(
-            &mut s,
-            UNIX_EPOCH + Duration::new(1_795_637_746, 123_456_000),
+        let at = |t| Timestamp(t).to_string();
+        assert_eq!(at(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            at(UNIX_EPOCH + Duration::new(1_795_637_746, 123_456_000)),
+            "2026-11-25T20:15:46.123456Z"
         );
-        assert_eq!(s, "2026-11-25T20:15:46.123456Z");
-        s.clear();
-        // A leap day: 2024-02-29T23:59:59Z.
-        push_timestamp(&mut s, UNIX_EPOCH + Duration::from_secs(1_709_251_199));
-        assert_eq!(s, "2024-02-29T23:59:59.000000Z");
+        // A leap day.
+        assert_eq!(
+            at(UNIX_EPOCH + Duration::from_secs(1_709_251_199)),
+            "2024-02-29T23:59:59.000000Z"
+        );
+    }
+
+    /// The JSON line of `record` at the epoch.
+    fn json_line(record: &Record<'_>) -> String {
+        let mut line = Vec::new();
+        push_json_line(&mut line, record, Timestamp(UNIX_EPOCH)).unwrap();
+        String::from_utf8(line).unwrap()
     }
 
     #[test]
     fn json_strings_escape_quotes_backslashes_and_controls() {
-        let mut s = String::new();
-        push_json_str(&mut s, "a\"b\\c\nd\u{1}é");
-        assert_eq!(s, r#""a\"b\\c\nd\u0001é""#);
+        let record = Record::builder()
+            .args(format_args!("a\"b\\c\nd\u{1}é"))
+            .target("t")
+            .build();
+        let line = json_line(&record);
+        assert!(line.contains(r#""message":"a\"b\\c\nd\u0001é""#), "{line}");
     }
 
     #[test]
     fn json_lines_carry_the_key_values() {
-        let mut s = String::new();
         let args = format_args!("#1 plain");
         let kvs: [(&str, log::kv::Value); 3] = [
             ("event", "transaction".into()),
@@ -240,24 +277,21 @@ mod tests {
             .target("wwep::net::session")
             .key_values(&kvs)
             .build();
-        push_json_line(&mut s, &record, UNIX_EPOCH);
         assert_eq!(
-            s,
+            json_line(&record),
             "{\"time\":\"1970-01-01T00:00:00.000000Z\",\"level\":\"info\",\"target\":\"wwep::net::session\",\"message\":\"#1 plain\",\"event\":\"transaction\",\"us\":42,\"peer\":\"127.0.0.1:5000\"}\n"
         );
     }
 
     #[test]
     fn json_lines_without_an_event_are_log_events() {
-        let mut s = String::new();
         let record = Record::builder()
             .args(format_args!("plain listener on 127.0.0.1:27708"))
             .level(log::Level::Warn)
             .target("wwep::net::server")
             .build();
-        push_json_line(&mut s, &record, UNIX_EPOCH);
         assert_eq!(
-            s,
+            json_line(&record),
             "{\"time\":\"1970-01-01T00:00:00.000000Z\",\"level\":\"warn\",\"target\":\"wwep::net::server\",\"message\":\"plain listener on 127.0.0.1:27708\",\"event\":\"log\"}\n"
         );
     }

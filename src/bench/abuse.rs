@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use socket2::{Domain, Socket, Type};
 
 /// How many abuse connections one run may hold (one thread each).
@@ -70,7 +71,7 @@ impl AbuseConfig {
 }
 
 /// What one kind of abuse connection went through.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct AbuseCounts {
     /// Connections opened.
     pub opened: u64,
@@ -84,7 +85,7 @@ pub struct AbuseCounts {
 }
 
 /// Both kinds, as the report shows them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct AbuseReport {
     pub idle: AbuseCounts,
     pub slow: AbuseCounts,

@@ -2,7 +2,10 @@
 //! store (memory, data file or Valkey/Redis), as JSON:
 //! `{"device":"0FAC","registers":{"0B":"1234"}}`. Read-only.
 
+use serde::{Serialize, Serializer};
+
 use super::Status;
+use crate::json::Hex;
 use crate::store::backend::StoreError;
 
 /// The path this module answers under.
@@ -11,8 +14,8 @@ pub(super) const PREFIX: &str = "/api/devices/";
 const JSON: &str = "application/json";
 
 fn error(status: u16, message: &str) -> (u16, &'static str, String) {
-    // Every message below is a constant without quotes or backslashes.
-    (status, JSON, format!("{{\"error\":\"{message}\"}}\n"))
+    let body = serde_json::json!({ "error": message });
+    (status, JSON, format!("{body}\n"))
 }
 
 /// The device id of `/api/devices/0FAC`: exactly 4 hex digits, either case.
@@ -25,15 +28,28 @@ fn parse(id: &str) -> Option<u16> {
 
 /// The JSON of one device's registers (uppercase hex, sorted by register).
 pub(super) fn to_json(device: u16, registers: &[(u8, u16)]) -> String {
-    let mut body = format!("{{\"device\":\"{device:04X}\",\"registers\":{{");
-    for (i, (register, value)) in registers.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(&format!("\"{register:02X}\":\"{value:04X}\""));
+    let body = DeviceJson {
+        device: Hex(device),
+        registers: RegistersJson(registers),
+    };
+    let mut json = serde_json::to_string(&body).expect("hex strings serialize");
+    json.push('\n');
+    json
+}
+
+#[derive(Serialize)]
+struct DeviceJson<'a> {
+    device: Hex<u16>,
+    registers: RegistersJson<'a>,
+}
+
+/// Registers as an object from register to value: `{"0B":"1234"}`.
+struct RegistersJson<'a>(&'a [(u8, u16)]);
+
+impl Serialize for RegistersJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|&(r, v)| (Hex(r), Hex(v))))
     }
-    body.push_str("}}\n");
-    body
 }
 
 /// Status, content type and body for `path` (which starts with [`PREFIX`]);
@@ -75,6 +91,18 @@ mod tests {
         assert_eq!(
             to_json(0x0FAC, &[(0x0B, 0x1234), (0xFF, 0xABCD)]),
             "{\"device\":\"0FAC\",\"registers\":{\"0B\":\"1234\",\"FF\":\"ABCD\"}}\n"
+        );
+    }
+
+    #[test]
+    fn errors_are_one_message() {
+        assert_eq!(
+            error(404, "nothing has been written to this device"),
+            (
+                404,
+                JSON,
+                "{\"error\":\"nothing has been written to this device\"}\n".to_string()
+            )
         );
     }
 }

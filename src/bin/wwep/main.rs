@@ -74,10 +74,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::DeviceId { mac } => {
             let id = args::device_id_from_mac(mac)?;
             if json {
-                println!(
-                    "{{\"mac\":{},\"device\":\"{id:04X}\"}}",
-                    output::json_string(mac.as_bytes())
-                );
+                println!("{}", output::device_id_json(mac, id));
             } else {
                 println!("{id:04X}");
             }

@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use rustix::fs::OFlags;
+
 use super::files::{real_path, sync_dir, tmp_path};
 use super::policy::{CompactionPolicy, Fsync};
 use super::reserve::Reserve;
@@ -515,7 +517,7 @@ fn open_file(path: &Path) -> Result<File, JournalError> {
         .create(true)
         .append(true)
         .read(true)
-        .custom_flags(libc::O_NONBLOCK)
+        .custom_flags(OFlags::NONBLOCK.bits() as i32)
         .open(path)
         .map_err(io_err(path, "open the data file"))?;
     let meta = file
