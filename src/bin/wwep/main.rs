@@ -13,7 +13,7 @@ mod cli;
 mod output;
 
 use args::parse_hex;
-use cli::{Cli, Command, ConnectionArgs};
+use cli::{BenchArgs, Cli, Command, ConnectionArgs};
 
 /// The LED register of the course's button exercise.
 const LED_REGISTER: u8 = 0x05;
@@ -53,24 +53,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         .map(args::device_id_from_mac)
         .transpose()?;
     match &cli.command {
-        Command::Bench(b) => {
-            let config = b.config()?;
-            let mut client = c.client(b.newest_tls())?;
-            if let Some(ip) = b.source_ip {
-                client = client.with_source_ip(ip);
-            }
-            let report = bench::run(&client, &config)?;
-            if json {
-                println!("{}", report.to_json());
-            } else {
-                print!("{}", report.to_text());
-            }
-            Ok(if report.summary.completed > 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            })
-        }
+        Command::Bench(b) => bench_command(c, b, json),
         Command::DeviceId { mac } => {
             let id = args::device_id_from_mac(mac)?;
             if json {
@@ -104,39 +87,67 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             exchange(c, request.encode().as_bytes(), json)
         }
         Command::Send { message } => exchange(c, &args::unescape(message)?, json),
-        Command::Toggle { device } => {
-            let device = match (device, mac_device) {
-                (Some(_), Some(_)) => {
-                    return Err("give DEVICE or --device-from-mac, not both".into());
-                }
-                (Some(d), None) => parse_hex(d, "DEVICE", 0xFFFF)? as u16,
-                (None, Some(d)) => d,
-                (None, None) => return Err("toggle needs DEVICE or --device-from-mac".into()),
-            };
-            let client = c.client(TlsVersion::Tls13)?;
-            let read = Request::Read {
-                device,
-                register: LED_REGISTER,
-            };
-            let current = client
-                .transact(read.encode().as_bytes())
-                .map_err(|e| e.to_string())?;
-            // A register never written counts as off, as on a board fresh from reset.
-            let was_on =
-                matches!(Reply::parse(&current), Some(Reply::Accepted { value, .. }) if value != 0);
-            let value = u16::from(!was_on);
-            let write = Request::Write {
-                device,
-                register: LED_REGISTER,
-                value,
-            };
-            let reply = client
-                .transact(write.encode().as_bytes())
-                .map_err(|e| e.to_string())?;
-            let state = if value == 1 { "on" } else { "off" };
-            output::report(&reply, json, Some(state))
-        }
+        Command::Toggle { device } => toggle(c, device.as_deref(), mac_device, json),
     }
+}
+
+/// `wwep bench`: the load, then its report; exit 2 when nothing completed.
+fn bench_command(c: &ConnectionArgs, b: &BenchArgs, json: bool) -> Result<ExitCode, String> {
+    let config = b.config()?;
+    let mut client = c.client(b.newest_tls())?;
+    if let Some(ip) = b.source_ip {
+        client = client.with_source_ip(ip);
+    }
+    let report = bench::run(&client, &config)?;
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(if report.summary.completed > 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+/// `wwep toggle`: reads the LED register and writes the other state.
+fn toggle(
+    c: &ConnectionArgs,
+    device: Option<&str>,
+    mac_device: Option<u16>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let device = match (device, mac_device) {
+        (Some(_), Some(_)) => {
+            return Err("give DEVICE or --device-from-mac, not both".into());
+        }
+        (Some(d), None) => parse_hex(d, "DEVICE", 0xFFFF)? as u16,
+        (None, Some(d)) => d,
+        (None, None) => return Err("toggle needs DEVICE or --device-from-mac".into()),
+    };
+    let client = c.client(TlsVersion::Tls13)?;
+    let read = Request::Read {
+        device,
+        register: LED_REGISTER,
+    };
+    let current = client
+        .transact(read.encode().as_bytes())
+        .map_err(|e| e.to_string())?;
+    // A register never written counts as off, as on a board fresh from reset.
+    let was_on =
+        matches!(Reply::parse(&current), Some(Reply::Accepted { value, .. }) if value != 0);
+    let value = u16::from(!was_on);
+    let write = Request::Write {
+        device,
+        register: LED_REGISTER,
+        value,
+    };
+    let reply = client
+        .transact(write.encode().as_bytes())
+        .map_err(|e| e.to_string())?;
+    let state = if value == 1 { "on" } else { "off" };
+    output::report(&reply, json, Some(state))
 }
 
 /// One transaction, reported.
