@@ -252,21 +252,12 @@ impl Request {
     pub fn encode(&self) -> Encoded {
         let mut out = Encoded::new();
         match *self {
-            Request::Read { device, register } => {
-                out.push(b'R');
-                out.push_hex(u32::from(device), 4);
-                out.push_hex(u32::from(register), 2);
-            }
+            Request::Read { device, register } => out.push_message(b'R', device, register, None),
             Request::Write {
                 device,
                 register,
                 value,
-            } => {
-                out.push(b'W');
-                out.push_hex(u32::from(device), 4);
-                out.push_hex(u32::from(register), 2);
-                out.push_hex(u32::from(value), 4);
-            }
+            } => out.push_message(b'W', device, register, Some(value)),
         }
         out
     }
@@ -342,12 +333,7 @@ impl Reply {
                 device,
                 register,
                 value,
-            } => {
-                out.push(b'A');
-                out.push_hex(u32::from(device), 4);
-                out.push_hex(u32::from(register), 2);
-                out.push_hex(u32::from(value), 4);
-            }
+            } => out.push_message(b'A', device, register, Some(value)),
             Reply::Failed(failure) => {
                 out.push(b'X');
                 if detail == ErrorDetail::Explained {
@@ -434,6 +420,17 @@ impl Encoded {
         const HEX: &[u8; 16] = b"0123456789ABCDEF";
         for i in (0..digits).rev() {
             self.push(HEX[((value >> (4 * i)) & 0xF) as usize]);
+        }
+    }
+
+    /// `letter`, the device (4 hex digits), the register (2) and, for `W` and
+    /// `A`, the value (4): the one layout of requests and accepting replies.
+    fn push_message(&mut self, letter: u8, device: u16, register: u8, value: Option<u16>) {
+        self.push(letter);
+        self.push_hex(u32::from(device), 4);
+        self.push_hex(u32::from(register), 2);
+        if let Some(value) = value {
+            self.push_hex(u32::from(value), 4);
         }
     }
 

@@ -527,23 +527,29 @@ mod tests {
             ConnectError::Other(_) => "other",
             ConnectError::TimedOut | ConnectError::Io(_) => "io",
         };
-        assert_eq!(
-            sorted(Error::InvalidCertificate(CertificateError::NotValidForName)),
-            "hostname"
-        );
-        assert_eq!(
-            sorted(Error::InvalidCertificate(CertificateError::UnknownIssuer)),
-            "not trusted"
-        );
-        assert_eq!(
-            sorted(Error::InvalidCertificate(CertificateError::Expired)),
-            "not trusted"
-        );
-        assert_eq!(
-            sorted(Error::AlertReceived(AlertDescription::CertificateRequired)),
-            "alert"
-        );
-        assert_eq!(sorted(Error::HandshakeNotComplete), "other");
+        let cases = [
+            (
+                Error::InvalidCertificate(CertificateError::NotValidForName),
+                "hostname",
+            ),
+            (
+                Error::InvalidCertificate(CertificateError::UnknownIssuer),
+                "not trusted",
+            ),
+            (
+                Error::InvalidCertificate(CertificateError::Expired),
+                "not trusted",
+            ),
+            (
+                Error::AlertReceived(AlertDescription::CertificateRequired),
+                "alert",
+            ),
+            (Error::HandshakeNotComplete, "other"),
+        ];
+        for (error, expected) in cases {
+            let shown = format!("{error:?}");
+            assert_eq!(sorted(error), expected, "{shown}");
+        }
     }
 
     #[test]
