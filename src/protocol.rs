@@ -592,38 +592,24 @@ mod tests {
 
     #[test]
     fn replies_are_uppercase_and_zero_padded() {
-        let r = Reply::Accepted {
-            device: 0xfac,
-            register: 0xb,
-            value: 0x1,
+        use ErrorDetail::{Bare, Explained};
+        let accepted = |device, register, value| Reply::Accepted {
+            device,
+            register,
+            value,
         };
-        assert_eq!(
-            r.encode(ErrorDetail::Bare, Terminator::None).as_bytes(),
-            b"A0FAC0B0001"
-        );
-        assert_eq!(
-            r.encode(ErrorDetail::Bare, Terminator::CrLf).as_bytes(),
-            b"A0FAC0B0001\r\n"
-        );
-        let max = Reply::Accepted {
-            device: 0xFFFF,
-            register: 0xFF,
-            value: 0xFFFF,
-        };
-        assert_eq!(
-            max.encode(ErrorDetail::Explained, Terminator::Lf)
-                .as_bytes(),
-            b"AFFFFFFFFFF\n"
-        );
-        let zero = Reply::Accepted {
-            device: 0,
-            register: 0,
-            value: 0,
-        };
-        assert_eq!(
-            zero.encode(ErrorDetail::Bare, Terminator::None).as_bytes(),
-            b"A0000000000"
-        );
+        let fac = accepted(0xfac, 0xb, 0x1);
+        let (max, zero) = (accepted(0xFFFF, 0xFF, 0xFFFF), accepted(0, 0, 0));
+        let cases = [
+            (fac, Bare, Terminator::None, &b"A0FAC0B0001"[..]),
+            (fac, Bare, Terminator::CrLf, b"A0FAC0B0001\r\n"),
+            (max, Explained, Terminator::Lf, b"AFFFFFFFFFF\n"),
+            (zero, Bare, Terminator::None, b"A0000000000"),
+        ];
+        for (reply, detail, terminator, wire) in cases {
+            let encoded = reply.encode(detail, terminator);
+            assert_eq!(encoded.as_bytes(), wire, "{reply:?} {terminator:?}");
+        }
         assert_eq!(Reply::parse(b"A0000000000"), Some(zero));
         assert_eq!(Reply::parse(b"AFFFFFFFFFF\r\n"), Some(max));
     }
