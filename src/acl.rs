@@ -942,13 +942,8 @@ mod tests {
         ));
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("rules.acl");
-        assert!(
-            std::process::Command::new("mkfifo")
-                .arg(&fifo)
-                .status()
-                .unwrap()
-                .success()
-        );
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success(), "mkfifo {}", fifo.display());
         assert_eq!(
             Acl::load(&fifo),
             Err(AclError {
