@@ -823,84 +823,60 @@ mod tests {
         (d.allowed, d.rule.map_or(0, |r| r.line))
     }
 
+    /// The error `parse` gives for `problem` on `line` of test.acl.
+    fn error_at(line: usize, problem: Problem) -> Result<Acl, AclError> {
+        Err(AclError {
+            path: "test.acl".into(),
+            line: Some(line),
+            problem,
+        })
+    }
+
+    #[test]
+    fn every_refused_word_is_named_with_its_line() {
+        use Problem::*;
+        type Naming = fn(String) -> Problem;
+        let cases: [(&str, Naming, &str); 19] = [
+            ("alow anyone read *", UnknownKeyword, "alow"),
+            ("allow anyone read * * x", Extra, "x"),
+            ("self-cn wwep-{DEVICE} x", Extra, "x"),
+            ("allow everyone read *", UnknownWho, "everyone"),
+            ("allow ip:1.2.3.4 read *", UnknownWho, "ip:1.2.3.4"),
+            ("allow cn: read *", EmptyName, "cn:"),
+            ("allow san: read *", EmptyName, "san:"),
+            ("allow anyone rw *", UnknownAccess, "rw"),
+            ("allow anyone read,read *", UnknownAccess, "read,read"),
+            ("allow anyone read 12345", BadDevice, "12345"),
+            ("allow anyone read 04FB,", BadDevice, "04FB,"),
+            ("allow anyone read 0x04", BadDevice, "0x04"),
+            ("allow anyone read 04-", BadDevice, "04-"),
+            ("allow anyone read 0500-0400", BackwardsRange, "0500-0400"),
+            ("allow anyone read * 100", BadRegister, "100"),
+            ("allow anyone read * self", BadRegister, "self"),
+            ("allow anyone read * 80-7F", BackwardsRange, "80-7F"),
+            ("self-cn wwep", BadSelfPattern, "wwep"),
+            (
+                "self-cn {DEVICE}-{DEVICE}",
+                BadSelfPattern,
+                "{DEVICE}-{DEVICE}",
+            ),
+        ];
+        for (text, problem, word) in cases {
+            assert_eq!(parse(text), error_at(1, problem(word.into())), "{text:?}");
+        }
+    }
+
     #[test]
     fn every_problem_names_file_line_and_problem() {
-        let cases: &[(&str, usize, Problem)] = &[
-            (
-                "alow anyone read *",
-                1,
-                Problem::UnknownKeyword("alow".into()),
-            ),
+        let cases = [
             ("\n\nallow", 3, Problem::Missing(Field::Who)),
             ("allow anyone", 1, Problem::Missing(Field::Access)),
             ("allow anyone read", 1, Problem::Missing(Field::Devices)),
             ("self-cn", 1, Problem::Missing(Field::Pattern)),
-            ("allow anyone read * * x", 1, Problem::Extra("x".into())),
-            ("self-cn wwep-{DEVICE} x", 1, Problem::Extra("x".into())),
-            (
-                "allow everyone read *",
-                1,
-                Problem::UnknownWho("everyone".into()),
-            ),
-            (
-                "allow ip:1.2.3.4 read *",
-                1,
-                Problem::UnknownWho("ip:1.2.3.4".into()),
-            ),
-            ("allow cn: read *", 1, Problem::EmptyName("cn:".into())),
-            ("allow san: read *", 1, Problem::EmptyName("san:".into())),
             (
                 "allow from:10.0.0.0/33 read *",
                 1,
                 Problem::BadCidr("'10.0.0.0/33': prefix length must be 0-32".into()),
-            ),
-            ("allow anyone rw *", 1, Problem::UnknownAccess("rw".into())),
-            (
-                "allow anyone read,read *",
-                1,
-                Problem::UnknownAccess("read,read".into()),
-            ),
-            (
-                "allow anyone read 12345",
-                1,
-                Problem::BadDevice("12345".into()),
-            ),
-            (
-                "allow anyone read 04FB,",
-                1,
-                Problem::BadDevice("04FB,".into()),
-            ),
-            (
-                "allow anyone read 0x04",
-                1,
-                Problem::BadDevice("0x04".into()),
-            ),
-            ("allow anyone read 04-", 1, Problem::BadDevice("04-".into())),
-            (
-                "allow anyone read 0500-0400",
-                1,
-                Problem::BackwardsRange("0500-0400".into()),
-            ),
-            (
-                "allow anyone read * 100",
-                1,
-                Problem::BadRegister("100".into()),
-            ),
-            (
-                "allow anyone read * self",
-                1,
-                Problem::BadRegister("self".into()),
-            ),
-            (
-                "allow anyone read * 80-7F",
-                1,
-                Problem::BackwardsRange("80-7F".into()),
-            ),
-            ("self-cn wwep", 1, Problem::BadSelfPattern("wwep".into())),
-            (
-                "self-cn {DEVICE}-{DEVICE}",
-                1,
-                Problem::BadSelfPattern("{DEVICE}-{DEVICE}".into()),
             ),
             (
                 "self-cn a{DEVICE}\n# again\nself-cn b{DEVICE}",
@@ -909,16 +885,12 @@ mod tests {
             ),
         ];
         for (text, line, problem) in cases {
-            assert_eq!(
-                parse(text),
-                Err(AclError {
-                    path: "test.acl".into(),
-                    line: Some(*line),
-                    problem: problem.clone(),
-                }),
-                "{text:?}"
-            );
+            assert_eq!(parse(text), error_at(line, problem), "{text:?}");
         }
+    }
+
+    #[test]
+    fn problems_of_the_whole_file_name_no_line() {
         assert_eq!(
             Acl::parse(b"allow anyone read *\n\xff\n", Path::new("x.acl")),
             Err(AclError {
@@ -970,13 +942,8 @@ mod tests {
         ));
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("rules.acl");
-        assert!(
-            std::process::Command::new("mkfifo")
-                .arg(&fifo)
-                .status()
-                .unwrap()
-                .success()
-        );
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success(), "mkfifo {}", fifo.display());
         assert_eq!(
             Acl::load(&fifo),
             Err(AclError {
@@ -1167,26 +1134,28 @@ mod tests {
 
     #[test]
     fn globs() {
-        let cases = [
-            ("wwep-*", "wwep-04FB", true),
-            ("wwep-*", "wwep-", true),
-            ("wwep-*", "wwe", false),
-            ("*", "", true),
-            ("?", "", false),
-            ("wwep-04??", "wwep-04FB", true),
-            ("wwep-04??", "wwep-04FBB", false),
-            ("*.example", "a.b.example", true),
-            ("a*b*c", "aXbYbZc", true),
-            ("a*b*c", "aXbYbZ", false),
-            ("exact", "Exact", false),
-            ("ü?", "üß", true),
+        let matching = [
+            ("wwep-*", "wwep-04FB"),
+            ("wwep-*", "wwep-"),
+            ("*", ""),
+            ("wwep-04??", "wwep-04FB"),
+            ("*.example", "a.b.example"),
+            ("a*b*c", "aXbYbZc"),
+            ("ü?", "üß"),
         ];
-        for (pattern, text, matches) in cases {
-            assert_eq!(
-                Glob(pattern.to_string()).matches(text),
-                matches,
-                "{pattern} {text}"
-            );
+        let not_matching = [
+            ("wwep-*", "wwe"),
+            ("?", ""),
+            ("wwep-04??", "wwep-04FBB"),
+            ("a*b*c", "aXbYbZ"),
+            ("exact", "Exact"),
+        ];
+        let outcomes = [(true, &matching[..]), (false, &not_matching[..])];
+        for (matches, cases) in outcomes {
+            for (pattern, text) in cases {
+                let glob = Glob(pattern.to_string());
+                assert_eq!(glob.matches(text), matches, "{pattern} {text}");
+            }
         }
     }
 

@@ -246,6 +246,7 @@ mod tests {
     use std::io;
 
     /// What a scripted peer does on the next read.
+    #[derive(Debug)]
     enum Step {
         Bytes(&'static [u8]),
         /// Nothing has arrived yet: the read would block.
@@ -375,36 +376,72 @@ mod tests {
         (incoming, reply)
     }
 
-    fn run(steps: Vec<Step>, store: &RegisterStore, detail: ErrorDetail) -> Script {
-        run_with(steps, store, PortAccess::ReadWrite, detail)
+    /// One exchange on the read-write port: the script (with what was written)
+    /// and what was received.
+    fn run(steps: Vec<Step>, store: &RegisterStore, detail: ErrorDetail) -> (Script, Incoming) {
+        let mut script = Script::new(steps);
+        let (incoming, _) = exchange(&mut script, store, PortAccess::ReadWrite, detail);
+        (script, incoming)
     }
 
-    fn run_with(
-        steps: Vec<Step>,
-        store: &RegisterStore,
-        access: PortAccess,
-        detail: ErrorDetail,
-    ) -> Script {
-        let mut script = Script::new(steps);
-        exchange(&mut script, store, access, detail);
-        script
+    #[test]
+    fn each_script_gets_its_reply_and_leaves_the_store_as_it_was() {
+        use ErrorDetail::{Bare, Explained};
+        use PortAccess::{ReadOnly, ReadWrite};
+        use Step::{Block, Bytes, Eof};
+        let groups = [
+            (
+                ReadWrite,
+                Explained,
+                vec![
+                    (vec![Bytes(b"R0FAC0B\n")], "X not found\n"),
+                    (vec![Bytes(b"W01234"), Block], "X bad length"),
+                    (vec![Bytes(b"R0001"), Eof], "X bad length"),
+                    (vec![Block], "X timeout"),
+                    (vec![Bytes(b"W0FAC0B12345678")], "X bad length"),
+                ],
+            ),
+            (
+                ReadWrite,
+                Bare,
+                vec![
+                    (vec![Bytes(b"r0fac0b\r\n")], "X\r\n"),
+                    (vec![Bytes(b"R000102"), Eof], "A0001020003"),
+                ],
+            ),
+            (
+                ReadOnly,
+                Explained,
+                vec![(vec![Bytes(b"W0001010002\n")], "X forbidden\n")],
+            ),
+            (
+                ReadOnly,
+                Bare,
+                vec![(vec![Bytes(b"R000101")], "A0001010001")],
+            ),
+        ];
+        for (access, detail, cases) in groups {
+            for (steps, reply) in cases {
+                let what = format!("{access:?} {detail:?} {steps:?}");
+                let store = RegisterStore::new();
+                store.write(1, 1, 1).unwrap();
+                store.write(1, 2, 3).unwrap();
+                let mut script = Script::new(steps);
+                exchange(&mut script, &store, access, detail);
+                assert_eq!(script.written, reply.as_bytes(), "{what}");
+                let after = (store.read(1, 1), store.read(0x0FAC, 0x0B));
+                assert_eq!(after, (Some(1), None), "{what}: the store is unchanged");
+            }
+        }
     }
 
     #[test]
     fn write_then_read_in_one_segment_each() {
         let store = RegisterStore::new();
-        let mut script = Script::new(vec![Step::Bytes(b"W0FAC0B1234")]);
-        let (incoming, _) = exchange(
-            &mut script,
-            &store,
-            PortAccess::ReadWrite,
-            ErrorDetail::Bare,
-        );
-        assert_eq!(script.written, b"A0FAC0B1234");
+        let (s, incoming) = run(vec![Step::Bytes(b"W0FAC0B1234")], &store, ErrorDetail::Bare);
+        assert_eq!(s.written, b"A0FAC0B1234");
         assert_eq!(incoming.bytes(), b"W0FAC0B1234");
-        let s = run(vec![Step::Bytes(b"r0fac0b\r\n")], &store, ErrorDetail::Bare);
-        assert_eq!(s.written, b"X\r\n", "lowercase command is illegal");
-        let s = run(vec![Step::Bytes(b"R0fac0b\r\n")], &store, ErrorDetail::Bare);
+        let (s, _) = run(vec![Step::Bytes(b"R0fac0b\r\n")], &store, ErrorDetail::Bare);
         assert_eq!(s.written, b"A0FAC0B1234\r\n");
     }
 
@@ -424,33 +461,17 @@ mod tests {
     }
 
     #[test]
-    fn unknown_register_is_x() {
-        let store = RegisterStore::new();
-        let s = run(
-            vec![Step::Bytes(b"R0FAC0B\n")],
-            &store,
-            ErrorDetail::Explained,
-        );
-        assert_eq!(s.written, b"X not found\n");
-    }
-
-    #[test]
     fn split_message_is_joined_across_waits() {
         let store = RegisterStore::new();
-        let mut script = Script::new(vec![
+        let steps = vec![
             Step::Bytes(b"W0FA"),
             Step::Block,
             Step::Bytes(b"C0B12"),
             Step::Block,
             Step::Bytes(b"34\n"),
-        ]);
-        let (incoming, _) = exchange(
-            &mut script,
-            &store,
-            PortAccess::ReadWrite,
-            ErrorDetail::Bare,
-        );
-        assert_eq!(script.written, b"A0FAC0B1234\n");
+        ];
+        let (s, incoming) = run(steps, &store, ErrorDetail::Bare);
+        assert_eq!(s.written, b"A0FAC0B1234\n");
         assert_eq!(incoming.bytes(), b"W0FAC0B1234\n");
     }
 
@@ -468,39 +489,7 @@ mod tests {
     }
 
     #[test]
-    fn short_message_is_judged_after_the_gap() {
-        let store = RegisterStore::new();
-        let s = run(
-            vec![Step::Bytes(b"W01234"), Step::Block],
-            &store,
-            ErrorDetail::Explained,
-        );
-        assert_eq!(s.written, b"X bad length");
-    }
-
-    #[test]
-    fn half_close_ends_the_message() {
-        let store = RegisterStore::new();
-        store.write(1, 2, 3).unwrap();
-        let s = run(
-            vec![Step::Bytes(b"R000102"), Step::Eof],
-            &store,
-            ErrorDetail::Bare,
-        );
-        assert_eq!(s.written, b"A0001020003");
-        let s = run(
-            vec![Step::Bytes(b"R0001"), Step::Eof],
-            &store,
-            ErrorDetail::Explained,
-        );
-        assert_eq!(s.written, b"X bad length");
-    }
-
-    #[test]
-    fn nothing_before_the_deadline_gets_x() {
-        let store = RegisterStore::new();
-        let s = run(vec![Step::Block], &store, ErrorDetail::Explained);
-        assert_eq!(s.written, b"X timeout");
+    fn a_close_before_any_byte_is_closed() {
         let mut incoming = Incoming::default();
         let mut script = Script::new(vec![Step::Eof]);
         assert_eq!(
@@ -568,42 +557,8 @@ mod tests {
     fn oversize_input_is_bounded() {
         let store = RegisterStore::new();
         let junk: &'static [u8] = &[b'Z'; 1000];
-        let mut script = Script::new(vec![Step::Bytes(junk)]);
-        let (incoming, _) = exchange(
-            &mut script,
-            &store,
-            PortAccess::ReadWrite,
-            ErrorDetail::Explained,
-        );
-        assert_eq!(script.written, b"X bad command");
+        let (s, incoming) = run(vec![Step::Bytes(junk)], &store, ErrorDetail::Explained);
+        assert_eq!(s.written, b"X bad command");
         assert_eq!(incoming.bytes().len(), MAX_MESSAGE_BYTES);
-        let s = run(
-            vec![Step::Bytes(b"W0FAC0B12345678")],
-            &store,
-            ErrorDetail::Explained,
-        );
-        assert_eq!(s.written, b"X bad length");
-        assert_eq!(store.read(0x0FAC, 0x0B), None);
-    }
-
-    #[test]
-    fn read_only_refuses_writes_and_serves_reads() {
-        let store = RegisterStore::new();
-        store.write(1, 1, 1).unwrap();
-        let s = run_with(
-            vec![Step::Bytes(b"W0001010002\n")],
-            &store,
-            PortAccess::ReadOnly,
-            ErrorDetail::Explained,
-        );
-        assert_eq!(s.written, b"X forbidden\n");
-        assert_eq!(store.read(1, 1), Some(1));
-        let s = run_with(
-            vec![Step::Bytes(b"R000101")],
-            &store,
-            PortAccess::ReadOnly,
-            ErrorDetail::Bare,
-        );
-        assert_eq!(s.written, b"A0001010001");
     }
 }

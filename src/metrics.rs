@@ -96,18 +96,6 @@ fn port_index(port: Transport) -> usize {
     port.index()
 }
 
-const HANDSHAKE_FAILURES: [HandshakeFailureKind; 9] = [
-    HandshakeFailureKind::NoSharedCipher,
-    HandshakeFailureKind::ProtocolVersion,
-    HandshakeFailureKind::UnknownCa,
-    HandshakeFailureKind::Revoked,
-    HandshakeFailureKind::CertificateRequired,
-    HandshakeFailureKind::NotTls,
-    HandshakeFailureKind::Closed,
-    HandshakeFailureKind::Timeout,
-    HandshakeFailureKind::Other,
-];
-
 fn handshake_failure_label(kind: HandshakeFailureKind) -> &'static str {
     match kind {
         HandshakeFailureKind::NoSharedCipher => "no_shared_cipher",
@@ -325,7 +313,7 @@ pub struct Metrics {
     /// [version][full, resumed]
     handshakes: [[Counter; 2]; TLS_VERSIONS.len()],
     handshake_failures_family: Family<Labels1, Counter>,
-    handshake_failures: [Counter; HANDSHAKE_FAILURES.len()],
+    handshake_failures: [Counter; HandshakeFailureKind::ALL.len()],
     refusals_family: Family<Labels1, Counter>,
     refusals: [Counter; REFUSALS.len()],
     /// Connections that closed without sending a byte.
@@ -375,7 +363,7 @@ impl Metrics {
             })
         });
         let handshake_failures_family = Family::default();
-        let handshake_failures = HANDSHAKE_FAILURES.map(|kind| {
+        let handshake_failures = HandshakeFailureKind::ALL.map(|kind| {
             handshake_failures_family
                 .get_or_create_owned(&[("kind", handshake_failure_label(kind))])
         });
@@ -457,10 +445,10 @@ impl Metrics {
     }
 
     pub fn handshake_failure(&self, kind: HandshakeFailureKind) {
-        let i = HANDSHAKE_FAILURES
+        let i = HandshakeFailureKind::ALL
             .iter()
             .position(|&k| k == kind)
-            .unwrap_or(HANDSHAKE_FAILURES.len() - 1);
+            .unwrap_or(HandshakeFailureKind::ALL.len() - 1);
         self.handshake_failures[i].inc();
     }
 

@@ -252,21 +252,12 @@ impl Request {
     pub fn encode(&self) -> Encoded {
         let mut out = Encoded::new();
         match *self {
-            Request::Read { device, register } => {
-                out.push(b'R');
-                out.push_hex(u32::from(device), 4);
-                out.push_hex(u32::from(register), 2);
-            }
+            Request::Read { device, register } => out.push_message(b'R', device, register, None),
             Request::Write {
                 device,
                 register,
                 value,
-            } => {
-                out.push(b'W');
-                out.push_hex(u32::from(device), 4);
-                out.push_hex(u32::from(register), 2);
-                out.push_hex(u32::from(value), 4);
-            }
+            } => out.push_message(b'W', device, register, Some(value)),
         }
         out
     }
@@ -342,12 +333,7 @@ impl Reply {
                 device,
                 register,
                 value,
-            } => {
-                out.push(b'A');
-                out.push_hex(u32::from(device), 4);
-                out.push_hex(u32::from(register), 2);
-                out.push_hex(u32::from(value), 4);
-            }
+            } => out.push_message(b'A', device, register, Some(value)),
             Reply::Failed(failure) => {
                 out.push(b'X');
                 if detail == ErrorDetail::Explained {
@@ -434,6 +420,17 @@ impl Encoded {
         const HEX: &[u8; 16] = b"0123456789ABCDEF";
         for i in (0..digits).rev() {
             self.push(HEX[((value >> (4 * i)) & 0xF) as usize]);
+        }
+    }
+
+    /// `letter`, the device (4 hex digits), the register (2) and, for `W` and
+    /// `A`, the value (4): the one layout of requests and accepting replies.
+    fn push_message(&mut self, letter: u8, device: u16, register: u8, value: Option<u16>) {
+        self.push(letter);
+        self.push_hex(u32::from(device), 4);
+        self.push_hex(u32::from(register), 2);
+        if let Some(value) = value {
+            self.push_hex(u32::from(value), 4);
         }
     }
 
@@ -595,38 +592,24 @@ mod tests {
 
     #[test]
     fn replies_are_uppercase_and_zero_padded() {
-        let r = Reply::Accepted {
-            device: 0xfac,
-            register: 0xb,
-            value: 0x1,
+        use ErrorDetail::{Bare, Explained};
+        let accepted = |device, register, value| Reply::Accepted {
+            device,
+            register,
+            value,
         };
-        assert_eq!(
-            r.encode(ErrorDetail::Bare, Terminator::None).as_bytes(),
-            b"A0FAC0B0001"
-        );
-        assert_eq!(
-            r.encode(ErrorDetail::Bare, Terminator::CrLf).as_bytes(),
-            b"A0FAC0B0001\r\n"
-        );
-        let max = Reply::Accepted {
-            device: 0xFFFF,
-            register: 0xFF,
-            value: 0xFFFF,
-        };
-        assert_eq!(
-            max.encode(ErrorDetail::Explained, Terminator::Lf)
-                .as_bytes(),
-            b"AFFFFFFFFFF\n"
-        );
-        let zero = Reply::Accepted {
-            device: 0,
-            register: 0,
-            value: 0,
-        };
-        assert_eq!(
-            zero.encode(ErrorDetail::Bare, Terminator::None).as_bytes(),
-            b"A0000000000"
-        );
+        let fac = accepted(0xfac, 0xb, 0x1);
+        let (max, zero) = (accepted(0xFFFF, 0xFF, 0xFFFF), accepted(0, 0, 0));
+        let cases = [
+            (fac, Bare, Terminator::None, &b"A0FAC0B0001"[..]),
+            (fac, Bare, Terminator::CrLf, b"A0FAC0B0001\r\n"),
+            (max, Explained, Terminator::Lf, b"AFFFFFFFFFF\n"),
+            (zero, Bare, Terminator::None, b"A0000000000"),
+        ];
+        for (reply, detail, terminator, wire) in cases {
+            let encoded = reply.encode(detail, terminator);
+            assert_eq!(encoded.as_bytes(), wire, "{reply:?} {terminator:?}");
+        }
         assert_eq!(Reply::parse(b"A0000000000"), Some(zero));
         assert_eq!(Reply::parse(b"AFFFFFFFFFF\r\n"), Some(max));
     }

@@ -257,12 +257,10 @@ impl EventLoop {
         let ip = peer.ip().to_canonical();
         let refused = state.policy.check_address(ip).is_err();
         if refused {
-            state
-                .counters
-                .refused_address
-                .fetch_add(1, Ordering::Relaxed);
-            self.log
-                .log(format_args!("http: refused {peer}: not in --http-allow"));
+            self.count(
+                &state.counters.refused_address,
+                format_args!("http: refused {peer}: not in --http-allow"),
+            );
             let answer = super::routes::forbidden().to_bytes(false, false);
             // A fresh socket's send buffer takes these few bytes at once.
             let _ = stream.write(&answer);
@@ -321,18 +319,23 @@ impl EventLoop {
                 && c.refused_at.is_none()
                 && c.request_since.is_some()
             {
-                self.state
-                    .counters
-                    .shed_deadline
-                    .fetch_add(1, Ordering::Relaxed);
-                self.log.log(format_args!(
-                    "http: {} shed: request not done within {}s",
-                    c.peer,
-                    self.state.policy.request_deadline().as_secs()
-                ));
+                self.count(
+                    &self.state.counters.shed_deadline,
+                    format_args!(
+                        "http: {} shed: request not done within {}s",
+                        c.peer,
+                        self.state.policy.request_deadline().as_secs()
+                    ),
+                );
             }
             self.close(id);
         }
+    }
+
+    /// Counts a connection refused or shed, and logs why (rate-limited).
+    fn count(&self, counter: &AtomicU64, why: std::fmt::Arguments<'_>) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.log.log(why);
     }
 
     fn close(&mut self, id: usize) {
@@ -380,14 +383,13 @@ impl Places for EventLoop {
             .get(&id)
             .is_some_and(|c| c.refused_at.is_none())
         {
-            self.state
-                .counters
-                .shed_full
-                .fetch_add(1, Ordering::Relaxed);
-            self.log.log(format_args!(
-                "http: oldest idle connection shed: --http-max-connections {} reached",
-                self.state.policy.max_connections()
-            ));
+            self.count(
+                &self.state.counters.shed_full,
+                format_args!(
+                    "http: oldest idle connection shed: --http-max-connections {} reached",
+                    self.state.policy.max_connections()
+                ),
+            );
         }
         self.close(id);
         true

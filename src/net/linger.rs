@@ -312,11 +312,10 @@ mod tests {
         assert_eq!(reply, b"A0FAC0B1234");
         assert!(client.take_error().unwrap().is_none());
         drop(client);
-        let until = Instant::now() + Duration::from_secs(2);
-        while lingerer.held() > 0 && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(lingerer.held(), 0, "released once the client closed");
+        assert!(
+            wait_released(&lingerer, Duration::from_secs(2)),
+            "released once the client closed"
+        );
     }
 
     fn wait_released(lingerer: &Lingerer, within: Duration) -> bool {

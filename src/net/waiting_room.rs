@@ -572,13 +572,9 @@ mod tests {
     fn a_quiet_connection_is_woken_by_its_timer_the_earliest_first() {
         let running = Running::start();
         let (quiet, _client) = fake(1, false);
+        let park_for = |waiter, ms| park(&running.room, waiter, Interest::READABLE, ms);
         let started = Instant::now();
-        park(
-            &running.room,
-            quiet,
-            Interest::READABLE,
-            Duration::from_millis(20),
-        );
+        park_for(quiet, Duration::from_millis(20));
         assert_eq!(running.next_wake(), (1, Wake::Timer));
         assert!(
             started.elapsed() >= Duration::from_millis(20),
@@ -587,14 +583,9 @@ mod tests {
         // A later timer and an earlier one: the earlier fires first, the
         // later one not yet.
         let (again, _client) = fake(2, false);
-        park(&running.room, again, Interest::READABLE, LONG);
+        park_for(again, LONG);
         let (soon, _other) = fake(3, false);
-        park(
-            &running.room,
-            soon,
-            Interest::READABLE,
-            Duration::from_millis(10),
-        );
+        park_for(soon, Duration::from_millis(10));
         assert_eq!(running.next_wake(), (3, Wake::Timer));
         assert_eq!(running.room.len(), 1);
     }

@@ -547,14 +547,11 @@ mod tests {
         bytes.extend_from_slice(&encode_record((0x0707, 7), 0x0707)[..4]);
         bytes.extend([0; 100]);
         let (s, _) = scan_ok(&bytes);
-        assert_eq!(
-            s.tail,
-            Tail {
-                torn_bytes: 4,
-                zero_bytes: 100
-            }
-        );
-        assert_eq!((s.end, s.damage), (26, Damage::default()));
+        let torn = Tail {
+            torn_bytes: 4,
+            zero_bytes: 100,
+        };
+        assert_eq!((s.end, s.tail, s.damage), (26, torn, Damage::default()));
     }
 
     #[test]

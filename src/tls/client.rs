@@ -12,6 +12,7 @@ use std::sync::Arc;
 use openssl::ssl::{HandshakeError, SslConnector, SslMethod, SslStream, SslVerifyMode, SslVersion};
 use openssl::x509::store::X509StoreBuilder;
 
+use super::codes::*;
 use super::{Identity, IdentitySource, TlsError, TlsErrorKind, TlsVersion, load_certificates};
 
 /// How a client decides to trust a server.
@@ -62,14 +63,6 @@ impl std::error::Error for ConnectError {}
 fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
 }
-
-// OpenSSL's numbers (ssl/sslerr.h, ssl/ssl.h, x509_vfy.h), stable across 1.1 and 3.x.
-const SSL_R_CERTIFICATE_VERIFY_FAILED: i32 = 134;
-/// A received alert is reported as this plus the alert's number (0–255).
-const SSL_AD_REASON_OFFSET: i32 = 1000;
-const X509_V_OK: i32 = 0;
-const X509_V_ERR_HOSTNAME_MISMATCH: i32 = 62;
-const X509_V_ERR_IP_ADDRESS_MISMATCH: i32 = 64;
 
 /// What a failed OpenSSL client handshake was, from its numbers alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,15 +454,7 @@ pub fn certificate_rejection(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    // Reason codes of received alerts (ssl/sslerr.h).
-    const SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE: i32 = 1040;
-    const SSL_R_TLSV1_ALERT_PROTOCOL_VERSION: i32 = 1070;
-    const SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED: i32 = 1116;
-    const SSL_R_UNEXPECTED_EOF_WHILE_READING: i32 = 294;
-    const X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY: i32 = 20;
-    const X509_V_ERR_CERT_HAS_EXPIRED: i32 = 10;
-    const X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT: i32 = 18;
+    use crate::tls::codes::seen_in_tests::*;
 
     #[test]
     fn openssl_failures_are_sorted_by_their_codes() {
@@ -542,23 +527,29 @@ mod tests {
             ConnectError::Other(_) => "other",
             ConnectError::TimedOut | ConnectError::Io(_) => "io",
         };
-        assert_eq!(
-            sorted(Error::InvalidCertificate(CertificateError::NotValidForName)),
-            "hostname"
-        );
-        assert_eq!(
-            sorted(Error::InvalidCertificate(CertificateError::UnknownIssuer)),
-            "not trusted"
-        );
-        assert_eq!(
-            sorted(Error::InvalidCertificate(CertificateError::Expired)),
-            "not trusted"
-        );
-        assert_eq!(
-            sorted(Error::AlertReceived(AlertDescription::CertificateRequired)),
-            "alert"
-        );
-        assert_eq!(sorted(Error::HandshakeNotComplete), "other");
+        let cases = [
+            (
+                Error::InvalidCertificate(CertificateError::NotValidForName),
+                "hostname",
+            ),
+            (
+                Error::InvalidCertificate(CertificateError::UnknownIssuer),
+                "not trusted",
+            ),
+            (
+                Error::InvalidCertificate(CertificateError::Expired),
+                "not trusted",
+            ),
+            (
+                Error::AlertReceived(AlertDescription::CertificateRequired),
+                "alert",
+            ),
+            (Error::HandshakeNotComplete, "other"),
+        ];
+        for (error, expected) in cases {
+            let shown = format!("{error:?}");
+            assert_eq!(sorted(error), expected, "{shown}");
+        }
     }
 
     #[test]

@@ -24,6 +24,7 @@ use openssl::x509::X509;
 use crate::input_file::{InputFileError, MAX_FILE_BYTES};
 
 pub mod client;
+mod codes;
 pub mod server;
 
 /// A certificate, key or list file (or flag) that could not be used, and why.

@@ -22,6 +22,7 @@ use openssl::x509::{X509, X509VerifyResult};
 
 use crate::input_file::MAX_CRL_BYTES;
 
+use super::codes::*;
 use super::{
     ClientAuth, DEFAULT_TLS12_CIPHERS, DEFAULT_TLS13_CIPHERSUITES, Identity, TlsError,
     TlsErrorKind, TlsSettings, TlsVersion, first_reason, load_certificates, looks_like_pem,
@@ -89,6 +90,19 @@ pub enum HandshakeFailureKind {
 }
 
 impl HandshakeFailureKind {
+    /// Every kind, in the order the counters list them.
+    pub const ALL: [HandshakeFailureKind; 9] = [
+        Self::NoSharedCipher,
+        Self::ProtocolVersion,
+        Self::UnknownCa,
+        Self::Revoked,
+        Self::CertificateRequired,
+        Self::NotTls,
+        Self::Closed,
+        Self::Timeout,
+        Self::Other,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             HandshakeFailureKind::NoSharedCipher => "no shared cipher",
@@ -154,22 +168,6 @@ impl PendingHandshake {
         self.mid.get_mut().0.take()
     }
 }
-
-// OpenSSL's reason codes (ssl/sslerr.h), stable across 1.1 and 3.x.
-const SSL_R_CERTIFICATE_VERIFY_FAILED: i32 = 134;
-const SSL_R_HTTP_REQUEST: i32 = 156;
-const SSL_R_NO_PROTOCOLS_AVAILABLE: i32 = 191;
-const SSL_R_NO_SHARED_CIPHER: i32 = 193;
-const SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE: i32 = 199;
-const SSL_R_UNSUPPORTED_PROTOCOL: i32 = 258;
-const SSL_R_WRONG_VERSION_NUMBER: i32 = 267;
-const SSL_R_UNEXPECTED_EOF_WHILE_READING: i32 = 294;
-const SSL_R_VERSION_TOO_LOW: i32 = 396;
-const SSL_R_NO_SHARED_GROUPS: i32 = 410;
-// x509_vfy.h
-const X509_V_ERR_CERT_REVOKED: i32 = 23;
-
-const X509_V_OK: i32 = 0;
 
 /// Sorts a failed handshake by OpenSSL's verify result for the client's
 /// certificate, then the reason code it raised; `closed` when the client hung
@@ -586,14 +584,30 @@ fn require_client_certificates(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY: i32 = 20;
-    const X509_V_ERR_CERT_HAS_EXPIRED: i32 = 10;
-    const SSL_R_SSLV3_ALERT_BAD_CERTIFICATE: i32 = 1042;
+    use crate::tls::codes::seen_in_tests::*;
 
     #[test]
     fn failures_are_sorted_by_verify_result_then_reason() {
         use HandshakeFailureKind::*;
+        // The certificate verified (or was not asked for) and the peer did
+        // not close: the reason code decides.
+        let by_reason = [
+            (SSL_R_CERTIFICATE_VERIFY_FAILED, UnknownCa),
+            (SSL_R_NO_SHARED_CIPHER, NoSharedCipher),
+            (SSL_R_NO_SHARED_GROUPS, NoSharedCipher),
+            (SSL_R_UNSUPPORTED_PROTOCOL, ProtocolVersion),
+            (SSL_R_VERSION_TOO_LOW, ProtocolVersion),
+            (SSL_R_NO_PROTOCOLS_AVAILABLE, ProtocolVersion),
+            (SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE, CertificateRequired),
+            (SSL_R_WRONG_VERSION_NUMBER, NotTls),
+            (SSL_R_HTTP_REQUEST, NotTls),
+            (SSL_R_UNEXPECTED_EOF_WHILE_READING, Closed),
+            (SSL_R_SSLV3_ALERT_BAD_CERTIFICATE, Other),
+        ];
+        for (reason, expected) in by_reason {
+            let kind = failure_kind(X509_V_OK, Some(reason), false);
+            assert_eq!(kind, expected, "reason {reason}");
+        }
         let cases = [
             (
                 X509_V_ERR_CERT_REVOKED,
@@ -608,63 +622,7 @@ mod tests {
                 UnknownCa,
             ),
             (X509_V_ERR_CERT_HAS_EXPIRED, None, false, UnknownCa),
-            (
-                X509_V_OK,
-                Some(SSL_R_CERTIFICATE_VERIFY_FAILED),
-                false,
-                UnknownCa,
-            ),
-            (
-                X509_V_OK,
-                Some(SSL_R_NO_SHARED_CIPHER),
-                false,
-                NoSharedCipher,
-            ),
-            (
-                X509_V_OK,
-                Some(SSL_R_NO_SHARED_GROUPS),
-                false,
-                NoSharedCipher,
-            ),
-            (
-                X509_V_OK,
-                Some(SSL_R_UNSUPPORTED_PROTOCOL),
-                false,
-                ProtocolVersion,
-            ),
-            (
-                X509_V_OK,
-                Some(SSL_R_VERSION_TOO_LOW),
-                false,
-                ProtocolVersion,
-            ),
-            (
-                X509_V_OK,
-                Some(SSL_R_NO_PROTOCOLS_AVAILABLE),
-                false,
-                ProtocolVersion,
-            ),
-            (
-                X509_V_OK,
-                Some(SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE),
-                false,
-                CertificateRequired,
-            ),
-            (X509_V_OK, Some(SSL_R_WRONG_VERSION_NUMBER), false, NotTls),
-            (X509_V_OK, Some(SSL_R_HTTP_REQUEST), false, NotTls),
-            (
-                X509_V_OK,
-                Some(SSL_R_UNEXPECTED_EOF_WHILE_READING),
-                false,
-                Closed,
-            ),
             (X509_V_OK, None, true, Closed),
-            (
-                X509_V_OK,
-                Some(SSL_R_SSLV3_ALERT_BAD_CERTIFICATE),
-                false,
-                Other,
-            ),
             (X509_V_OK, None, false, Other),
         ];
         for (verify, reason, closed, expected) in cases {
@@ -678,18 +636,7 @@ mod tests {
 
     #[test]
     fn kinds_have_distinct_names() {
-        use HandshakeFailureKind::*;
-        let all = [
-            NoSharedCipher,
-            ProtocolVersion,
-            UnknownCa,
-            Revoked,
-            CertificateRequired,
-            NotTls,
-            Closed,
-            Timeout,
-            Other,
-        ];
+        let all = HandshakeFailureKind::ALL;
         let names: std::collections::HashSet<_> = all.iter().map(|k| k.name()).collect();
         assert_eq!(names.len(), all.len());
     }
