@@ -269,15 +269,27 @@ mod tests {
         // (busy connections held) → what is shed for the newcomer, if anything
         let cases: [(&[(Busy, Instant)], Option<(Busy, Instant)>); 7] = [
             (
-                &[(Stream, ago(9000)), (Answer, ago(5000)), (Request, ago(1500))],
+                &[
+                    (Stream, ago(9000)),
+                    (Answer, ago(5000)),
+                    (Request, ago(1500)),
+                ],
                 Some((Request, ago(1500))),
             ),
             (
-                &[(Request, ago(1200)), (Request, ago(3000)), (Request, ago(2000))],
+                &[
+                    (Request, ago(1200)),
+                    (Request, ago(3000)),
+                    (Request, ago(2000)),
+                ],
                 Some((Request, ago(3000))),
             ),
             (
-                &[(Request, ago(900)), (Answer, ago(1100)), (Stream, ago(9000))],
+                &[
+                    (Request, ago(900)),
+                    (Answer, ago(1100)),
+                    (Stream, ago(9000)),
+                ],
                 Some((Answer, ago(1100))),
             ),
             (
@@ -288,8 +300,18 @@ mod tests {
                 &[(Request, ago(999)), (Answer, ago(10)), (Stream, ago(0))],
                 None,
             ),
-            (&[(Stream, ago(2000)), (Stream, ago(1000)), (Stream, ago(4000))], Some((Stream, ago(4000)))),
-            (&[(Request, ago(0)), (Request, ago(1)), (Request, ago(2))], None),
+            (
+                &[
+                    (Stream, ago(2000)),
+                    (Stream, ago(1000)),
+                    (Stream, ago(4000)),
+                ],
+                Some((Stream, ago(4000))),
+            ),
+            (
+                &[(Request, ago(0)), (Request, ago(1)), (Request, ago(2))],
+                None,
+            ),
         ];
         for (held, expected) in cases {
             let mut table = Table::new(3, 0, 3);
@@ -299,7 +321,11 @@ mod tests {
             assert_eq!(table.shed, usize::from(expected.is_some()), "one at most");
             assert_eq!(
                 result,
-                if expected.is_some() { Ok(3) } else { Err(Refusal::Full) },
+                if expected.is_some() {
+                    Ok(3)
+                } else {
+                    Err(Refusal::Full)
+                },
                 "{held:?}"
             );
         }
