@@ -166,7 +166,8 @@ impl Watcher {
 
     /// Appends to `out` the events of the writes it has not seen, while
     /// `pending` (bytes not yet taken by its socket) stays under
-    /// [`BUFFER_BYTES`]; how many it appended, or how far behind it is.
+    /// [`BUFFER_BYTES`]; how many it appended, or how far behind it is
+    /// (checked even when its buffer is full: that is when it falls behind).
     pub(super) fn fill(
         &mut self,
         feed: &Feed,
@@ -176,9 +177,10 @@ impl Watcher {
     ) -> Result<u64, Behind> {
         let mut batch = Vec::new();
         let mut queued = 0;
-        while pending < BUFFER_BYTES {
+        loop {
+            let room = if pending < BUFFER_BYTES { BATCH } else { 0 };
             batch.clear();
-            self.position = feed.read(self.position, BATCH, &mut batch)?;
+            self.position = feed.read(self.position, room, &mut batch)?;
             if batch.is_empty() {
                 break;
             }
@@ -281,6 +283,14 @@ mod tests {
         let mut full = Vec::new();
         assert_eq!(all.fill(&feed, &mut full, BUFFER_BYTES, now), Ok(0));
         assert_eq!(all.fill(&feed, &mut full, 0, now), Ok(1), "kept its place");
+        for n in 0..=CAPACITY as u64 {
+            feed.publish(event(n, 1));
+        }
+        assert_eq!(
+            all.fill(&feed, &mut full, BUFFER_BYTES, now),
+            Err(Behind { missed: 1 }),
+            "behind, though its buffer is full"
+        );
     }
 
     #[test]

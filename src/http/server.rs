@@ -605,18 +605,17 @@ fn drive(id: usize, conn: &mut Connection, state: &State, lookups: &Lookups) -> 
             if pending < events::BUFFER_BYTES {
                 conn.output.drain(..conn.written);
                 conn.written = 0;
-                let feed = state.activity.feed();
-                match watch.fill(feed, &mut conn.output, pending, Instant::now()) {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        state
-                            .counters
-                            .watcher_events
-                            .fetch_add(n, Ordering::Relaxed);
-                        progress = true;
-                    }
-                    Err(_) => return Fate::Drop(Dropped::Behind),
+            }
+            // Even with its buffer full: that is when it falls behind.
+            let feed = state.activity.feed();
+            match watch.fill(feed, &mut conn.output, pending, Instant::now()) {
+                Ok(0) => {}
+                Ok(n) => {
+                    let events = &state.counters.watcher_events;
+                    events.fetch_add(n, Ordering::Relaxed);
+                    progress = true;
                 }
+                Err(_) => return Fate::Drop(Dropped::Behind),
             }
         }
         if !progress {
