@@ -119,8 +119,13 @@ impl Feed {
         }
     }
 
+    /// Whether a wake has been sent that the reader has not taken.
+    pub fn is_due(&self) -> bool {
+        self.wake_due.load(Ordering::Acquire)
+    }
+
     /// Takes the due wake, before the reader reads: whatever is appended
-    /// after this wakes it again.
+    /// after this wakes it again (until then, no writer pays for a wake).
     pub fn woken(&self) -> bool {
         self.wake_due.swap(false, Ordering::AcqRel)
     }

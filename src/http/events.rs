@@ -38,6 +38,11 @@ pub(super) const BUFFER_BYTES: usize = 64 * 1024;
 /// The socket's own send buffer for a watcher (the kernel doubles it), so a
 /// stuck watcher holds a bounded amount of memory there too.
 pub(super) const SOCKET_BUFFER_BYTES: usize = 64 * 1024;
+/// Watchers are fed at most this often: a write on a quiet server goes out
+/// at once, and under a flood of writes each wake, and each write to a
+/// watcher's socket, carries a batch (writers pay for one wake per feeding,
+/// not one per write).
+pub(super) const FEED_INTERVAL: Duration = Duration::from_millis(1);
 /// Writes copied out of the feed at a time.
 const BATCH: usize = 256;
 /// What a browser waits before reconnecting a broken stream.

@@ -157,6 +157,10 @@ pub(super) struct EventLoop {
     lookups: Lookups,
     /// The connections following `/api/events`.
     watchers: BTreeSet<usize>,
+    /// When the watchers were last fed, and when they will be next (a wake
+    /// from the feed is due).
+    last_feed: Instant,
+    feed_at: Option<Instant>,
 }
 
 /// Answers that read the store run on one thread of their own: a device
@@ -233,6 +237,8 @@ impl EventLoop {
             log: RateLimitedLog::new(log::Level::Warn, Duration::from_secs(10)),
             lookups,
             watchers: BTreeSet::new(),
+            last_feed: Instant::now(),
+            feed_at: None,
         })
     }
 
@@ -244,6 +250,7 @@ impl EventLoop {
                 .connections
                 .values()
                 .map(|c| c.deadline(policy))
+                .chain(self.feed_at)
                 .min()
                 .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_millis(1));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -257,11 +264,16 @@ impl EventLoop {
                     LISTENER => self.accept(),
                     WAKER => {
                         self.deliver_lookups();
-                        if self.state.activity.feed().woken() {
-                            self.feed_watchers();
-                        }
+                        self.schedule_feed();
                     }
                     Token(id) => self.drive_one(id),
+                }
+            }
+            if self.feed_at.is_some_and(|at| at <= Instant::now()) {
+                self.feed_at = None;
+                if self.state.activity.feed().woken() {
+                    self.last_feed = Instant::now();
+                    self.feed_watchers();
                 }
             }
             self.expire();
@@ -288,6 +300,15 @@ impl EventLoop {
             }
             Fate::Close => self.close(id),
             Fate::Drop(why) => self.drop_watcher(id, why),
+        }
+    }
+
+    /// New writes are waiting: the watchers are fed now, or a feeding
+    /// interval after the last time.
+    fn schedule_feed(&mut self) {
+        if self.feed_at.is_none() && self.state.activity.feed().is_due() {
+            let next = self.last_feed + events::FEED_INTERVAL;
+            self.feed_at = Some(next.max(Instant::now()));
         }
     }
 
