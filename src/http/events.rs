@@ -117,18 +117,54 @@ pub(super) fn stream_head(head_only: bool) -> Vec<u8> {
     out
 }
 
-/// One write as its event.
+/// One write as its event. Written digit by digit: with many watchers the
+/// event loop writes every write once for each, so this is its hot path.
 pub(super) fn write_event(out: &mut Vec<u8>, e: &WriteEvent) {
-    let time = UtcTime::at(UNIX_EPOCH + Duration::from_micros(e.at_us));
-    let _ = write!(
-        out,
-        "id: {}\nevent: write\ndata: {{\"device\":\"{:04X}\",\"register\":\"{:02X}\",\"value\":\"{:04X}\",\"transport\":\"{}\",\"time\":\"{time}\"}}\n\n",
-        e.n,
-        e.device,
-        e.register,
-        e.value,
-        e.transport.name(),
-    );
+    let t = UtcTime::at(UNIX_EPOCH + Duration::from_micros(e.at_us));
+    out.extend_from_slice(b"id: ");
+    decimal(out, e.n, 1);
+    out.extend_from_slice(b"\nevent: write\ndata: {\"device\":\"");
+    hex(out, u64::from(e.device), 4);
+    out.extend_from_slice(b"\",\"register\":\"");
+    hex(out, u64::from(e.register), 2);
+    out.extend_from_slice(b"\",\"value\":\"");
+    hex(out, u64::from(e.value), 4);
+    out.extend_from_slice(b"\",\"transport\":\"");
+    out.extend_from_slice(e.transport.name().as_bytes());
+    out.extend_from_slice(b"\",\"time\":\"");
+    decimal(out, u64::try_from(t.year).unwrap_or(0), 4);
+    for (separator, n) in [
+        (b'-', t.month),
+        (b'-', t.day),
+        (b'T', t.hour),
+        (b':', t.minute),
+        (b':', t.second),
+    ] {
+        out.push(separator);
+        decimal(out, u64::from(n), 2);
+    }
+    out.push(b'.');
+    decimal(out, u64::from(t.micros), 6);
+    out.extend_from_slice(b"Z\"}\n\n");
+}
+
+/// `n` in decimal, at least `width` digits (zero-padded).
+fn decimal(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    while n > 0 || digits.len() - at < width {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// The low `width` hex digits of `n`, upper case.
+fn hex(out: &mut Vec<u8>, n: u64, width: u32) {
+    for i in (0..width).rev() {
+        out.push(b"0123456789ABCDEF"[((n >> (4 * i)) & 0xF) as usize]);
+    }
 }
 
 /// The comment that keeps a silent stream alive.
@@ -242,6 +278,48 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "id: 42\nevent: write\ndata: {\"device\":\"0FAC\",\"register\":\"0B\",\"value\":\"1234\",\"transport\":\"tls\",\"time\":\"2026-12-06T23:59:59.123456Z\"}\n\n"
         );
+    }
+
+    #[test]
+    fn events_are_written_as_the_format_says_for_any_field() {
+        let cases = [
+            (0, 0, 0, 0, 0, Transport::Plain),
+            (1, 999_999, 0xFFFF, 0xFF, 0xFFFF, Transport::Tls),
+            (
+                u64::MAX,
+                253_402_300_799_999_999,
+                0x0FAC,
+                0x0B,
+                0x1234,
+                Transport::Plain,
+            ),
+            (
+                10_000_000_000,
+                951_782_400_000_001,
+                0x00A0,
+                0x0A,
+                0x000A,
+                Transport::Tls,
+            ),
+        ];
+        for (n, at_us, device, register, value, transport) in cases {
+            let e = WriteEvent {
+                n,
+                at_us,
+                device,
+                register,
+                value,
+                transport,
+            };
+            let time = UtcTime::at(UNIX_EPOCH + Duration::from_micros(at_us));
+            let expected = format!(
+                "id: {n}\nevent: write\ndata: {{\"device\":\"{device:04X}\",\"register\":\"{register:02X}\",\"value\":\"{value:04X}\",\"transport\":\"{}\",\"time\":\"{time}\"}}\n\n",
+                transport.name()
+            );
+            let mut out = Vec::new();
+            write_event(&mut out, &e);
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
     }
 
     #[test]
