@@ -67,8 +67,11 @@ fn options() -> Result<Options, String> {
             "--http" => o.http = Some(value.parse().map_err(|_| bad())?),
             "--writes" => o.writes = value.parse().map_err(|_| bad())?,
             "--interval-ms" => {
-                o.interval =
-                    Duration::from_secs_f64(value.parse::<f64>().map_err(|_| bad())? / 1000.0)
+                let ms: f64 = value.parse().map_err(|_| bad())?;
+                if !(ms.is_finite() && ms >= 0.0) {
+                    return Err(bad());
+                }
+                o.interval = Duration::from_secs_f64(ms / 1000.0);
             }
             "--load" => o.load = value.parse().map_err(|_| bad())?,
             "--p99-ms" => o.p99_ms = value.parse().map_err(|_| bad())?,
@@ -80,7 +83,8 @@ fn options() -> Result<Options, String> {
     if o.http.is_none() {
         return Err("--http ADDR is needed".into());
     }
-    if o.writes == 0 || !(o.seconds > 0.0) {
+    let positive = |x: f64| x.is_finite() && x > 0.0;
+    if o.writes == 0 || !positive(o.seconds) {
         return Err("--writes and --seconds must be above 0".into());
     }
     Ok(o)

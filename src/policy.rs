@@ -267,7 +267,8 @@ mod tests {
         let ago = |ms: u64| now - Duration::from_millis(ms);
         let newcomer = ip("127.0.0.1");
         // (busy connections held) → what is shed for the newcomer, if anything
-        let cases: [(&[(Busy, Instant)], Option<(Busy, Instant)>); 7] = [
+        type Held = (Busy, Instant);
+        let cases: [(&[Held], Option<Held>); 7] = [
             (
                 &[
                     (Stream, ago(9000)),
