@@ -110,17 +110,21 @@ fn every_metric_the_dashboard_queries_is_exported() {
     eprintln!("{} metrics queried, all exported", queried.len());
 }
 
-/// Window widths the page must fit without scrolling sideways, each with the
-/// height it is shown at: a small phone, a common phone, just above the
-/// one-column layout, an 800×600 and a 1024×768 projector, a full-HD screen.
-const WINDOWS: [(u32, u32); 6] = [
+/// Windows the page is shown in and photographed at: a small phone, a
+/// common phone, just above the one-column layout, an 800×600 and a 1024×768
+/// projector, a laptop (where addresses stop wrapping), a full-HD screen.
+const WINDOWS: [(u32, u32); 7] = [
     (320, 568),
     (360, 740),
     (641, 480),
     (800, 600),
     (1024, 768),
+    (1440, 900),
     (1920, 1080),
 ];
+
+/// Between those, every this many pixels the page is measured too.
+const SWEEP_STEP: u32 = 40;
 
 /// The longest text a client address can take.
 const LONGEST_PEER: &str = "[2001:db8:ffff:ffff:ffff:ffff:ffff:ffff]:65535";
@@ -224,7 +228,7 @@ const MEASURE: &str = r##"(() => {
 })()"##;
 
 #[test]
-fn the_live_page_fits_its_window_from_320_to_1920_pixels() {
+fn the_live_page_fits_its_window_from_320_to_1920_pixels_wide() {
     if !have_tool("chromium") || !have_tool("mkfifo") {
         return;
     }
@@ -261,8 +265,13 @@ fn the_live_page_fits_its_window_from_320_to_1920_pixels() {
     }
 
     let dir = screenshot_dir();
+    let sweep = (320..=1920)
+        .step_by(SWEEP_STEP as usize)
+        .filter(|w| !WINDOWS.iter().any(|(width, _)| width == w))
+        .map(|w| (w, 768, false));
+    let photographed = WINDOWS.iter().map(|&(w, h)| (w, h, true));
     let mut overflows = Vec::new();
-    for (width, height) in WINDOWS {
+    for (width, height, photograph) in photographed.chain(sweep) {
         // Not emulated as mobile: a phone browser zooms out to show a page
         // wider than its window, which would hide the overflow measured here.
         browser.call(
@@ -275,23 +284,30 @@ fn the_live_page_fits_its_window_from_320_to_1920_pixels() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let m = browser.eval(MEASURE);
-        let path = dir.join(format!("live-page-{width}x{height}.png"));
-        std::fs::write(&path, screenshot(&mut browser)).expect("write the screenshot");
+        let mut seen = String::new();
+        if photograph {
+            let path = dir.join(format!("live-page-{width}x{height}.png"));
+            std::fs::write(&path, screenshot(&mut browser)).expect("write the screenshot");
+            seen = format!("; see {}", path.display());
+        }
         let (inner, scroll, right) = (
             m["inner"].as_f64().unwrap_or(0.0),
             m["scroll"].as_f64().unwrap_or(f64::MAX),
             m["right"].as_f64().unwrap_or(f64::MAX),
         );
-        eprintln!("{width} px: document {scroll} px wide, furthest right {right:.1} px");
         // Sub-pixel layout may put an edge a fraction past the window.
         if scroll > inner || right > inner + 1.0 {
             overflows.push(format!(
-                "at {width} px the document is {scroll} px wide; {} ({:?}) ends at {right:.1} px; see {}",
-                m["widest"], m["text"], path.display()
+                "at {width} px the document is {scroll} px wide; {} ({:?}) ends at {right:.1} px{seen}",
+                m["widest"], m["text"]
             ));
         }
     }
-    eprintln!("screenshots in {}", dir.display());
+    eprintln!(
+        "measured every {SWEEP_STEP} px from 320 to 1920 px wide, {} too narrow; screenshots in {}",
+        overflows.len(),
+        dir.display()
+    );
     assert!(
         overflows.is_empty(),
         "the page scrolls sideways:\n{}",
