@@ -158,7 +158,10 @@ fn fill(server: &ServerProcess, pki: &Pki) {
         let register = [0x05, 0x0B, 0x10][n % 3];
         let request = format!("W{device:04X}{register:02X}{:04X}", n * 0x111 % 0x10000);
         let reply = if n % 4 == 0 {
-            over_tls(from_client(tls, &client(n), 40000 + n as u16), request.as_bytes())
+            over_tls(
+                from_client(tls, &client(n), 40000 + n as u16),
+                request.as_bytes(),
+            )
         } else {
             transact(
                 &mut from_client(plain, &client(n), 50000 + n as u16),
@@ -280,7 +283,10 @@ fn the_live_page_fits_its_window_from_320_to_1920_pixels_wide() {
         );
         let until = Instant::now() + Duration::from_secs(5);
         while browser.eval("window.innerWidth") != width {
-            assert!(Instant::now() < until, "the window never became {width} px wide");
+            assert!(
+                Instant::now() < until,
+                "the window never became {width} px wide"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let m = browser.eval(MEASURE);
