@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
-use wwep::acl::{Acl, Certificate, Peer};
+use wwep::acl::{Acl, Certificate, CommonName, Peer};
 use wwep::protocol::{ErrorDetail, Request};
 use wwep::tls::ClientAuth;
 
@@ -460,7 +460,7 @@ fn readme_example_parses_and_gives_each_board_its_own_device() {
     let rules: Vec<String> = acl.rules().iter().map(|r| r.to_string()).collect();
     assert_eq!(rules, ["allow any-certificate read,write self *"]);
     let board = Certificate {
-        cn: Some("wwep-04FB".to_string()),
+        cn: Some(CommonName::One("wwep-04FB".to_string())),
         sans: vec![],
     };
     let as_board = Peer {
@@ -567,7 +567,7 @@ fn readme_rule_file_example_does_what_it_says() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(acl.rules().len(), 5);
     let cert = |cn: &str| Certificate {
-        cn: Some(cn.to_string()),
+        cn: Some(CommonName::One(cn.to_string())),
         sans: vec![],
     };
     let (board, gateway) = (cert("wwep-04FB"), cert("wwep-gateway"));
