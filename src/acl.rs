@@ -1336,4 +1336,130 @@ mod tests {
             "no rule allows it (default deny)"
         );
     }
+
+    #[test]
+    fn a_subject_cn_is_one_name_or_ambiguous() {
+        use Ambiguity::*;
+        let text = |s: &str| Ok::<String, Vec<u8>>(s.to_string());
+        let ambiguous = |why, readings: &[&str]| {
+            Some(CommonName::Ambiguous {
+                why,
+                readings: readings.iter().map(|s| s.to_string()).collect(),
+            })
+        };
+        let cases: Vec<(Vec<Result<String, Vec<u8>>>, Option<CommonName>)> = vec![
+            (vec![], None),
+            (
+                vec![text("wwep-04FB")],
+                Some(CommonName::One("wwep-04FB".to_string())),
+            ),
+            (
+                vec![text("wwep-0500"), text("wwep-04FB")],
+                ambiguous(Several(2), &["wwep-0500", "wwep-04FB"]),
+            ),
+            (
+                vec![text("a"), text("a"), text("a")],
+                ambiguous(Several(3), &["a", "a", "a"]),
+            ),
+            (
+                vec![Err(b"wwep-\xff4FB".to_vec())],
+                ambiguous(NotText, &["wwep-\u{FFFD}4FB"]),
+            ),
+            (
+                vec![text("wwep-04FB\0.evil")],
+                ambiguous(ControlCharacter, &["wwep-04FB\0.evil"]),
+            ),
+            (
+                vec![text("wwep-04FB\n")],
+                ambiguous(ControlCharacter, &["wwep-04FB\n"]),
+            ),
+            // Two CNs, one of them not text: the count is what is wrong first.
+            (
+                vec![text("wwep-0500"), Err(vec![0xC0])],
+                ambiguous(Several(2), &["wwep-0500", "\u{FFFD}"]),
+            ),
+            // Text beyond ASCII is still one name.
+            (
+                vec![text("Gerät-04FB")],
+                Some(CommonName::One("Gerät-04FB".to_string())),
+            ),
+        ];
+        for (entries, expected) in cases {
+            let shown = format!("{entries:?}");
+            assert_eq!(CommonName::read(entries), expected, "{shown}");
+        }
+        assert_eq!(Several(2).to_string(), "its subject has 2 CNs");
+        assert_eq!(NotText.to_string(), "its CN is not text");
+    }
+
+    #[test]
+    fn an_ambiguous_cn_grants_nothing_by_name_and_escapes_no_deny() {
+        let acl = parse(
+            "deny cn:wwep-0BAD read,write *\n\
+             deny any-certificate read,write self 80-FF\n\
+             allow any-certificate read,write self\n\
+             allow cn:wwep-0500 read,write 0600\n\
+             allow san:gw.example read 0700\n\
+             allow any-certificate read 0800\n",
+        )
+        .unwrap();
+        let with_cns = |cns: &[&str], sans: &[&str]| Certificate {
+            cn: CommonName::read(cns.iter().map(|s| Ok(s.to_string()))),
+            sans: sans.iter().map(|s| s.to_string()).collect(),
+        };
+        let one = with_cns(&["wwep-0500"], &[]);
+        let two = with_cns(&["wwep-0500", "wwep-04FB"], &["gw.example"]);
+        let bad_first = with_cns(&["wwep-0BAD", "wwep-04FB"], &[]);
+        let nul = with_cns(&["wwep-0500\0"], &[]);
+        let table: &[(&Certificate, Request, (bool, usize))] = &[
+            // One CN: `self` and `cn:` grant as they always did.
+            (&one, write(0x0500, 0x05), (true, 3)),
+            (&one, write(0x0600, 0x05), (true, 4)),
+            // Two CNs: neither is `self`, nor the name a `cn:` rule grants to.
+            (&two, write(0x0500, 0x05), (false, 0)),
+            (&two, write(0x04FB, 0x05), (false, 0)),
+            (&two, write(0x0600, 0x05), (false, 0)),
+            // Rules that do not read the CN still apply.
+            (&two, read(0x0700, 0x05), (true, 5)),
+            (&two, read(0x0800, 0x05), (true, 6)),
+            // A deny rule takes each CN: neither the first nor the last escapes it.
+            (&bad_first, read(0x0800, 0x05), (false, 1)),
+            (&two, write(0x0500, 0x80), (false, 2)),
+            (&two, write(0x04FB, 0x80), (false, 2)),
+            // A NUL in the CN: not the board whose name precedes it.
+            (&nul, write(0x0500, 0x05), (false, 0)),
+            (&nul, read(0x0800, 0x05), (true, 6)),
+        ];
+        for (cert, request, expected) in table {
+            assert_eq!(
+                decide(&acl, "127.0.0.1", Some(cert), *request),
+                *expected,
+                "{:?} {request:?}",
+                cert.cn
+            );
+        }
+    }
+
+    #[test]
+    fn a_refusal_says_when_the_cn_could_not_grant() {
+        let acl = parse("allow any-certificate read,write self\nallow anyone read 0001\n").unwrap();
+        let certificate = Certificate {
+            cn: CommonName::read(["wwep-0500", "wwep-04FB"].map(|s| Ok(s.to_string()))),
+            sans: vec![],
+        };
+        let peer = Peer {
+            addr: ip("127.0.0.1"),
+            certificate: Some(&certificate),
+        };
+        assert_eq!(
+            acl.check(&peer, &write(0x0500, 5)).to_string(),
+            "no rule allows it (default deny); no cn: or self rule grants anything to this certificate: its subject has 2 CNs"
+        );
+        let allowed = acl.check(&peer, &read(1, 0));
+        assert!(allowed.allowed);
+        assert_eq!(
+            allowed.to_string(),
+            "rule on line 2 (allow anyone read 0001 *)"
+        );
+    }
 }
