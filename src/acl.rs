@@ -1347,7 +1347,9 @@ mod tests {
                 readings: readings.iter().map(|s| s.to_string()).collect(),
             })
         };
-        let cases: Vec<(Vec<Result<String, Vec<u8>>>, Option<CommonName>)> = vec![
+        /// A subject's CNs as the TLS side gives them: text, or raw bytes.
+        type Entries = Vec<Result<String, Vec<u8>>>;
+        let cases: Vec<(Entries, Option<CommonName>)> = vec![
             (vec![], None),
             (
                 vec![text("wwep-04FB")],

@@ -83,8 +83,8 @@ pub enum HandshakeFailureKind {
     /// The client's certificate (or one in its chain) is past its notAfter.
     Expired,
     /// The client's certificate (or one in its chain) is before its
-    /// notBefore: a board whose clock is behind does not cause this, the
-    /// server's does.
+    /// notBefore by the server's clock: the server's clock is behind or the
+    /// CA's was ahead; the board's clock plays no part.
     NotYetValid,
     /// The client presented no certificate where one is required.
     CertificateRequired,
