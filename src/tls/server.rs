@@ -78,7 +78,7 @@ pub enum HandshakeFailureKind {
     /// The client's certificate did not verify for any reason but those
     /// below: most often, it was not signed by a CA in `--client-ca`.
     UnknownCa,
-    /// The client's certificate (or one in its chain) is in a `--client-crl`.
+    /// The client's certificate is listed in a `--client-crl`.
     Revoked,
     /// The client's certificate (or one in its chain) is past its notAfter.
     Expired,
