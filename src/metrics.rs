@@ -102,6 +102,8 @@ fn handshake_failure_label(kind: HandshakeFailureKind) -> &'static str {
         HandshakeFailureKind::ProtocolVersion => "protocol_version",
         HandshakeFailureKind::UnknownCa => "unknown_ca",
         HandshakeFailureKind::Revoked => "revoked",
+        HandshakeFailureKind::Expired => "expired",
+        HandshakeFailureKind::NotYetValid => "not_yet_valid",
         HandshakeFailureKind::CertificateRequired => "certificate_required",
         HandshakeFailureKind::NotTls => "not_tls",
         HandshakeFailureKind::Closed => "closed",
