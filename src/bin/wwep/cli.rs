@@ -70,7 +70,7 @@ pub struct ConnectionArgs {
     #[arg(long, global = true, value_name = "FILE")]
     pub pkcs12: Option<PathBuf>,
     /// Milliseconds for connect, handshake and reply together.
-    #[arg(long, global = true, default_value_t = 2000, value_name = "MS")]
+    #[arg(allow_negative_numbers = true, long, global = true, default_value_t = 2000, value_name = "MS", value_parser = args::milliseconds)]
     pub timeout_ms: u64,
     /// Use the device id of this MAC address (the sum of its six bytes) as DEVICE.
     #[arg(long, global = true, value_name = "MAC")]
@@ -120,16 +120,16 @@ pub enum Command {
 #[command(next_help_heading = "Benchmark options")]
 pub struct BenchArgs {
     /// Concurrent workers, each one connection at a time.
-    #[arg(allow_negative_numbers = true, short, long, default_value_t = bench::DEFAULT_CONCURRENCY as u64, value_parser = args::at_least_one)]
+    #[arg(allow_negative_numbers = true, short, long, default_value_t = bench::DEFAULT_CONCURRENCY as u64, value_parser = args::concurrency)]
     pub concurrency: u64,
     /// Seconds to measure (after the warm-up).
-    #[arg(allow_negative_numbers = true, long, default_value_t = bench::DEFAULT_DURATION_SECS, value_name = "SECS", value_parser = args::seconds, conflicts_with = "requests")]
+    #[arg(allow_negative_numbers = true, long, default_value_t = bench::DEFAULT_DURATION_SECS, value_name = "SECS", value_parser = args::duration, conflicts_with = "requests")]
     pub duration: f64,
     /// Stop after this many completed transactions instead of after --duration.
-    #[arg(allow_negative_numbers = true, long, value_parser = args::at_least_one)]
+    #[arg(allow_negative_numbers = true, long, value_parser = args::requests)]
     pub requests: Option<u64>,
     /// Seconds of load before measuring starts.
-    #[arg(allow_negative_numbers = true, long, default_value_t = bench::DEFAULT_WARMUP_SECS, value_name = "SECS", value_parser = args::seconds)]
+    #[arg(allow_negative_numbers = true, long, default_value_t = bench::DEFAULT_WARMUP_SECS, value_name = "SECS", value_parser = args::warmup)]
     pub warmup: f64,
     /// Open loop: this many transactions per second in total, on a fixed schedule;
     /// latency counts from the scheduled time and late or missed sends are reported.
@@ -139,7 +139,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "write", value_parser = args::mix)]
     pub mix: Mix,
     /// Spread requests over this many device ids instead of all 65,536.
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long, value_name = "N", value_parser = args::devices)]
     pub devices: Option<u32>,
     /// Connect from this local (loopback) address.
     #[arg(long, value_name = "IP", value_parser = args::loopback)]
@@ -152,7 +152,8 @@ pub struct BenchArgs {
         allow_negative_numbers = true,
         long,
         value_name = "N",
-        default_value_t = 0
+        default_value_t = 0,
+        value_parser = args::abuse_connections
     )]
     pub idle: usize,
     /// Meanwhile hold N connections that send their request (with --tls, a
@@ -161,11 +162,12 @@ pub struct BenchArgs {
         allow_negative_numbers = true,
         long,
         value_name = "N",
-        default_value_t = 0
+        default_value_t = 0,
+        value_parser = args::abuse_connections
     )]
     pub slow: usize,
     /// Pause between the bytes of a --slow connection.
-    #[arg(allow_negative_numbers = true, long, value_name = "MS", default_value_t = bench::DEFAULT_SLOW_INTERVAL_MS)]
+    #[arg(allow_negative_numbers = true, long, value_name = "MS", default_value_t = bench::DEFAULT_SLOW_INTERVAL_MS, value_parser = args::milliseconds)]
     pub slow_interval_ms: u64,
     /// Loopback addresses to spread the --idle and --slow connections over.
     #[arg(long, value_name = "IP", num_args = 1.., value_parser = args::loopback)]
@@ -218,7 +220,7 @@ impl ConnectionArgs {
     /// (1.2 for `bench --tls12`).
     pub fn client(&self, newest: TlsVersion) -> Result<Client, String> {
         let c = self;
-        let address = ServerAddress::parse(&c.server)?;
+        let address = ServerAddress::parse(&c.server).map_err(|e| e.to_string())?;
         let tls_only = [
             (c.ca.is_some(), "--ca"),
             (c.servername.is_some(), "--servername"),
@@ -287,9 +289,6 @@ impl ConnectionArgs {
             }
             Link::Plain
         };
-        if c.timeout_ms == 0 {
-            return Err("--timeout-ms must be greater than 0".into());
-        }
         Client::new(&address, link, Duration::from_millis(c.timeout_ms)).map_err(|e| e.to_string())
     }
 }
