@@ -15,7 +15,8 @@ use crate::args;
 /// WWEP client: reads and writes registers on a wwep server.
 ///
 /// Exit status: 0 when the server accepted (A), 1 when it failed the request (X),
-/// 2 on a usage, network or TLS error.
+/// 2 on a usage, network or TLS error, or an A for another register or value
+/// than the request's.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 pub struct Cli {
