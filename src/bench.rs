@@ -72,6 +72,9 @@ pub struct BenchConfig {
     pub mix: Mix,
     /// Spread requests over this many device ids (all 65,536 when `None`).
     pub devices: Option<u32>,
+    /// The `A` every transaction expects instead of the one for its request,
+    /// for a stand-in server that answers a constant (`--expect-reply`).
+    pub expected_reply: Option<Reply>,
     pub abuse: AbuseConfig,
     pub progress: bool,
 }
@@ -86,6 +89,7 @@ impl BenchConfig {
             load: Load::Closed,
             mix: Mix::Write,
             devices: None,
+            expected_reply: None,
             abuse: AbuseConfig::none(),
             progress: false,
         }
@@ -265,11 +269,14 @@ enum Judged {
     Mismatched,
 }
 
-fn judge(request: &Request, reply: &[u8]) -> Judged {
+fn judge(request: &Request, reply: &[u8], expected: Option<&Reply>) -> Judged {
     let parsed = Reply::parse(reply);
-    if let Some(reply) = &parsed
-        && Mismatch::between(request, reply).is_some()
-    {
+    let mismatched = match (expected, &parsed) {
+        (Some(expected), Some(got @ Reply::Accepted { .. })) => got != expected,
+        (None, Some(got)) => Mismatch::between(request, got).is_some(),
+        _ => false,
+    };
+    if mismatched {
         return Judged::Mismatched;
     }
     match (request, parsed) {
@@ -383,7 +390,7 @@ fn work(
         }
         mine.late += u64::from(late);
         match result {
-            Ok(len) => match judge(&request, &reply[..len]) {
+            Ok(len) => match judge(&request, &reply[..len], config.expected_reply.as_ref()) {
                 Judged::Mismatched => mine.mismatched += 1,
                 verdict => {
                     mine.bad_replies += u64::from(verdict == Judged::Bad);
@@ -814,16 +821,24 @@ mod tests {
             device: 1,
             register: 2,
         };
-        assert_eq!(judge(&w, b"A0001020003"), Judged::Fits);
-        assert_eq!(judge(&w, b"X"), Judged::Bad);
-        assert_eq!(judge(&r, b"X"), Judged::Fits);
-        assert_eq!(judge(&r, b"A0001027777"), Judged::Fits);
-        assert_eq!(judge(&r, b"HTTP/1.1 400"), Judged::Bad);
+        assert_eq!(judge(&w, b"A0001020003", None), Judged::Fits);
+        assert_eq!(judge(&w, b"X", None), Judged::Bad);
+        assert_eq!(judge(&r, b"X", None), Judged::Fits);
+        assert_eq!(judge(&r, b"A0001027777", None), Judged::Fits);
+        assert_eq!(judge(&r, b"HTTP/1.1 400", None), Judged::Bad);
         // An A for another device, register or value is no answer at all.
         for other in [b"A1111020003", b"A0001030003", b"A0001020004"] {
-            assert_eq!(judge(&w, other), Judged::Mismatched, "{other:?}");
+            assert_eq!(judge(&w, other, None), Judged::Mismatched, "{other:?}");
         }
-        assert_eq!(judge(&r, b"A0001030003"), Judged::Mismatched);
+        assert_eq!(judge(&r, b"A0001030003", None), Judged::Mismatched);
+        // A stand-in server's constant, when it is the one expected.
+        let constant = Reply::parse(b"A0FAC0B1234");
+        assert_eq!(judge(&w, b"A0FAC0B1234", constant.as_ref()), Judged::Fits);
+        assert_eq!(
+            judge(&w, b"A0001020003", constant.as_ref()),
+            Judged::Mismatched
+        );
+        assert_eq!(judge(&w, b"X", constant.as_ref()), Judged::Bad);
     }
 
     /// `text` holds every one of `present` and none of `absent`.

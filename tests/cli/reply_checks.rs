@@ -203,6 +203,16 @@ fn bench_counts_a_mismatch_apart_from_completed_transactions() {
     assert_eq!(err.lines().count(), 1, "{}", run.text);
     assert!(err.contains("no transaction completed"), "{}", run.text);
     assert!(err.contains("mismatched"), "{}", run.text);
+
+    // Told to expect the constant (as `make bench` tells it of nginx), the
+    // same server completes every transaction; another constant, none.
+    for (expected, completes) in [("A1111229999", true), ("A1111229998", false)] {
+        let run = wwep(&[&args[..], &["--json", "--expect-reply", expected]].concat());
+        let code = if completes { 0 } else { 2 };
+        assert_eq!(run.out.status.code(), Some(code), "{}", run.text);
+        assert_eq!(number(&run, "completed") > 0, completes, "{}", run.text);
+        assert_eq!(number(&run, "mismatched") > 0, !completes, "{}", run.text);
+    }
 }
 
 #[test]

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 
 use wwep::bench::{self, Mix};
+use wwep::protocol::{Reply, WRITE_LEN};
 
 /// Parses a hex field as people type it (`0FAC`, `0x0fac`, `fac`), up to `max`.
 pub fn parse_hex(text: &str, name: &str, max: u32) -> Result<u32, String> {
@@ -186,6 +187,14 @@ pub fn milliseconds(text: &str) -> Result<u64, String> {
     within(text, 1, MAX_MILLISECONDS)
 }
 
+/// `--expect-reply`: an `A` reply, exactly as a server sends it.
+pub fn accepted_reply(text: &str) -> Result<Reply, String> {
+    match Reply::parse(text.as_bytes()) {
+        Some(reply @ Reply::Accepted { .. }) if text.len() == WRITE_LEN => Ok(reply),
+        _ => Err("expected an A reply such as A0FAC0B1234".into()),
+    }
+}
+
 /// A source address for load and abuse connections: loopback only, so a
 /// benchmark can never be pointed at someone else's network from here.
 pub fn loopback(text: &str) -> Result<IpAddr, String> {
@@ -300,6 +309,17 @@ mod tests {
         assert!(concurrency("10001").is_err());
         assert!(abuse_connections("10001").is_err());
         assert!(milliseconds("3600001").is_err());
+        assert_eq!(
+            accepted_reply("A0FAC0B1234"),
+            Ok(Reply::Accepted {
+                device: 0x0FAC,
+                register: 0x0B,
+                value: 0x1234
+            })
+        );
+        for bad in ["X", "A0FAC0B1234\n", "W0FAC0B1234", "A0FAC0B12", ""] {
+            assert!(accepted_reply(bad).is_err(), "{bad:?}");
+        }
         assert_eq!(loopback("127.0.0.3"), Ok("127.0.0.3".parse().unwrap()));
         assert_eq!(loopback("::1"), Ok("::1".parse().unwrap()));
         assert_eq!(

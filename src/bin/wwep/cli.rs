@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use wwep::bench::{self, AbuseConfig, BenchConfig, Load, Mix, Until};
 use wwep::client::{Client, Link, ServerAddress};
+use wwep::protocol::Reply;
 use wwep::tls::client::{Connector, ResumeWith, ResumingConnector, Trust};
 use wwep::tls::{IdentitySource, TlsVersion};
 
@@ -142,6 +143,10 @@ pub struct BenchArgs {
     /// Spread requests over this many device ids instead of all 65,536.
     #[arg(allow_negative_numbers = true, long, value_name = "N", value_parser = args::devices)]
     pub devices: Option<u32>,
+    /// Expect this A reply to every request instead of the one for it: for a
+    /// stand-in server that answers a constant (nginx's `return` in `make bench`).
+    #[arg(long, value_name = "REPLY", value_parser = args::accepted_reply)]
+    pub expect_reply: Option<Reply>,
     /// Connect from this local (loopback) address.
     #[arg(long, value_name = "IP", value_parser = args::loopback)]
     pub source_ip: Option<std::net::IpAddr>,
@@ -203,6 +208,7 @@ impl BenchArgs {
             },
             mix: self.mix,
             devices: self.devices,
+            expected_reply: self.expect_reply,
             abuse: AbuseConfig {
                 idle: self.idle,
                 slow: self.slow,
