@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use self::backend::{Backend, StoreError};
-use self::format::Key;
+use self::format::{DamageKind, Key};
 use self::journal::{
     CompactionPolicy, CompactionReport, Fsync, Journal, JournalError, OpenReport, Publish,
     Replaced, Rewrite, StorageError,
@@ -507,31 +507,41 @@ pub fn open_logged(data: &DataConfig, cancel: &AtomicBool) -> Result<RegisterSto
             began.elapsed().as_millis()
         );
     }
-    let torn = report.torn_bytes - report.zero_bytes;
-    if torn > 0 {
-        log::warn!(
-            "data file {path}: dropped {torn} bytes of a record cut short by a crash; every complete record was kept"
-        );
-    }
-    if report.zero_bytes > 0 {
-        log::warn!(
-            "data file {path}: dropped {} zero bytes at its end (left by a crash or power cut); every complete record was kept",
-            report.zero_bytes
-        );
+    // One line per region, each said once as what it is.
+    if let Some(leftover) = report.leftover {
+        let done = match leftover.kind {
+            _ if report.damage.regions > 0 => "dropped by --repair",
+            DamageKind::HeaderCutShort | DamageKind::OnlyZeros => "started afresh",
+            _ => "dropped; every whole record was kept",
+        };
+        log::warn!("data file {path}: {leftover}; {done}");
     }
     if report.damage.regions > 0 {
+        for region in &report.damage.listed {
+            log::warn!("data file {path}: {region}; dropped by --repair");
+        }
+        let unlisted = report.damage.regions - report.damage.listed.len() as u64;
+        if unlisted > 0 {
+            log::warn!(
+                "data file {path}: {unlisted} more damaged region(s) like these, not listed; dropped by --repair"
+            );
+        }
         let copy = report
             .damaged_copy
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         log::warn!(
-            "data file {path}: --repair kept {} records ({} registers) and dropped {} bytes: {} damaged region(s), the first at byte {}; the damaged original is kept as {copy}",
+            "data file {path}: --repair kept {} records ({} registers) and dropped {} bytes in {} damaged region(s){}; the damaged original is kept as {copy}",
             report.records,
             store.len(),
             report.repaired_bytes,
             report.damage.regions,
-            report.damage.first.unwrap_or(0)
+            if report.leftover.is_some() {
+                " and what a crash left at the end"
+            } else {
+                ""
+            }
         );
     }
     Ok(store)
@@ -792,7 +802,7 @@ mod tests {
         assert!(matches!(
             RegisterStore::open(&path, Fsync::Never, CompactionPolicy::default(), false),
             Err(JournalError::Corrupt {
-                offset: 8,
+                first: format::Region { offset: 8, .. },
                 records: 999,
                 ..
             })
