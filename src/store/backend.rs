@@ -5,6 +5,8 @@
 use std::fmt;
 use std::io;
 
+use crate::io_cause::IoCause;
+
 /// Why a register could not be read or written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreError {
@@ -25,6 +27,29 @@ impl fmt::Display for StoreError {
 }
 
 impl std::error::Error for StoreError {}
+
+/// Compactions of the data file have failed since the last that worked: the
+/// server still takes writes, but the file grows until one works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactionFailing {
+    /// Of the last failure.
+    pub cause: IoCause,
+    /// Failures since the last compaction that worked.
+    pub in_a_row: u32,
+    /// The last failure as logged, naming the file and the step that failed.
+    pub error: String,
+}
+
+impl fmt::Display for CompactionFailing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "compaction of the data file failed {} time(s) in a row ({}): {}; \
+             writes are still stored, and the file grows until a compaction works",
+            self.in_a_row, self.cause, self.error
+        )
+    }
+}
 
 /// Registers keyed by (device id, register); nothing exists before its first
 /// write. Every call returns within the connection's time limit.
@@ -58,6 +83,11 @@ pub trait Backend: Send + Sync {
     }
     /// The size of the data file this process keeps, if any.
     fn data_file_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Whether the data file's compactions have been failing, for health
+    /// checks (`None` while they work, and for a store without one).
+    fn compaction_failing(&self) -> Option<CompactionFailing> {
         None
     }
 }

@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::OFlags;
 
-use super::files::{real_path, sync_dir, tmp_path};
+use super::files::{dir_of, real_path, sync_dir, tmp_path};
 use super::policy::{CompactionPolicy, Fsync};
 use super::reserve::Reserve;
 use crate::input_file::FileKind;
+use crate::io_cause::IoCause;
 use crate::store::format::{
     Damage, FormatError, HEADER_BYTES, Key, MAGIC, Region, Scan, Scanner, encode_record,
 };
@@ -124,6 +125,17 @@ impl fmt::Display for JournalError {
 }
 
 impl std::error::Error for JournalError {}
+
+impl JournalError {
+    /// What kind of failure it is, from the OS error (an I/O error for a
+    /// failure that is not one).
+    pub fn cause(&self) -> IoCause {
+        match self {
+            JournalError::Io { source, .. } => IoCause::of(source),
+            _ => IoCause::Io,
+        }
+    }
+}
 
 pub(crate) fn io_err<'a>(
     path: &'a Path,
@@ -318,6 +330,11 @@ impl Journal {
         self.policy
     }
 
+    /// The directory the data file really is in, where compaction writes.
+    pub fn directory(&self) -> &Path {
+        dir_of(&self.real)
+    }
+
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -427,9 +444,11 @@ impl Journal {
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
             st.last_error_log = Some(now);
+            let cause = IoCause::of(e);
             log::error!(
-                "{}: cannot write the data file: {e}; writes get X until it works again",
-                self.path.display()
+                "{}: cannot write the data file ({cause}: {e}); writes get X until it works again; {}",
+                self.path.display(),
+                cause.remedy(self.directory())
             );
         }
     }
