@@ -110,7 +110,10 @@ mod tests {
         // An error that carries no number: by its kind alone, whatever its text.
         let e = io::Error::new(io::ErrorKind::PermissionDenied, "no space left");
         assert_eq!(IoCause::of(&e), IoCause::Permission);
-        assert_eq!(IoCause::of(&io::Error::other("permission denied")), IoCause::Io);
+        assert_eq!(
+            IoCause::of(&io::Error::other("permission denied")),
+            IoCause::Io
+        );
     }
 
     #[test]
@@ -122,7 +125,9 @@ mod tests {
             .iter()
             .map(|c| c.remedy(dir).to_string())
             .collect();
-        assert!(remedies[0].starts_with("let the user the server runs as create and rename files in /var/lib/wwep"));
+        assert!(remedies[0].starts_with(
+            "let the user the server runs as create and rename files in /var/lib/wwep"
+        ));
         assert!(remedies[1].starts_with("free space on the file system holding /var/lib/wwep"));
         assert!(remedies[2].contains("dmesg"));
     }

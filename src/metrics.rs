@@ -253,7 +253,8 @@ impl DataFileMetrics {
     /// The file was rewritten as a snapshot.
     pub fn compaction(&self) {
         self.compactions.inc();
-        self.compaction_failures_in_a_row.store(0, Ordering::Relaxed);
+        self.compaction_failures_in_a_row
+            .store(0, Ordering::Relaxed);
     }
 
     /// A compaction failed, for `cause`: `in_a_row` since the last that worked.
@@ -292,7 +293,11 @@ impl DataFileMetrics {
         let failures = self.compaction_failures_family.clone();
         put(registry, DATA_FILE_COMPACTION_FAILURES, failures);
         let in_a_row = self.compaction_failures_in_a_row.load(Ordering::Relaxed);
-        put(registry, DATA_FILE_COMPACTION_FAILURES_IN_A_ROW, gauge(in_a_row));
+        put(
+            registry,
+            DATA_FILE_COMPACTION_FAILURES_IN_A_ROW,
+            gauge(in_a_row),
+        );
         put(registry, DATA_FILE_WRITE_ERRORS, self.write_errors.clone());
     }
 }

@@ -619,10 +619,25 @@ mod tests {
         let ending_in_zero = [0x07, 0x07, 0x00];
         let cases: Vec<(&str, Vec<u8>, Vec<Region>, u64)> = vec![
             ("empty file", vec![], vec![], 0),
-            ("5-byte file", MAGIC[..5].to_vec(), vec![region(HeaderCutShort, 0, 5)], 0),
-            ("7-byte file", MAGIC[..7].to_vec(), vec![region(HeaderCutShort, 0, 7)], 0),
+            (
+                "5-byte file",
+                MAGIC[..5].to_vec(),
+                vec![region(HeaderCutShort, 0, 5)],
+                0,
+            ),
+            (
+                "7-byte file",
+                MAGIC[..7].to_vec(),
+                vec![region(HeaderCutShort, 0, 7)],
+                0,
+            ),
             ("5 zeros", vec![0; 5], vec![region(OnlyZeros, 0, 5)], 0),
-            ("100 zeros", vec![0; 100], vec![region(OnlyZeros, 0, 100)], 0),
+            (
+                "100 zeros",
+                vec![0; 100],
+                vec![region(OnlyZeros, 0, 100)],
+                0,
+            ),
             ("header only", MAGIC.to_vec(), vec![], 0),
             (
                 "torn record ending in a zero byte",
@@ -636,7 +651,12 @@ mod tests {
                 vec![region(RecordCutShort, 26, 8)],
                 2,
             ),
-            ("one zero", with(&[&two, &[0]]), vec![region(ZerosAtEnd, 26, 1)], 2),
+            (
+                "one zero",
+                with(&[&two, &[0]]),
+                vec![region(ZerosAtEnd, 26, 1)],
+                2,
+            ),
             (
                 "4096 zeros",
                 with(&[&two, &[0; 4096]]),
@@ -675,7 +695,12 @@ mod tests {
             ),
             (
                 "damage mid-file and a torn last record",
-                with(&[&file(&four[..2]), &[0xA5; 13], &file(&four[2..])[8..], &last[..5]]),
+                with(&[
+                    &file(&four[..2]),
+                    &[0xA5; 13],
+                    &file(&four[2..])[8..],
+                    &last[..5],
+                ]),
                 vec![region(NotRecords, 26, 13), region(RecordCutShort, 57, 5)],
                 4,
             ),

@@ -477,7 +477,10 @@ impl Maintenance {
             Ok(None) => {}
             Err(e) => {
                 let failing = self.store.compaction_failed(&e);
-                let dir = self.store.journal().map_or(Path::new("."), Journal::directory);
+                let dir = self
+                    .store
+                    .journal()
+                    .map_or(Path::new("."), Journal::directory);
                 log::error!(
                     "compaction failed ({}): {e}; {}; writes are still stored, and the data file \
                      grows until a compaction works; next try in {} s ({} failure(s) in a row)",
@@ -934,7 +937,9 @@ mod tests {
             let failing = store.compaction_failing().expect("failing");
             assert_eq!((failing.cause, failing.in_a_row), (IoCause::Io, in_a_row));
             assert!(
-                failing.error.contains("cannot create the compacted data file"),
+                failing
+                    .error
+                    .contains("cannot create the compacted data file"),
                 "{}",
                 failing.error
             );

@@ -120,7 +120,10 @@ fn data_file_warnings(server: &ServerProcess) -> Vec<String> {
         .log_text()
         .lines()
         .filter(|l| l.contains(" WARN "))
-        .filter_map(|l| l.split_once(" wwep::store] data file ").map(|(_, rest)| rest))
+        .filter_map(|l| {
+            l.split_once(" wwep::store] data file ")
+                .map(|(_, rest)| rest)
+        })
         .filter_map(|rest| rest.split_once(": ").map(|(_, what)| what.to_string()))
         .collect()
 }
@@ -139,8 +142,10 @@ fn a_torn_last_record_ending_in_a_zero_byte_is_one_record_cut_short() {
     let server = data_server(&data, &[]);
     assert_eq!(
         data_file_warnings(&server),
-        ["3 bytes at byte 26: a record cut short after the last whole record: \
-          a crash during a write; dropped; every whole record was kept"],
+        [
+            "3 bytes at byte 26: a record cut short after the last whole record: \
+          a crash during a write; dropped; every whole record was kept"
+        ],
         "one region, said once:\n{}",
         server.log_text()
     );
@@ -160,8 +165,10 @@ fn a_5_byte_file_is_a_header_cut_short_and_starts_afresh() {
     let server = data_server(&data, &[]);
     assert_eq!(
         data_file_warnings(&server),
-        ["5 bytes at byte 0: a header cut short (the file is shorter than its 8-byte header): \
-          a crash while the file was being created; nothing in it was data; started afresh"],
+        [
+            "5 bytes at byte 0: a header cut short (the file is shorter than its 8-byte header): \
+          a crash while the file was being created; nothing in it was data; started afresh"
+        ],
         "{}",
         server.log_text()
     );
@@ -170,7 +177,11 @@ fn a_5_byte_file_is_a_header_cut_short_and_starts_afresh() {
     assert_eq!(transact(&mut connect(addr), b"W0005050005"), b"A0005050005");
     drop(server);
     let server = data_server(&data, &[]);
-    assert!(data_file_warnings(&server).is_empty(), "{}", server.log_text());
+    assert!(
+        data_file_warnings(&server).is_empty(),
+        "{}",
+        server.log_text()
+    );
     read_back(&server, &[((5, 5), 5)]);
 }
 
@@ -184,8 +195,10 @@ fn torn_last_record_is_dropped_and_the_rest_kept() {
     let server = data_server(&data, &[]);
     assert_eq!(
         data_file_warnings(&server),
-        ["4 bytes at byte 26: a record cut short after the last whole record: \
-          a crash during a write; dropped; every whole record was kept"],
+        [
+            "4 bytes at byte 26: a record cut short after the last whole record: \
+          a crash during a write; dropped; every whole record was kept"
+        ],
         "{}",
         server.log_text()
     );
@@ -640,6 +653,151 @@ impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(self.dir.path()).status();
     }
+}
+
+/// A directory no one may create files in while this lives, root included:
+/// mode 555, and where that does not stop root, the immutable flag
+/// (`chattr +i`); `None` (the skip recorded) where neither can be arranged.
+struct Unwritable {
+    dir: std::path::PathBuf,
+    immutable: bool,
+}
+
+impl Unwritable {
+    fn make(dir: &Path) -> Option<Unwritable> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let mut guard = Unwritable {
+            dir: dir.to_path_buf(),
+            immutable: false,
+        };
+        if !can_create_in(dir) {
+            return Some(guard);
+        }
+        guard.immutable = Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if guard.immutable && !can_create_in(dir) {
+            return Some(guard);
+        }
+        skip("cannot make a directory unwritable here (root, and no chattr +i on its file system)");
+        None
+    }
+}
+
+impl Drop for Unwritable {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        if self.immutable {
+            let _ = Command::new("chattr").arg("-i").arg(&self.dir).status();
+        }
+        let _ = std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o755));
+    }
+}
+
+fn can_create_in(dir: &Path) -> bool {
+    let probe = dir.join("probe");
+    let created = std::fs::File::create(&probe).is_ok();
+    let _ = std::fs::remove_file(&probe);
+    created
+}
+
+/// The value of one sample in `/metrics` (its whole name and labels given).
+fn sample(http: std::net::SocketAddr, series: &str) -> Option<f64> {
+    http_get(http, "/metrics")
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn a_compaction_that_cannot_write_its_directory_says_so_in_the_log_health_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("registers.wwep");
+    let server = data_server(
+        &data,
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--compact-ratio",
+            "1",
+            "--compact-min-bytes",
+            "64",
+        ],
+    );
+    let http = server.await_http_addr();
+    let reserve = dir.path().join("registers.wwep.reserve");
+    assert!(
+        eventually(Duration::from_secs(10), || file_exists(&reserve)),
+        "no reserve:\n{}",
+        server.log_text()
+    );
+    assert_eq!(http_get(http, "/health").body, "ok\n");
+    let Some(_unwritable) = Unwritable::make(dir.path()) else {
+        return;
+    };
+    // Ten records for one register: the file outgrows it, and the next
+    // second's compaction cannot create its temporary file.
+    let addr = server.plain.unwrap();
+    for v in 0..10u16 {
+        let request = format!("W00010100{v:02X}");
+        let reply = transact(&mut connect(addr), request.as_bytes());
+        assert_eq!(reply, format!("A{}", &request[1..]).as_bytes());
+    }
+    server.assert_logs_within(
+        "compaction failed (no permission): ",
+        Duration::from_secs(10),
+    );
+    let log = server.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("compaction failed"))
+        .expect("the line waited for");
+    assert!(
+        line.contains(&format!(
+            "let the user the server runs as create and rename files in {}",
+            dir.path().display()
+        )) && !line.contains("full disk")
+            && line.contains("1 failure(s) in a row"),
+        "{line}"
+    );
+    let health = http_get(http, "/health");
+    assert_eq!(
+        health.status, 200,
+        "writes are still stored: {}",
+        health.body
+    );
+    assert!(
+        health.body.starts_with(
+            "degraded: compaction of the data file failed 1 time(s) in a row (no permission): "
+        ),
+        "{}",
+        health.body
+    );
+    assert_eq!(
+        sample(
+            http,
+            "wwep_data_file_compaction_failures_total{cause=\"permission\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            http,
+            "wwep_data_file_compaction_failures_total{cause=\"space\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(http, "wwep_data_file_compaction_failures_in_a_row"),
+        Some(1.0)
+    );
+    assert_eq!(sample(http, "wwep_data_file_compactions_total"), Some(0.0));
+    // Service goes on: the data file itself still takes writes.
+    assert_eq!(transact(&mut connect(addr), b"W0002020002"), b"A0002020002");
 }
 
 #[test]
