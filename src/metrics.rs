@@ -62,7 +62,7 @@ impl Command {
 }
 
 /// The `result` label values, in index order.
-const RESULTS: [(&str, &str); 10] = [
+const RESULTS: [(&str, &str); 11] = [
     ("A", "ok"),
     ("X", "bad_length"),
     ("X", "bad_hex"),
@@ -73,6 +73,7 @@ const RESULTS: [(&str, &str); 10] = [
     ("X", "store_failure"),
     ("X", "timeout"),
     ("X", "other"),
+    ("X", "unreadable"),
 ];
 
 fn result_index(reply: &Reply) -> usize {
@@ -89,6 +90,8 @@ fn result_index(reply: &Reply) -> usize {
             Failure::Storage | Failure::Unavailable => 7,
             Failure::Timeout => 8,
             Failure::Unspecified => 9,
+            // The store answered, but what it holds is not a value.
+            Failure::Unreadable => 10,
         },
     }
 }

@@ -30,7 +30,7 @@ use crate::activity::Activity;
 use crate::config::HttpConfig;
 use crate::metrics::{Metrics, Snapshot};
 use crate::policy::ConnectionPolicy;
-use crate::store::backend::StoreError;
+use crate::store::backend::{DeviceRegisters, StoreError};
 
 /// What the HTTP side reads of the running WWEP side: a narrow view the server
 /// fills in, so nothing here knows how the server is built.
@@ -42,8 +42,8 @@ pub trait Status: Send + Sync {
     fn health(&self) -> Health;
     fn is_stopping(&self) -> bool;
     /// The registers written for one device, sorted, read from the store
-    /// whatever the backend.
-    fn device(&self, device: u16) -> Result<Vec<(u8, u16)>, StoreError>;
+    /// whatever the backend, each with its verdict: a value or unreadable.
+    fn device(&self, device: u16) -> Result<DeviceRegisters, StoreError>;
 }
 
 /// What `/health` answers.

@@ -25,7 +25,7 @@ use crate::net::listener;
 use crate::net::record::{Limits, Record};
 use crate::net::session::Room;
 use crate::protocol::Transport;
-use crate::store::backend::{Backend, StoreError};
+use crate::store::backend::{Backend, DeviceRegisters, StoreError};
 use crate::store::journal::JournalError;
 use crate::store::redis::{RedisOpenError, RedisStore};
 use crate::store::{RegisterStore, open_logged};
@@ -384,7 +384,7 @@ impl Status for ServerStatus {
         self.ctx.is_stopping()
     }
 
-    fn device(&self, device: u16) -> Result<Vec<(u8, u16)>, StoreError> {
+    fn device(&self, device: u16) -> Result<DeviceRegisters, StoreError> {
         self.ctx.backend.device(device)
     }
 }

@@ -12,6 +12,7 @@ pub mod format;
 pub mod journal;
 pub mod lock;
 pub mod redis;
+pub mod text;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use self::backend::{Backend, CompactionFailing, StoreError};
+use self::backend::{Backend, CompactionFailing, DeviceRegisters, StoreError};
 use self::format::{DamageKind, Key};
 use self::journal::{
     CompactionPolicy, CompactionReport, Fsync, Journal, JournalError, OpenReport, Publish,
@@ -500,8 +501,12 @@ impl Backend for RegisterStore {
         Ok(RegisterStore::read(self, device, register))
     }
 
-    fn device(&self, device: u16) -> Result<Vec<(u8, u16)>, StoreError> {
-        Ok(RegisterStore::device(self, device))
+    fn device(&self, device: u16) -> Result<DeviceRegisters, StoreError> {
+        Ok(DeviceRegisters {
+            values: RegisterStore::device(self, device),
+            // Every record's CRC was checked on replay.
+            unreadable: Vec::new(),
+        })
     }
 
     fn write(&self, device: u16, register: u8, value: u16) -> Result<(), StoreError> {
