@@ -300,7 +300,7 @@ impl Failure {
             Failure::Busy => "busy",
             Failure::Storage => "storage error",
             Failure::Unavailable => "store unavailable",
-            Failure::Unreadable => "unreadable value",
+            Failure::Unreadable => "unreadable",
             Failure::Forbidden => "forbidden",
             Failure::Unspecified => "failed",
         }
@@ -633,7 +633,7 @@ mod tests {
             (Failure::Busy, "X busy"),
             (Failure::Storage, "X storage error"),
             (Failure::Unavailable, "X store unavailable"),
-            (Failure::Unreadable, "X unreadable value"),
+            (Failure::Unreadable, "X unreadable"),
             (Failure::Forbidden, "X forbidden"),
         ];
         for (failure, text) in cases {
