@@ -345,18 +345,9 @@ fn a_value_wwep_cannot_read_gets_one_verdict_on_every_path() {
         .unwrap();
     assert_eq!(added, 1);
 
-    assert_eq!(
-        transact(&mut connect(plain), b"R0BB001"),
-        b"X unreadable"
-    );
-    assert_eq!(
-        transact(&mut connect(plain), b"R0BB101"),
-        b"X unreadable"
-    );
-    assert_eq!(
-        transact(&mut connect(plain), b"R0BB002"),
-        b"A0BB0021234"
-    );
+    assert_eq!(transact(&mut connect(plain), b"R0BB001"), b"X unreadable");
+    assert_eq!(transact(&mut connect(plain), b"R0BB101"), b"X unreadable");
+    assert_eq!(transact(&mut connect(plain), b"R0BB002"), b"A0BB0021234");
     let device = http_get(http, "/api/devices/0BB0");
     assert_eq!(
         (device.status, device.body.as_str()),
@@ -412,10 +403,7 @@ fn a_value_wwep_cannot_read_gets_one_verdict_on_every_path() {
         transact(&mut connect(plain), b"W0BB0010001"),
         b"A0BB0010001"
     );
-    assert_eq!(
-        transact(&mut connect(plain), b"R0BB001"),
-        b"A0BB0010001"
-    );
+    assert_eq!(transact(&mut connect(plain), b"R0BB001"), b"A0BB0010001");
     assert_eq!(
         http_get(http, "/api/devices/0BB0").body,
         "{\"device\":\"0BB0\",\"registers\":{\"01\":\"0001\",\"02\":\"1234\"}}\n"
