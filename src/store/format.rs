@@ -126,15 +126,13 @@ impl DamageKind {
                 "zeros and no header: the file grew but a power cut left it unwritten; \
                  nothing in it was data"
             }
-            DamageKind::RecordCutShort => {
-                "a record cut short after the last whole record: a crash during a write"
-            }
+            DamageKind::RecordCutShort => "a record cut short at the end: a crash during a write",
             DamageKind::ZerosAtEnd => {
-                "zeros after the last whole record: the file grew but a power cut \
+                "zeros at the end: the file grew but a power cut \
                  left the new part unwritten"
             }
             DamageKind::RecordCutShortThenZeros => {
-                "a record cut short, then zeros, after the last whole record: \
+                "a record cut short, then zeros, at the end: \
                  a power cut during a write, after the file grew"
             }
             DamageKind::ZerosBetweenRecords => {

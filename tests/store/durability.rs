@@ -142,10 +142,8 @@ fn a_torn_last_record_ending_in_a_zero_byte_is_one_record_cut_short() {
     let server = data_server(&data, &[]);
     assert_eq!(
         data_file_warnings(&server),
-        [
-            "3 bytes at byte 26: a record cut short after the last whole record: \
-          a crash during a write; dropped; every whole record was kept"
-        ],
+        ["3 bytes at byte 26: a record cut short at the end: \
+          a crash during a write; dropped; every whole record was kept"],
         "one region, said once:\n{}",
         server.log_text()
     );
@@ -195,10 +193,8 @@ fn torn_last_record_is_dropped_and_the_rest_kept() {
     let server = data_server(&data, &[]);
     assert_eq!(
         data_file_warnings(&server),
-        [
-            "4 bytes at byte 26: a record cut short after the last whole record: \
-          a crash during a write; dropped; every whole record was kept"
-        ],
+        ["4 bytes at byte 26: a record cut short at the end: \
+          a crash during a write; dropped; every whole record was kept"],
         "{}",
         server.log_text()
     );
@@ -321,7 +317,7 @@ fn a_zero_tail_from_a_power_cut_starts_without_repair() {
     assert_eq!(
         data_file_warnings(&server),
         [format!(
-            "4096 bytes at byte {good}: zeros after the last whole record: the file grew \
+            "4096 bytes at byte {good}: zeros at the end: the file grew \
              but a power cut left the new part unwritten; dropped; every whole record was kept"
         )],
         "{}",
