@@ -9,7 +9,7 @@
 //!   strings; [`register_set`] which of a device's 256 registers exist;
 //!   [`logging`] the log writer; [`notify`] systemd readiness;
 //!   [`input_file`] the files an operator names, read only when they are
-//!   files of bounded size;
+//!   files of bounded size; [`io_cause`] why a file operation failed, by kind;
 //! - [`acl`] who may read or write which registers; [`tls`] certificates and
 //!   handshakes; [`activity`] the live page's record;
 //! - [`facts`] what is known of one connection; [`metrics`] the counters;
@@ -38,6 +38,7 @@ pub mod connection;
 pub mod facts;
 pub mod http;
 pub mod input_file;
+pub mod io_cause;
 pub mod json;
 pub mod logging;
 pub mod metrics;
