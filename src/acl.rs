@@ -26,6 +26,11 @@
 //!   the device id in the client certificate's CN as `self-cn` describes it
 //!   (4 hex digits where `{DEVICE}` stands, either case). `self` never matches
 //!   a client without a certificate or whose CN does not fit the pattern.
+//! - A certificate whose CN cannot be read as one name (two CNs in its
+//!   subject, a CN that is not text or holds a control character) has no CN
+//!   for the rules to grant by: no `allow` rule's `cn:` or `self` matches it,
+//!   while `deny` rules try each of its CNs, so it escapes no refusal.
+//!   `any-certificate`, `san:` and `from:` rules read it as any other.
 //! - `#` starts a comment where a word would start.
 
 use std::fmt;
@@ -49,10 +54,107 @@ const DEVICE_PLACEHOLDER: &str = "{DEVICE}";
 /// The names a verified client certificate carries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Certificate {
-    /// The subject's common name.
-    pub cn: Option<String>,
+    /// The subject's common name; `None` when it has none.
+    pub cn: Option<CommonName>,
     /// Subject alternative names: DNS names, IP addresses, emails, URIs.
     pub sans: Vec<String>,
+}
+
+/// A certificate subject's common name, as the rules read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommonName {
+    /// Exactly one CN, and plain text: the certificate's identity.
+    One(String),
+    /// No one identity can be read. Toolchains differ on which of two CNs is
+    /// the name (OpenSSL's lookup finds the first; Go's `crypto/x509`, and
+    /// the CA tools built on it, the last), so granting by either could grant
+    /// what the CA never approved. `readings` holds each CN as far as it reads (bytes that are
+    /// not UTF-8 replaced), for the log and for `deny` rules.
+    Ambiguous {
+        why: Ambiguity,
+        readings: Vec<String>,
+    },
+}
+
+/// Why a certificate's CN is not one name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ambiguity {
+    /// The subject holds this many CNs (two or more).
+    Several(usize),
+    /// A CN that does not decode as the string type it declares.
+    NotText,
+    /// A CN holding a control character: C code reading it stops at a NUL,
+    /// and a log shows it differently from what the rules matched.
+    ControlCharacter,
+}
+
+impl CommonName {
+    /// Reads a subject's CNs, given in order, each as text or, where it does
+    /// not decode, as its raw bytes; `None` when there is no CN.
+    pub fn read(entries: impl IntoIterator<Item = Result<String, Vec<u8>>>) -> Option<CommonName> {
+        let mut why = None;
+        let readings: Vec<String> = entries
+            .into_iter()
+            .map(|entry| match entry {
+                Ok(text) => {
+                    if text.chars().any(char::is_control) {
+                        why.get_or_insert(Ambiguity::ControlCharacter);
+                    }
+                    text
+                }
+                Err(bytes) => {
+                    why.get_or_insert(Ambiguity::NotText);
+                    String::from_utf8_lossy(&bytes).into_owned()
+                }
+            })
+            .collect();
+        if readings.len() > 1 {
+            why = Some(Ambiguity::Several(readings.len()));
+        }
+        match why {
+            Some(why) => Some(CommonName::Ambiguous { why, readings }),
+            // No CN at all, or exactly one that reads as plain text.
+            None => readings.into_iter().next().map(CommonName::One),
+        }
+    }
+
+    /// The certificate's identity, when its CN is one name.
+    pub fn one(&self) -> Option<&str> {
+        match self {
+            CommonName::One(cn) => Some(cn),
+            CommonName::Ambiguous { .. } => None,
+        }
+    }
+
+    /// Why the CN is not one name, if it is not.
+    pub fn ambiguity(&self) -> Option<Ambiguity> {
+        match self {
+            CommonName::One(_) => None,
+            CommonName::Ambiguous { why, .. } => Some(*why),
+        }
+    }
+
+    /// The CNs a rule with `action` may take for the certificate's name: the
+    /// one name, or for an ambiguous CN every reading to a `deny` rule (which
+    /// must not be escaped) and none to an `allow` rule (which must not grant
+    /// by a name the CA may not have approved).
+    fn readings_for(&self, action: Action) -> &[String] {
+        match (self, action) {
+            (CommonName::One(cn), _) => std::slice::from_ref(cn),
+            (CommonName::Ambiguous { readings, .. }, Action::Deny) => readings,
+            (CommonName::Ambiguous { .. }, Action::Allow) => &[],
+        }
+    }
+}
+
+impl fmt::Display for Ambiguity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ambiguity::Several(n) => write!(f, "its subject has {n} CNs"),
+            Ambiguity::NotText => f.write_str("its CN is not text"),
+            Ambiguity::ControlCharacter => f.write_str("its CN holds a control character"),
+        }
+    }
 }
 
 /// Who is asking: the client's address and, on the TLS port with
@@ -142,6 +244,10 @@ pub struct Acl {
 pub struct Decision<'a> {
     pub allowed: bool,
     pub rule: Option<&'a Rule>,
+    /// Set when the client's certificate has no one CN, so no `allow` rule's
+    /// `cn:` or `self` could grant it anything: part of the reason for a
+    /// refusal.
+    pub ambiguous_cn: Option<Ambiguity>,
 }
 
 /// A part of a rule that a line lacks.
@@ -372,14 +478,13 @@ impl Who {
         }
     }
 
-    fn matches(&self, peer: &Peer) -> bool {
+    /// Whether the rule is about this peer; `cns` are the certificate's CNs
+    /// the rule may take for its name.
+    fn matches(&self, peer: &Peer, cns: &[String]) -> bool {
         match self {
             Who::Anyone => true,
             Who::AnyCertificate => peer.certificate.is_some(),
-            Who::Cn(glob) => peer
-                .certificate
-                .and_then(|c| c.cn.as_deref())
-                .is_some_and(|cn| glob.matches(cn)),
+            Who::Cn(glob) => cns.iter().any(|cn| glob.matches(cn)),
             Who::San(glob) => peer
                 .certificate
                 .is_some_and(|c| c.sans.iter().any(|san| glob.matches(san))),
@@ -483,11 +588,13 @@ fn parse_registers(word: &str) -> Result<Vec<Registers>, Problem> {
 }
 
 impl Devices {
-    fn contains(self, device: u16, own: Option<u16>) -> bool {
+    /// Whether the set holds `device`; `self` is matched against the
+    /// certificate by the rule, so holds nothing here.
+    fn contains(self, device: u16) -> bool {
         match self {
             Devices::All => true,
             Devices::Range(first, last) => (first..=last).contains(&device),
-            Devices::Own => own == Some(device),
+            Devices::Own => false,
         }
     }
 }
@@ -548,20 +655,19 @@ impl Rule {
                 device, register, ..
             } => (device, register),
         };
-        if !self.access.covers(request) || !self.who.matches(peer) {
+        let cns = peer
+            .certificate
+            .and_then(|c| c.cn.as_ref())
+            .map_or(&[][..], |cn| cn.readings_for(self.action));
+        if !self.access.covers(request) || !self.who.matches(peer, cns) {
             return false;
         }
         if !self.registers.iter().any(|r| r.contains(register)) {
             return false;
         }
-        let own = || {
-            peer.certificate
-                .and_then(|c| c.cn.as_deref())
-                .and_then(|cn| self_cn.device(cn))
-        };
         self.devices.iter().any(|d| match d {
-            Devices::Own => d.contains(device, own()),
-            _ => d.contains(device, None),
+            Devices::Own => cns.iter().any(|cn| self_cn.device(cn) == Some(device)),
+            _ => d.contains(device),
         })
     }
 
@@ -623,8 +729,15 @@ impl fmt::Display for Rule {
 impl fmt::Display for Decision<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.rule {
-            Some(rule) => write!(f, "rule on line {} ({rule})", rule.line),
-            None => f.write_str("no rule allows it (default deny)"),
+            Some(rule) => write!(f, "rule on line {} ({rule})", rule.line)?,
+            None => f.write_str("no rule allows it (default deny)")?,
+        }
+        match self.ambiguous_cn {
+            Some(why) if !self.allowed => write!(
+                f,
+                "; no cn: or self rule grants anything to this certificate: {why}"
+            ),
+            _ => Ok(()),
         }
     }
 }
@@ -716,19 +829,17 @@ impl Acl {
 
     /// Decides a request: the first rule that matches, or refused.
     pub fn check<'a>(&'a self, peer: &Peer, request: &Request) -> Decision<'a> {
-        match self
+        let rule = self
             .rules
             .iter()
-            .find(|rule| rule.matches(peer, request, &self.self_cn))
-        {
-            Some(rule) => Decision {
-                allowed: rule.action == Action::Allow,
-                rule: Some(rule),
-            },
-            None => Decision {
-                allowed: false,
-                rule: None,
-            },
+            .find(|rule| rule.matches(peer, request, &self.self_cn));
+        Decision {
+            allowed: rule.is_some_and(|rule| rule.action == Action::Allow),
+            rule,
+            ambiguous_cn: peer
+                .certificate
+                .and_then(|c| c.cn.as_ref())
+                .and_then(CommonName::ambiguity),
         }
     }
 
@@ -787,7 +898,7 @@ mod tests {
 
     fn cert(cn: &str, sans: &[&str]) -> Certificate {
         Certificate {
-            cn: Some(cn.to_string()),
+            cn: Some(CommonName::One(cn.to_string())),
             sans: sans.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -1223,6 +1334,134 @@ mod tests {
         assert_eq!(
             acl.check(&peer, &read(1, 0)).to_string(),
             "no rule allows it (default deny)"
+        );
+    }
+
+    #[test]
+    fn a_subject_cn_is_one_name_or_ambiguous() {
+        use Ambiguity::*;
+        let text = |s: &str| Ok::<String, Vec<u8>>(s.to_string());
+        let ambiguous = |why, readings: &[&str]| {
+            Some(CommonName::Ambiguous {
+                why,
+                readings: readings.iter().map(|s| s.to_string()).collect(),
+            })
+        };
+        /// A subject's CNs as the TLS side gives them: text, or raw bytes.
+        type Entries = Vec<Result<String, Vec<u8>>>;
+        let cases: Vec<(Entries, Option<CommonName>)> = vec![
+            (vec![], None),
+            (
+                vec![text("wwep-04FB")],
+                Some(CommonName::One("wwep-04FB".to_string())),
+            ),
+            (
+                vec![text("wwep-0500"), text("wwep-04FB")],
+                ambiguous(Several(2), &["wwep-0500", "wwep-04FB"]),
+            ),
+            (
+                vec![text("a"), text("a"), text("a")],
+                ambiguous(Several(3), &["a", "a", "a"]),
+            ),
+            (
+                vec![Err(b"wwep-\xff4FB".to_vec())],
+                ambiguous(NotText, &["wwep-\u{FFFD}4FB"]),
+            ),
+            (
+                vec![text("wwep-04FB\0.evil")],
+                ambiguous(ControlCharacter, &["wwep-04FB\0.evil"]),
+            ),
+            (
+                vec![text("wwep-04FB\n")],
+                ambiguous(ControlCharacter, &["wwep-04FB\n"]),
+            ),
+            // Two CNs, one of them not text: the count is what is wrong first.
+            (
+                vec![text("wwep-0500"), Err(vec![0xC0])],
+                ambiguous(Several(2), &["wwep-0500", "\u{FFFD}"]),
+            ),
+            // Text beyond ASCII is still one name.
+            (
+                vec![text("Gerät-04FB")],
+                Some(CommonName::One("Gerät-04FB".to_string())),
+            ),
+        ];
+        for (entries, expected) in cases {
+            let shown = format!("{entries:?}");
+            assert_eq!(CommonName::read(entries), expected, "{shown}");
+        }
+        assert_eq!(Several(2).to_string(), "its subject has 2 CNs");
+        assert_eq!(NotText.to_string(), "its CN is not text");
+    }
+
+    #[test]
+    fn an_ambiguous_cn_grants_nothing_by_name_and_escapes_no_deny() {
+        let acl = parse(
+            "deny cn:wwep-0BAD read,write *\n\
+             deny any-certificate read,write self 80-FF\n\
+             allow any-certificate read,write self\n\
+             allow cn:wwep-0500 read,write 0600\n\
+             allow san:gw.example read 0700\n\
+             allow any-certificate read 0800\n",
+        )
+        .unwrap();
+        let with_cns = |cns: &[&str], sans: &[&str]| Certificate {
+            cn: CommonName::read(cns.iter().map(|s| Ok(s.to_string()))),
+            sans: sans.iter().map(|s| s.to_string()).collect(),
+        };
+        let one = with_cns(&["wwep-0500"], &[]);
+        let two = with_cns(&["wwep-0500", "wwep-04FB"], &["gw.example"]);
+        let bad_first = with_cns(&["wwep-0BAD", "wwep-04FB"], &[]);
+        let nul = with_cns(&["wwep-0500\0"], &[]);
+        let table: &[(&Certificate, Request, (bool, usize))] = &[
+            // One CN: `self` and `cn:` grant as they always did.
+            (&one, write(0x0500, 0x05), (true, 3)),
+            (&one, write(0x0600, 0x05), (true, 4)),
+            // Two CNs: neither is `self`, nor the name a `cn:` rule grants to.
+            (&two, write(0x0500, 0x05), (false, 0)),
+            (&two, write(0x04FB, 0x05), (false, 0)),
+            (&two, write(0x0600, 0x05), (false, 0)),
+            // Rules that do not read the CN still apply.
+            (&two, read(0x0700, 0x05), (true, 5)),
+            (&two, read(0x0800, 0x05), (true, 6)),
+            // A deny rule takes each CN: neither the first nor the last escapes it.
+            (&bad_first, read(0x0800, 0x05), (false, 1)),
+            (&two, write(0x0500, 0x80), (false, 2)),
+            (&two, write(0x04FB, 0x80), (false, 2)),
+            // A NUL in the CN: not the board whose name precedes it.
+            (&nul, write(0x0500, 0x05), (false, 0)),
+            (&nul, read(0x0800, 0x05), (true, 6)),
+        ];
+        for (cert, request, expected) in table {
+            assert_eq!(
+                decide(&acl, "127.0.0.1", Some(cert), *request),
+                *expected,
+                "{:?} {request:?}",
+                cert.cn
+            );
+        }
+    }
+
+    #[test]
+    fn a_refusal_says_when_the_cn_could_not_grant() {
+        let acl = parse("allow any-certificate read,write self\nallow anyone read 0001\n").unwrap();
+        let certificate = Certificate {
+            cn: CommonName::read(["wwep-0500", "wwep-04FB"].map(|s| Ok(s.to_string()))),
+            sans: vec![],
+        };
+        let peer = Peer {
+            addr: ip("127.0.0.1"),
+            certificate: Some(&certificate),
+        };
+        assert_eq!(
+            acl.check(&peer, &write(0x0500, 5)).to_string(),
+            "no rule allows it (default deny); no cn: or self rule grants anything to this certificate: its subject has 2 CNs"
+        );
+        let allowed = acl.check(&peer, &read(1, 0));
+        assert!(allowed.allowed);
+        assert_eq!(
+            allowed.to_string(),
+            "rule on line 2 (allow anyone read 0001 *)"
         );
     }
 }

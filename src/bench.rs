@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::client::Client;
+use crate::client::{Client, Mismatch};
 use crate::protocol::{MAX_MESSAGE_BYTES, Reply, Request};
 
 pub mod abuse;
@@ -36,6 +36,10 @@ pub const DEFAULT_CONCURRENCY: usize = 32;
 pub const DEFAULT_DURATION_SECS: f64 = 10.0;
 pub const DEFAULT_WARMUP_SECS: f64 = 1.0;
 pub const DEFAULT_SLOW_INTERVAL_MS: u64 = 2000;
+/// Workers at most, a thread each.
+pub const MAX_CONCURRENCY: usize = 10_000;
+/// Every device id there is: the most `--devices` can spread over.
+pub const MAX_DEVICES: u32 = 1 << 16;
 /// In an open-loop run, a transaction that starts later than this after its
 /// scheduled time counts as late.
 pub const LATE_AFTER: Duration = Duration::from_millis(1);
@@ -68,6 +72,9 @@ pub struct BenchConfig {
     pub mix: Mix,
     /// Spread requests over this many device ids (all 65,536 when `None`).
     pub devices: Option<u32>,
+    /// The `A` every transaction expects instead of the one for its request,
+    /// for a stand-in server that answers a constant (`--expect-reply`).
+    pub expected_reply: Option<Reply>,
     pub abuse: AbuseConfig,
     pub progress: bool,
 }
@@ -82,6 +89,7 @@ impl BenchConfig {
             load: Load::Closed,
             mix: Mix::Write,
             devices: None,
+            expected_reply: None,
             abuse: AbuseConfig::none(),
             progress: false,
         }
@@ -89,8 +97,8 @@ impl BenchConfig {
 
     /// Checks what the types cannot.
     pub fn validate(&self) -> Result<(), String> {
-        if self.concurrency == 0 {
-            return Err("--concurrency must be at least 1".into());
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            return Err(format!("--concurrency must be from 1 to {MAX_CONCURRENCY}"));
         }
         if let Load::Open { per_second } = self.load
             && !(per_second.is_finite() && per_second > 0.0)
@@ -98,6 +106,17 @@ impl BenchConfig {
             return Err(format!(
                 "--rate must be a positive number of transactions per second, not {per_second}"
             ));
+        }
+        if self
+            .devices
+            .is_some_and(|n| !(1..=MAX_DEVICES).contains(&n))
+        {
+            return Err(format!("--devices must be from 1 to {MAX_DEVICES}"));
+        }
+        if let Until::Elapsed(d) = self.until
+            && d.is_zero()
+        {
+            return Err("--duration must be more than 0 seconds".into());
         }
         if let Until::Completed(0) = self.until {
             return Err("--requests must be at least 1".into());
@@ -127,6 +146,9 @@ pub struct Report {
     pub errors: BTreeMap<&'static str, u64>,
     /// Replies that were not what the request called for.
     pub bad_replies: u64,
+    /// `A` replies for another register or value than the request's; not
+    /// counted as completed.
+    pub mismatched: u64,
     /// How well an open-loop run kept to its schedule.
     pub schedule: Option<Schedule>,
     /// What the abuse connections went through, when there were any.
@@ -234,13 +256,34 @@ fn pick_request(rng: &mut XorShift, config: &BenchConfig) -> Request {
     }
 }
 
-/// Whether a reply is the right kind of answer to the request.
-fn reply_fits(request: &Request, reply: &[u8]) -> bool {
-    match (request, Reply::parse(reply)) {
-        (Request::Write { .. }, Some(Reply::Accepted { .. })) => true,
-        // A read of a register nobody wrote is rightly X.
-        (Request::Read { .. }, Some(_)) => true,
+/// What a reply says of the transaction that got it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Judged {
+    /// The right kind of answer to the request.
+    Fits,
+    /// An answer, but not the kind the request calls for (an `X` to a
+    /// write, or not WWEP at all); still a completed transaction.
+    Bad,
+    /// An `A` for another register or value than the request's: the server
+    /// did not do what it says, so it is no completed transaction.
+    Mismatched,
+}
+
+fn judge(request: &Request, reply: &[u8], expected: Option<&Reply>) -> Judged {
+    let parsed = Reply::parse(reply);
+    let mismatched = match (expected, &parsed) {
+        (Some(expected), Some(got @ Reply::Accepted { .. })) => got != expected,
+        (None, Some(got)) => Mismatch::between(request, got).is_some(),
         _ => false,
+    };
+    if mismatched {
+        return Judged::Mismatched;
+    }
+    match (request, parsed) {
+        (Request::Write { .. }, Some(Reply::Accepted { .. })) => Judged::Fits,
+        // A read of a register nobody wrote is rightly X.
+        (Request::Read { .. }, Some(_)) => Judged::Fits,
+        _ => Judged::Bad,
     }
 }
 
@@ -250,6 +293,7 @@ struct Tally {
     latencies: Histogram,
     errors: BTreeMap<&'static str, u64>,
     bad_replies: u64,
+    mismatched: u64,
     late: u64,
     /// Open loop: the worker's next unstarted slot and the spacing of its slots.
     owed: Option<(Instant, Duration)>,
@@ -261,6 +305,7 @@ impl Tally {
             latencies: Histogram::new(),
             errors: BTreeMap::new(),
             bad_replies: 0,
+            mismatched: 0,
             late: 0,
             owed: None,
         }
@@ -345,13 +390,14 @@ fn work(
         }
         mine.late += u64::from(late);
         match result {
-            Ok(len) => {
-                if !reply_fits(&request, &reply[..len]) {
-                    mine.bad_replies += 1;
+            Ok(len) => match judge(&request, &reply[..len], config.expected_reply.as_ref()) {
+                Judged::Mismatched => mine.mismatched += 1,
+                verdict => {
+                    mine.bad_replies += u64::from(verdict == Judged::Bad);
+                    mine.latencies.record(ended - measured_from);
+                    shared.completed(worker, mine.latencies.len(), config.until);
                 }
-                mine.latencies.record(ended - measured_from);
-                shared.completed(worker, mine.latencies.len(), config.until);
-            }
+            },
             Err(e) => *mine.errors.entry(e.kind()).or_insert(0) += 1,
         }
     }
@@ -403,6 +449,7 @@ pub fn run(client: &Client, config: &BenchConfig) -> Result<Report, String> {
         summary: Summary::from_histogram(&all.latencies, elapsed),
         errors: all.errors,
         bad_replies: all.bad_replies,
+        mismatched: all.mismatched,
         schedule,
         abuse: abuse.map(|a| a.finish()),
         resumption: client.resumption(),
@@ -509,6 +556,7 @@ fn gather(workers: Vec<JoinHandle<Tally>>, started: Instant, ended: Instant) -> 
             *all.errors.entry(k).or_insert(0) += v;
         }
         all.bad_replies += mine.bad_replies;
+        all.mismatched += mine.mismatched;
         all.late += mine.late;
         if let Some((next, interval)) = mine.owed {
             missed += missed_slots(next, interval, started, ended);
@@ -530,6 +578,7 @@ struct ReportJson<'a> {
     max_us: u128,
     errors: &'a BTreeMap<&'static str, u64>,
     bad_replies: u64,
+    mismatched: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     schedule: Option<ScheduleJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -571,6 +620,7 @@ impl Report {
             max_us: us(s.max),
             errors: &self.errors,
             bad_replies: self.bad_replies,
+            mismatched: self.mismatched,
             schedule: self.schedule.map(|p| ScheduleJson {
                 rate: rounded(p.per_second, 1),
                 scheduled: p.scheduled,
@@ -628,6 +678,10 @@ impl Report {
             out.push_str(&format!("errors: {errors} ({})\n", parts.join(", ")));
         }
         out.push_str(&format!("bad replies: {}\n", self.bad_replies));
+        out.push_str(&format!(
+            "mismatched replies (an A for another register or value): {}\n",
+            self.mismatched
+        ));
         if let Some((handshakes, resumed)) = self.resumption {
             out.push_str(&format!(
                 "TLS handshakes: {handshakes} (warm-up included), {resumed} resumed a session\n"
@@ -717,6 +771,7 @@ mod tests {
             c.validate().unwrap_err()
         };
         assert!(bad(|c| c.concurrency = 0).contains("--concurrency"));
+        assert!(bad(|c| c.concurrency = MAX_CONCURRENCY + 1).contains("--concurrency"));
         assert!(bad(|c| c.load = Load::Open { per_second: 0.0 }).contains("--rate"));
         assert!(
             bad(|c| c.load = Load::Open {
@@ -725,6 +780,9 @@ mod tests {
             .contains("--rate")
         );
         assert!(bad(|c| c.until = Until::Completed(0)).contains("--requests"));
+        assert!(bad(|c| c.until = Until::Elapsed(Duration::ZERO)).contains("--duration"));
+        assert!(bad(|c| c.devices = Some(0)).contains("--devices"));
+        assert!(bad(|c| c.devices = Some(MAX_DEVICES + 1)).contains("--devices"));
         assert!(bad(|c| c.abuse.idle = MAX_ABUSE_CONNECTIONS + 1).contains("at most"));
         assert!(bad(|c| c.abuse.slow_interval = Duration::ZERO).contains("--slow-interval-ms"));
         assert!(bad(|c| c.abuse.from = vec!["10.0.0.1".parse().unwrap()]).contains("loopback"));
@@ -763,10 +821,24 @@ mod tests {
             device: 1,
             register: 2,
         };
-        assert!(reply_fits(&w, b"A0001020003"));
-        assert!(!reply_fits(&w, b"X"));
-        assert!(reply_fits(&r, b"X"));
-        assert!(!reply_fits(&r, b"HTTP/1.1 400"));
+        assert_eq!(judge(&w, b"A0001020003", None), Judged::Fits);
+        assert_eq!(judge(&w, b"X", None), Judged::Bad);
+        assert_eq!(judge(&r, b"X", None), Judged::Fits);
+        assert_eq!(judge(&r, b"A0001027777", None), Judged::Fits);
+        assert_eq!(judge(&r, b"HTTP/1.1 400", None), Judged::Bad);
+        // An A for another device, register or value is no answer at all.
+        for other in [b"A1111020003", b"A0001030003", b"A0001020004"] {
+            assert_eq!(judge(&w, other, None), Judged::Mismatched, "{other:?}");
+        }
+        assert_eq!(judge(&r, b"A0001030003", None), Judged::Mismatched);
+        // A stand-in server's constant, when it is the one expected.
+        let constant = Reply::parse(b"A0FAC0B1234");
+        assert_eq!(judge(&w, b"A0FAC0B1234", constant.as_ref()), Judged::Fits);
+        assert_eq!(
+            judge(&w, b"A0001020003", constant.as_ref()),
+            Judged::Mismatched
+        );
+        assert_eq!(judge(&w, b"X", constant.as_ref()), Judged::Bad);
     }
 
     /// `text` holds every one of `present` and none of `absent`.
@@ -785,6 +857,7 @@ mod tests {
             summary: Summary::from_histogram(&histogram(&[100, 120]), Duration::from_secs(1)),
             errors: BTreeMap::from([("connect", 2)]),
             bad_replies: 1,
+            mismatched: 3,
             schedule: None,
             abuse: None,
             resumption: None,
@@ -798,10 +871,19 @@ mod tests {
             ],
             &[],
         );
-        assert!(report.to_json().ends_with("\"bad_replies\":1}"));
+        assert!(
+            report
+                .to_json()
+                .ends_with("\"bad_replies\":1,\"mismatched\":3}")
+        );
         assert_holds(
             &report.to_text(),
-            &["2 transactions", "errors: 2 (connect 2)", "bad replies: 1"],
+            &[
+                "2 transactions",
+                "errors: 2 (connect 2)",
+                "bad replies: 1",
+                "mismatched replies (an A for another register or value): 3",
+            ],
             &["open loop", "abuse"],
         );
         report.schedule = Some(Schedule {

@@ -12,8 +12,12 @@ use rustix::io::Errno;
 use socket2::{Domain, Socket, Type};
 
 use crate::protocol::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT};
-use crate::protocol::{MAX_MESSAGE_BYTES, Reply, Request, WRITE_LEN};
-use crate::tls::client::{ConnectError, Connector, ResumingConnector, alert_received};
+use crate::protocol::{
+    ErrorDetail, Escaped, MAX_MESSAGE_BYTES, Reply, Request, Terminator, WRITE_LEN,
+};
+use crate::tls::client::{
+    ConnectError, Connector, ResumingConnector, alert_received, answers_tls, looks_like_tls,
+};
 
 /// Where a client connects: `HOST`, `HOST:PORT`, `[V6]:PORT` or a bare IPv6 address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,13 +26,59 @@ pub struct ServerAddress {
     pub port: Option<u16>,
 }
 
+/// Why a `--server` value is not an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddressError {
+    /// `[V6` with no closing bracket.
+    MissingBracket {
+        text: String,
+    },
+    /// What follows the host is not `:PORT` with a port from 0 to 65535.
+    BadPort {
+        text: String,
+        port: String,
+    },
+    MissingHost {
+        text: String,
+    },
+    /// `::1:27708`: an IPv6 address and a port, which only brackets tell
+    /// apart; what was probably meant is `[host]:port`.
+    UnbracketedIpv6 {
+        host: String,
+        port: u16,
+    },
+}
+
+impl fmt::Display for AddressError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddressError::MissingBracket { text } => write!(f, "missing ']' in --server '{text}'"),
+            AddressError::BadPort { text, port } => {
+                write!(f, "invalid port '{port}' in --server '{text}'")
+            }
+            AddressError::MissingHost { text } => write!(f, "missing host in --server '{text}'"),
+            AddressError::UnbracketedIpv6 { host, port } => write!(
+                f,
+                "IPv6 addresses need brackets: --server [{host}]:{port}, not {host}:{port}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for AddressError {}
+
 impl ServerAddress {
-    pub fn parse(text: &str) -> Result<ServerAddress, String> {
-        let bad_port = |p: &str| format!("invalid port '{p}' in --server '{text}'");
+    pub fn parse(text: &str) -> Result<ServerAddress, AddressError> {
+        let bad_port = |p: &str| AddressError::BadPort {
+            text: text.to_string(),
+            port: p.to_string(),
+        };
         if let Some(rest) = text.strip_prefix('[') {
-            let (host, after) = rest
-                .split_once(']')
-                .ok_or_else(|| format!("missing ']' in --server '{text}'"))?;
+            let (host, after) =
+                rest.split_once(']')
+                    .ok_or_else(|| AddressError::MissingBracket {
+                        text: text.to_string(),
+                    })?;
             let port = match after {
                 "" => None,
                 p => Some(
@@ -54,20 +104,58 @@ impl ServerAddress {
                     port: Some(port.parse().map_err(|_| bad_port(port))?),
                 })
             }
-            // Several colons and no brackets: an IPv6 address without a port.
-            _ => Ok(ServerAddress {
-                host: text.to_string(),
-                port: None,
-            }),
+            // Several colons and no brackets: an IPv6 address without a port,
+            // unless it is not one but becomes one without its last `:PORT`.
+            _ => match unbracketed_port(text) {
+                Some((host, port)) => Err(AddressError::UnbracketedIpv6 {
+                    host: host.to_string(),
+                    port,
+                }),
+                None => Ok(ServerAddress {
+                    host: text.to_string(),
+                    port: None,
+                }),
+            },
         }
         .and_then(|a| {
             if a.host.is_empty() {
-                Err(format!("missing host in --server '{text}'"))
+                Err(AddressError::MissingHost {
+                    text: text.to_string(),
+                })
             } else {
                 Ok(a)
             }
         })
     }
+}
+
+impl ServerAddress {
+    /// For a bare IPv6 address whose last group could be a port (`::1:8080`
+    /// is an address, but `[::1]:8080` may have been meant): the address
+    /// without it and the port. Ports of one digit are not guessed at.
+    pub fn maybe_port(&self) -> Option<(&str, u16)> {
+        if self.port.is_some() {
+            return None;
+        }
+        self.host.parse::<std::net::Ipv6Addr>().ok()?;
+        let (host, last) = self.host.rsplit_once(':')?;
+        host.parse::<std::net::Ipv6Addr>().ok()?;
+        if last.len() < 2 || !last.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some((host, last.parse().ok()?))
+    }
+}
+
+/// `V6:PORT` split in two, when `text` is not an IPv6 address itself but is
+/// one followed by `:` and a port (`::1:40508`; `::1:4050` is an address).
+fn unbracketed_port(text: &str) -> Option<(&str, u16)> {
+    if text.parse::<std::net::Ipv6Addr>().is_ok() {
+        return None;
+    }
+    let (host, port) = text.rsplit_once(':')?;
+    host.parse::<std::net::Ipv6Addr>().ok()?;
+    Some((host, port.parse().ok()?))
 }
 
 /// What a client connection goes through.
@@ -99,7 +187,96 @@ impl Link {
     }
 }
 
-/// Why a transaction did not produce a reply.
+/// An `A` that answers another request than the one sent: another device or
+/// register, or for a write another value. Taken for the request's own, it
+/// would report a write that never happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mismatch {
+    pub sent: Request,
+    /// The fields of the `A` that came back.
+    pub device: u16,
+    pub register: u8,
+    pub value: u16,
+}
+
+impl Mismatch {
+    /// The mismatch, when `reply` is an `A` that does not answer `sent`. (An
+    /// `X` answers any request.)
+    pub fn between(sent: &Request, reply: &Reply) -> Option<Mismatch> {
+        let Reply::Accepted {
+            device,
+            register,
+            value,
+        } = *reply
+        else {
+            return None;
+        };
+        let answers = match *sent {
+            Request::Read {
+                device: d,
+                register: r,
+            } => (d, r) == (device, register),
+            Request::Write {
+                device: d,
+                register: r,
+                value: v,
+            } => (d, r, v) == (device, register, value),
+        };
+        (!answers).then_some(Mismatch {
+            sent: *sent,
+            device,
+            register,
+            value,
+        })
+    }
+}
+
+impl fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let got = Reply::Accepted {
+            device: self.device,
+            register: self.register,
+            value: self.value,
+        }
+        .encode(ErrorDetail::Bare, Terminator::None);
+        let (verb, what) = match self.sent {
+            Request::Read { .. } => ("answered", "read"),
+            Request::Write { .. } => ("acknowledged", "write"),
+        };
+        write!(
+            f,
+            "the server {verb} {}, not the {what} that was sent ({})",
+            Escaped(got.as_bytes()),
+            Escaped(self.sent.encode().as_bytes())
+        )
+    }
+}
+
+/// Where in a transaction a connection failed or ran out of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Connecting,
+    SettingUp,
+    Handshake,
+    Sending,
+    WaitingForReply,
+    ReadingReply,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Connecting => "connecting",
+            Stage::SettingUp => "setting up",
+            Stage::Handshake => "in the TLS handshake",
+            Stage::Sending => "sending",
+            Stage::WaitingForReply => "waiting for the reply",
+            Stage::ReadingReply => "reading the reply",
+        })
+    }
+}
+
+/// Why a transaction did not produce a reply, or not one for its request.
 #[derive(Debug)]
 pub enum ClientError {
     Resolve {
@@ -114,7 +291,7 @@ pub enum ClientError {
         source: io::Error,
     },
     TimedOut {
-        stage: &'static str,
+        stage: Stage,
         after: Duration,
     },
     NotTrusted {
@@ -127,10 +304,29 @@ pub enum ClientError {
         reason: String,
     },
     Io {
-        stage: &'static str,
+        stage: Stage,
         source: io::Error,
     },
     NoReply,
+    /// A plain connection the server closed without a reply, on a port where
+    /// it answers a TLS ClientHello (found by [`Client::diagnose`]).
+    NoReplyButTls,
+    /// A plain connection answered with what starts like a TLS record (an
+    /// alert): the port is probably a TLS one.
+    TlsRecord,
+    /// A TLS connection answered in clear text; the first bytes that came.
+    ClearText {
+        first: Vec<u8>,
+    },
+    /// An `A` for another register, or another value, than the request's.
+    Mismatch(Mismatch),
+    /// A connection that failed to a bare IPv6 address that may have been
+    /// meant as an address and a port (see [`ServerAddress::maybe_port`]).
+    MaybePort {
+        source: Box<ClientError>,
+        host: String,
+        port: u16,
+    },
 }
 
 impl ClientError {
@@ -142,8 +338,12 @@ impl ClientError {
             ClientError::TimedOut { .. } => "timeout",
             ClientError::NotTrusted { .. }
             | ClientError::HostnameMismatch { .. }
-            | ClientError::Handshake { .. } => "tls",
-            ClientError::Io { .. } | ClientError::NoReply => "io",
+            | ClientError::Handshake { .. }
+            | ClientError::TlsRecord
+            | ClientError::ClearText { .. } => "tls",
+            ClientError::Io { .. } | ClientError::NoReply | ClientError::NoReplyButTls => "io",
+            ClientError::Mismatch(_) => "mismatch",
+            ClientError::MaybePort { source, .. } => source.kind(),
         }
     }
 }
@@ -167,6 +367,22 @@ impl fmt::Display for ClientError {
             ClientError::Handshake { reason } => write!(f, "TLS handshake failed: {reason}"),
             ClientError::Io { stage, source } => write!(f, "connection failed {stage}: {source}"),
             ClientError::NoReply => f.write_str("the server closed the connection without a reply"),
+            ClientError::NoReplyButTls => f.write_str(
+                "the server closed without a WWEP reply, and it answers TLS on this port: try --tls",
+            ),
+            ClientError::TlsRecord => f.write_str(
+                "the server answered with a TLS record, not WWEP: it may be a TLS port (try --tls)",
+            ),
+            ClientError::ClearText { first } => write!(
+                f,
+                "the server answered in clear text (\"{}\") where TLS was expected: is this the plain port? (drop --tls)",
+                Escaped(first)
+            ),
+            ClientError::Mismatch(m) => m.fmt(f),
+            ClientError::MaybePort { source, host, port } => write!(
+                f,
+                "{source} ({host}:{port} is one IPv6 address; if {port} is the port: --server [{host}]:{port})"
+            ),
         }
     }
 }
@@ -185,13 +401,14 @@ impl ClientError {
                 reason: format!("the server refused the connection ({alert})"),
             },
             ConnectError::TimedOut => ClientError::TimedOut {
-                stage: "in the TLS handshake",
+                stage: Stage::Handshake,
                 after: timeout,
             },
             ConnectError::Io(source) => ClientError::Io {
-                stage: "in the TLS handshake",
+                stage: Stage::Handshake,
                 source,
             },
+            ConnectError::ClearText(first) => ClientError::ClearText { first },
             ConnectError::Other(reason) => ClientError::Handshake { reason },
         }
     }
@@ -212,6 +429,8 @@ pub struct Client {
     link: Link,
     timeout: Duration,
     source_ip: Option<std::net::IpAddr>,
+    /// The address and port a bare IPv6 `--server` may have meant.
+    maybe_port: Option<(String, u16)>,
 }
 
 impl Client {
@@ -244,6 +463,9 @@ impl Client {
             link,
             timeout,
             source_ip: None,
+            maybe_port: address
+                .maybe_port()
+                .map(|(host, port)| (host.to_string(), port)),
         })
     }
 
@@ -289,7 +511,7 @@ impl Client {
                 // A blocking connect that runs out of SO_SNDTIMEO fails with EINPROGRESS.
                 Err(e) if is_timeout(&e) || Errno::from_io_error(&e) == Some(Errno::INPROGRESS) => {
                     last = Some(ClientError::TimedOut {
-                        stage: "connecting",
+                        stage: Stage::Connecting,
                         after: self.timeout,
                     })
                 }
@@ -297,7 +519,7 @@ impl Client {
             }
         }
         Err(last.unwrap_or(ClientError::TimedOut {
-            stage: "connecting",
+            stage: Stage::Connecting,
             after: self.timeout,
         }))
     }
@@ -339,14 +561,20 @@ impl Client {
         match &self.link {
             Link::Plain => {
                 let stream = self.connect_plain(deadline)?;
-                exchange(
+                let len = exchange(
                     &stream,
                     request,
                     reply,
                     deadline,
                     self.timeout,
                     device_style,
-                )
+                )?;
+                // A WWEP reply starts with `A` or `X`; a record header (two
+                // bytes at least, to be sure) is a TLS server's alert.
+                if len >= 2 && looks_like_tls(&reply[..len]) {
+                    return Err(ClientError::TlsRecord);
+                }
+                Ok(len)
             }
             Link::Tls {
                 connector,
@@ -393,7 +621,7 @@ impl Client {
             .set_read_timeout(Some(left))
             .and_then(|()| stream.set_write_timeout(Some(left)))
             .map_err(|source| ClientError::Io {
-                stage: "setting up",
+                stage: Stage::SettingUp,
                 source,
             })?;
         Ok(stream)
@@ -445,10 +673,75 @@ impl Client {
         Ok(socket)
     }
 
-    /// Sends a request and parses the reply.
+    /// Sends a request and parses the reply; an `A` for another request is
+    /// [`ClientError::Mismatch`].
     pub fn request(&self, request: Request) -> Result<Reply, ClientError> {
         let bytes = self.transact(request.encode().as_bytes())?;
-        Reply::parse(&bytes).ok_or(ClientError::NoReply)
+        let reply = Reply::parse(&bytes).ok_or(ClientError::NoReply)?;
+        match Mismatch::between(&request, &reply) {
+            Some(m) => Err(ClientError::Mismatch(m)),
+            None => Ok(reply),
+        }
+    }
+
+    /// [`transact`](Client::transact), with the reply judged against the
+    /// message when the message is a request (with or without its line end):
+    /// an `A` for another register or value is [`ClientError::Mismatch`].
+    /// Other messages' replies are returned as they came.
+    pub fn transact_checked(&self, message: &[u8]) -> Result<Vec<u8>, ClientError> {
+        let reply = self.transact(message)?;
+        let request = message
+            .strip_suffix(b"\r\n")
+            .or_else(|| message.strip_suffix(b"\n"))
+            .unwrap_or(message);
+        if let (Ok(sent), Some(answer)) = (Request::parse(request), Reply::parse(&reply))
+            && let Some(m) = Mismatch::between(&sent, &answer)
+        {
+            return Err(ClientError::Mismatch(m));
+        }
+        Ok(reply)
+    }
+
+    /// What a failed transaction probably meant: a connection that failed to
+    /// a bare IPv6 address ending in what may be a port says so, and where
+    /// one more connection can tell, a plain connection the server closed
+    /// without a reply is followed by a TLS ClientHello; if a TLS record comes
+    /// back the error says to try `--tls`. For a person at the command line
+    /// (the benchmark does not ask: it would double its connections to a
+    /// wrong port).
+    pub fn diagnose(&self, e: ClientError) -> ClientError {
+        let connecting = matches!(
+            e,
+            ClientError::Refused { .. }
+                | ClientError::Connect { .. }
+                | ClientError::TimedOut {
+                    stage: Stage::Connecting,
+                    ..
+                }
+        );
+        if connecting && let Some((host, port)) = &self.maybe_port {
+            return ClientError::MaybePort {
+                source: Box::new(e),
+                host: host.clone(),
+                port: *port,
+            };
+        }
+        if !matches!(e, ClientError::NoReply) || self.is_tls() {
+            return e;
+        }
+        let probed = self
+            .connect(Instant::now() + self.timeout)
+            .is_ok_and(|tcp| {
+                let timeouts = tcp
+                    .set_read_timeout(Some(self.timeout))
+                    .and_then(|()| tcp.set_write_timeout(Some(self.timeout)));
+                timeouts.is_ok() && answers_tls(tcp)
+            });
+        if probed {
+            ClientError::NoReplyButTls
+        } else {
+            e
+        }
     }
 }
 
@@ -478,12 +771,12 @@ fn exchange<S: Read + Write>(
         .map_err(|source| {
             if is_timeout(&source) {
                 ClientError::TimedOut {
-                    stage: "sending",
+                    stage: Stage::Sending,
                     after: timeout,
                 }
             } else {
                 ClientError::Io {
-                    stage: "sending",
+                    stage: Stage::Sending,
                     source,
                 }
             }
@@ -508,13 +801,13 @@ fn exchange<S: Read + Write>(
             }
             Err(e) if is_timeout(&e) || Instant::now() >= deadline => {
                 return Err(ClientError::TimedOut {
-                    stage: "waiting for the reply",
+                    stage: Stage::WaitingForReply,
                     after: timeout,
                 });
             }
             Err(source) => {
                 return Err(ClientError::Io {
-                    stage: "reading the reply",
+                    stage: Stage::ReadingReply,
                     source,
                 });
             }
@@ -543,10 +836,141 @@ mod tests {
         assert_eq!(ServerAddress::parse("[::1]:99"), a("::1", Some(99)));
         assert_eq!(ServerAddress::parse("[::1]"), a("::1", None));
         assert_eq!(ServerAddress::parse("::1"), a("::1", None));
+        assert_eq!(
+            ServerAddress::parse("fe80::1:4050"),
+            a("fe80::1:4050", None)
+        );
         assert!(ServerAddress::parse("h:port").is_err());
         assert!(ServerAddress::parse("h:70000").is_err());
         assert!(ServerAddress::parse(":1").is_err());
         assert!(ServerAddress::parse("[::1").is_err());
+        // An IPv6 address and a port without brackets: what was meant, said.
+        let unbracketed = |host: &str, port| {
+            Err(AddressError::UnbracketedIpv6 {
+                host: host.to_string(),
+                port,
+            })
+        };
+        assert_eq!(ServerAddress::parse("::1:40508"), unbracketed("::1", 40508));
+        assert_eq!(
+            ServerAddress::parse("2001:db8::7:27708"),
+            unbracketed("2001:db8::7", 27708)
+        );
+        assert_eq!(
+            ServerAddress::parse("::1:40508").unwrap_err().to_string(),
+            "IPv6 addresses need brackets: --server [::1]:40508, not ::1:40508"
+        );
+        // Not an address either way: left to the resolver to refuse.
+        assert_eq!(ServerAddress::parse("::1:70000"), a("::1:70000", None));
+    }
+
+    #[test]
+    fn a_bare_ipv6_address_may_end_in_a_port() {
+        let maybe = |text: &str| {
+            ServerAddress::parse(text)
+                .unwrap()
+                .maybe_port()
+                .map(|(h, p)| (h.to_string(), p))
+        };
+        assert_eq!(maybe("::1:8080"), Some(("::1".to_string(), 8080)));
+        assert_eq!(maybe("fe80::1:80"), Some(("fe80::1".to_string(), 80)));
+        for not in [
+            "::1",
+            "::1:1",
+            "::1:abcd",
+            "2001:db8::1",
+            "[::1:8080]:99",
+            "h:99",
+        ] {
+            assert_eq!(maybe(not), None, "{not}");
+        }
+    }
+
+    #[test]
+    fn an_accepting_reply_must_answer_its_request() {
+        let write = Request::Write {
+            device: 0x0FAC,
+            register: 0x0B,
+            value: 0x1234,
+        };
+        let read = Request::Read {
+            device: 0x0FAC,
+            register: 0x0B,
+        };
+        let a = |device, register, value| Reply::Accepted {
+            device,
+            register,
+            value,
+        };
+        assert_eq!(Mismatch::between(&write, &a(0x0FAC, 0x0B, 0x1234)), None);
+        assert_eq!(Mismatch::between(&read, &a(0x0FAC, 0x0B, 0x9999)), None);
+        let x = Reply::Failed(crate::protocol::Failure::Unspecified);
+        assert_eq!(Mismatch::between(&write, &x), None);
+        for other in [
+            a(0x1111, 0x0B, 0x1234),
+            a(0x0FAC, 0x0C, 0x1234),
+            a(0x0FAC, 0x0B, 0x1235),
+        ] {
+            assert!(Mismatch::between(&write, &other).is_some(), "{other:?}");
+        }
+        assert!(Mismatch::between(&read, &a(0x0FAC, 0x0C, 0)).is_some());
+        let m = Mismatch::between(&write, &a(0x1111, 0x22, 0x9999)).unwrap();
+        assert_eq!(
+            ClientError::Mismatch(m).to_string(),
+            "the server acknowledged A1111229999, not the write that was sent (W0FAC0B1234)"
+        );
+        assert_eq!(ClientError::Mismatch(m).kind(), "mismatch");
+        let m = Mismatch::between(&read, &a(0x1111, 0x22, 0x9999)).unwrap();
+        assert_eq!(
+            m.to_string(),
+            "the server answered A1111229999, not the read that was sent (R0FAC0B)"
+        );
+    }
+
+    /// A server that answers every connection with `answer`, `times` times.
+    fn answering(answer: &'static [u8], times: usize) -> (SocketAddr, std::thread::JoinHandle<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            for _ in 0..times {
+                let (mut s, _) = listener.accept().unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                let _ = s.read(&mut [0u8; 64]);
+                let _ = s.write_all(answer);
+            }
+        });
+        (addr, server)
+    }
+
+    fn plain_client(addr: SocketAddr) -> Client {
+        let address = ServerAddress {
+            host: addr.ip().to_string(),
+            port: Some(addr.port()),
+        };
+        Client::new(&address, Link::Plain, Duration::from_secs(5)).unwrap()
+    }
+
+    #[test]
+    fn checked_transactions_refuse_an_a_for_another_register() {
+        let (addr, server) = answering(b"A1111229999", 4);
+        let client = plain_client(addr);
+        for message in [&b"W0FAC0B1234"[..], b"W0FAC0B1234\r\n", b"R0FAC0B\n"] {
+            let e = client.transact_checked(message).unwrap_err();
+            assert!(matches!(e, ClientError::Mismatch(_)), "{e}");
+        }
+        // Not a request: nothing to judge the reply against.
+        assert_eq!(client.transact_checked(b"hello\n").unwrap(), b"A1111229999");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_tls_alert_on_a_plain_connection_is_named() {
+        let (addr, server) = answering(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x46], 1);
+        let e = plain_client(addr).transact(b"W0FAC0B1234").unwrap_err();
+        assert!(matches!(e, ClientError::TlsRecord), "{e}");
+        assert!(e.to_string().contains("try --tls"), "{e}");
+        server.join().unwrap();
     }
 
     #[test]
@@ -573,6 +997,7 @@ mod tests {
             link: Link::Plain,
             timeout: Duration::from_secs(5),
             source_ip: None,
+            maybe_port: None,
         };
         let clone = client.clone();
         assert_eq!(client.transact(b"W0001020003").unwrap(), b"A0001020003");

@@ -196,6 +196,7 @@ fn failure(e: StoreError) -> Failure {
     match e {
         StoreError::Storage => Failure::Storage,
         StoreError::Unavailable => Failure::Unavailable,
+        StoreError::Unreadable => Failure::Unreadable,
     }
 }
 

@@ -163,9 +163,13 @@ impl Facts {
         }
     }
 
-    /// The client certificate's common name, if it has one.
+    /// The client certificate's common name, if it has exactly one that
+    /// reads as text.
     pub fn common_name(&self) -> Option<&str> {
-        self.certificate.as_ref().and_then(|c| c.cn.as_deref())
+        self.certificate
+            .as_ref()
+            .and_then(|c| c.cn.as_ref())
+            .and_then(|cn| cn.one())
     }
 
     /// From accept to the end of the reply (or of the connection), in µs.

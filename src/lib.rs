@@ -9,7 +9,7 @@
 //!   strings; [`register_set`] which of a device's 256 registers exist;
 //!   [`logging`] the log writer; [`notify`] systemd readiness;
 //!   [`input_file`] the files an operator names, read only when they are
-//!   files of bounded size;
+//!   files of bounded size; [`io_cause`] why a file operation failed, by kind;
 //! - [`acl`] who may read or write which registers; [`tls`] certificates and
 //!   handshakes; [`activity`] the live page's record, and [`events`] the
 //!   writes acknowledged, as they happen, for its watchers;
@@ -40,6 +40,7 @@ pub mod events;
 pub mod facts;
 pub mod http;
 pub mod input_file;
+pub mod io_cause;
 pub mod json;
 pub mod logging;
 pub mod metrics;

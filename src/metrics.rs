@@ -20,6 +20,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Metric, Registry};
 
 use crate::facts::Refusal;
+use crate::io_cause::IoCause;
 use crate::protocol::{Failure, ProtocolError, Reply, Transport};
 use crate::tls::server::HandshakeFailureKind;
 use described::*;
@@ -61,7 +62,7 @@ impl Command {
 }
 
 /// The `result` label values, in index order.
-const RESULTS: [(&str, &str); 10] = [
+const RESULTS: [(&str, &str); 11] = [
     ("A", "ok"),
     ("X", "bad_length"),
     ("X", "bad_hex"),
@@ -72,6 +73,7 @@ const RESULTS: [(&str, &str); 10] = [
     ("X", "store_failure"),
     ("X", "timeout"),
     ("X", "other"),
+    ("X", "unreadable"),
 ];
 
 fn result_index(reply: &Reply) -> usize {
@@ -88,6 +90,8 @@ fn result_index(reply: &Reply) -> usize {
             Failure::Storage | Failure::Unavailable => 7,
             Failure::Timeout => 8,
             Failure::Unspecified => 9,
+            // The store answered, but what it holds is not a value.
+            Failure::Unreadable => 10,
         },
     }
 }
@@ -102,6 +106,8 @@ fn handshake_failure_label(kind: HandshakeFailureKind) -> &'static str {
         HandshakeFailureKind::ProtocolVersion => "protocol_version",
         HandshakeFailureKind::UnknownCa => "unknown_ca",
         HandshakeFailureKind::Revoked => "revoked",
+        HandshakeFailureKind::Expired => "expired",
+        HandshakeFailureKind::NotYetValid => "not_yet_valid",
         HandshakeFailureKind::CertificateRequired => "certificate_required",
         HandshakeFailureKind::NotTls => "not_tls",
         HandshakeFailureKind::Closed => "closed",
@@ -215,6 +221,11 @@ pub struct DataFileMetrics {
     fsyncs: Counter,
     fsync_latency: AtomicHistogram,
     compactions: Counter,
+    /// Failed compactions by [`IoCause`], in [`IoCause::ALL`]'s order.
+    compaction_failures_family: Family<Labels1, Counter>,
+    compaction_failures: [Counter; IoCause::ALL.len()],
+    /// Compactions failed since the last that worked.
+    compaction_failures_in_a_row: AtomicU64,
     write_errors: Counter,
     /// Set by the store when it knows the size better than a scrape can ask.
     bytes: AtomicU64,
@@ -222,10 +233,17 @@ pub struct DataFileMetrics {
 
 impl DataFileMetrics {
     fn new() -> Self {
+        let compaction_failures_family = Family::default();
+        let compaction_failures = IoCause::ALL.map(|cause| {
+            compaction_failures_family.get_or_create_owned(&[("cause", cause.label())])
+        });
         DataFileMetrics {
             fsyncs: Counter::default(),
             fsync_latency: AtomicHistogram::new(&FSYNC_BOUNDS_US),
             compactions: Counter::default(),
+            compaction_failures_family,
+            compaction_failures,
+            compaction_failures_in_a_row: AtomicU64::new(0),
             write_errors: Counter::default(),
             bytes: AtomicU64::new(0),
         }
@@ -240,6 +258,16 @@ impl DataFileMetrics {
     /// The file was rewritten as a snapshot.
     pub fn compaction(&self) {
         self.compactions.inc();
+        self.compaction_failures_in_a_row
+            .store(0, Ordering::Relaxed);
+    }
+
+    /// A compaction failed, for `cause`: `in_a_row` since the last that worked.
+    pub fn compaction_failed(&self, cause: IoCause, in_a_row: u32) {
+        let index = IoCause::ALL.iter().position(|&c| c == cause).unwrap_or(0);
+        self.compaction_failures[index].inc();
+        self.compaction_failures_in_a_row
+            .store(u64::from(in_a_row), Ordering::Relaxed);
     }
 
     /// A write could not be made durable.
@@ -267,6 +295,14 @@ impl DataFileMetrics {
             self.fsync_latency.clone(),
         );
         put(registry, DATA_FILE_COMPACTIONS, self.compactions.clone());
+        let failures = self.compaction_failures_family.clone();
+        put(registry, DATA_FILE_COMPACTION_FAILURES, failures);
+        let in_a_row = self.compaction_failures_in_a_row.load(Ordering::Relaxed);
+        put(
+            registry,
+            DATA_FILE_COMPACTION_FAILURES_IN_A_ROW,
+            gauge(in_a_row),
+        );
         put(registry, DATA_FILE_WRITE_ERRORS, self.write_errors.clone());
     }
 }
@@ -565,6 +601,8 @@ mod described {
     pub const DATA_FILE_FSYNCS: Described = ("data_file_fsyncs", "fsyncs of the data file");
     pub const DATA_FILE_FSYNC_SECONDS: Described = ("data_file_fsync_duration_seconds", "Time each fsync of the data file took");
     pub const DATA_FILE_COMPACTIONS: Described = ("data_file_compactions", "Rewrites of the data file as a snapshot");
+    pub const DATA_FILE_COMPACTION_FAILURES: Described = ("data_file_compaction_failures", "Compactions of the data file that failed, by cause (permission, space, io)");
+    pub const DATA_FILE_COMPACTION_FAILURES_IN_A_ROW: Described = ("data_file_compaction_failures_in_a_row", "Compactions of the data file failed since the last that worked");
     pub const DATA_FILE_WRITE_ERRORS: Described = ("data_file_write_errors", "Writes that could not be made durable (answered X)");
     pub const HTTP_CONNECTIONS_REFUSED: Described = ("http_connections_refused", "HTTP connections refused at accept, by reason");
     pub const HTTP_CONNECTIONS_SHED: Described = ("http_connections_shed", "HTTP connections closed by the server, by reason");

@@ -278,6 +278,9 @@ pub enum Failure {
     Storage,
     /// The shared store (Redis) did not answer, or did not confirm the write.
     Unavailable,
+    /// The register holds a value this server cannot read (a shared store's
+    /// hash field that is not 4 hex digits).
+    Unreadable,
     /// The request is not allowed on this listener.
     Forbidden,
     /// An `X` without a reason this crate knows: what a client sees of a bare `X`.
@@ -297,6 +300,7 @@ impl Failure {
             Failure::Busy => "busy",
             Failure::Storage => "storage error",
             Failure::Unavailable => "store unavailable",
+            Failure::Unreadable => "unreadable",
             Failure::Forbidden => "forbidden",
             Failure::Unspecified => "failed",
         }
@@ -382,6 +386,7 @@ impl Failure {
             Failure::Busy,
             Failure::Storage,
             Failure::Unavailable,
+            Failure::Unreadable,
             Failure::Forbidden,
         ]
         .into_iter()
@@ -628,6 +633,7 @@ mod tests {
             (Failure::Busy, "X busy"),
             (Failure::Storage, "X storage error"),
             (Failure::Unavailable, "X store unavailable"),
+            (Failure::Unreadable, "X unreadable"),
             (Failure::Forbidden, "X forbidden"),
         ];
         for (failure, text) in cases {

@@ -54,8 +54,9 @@ static void s_close(void *ctx)
     ((script *)ctx)->closed = 1;
 }
 
-/* wwep_transact over the script: its result, and the reply line in *r. */
-static int played(script s, wwep_reply *r)
+/* wwep_transact of `request` over the script: its result, and the reply
+ * line in *r. */
+static int played_for(const char *request, script s, wwep_reply *r)
 {
     wwep_transport t;
     int rc;
@@ -64,9 +65,14 @@ static int played(script s, wwep_reply *r)
     t.write = s_write;
     t.read = s_read;
     t.close = s_close;
-    rc = wwep_transact(&t, "board", 27708, 500, "W04FB050001", r);
+    rc = wwep_transact(&t, "board", 27708, 500, request, r);
     if (!s.closed) rc = -100;
     return rc;
+}
+
+static int played(script s, wwep_reply *r)
+{
+    return played_for("W04FB050001", s, r);
 }
 
 static int parse(const char *s, wwep_reply *r)
@@ -136,6 +142,36 @@ int main(void)
         CHECK(played(silent, &r) == WWEP_ERR_TIMEOUT);
         CHECK(played(longer, &r) == WWEP_OK && !r.accepted &&
               strlen(r.line) == WWEP_REPLY_LINE_MAX - 1 && strncmp(r.line, "X 0123", 6) == 0);
+    }
+
+    /* An `A` must answer the request: another device, register or (for a
+     * write) value is WWEP_ERR_MISMATCH, the reply kept for the message. */
+    {
+        static const char *others[] = {"A1111050001", "A04FB060001", "A04FB050002\n"};
+        script x = {{"X"}, 0, 0, 0};
+        script same_register = {{"A04FB059999"}, 0, 0, 0};
+        for (i = 0; i < sizeof others / sizeof others[0]; i++) {
+            script s = {{NULL}, 0, 0, 0};
+            s.chunks[0] = others[i];
+            if (played(s, &r) != WWEP_ERR_MISMATCH || !r.accepted ||
+                strncmp(r.line, others[i], 11) != 0) {
+                fprintf(stderr, "mismatched reply taken: \"%s\"\n", others[i]);
+                failures++;
+            }
+        }
+        {
+            script closed = {{"A1111229999"}, 0, 0, 0};
+            CHECK(played(closed, &r) == WWEP_ERR_MISMATCH && r.device == 0x1111 &&
+                  strcmp(r.line, "A1111229999") == 0);
+        }
+        CHECK(played(x, &r) == WWEP_OK && !r.accepted);
+        /* A read's value is the register's, whatever it is. */
+        CHECK(played_for("R04FB05", same_register, &r) == WWEP_OK && r.value == 0x9999);
+        {
+            script other_register = {{"A04FB069999"}, 0, 0, 0};
+            CHECK(played_for("R04FB05", other_register, &r) == WWEP_ERR_MISMATCH);
+        }
+        CHECK(strcmp(wwep_strerror(WWEP_ERR_MISMATCH), "reply for another request") == 0);
     }
 
     /* Requests: uppercase out, either case in. */

@@ -4,7 +4,8 @@
  *
  *   wwep-button [--tls --ca FILE [--cert FILE --key FILE]] [--resume] HOST PORT MAC
  *
- * Exit 0 if every reply was A, 1 if any was X, 2 on a network or TLS error.
+ * Exit 0 if every reply was A, 1 if any was X, 2 on a network or TLS error
+ * or an A for another register or value than the one written.
  */
 #define _POSIX_C_SOURCE 200112L
 #include "wwep.h"
@@ -105,6 +106,13 @@ int main(int argc, char **argv)
         led = led ? 0 : 1;
         wwep_format_write(request, device, 0x05, led);
         rc = wwep_transact(&t, host, (uint16_t)port, TIMEOUT_MS, request, &reply);
+        if (rc == WWEP_ERR_MISMATCH) {
+            fprintf(stderr,
+                    "wwep-button: %s:%lu acknowledged %s, not the write that was sent (%s)\n",
+                    host, port, reply.line, request);
+            status = 2;
+            break;
+        }
         if (rc != WWEP_OK) {
             char why[200] = "";
 #if defined(WWEP_WITH_MBEDTLS)

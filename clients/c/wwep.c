@@ -18,6 +18,7 @@ const char *wwep_strerror(int code)
     case WWEP_ERR_REPLY: return "malformed reply";
     case WWEP_ERR_FULL: return "store full";
     case WWEP_ERR_NOT_FOUND: return "not found";
+    case WWEP_ERR_MISMATCH: return "reply for another request";
     default: return "unknown error";
     }
 }
@@ -200,6 +201,16 @@ static void keep_line(wwep_reply *reply, const unsigned char *buf, size_t have)
     reply->line[n] = '\0';
 }
 
+/* WWEP_OK, or WWEP_ERR_MISMATCH when an `A` answers another request than q
+ * (an `X` answers any). */
+static int answers(const wwep_request *q, const wwep_reply *r)
+{
+    if (!r->accepted) return WWEP_OK;
+    if (r->device != q->device || r->reg != q->reg) return WWEP_ERR_MISMATCH;
+    if (q->command == 'W' && r->value != q->value) return WWEP_ERR_MISMATCH;
+    return WWEP_OK;
+}
+
 int wwep_transact(const wwep_transport *t, const char *host, uint16_t port,
                   uint32_t timeout_ms, const char *request, wwep_reply *reply)
 {
@@ -246,7 +257,7 @@ int wwep_transact(const wwep_transport *t, const char *host, uint16_t port,
             t->close(t->ctx);
             if (wwep_parse_reply(buf, have, reply) != WWEP_REPLY_COMPLETE) return WWEP_ERR_REPLY;
             keep_line(reply, buf, have);
-            return WWEP_OK;
+            return answers(&check, reply);
         }
         if (rc < 0) {
             t->close(t->ctx);
@@ -256,7 +267,7 @@ int wwep_transact(const wwep_transport *t, const char *host, uint16_t port,
     }
     t->close(t->ctx);
     keep_line(reply, buf, have);
-    return WWEP_OK;
+    return answers(&check, reply);
 }
 
 /* ---- POSIX sockets ----------------------------------------------------- */

@@ -32,6 +32,8 @@ extern "C" {
 #define WWEP_ERR_REPLY (-6)    /* the server's reply is malformed or cut short */
 #define WWEP_ERR_FULL (-7)     /* the register store has no free entry */
 #define WWEP_ERR_NOT_FOUND (-8) /* a register that was never written */
+#define WWEP_ERR_MISMATCH (-9) /* an `A` for another device, register or
+                                 * (for a write) value than the request's */
 
 /* Longest request, 11 characters, plus a NUL. */
 #define WWEP_REQUEST_MAX 12
@@ -119,7 +121,10 @@ typedef struct wwep_transport {
  * After an `X` it reads the reason up to a `\n`, the server's close or
  * WWEP_REASON_WAIT_MS, whichever comes first.
  * On WWEP_OK, *reply holds the reply (accepted or not) and reply->line the
- * line as received. */
+ * line as received. An `A` must answer the request: the same device and
+ * register, and for a write the same value; any other `A` is
+ * WWEP_ERR_MISMATCH, with *reply and reply->line holding it, so that a write
+ * acknowledged for another register is never taken for the board's own. */
 int wwep_transact(const wwep_transport *t, const char *host, uint16_t port,
                   uint32_t timeout_ms, const char *request, wwep_reply *reply);
 

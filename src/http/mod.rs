@@ -32,7 +32,7 @@ use crate::activity::Activity;
 use crate::config::HttpConfig;
 use crate::metrics::{Metrics, Snapshot};
 use crate::policy::ConnectionPolicy;
-use crate::store::backend::StoreError;
+use crate::store::backend::{DeviceRegisters, StoreError};
 
 /// What the HTTP side reads of the running WWEP side: a narrow view the server
 /// fills in, so nothing here knows how the server is built.
@@ -40,12 +40,26 @@ pub trait Status: Send + Sync {
     /// Values for `/metrics` read where they live (connections, registers,
     /// the data file's size, certificate expiry).
     fn snapshot(&self) -> Snapshot;
-    /// `Ok` when the server can do its work, or the reason it cannot.
-    fn health(&self) -> Result<(), String>;
+    /// Whether the server can do its work, and if not quite, why.
+    fn health(&self) -> Health;
     fn is_stopping(&self) -> bool;
     /// The registers written for one device, sorted, read from the store
-    /// whatever the backend.
-    fn device(&self, device: u16) -> Result<Vec<(u8, u16)>, StoreError>;
+    /// whatever the backend, each with its verdict: a value or unreadable.
+    fn device(&self, device: u16) -> Result<DeviceRegisters, StoreError>;
+}
+
+/// What `/health` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// `200 ok`.
+    Ok,
+    /// The server serves, reads and stores writes, but something needs an
+    /// operator (a compaction that keeps failing): `200 degraded: …`, so a
+    /// balancer keeps sending it the boards only it holds the registers of.
+    Degraded(String),
+    /// The server cannot do its work (stopping, a port down, the store not
+    /// taking writes): `503` and why.
+    Failing(String),
 }
 
 /// What the request threads share.

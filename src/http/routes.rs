@@ -1,7 +1,7 @@
 //! One answer per path, in one `match`.
 
 use super::message::{Head, Response};
-use super::{State, devices, events};
+use super::{Health, State, devices, events};
 
 /// The live page: HTML, CSS and script in one file, no external assets.
 const PAGE: &str = include_str!("page.html");
@@ -90,8 +90,9 @@ fn route(path: &str, state: &State) -> Response {
         "/health" => match server {
             None => text(503, "starting: the data file is being replayed"),
             Some(status) => match status.health() {
-                Ok(()) => text(200, "ok"),
-                Err(reason) => text(503, reason),
+                Health::Ok => text(200, "ok"),
+                Health::Degraded(reason) => text(200, format!("degraded: {reason}")),
+                Health::Failing(reason) => text(503, reason),
             },
         },
         "/ready" => match server {

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use log::{debug, info};
 
+use crate::acl::CommonName;
 use crate::activity::{Activity, Transaction};
 use crate::facts::{Ending, Facts, Refusal};
 use crate::metrics::Metrics;
 use crate::protocol::{Escaped, Request};
 use crate::rate_limited::RateLimitedLog;
+use crate::tls::server::HandshakeFailureKind;
 
 /// Client-caused log lines: at most one a second of each kind.
 const CLIENT_LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -39,9 +41,10 @@ pub(crate) struct Record {
     /// The live page's record; `None` without `--http`.
     activity: Option<Arc<Activity>>,
     limits: Limits,
-    /// One rate limit per kind of refusal, so a flood of one kind cannot hide
-    /// another.
-    refusal_logs: [RateLimitedLog; Refusal::KINDS],
+    /// Refusals and failed handshakes: one rate limit and one count of
+    /// lines held back per kind, so a flood of one kind neither hides another
+    /// nor is counted as another.
+    refusal_log: RateLimitedLog,
     handshake_log: RateLimitedLog,
     forbidden_log: RateLimitedLog,
 }
@@ -52,14 +55,14 @@ impl Record {
         activity: Option<Arc<Activity>>,
         limits: Limits,
     ) -> Record {
-        let warn = || RateLimitedLog::new(log::Level::Warn, CLIENT_LOG_INTERVAL);
+        let per_kind = |level, kinds| RateLimitedLog::per_kind(level, CLIENT_LOG_INTERVAL, kinds);
         Record {
             metrics,
             activity,
             limits,
-            refusal_logs: std::array::from_fn(|_| warn()),
-            handshake_log: RateLimitedLog::new(log::Level::Info, CLIENT_LOG_INTERVAL),
-            forbidden_log: warn(),
+            refusal_log: per_kind(log::Level::Warn, Refusal::KINDS),
+            handshake_log: per_kind(log::Level::Info, HandshakeFailureKind::ALL.len()),
+            forbidden_log: RateLimitedLog::new(log::Level::Warn, CLIENT_LOG_INTERVAL),
         }
     }
 
@@ -96,10 +99,10 @@ impl Record {
                 if facts.verdict.is_some() {
                     self.replied(facts, request, micros, Counted::ReplyOnly);
                 }
-                self.refusal_logs[refusal.index()].log(format_args!(
-                    "{}",
-                    self.refusal_line(facts, *refusal, problem)
-                ));
+                self.refusal_log.log_kind(
+                    refusal.index(),
+                    format_args!("{}", self.refusal_line(facts, *refusal, problem)),
+                );
             }
             Ending::HandshakeFailed { kind, detail } => {
                 self.metrics.handshake_failure(*kind);
@@ -108,10 +111,10 @@ impl Record {
                 } else {
                     format!(" ({detail})")
                 };
-                self.handshake_log.log(format_args!(
-                    "tls {}: handshake failed: {kind}{detail}",
-                    facts.peer
-                ));
+                self.handshake_log.log_kind(
+                    kind.index(),
+                    format_args!("tls {}: handshake failed: {kind}{detail}", facts.peer),
+                );
             }
             Ending::Broken(kind) => debug!(
                 "{} {}: connection failed ({kind}) after \"{}\"",
@@ -198,10 +201,15 @@ impl Record {
         let Some(denial) = facts.verdict.as_ref().and_then(|v| v.denial.as_ref()) else {
             return;
         };
-        let who = match (&facts.certificate, facts.common_name()) {
-            (_, Some(cn)) => format!("cn=\"{}\"", Escaped(cn.as_bytes())),
-            (Some(_), None) => "a certificate without CN".to_string(),
-            (None, None) => "no certificate".to_string(),
+        let quoted = |cn: &String| format!("cn=\"{}\"", Escaped(cn.as_bytes()));
+        let who = match facts.certificate.as_ref().map(|c| c.cn.as_ref()) {
+            Some(Some(CommonName::One(cn))) => quoted(cn),
+            // Every CN, so the line shows what the reason speaks of.
+            Some(Some(CommonName::Ambiguous { readings, .. })) => {
+                readings.iter().map(quoted).collect::<Vec<_>>().join(" ")
+            }
+            Some(None) => "a certificate without CN".to_string(),
+            None => "no certificate".to_string(),
         };
         let mut what = String::new();
         let message = request
@@ -271,7 +279,6 @@ mod tests {
 
     use crate::facts::{Denial, TlsFacts, Verdict};
     use crate::protocol::{ErrorDetail, Failure, Reply, Terminator, Transport};
-    use crate::tls::server::HandshakeFailureKind;
 
     fn record() -> Record {
         let limits = Limits {

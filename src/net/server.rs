@@ -17,7 +17,7 @@ use crate::acl::{Acl, AclError};
 use crate::activity::Activity;
 use crate::config::{ConfigError, ServerConfig};
 use crate::facts::Refusal;
-use crate::http::{HttpServer, Status};
+use crate::http::{Health, HttpServer, Status};
 use crate::metrics::{Metrics, Snapshot};
 use crate::net::context::{Context, Parts};
 use crate::net::linger::{self, Lingerer};
@@ -25,7 +25,7 @@ use crate::net::listener;
 use crate::net::record::{Limits, Record};
 use crate::net::session::Room;
 use crate::protocol::Transport;
-use crate::store::backend::{Backend, StoreError};
+use crate::store::backend::{Backend, DeviceRegisters, StoreError};
 use crate::store::journal::JournalError;
 use crate::store::redis::{RedisOpenError, RedisStore};
 use crate::store::{RegisterStore, open_logged};
@@ -368,8 +368,30 @@ impl Status for ServerStatus {
 
     /// Healthy: not stopping, every enabled port accepting, and the store
     /// taking writes (the data file's last write went through; a shared
-    /// store answers).
-    fn health(&self) -> Result<(), String> {
+    /// store answers). Degraded while the data file's compactions fail:
+    /// writes are still stored.
+    fn health(&self) -> Health {
+        match self.failing() {
+            Err(reason) => Health::Failing(reason),
+            Ok(()) => match self.ctx.backend.compaction_failing() {
+                Some(failing) => Health::Degraded(failing.to_string()),
+                None => Health::Ok,
+            },
+        }
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.ctx.is_stopping()
+    }
+
+    fn device(&self, device: u16) -> Result<DeviceRegisters, StoreError> {
+        self.ctx.backend.device(device)
+    }
+}
+
+impl ServerStatus {
+    /// Why the server cannot do its work, if it cannot.
+    fn failing(&self) -> Result<(), String> {
         let ctx = &self.ctx;
         if ctx.is_stopping() {
             return Err("stopping".to_string());
@@ -390,14 +412,6 @@ impl Status for ServerStatus {
             Some(_) => "the data file is failing: the last write could not be stored".to_string(),
             None => format!("the store ({}) does not answer", ctx.config.store.location),
         })
-    }
-
-    fn is_stopping(&self) -> bool {
-        self.ctx.is_stopping()
-    }
-
-    fn device(&self, device: u16) -> Result<Vec<(u8, u16)>, StoreError> {
-        self.ctx.backend.device(device)
     }
 }
 

@@ -8,7 +8,10 @@
 //! [`Scanner`] reads a file fed in chunks of any size and tells apart what a crash
 //! or a power cut leaves at the end (a record cut short, zeros) from damage. After
 //! damage it resynchronises: it tries every byte offset until records check out
-//! again, so one damaged region never hides the good records after it.
+//! again, so one damaged region never hides the good records after it. Every
+//! region that is not records is reported once, as one [`DamageKind`].
+
+use std::fmt;
 
 pub const MAGIC: &[u8; 8] = b"WWEPLOG1";
 pub const HEADER_BYTES: u64 = MAGIC.len() as u64;
@@ -63,44 +66,169 @@ fn is_record(bytes: &[u8]) -> bool {
     decode_record(bytes).is_ok()
 }
 
-/// Damaged regions found between good records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What a region of the file that is not records is, and so what it means:
+/// what a crash or a power cut leaves (startup deals with it by itself), or
+/// damage (the file is refused until `--repair` drops it). Each region of a
+/// scanned file is exactly one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DamageKind {
+    /// A file shorter than the header that holds the header's first bytes.
+    HeaderCutShort,
+    /// A file of zeros and nothing else, no header.
+    OnlyZeros,
+    /// After the last whole record, fewer bytes than a record, not all zeros.
+    RecordCutShort,
+    /// After the last whole record, zeros and nothing else (any number).
+    ZerosAtEnd,
+    /// After the last whole record, fewer bytes than a record, then zeros,
+    /// a record's worth or more in all.
+    RecordCutShortThenZeros,
+    /// Zeros, and nothing else, between good records.
+    ZerosBetweenRecords,
+    /// Bytes that are not records: between good records, or a record's worth
+    /// or more (before any zeros) at the end.
+    NotRecords,
+}
+
+impl DamageKind {
+    pub const ALL: [DamageKind; 7] = [
+        DamageKind::HeaderCutShort,
+        DamageKind::OnlyZeros,
+        DamageKind::RecordCutShort,
+        DamageKind::ZerosAtEnd,
+        DamageKind::RecordCutShortThenZeros,
+        DamageKind::ZerosBetweenRecords,
+        DamageKind::NotRecords,
+    ];
+
+    /// Whether it is what a crash or a power cut leaves, which startup trims
+    /// (or, for a file with no header, starts afresh) by itself; the others
+    /// are damage, refused until `--repair`.
+    pub fn is_crash_leftover(self) -> bool {
+        match self {
+            DamageKind::HeaderCutShort
+            | DamageKind::OnlyZeros
+            | DamageKind::RecordCutShort
+            | DamageKind::ZerosAtEnd
+            | DamageKind::RecordCutShortThenZeros => true,
+            DamageKind::ZerosBetweenRecords | DamageKind::NotRecords => false,
+        }
+    }
+
+    /// What the region is and what leaves one, for the log.
+    pub fn describe(self) -> &'static str {
+        match self {
+            DamageKind::HeaderCutShort => {
+                "a header cut short (the file is shorter than its 8-byte header): \
+                 a crash while the file was being created; nothing in it was data"
+            }
+            DamageKind::OnlyZeros => {
+                "zeros and no header: the file grew but a power cut left it unwritten; \
+                 nothing in it was data"
+            }
+            DamageKind::RecordCutShort => "a record cut short at the end: a crash during a write",
+            DamageKind::ZerosAtEnd => {
+                "zeros at the end: the file grew but a power cut \
+                 left the new part unwritten"
+            }
+            DamageKind::RecordCutShortThenZeros => {
+                "a record cut short, then zeros, at the end: \
+                 a power cut during a write, after the file grew"
+            }
+            DamageKind::ZerosBetweenRecords => {
+                "zeros between good records: a file system that wrote later pages \
+                 before earlier ones when the power went; the records there are lost"
+            }
+            DamageKind::NotRecords => {
+                "bytes that are not records (a bad checksum, garbage, bytes lost or \
+                 inserted): damage, not what a crash leaves"
+            }
+        }
+    }
+}
+
+/// One region of the file that is not records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub kind: DamageKind,
+    /// File offset of its first byte.
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = if self.bytes == 1 { "" } else { "s" };
+        write!(
+            f,
+            "{} byte{s} at byte {}: {}",
+            self.bytes,
+            self.offset,
+            self.kind.describe()
+        )
+    }
+}
+
+/// How many damaged regions a scan lists one by one (it counts them all).
+pub const MAX_LISTED: usize = 8;
+
+/// The damage in a file (regions that are not [crash
+/// leftovers](DamageKind::is_crash_leftover)): every region counted, the
+/// first [`MAX_LISTED`] listed, so a file damaged all over costs no more.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Damage {
     pub regions: u64,
     pub bytes: u64,
-    /// File offset of the first damaged byte.
-    pub first: Option<u64>,
+    /// The first regions, in file order.
+    pub listed: Vec<Region>,
 }
 
-/// What a crash or a power cut left after the last good record: both are trimmed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Tail {
-    /// A last record cut short (fewer than 9 bytes before any trailing zeros).
-    pub torn_bytes: u64,
-    /// Zero bytes at the very end (a power cut can leave a grown file unwritten).
-    pub zero_bytes: u64,
-}
+impl Damage {
+    pub fn first(&self) -> Option<Region> {
+        self.listed.first().copied()
+    }
 
-impl Tail {
-    pub fn bytes(&self) -> u64 {
-        self.torn_bytes + self.zero_bytes
+    fn add(&mut self, region: Region) {
+        self.regions += 1;
+        self.bytes += region.bytes;
+        if self.listed.len() < MAX_LISTED {
+            self.listed.push(region);
+        }
     }
 }
 
 /// The verdict on a whole file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Scan {
     /// No header yet: an empty file, a header cut short, or only zeros. Nothing in
     /// it is data; it is started afresh.
     pub blank: bool,
     /// Good records, before and after any damage.
     pub records: u64,
-    /// Good records before the first damage.
-    pub records_before_damage: u64,
     pub damage: Damage,
-    /// Where the tail starts: the file ends here once the tail is trimmed.
+    /// Where the leftover starts: the file ends here once it is trimmed.
     pub end: u64,
-    pub tail: Tail,
+    /// What a crash or a power cut left at the end of the file (or instead of
+    /// its header): at most one region, trimmed at startup.
+    pub leftover: Option<Region>,
+}
+
+impl Scan {
+    /// Every region that is not records (the listed damage and the
+    /// leftover), in file order.
+    pub fn regions(&self) -> Vec<Region> {
+        let mut all = self.damage.listed.clone();
+        all.extend(self.leftover);
+        all
+    }
+
+    fn leave(&mut self, kind: DamageKind, offset: u64, bytes: u64) {
+        self.leftover = Some(Region {
+            kind,
+            offset,
+            bytes,
+        });
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,14 +348,18 @@ impl Scanner {
                 return Ok(Next::Wait);
             }
             let bytes = self.bytes(self.at);
-            if MAGIC.starts_with(bytes) {
-                self.scan.blank = true;
-                self.scan.tail.torn_bytes = available;
+            let kind = if bytes.is_empty() {
+                None
+            } else if MAGIC.starts_with(bytes) {
+                Some(DamageKind::HeaderCutShort)
             } else if bytes.iter().all(|&b| b == 0) {
-                self.scan.blank = true;
-                self.scan.tail.zero_bytes = available;
+                Some(DamageKind::OnlyZeros)
             } else {
                 return Err(FormatError::NotAJournal);
+            };
+            self.scan.blank = true;
+            if let Some(kind) = kind {
+                self.scan.leave(kind, 0, available);
             }
             self.at = self.end();
             return Ok(Next::Wait);
@@ -253,7 +385,7 @@ impl Scanner {
         self.at = self.end();
         if input == Input::Ended {
             self.scan.blank = true;
-            self.scan.tail.zero_bytes = self.at;
+            self.scan.leave(DamageKind::OnlyZeros, 0, self.at);
         }
         Ok(Next::Wait)
     }
@@ -297,7 +429,7 @@ impl Scanner {
                 return Next::Wait;
             }
             if self.resynchronises(start, available) {
-                self.end_damage(start);
+                self.end_damage(start, nonzero_end);
                 return Next::Step;
             }
         }
@@ -324,39 +456,43 @@ impl Scanner {
     }
 
     /// Damage from `start` to the scan's offset, with good records after it.
-    fn end_damage(&mut self, start: u64) {
-        self.count_damage(start, self.at - start);
+    fn end_damage(&mut self, start: u64, nonzero_end: u64) {
+        let kind = if nonzero_end == start {
+            DamageKind::ZerosBetweenRecords
+        } else {
+            DamageKind::NotRecords
+        };
+        self.scan.damage.add(Region {
+            kind,
+            offset: start,
+            bytes: self.at - start,
+        });
         self.mode = Mode::Records;
     }
 
-    /// One damaged region of `bytes` bytes from `start`.
-    fn count_damage(&mut self, start: u64, bytes: u64) {
-        if self.scan.damage.first.is_none() {
-            self.scan.damage.first = Some(start);
-            self.scan.records_before_damage = self.scan.records;
-        }
-        self.scan.damage.regions += 1;
-        self.scan.damage.bytes += bytes;
-    }
-
-    /// Damage that runs to the end of the file: a tail a crash can leave, or damage.
+    /// Bytes from `start` to the end of the file that are not records: what
+    /// a crash or a power cut leaves (fewer bytes than a record before any
+    /// zeros), or damage running to the end.
     fn finish_damage(&mut self, start: u64, nonzero_end: u64) {
-        let end = self.at;
+        let bytes = self.at - start;
         let content = nonzero_end - start;
-        if content < RECORD {
-            self.scan.end = start;
-            self.scan.tail = Tail {
-                torn_bytes: content,
-                zero_bytes: end - nonzero_end,
-            };
+        let kind = if content == 0 {
+            DamageKind::ZerosAtEnd
+        } else if content >= RECORD {
+            self.scan.damage.add(Region {
+                kind: DamageKind::NotRecords,
+                offset: start,
+                bytes,
+            });
+            self.scan.end = self.at;
             return;
-        }
-        self.count_damage(start, content);
-        self.scan.end = nonzero_end;
-        self.scan.tail = Tail {
-            torn_bytes: 0,
-            zero_bytes: end - nonzero_end,
+        } else if bytes < RECORD {
+            DamageKind::RecordCutShort
+        } else {
+            DamageKind::RecordCutShortThenZeros
         };
+        self.scan.end = start;
+        self.scan.leave(kind, start, bytes);
     }
 }
 
@@ -370,6 +506,7 @@ pub fn scan(bytes: &[u8], emit: &mut dyn FnMut(Key, u16)) -> Result<Scan, Format
 #[cfg(test)]
 mod tests {
     use super::*;
+    use DamageKind::*;
 
     fn file(records: &[(Key, u16)]) -> Vec<u8> {
         let mut bytes = MAGIC.to_vec();
@@ -406,11 +543,19 @@ mod tests {
         for at in 0..=bytes.len() {
             assert_eq!(
                 scan_split(bytes, at),
-                (verdict, got.clone()),
+                (verdict.clone(), got.clone()),
                 "split at {at}"
             );
         }
         (verdict.expect("a data file"), got)
+    }
+
+    fn region(kind: DamageKind, offset: u64, bytes: u64) -> Region {
+        Region {
+            kind,
+            offset,
+            bytes,
+        }
     }
 
     #[test]
@@ -447,6 +592,7 @@ mod tests {
             b"WWEPLOG2",
             b"\0\0\0\0\0\0\0\0\0\x01",
             b"\0\0\x01",
+            b"WWEP\0",
         ] {
             assert_eq!(
                 scan_all(bytes).0,
@@ -456,20 +602,156 @@ mod tests {
         }
     }
 
+    /// Each kind of damage, built byte by byte, scanned: exactly the regions
+    /// expected, each once, of one kind; every good record kept.
     #[test]
-    fn blank_files_start_afresh() {
-        let blank = |torn_bytes, zero_bytes| Scan {
-            blank: true,
-            tail: Tail {
-                torn_bytes,
-                zero_bytes,
-            },
-            ..Scan::default()
-        };
-        assert_eq!(scan_ok(b"").0, blank(0, 0));
-        assert_eq!(scan_ok(b"WWEP").0, blank(4, 0));
-        assert_eq!(scan_ok(&[0; 5]).0, blank(0, 5));
-        assert_eq!(scan_ok(&[0; 100]).0, blank(0, 100));
+    fn every_kind_of_damage_is_one_region_of_one_kind() {
+        let two = file(&numbered(2)); // 26 bytes
+        let four = numbered(4);
+        let with = |parts: &[&[u8]]| parts.concat();
+        let last = encode_record((0x0707, 7), 0x0707);
+        let mut bad_crc = encode_record((0x0808, 8), 0x0808);
+        bad_crc[8] ^= 0x01;
+        // A last record cut short whose last byte written is a zero: one
+        // record cut short, not a record and zeros.
+        let ending_in_zero = [0x07, 0x07, 0x00];
+        let cases: Vec<(&str, Vec<u8>, Vec<Region>, u64)> = vec![
+            ("empty file", vec![], vec![], 0),
+            (
+                "5-byte file",
+                MAGIC[..5].to_vec(),
+                vec![region(HeaderCutShort, 0, 5)],
+                0,
+            ),
+            (
+                "7-byte file",
+                MAGIC[..7].to_vec(),
+                vec![region(HeaderCutShort, 0, 7)],
+                0,
+            ),
+            ("5 zeros", vec![0; 5], vec![region(OnlyZeros, 0, 5)], 0),
+            (
+                "100 zeros",
+                vec![0; 100],
+                vec![region(OnlyZeros, 0, 100)],
+                0,
+            ),
+            ("header only", MAGIC.to_vec(), vec![], 0),
+            (
+                "torn record ending in a zero byte",
+                with(&[&two, &ending_in_zero]),
+                vec![region(RecordCutShort, 26, 3)],
+                2,
+            ),
+            (
+                "torn record of 8 bytes",
+                with(&[&two, &last[..8]]),
+                vec![region(RecordCutShort, 26, 8)],
+                2,
+            ),
+            (
+                "one zero",
+                with(&[&two, &[0]]),
+                vec![region(ZerosAtEnd, 26, 1)],
+                2,
+            ),
+            (
+                "4096 zeros",
+                with(&[&two, &[0; 4096]]),
+                vec![region(ZerosAtEnd, 26, 4096)],
+                2,
+            ),
+            (
+                "torn record then zeros",
+                with(&[&two, &last[..4], &[0; 100]]),
+                vec![region(RecordCutShortThenZeros, 26, 104)],
+                2,
+            ),
+            (
+                "whole last record with a bad CRC",
+                with(&[&two, &bad_crc]),
+                vec![region(NotRecords, 26, 9)],
+                2,
+            ),
+            (
+                "garbage then zeros at the end",
+                with(&[&two, &[0xEE; 20], &[0; 50]]),
+                vec![region(NotRecords, 26, 70)],
+                2,
+            ),
+            (
+                "zeros between records",
+                with(&[&file(&four[..2]), &[0; 600], &file(&four[2..])[8..]]),
+                vec![region(ZerosBetweenRecords, 26, 600)],
+                4,
+            ),
+            (
+                "garbage between records",
+                with(&[&file(&four[..2]), &[0xA5; 13], &file(&four[2..])[8..]]),
+                vec![region(NotRecords, 26, 13)],
+                4,
+            ),
+            (
+                "damage mid-file and a torn last record",
+                with(&[
+                    &file(&four[..2]),
+                    &[0xA5; 13],
+                    &file(&four[2..])[8..],
+                    &last[..5],
+                ]),
+                vec![region(NotRecords, 26, 13), region(RecordCutShort, 57, 5)],
+                4,
+            ),
+        ];
+        for (name, bytes, regions, records) in cases {
+            let (s, got) = scan_ok(&bytes);
+            assert_eq!(s.regions(), regions, "{name}");
+            assert_eq!((s.records, got.len() as u64), (records, records), "{name}");
+            let leftover = s.leftover.map_or(0, |r| r.bytes);
+            assert_eq!(s.end + leftover, bytes.len() as u64, "{name}");
+            let damaged: Vec<_> = regions
+                .iter()
+                .filter(|r| !r.kind.is_crash_leftover())
+                .collect();
+            assert_eq!(s.damage.regions, damaged.len() as u64, "{name}");
+            assert_eq!(
+                s.damage.bytes,
+                damaged.iter().map(|r| r.bytes).sum::<u64>(),
+                "{name}"
+            );
+            assert_eq!(s.blank, !bytes.starts_with(MAGIC), "{name}");
+        }
+    }
+
+    #[test]
+    fn each_kind_is_described_once_and_leftovers_are_told_from_damage() {
+        let mut seen = std::collections::HashSet::new();
+        for kind in DamageKind::ALL {
+            assert!(seen.insert(kind.describe()), "{kind:?}");
+        }
+        let leftovers: Vec<_> = DamageKind::ALL
+            .into_iter()
+            .filter(|k| k.is_crash_leftover())
+            .collect();
+        assert_eq!(
+            leftovers,
+            [
+                HeaderCutShort,
+                OnlyZeros,
+                RecordCutShort,
+                ZerosAtEnd,
+                RecordCutShortThenZeros
+            ]
+        );
+        assert_eq!(
+            region(HeaderCutShort, 0, 5).to_string(),
+            format!("5 bytes at byte 0: {}", HeaderCutShort.describe())
+        );
+        assert!(
+            region(RecordCutShort, 26, 1)
+                .to_string()
+                .starts_with("1 byte at byte 26: a record cut short")
+        );
     }
 
     #[test]
@@ -497,85 +779,30 @@ mod tests {
     }
 
     #[test]
-    fn a_record_cut_short_is_a_torn_tail() {
+    fn a_record_cut_short_anywhere_is_one_leftover() {
         let records = numbered(2);
         let bytes = file(&records);
         for cut in 1..RECORD_BYTES {
             let (s, got) = scan_ok(&bytes[..bytes.len() - cut]);
-            // Leading zero bytes of the fragment count as zeros; the sum is what matters.
-            assert_eq!(s.tail.bytes(), (RECORD_BYTES - cut) as u64, "cut {cut}");
+            let kept = (RECORD_BYTES - cut) as u64;
+            // Whatever the fragment's bytes (a zero among them or not).
+            let kind = if bytes[17..17 + kept as usize].iter().all(|&b| b == 0) {
+                ZerosAtEnd
+            } else {
+                RecordCutShort
+            };
             assert_eq!(
-                Scan {
-                    tail: Tail::default(),
-                    ..s
-                },
+                s,
                 Scan {
                     records: 1,
                     end: 17,
+                    leftover: Some(region(kind, 17, kept)),
                     ..Scan::default()
                 },
                 "cut {cut}"
             );
             assert_eq!(got, records[..1]);
         }
-    }
-
-    #[test]
-    fn zeros_at_the_end_are_a_tail_however_long() {
-        let records = numbered(2);
-        for zeros in [1, 8, 9, 10, 4096] {
-            let mut bytes = file(&records);
-            bytes.extend(std::iter::repeat_n(0, zeros));
-            let (s, got) = scan_ok(&bytes);
-            assert_eq!(
-                s,
-                Scan {
-                    records: 2,
-                    end: 26,
-                    tail: Tail {
-                        torn_bytes: 0,
-                        zero_bytes: zeros as u64
-                    },
-                    ..Scan::default()
-                },
-                "{zeros} zeros"
-            );
-            assert_eq!(got, records);
-        }
-        // A record half written, then zeros where the rest of the write went.
-        let mut bytes = file(&records);
-        bytes.extend_from_slice(&encode_record((0x0707, 7), 0x0707)[..4]);
-        bytes.extend([0; 100]);
-        let (s, _) = scan_ok(&bytes);
-        let torn = Tail {
-            torn_bytes: 4,
-            zero_bytes: 100,
-        };
-        assert_eq!((s.end, s.tail, s.damage), (26, torn, Damage::default()));
-    }
-
-    #[test]
-    fn a_whole_last_record_with_a_bad_crc_is_damage() {
-        let records = numbered(2);
-        let mut bytes = file(&records);
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xFF;
-        let (s, got) = scan_ok(&bytes);
-        assert_eq!(
-            s,
-            Scan {
-                records: 1,
-                records_before_damage: 1,
-                damage: Damage {
-                    regions: 1,
-                    bytes: 9,
-                    first: Some(17)
-                },
-                end: 26,
-                ..Scan::default()
-            }
-        );
-        assert_eq!(got, records[..1]);
     }
 
     #[test]
@@ -592,11 +819,10 @@ mod tests {
                 s,
                 Scan {
                     records: 39,
-                    records_before_damage: hit as u64,
                     damage: Damage {
                         regions: 1,
                         bytes: 9,
-                        first: Some(start)
+                        listed: vec![region(NotRecords, start, 9)],
                     },
                     end: clean.len() as u64,
                     ..Scan::default()
@@ -621,81 +847,33 @@ mod tests {
             }
             let (s, got) = scan_ok(&bytes);
             assert_eq!(s.records, 8, "{junk} junk bytes");
-            assert_eq!(
-                s.damage,
-                Damage {
-                    regions: 1,
-                    bytes: junk as u64,
-                    first: Some(35)
-                }
-            );
-            assert_eq!((s.end, s.tail), (bytes.len() as u64, Tail::default()));
+            assert_eq!(s.regions(), [region(NotRecords, 35, junk as u64)]);
+            assert_eq!(s.end, bytes.len() as u64);
             assert_eq!(got, [before.clone(), after.clone()].concat());
         }
     }
 
     #[test]
-    fn zeros_between_good_records_are_damage() {
-        let records = numbered(4);
-        let mut bytes = file(&records[..2]);
-        bytes.extend([0; 600]);
-        for &(k, v) in &records[2..] {
-            bytes.extend(encode_record(k, v));
-        }
-        let (s, got) = scan_ok(&bytes);
-        assert_eq!(
-            s.damage,
-            Damage {
-                regions: 1,
-                bytes: 600,
-                first: Some(26)
-            }
-        );
-        assert_eq!((s.records, s.tail), (4, Tail::default()));
-        assert_eq!(got, records);
-    }
-
-    #[test]
-    fn several_damaged_regions_are_counted() {
-        let records = numbered(20);
+    fn many_damaged_regions_are_all_counted_and_the_first_listed() {
+        let records = numbered(200);
         let mut bytes = file(&records);
-        for offset in [8 + 2 * 9, 8 + 9 * 9 + 4, 8 + 15 * 9 + 8] {
-            bytes[offset] ^= 0x80;
+        // Every fourth record damaged: 50 regions of one record each.
+        for n in (0..200).step_by(4) {
+            bytes[8 + n * RECORD_BYTES + 3] ^= 0x80;
         }
         let (s, got) = scan_ok(&bytes);
-        assert_eq!(s.records, 17);
-        assert_eq!(s.records_before_damage, 2);
-        assert_eq!(
-            s.damage,
-            Damage {
-                regions: 3,
-                bytes: 27,
-                first: Some(26)
-            }
-        );
-        assert_eq!(got.len(), 17);
-    }
-
-    #[test]
-    fn damage_then_zeros_is_damage_then_a_zero_tail() {
-        let mut bytes = file(&numbered(2));
-        bytes.extend([0xEE; 20]);
-        bytes.extend([0; 50]);
-        let (s, _) = scan_ok(&bytes);
-        assert_eq!(
-            s.damage,
-            Damage {
-                regions: 1,
-                bytes: 20,
-                first: Some(26)
-            }
-        );
-        assert_eq!((s.end, s.tail.zero_bytes, s.tail.torn_bytes), (46, 50, 0));
+        assert_eq!((s.records, got.len()), (150, 150));
+        assert_eq!((s.damage.regions, s.damage.bytes), (50, 450));
+        let first: Vec<_> = (0..MAX_LISTED as u64)
+            .map(|i| region(NotRecords, 8 + i * 36, 9))
+            .collect();
+        assert_eq!(s.damage.listed, first);
+        assert_eq!(s.damage.first(), Some(first[0]));
     }
 
     proptest::proptest! {
         /// Any bytes after a header: no panic, the same verdict however split,
-        /// every emitted record counted, and every byte accounted for.
+        /// every emitted record counted, and every byte accounted for once.
         #[test]
         fn any_damage_scans_the_same_in_chunks(
             body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
@@ -710,15 +888,23 @@ mod tests {
             }
             let (verdict, got) = scan_all(&bytes);
             let at = at.min(bytes.len());
-            proptest::prop_assert_eq!(scan_split(&bytes, at), (verdict, got.clone()));
+            proptest::prop_assert_eq!(scan_split(&bytes, at), (verdict.clone(), got.clone()));
             let s = verdict.unwrap();
             proptest::prop_assert_eq!(s.records as usize, got.len());
             // The good records on both sides of the damage are all kept.
             proptest::prop_assert_eq!(&got[..good.len()], &good[..]);
             proptest::prop_assert_eq!(&got[got.len() - good.len()..], &good[..]);
-            let accounted = HEADER_BYTES + s.records * RECORD + s.damage.bytes + s.tail.bytes();
+            let leftover = s.leftover.map_or(0, |r| r.bytes);
+            let accounted = HEADER_BYTES + s.records * RECORD + s.damage.bytes + leftover;
             proptest::prop_assert_eq!(accounted, bytes.len() as u64);
-            proptest::prop_assert_eq!(s.end + s.tail.bytes(), bytes.len() as u64);
+            proptest::prop_assert_eq!(s.end + leftover, bytes.len() as u64);
+            // Regions never overlap and come in file order.
+            let regions = s.regions();
+            for pair in regions.windows(2) {
+                proptest::prop_assert!(pair[0].offset + pair[0].bytes <= pair[1].offset);
+            }
+            proptest::prop_assert!(s.leftover.is_none_or(|r| r.kind.is_crash_leftover()));
+            proptest::prop_assert!(s.damage.listed.iter().all(|r| !r.kind.is_crash_leftover()));
         }
     }
 }

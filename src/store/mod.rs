@@ -12,6 +12,7 @@ pub mod format;
 pub mod journal;
 pub mod lock;
 pub mod redis;
+pub mod text;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -20,8 +21,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use self::backend::{Backend, StoreError};
-use self::format::Key;
+use self::backend::{Backend, CompactionFailing, DeviceRegisters, StoreError};
+use self::format::{DamageKind, Key};
 use self::journal::{
     CompactionPolicy, CompactionReport, Fsync, Journal, JournalError, OpenReport, Publish,
     Replaced, Rewrite, StorageError,
@@ -182,6 +183,9 @@ pub struct RegisterStore {
     /// The last write to the data file failed (cleared by the next that
     /// succeeds): what `/health` reports.
     failing: AtomicBool,
+    /// Compactions failed since the last that worked (the maintenance
+    /// thread's): what `/health` reports as degraded.
+    compaction_failing: Mutex<Option<CompactionFailing>>,
 }
 
 impl RegisterStore {
@@ -225,6 +229,7 @@ impl RegisterStore {
             journal: Some(journal),
             data_metrics: OnceLock::new(),
             failing: AtomicBool::new(false),
+            compaction_failing: Mutex::new(None),
         };
         if report.damage.regions > 0 {
             let compacted = store.rewrite(
@@ -366,6 +371,41 @@ impl RegisterStore {
             .ok()
     }
 
+    /// Compactions failed since the last that worked, if any.
+    pub fn compaction_failing(&self) -> Option<CompactionFailing> {
+        self.compaction_state().clone()
+    }
+
+    fn compaction_state(&self) -> MutexGuard<'_, Option<CompactionFailing>> {
+        self.compaction_failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A compaction worked: no longer failing.
+    fn compaction_worked(&self) {
+        *self.compaction_state() = None;
+        if let Some(m) = self.data_metrics.get() {
+            m.compaction();
+        }
+    }
+
+    /// A compaction failed with `e`: counted by cause, one more in a row.
+    fn compaction_failed(&self, e: &JournalError) -> CompactionFailing {
+        let mut state = self.compaction_state();
+        let failing = CompactionFailing {
+            cause: e.cause(),
+            in_a_row: state.as_ref().map_or(0, |f| f.in_a_row).saturating_add(1),
+            error: e.to_string(),
+        };
+        *state = Some(failing.clone());
+        drop(state);
+        if let Some(m) = self.data_metrics.get() {
+            m.compaction_failed(failing.cause, failing.in_a_row);
+        }
+        failing
+    }
+
     /// How many registers have been written.
     pub fn len(&self) -> usize {
         self.table.live.load(Ordering::Relaxed)
@@ -426,9 +466,7 @@ impl Maintenance {
         };
         match result {
             Ok(Some(r)) => {
-                if let Some(m) = self.store.data_metrics.get() {
-                    m.compaction();
-                }
+                self.store.compaction_worked();
                 log::info!(
                     "compacted the data file: {} -> {} bytes in {} ms (writes held {} µs)",
                     r.before,
@@ -439,9 +477,18 @@ impl Maintenance {
             }
             Ok(None) => {}
             Err(e) => {
+                let failing = self.store.compaction_failed(&e);
+                let dir = self
+                    .store
+                    .journal()
+                    .map_or(Path::new("."), Journal::directory);
                 log::error!(
-                    "compaction failed: {e}; next try in {} s",
-                    COMPACTION_RETRY.as_secs()
+                    "compaction failed ({}): {e}; {}; writes are still stored, and the data file \
+                     grows until a compaction works; next try in {} s ({} failure(s) in a row)",
+                    failing.cause,
+                    failing.cause.remedy(dir),
+                    COMPACTION_RETRY.as_secs(),
+                    failing.in_a_row
                 );
                 self.retry_at = Some(Instant::now() + COMPACTION_RETRY);
             }
@@ -454,8 +501,12 @@ impl Backend for RegisterStore {
         Ok(RegisterStore::read(self, device, register))
     }
 
-    fn device(&self, device: u16) -> Result<Vec<(u8, u16)>, StoreError> {
-        Ok(RegisterStore::device(self, device))
+    fn device(&self, device: u16) -> Result<DeviceRegisters, StoreError> {
+        Ok(DeviceRegisters {
+            values: RegisterStore::device(self, device),
+            // Every record's CRC was checked on replay.
+            unreadable: Vec::new(),
+        })
     }
 
     fn write(&self, device: u16, register: u8, value: u16) -> Result<(), StoreError> {
@@ -480,6 +531,10 @@ impl Backend for RegisterStore {
 
     fn answers_from_memory(&self) -> bool {
         self.journal().is_none()
+    }
+
+    fn compaction_failing(&self) -> Option<CompactionFailing> {
+        RegisterStore::compaction_failing(self)
     }
 }
 
@@ -507,31 +562,41 @@ pub fn open_logged(data: &DataConfig, cancel: &AtomicBool) -> Result<RegisterSto
             began.elapsed().as_millis()
         );
     }
-    let torn = report.torn_bytes - report.zero_bytes;
-    if torn > 0 {
-        log::warn!(
-            "data file {path}: dropped {torn} bytes of a record cut short by a crash; every complete record was kept"
-        );
-    }
-    if report.zero_bytes > 0 {
-        log::warn!(
-            "data file {path}: dropped {} zero bytes at its end (left by a crash or power cut); every complete record was kept",
-            report.zero_bytes
-        );
+    // One line per region, each said once as what it is.
+    if let Some(leftover) = report.leftover {
+        let done = match leftover.kind {
+            _ if report.damage.regions > 0 => "dropped by --repair",
+            DamageKind::HeaderCutShort | DamageKind::OnlyZeros => "started afresh",
+            _ => "dropped; every whole record was kept",
+        };
+        log::warn!("data file {path}: {leftover}; {done}");
     }
     if report.damage.regions > 0 {
+        for region in &report.damage.listed {
+            log::warn!("data file {path}: {region}; dropped by --repair");
+        }
+        let unlisted = report.damage.regions - report.damage.listed.len() as u64;
+        if unlisted > 0 {
+            log::warn!(
+                "data file {path}: {unlisted} more damaged region(s) like these, not listed; dropped by --repair"
+            );
+        }
         let copy = report
             .damaged_copy
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default();
         log::warn!(
-            "data file {path}: --repair kept {} records ({} registers) and dropped {} bytes: {} damaged region(s), the first at byte {}; the damaged original is kept as {copy}",
+            "data file {path}: --repair kept {} records ({} registers) and dropped {} bytes in {} damaged region(s){}; the damaged original is kept as {copy}",
             report.records,
             store.len(),
             report.repaired_bytes,
             report.damage.regions,
-            report.damage.first.unwrap_or(0)
+            if report.leftover.is_some() {
+                " and what a crash left at the end"
+            } else {
+                ""
+            }
         );
     }
     Ok(store)
@@ -792,7 +857,7 @@ mod tests {
         assert!(matches!(
             RegisterStore::open(&path, Fsync::Never, CompactionPolicy::default(), false),
             Err(JournalError::Corrupt {
-                offset: 8,
+                first: format::Region { offset: 8, .. },
                 records: 999,
                 ..
             })
@@ -842,6 +907,83 @@ mod tests {
         assert!(!journal.wants_compaction(store.len()));
         assert_eq!(journal.keep_reserve(store.len()), 20480);
         assert_eq!(store.read(1, 1), Some(9));
+    }
+
+    #[test]
+    fn failing_compactions_are_counted_in_a_row_by_cause_until_one_works() {
+        use crate::io_cause::IoCause;
+        let dir = tempfile::tempdir().unwrap();
+        let policy = CompactionPolicy {
+            ratio: 1.0,
+            min_bytes: 0,
+        };
+        let store = Arc::new(open(dir.path(), Fsync::Never, policy));
+        let metrics = crate::metrics::Metrics::new();
+        store.report_to(Arc::clone(metrics.data_file()));
+        for v in 0..10 {
+            store.write(1, 1, v).unwrap();
+        }
+        // The compaction's temporary file cannot be removed and made anew:
+        // a directory holding a file stands where it goes (EISDIR, an I/O error).
+        let tmp = dir.path().join("data.compact.tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        std::fs::write(tmp.join("x"), b"x").unwrap();
+        let mut maintenance = Maintenance {
+            store: Arc::clone(&store),
+            fsync: Fsync::Never,
+            retry_at: None,
+            synced_len: 0,
+        };
+        let stop = AtomicBool::new(false);
+        assert_eq!(store.compaction_failing(), None);
+        for in_a_row in 1..=2 {
+            maintenance.retry_at = None;
+            maintenance.compact(&stop);
+            let failing = store.compaction_failing().expect("failing");
+            assert_eq!((failing.cause, failing.in_a_row), (IoCause::Io, in_a_row));
+            assert!(
+                failing
+                    .error
+                    .contains("cannot create the compacted data file"),
+                "{}",
+                failing.error
+            );
+            assert!(maintenance.retry_at.is_some(), "waits before the next try");
+        }
+        let scraped = |name: &str| {
+            let text = metrics.encode(&crate::metrics::Snapshot {
+                data_file_bytes: Some(0),
+                ..Default::default()
+            });
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .map(str::to_string)
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            scraped("wwep_data_file_compaction_failures_total{cause=\"io\"}"),
+            "wwep_data_file_compaction_failures_total{cause=\"io\"} 2"
+        );
+        assert_eq!(
+            scraped("wwep_data_file_compaction_failures_total{cause=\"permission\"}"),
+            "wwep_data_file_compaction_failures_total{cause=\"permission\"} 0"
+        );
+        assert_eq!(
+            scraped("wwep_data_file_compaction_failures_in_a_row"),
+            "wwep_data_file_compaction_failures_in_a_row 2"
+        );
+        std::fs::remove_dir_all(&tmp).unwrap();
+        maintenance.retry_at = None;
+        maintenance.compact(&stop);
+        assert_eq!(store.compaction_failing(), None, "one that works clears it");
+        assert_eq!(
+            scraped("wwep_data_file_compaction_failures_in_a_row"),
+            "wwep_data_file_compaction_failures_in_a_row 0"
+        );
+        assert_eq!(
+            std::fs::metadata(dir.path().join("data")).unwrap().len(),
+            8 + 9
+        );
     }
 
     #[test]

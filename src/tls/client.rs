@@ -39,6 +39,9 @@ pub enum ConnectError {
     TimedOut,
     /// The socket failed under the handshake.
     Io(io::Error),
+    /// The server answered in clear text where a TLS record was due (a plain
+    /// WWEP port answers a ClientHello with `X`); the first bytes it sent.
+    ClearText(Vec<u8>),
     /// Anything else, in the TLS library's words.
     Other(String),
 }
@@ -53,6 +56,11 @@ impl fmt::Display for ConnectError {
             ConnectError::Alert(alert) => write!(f, "the server refused the connection ({alert})"),
             ConnectError::TimedOut => f.write_str("timed out"),
             ConnectError::Io(e) => e.fmt(f),
+            ConnectError::ClearText(first) => write!(
+                f,
+                "the server answered in clear text (\"{}\"), not TLS",
+                crate::protocol::Escaped(first)
+            ),
             ConnectError::Other(reason) => f.write_str(reason),
         }
     }
@@ -62,6 +70,81 @@ impl std::error::Error for ConnectError {}
 
 fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+/// Whether `bytes` can be the start of a TLS record: a content type from
+/// change_cipher_spec (0x14) to heartbeat (0x18), then major version 3. An
+/// empty slice is not.
+pub fn looks_like_tls(bytes: &[u8]) -> bool {
+    match bytes {
+        [] => false,
+        [kind] => (0x14..=0x18).contains(kind),
+        [kind, major, ..] => (0x14..=0x18).contains(kind) && *major == 3,
+    }
+}
+
+/// How many of the first bytes a server sends are kept to judge a failed
+/// handshake: a record header's type and version are the first three.
+const SNIFFED: usize = 8;
+
+/// A socket under a TLS client that keeps the first bytes the server sent, so
+/// that a failed handshake can tell a server answering in clear text from a
+/// TLS one. After that it only passes reads and writes through.
+struct Sniffing<S> {
+    inner: S,
+    first: [u8; SNIFFED],
+    kept: usize,
+    /// Reads fail once this many bytes have arrived (a probe that needs no
+    /// more than a record header); `usize::MAX` for a real connection.
+    stop_after: usize,
+}
+
+impl<S> Sniffing<S> {
+    fn new(inner: S) -> Sniffing<S> {
+        Sniffing {
+            inner,
+            first: [0; SNIFFED],
+            kept: 0,
+            stop_after: usize::MAX,
+        }
+    }
+
+    /// The first bytes the server sent (up to [`SNIFFED`]).
+    fn first(&self) -> &[u8] {
+        &self.first[..self.kept]
+    }
+
+    /// The verdict on a failed handshake when the server sent something that
+    /// is not TLS: that, not the TLS library's words, is what went wrong.
+    fn clear_text(&self) -> Option<ConnectError> {
+        let first = self.first();
+        (!first.is_empty() && !looks_like_tls(first))
+            .then(|| ConnectError::ClearText(first.to_vec()))
+    }
+}
+
+impl<S: Read> Read for Sniffing<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.kept >= self.stop_after {
+            return Err(io::Error::other("enough bytes to judge the server"));
+        }
+        let n = self.inner.read(buf)?;
+        if self.kept < SNIFFED {
+            let take = n.min(SNIFFED - self.kept);
+            self.first[self.kept..self.kept + take].copy_from_slice(&buf[..take]);
+            self.kept += take;
+        }
+        Ok(n)
+    }
+}
+
+impl<S: Write> Write for Sniffing<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// What a failed OpenSSL client handshake was, from its numbers alone.
@@ -171,14 +254,20 @@ impl Connector {
         if self.insecure {
             config.set_verify(SslVerifyMode::NONE);
         }
-        match config.connect(servername, tcp) {
+        match config.connect(servername, Sniffing::new(tcp)) {
             Ok(ssl) => Ok(ClientStream(Inner::OpenSsl(ssl))),
             Err(HandshakeError::SetupFailure(e)) => {
                 Err(ConnectError::Other(super::first_reason(&e)))
             }
-            // A blocking socket whose timeout ran out.
-            Err(HandshakeError::WouldBlock(_)) => Err(ConnectError::TimedOut),
+            // A blocking socket whose timeout ran out (after clear text, that
+            // is the better answer: the server was never going to speak TLS).
+            Err(HandshakeError::WouldBlock(mid)) => {
+                Err(mid.get_ref().clear_text().unwrap_or(ConnectError::TimedOut))
+            }
             Err(HandshakeError::Failure(mid)) => {
+                if let Some(clear) = mid.get_ref().clear_text() {
+                    return Err(clear);
+                }
                 let verify = mid.ssl().verify_result();
                 let error = mid.error();
                 let first = first_error(error.ssl_error());
@@ -310,9 +399,12 @@ impl ResumingConnector {
         let connection =
             rustls::ClientConnection::new(Arc::clone(&self.config), self.servername.clone())
                 .map_err(sort_rustls)?;
-        let mut tls = rustls::StreamOwned::new(connection, tcp);
+        let mut tls = rustls::StreamOwned::new(connection, Sniffing::new(tcp));
         while tls.conn.is_handshaking() {
             if let Err(e) = tls.conn.complete_io(&mut tls.sock) {
+                if let Some(clear) = tls.sock.clear_text() {
+                    return Err(clear);
+                }
                 return Err(
                     match e
                         .get_ref()
@@ -348,17 +440,17 @@ fn sort_rustls(e: rustls::Error) -> ConnectError {
 pub struct ClientStream(Inner);
 
 enum Inner {
-    OpenSsl(SslStream<TcpStream>),
+    OpenSsl(SslStream<Sniffing<TcpStream>>),
     // Boxed: rustls keeps its buffers inline, ten times OpenSSL's handle.
-    Rustls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Rustls(Box<rustls::StreamOwned<rustls::ClientConnection, Sniffing<TcpStream>>>),
 }
 
 impl ClientStream {
     /// The socket under the session (for its timeouts).
     pub fn tcp(&self) -> &TcpStream {
         match &self.0 {
-            Inner::OpenSsl(ssl) => ssl.get_ref(),
-            Inner::Rustls(tls) => &tls.sock,
+            Inner::OpenSsl(ssl) => &ssl.get_ref().inner,
+            Inner::Rustls(tls) => &tls.sock.inner,
         }
     }
 
@@ -409,6 +501,35 @@ pub fn alert_received(e: &io::Error) -> Option<String> {
     match inner.downcast_ref::<rustls::Error>() {
         Some(rustls::Error::AlertReceived(alert)) => Some(format!("{alert:?}")),
         _ => None,
+    }
+}
+
+/// Whether the server at the other end of `tcp` (connected, its timeouts
+/// set) speaks TLS: sends a ClientHello and judges the first bytes of the
+/// answer, a TLS record or not, without finishing the handshake. For a plain
+/// client whose server closed without a reply, to say whether `--tls` was
+/// meant.
+pub fn answers_tls(tcp: TcpStream) -> bool {
+    let Ok(mut builder) = SslConnector::builder(SslMethod::tls_client()) else {
+        return false;
+    };
+    // Nothing is trusted or sent on this connection: only its first bytes count.
+    builder.set_verify(SslVerifyMode::NONE);
+    let Ok(config) = builder.build().configure() else {
+        return false;
+    };
+    let config = config
+        .verify_hostname(false)
+        .use_server_name_indication(false);
+    let mut socket = Sniffing::new(tcp);
+    // A record header is enough to judge.
+    socket.stop_after = 5;
+    match config.connect("", socket) {
+        Ok(_) => true,
+        Err(HandshakeError::Failure(mid) | HandshakeError::WouldBlock(mid)) => {
+            looks_like_tls(mid.get_ref().first())
+        }
+        Err(HandshakeError::SetupFailure(_)) => false,
     }
 }
 
@@ -526,6 +647,7 @@ mod tests {
             ConnectError::Alert(_) => "alert",
             ConnectError::Other(_) => "other",
             ConnectError::TimedOut | ConnectError::Io(_) => "io",
+            ConnectError::ClearText(_) => "clear text",
         };
         let cases = [
             (
@@ -549,6 +671,86 @@ mod tests {
         for (error, expected) in cases {
             let shown = format!("{error:?}");
             assert_eq!(sorted(error), expected, "{shown}");
+        }
+    }
+
+    #[test]
+    fn tls_records_are_told_from_clear_text() {
+        for tls in [
+            &[0x16, 0x03, 0x03, 0x00, 0x7a][..],
+            &[0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46],
+            &[0x16],
+        ] {
+            assert!(looks_like_tls(tls), "{tls:?}");
+        }
+        for clear in [
+            &b""[..],
+            b"X",
+            b"X\n",
+            b"A0FAC0B1234",
+            b"HTTP/1.1 400",
+            &[0x16, 0x30],
+        ] {
+            assert!(!looks_like_tls(clear), "{clear:?}");
+        }
+    }
+
+    /// A server on `listener` that reads a little, answers `answer` and closes.
+    fn answering(
+        listener: std::net::TcpListener,
+        answer: &'static [u8],
+    ) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let _ = s.read(&mut [0u8; 512]);
+            let _ = s.write_all(answer);
+        })
+    }
+
+    fn connected(listener: &std::net::TcpListener) -> TcpStream {
+        let tcp = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        tcp
+    }
+
+    #[test]
+    fn a_clear_text_answer_to_a_client_hello_is_named() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = connected(&listener);
+        let server = answering(listener, b"X\n");
+        let connector = Connector::new(&Trust::Insecure, None, TlsVersion::Tls13).unwrap();
+        match connector.connect("localhost", tcp) {
+            Err(ConnectError::ClearText(first)) => assert_eq!(first, b"X\n"),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("a handshake with a clear-text server"),
+        }
+        server.join().unwrap();
+        // A server that closes without a byte gives no such evidence.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = connected(&listener);
+        let server = answering(listener, b"");
+        let err = connector.connect("localhost", tcp).err().unwrap();
+        assert!(!matches!(err, ConnectError::ClearText(_)), "{err}");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_probe_tells_a_tls_server_from_a_plain_one() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp = connected(&listener);
+        // The start of a ServerHello record, then the close.
+        let server = answering(listener, &[0x16, 0x03, 0x03, 0x00, 0x7a, 0x02]);
+        assert!(answers_tls(tcp));
+        server.join().unwrap();
+        for answer in [&b"X"[..], b""] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let tcp = connected(&listener);
+            let server = answering(listener, answer);
+            assert!(!answers_tls(tcp), "{answer:?}");
+            server.join().unwrap();
         }
     }
 

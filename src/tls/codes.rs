@@ -17,6 +17,8 @@ pub(super) const SSL_AD_REASON_OFFSET: i32 = 1000;
 
 // Verify results (x509_vfy.h).
 pub(super) const X509_V_OK: i32 = 0;
+pub(super) const X509_V_ERR_CERT_NOT_YET_VALID: i32 = 9;
+pub(super) const X509_V_ERR_CERT_HAS_EXPIRED: i32 = 10;
 pub(super) const X509_V_ERR_CERT_REVOKED: i32 = 23;
 pub(super) const X509_V_ERR_HOSTNAME_MISMATCH: i32 = 62;
 pub(super) const X509_V_ERR_IP_ADDRESS_MISMATCH: i32 = 64;
@@ -28,7 +30,6 @@ pub(super) mod seen_in_tests {
     pub(in crate::tls) const SSL_R_SSLV3_ALERT_BAD_CERTIFICATE: i32 = 1042;
     pub(in crate::tls) const SSL_R_TLSV1_ALERT_PROTOCOL_VERSION: i32 = 1070;
     pub(in crate::tls) const SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED: i32 = 1116;
-    pub(in crate::tls) const X509_V_ERR_CERT_HAS_EXPIRED: i32 = 10;
     pub(in crate::tls) const X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT: i32 = 18;
     pub(in crate::tls) const X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY: i32 = 20;
 }

@@ -20,6 +20,7 @@ use openssl::x509::store::{X509Lookup, X509StoreBuilder};
 use openssl::x509::verify::X509VerifyFlags;
 use openssl::x509::{X509, X509VerifyResult};
 
+use crate::acl::CommonName;
 use crate::input_file::MAX_CRL_BYTES;
 
 use super::codes::*;
@@ -74,10 +75,17 @@ pub enum HandshakeFailureKind {
     NoSharedCipher,
     /// The client offered only protocol versions the server does not speak.
     ProtocolVersion,
-    /// The client's certificate was not signed by a CA in `--client-ca`.
+    /// The client's certificate did not verify for any reason but those
+    /// below: most often, it was not signed by a CA in `--client-ca`.
     UnknownCa,
-    /// The client's certificate has been revoked.
+    /// The client's certificate is listed in a `--client-crl`.
     Revoked,
+    /// The client's certificate (or one in its chain) is past its notAfter.
+    Expired,
+    /// The client's certificate (or one in its chain) is before its
+    /// notBefore by the server's clock: the server's clock is behind or the
+    /// CA's was ahead; the board's clock plays no part.
+    NotYetValid,
     /// The client presented no certificate where one is required.
     CertificateRequired,
     /// What arrived was not TLS (plain WWEP or HTTP on the TLS port).
@@ -91,11 +99,13 @@ pub enum HandshakeFailureKind {
 
 impl HandshakeFailureKind {
     /// Every kind, in the order the counters list them.
-    pub const ALL: [HandshakeFailureKind; 9] = [
+    pub const ALL: [HandshakeFailureKind; 11] = [
         Self::NoSharedCipher,
         Self::ProtocolVersion,
         Self::UnknownCa,
         Self::Revoked,
+        Self::Expired,
+        Self::NotYetValid,
         Self::CertificateRequired,
         Self::NotTls,
         Self::Closed,
@@ -103,12 +113,32 @@ impl HandshakeFailureKind {
         Self::Other,
     ];
 
+    /// A dense index (0..ALL.len()), in [`HandshakeFailureKind::ALL`] order,
+    /// for per-kind tables.
+    pub fn index(self) -> usize {
+        match self {
+            HandshakeFailureKind::NoSharedCipher => 0,
+            HandshakeFailureKind::ProtocolVersion => 1,
+            HandshakeFailureKind::UnknownCa => 2,
+            HandshakeFailureKind::Revoked => 3,
+            HandshakeFailureKind::Expired => 4,
+            HandshakeFailureKind::NotYetValid => 5,
+            HandshakeFailureKind::CertificateRequired => 6,
+            HandshakeFailureKind::NotTls => 7,
+            HandshakeFailureKind::Closed => 8,
+            HandshakeFailureKind::Timeout => 9,
+            HandshakeFailureKind::Other => 10,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             HandshakeFailureKind::NoSharedCipher => "no shared cipher",
             HandshakeFailureKind::ProtocolVersion => "protocol version",
             HandshakeFailureKind::UnknownCa => "unknown CA",
             HandshakeFailureKind::Revoked => "certificate revoked",
+            HandshakeFailureKind::Expired => "certificate expired",
+            HandshakeFailureKind::NotYetValid => "certificate not yet valid",
             HandshakeFailureKind::CertificateRequired => "certificate required",
             HandshakeFailureKind::NotTls => "not TLS",
             HandshakeFailureKind::Closed => "closed by client",
@@ -170,11 +200,13 @@ impl PendingHandshake {
 }
 
 /// Sorts a failed handshake by OpenSSL's verify result for the client's
-/// certificate, then the reason code it raised; `closed` when the client hung
-/// up without a reason being raised.
+/// certificate (its number, never its words), then the reason code it raised;
+/// `closed` when the client hung up without a reason being raised.
 fn failure_kind(verify: i32, reason: Option<i32>, closed: bool) -> HandshakeFailureKind {
     match (verify, reason) {
         (X509_V_ERR_CERT_REVOKED, _) => HandshakeFailureKind::Revoked,
+        (X509_V_ERR_CERT_HAS_EXPIRED, _) => HandshakeFailureKind::Expired,
+        (X509_V_ERR_CERT_NOT_YET_VALID, _) => HandshakeFailureKind::NotYetValid,
         (X509_V_OK, Some(SSL_R_NO_SHARED_CIPHER | SSL_R_NO_SHARED_GROUPS)) => {
             HandshakeFailureKind::NoSharedCipher
         }
@@ -407,11 +439,16 @@ impl ServerStream {
         self.ssl.get_ref().tcp()
     }
 
-    /// The common name of the client's verified certificate (mutual TLS).
-    pub fn peer_common_name(&self) -> Option<String> {
+    /// The common name of the client's verified certificate (mutual TLS):
+    /// every CN in its subject is read, so a second one, or one that is not
+    /// text, makes it ambiguous rather than passing unseen.
+    pub fn peer_common_name(&self) -> Option<CommonName> {
         let cert = self.ssl.ssl().peer_certificate()?;
-        let cn = cert.subject_name().entries_by_nid(Nid::COMMONNAME).next()?;
-        cn.data().to_string().ok()
+        let entries = cert.subject_name().entries_by_nid(Nid::COMMONNAME);
+        CommonName::read(entries.map(|entry| {
+            let data = entry.data();
+            data.to_string().map_err(|_| data.as_slice().to_vec())
+        }))
     }
 
     /// The names the client's verified certificate carries, for `--acl`: its
@@ -621,7 +658,25 @@ mod tests {
                 false,
                 UnknownCa,
             ),
-            (X509_V_ERR_CERT_HAS_EXPIRED, None, false, UnknownCa),
+            (
+                X509_V_ERR_CERT_HAS_EXPIRED,
+                Some(SSL_R_CERTIFICATE_VERIFY_FAILED),
+                false,
+                Expired,
+            ),
+            (
+                X509_V_ERR_CERT_NOT_YET_VALID,
+                Some(SSL_R_CERTIFICATE_VERIFY_FAILED),
+                false,
+                NotYetValid,
+            ),
+            (X509_V_ERR_CERT_HAS_EXPIRED, None, true, Expired),
+            (
+                X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT,
+                None,
+                false,
+                UnknownCa,
+            ),
             (X509_V_OK, None, true, Closed),
             (X509_V_OK, None, false, Other),
         ];
@@ -631,6 +686,13 @@ mod tests {
                 expected,
                 "{verify} {reason:?} {closed}"
             );
+        }
+    }
+
+    #[test]
+    fn kind_indexes_are_dense_and_in_order() {
+        for (i, kind) in HandshakeFailureKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i, "{kind}");
         }
     }
 

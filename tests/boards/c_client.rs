@@ -185,3 +185,30 @@ fn a_refusal_is_printed_with_its_reason() {
     assert_eq!(run.code, Some(1), "{}", run.text);
     assert_eq!(run.stdout, "X forbidden\nX forbidden\n", "{}", run.text);
 }
+
+#[test]
+fn an_a_for_another_register_is_no_acknowledgement() {
+    let Some(dir) = build() else { return };
+    // A server that acknowledges every message with register 22 of device
+    // 1111, whatever was written.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut request = [0u8; 11];
+        std::io::Read::read_exact(&mut s, &mut request).unwrap();
+        std::io::Write::write_all(&mut s, b"A1111229999").unwrap();
+        request
+    });
+    let run = button(dir, &[], "127.0.0.1", port, 3);
+    run.fails();
+    assert!(
+        run.stderr
+            .contains("acknowledged A1111229999, not the write that was sent (W04FB050001)"),
+        "{}",
+        run.text
+    );
+    // The first press was sent as a board sends it, and the run stopped there.
+    assert_eq!(&server.join().unwrap(), b"W04FB050001");
+}

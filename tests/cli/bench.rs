@@ -271,8 +271,43 @@ fn bad_values_are_one_line_and_exit_2() {
             &["bench", "--slow", "1", "--slow-interval-ms", "0"],
             "--slow-interval-ms",
         ),
-        (&["bench", "--idle", "20000"], "at most"),
+        (&["bench", "--idle", "20000"], "--idle"),
+        (&["bench", "--idle", "5000", "--slow", "5001"], "at most"),
     ] {
         wwep(args).fails_with(needle);
+    }
+}
+
+#[test]
+fn every_numeric_flag_names_its_range() {
+    // Checked before any connection is made: no server needed. Each flag's
+    // lowest and highest bad value (and a word) is one line naming the flag
+    // and what it takes.
+    let cases: [(&str, &[&str], &str); 10] = [
+        ("--concurrency", &["0", "10001", "x"], "from 1 to 10000"),
+        (
+            "--duration",
+            &["0", "1000001", "-1"],
+            "more than 0 and at most 1000000",
+        ),
+        ("--requests", &["0", "-1", "1.5"], "from 1 to"),
+        ("--warmup", &["-1", "1000001", "x"], "from 0 to 1000000"),
+        (
+            "--rate",
+            &["0", "0.0001", "10000001"],
+            "from 0.001 to 10000000",
+        ),
+        ("--devices", &["0", "65537", "-1"], "from 1 to 65536"),
+        ("--idle", &["-1", "10001"], "from 0 to 10000"),
+        ("--slow", &["-1", "10001"], "from 0 to 10000"),
+        ("--slow-interval-ms", &["0", "3600001"], "from 1 to 3600000"),
+        ("--timeout-ms", &["0", "3600001"], "from 1 to 3600000"),
+    ];
+    for (flag, values, range) in cases {
+        for value in values {
+            let run = wwep(&["bench", flag, value]);
+            run.fails_with(&format!("{flag} <"));
+            run.fails_with(range);
+        }
     }
 }

@@ -7,4 +7,5 @@ mod common;
 mod bench;
 mod client_cli;
 mod docs_links;
+mod reply_checks;
 mod server_cli;

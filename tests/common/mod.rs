@@ -27,7 +27,7 @@ use openssl::rsa::Rsa;
 use openssl::x509::extension::{
     BasicConstraints, ExtendedKeyUsage, KeyUsage, SubjectAlternativeName,
 };
-use openssl::x509::{X509, X509NameBuilder};
+use openssl::x509::{X509, X509Name, X509NameBuilder};
 use wwep::config::ServerConfig;
 use wwep::net::server::{RunningServer, Stats};
 use wwep::tls::IdentitySource;
@@ -98,10 +98,15 @@ fn now_unix() -> i64 {
 
 /// Makes a certificate signed by `issuer`, or self-signed when `issuer` is None.
 pub fn issue(spec: &CertSpec, issuer: Option<&Issued>) -> Issued {
-    let key = new_key(spec.kind);
     let mut name = X509NameBuilder::new().unwrap();
     name.append_entry_by_nid(Nid::COMMONNAME, spec.cn).unwrap();
-    let name = name.build();
+    issue_with_subject(spec, name.build(), issuer)
+}
+
+/// [`issue`] with a subject made by the test (`spec.cn` unused): several
+/// CNs, or one of an odd string type.
+pub fn issue_with_subject(spec: &CertSpec, name: X509Name, issuer: Option<&Issued>) -> Issued {
+    let key = new_key(spec.kind);
     let mut b = X509::builder().unwrap();
     b.set_version(2).unwrap();
     let serial = BigNum::from_u32(rand_u32()).unwrap();

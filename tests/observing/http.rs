@@ -649,7 +649,7 @@ fn refusals_are_counted_by_reason_and_busy_replies_as_transactions() {
 /// Headless Chromium driven over the DevTools protocol on a pipe
 /// (`--remote-debugging-pipe`: JSON messages ended by NUL on fds 3 and 4,
 /// here two named pipes), enough to open a page and evaluate expressions.
-struct Browser {
+pub(crate) struct Browser {
     _child: Child,
     to: std::fs::File,
     from: std::sync::mpsc::Receiver<serde_json::Value>,
@@ -659,7 +659,7 @@ struct Browser {
 }
 
 impl Browser {
-    fn start() -> Browser {
+    pub(crate) fn start() -> Browser {
         let dir = tempfile::tempdir().unwrap();
         let (to_path, from_path) = (dir.path().join("to"), dir.path().join("from"));
         for p in [&to_path, &from_path] {
@@ -714,7 +714,7 @@ impl Browser {
     }
 
     /// Sends a command and waits for its answer's `result`.
-    fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
+    pub(crate) fn call(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
         let id = self.next_id;
         self.next_id += 1;
         let mut message = serde_json::json!({"id": id, "method": method, "params": params});
@@ -739,7 +739,7 @@ impl Browser {
     }
 
     /// Opens `url` in a new tab and talks to that tab from now on.
-    fn open(&mut self, url: &str) {
+    pub(crate) fn open(&mut self, url: &str) {
         let target = self.call("Target.createTarget", serde_json::json!({"url": url}));
         let attached = self.call(
             "Target.attachToTarget",
@@ -749,7 +749,7 @@ impl Browser {
     }
 
     /// The value of a JavaScript expression in the page.
-    fn eval(&mut self, expression: &str) -> serde_json::Value {
+    pub(crate) fn eval(&mut self, expression: &str) -> serde_json::Value {
         let result = self.call(
             "Runtime.evaluate",
             serde_json::json!({"expression": expression, "returnByValue": true}),

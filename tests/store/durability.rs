@@ -113,6 +113,76 @@ fn journal_bytes(records: &[((u16, u8), u16)]) -> Vec<u8> {
     bytes
 }
 
+/// What the server warned about its data file at startup, each line from
+/// `data file PATH: ` on.
+fn data_file_warnings(server: &ServerProcess) -> Vec<String> {
+    server
+        .log_text()
+        .lines()
+        .filter(|l| l.contains(" WARN "))
+        .filter_map(|l| {
+            l.split_once(" wwep::store] data file ")
+                .map(|(_, rest)| rest)
+        })
+        .filter_map(|rest| rest.split_once(": ").map(|(_, what)| what.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_torn_last_record_ending_in_a_zero_byte_is_one_record_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("registers.wwep");
+    let records = [((1, 1), 0x1111), ((2, 2), 0x2222)];
+    let mut bytes = journal_bytes(&records);
+    // Device 0707, register 00: the third byte written, the last, is a zero.
+    let torn = &encode_record((0x0707, 0x00), 0x0707)[..3];
+    assert_eq!(torn.last(), Some(&0));
+    bytes.extend_from_slice(torn);
+    std::fs::write(&data, &bytes).unwrap();
+    let server = data_server(&data, &[]);
+    assert_eq!(
+        data_file_warnings(&server),
+        ["3 bytes at byte 26: a record cut short at the end: \
+          a crash during a write; dropped; every whole record was kept"],
+        "one region, said once:\n{}",
+        server.log_text()
+    );
+    assert_eq!(std::fs::metadata(&data).unwrap().len(), 26, "trimmed");
+    read_back(&server, &records);
+    assert_eq!(
+        transact(&mut connect(server.plain.unwrap()), b"R070700"),
+        b"X"
+    );
+}
+
+#[test]
+fn a_5_byte_file_is_a_header_cut_short_and_starts_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("registers.wwep");
+    std::fs::write(&data, &MAGIC[..5]).unwrap();
+    let server = data_server(&data, &[]);
+    assert_eq!(
+        data_file_warnings(&server),
+        [
+            "5 bytes at byte 0: a header cut short (the file is shorter than its 8-byte header): \
+          a crash while the file was being created; nothing in it was data; started afresh"
+        ],
+        "{}",
+        server.log_text()
+    );
+    assert_eq!(std::fs::read(&data).unwrap(), MAGIC, "a fresh header");
+    let addr = server.plain.unwrap();
+    assert_eq!(transact(&mut connect(addr), b"W0005050005"), b"A0005050005");
+    drop(server);
+    let server = data_server(&data, &[]);
+    assert!(
+        data_file_warnings(&server).is_empty(),
+        "{}",
+        server.log_text()
+    );
+    read_back(&server, &[((5, 5), 5)]);
+}
+
 #[test]
 fn torn_last_record_is_dropped_and_the_rest_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -121,8 +191,10 @@ fn torn_last_record_is_dropped_and_the_rest_kept() {
     bytes.truncate(bytes.len() - 5);
     std::fs::write(&data, &bytes).unwrap();
     let server = data_server(&data, &[]);
-    assert!(
-        server.log_text().contains("dropped 4 bytes"),
+    assert_eq!(
+        data_file_warnings(&server),
+        ["4 bytes at byte 26: a record cut short at the end: \
+          a crash during a write; dropped; every whole record was kept"],
         "{}",
         server.log_text()
     );
@@ -190,8 +262,16 @@ fn damage_before_the_last_record_refuses_to_start_until_repair() {
         "the damaged file is left alone"
     );
     let server = data_server(&data, &["--repair"]);
+    let warnings = data_file_warnings(&server);
     assert!(
-        server.log_text().contains("dropped 9 bytes"),
+        warnings.len() == 2
+            && warnings[0]
+                == "9 bytes at byte 17: bytes that are not records (a bad checksum, garbage, \
+                    bytes lost or inserted): damage, not what a crash leaves; dropped by --repair"
+            && warnings[1].starts_with(
+                "--repair kept 2 records (2 registers) and dropped 9 bytes in 1 damaged region(s); \
+                 the damaged original is kept as "
+            ),
         "{}",
         server.log_text()
     );
@@ -230,8 +310,16 @@ fn a_zero_tail_from_a_power_cut_starts_without_repair() {
     std::fs::write(&data, &bytes).unwrap();
     let server = data_server(&data, &[]);
     assert!(
-        server.log_text().contains("50 records replayed")
-            && server.log_text().contains("dropped 4096"),
+        server.log_text().contains("50 records replayed"),
+        "{}",
+        server.log_text()
+    );
+    assert_eq!(
+        data_file_warnings(&server),
+        [format!(
+            "4096 bytes at byte {good}: zeros at the end: the file grew \
+             but a power cut left the new part unwritten; dropped; every whole record was kept"
+        )],
         "{}",
         server.log_text()
     );
@@ -258,8 +346,13 @@ fn a_record_cut_short_then_zeros_starts_without_repair() {
     bytes.extend([0u8; 512]);
     std::fs::write(&data, &bytes).unwrap();
     let server = data_server(&data, &[]);
+    let warnings = data_file_warnings(&server);
     assert!(
-        server.log_text().contains("dropped"),
+        warnings.len() == 1
+            && warnings[0].starts_with(&format!(
+                "517 bytes at byte {}: a record cut short, then zeros",
+                8 + 20 * 9
+            )),
         "{}",
         server.log_text()
     );
@@ -556,6 +649,151 @@ impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(self.dir.path()).status();
     }
+}
+
+/// A directory no one may create files in while this lives, root included:
+/// mode 555, and where that does not stop root, the immutable flag
+/// (`chattr +i`); `None` (the skip recorded) where neither can be arranged.
+struct Unwritable {
+    dir: std::path::PathBuf,
+    immutable: bool,
+}
+
+impl Unwritable {
+    fn make(dir: &Path) -> Option<Unwritable> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let mut guard = Unwritable {
+            dir: dir.to_path_buf(),
+            immutable: false,
+        };
+        if !can_create_in(dir) {
+            return Some(guard);
+        }
+        guard.immutable = Command::new("chattr")
+            .arg("+i")
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if guard.immutable && !can_create_in(dir) {
+            return Some(guard);
+        }
+        skip("cannot make a directory unwritable here (root, and no chattr +i on its file system)");
+        None
+    }
+}
+
+impl Drop for Unwritable {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        if self.immutable {
+            let _ = Command::new("chattr").arg("-i").arg(&self.dir).status();
+        }
+        let _ = std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o755));
+    }
+}
+
+fn can_create_in(dir: &Path) -> bool {
+    let probe = dir.join("probe");
+    let created = std::fs::File::create(&probe).is_ok();
+    let _ = std::fs::remove_file(&probe);
+    created
+}
+
+/// The value of one sample in `/metrics` (its whole name and labels given).
+fn sample(http: std::net::SocketAddr, series: &str) -> Option<f64> {
+    http_get(http, "/metrics")
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn a_compaction_that_cannot_write_its_directory_says_so_in_the_log_health_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("registers.wwep");
+    let server = data_server(
+        &data,
+        &[
+            "--http",
+            "127.0.0.1:0",
+            "--compact-ratio",
+            "1",
+            "--compact-min-bytes",
+            "64",
+        ],
+    );
+    let http = server.await_http_addr();
+    let reserve = dir.path().join("registers.wwep.reserve");
+    assert!(
+        eventually(Duration::from_secs(10), || file_exists(&reserve)),
+        "no reserve:\n{}",
+        server.log_text()
+    );
+    assert_eq!(http_get(http, "/health").body, "ok\n");
+    let Some(_unwritable) = Unwritable::make(dir.path()) else {
+        return;
+    };
+    // Ten records for one register: the file outgrows it, and the next
+    // second's compaction cannot create its temporary file.
+    let addr = server.plain.unwrap();
+    for v in 0..10u16 {
+        let request = format!("W00010100{v:02X}");
+        let reply = transact(&mut connect(addr), request.as_bytes());
+        assert_eq!(reply, format!("A{}", &request[1..]).as_bytes());
+    }
+    server.assert_logs_within(
+        "compaction failed (no permission): ",
+        Duration::from_secs(10),
+    );
+    let log = server.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("compaction failed"))
+        .expect("the line waited for");
+    assert!(
+        line.contains(&format!(
+            "let the user the server runs as create and rename files in {}",
+            dir.path().display()
+        )) && !line.contains("full disk")
+            && line.contains("1 failure(s) in a row"),
+        "{line}"
+    );
+    let health = http_get(http, "/health");
+    assert_eq!(
+        health.status, 200,
+        "writes are still stored: {}",
+        health.body
+    );
+    assert!(
+        health.body.starts_with(
+            "degraded: compaction of the data file failed 1 time(s) in a row (no permission): "
+        ),
+        "{}",
+        health.body
+    );
+    assert_eq!(
+        sample(
+            http,
+            "wwep_data_file_compaction_failures_total{cause=\"permission\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            http,
+            "wwep_data_file_compaction_failures_total{cause=\"space\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(http, "wwep_data_file_compaction_failures_in_a_row"),
+        Some(1.0)
+    );
+    assert_eq!(sample(http, "wwep_data_file_compactions_total"), Some(0.0));
+    // Service goes on: the data file itself still takes writes.
+    assert_eq!(transact(&mut connect(addr), b"W0002020002"), b"A0002020002");
 }
 
 #[test]

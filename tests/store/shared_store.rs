@@ -315,3 +315,97 @@ fn registers_in_a_shared_store_are_counted_truly_or_not_at_all() {
     assert!(settled, "{text}");
     assert!(text.contains("wwep_transactions_total"), "{text}");
 }
+
+/// A register whose stored value this server cannot read (`HSET wwep:0BB0 01
+/// ff`, by hand or by another program) gets one verdict on every path: `X
+/// unreadable` to a WWEP read, listed under `unreadable` by
+/// `/api/devices`, and the read's `X` in `/api/state`'s transactions; the
+/// store itself is healthy, and the device's other registers read as ever.
+#[test]
+fn a_value_wwep_cannot_read_gets_one_verdict_on_every_path() {
+    let Some(redis) = RedisServer::start(&[]) else {
+        return;
+    };
+    let pki = Pki::new(KeyKind::EcP256);
+    let server = front_end(&pki, &redis, &["--http", "127.0.0.1:0"]);
+    let plain = server.plain.unwrap();
+    let http = server.await_http_addr();
+    assert_eq!(
+        transact(&mut connect(plain), b"W0BB0021234"),
+        b"A0BB0021234"
+    );
+    let added: i64 = redis.query(&["HSET", "wwep:0BB0", "01", "ff"]).unwrap();
+    assert_eq!(added, 1);
+    // Bytes that are not even UTF-8: unreadable too, not a store failure.
+    let added: i64 = redis::cmd("HSET")
+        .arg("wwep:0BB1")
+        .arg("01")
+        .arg(&b"\xff\xfe"[..])
+        .query(&mut redis.client())
+        .unwrap();
+    assert_eq!(added, 1);
+
+    assert_eq!(transact(&mut connect(plain), b"R0BB001"), b"X unreadable");
+    assert_eq!(transact(&mut connect(plain), b"R0BB101"), b"X unreadable");
+    assert_eq!(transact(&mut connect(plain), b"R0BB002"), b"A0BB0021234");
+    let device = http_get(http, "/api/devices/0BB0");
+    assert_eq!(
+        (device.status, device.body.as_str()),
+        (
+            200,
+            "{\"device\":\"0BB0\",\"registers\":{\"02\":\"1234\"},\"unreadable\":[\"01\"]}\n"
+        )
+    );
+    let device = http_get(http, "/api/devices/0bb1");
+    assert_eq!(
+        (device.status, device.body.as_str()),
+        (
+            200,
+            "{\"device\":\"0BB1\",\"registers\":{},\"unreadable\":[\"01\"]}\n"
+        )
+    );
+    // `/api/state` lists what went through this server: the read's X, and
+    // no value for the register.
+    let state: serde_json::Value =
+        serde_json::from_str(&http_get(http, "/api/state").body).unwrap();
+    let read = state["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|tx| tx["request"] == "R0BB001")
+        .unwrap_or_else(|| panic!("the read in {state}"));
+    assert_eq!(read["reply"], "X unreadable");
+    let devices = state["devices"].as_array().unwrap();
+    let bb0 = devices.iter().find(|d| d["device"] == "0BB0").unwrap();
+    let written: Vec<_> = bb0["registers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["register"].as_str(), r["value"].as_str()))
+        .collect();
+    assert_eq!(written, [(Some("02"), Some("1234"))]);
+
+    server.assert_logs_within(
+        "wwep:0BB0: register 01 holds \"ff\", not 4 hex digits",
+        Duration::from_secs(5),
+    );
+    let metrics = metrics_text(http);
+    assert!(
+        metrics.contains(
+            "wwep_transactions_total{port=\"plain\",command=\"R\",reply=\"X\",result=\"unreadable\"} 2\n"
+        ),
+        "{metrics}"
+    );
+    assert_eq!(health(http).0, 200, "the store answers: {:?}", health(http));
+
+    // Written through wwep, the register reads again everywhere.
+    assert_eq!(
+        transact(&mut connect(plain), b"W0BB0010001"),
+        b"A0BB0010001"
+    );
+    assert_eq!(transact(&mut connect(plain), b"R0BB001"), b"A0BB0010001");
+    assert_eq!(
+        http_get(http, "/api/devices/0BB0").body,
+        "{\"device\":\"0BB0\",\"registers\":{\"01\":\"0001\",\"02\":\"1234\"}}\n"
+    );
+}

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::*;
-use wwep::acl::{Acl, Certificate, Peer};
+use wwep::acl::{Acl, Certificate, CommonName, Peer};
 use wwep::protocol::{ErrorDetail, Request};
 use wwep::tls::ClientAuth;
 
@@ -123,6 +123,123 @@ fn a_board_writes_its_own_device_and_is_refused_another() {
         "X forbidden"
     );
     assert_eq!(s.stats_when(|st| st.forbidden >= 6).forbidden, 6);
+}
+
+/// A client certificate from the test CA whose subject holds `cns`, in
+/// order, each of ASN.1 string type `kind` (UTF8String when `None`).
+fn with_cns(pki: &Pki, cns: &[&str], kind: Option<openssl::asn1::Asn1Type>) -> Issued {
+    let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+    for cn in cns {
+        let nid = openssl::nid::Nid::COMMONNAME;
+        match kind {
+            None => name.append_entry_by_nid(nid, cn).unwrap(),
+            Some(kind) => name.append_entry_by_nid_with_type(nid, cn, kind).unwrap(),
+        }
+    }
+    let spec = CertSpec {
+        sans: &[],
+        client: true,
+        ..CertSpec::server("unused")
+    };
+    issue_with_subject(&spec, name.build(), Some(&pki.ca))
+}
+
+/// The lines of `log` saying which rule refused a request.
+fn forbidden_lines(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.contains("forbidden by")).collect()
+}
+
+#[test]
+fn a_certificate_with_two_cns_is_no_one_for_self() {
+    let pki = Pki::new(KeyKind::EcP256);
+    let rules = "deny cn:wwep-0BAD read,write *\n\
+                 allow any-certificate read,write self\n\
+                 allow any-certificate read 0500\n";
+    let acl = pki.write("rules.acl", rules.as_bytes());
+    let ca = pki.path("ca.pem");
+    let server = ServerProcess::with_pki(
+        &pki,
+        &[
+            "--client-ca",
+            ca.to_str().unwrap(),
+            "--acl",
+            acl.to_str().unwrap(),
+            "--explain-errors",
+        ],
+    );
+    let tls = server.tls.unwrap();
+    let board = board(&pki, "0500");
+    assert_eq!(
+        tls_as(tls, &pki, Some(&board), "W0500050001"),
+        "A0500050001"
+    );
+    // The subject CA front ends built on Go read as wwep-04FB and OpenSSL's
+    // lookup as wwep-0500: `self` is neither.
+    let two = with_cns(&pki, &["wwep-0500", "wwep-04FB"], None);
+    assert_eq!(tls_as(tls, &pki, Some(&two), "W0500050002"), "X forbidden");
+    let within = Duration::from_secs(5);
+    server.assert_logs_within("forbidden by", within);
+    let log = server.log_text();
+    let line = forbidden_lines(&log)[0];
+    assert!(
+        line.contains(
+            "cn=\"wwep-0500\" cn=\"wwep-04FB\" \"W0500050002\" (write of register 05 of device 0500): no rule allows it (default deny); no cn: or self rule grants anything to this certificate: its subject has 2 CNs"
+        ),
+        "{line}"
+    );
+    assert_eq!(tls_as(tls, &pki, Some(&two), "W04FB050002"), "X forbidden");
+    // A rule that grants by other means still applies.
+    assert_eq!(tls_as(tls, &pki, Some(&two), "R050005"), "A0500050001");
+    // And a deny rule reads every CN: a second one does not escape it.
+    let bad = with_cns(&pki, &["wwep-0BAD", "wwep-0500"], None);
+    assert_eq!(tls_as(tls, &pki, Some(&bad), "R050005"), "X forbidden");
+    // The refusals wrote nothing.
+    assert_eq!(tls_as(tls, &pki, Some(&board), "R050005"), "A0500050001");
+    assert!(
+        !server.log_text().contains("\"A04FB05"),
+        "{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn a_certificate_whose_cn_is_not_text_is_no_one_for_self() {
+    let pki = Pki::new(KeyKind::EcP256);
+    let acl = pki.write("rules.acl", BOARDS.as_bytes());
+    let ca = pki.path("ca.pem");
+    let server = ServerProcess::with_pki(
+        &pki,
+        &[
+            "--client-ca",
+            ca.to_str().unwrap(),
+            "--acl",
+            acl.to_str().unwrap(),
+        ],
+    );
+    let tls = server.tls.unwrap();
+    // A CN stored as a BIT STRING (a type a name may hold): OpenSSL verifies the certificate but
+    // cannot read the name as text.
+    let octets = with_cns(
+        &pki,
+        &["wwep-04FB"],
+        Some(openssl::asn1::Asn1Type::BIT_STRING),
+    );
+    assert_eq!(tls_as(tls, &pki, Some(&octets), "W04FB050001"), "X");
+    server.assert_logs_within("forbidden by", Duration::from_secs(5));
+    let log = server.log_text();
+    let line = forbidden_lines(&log)[0];
+    assert!(
+        line.contains(
+            "cn=\"wwep-04FB\" \"W04FB050001\" (write of register 05 of device 04FB): no rule allows it (default deny); no cn: or self rule grants anything to this certificate: its CN is not text"
+        ),
+        "{line}"
+    );
+    // The same name as text is the board.
+    let board = board(&pki, "04FB");
+    assert_eq!(
+        tls_as(tls, &pki, Some(&board), "W04FB050001"),
+        "A04FB050001"
+    );
 }
 
 #[test]
@@ -460,7 +577,7 @@ fn readme_example_parses_and_gives_each_board_its_own_device() {
     let rules: Vec<String> = acl.rules().iter().map(|r| r.to_string()).collect();
     assert_eq!(rules, ["allow any-certificate read,write self *"]);
     let board = Certificate {
-        cn: Some("wwep-04FB".to_string()),
+        cn: Some(CommonName::One("wwep-04FB".to_string())),
         sans: vec![],
     };
     let as_board = Peer {
@@ -567,7 +684,7 @@ fn readme_rule_file_example_does_what_it_says() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(acl.rules().len(), 5);
     let cert = |cn: &str| Certificate {
-        cn: Some(cn.to_string()),
+        cn: Some(CommonName::One(cn.to_string())),
         sans: vec![],
     };
     let (board, gateway) = (cert("wwep-04FB"), cert("wwep-gateway"));

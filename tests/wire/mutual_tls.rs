@@ -134,3 +134,95 @@ fn cli_client_certificate_and_logged_common_name() {
         within,
     );
 }
+
+/// A client certificate from `pki`'s CA valid from `not_before` to
+/// `not_after`, in seconds from now.
+fn client_valid(pki: &Pki, not_before: i64, not_after: i64) -> Issued {
+    let spec = CertSpec {
+        sans: &[],
+        client: true,
+        not_before,
+        not_after,
+        ..CertSpec::server("wwep-04FB")
+    };
+    issue(&spec, Some(&pki.ca))
+}
+
+/// The value of the `wwep_tls_handshake_failures_total` series of `kind`.
+fn failures_of_kind(metrics: &str, kind: &str) -> Option<u64> {
+    let series = format!("wwep_tls_handshake_failures_total{{kind=\"{kind}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[test]
+fn expired_and_not_yet_valid_client_certificates_are_their_own_kinds() {
+    let pki = Arc::new(Pki::new(KeyKind::EcP256));
+    let stranger = Pki::new(KeyKind::EcP256);
+    let ca = pki.path("ca.pem");
+    let server = ServerProcess::with_pki(
+        &pki,
+        &["--client-ca", ca.to_str().unwrap(), "--http", "127.0.0.1:0"],
+    );
+    let http = server.await_http_addr();
+    let day = 86_400;
+    let expired = client_valid(&pki, -30 * day, -day);
+    let not_yet = client_valid(&pki, day, 30 * day);
+    let tls = server.tls.unwrap();
+    let try_as = |client: &Issued, tls12: bool| {
+        let connector = connector(&pki, Some(client), tls12);
+        let refused = match connector.connect("localhost", connect(tls)) {
+            Err(_) => true,
+            Ok(mut stream) => {
+                // TLS 1.3: the server judges the certificate after the
+                // client's side of the handshake is done.
+                let _ = std::io::Write::write_all(&mut stream, b"W04FB050001");
+                let mut buf = [0u8; 16];
+                !matches!(std::io::Read::read(&mut stream, &mut buf), Ok(n) if n > 0)
+            }
+        };
+        assert!(refused, "served anyway");
+    };
+    let expected = [
+        ("expired", 2),
+        ("not_yet_valid", 2),
+        ("unknown_ca", 1),
+        ("revoked", 0),
+    ];
+    for tls12 in [false, true] {
+        try_as(&expired, tls12);
+        try_as(&not_yet, tls12);
+    }
+    try_as(&stranger.client, false);
+    let mut text = String::new();
+    let counted = eventually(COUNTS_SETTLE, || {
+        text = http_get(http, "/metrics").body;
+        expected
+            .iter()
+            .all(|(kind, n)| failures_of_kind(&text, kind) == Some(*n))
+    });
+    assert!(counted, "{expected:?} in\n{text}");
+    // Each kind has its own line (one a second per kind, so each is shown).
+    let within = std::time::Duration::from_secs(5);
+    server.assert_logs_within(
+        "handshake failed: certificate expired (certificate has expired)",
+        within,
+    );
+    server.assert_logs_within(
+        "handshake failed: certificate not yet valid (certificate is not yet valid)",
+        within,
+    );
+    server.assert_logs_within("handshake failed: unknown CA", within);
+    let log = server.log_text();
+    assert!(
+        !log.contains("unknown CA (certificate has expired)"),
+        "{log}"
+    );
+    // The store was never reached.
+    assert_eq!(
+        transact(&mut connect(server.plain.unwrap()), b"R04FB05"),
+        b"X"
+    );
+}

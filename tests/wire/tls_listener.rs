@@ -294,3 +294,76 @@ fn a_lowercase_command_over_tls_is_answered_without_the_gap() {
         started.elapsed()
     );
 }
+
+/// How many lines of its kind each handshake-failure line of `kind` says
+/// were held back before it, in order.
+fn held_back_by_line(log: &str, kind: &str) -> Vec<u64> {
+    let needle = format!("handshake failed: {kind}");
+    log.lines()
+        .filter(|line| line.contains(&needle))
+        .map(|line| {
+            line.strip_suffix(" more like this not shown)")
+                .and_then(|head| head.rsplit_once(" (").map(|(_, n)| n))
+                .map_or(0, |n| n.parse().expect("a count"))
+        })
+        .collect()
+}
+
+/// The handshake-failure line is limited to one a second for each kind, and
+/// the count of lines held back that each carries is its own kind's: plain
+/// text on the TLS port is never counted on a protocol-version line.
+#[test]
+fn held_back_handshake_failures_are_counted_by_kind() {
+    let pki = Pki::new(KeyKind::EcP256);
+    let server = ServerProcess::with_pki(&pki, &[]);
+    let tls = server.tls.unwrap();
+    let old = openssl_client(SslVersion::TLS1_1, SslVersion::TLS1_1);
+    let version = || assert!(old.connect("localhost", connect(tls)).is_err());
+    let plain = || {
+        let mut c = connect(tls);
+        c.write_all(b"W0FAC0B1234\n").unwrap();
+        read_to_close_lenient(&mut c);
+    };
+    let kinds: [(&str, &dyn Fn()); 2] = [("protocol version", &version), ("not TLS", &plain)];
+    let mut driven = [0u64; 2];
+    // A burst of both kinds, interleaved.
+    let started = Instant::now();
+    for i in 0..7 {
+        let k = i % 2;
+        kinds[k].1();
+        driven[k] += 1;
+    }
+    let burst = started.elapsed();
+    let lines = |k: usize| held_back_by_line(&server.log_text(), kinds[k].0);
+    // Once the second has passed, one more of each kind is shown with its
+    // count. (Tried again a second later should the machine be so slow that
+    // the first try was held back.)
+    for (k, (kind, drive)) in kinds.iter().enumerate() {
+        let shown = lines(k).len();
+        let new_line = (0..4).any(|_| {
+            std::thread::sleep(Duration::from_millis(1100));
+            drive();
+            driven[k] += 1;
+            eventually(Duration::from_secs(2), || lines(k).len() > shown)
+        });
+        assert!(new_line, "no new {kind} line:\n{}", server.log_text());
+    }
+    for (k, (kind, _)) in kinds.iter().enumerate() {
+        let held = lines(k);
+        // Every failure of the kind is on its lines: shown, or counted as
+        // held back by the next line of its kind, and by no other's.
+        let accounted: u64 = held.iter().map(|n| 1 + n).sum();
+        assert_eq!(
+            accounted,
+            driven[k],
+            "{kind}: {held:?} for {} failures\n{}",
+            driven[k],
+            server.log_text()
+        );
+        // A burst well within the second is one line, then one line
+        // counting the rest of it.
+        if burst < Duration::from_millis(500) {
+            assert_eq!(held, [0, driven[k] - 2], "{kind} after a {burst:?} burst");
+        }
+    }
+}

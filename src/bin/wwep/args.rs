@@ -3,7 +3,8 @@
 
 use std::net::IpAddr;
 
-use wwep::bench::Mix;
+use wwep::bench::{self, Mix};
+use wwep::protocol::{Reply, WRITE_LEN};
 
 /// Parses a hex field as people type it (`0FAC`, `0x0fac`, `fac`), up to `max`.
 pub fn parse_hex(text: &str, name: &str, max: u32) -> Result<u32, String> {
@@ -114,31 +115,83 @@ pub fn mix(text: &str) -> Result<Mix, String> {
     }
 }
 
-/// A number of seconds, zero or more (`--duration`, `--warmup`).
-pub fn seconds(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(v) if v.is_finite() && (0.0..=1e9).contains(&v) => Ok(v),
-        _ => Err(format!("expected a number of seconds, not '{text}'")),
+/// The ranges of the numeric flags, each checked where the flag is parsed:
+/// a value outside is one line naming the flag and its range (clap adds
+/// the flag's name to the words here).
+pub const MAX_SECONDS: f64 = 1_000_000.0;
+pub const MIN_RATE: f64 = 0.001;
+pub const MAX_RATE: f64 = 10_000_000.0;
+pub const MAX_MILLISECONDS: u64 = 3_600_000;
+
+/// A number from `min` to `max`, its range named in the error.
+fn within(text: &str, min: u64, max: u64) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        _ => Err(format!("expected a whole number from {min} to {max}")),
     }
 }
 
-/// `--rate`: transactions per second, more than zero.
+/// `--duration`: seconds to measure, more than zero.
+pub fn duration(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= MAX_SECONDS => Ok(v),
+        _ => Err(format!(
+            "expected a number of seconds more than 0 and at most {MAX_SECONDS}"
+        )),
+    }
+}
+
+/// `--warmup`: seconds, zero or more.
+pub fn warmup(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=MAX_SECONDS).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "expected a number of seconds from 0 to {MAX_SECONDS}"
+        )),
+    }
+}
+
+/// `--rate`: transactions per second; the least keeps a worker's slot
+/// spacing a time the clock can hold.
 pub fn rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(v) if (MIN_RATE..=MAX_RATE).contains(&v) => Ok(v),
         _ => Err(format!(
-            "expected a positive number of transactions per second, not '{text}'"
+            "expected transactions per second from {MIN_RATE} to {MAX_RATE}"
         )),
     }
 }
 
-/// A count that must be at least 1 (`--concurrency`, `--requests`).
-pub fn at_least_one(text: &str) -> Result<u64, String> {
-    match text.parse::<u64>() {
-        Ok(v) if v >= 1 => Ok(v),
-        _ => Err(format!(
-            "expected a whole number of at least 1, not '{text}'"
-        )),
+/// `--concurrency`: workers, one thread each.
+pub fn concurrency(text: &str) -> Result<u64, String> {
+    within(text, 1, bench::MAX_CONCURRENCY as u64)
+}
+
+/// `--requests`: at least one.
+pub fn requests(text: &str) -> Result<u64, String> {
+    within(text, 1, u64::MAX)
+}
+
+/// `--devices`: how many device ids, of the 65,536 there are.
+pub fn devices(text: &str) -> Result<u32, String> {
+    within(text, 1, u64::from(bench::MAX_DEVICES)).map(|n| n as u32)
+}
+
+/// `--idle`, `--slow`: abuse connections, none or more.
+pub fn abuse_connections(text: &str) -> Result<usize, String> {
+    within(text, 0, bench::MAX_ABUSE_CONNECTIONS as u64).map(|n| n as usize)
+}
+
+/// `--slow-interval-ms`, `--timeout-ms`: milliseconds, up to an hour.
+pub fn milliseconds(text: &str) -> Result<u64, String> {
+    within(text, 1, MAX_MILLISECONDS)
+}
+
+/// `--expect-reply`: an `A` reply, exactly as a server sends it.
+pub fn accepted_reply(text: &str) -> Result<Reply, String> {
+    match Reply::parse(text.as_bytes()) {
+        Some(reply @ Reply::Accepted { .. }) if text.len() == WRITE_LEN => Ok(reply),
+        _ => Err("expected an A reply such as A0FAC0B1234".into()),
     }
 }
 
@@ -225,19 +278,47 @@ mod tests {
 
     #[test]
     fn bench_values() {
-        assert_eq!(seconds("1.5"), Ok(1.5));
-        assert_eq!(seconds("0"), Ok(0.0));
-        for bad in ["-1", "NaN", "inf", "x", ""] {
-            assert!(seconds(bad).is_err(), "{bad}");
+        assert_eq!(duration("1.5"), Ok(1.5));
+        for bad in ["0", "-1", "NaN", "inf", "x", "", "1e7"] {
+            assert!(duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(warmup("0"), Ok(0.0));
+        for bad in ["-1", "NaN", "inf", "x", "", "1e7"] {
+            assert!(warmup(bad).is_err(), "{bad}");
         }
         assert_eq!(rate("250"), Ok(250.0));
         assert_eq!(rate("0.5"), Ok(0.5));
-        for bad in ["0", "-3", "NaN", "inf", "fast"] {
+        for bad in ["0", "-3", "NaN", "inf", "fast", "1e-300", "1e300"] {
             assert!(rate(bad).is_err(), "{bad}");
         }
-        assert_eq!(at_least_one("3"), Ok(3));
+        assert_eq!(concurrency("3"), Ok(3));
+        assert_eq!(requests("18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(devices("65536"), Ok(65536));
+        assert_eq!(abuse_connections("0"), Ok(0));
+        assert_eq!(milliseconds("1"), Ok(1));
         for bad in ["0", "-1", "1.5", ""] {
-            assert!(at_least_one(bad).is_err(), "{bad}");
+            assert!(concurrency(bad).is_err(), "{bad}");
+            assert!(requests(bad).is_err(), "{bad}");
+            assert!(devices(bad).is_err(), "{bad}");
+            assert!(milliseconds(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            devices("65537"),
+            Err("expected a whole number from 1 to 65536".to_string())
+        );
+        assert!(concurrency("10001").is_err());
+        assert!(abuse_connections("10001").is_err());
+        assert!(milliseconds("3600001").is_err());
+        assert_eq!(
+            accepted_reply("A0FAC0B1234"),
+            Ok(Reply::Accepted {
+                device: 0x0FAC,
+                register: 0x0B,
+                value: 0x1234
+            })
+        );
+        for bad in ["X", "A0FAC0B1234\n", "W0FAC0B1234", "A0FAC0B12", ""] {
+            assert!(accepted_reply(bad).is_err(), "{bad:?}");
         }
         assert_eq!(loopback("127.0.0.3"), Ok("127.0.0.3".parse().unwrap()));
         assert_eq!(loopback("::1"), Ok("::1".parse().unwrap()));

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use wwep::bench::{self, AbuseConfig, BenchConfig, Load, Mix, Until};
 use wwep::client::{Client, Link, ServerAddress};
+use wwep::protocol::Reply;
 use wwep::tls::client::{Connector, ResumeWith, ResumingConnector, Trust};
 use wwep::tls::{IdentitySource, TlsVersion};
 
@@ -15,7 +16,8 @@ use crate::args;
 /// WWEP client: reads and writes registers on a wwep server.
 ///
 /// Exit status: 0 when the server accepted (A), 1 when it failed the request (X),
-/// 2 on a usage, network or TLS error.
+/// 2 on a usage, network or TLS error, or an A for another register or value
+/// than the request's.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about)]
 pub struct Cli {
@@ -70,7 +72,7 @@ pub struct ConnectionArgs {
     #[arg(long, global = true, value_name = "FILE")]
     pub pkcs12: Option<PathBuf>,
     /// Milliseconds for connect, handshake and reply together.
-    #[arg(long, global = true, default_value_t = 2000, value_name = "MS")]
+    #[arg(allow_negative_numbers = true, long, global = true, default_value_t = 2000, value_name = "MS", value_parser = args::milliseconds)]
     pub timeout_ms: u64,
     /// Use the device id of this MAC address (the sum of its six bytes) as DEVICE.
     #[arg(long, global = true, value_name = "MAC")]
@@ -123,16 +125,16 @@ pub enum Command {
 #[command(next_help_heading = "Benchmark options")]
 pub struct BenchArgs {
     /// Concurrent workers, each one connection at a time.
-    #[arg(allow_negative_numbers = true, short, long, default_value_t = bench::DEFAULT_CONCURRENCY as u64, value_parser = args::at_least_one)]
+    #[arg(allow_negative_numbers = true, short, long, default_value_t = bench::DEFAULT_CONCURRENCY as u64, value_parser = args::concurrency)]
     pub concurrency: u64,
     /// Seconds to measure (after the warm-up).
-    #[arg(allow_negative_numbers = true, long, default_value_t = bench::DEFAULT_DURATION_SECS, value_name = "SECS", value_parser = args::seconds, conflicts_with = "requests")]
+    #[arg(allow_negative_numbers = true, long, default_value_t = bench::DEFAULT_DURATION_SECS, value_name = "SECS", value_parser = args::duration, conflicts_with = "requests")]
     pub duration: f64,
     /// Stop after this many completed transactions instead of after --duration.
-    #[arg(allow_negative_numbers = true, long, value_parser = args::at_least_one)]
+    #[arg(allow_negative_numbers = true, long, value_parser = args::requests)]
     pub requests: Option<u64>,
     /// Seconds of load before measuring starts.
-    #[arg(allow_negative_numbers = true, long, default_value_t = bench::DEFAULT_WARMUP_SECS, value_name = "SECS", value_parser = args::seconds)]
+    #[arg(allow_negative_numbers = true, long, default_value_t = bench::DEFAULT_WARMUP_SECS, value_name = "SECS", value_parser = args::warmup)]
     pub warmup: f64,
     /// Open loop: this many transactions per second in total, on a fixed schedule;
     /// latency counts from the scheduled time and late or missed sends are reported.
@@ -142,8 +144,12 @@ pub struct BenchArgs {
     #[arg(long, default_value = "write", value_parser = args::mix)]
     pub mix: Mix,
     /// Spread requests over this many device ids instead of all 65,536.
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long, value_name = "N", value_parser = args::devices)]
     pub devices: Option<u32>,
+    /// Expect this A reply to every request instead of the one for it: for a
+    /// stand-in server that answers a constant (nginx's `return` in `make bench`).
+    #[arg(long, value_name = "REPLY", value_parser = args::accepted_reply)]
+    pub expect_reply: Option<Reply>,
     /// Connect from this local (loopback) address.
     #[arg(long, value_name = "IP", value_parser = args::loopback)]
     pub source_ip: Option<std::net::IpAddr>,
@@ -155,7 +161,8 @@ pub struct BenchArgs {
         allow_negative_numbers = true,
         long,
         value_name = "N",
-        default_value_t = 0
+        default_value_t = 0,
+        value_parser = args::abuse_connections
     )]
     pub idle: usize,
     /// Meanwhile hold N connections that send their request (with --tls, a
@@ -164,11 +171,12 @@ pub struct BenchArgs {
         allow_negative_numbers = true,
         long,
         value_name = "N",
-        default_value_t = 0
+        default_value_t = 0,
+        value_parser = args::abuse_connections
     )]
     pub slow: usize,
     /// Pause between the bytes of a --slow connection.
-    #[arg(allow_negative_numbers = true, long, value_name = "MS", default_value_t = bench::DEFAULT_SLOW_INTERVAL_MS)]
+    #[arg(allow_negative_numbers = true, long, value_name = "MS", default_value_t = bench::DEFAULT_SLOW_INTERVAL_MS, value_parser = args::milliseconds)]
     pub slow_interval_ms: u64,
     /// Loopback addresses to spread the --idle and --slow connections over.
     #[arg(long, value_name = "IP", num_args = 1.., value_parser = args::loopback)]
@@ -203,6 +211,7 @@ impl BenchArgs {
             },
             mix: self.mix,
             devices: self.devices,
+            expected_reply: self.expect_reply,
             abuse: AbuseConfig {
                 idle: self.idle,
                 slow: self.slow,
@@ -221,7 +230,7 @@ impl ConnectionArgs {
     /// (1.2 for `bench --tls12`).
     pub fn client(&self, newest: TlsVersion) -> Result<Client, String> {
         let c = self;
-        let address = ServerAddress::parse(&c.server)?;
+        let address = ServerAddress::parse(&c.server).map_err(|e| e.to_string())?;
         let tls_only = [
             (c.ca.is_some(), "--ca"),
             (c.servername.is_some(), "--servername"),
@@ -290,9 +299,6 @@ impl ConnectionArgs {
             }
             Link::Plain
         };
-        if c.timeout_ms == 0 {
-            return Err("--timeout-ms must be greater than 0".into());
-        }
         Client::new(&address, link, Duration::from_millis(c.timeout_ms)).map_err(|e| e.to_string())
     }
 }

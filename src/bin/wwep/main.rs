@@ -106,11 +106,16 @@ fn bench_command(c: &ConnectionArgs, b: &BenchArgs, json: bool) -> Result<ExitCo
     } else {
         print!("{}", report.to_text());
     }
-    Ok(if report.summary.completed > 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
-    })
+    if report.summary.completed > 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The report says why in its counts; the line says that it failed.
+    eprintln!(
+        "wwep: no transaction completed ({} failed, {} mismatched replies)",
+        report.errors.values().sum::<u64>(),
+        report.mismatched
+    );
+    Ok(ExitCode::from(2))
 }
 
 /// `wwep toggle`: reads the LED register and writes the other state.
@@ -133,9 +138,11 @@ fn toggle(
         device,
         register: LED_REGISTER,
     };
+    // Both replies are checked against their request: a state read from
+    // another register, or a write acknowledged for one, is no toggle.
     let current = client
-        .transact(read.encode().as_bytes())
-        .map_err(|e| e.to_string())?;
+        .transact_checked(read.encode().as_bytes())
+        .map_err(|e| client.diagnose(e).to_string())?;
     // A register never written counts as off, as on a board fresh from reset.
     let was_on =
         matches!(Reply::parse(&current), Some(Reply::Accepted { value, .. }) if value != 0);
@@ -146,18 +153,19 @@ fn toggle(
         value,
     };
     let reply = client
-        .transact(write.encode().as_bytes())
-        .map_err(|e| e.to_string())?;
+        .transact_checked(write.encode().as_bytes())
+        .map_err(|e| client.diagnose(e).to_string())?;
     let state = if value == 1 { "on" } else { "off" };
     output::report(&reply, json, Some(state))
 }
 
-/// One transaction, reported.
+/// One transaction, reported; a reply that answers another request than
+/// the one sent is an error, as a failed connection is.
 fn exchange(c: &ConnectionArgs, request: &[u8], json: bool) -> Result<ExitCode, String> {
-    let reply = c
-        .client(TlsVersion::Tls13)?
-        .transact(request)
-        .map_err(|e| e.to_string())?;
+    let client = c.client(TlsVersion::Tls13)?;
+    let reply = client
+        .transact_checked(request)
+        .map_err(|e| client.diagnose(e).to_string())?;
     output::report(&reply, json, None)
 }
 

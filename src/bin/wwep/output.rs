@@ -10,49 +10,55 @@ use serde_json::ser::Formatter;
 use wwep::json::{Hex, Text};
 use wwep::protocol::{Escaped, Reply};
 
-/// Prints a reply and picks the exit status: 0 for A, 1 for X, 2 for anything else.
+/// Prints a reply and picks the exit status: 0 for A, 1 for X, 2 for anything
+/// else. With `json`, stdout holds one JSON object exactly when the status is
+/// 0 or 1; on 2 it is empty and stderr says why, as for every other error.
 pub fn report(reply: &[u8], json: bool, state: Option<&str>) -> Result<ExitCode, String> {
     let parsed = Reply::parse(reply);
     let text = reply
         .strip_suffix(b"\r\n")
         .or_else(|| reply.strip_suffix(b"\n"))
         .unwrap_or(reply);
+    let Some(parsed) = parsed else {
+        if !json {
+            println!("{}", Escaped(text));
+        }
+        eprintln!(
+            "wwep: the server's reply is not WWEP: \"{}\"",
+            Escaped(reply)
+        );
+        return Ok(ExitCode::from(2));
+    };
+    let accepted = match parsed {
+        Reply::Accepted {
+            device,
+            register,
+            value,
+        } => Some((Hex(device), Hex(register), Hex(value))),
+        Reply::Failed(_) => None,
+    };
     if json {
-        let (device, register, value) = match parsed {
-            Some(Reply::Accepted {
-                device,
-                register,
-                value,
-            }) => (Some(Hex(device)), Some(Hex(register)), Some(Hex(value))),
-            _ => (None, None, None),
-        };
         println!(
             "{}",
             to_json(&ReplyJson {
                 reply: Text(Latin1(text)),
-                accepted: device.is_some(),
-                device,
-                register,
-                value,
+                accepted: accepted.is_some(),
+                device: accepted.map(|a| a.0),
+                register: accepted.map(|a| a.1),
+                value: accepted.map(|a| a.2),
                 state,
             })
         );
     } else {
         match state {
-            Some(state) if matches!(parsed, Some(Reply::Accepted { .. })) => println!("{state}"),
+            Some(state) if accepted.is_some() => println!("{state}"),
             _ => println!("{}", Escaped(text)),
         }
     }
-    Ok(match parsed {
-        Some(Reply::Accepted { .. }) => ExitCode::SUCCESS,
-        Some(Reply::Failed(_)) => ExitCode::from(1),
-        None => {
-            eprintln!(
-                "wwep: the server's reply is not WWEP: \"{}\"",
-                Escaped(reply)
-            );
-            ExitCode::from(2)
-        }
+    Ok(if accepted.is_some() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     })
 }
 

@@ -78,11 +78,15 @@ fn utc_stamp(t: SystemTime) -> String {
 /// The directory entry of `path` on disk: after a file is created, renamed or
 /// linked there.
 pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = match path.parent() {
+    File::open(dir_of(path))?.sync_all()
+}
+
+/// The directory `path` is in (`.` for a bare name).
+pub(crate) fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
-    };
-    File::open(dir)?.sync_all()
+    }
 }
 
 #[cfg(test)]

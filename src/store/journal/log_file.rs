@@ -21,12 +21,13 @@ use std::time::{Duration, Instant};
 
 use rustix::fs::OFlags;
 
-use super::files::{real_path, sync_dir, tmp_path};
+use super::files::{dir_of, real_path, sync_dir, tmp_path};
 use super::policy::{CompactionPolicy, Fsync};
 use super::reserve::Reserve;
 use crate::input_file::FileKind;
+use crate::io_cause::IoCause;
 use crate::store::format::{
-    Damage, FormatError, HEADER_BYTES, Key, MAGIC, Scan, Scanner, encode_record,
+    Damage, FormatError, HEADER_BYTES, Key, MAGIC, Region, Scan, Scanner, encode_record,
 };
 use crate::store::lock::{DataLock, LockError, lock_path};
 
@@ -53,7 +54,8 @@ pub enum JournalError {
     /// Damage between good records, or a whole last record with a bad CRC.
     Corrupt {
         path: PathBuf,
-        offset: u64,
+        /// The first damaged region.
+        first: Region,
         regions: u64,
         damaged_bytes: u64,
         /// Good records in the whole file, before and after the damage.
@@ -93,13 +95,13 @@ impl fmt::Display for JournalError {
             ),
             JournalError::Corrupt {
                 path,
-                offset,
+                first,
                 regions,
                 damaged_bytes,
                 records,
             } => write!(
                 f,
-                "{}: damaged record at byte {offset} ({damaged_bytes} damaged bytes in {regions} region(s)); \
+                "{}: {first} ({damaged_bytes} damaged bytes in {regions} region(s) in all); \
                  {records} records are intact. Back the file up, then start once with --repair \
                  to keep every intact record and drop only the damaged bytes",
                 path.display()
@@ -124,6 +126,17 @@ impl fmt::Display for JournalError {
 
 impl std::error::Error for JournalError {}
 
+impl JournalError {
+    /// What kind of failure it is, from the OS error (an I/O error for a
+    /// failure that is not one).
+    pub fn cause(&self) -> IoCause {
+        match self {
+            JournalError::Io { source, .. } => IoCause::of(source),
+            _ => IoCause::Io,
+        }
+    }
+}
+
 pub(crate) fn io_err<'a>(
     path: &'a Path,
     action: &'static str,
@@ -141,11 +154,10 @@ pub struct OpenReport {
     pub created: bool,
     /// Good records replayed (with `--repair`, those after damage too).
     pub records: u64,
-    /// Bytes trimmed from the end: a record cut short plus any zeros after it.
-    pub torn_bytes: u64,
-    /// Of `torn_bytes`, the zeros at the very end.
-    pub zero_bytes: u64,
-    /// Bytes dropped by `--repair`: every damaged byte, and the tail.
+    /// What a crash or a power cut left (trimmed, or with no header, the
+    /// file started afresh): one region of one kind, at most.
+    pub leftover: Option<Region>,
+    /// Bytes dropped by `--repair`: every damaged byte, and the leftover.
     pub repaired_bytes: u64,
     /// Damage found (only ever non-empty with `--repair`; otherwise opening fails).
     pub damage: Damage,
@@ -274,10 +286,10 @@ impl Journal {
         let (real, lock) = lock(path)?;
         let file = open_file(path)?;
         let (scan, file_len) = replay_file(&file, path, cancel, replay)?;
-        if let (Some(offset), false) = (scan.damage.first, repair) {
+        if let (Some(first), false) = (scan.damage.first(), repair) {
             return Err(JournalError::Corrupt {
                 path: path.to_path_buf(),
-                offset,
+                first,
                 regions: scan.damage.regions,
                 damaged_bytes: scan.damage.bytes,
                 records: scan.records,
@@ -286,9 +298,8 @@ impl Journal {
         let mut report = OpenReport {
             created,
             records: scan.records,
-            torn_bytes: scan.tail.bytes(),
-            zero_bytes: scan.tail.zero_bytes,
-            damage: scan.damage,
+            leftover: scan.leftover,
+            damage: scan.damage.clone(),
             ..OpenReport::default()
         };
         let good_len = settle(&file, path, &scan, file_len, &mut report)?;
@@ -317,6 +328,11 @@ impl Journal {
 
     pub fn policy(&self) -> Fsync {
         self.policy
+    }
+
+    /// The directory the data file really is in, where compaction writes.
+    pub fn directory(&self) -> &Path {
+        dir_of(&self.real)
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {
@@ -428,9 +444,11 @@ impl Journal {
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
             st.last_error_log = Some(now);
+            let cause = IoCause::of(e);
             log::error!(
-                "{}: cannot write the data file: {e}; writes get X until it works again",
-                self.path.display()
+                "{}: cannot write the data file ({cause}: {e}); writes get X until it works again; {}",
+                self.path.display(),
+                cause.remedy(self.directory())
             );
         }
     }
@@ -580,6 +598,7 @@ fn settle(
     report: &mut OpenReport,
 ) -> Result<u64, JournalError> {
     let mut good_len = scan.end;
+    let leftover = scan.leftover.map_or(0, |r| r.bytes);
     if scan.blank {
         file.set_len(0)
             .map_err(io_err(path, "truncate the data file"))?;
@@ -589,11 +608,9 @@ fn settle(
         good_len = HEADER_BYTES;
     } else if scan.damage.regions > 0 {
         // Rewritten by the caller's compaction; nothing is appended before.
-        report.repaired_bytes = scan.damage.bytes + scan.tail.bytes();
-        report.torn_bytes = 0;
-        report.zero_bytes = 0;
+        report.repaired_bytes = scan.damage.bytes + leftover;
         good_len = file_len;
-    } else if scan.tail.bytes() > 0 {
+    } else if leftover > 0 {
         file.set_len(scan.end)
             .map_err(io_err(path, "trim the end of the data file"))?;
     }
@@ -630,7 +647,7 @@ impl Journal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::format::RECORD_BYTES;
+    use crate::store::format::{DamageKind, RECORD_BYTES};
     use std::sync::Mutex;
 
     /// What was published, in order.
@@ -706,7 +723,11 @@ mod tests {
             matches!(
                 err,
                 JournalError::Corrupt {
-                    offset: 17,
+                    first: Region {
+                        kind: DamageKind::NotRecords,
+                        offset: 17,
+                        bytes: 9
+                    },
                     regions: 1,
                     damaged_bytes: 9,
                     records: 2,
@@ -792,16 +813,19 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let (j, report, replay) = open(&path, false).unwrap();
         assert_eq!(replay, vec![((1, 1), 1), ((2, 2), 2)]);
-        assert_eq!(
-            (report.torn_bytes, report.zero_bytes, report.repaired_bytes),
-            (4096, 4096, 0)
-        );
+        let zeros = Region {
+            kind: DamageKind::ZerosAtEnd,
+            offset: 26,
+            bytes: 4096,
+        };
+        assert_eq!((report.leftover, report.repaired_bytes), (Some(zeros), 0));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 26, "trimmed");
         let published = Published::default();
         j.commit(j.append((3, 3), 3), &published).unwrap();
         drop(j);
         let (_, report, replay) = open(&path, false).unwrap();
         assert_eq!(replay.len(), 3);
-        assert_eq!(report.torn_bytes, 0);
+        assert_eq!(report.leftover, None);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::files::suffixed;
+use super::files::{dir_of, suffixed};
+use crate::io_cause::IoCause;
 use crate::store::format::{HEADER_BYTES, RECORD_BYTES};
 
 /// The reserve covers the live data plus this, in whole pages.
@@ -48,9 +49,12 @@ impl Reserve {
             }
             Err(e) => {
                 if !self.short {
+                    let cause = IoCause::of(&e);
                     log::warn!(
-                        "{}: cannot reserve room for compaction ({e}); a full disk may need space freed by hand",
-                        self.path.display()
+                        "{}: cannot reserve room for compaction ({cause}: {e}); {}; until it can, \
+                         a disk filled by the data file does not free itself by compacting",
+                        self.path.display(),
+                        cause.remedy(dir_of(&self.path))
                     );
                 }
                 self.short = true;

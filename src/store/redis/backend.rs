@@ -18,8 +18,10 @@ use super::location::{RedisSettings, StoreLocation};
 use super::pool::{Pool, Source};
 use super::sentinel::SentinelSource;
 use crate::input_file::MAX_FILE_BYTES;
-use crate::protocol::Transport;
-use crate::store::backend::{Backend, StoreError};
+use crate::protocol::{Escaped, Transport};
+use crate::rate_limited::RateLimitedLog;
+use crate::store::backend::{Backend, DeviceRegisters, StoreError};
+use crate::store::text;
 
 /// Why the shared store cannot be used at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +76,10 @@ impl std::error::Error for RedisOpenError {}
 /// The longest one command may take, whatever `--timeout-ms` allows.
 const MAX_COMMAND_TIME: Duration = Duration::from_secs(1);
 
+/// How much of a stored value a log line shows: enough to recognise it, and
+/// a huge one never floods the log.
+const LOGGED_VALUE_BYTES: usize = 32;
+
 pub struct RedisStore {
     pool: Pool,
     /// Keys are `PREFIX:DEV`.
@@ -84,6 +90,9 @@ pub struct RedisStore {
     stop: Arc<AtomicBool>,
     /// The SHA1 of the fence script, for `EVALSHA`.
     fence_sha: String,
+    /// Values and fields this server cannot read: their own lines, apart
+    /// from the store's outages, at most one a second.
+    unreadable_log: RateLimitedLog,
 }
 
 impl RedisStore {
@@ -105,6 +114,7 @@ impl RedisStore {
             confirm: Confirmation::new(settings.wait_replicas, settings.wait_aof, timeout),
             stop: Arc::new(AtomicBool::new(false)),
             fence_sha: fence_sha(),
+            unreadable_log: RateLimitedLog::new(log::Level::Warn, Duration::from_secs(1)),
         };
         store.follow_sentinels()?;
         store.first_connection(settings.ca.as_deref(), root_cert.as_deref())?;
@@ -174,6 +184,25 @@ impl RedisStore {
 
     fn key(&self, device: u16) -> String {
         format!("{}:{device:04X}", self.prefix)
+    }
+
+    /// The one verdict on a register's stored text, whichever path asked (a
+    /// WWEP read, `/api/devices`): its value, or unreadable, logged.
+    fn verdict(&self, device: u16, register: u8, stored: &[u8]) -> Result<u16, StoreError> {
+        text::value(stored).ok_or_else(|| {
+            self.unreadable_log.log(format_args!(
+                "{}: register {register:02X} holds \"{}\"{}, not 4 hex digits: \
+                 answered as unreadable (X to a read, \"unreadable\" in /api/devices)",
+                self.key(device),
+                Escaped(&stored[..stored.len().min(LOGGED_VALUE_BYTES)]),
+                if stored.len() > LOGGED_VALUE_BYTES {
+                    "…"
+                } else {
+                    ""
+                }
+            ));
+            StoreError::Unreadable
+        })
     }
 
     /// The answer to a write Redis answered: logged unless it was done.
@@ -270,59 +299,44 @@ fn has_waitaof(connection: &mut Connection) -> bool {
     matches!(info, Ok(redis::Value::Array(entries)) if entries.first().is_some_and(|e| *e != redis::Value::Nil))
 }
 
-/// Parses a stored value: 4 hex digits (what this server writes).
-fn parse_value(text: &str) -> Option<u16> {
-    if text.len() != 4 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    u16::from_str_radix(text, 16).ok()
-}
-
 impl Backend for RedisStore {
+    /// `HGET`: the stored bytes as they are (a value that is not UTF-8 is
+    /// unreadable, not a failure of the store).
     fn read(&self, device: u16, register: u8) -> Result<Option<u16>, StoreError> {
-        let field = format!("{register:02X}");
-        let value: Option<String> = self.pool.with_connection(|c, _| {
+        let stored: Option<Vec<u8>> = self.pool.with_connection(|c, _| {
             redis::cmd("HGET")
                 .arg(self.key(device))
-                .arg(&field)
+                .arg(format!("{register:02X}"))
                 .query(c)
         })?;
-        match value {
-            None => Ok(None),
-            Some(text) => match parse_value(&text) {
-                Some(value) => Ok(Some(value)),
-                None => {
-                    self.pool.failure_log.log(format_args!(
-                        "{}: field {field} holds {text:?}, not 4 hex digits",
-                        self.key(device)
-                    ));
-                    Err(StoreError::Unavailable)
-                }
-            },
-        }
+        stored
+            .map(|stored| self.verdict(device, register, &stored))
+            .transpose()
     }
 
-    /// `HGETALL` of the device's hash, within the same time limit as `read`.
-    /// A field or value this server would not have written is logged and left
-    /// out, so one foreign field does not hide the device's other registers.
-    fn device(&self, device: u16) -> Result<Vec<(u8, u16)>, StoreError> {
-        let fields: std::collections::HashMap<String, String> = self
+    /// `HGETALL` of the device's hash, within the same time limit as `read`;
+    /// each register gets the verdict `read` gives it. A field that is not a
+    /// register (no read can ask for it) is logged and left out.
+    fn device(&self, device: u16) -> Result<DeviceRegisters, StoreError> {
+        let fields: std::collections::HashMap<Vec<u8>, Vec<u8>> = self
             .pool
             .with_connection(|c, _| redis::cmd("HGETALL").arg(self.key(device)).query(c))?;
-        let mut registers = Vec::with_capacity(fields.len());
-        for (field, text) in fields {
-            let register = (field.len() == 2 && field.bytes().all(|b| b.is_ascii_hexdigit()))
-                .then(|| u8::from_str_radix(&field, 16).ok())
-                .flatten();
-            match (register, parse_value(&text)) {
-                (Some(register), Some(value)) => registers.push((register, value)),
-                _ => self.pool.failure_log.log(format_args!(
-                    "{}: field {field:?} holds {text:?}, not a register and 4 hex digits; left out",
-                    self.key(device)
+        let mut registers = DeviceRegisters::default();
+        for (field, stored) in fields {
+            match text::register(&field) {
+                Some(register) => match self.verdict(device, register, &stored) {
+                    Ok(value) => registers.values.push((register, value)),
+                    Err(_) => registers.unreadable.push(register),
+                },
+                None => self.unreadable_log.log(format_args!(
+                    "{}: field \"{}\" is not a register (2 hex digits); left out",
+                    self.key(device),
+                    Escaped(&field[..field.len().min(LOGGED_VALUE_BYTES)])
                 )),
             }
         }
-        registers.sort_unstable();
+        registers.values.sort_unstable();
+        registers.unreadable.sort_unstable();
         Ok(registers)
     }
 
@@ -422,14 +436,5 @@ mod tests {
             error.to_string(),
             "--store: the certificate of redis localhost:6380 is not trusted (checked against --store-ca redis-ca.pem): certificate has expired"
         );
-    }
-
-    #[test]
-    fn stored_values_are_four_hex_digits() {
-        assert_eq!(parse_value("1234"), Some(0x1234));
-        assert_eq!(parse_value("ffff"), Some(0xFFFF));
-        for bad in ["", "123", "12345", "12G4", "+123"] {
-            assert_eq!(parse_value(bad), None, "{bad}");
-        }
     }
 }
