@@ -377,6 +377,28 @@ mod tests {
     }
 
     #[test]
+    fn a_watcher_needs_a_comment_after_silence_and_is_dropped_when_stuck() {
+        let feed = Arc::new(Feed::new());
+        let now = Instant::now();
+        let mut w = Watcher::start(&feed, None, now);
+        assert_eq!(w.deadline(false), now + KEEP_ALIVE);
+        assert_eq!(w.deadline(true), now + STALL);
+        let later = now + Duration::from_secs(3);
+        feed.publish(event(1, 1));
+        assert_eq!(w.fill(&feed, &mut Vec::new(), 0, later), Ok(1));
+        assert_eq!(
+            w.deadline(false),
+            later + KEEP_ALIVE,
+            "silence counts from the last event"
+        );
+        assert_eq!(
+            w.deadline(true),
+            now + STALL,
+            "patience counts from the last byte taken"
+        );
+    }
+
+    #[test]
     fn a_watcher_that_falls_behind_is_told_so() {
         let feed = Arc::new(Feed::new());
         let now = Instant::now();

@@ -211,6 +211,17 @@ fn a_device_filter_keeps_that_device_and_a_bad_one_is_refused() {
     }
     let other = http_get(addr, "/api/events?since=5");
     assert_eq!(other.status, 400, "{}", other.body);
+    // HEAD: the stream's head, then the close.
+    let mut head = connect(addr);
+    head.write_all(b"HEAD /api/events HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    let head = String::from_utf8(read_to_close(&mut head)).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(
+        head.contains("Content-Type: text/event-stream\r\n"),
+        "{head}"
+    );
+    assert!(head.ends_with("\r\n\r\n"), "a body after HEAD: {head:?}");
 }
 
 /// Writers on `threads` threads, one write per connection, until `stop`;
