@@ -359,9 +359,7 @@ impl Status for ServerStatus {
             connections_waiting: self.room.len(),
             registers: ctx.backend.registers(),
             data_file_bytes: ctx.backend.data_file_bytes(),
-            certificate_not_after: acceptor
-                .as_ref()
-                .and_then(|a| a.earliest_not_after_unix()),
+            certificate_not_after: acceptor.as_ref().and_then(|a| a.earliest_not_after_unix()),
             client_crl_next_update: acceptor
                 .as_ref()
                 .and_then(|a| a.client_crl_next_update_unix()),

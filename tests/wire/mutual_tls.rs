@@ -352,7 +352,11 @@ fn a_stale_client_crl_is_blamed_not_the_ca_and_said_at_start_and_reload() {
     server.signal("HUP");
     let reloads = |n: usize| {
         eventually(within, || {
-            server.log_text().matches("SIGHUP: reloaded the TLS").count() == n
+            server
+                .log_text()
+                .matches("SIGHUP: reloaded the TLS")
+                .count()
+                == n
         })
     };
     assert!(reloads(1), "{}", server.log_text());
