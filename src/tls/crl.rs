@@ -205,7 +205,7 @@ pub(super) fn now_unix() -> i64 {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use openssl::asn1::{Asn1Object, Asn1OctetString, Asn1Time};
     use openssl::hash::MessageDigest;
@@ -216,7 +216,7 @@ pub(crate) mod tests {
     const DAY: i64 = 86_400;
 
     /// An empty CRL signed by `ca`, valid from `last` to `next` (Unix time).
-    pub(crate) fn crl(ca: &X509, key: &PKey<Private>, last: i64, next: i64) -> X509Crl {
+    fn crl(ca: &X509, key: &PKey<Private>, last: i64, next: i64) -> X509Crl {
         let mut b = X509CrlBuilder::new().unwrap();
         b.set_issuer_name(ca.subject_name()).unwrap();
         b.set_last_update(&Asn1Time::from_unix(last).unwrap())

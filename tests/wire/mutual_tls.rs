@@ -396,3 +396,45 @@ fn a_stale_client_crl_is_blamed_not_the_ca_and_said_at_start_and_reload() {
         "only the write made with a fresh list was stored"
     );
 }
+
+#[test]
+fn a_crl_from_another_ca_is_blamed_not_the_ca() {
+    // The operator gives the CRL of another CA: OpenSSL finds no list for
+    // the clients' CA and refuses every one of them.
+    let pki = Arc::new(Pki::new(KeyKind::EcP256));
+    let other = Pki::new(KeyKind::EcP256);
+    let (list, _, _) = crl_of(&other, -3600, 7 * 86_400);
+    let crl_path = pki.write("other.crl", &list);
+    let ca = pki.path("ca.pem");
+    let server = ServerProcess::with_pki(
+        &pki,
+        &[
+            "--client-ca",
+            ca.to_str().unwrap(),
+            "--client-crl",
+            crl_path.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+        ],
+    );
+    let http = server.await_http_addr();
+    let reply = exchange(
+        &pki,
+        server.tls.unwrap(),
+        &pki.client,
+        false,
+        b"W0FAC0B0001",
+    );
+    assert_eq!(reply, None, "served without its CA's CRL");
+    let mut text = String::new();
+    let counted = eventually(COUNTS_SETTLE, || {
+        text = http_get(http, "/metrics").body;
+        failures_of_kind(&text, "crl") == Some(1)
+            && failures_of_kind(&text, "unknown_ca") == Some(0)
+    });
+    assert!(counted, "{text}");
+    server.assert_logs_within(
+        "handshake failed: client CRL out of date or unusable (unable to get certificate CRL)",
+        Duration::from_secs(5),
+    );
+}
