@@ -108,6 +108,7 @@ fn handshake_failure_label(kind: HandshakeFailureKind) -> &'static str {
         HandshakeFailureKind::Revoked => "revoked",
         HandshakeFailureKind::Expired => "expired",
         HandshakeFailureKind::NotYetValid => "not_yet_valid",
+        HandshakeFailureKind::Crl => "crl",
         HandshakeFailureKind::CertificateRequired => "certificate_required",
         HandshakeFailureKind::NotTls => "not_tls",
         HandshakeFailureKind::Closed => "closed",
@@ -318,6 +319,9 @@ pub struct Snapshot {
     pub data_file_bytes: Option<u64>,
     /// The earliest not-after of the served certificates, as Unix time.
     pub certificate_not_after: Option<i64>,
+    /// When the first client CA's CRL passes its nextUpdate, as Unix time;
+    /// `None` without `--client-crl` (or with lists that name no nextUpdate).
+    pub client_crl_next_update: Option<i64>,
     /// The HTTP side's own connection counts, when it serves `/metrics`.
     pub http: Option<HttpCounts>,
 }
@@ -530,6 +534,9 @@ impl Metrics {
         if let Some(not_after) = snapshot.certificate_not_after {
             put(&mut registry, CERTIFICATE_NOT_AFTER, gauge(not_after));
         }
+        if let Some(next_update) = snapshot.client_crl_next_update {
+            put(&mut registry, CLIENT_CRL_NEXT_UPDATE, gauge(next_update));
+        }
         if let Some(http) = snapshot.http {
             register_http(&mut registry, http);
         }
@@ -611,6 +618,7 @@ mod described {
     pub const HTTP_WATCHER_EVENTS: Described = ("http_watcher_events", "Write events queued for watchers of /api/events (one per write per watcher)");
     pub const HTTP_WATCHERS_DROPPED: Described = ("http_watchers_dropped", "Watchers of /api/events dropped, by reason (behind: too many writes behind; stalled: not reading)");
     pub const CERTIFICATE_NOT_AFTER: Described = ("tls_certificate_not_after_seconds", "Expiry of the served certificate (the earliest, when two are served), as Unix time");
+    pub const CLIENT_CRL_NEXT_UPDATE: Described = ("tls_client_crl_next_update_seconds", "When a --client-crl list goes stale (per client CA the freshest list's nextUpdate, the earliest of those), as Unix time; past it, that CA's clients are refused");
 }
 
 fn put(registry: &mut Registry, (name, help): Described, metric: impl Metric) {
@@ -781,5 +789,29 @@ mod tests {
             ..Snapshot::default()
         });
         assert!(text.contains("wwep_registers 3"), "{text}");
+    }
+
+    #[test]
+    fn a_stale_client_crl_has_its_own_kind_and_the_next_update_its_gauge() {
+        let m = Metrics::new();
+        let text = m.encode(&Snapshot::default());
+        assert!(!text.contains("crl_next_update"), "{text}");
+        m.handshake_failure(HandshakeFailureKind::Crl);
+        let text = m.encode(&Snapshot {
+            client_crl_next_update: Some(1_800_000_000),
+            ..Snapshot::default()
+        });
+        assert!(
+            text.contains("wwep_tls_handshake_failures_total{kind=\"crl\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wwep_tls_handshake_failures_total{kind=\"unknown_ca\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wwep_tls_client_crl_next_update_seconds 1800000000"),
+            "{text}"
+        );
     }
 }

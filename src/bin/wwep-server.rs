@@ -63,7 +63,8 @@ struct Args {
     #[arg(long, env = "WWEP_CLIENT_CA", value_name = "FILE")]
     client_ca: Option<PathBuf>,
     /// Refuse client certificates revoked in FILE (a PEM file of CRLs, or one DER
-    /// CRL; repeatable). Reloaded with SIGHUP.
+    /// CRL; repeatable). Reloaded with SIGHUP. Past a list's nextUpdate every
+    /// client of its CA is refused: install the CA's fresh list before then.
     #[arg(
         long,
         env = "WWEP_CLIENT_CRL",

@@ -353,14 +353,16 @@ struct ServerStatus {
 impl Status for ServerStatus {
     fn snapshot(&self) -> Snapshot {
         let ctx = &self.ctx;
+        let acceptor = ctx.current_acceptor();
         Snapshot {
             connections_open: ctx.table.open(),
             connections_waiting: self.room.len(),
             registers: ctx.backend.registers(),
             data_file_bytes: ctx.backend.data_file_bytes(),
-            certificate_not_after: ctx
-                .current_acceptor()
-                .and_then(|a| a.earliest_not_after_unix()),
+            certificate_not_after: acceptor.as_ref().and_then(|a| a.earliest_not_after_unix()),
+            client_crl_next_update: acceptor
+                .as_ref()
+                .and_then(|a| a.client_crl_next_update_unix()),
             // Filled in by the HTTP side, which keeps them.
             http: None,
         }

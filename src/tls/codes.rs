@@ -17,9 +17,21 @@ pub(super) const SSL_AD_REASON_OFFSET: i32 = 1000;
 
 // Verify results (x509_vfy.h).
 pub(super) const X509_V_OK: i32 = 0;
+pub(super) const X509_V_ERR_UNABLE_TO_GET_CRL: i32 = 3;
+pub(super) const X509_V_ERR_UNABLE_TO_DECRYPT_CRL_SIGNATURE: i32 = 5;
+pub(super) const X509_V_ERR_CRL_SIGNATURE_FAILURE: i32 = 8;
 pub(super) const X509_V_ERR_CERT_NOT_YET_VALID: i32 = 9;
 pub(super) const X509_V_ERR_CERT_HAS_EXPIRED: i32 = 10;
+pub(super) const X509_V_ERR_CRL_NOT_YET_VALID: i32 = 11;
+pub(super) const X509_V_ERR_CRL_HAS_EXPIRED: i32 = 12;
+pub(super) const X509_V_ERR_ERROR_IN_CRL_LAST_UPDATE_FIELD: i32 = 15;
+pub(super) const X509_V_ERR_ERROR_IN_CRL_NEXT_UPDATE_FIELD: i32 = 16;
 pub(super) const X509_V_ERR_CERT_REVOKED: i32 = 23;
+pub(super) const X509_V_ERR_UNABLE_TO_GET_CRL_ISSUER: i32 = 33;
+pub(super) const X509_V_ERR_KEYUSAGE_NO_CRL_SIGN: i32 = 35;
+pub(super) const X509_V_ERR_UNHANDLED_CRITICAL_CRL_EXTENSION: i32 = 36;
+pub(super) const X509_V_ERR_DIFFERENT_CRL_SCOPE: i32 = 44;
+pub(super) const X509_V_ERR_CRL_PATH_VALIDATION_ERROR: i32 = 54;
 pub(super) const X509_V_ERR_HOSTNAME_MISMATCH: i32 = 62;
 pub(super) const X509_V_ERR_IP_ADDRESS_MISMATCH: i32 = 64;
 

@@ -14,17 +14,18 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use openssl::asn1::Asn1Time;
+use openssl::asn1::{Asn1Time, Asn1TimeRef};
 use openssl::error::ErrorStack;
 use openssl::pkcs12::Pkcs12;
 use openssl::pkey::{Id, PKey, Private};
 use openssl::provider::Provider;
-use openssl::x509::X509;
+use openssl::x509::{X509, X509NameRef};
 
 use crate::input_file::{InputFileError, MAX_FILE_BYTES};
 
 pub mod client;
 mod codes;
+mod crl;
 pub mod server;
 
 /// A certificate, key or list file (or flag) that could not be used, and why.
@@ -451,8 +452,12 @@ impl Identity {
 
 /// `CN=…, O=…` of a certificate's subject.
 fn subject_name(cert: &X509) -> String {
-    let parts: Vec<String> = cert
-        .subject_name()
+    name_text(cert.subject_name())
+}
+
+/// `CN=…, O=…` of a certificate's or CRL's name.
+fn name_text(name: &X509NameRef) -> String {
+    let parts: Vec<String> = name
         .entries()
         .map(|entry| {
             let key = entry.object().nid().short_name().unwrap_or("?");
@@ -465,6 +470,13 @@ fn subject_name(cert: &X509) -> String {
     } else {
         parts.join(", ")
     }
+}
+
+/// A certificate's or CRL's date as Unix time; None if OpenSSL cannot say.
+fn unix_time(t: &Asn1TimeRef) -> Option<i64> {
+    let epoch = Asn1Time::from_unix(0).ok()?;
+    let d = epoch.diff(t).ok()?;
+    Some(i64::from(d.days) * 86_400 + i64::from(d.secs))
 }
 
 /// Whether the TLS listener demands a certificate from its clients.

@@ -8,7 +8,6 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
 
-use openssl::asn1::Asn1Time;
 use openssl::error::ErrorStack;
 use openssl::nid::Nid;
 use openssl::pkey::{Id, PKey};
@@ -24,10 +23,11 @@ use crate::acl::CommonName;
 use crate::input_file::MAX_CRL_BYTES;
 
 use super::codes::*;
+use super::crl::{self, Revocations};
 use super::{
     ClientAuth, DEFAULT_TLS12_CIPHERS, DEFAULT_TLS13_CIPHERSUITES, Identity, TlsError,
     TlsErrorKind, TlsSettings, TlsVersion, first_reason, load_certificates, looks_like_pem,
-    read_file,
+    read_file, unix_time,
 };
 
 /// The socket under a server-side TLS session. It is taken back out when the
@@ -86,6 +86,12 @@ pub enum HandshakeFailureKind {
     /// notBefore by the server's clock: the server's clock is behind or the
     /// CA's was ahead; the board's clock plays no part.
     NotYetValid,
+    /// The client's certificate could not be checked against a `--client-crl`:
+    /// the CA's list is past its nextUpdate (or before its lastUpdate), none
+    /// was given for the certificate's CA, or it cannot be used (bad
+    /// signature, a CA not allowed to sign CRLs). The operator's list, not the
+    /// client, is at fault, and every client of that CA is refused alike.
+    Crl,
     /// The client presented no certificate where one is required.
     CertificateRequired,
     /// What arrived was not TLS (plain WWEP or HTTP on the TLS port).
@@ -99,13 +105,14 @@ pub enum HandshakeFailureKind {
 
 impl HandshakeFailureKind {
     /// Every kind, in the order the counters list them.
-    pub const ALL: [HandshakeFailureKind; 11] = [
+    pub const ALL: [HandshakeFailureKind; 12] = [
         Self::NoSharedCipher,
         Self::ProtocolVersion,
         Self::UnknownCa,
         Self::Revoked,
         Self::Expired,
         Self::NotYetValid,
+        Self::Crl,
         Self::CertificateRequired,
         Self::NotTls,
         Self::Closed,
@@ -123,11 +130,12 @@ impl HandshakeFailureKind {
             HandshakeFailureKind::Revoked => 3,
             HandshakeFailureKind::Expired => 4,
             HandshakeFailureKind::NotYetValid => 5,
-            HandshakeFailureKind::CertificateRequired => 6,
-            HandshakeFailureKind::NotTls => 7,
-            HandshakeFailureKind::Closed => 8,
-            HandshakeFailureKind::Timeout => 9,
-            HandshakeFailureKind::Other => 10,
+            HandshakeFailureKind::Crl => 6,
+            HandshakeFailureKind::CertificateRequired => 7,
+            HandshakeFailureKind::NotTls => 8,
+            HandshakeFailureKind::Closed => 9,
+            HandshakeFailureKind::Timeout => 10,
+            HandshakeFailureKind::Other => 11,
         }
     }
 
@@ -139,6 +147,7 @@ impl HandshakeFailureKind {
             HandshakeFailureKind::Revoked => "certificate revoked",
             HandshakeFailureKind::Expired => "certificate expired",
             HandshakeFailureKind::NotYetValid => "certificate not yet valid",
+            HandshakeFailureKind::Crl => "client CRL out of date or unusable",
             HandshakeFailureKind::CertificateRequired => "certificate required",
             HandshakeFailureKind::NotTls => "not TLS",
             HandshakeFailureKind::Closed => "closed by client",
@@ -207,6 +216,21 @@ fn failure_kind(verify: i32, reason: Option<i32>, closed: bool) -> HandshakeFail
         (X509_V_ERR_CERT_REVOKED, _) => HandshakeFailureKind::Revoked,
         (X509_V_ERR_CERT_HAS_EXPIRED, _) => HandshakeFailureKind::Expired,
         (X509_V_ERR_CERT_NOT_YET_VALID, _) => HandshakeFailureKind::NotYetValid,
+        (
+            X509_V_ERR_UNABLE_TO_GET_CRL
+            | X509_V_ERR_UNABLE_TO_DECRYPT_CRL_SIGNATURE
+            | X509_V_ERR_CRL_SIGNATURE_FAILURE
+            | X509_V_ERR_CRL_NOT_YET_VALID
+            | X509_V_ERR_CRL_HAS_EXPIRED
+            | X509_V_ERR_ERROR_IN_CRL_LAST_UPDATE_FIELD
+            | X509_V_ERR_ERROR_IN_CRL_NEXT_UPDATE_FIELD
+            | X509_V_ERR_UNABLE_TO_GET_CRL_ISSUER
+            | X509_V_ERR_KEYUSAGE_NO_CRL_SIGN
+            | X509_V_ERR_UNHANDLED_CRITICAL_CRL_EXTENSION
+            | X509_V_ERR_DIFFERENT_CRL_SCOPE
+            | X509_V_ERR_CRL_PATH_VALIDATION_ERROR,
+            _,
+        ) => HandshakeFailureKind::Crl,
         (X509_V_OK, Some(SSL_R_NO_SHARED_CIPHER | SSL_R_NO_SHARED_GROUPS)) => {
             HandshakeFailureKind::NoSharedCipher
         }
@@ -297,21 +321,8 @@ struct Material {
     client_cas: Vec<X509>,
     settings: TlsSettings,
     legacy: bool,
-}
-
-/// Checks that a CRL file holds at least one CRL, PEM or DER.
-fn check_crl_file(path: &Path) -> Result<(), TlsError> {
-    let bytes = read_file(path, MAX_CRL_BYTES)?;
-    let parsed = if looks_like_pem(&bytes) {
-        openssl::x509::X509Crl::from_pem(&bytes).map(|_| ())
-    } else {
-        openssl::x509::X509Crl::from_der(&bytes).map(|_| ())
-    };
-    parsed.map_err(|_| TlsError::new(path, TlsErrorKind::NoRevocationList))?;
-    if path.to_str().is_none() {
-        return Err(TlsError::new(path, TlsErrorKind::NonUtf8Name));
-    }
-    Ok(())
+    /// When the first client CA's CRL goes stale, as Unix time.
+    crl_next_update: Option<i64>,
 }
 
 impl Acceptor {
@@ -320,6 +331,12 @@ impl Acceptor {
     /// can use): TLS 1.2 and 1.3, forward-secret AEAD suites, a session cache
     /// and session tickets, and for mutual TLS a required client certificate
     /// signed by a CA in the given file, checked against the CRLs.
+    ///
+    /// A CRL past its nextUpdate (or before its lastUpdate) makes OpenSSL
+    /// refuse every client of its CA. It is still loaded, with a warning that
+    /// names the file and the date, at start as at reload: refusing it would
+    /// let a stale list take the whole port down at a restart, or keep a
+    /// renewed certificate out at a reload.
     ///
     /// OpenSSL's default security level refuses what old course certificates
     /// have (RSA-1024 keys, SHA-1 signatures by a CA). Such an identity is still
@@ -353,8 +370,9 @@ impl Acceptor {
             ClientAuth::Off => Vec::new(),
             ClientAuth::Required { ca } => load_certificates(ca)?,
         };
-        for crl in &settings.client_crls {
-            check_crl_file(crl)?;
+        let revocations = Revocations::read(&settings.client_crls)?;
+        for stale in revocations.stale_at(crl::now_unix()) {
+            log::warn!("{stale}");
         }
         let material = Arc::new(Material {
             identities,
@@ -362,6 +380,7 @@ impl Acceptor {
             client_cas,
             settings: settings.clone(),
             legacy,
+            crl_next_update: revocations.next_update_unix(),
         });
         Self::build(material)
     }
@@ -404,13 +423,19 @@ impl Acceptor {
     /// The earliest expiry of the served leaf certificates, as Unix time (for
     /// `wwep_tls_certificate_not_after_seconds`); None if OpenSSL cannot say.
     pub fn earliest_not_after_unix(&self) -> Option<i64> {
-        let epoch = Asn1Time::from_unix(0).ok()?;
         self.material
             .identities
             .iter()
-            .filter_map(|identity| epoch.diff(identity.chain[0].not_after()).ok())
-            .map(|d| i64::from(d.days) * 86_400 + i64::from(d.secs))
+            .filter_map(|identity| unix_time(identity.chain[0].not_after()))
             .min()
+    }
+
+    /// When the first client CA's `--client-crl` list passes its nextUpdate,
+    /// as Unix time (for `wwep_tls_client_crl_next_update_seconds`): per CA
+    /// the freshest list's, the earliest of those. None without lists that
+    /// name one.
+    pub fn client_crl_next_update_unix(&self) -> Option<i64> {
+        self.material.crl_next_update
     }
 
     /// Starts the server side of a handshake on a non-blocking socket.
@@ -671,6 +696,20 @@ mod tests {
                 NotYetValid,
             ),
             (X509_V_ERR_CERT_HAS_EXPIRED, None, true, Expired),
+            (
+                X509_V_ERR_CRL_HAS_EXPIRED,
+                Some(SSL_R_CERTIFICATE_VERIFY_FAILED),
+                false,
+                Crl,
+            ),
+            (X509_V_ERR_CRL_NOT_YET_VALID, None, true, Crl),
+            (
+                X509_V_ERR_UNABLE_TO_GET_CRL,
+                Some(SSL_R_CERTIFICATE_VERIFY_FAILED),
+                false,
+                Crl,
+            ),
+            (X509_V_ERR_CRL_SIGNATURE_FAILURE, None, false, Crl),
             (
                 X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT,
                 None,
