@@ -301,16 +301,6 @@ impl Activity {
             } if tx.request.first() == Some(&b'W') => Some((device, register, value)),
             _ => None,
         };
-        if let Some((device, register, value)) = written {
-            self.feed.publish(WriteEvent {
-                n: tx.n,
-                at_us,
-                device,
-                register,
-                value,
-                transport: tx.port,
-            });
-        }
         let recent = Recent {
             n: tx.n,
             at_us,
@@ -332,6 +322,18 @@ impl Activity {
                 pending.clear();
             }
         });
+        // After the record: whoever reads `/api/state` once it has seen this
+        // event finds the write there too.
+        if let Some((device, register, value)) = written {
+            self.feed.publish(WriteEvent {
+                n: tx.n,
+                at_us,
+                device,
+                register,
+                value,
+                transport: tx.port,
+            });
+        }
     }
 
     /// Merges every thread's buffer into the record.
