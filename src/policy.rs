@@ -111,7 +111,11 @@ impl ConnectionPolicy {
     /// connection is shed to make room (the module's order), and the place
     /// taken again.
     pub fn make_room<P: Places>(&self, places: &mut P, ip: IpAddr) -> Result<P::Place, Refusal> {
-        self.make_room_at(places, ip, Instant::now())
+        match places.take(ip) {
+            // The clock is read only when the table is full.
+            Err(Refusal::Full) => self.shed_then_take(places, ip, Instant::now()),
+            taken => taken,
+        }
     }
 
     /// [`ConnectionPolicy::make_room`] at the moment `now`.
@@ -122,20 +126,29 @@ impl ConnectionPolicy {
         now: Instant,
     ) -> Result<P::Place, Refusal> {
         match places.take(ip) {
-            Err(Refusal::Full) => {
-                let shed = places.shed_oldest_idle()
-                    || now.checked_sub(SHED_GRACE).is_some_and(|before| {
-                        Busy::SHED_ORDER
-                            .iter()
-                            .any(|&busy| places.shed_oldest_busy(busy, before))
-                    });
-                if shed {
-                    places.take(ip)
-                } else {
-                    Err(Refusal::Full)
-                }
-            }
+            Err(Refusal::Full) => self.shed_then_take(places, ip, now),
             taken => taken,
+        }
+    }
+
+    /// The table is full: one connection is shed, in the module's order, and
+    /// the place taken again; `Full` when none may be.
+    fn shed_then_take<P: Places>(
+        &self,
+        places: &mut P,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<P::Place, Refusal> {
+        let shed = places.shed_oldest_idle()
+            || now.checked_sub(SHED_GRACE).is_some_and(|before| {
+                Busy::SHED_ORDER
+                    .iter()
+                    .any(|&busy| places.shed_oldest_busy(busy, before))
+            });
+        if shed {
+            places.take(ip)
+        } else {
+            Err(Refusal::Full)
         }
     }
 
