@@ -139,6 +139,16 @@ impl Connection {
     }
 }
 
+/// Why a connection is driven.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// Its socket is ready, or its answer is: everything that can be done.
+    Ready,
+    /// The feed has new writes for a watcher: no read (its socket said
+    /// nothing), only writing.
+    Fed,
+}
+
 /// What became of a connection after it was driven.
 enum Fate {
     Open,
@@ -289,10 +299,14 @@ impl EventLoop {
     /// Reads, answers and writes what connection `id` can now, and closes it
     /// when it is done.
     fn drive_one(&mut self, id: usize) {
+        self.drive_for(id, Wake::Ready);
+    }
+
+    fn drive_for(&mut self, id: usize, wake: Wake) {
         let Some(conn) = self.connections.get_mut(&id) else {
             return;
         };
-        match drive(id, conn, &self.state, &self.lookups) {
+        match drive(id, conn, &self.state, &self.lookups, wake) {
             Fate::Open => {
                 if conn.watch.is_some() {
                     self.watchers.insert(id);
@@ -312,11 +326,28 @@ impl EventLoop {
         }
     }
 
-    /// Hands every watcher the writes it has not seen.
+    /// Hands every watcher the writes it has not seen. One whose socket
+    /// takes nothing now is only checked for falling behind: it is driven
+    /// again when its socket is writable, so a stuck watcher costs no system
+    /// call per feeding.
     fn feed_watchers(&mut self) {
         let ids: Vec<usize> = self.watchers.iter().copied().collect();
+        let now = Instant::now();
         for id in ids {
-            self.drive_one(id);
+            let Some(conn) = self.connections.get_mut(&id) else {
+                continue;
+            };
+            let pending = conn.pending();
+            if pending < events::BUFFER_BYTES {
+                self.drive_for(id, Wake::Fed);
+                continue;
+            }
+            let feed = self.state.activity.feed();
+            if let Some(watch) = conn.watch.as_mut()
+                && watch.fill(feed, &mut conn.output, pending, now).is_err()
+            {
+                self.drop_watcher(id, Dropped::Behind);
+            }
         }
     }
 
@@ -594,14 +625,14 @@ fn farewell(conn: &mut Connection, why: Dropped) {
 }
 
 /// Reads, answers and writes what can be done now without blocking.
-fn drive(id: usize, conn: &mut Connection, state: &State, lookups: &Lookups) -> Fate {
+fn drive(id: usize, conn: &mut Connection, state: &State, lookups: &Lookups, wake: Wake) -> Fate {
     loop {
         let mut progress = match write_pending(conn) {
             Some(progress) => progress,
             None => return Fate::Close,
         };
         // Read, up to one head's worth beyond what is buffered.
-        if !conn.read_done && conn.input.len() <= MAX_HEAD {
+        if wake == Wake::Ready && !conn.read_done && conn.input.len() <= MAX_HEAD {
             match read_more(conn) {
                 Some(read) => progress |= read,
                 None => return Fate::Close,
