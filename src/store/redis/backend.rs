@@ -193,7 +193,7 @@ impl RedisStore {
                 Warning::UnreadableValue,
                 format_args!(
                     "{}: register {register:02X} holds \"{}\"{}, not 4 hex digits: \
-                 answered as unreadable (X to a read, \"unreadable\" in /api/devices)",
+                     answered as unreadable (X to a read, \"unreadable\" in /api/devices)",
                     self.key(device),
                     Escaped(&stored[..stored.len().min(LOGGED_VALUE_BYTES)]),
                     if stored.len() > LOGGED_VALUE_BYTES {

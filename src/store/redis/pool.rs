@@ -192,7 +192,8 @@ impl Pool {
         self.returned.notify_all();
     }
 
-    /// Store failures set the pool failing until a command works again.
+    /// A failure of the store: logged under its kind, and the pool is
+    /// failing (health checks ask Redis) until a command works again.
     fn failed(&self, kind: Warning, what: &str, e: &redis::RedisError) {
         self.failing.store(true, Ordering::Release);
         self.warnings.log(
