@@ -409,3 +409,117 @@ fn a_value_wwep_cannot_read_gets_one_verdict_on_every_path() {
         "{\"device\":\"0BB0\",\"registers\":{\"01\":\"0001\",\"02\":\"1234\"}}\n"
     );
 }
+
+/// `INFO stats`' count of connections Redis has accepted since it started.
+fn connections_received(redis: &RedisServer) -> u64 {
+    let info: String = redis.query(&["INFO", "stats"]).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("total_connections_received in {info}"))
+}
+
+/// A device's key that is not a hash (`SET wwep:0BB0 x`, a list, by hand or
+/// by another program) is unreadable, not an outage: a read and a write of
+/// any of its registers get `X unreadable`, the key is left as it is,
+/// `/api/devices` answers 502 saying the stored values cannot be read, one
+/// warning names the key and its type, `/health` stays 200, the pooled
+/// connection is kept, and every other device works as ever. Once the key is
+/// gone, a write stores the register again.
+#[test]
+fn a_device_key_that_is_not_a_hash_is_unreadable_not_an_outage() {
+    let Some(redis) = RedisServer::start(&[]) else {
+        return;
+    };
+    let pki = Pki::new(KeyKind::EcP256);
+    let server = front_end(&pki, &redis, &["--http", "127.0.0.1:0"]);
+    let plain = server.plain.unwrap();
+    let http = server.await_http_addr();
+    assert_eq!(
+        transact(&mut connect(plain), b"W0BB1021234"),
+        b"A0BB1021234"
+    );
+    let _: () = redis.query(&["SET", "wwep:0BB0", "x"]).unwrap();
+    let pushed: i64 = redis.query(&["RPUSH", "wwep:0BB2", "a"]).unwrap();
+    assert_eq!(pushed, 1);
+    // Each `redis.query` below is one connection of the test's own; wwep's
+    // pooled connection carries every request, none is opened for them.
+    let before = connections_received(&redis);
+
+    for _ in 0..3 {
+        assert_eq!(transact(&mut connect(plain), b"R0BB001"), b"X unreadable");
+        assert_eq!(
+            transact(&mut connect(plain), b"W0BB0011234"),
+            b"X unreadable"
+        );
+        assert_eq!(transact(&mut connect(plain), b"R0BB2FF"), b"X unreadable");
+        assert_eq!(
+            transact(&mut connect(plain), b"W0BB2FF0001"),
+            b"X unreadable"
+        );
+        assert_eq!(transact(&mut connect(plain), b"R0BB102"), b"A0BB1021234");
+    }
+    let device = http_get(http, "/api/devices/0BB0");
+    assert_eq!(
+        (device.status, device.body.as_str()),
+        (502, "{\"error\":\"the stored values cannot be read\"}\n")
+    );
+    assert_eq!(http_get(http, "/api/devices/0BB2").status, 502);
+    assert_eq!(
+        http_get(http, "/api/devices/0BB1").body,
+        "{\"device\":\"0BB1\",\"registers\":{\"02\":\"1234\"}}\n"
+    );
+    assert_eq!(health(http).0, 200, "the store answers: {:?}", health(http));
+    assert_eq!(
+        transact(&mut connect(plain), b"W0BB1030001"),
+        b"A0BB1030001"
+    );
+    assert_eq!(
+        connections_received(&redis),
+        before + 1,
+        "only the test's own INFO connected"
+    );
+
+    // The operator's values are untouched.
+    let kept: String = redis.query(&["GET", "wwep:0BB0"]).unwrap();
+    assert_eq!(kept, "x");
+    let list: Vec<String> = redis.query(&["LRANGE", "wwep:0BB2", "0", "-1"]).unwrap();
+    assert_eq!(list, ["a"]);
+
+    server.assert_logs_within(
+        "wwep:0BB0 holds a string, not a hash of registers",
+        Duration::from_secs(5),
+    );
+    let log = server.log_text();
+    assert!(
+        !log.contains("until it recovers") && !log.contains("WRONGTYPE"),
+        "no outage is logged: {log}"
+    );
+    let metrics = metrics_text(http);
+    for command in ["R", "W"] {
+        let line = format!(
+            "wwep_transactions_total{{port=\"plain\",command=\"{command}\",reply=\"X\",result=\"unreadable\"}} 6\n"
+        );
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
+    assert!(
+        metrics
+            .lines()
+            .filter(|l| l.contains("result=\"store_failure\""))
+            .all(|l| l.ends_with(" 0")),
+        "no store failure counted: {metrics}"
+    );
+
+    // Once the key is gone, the device is written and read as any other.
+    let removed: i64 = redis.query(&["DEL", "wwep:0BB0"]).unwrap();
+    assert_eq!(removed, 1);
+    assert_eq!(
+        transact(&mut connect(plain), b"W0BB0011234"),
+        b"A0BB0011234"
+    );
+    assert_eq!(transact(&mut connect(plain), b"R0BB001"), b"A0BB0011234");
+    assert_eq!(
+        http_get(http, "/api/devices/0BB0").body,
+        "{\"device\":\"0BB0\",\"registers\":{\"01\":\"1234\"}}\n"
+    );
+}

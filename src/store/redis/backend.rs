@@ -10,16 +10,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
-use redis::{Client, Connection, IntoConnectionInfo, RedisError, RedisResult, TlsCertificates};
+use redis::{
+    Client, Connection, FromRedisValue, IntoConnectionInfo, RedisError, RedisResult,
+    TlsCertificates,
+};
 
 use super::connect::{aborting, describe};
 use super::fence::{Confirmation, FencedWrite, Outcome, fence_sha};
 use super::location::{RedisSettings, StoreLocation};
 use super::pool::{Pool, Source};
 use super::sentinel::SentinelSource;
+use super::warnings::Warning;
 use crate::input_file::MAX_FILE_BYTES;
 use crate::protocol::{Escaped, Transport};
-use crate::rate_limited::RateLimitedLog;
 use crate::store::backend::{Backend, DeviceRegisters, StoreError};
 use crate::store::text;
 
@@ -90,9 +93,6 @@ pub struct RedisStore {
     stop: Arc<AtomicBool>,
     /// The SHA1 of the fence script, for `EVALSHA`.
     fence_sha: String,
-    /// Values and fields this server cannot read: their own lines, apart
-    /// from the store's outages, at most one a second.
-    unreadable_log: RateLimitedLog,
 }
 
 impl RedisStore {
@@ -114,7 +114,6 @@ impl RedisStore {
             confirm: Confirmation::new(settings.wait_replicas, settings.wait_aof, timeout),
             stop: Arc::new(AtomicBool::new(false)),
             fence_sha: fence_sha(),
-            unreadable_log: RateLimitedLog::new(log::Level::Warn, Duration::from_secs(1)),
         };
         store.follow_sentinels()?;
         store.first_connection(settings.ca.as_deref(), root_cert.as_deref())?;
@@ -190,36 +189,61 @@ impl RedisStore {
     /// WWEP read, `/api/devices`): its value, or unreadable, logged.
     fn verdict(&self, device: u16, register: u8, stored: &[u8]) -> Result<u16, StoreError> {
         text::value(stored).ok_or_else(|| {
-            self.unreadable_log.log(format_args!(
-                "{}: register {register:02X} holds \"{}\"{}, not 4 hex digits: \
-                 answered as unreadable (X to a read, \"unreadable\" in /api/devices)",
-                self.key(device),
-                Escaped(&stored[..stored.len().min(LOGGED_VALUE_BYTES)]),
-                if stored.len() > LOGGED_VALUE_BYTES {
-                    "…"
-                } else {
-                    ""
-                }
-            ));
+            self.pool.warnings.log(
+                Warning::UnreadableValue,
+                format_args!(
+                    "{}: register {register:02X} holds \"{}\"{}, not 4 hex digits: \
+                     answered as unreadable (X to a read, \"unreadable\" in /api/devices)",
+                    self.key(device),
+                    Escaped(&stored[..stored.len().min(LOGGED_VALUE_BYTES)]),
+                    if stored.len() > LOGGED_VALUE_BYTES {
+                        "…"
+                    } else {
+                        ""
+                    }
+                ),
+            );
             StoreError::Unreadable
         })
     }
 
+    /// The one verdict on a device whose key holds `kind` (`string`, `list`,
+    /// …), not a hash, whichever path met it (a WWEP read or write,
+    /// `/api/devices`): every register of it is unreadable, logged. The store
+    /// answered, so it is not an outage; the key is not this server's to
+    /// replace.
+    fn not_a_hash(&self, device: u16, kind: &str) -> StoreError {
+        self.pool.warnings.log(
+            Warning::WrongType,
+            format_args!(
+                "{key} holds a {kind}, not a hash of registers: device {device:04X} is unreadable \
+                 (X to a read or a write, 502 from /api/devices/{device:04X}); the key is left as \
+                 it is: delete it to use the device again, or give wwep another --store-prefix \
+                 if another program owns it",
+                key = self.key(device),
+                kind = Escaped(kind.as_bytes()),
+            ),
+        );
+        StoreError::Unreadable
+    }
+
     /// The answer to a write Redis answered: logged unless it was done.
-    fn report(&self, outcome: Outcome) -> Result<(), StoreError> {
+    fn report(&self, device: u16, outcome: Outcome) -> Result<(), StoreError> {
         let Confirmation {
             replicas,
             aof,
             wait_ms,
         } = self.confirm;
+        let warnings = &self.pool.warnings;
         match outcome {
             Outcome::Done => return Ok(()),
-            Outcome::Late => self.pool.failure_log.log(format_args!(
+            Outcome::NotAHash(kind) => return Err(self.not_a_hash(device, &kind)),
+            Outcome::Late => warnings.log(Warning::Late, format_args!(
                 "{}: a write reached Redis after its time limit of {} ms and was not applied; answered X",
                 self.pool.location,
                 self.pool.timeout.as_millis()
             )),
-            Outcome::Unconfirmed => self.pool.failure_log.log(format_args!(
+            Outcome::Unconfirmed => warnings.log(Warning::Unconfirmed, format_args!(
                 "{}: a write was not confirmed by {replicas} replica(s){} in {wait_ms} ms; answered X",
                 self.pool.location,
                 if aof { " and the append-only file" } else { "" }
@@ -290,6 +314,36 @@ fn direct_client(url: &str, root_cert: Option<Vec<u8>>) -> RedisResult<Client> {
     }
 }
 
+/// What Redis answered a command on a device's key.
+enum OnKey<T> {
+    /// The key is a hash, or there is none: the command's answer.
+    Hash(T),
+    /// The key holds this type (`string`, `list`, …): no register of the
+    /// device can be read from it.
+    NotAHash(String),
+}
+
+/// Runs `command` on the device's `key`. A key of another type than a hash
+/// is an answer, not a failure of the store: Redis's `WRONGTYPE` (told by its
+/// error code, never its text), the type named by `TYPE`.
+fn on_key<T: FromRedisValue>(
+    connection: &mut Connection,
+    key: &str,
+    command: &redis::Cmd,
+) -> RedisResult<OnKey<T>> {
+    match command.query(connection) {
+        Err(e) if is_wrong_type(&e) => Ok(OnKey::NotAHash(
+            redis::cmd("TYPE").arg(key).query(connection)?,
+        )),
+        answer => answer.map(OnKey::Hash),
+    }
+}
+
+/// Redis's answer to a command on a key of another type than it works on.
+fn is_wrong_type(e: &RedisError) -> bool {
+    e.code() == Some("WRONGTYPE")
+}
+
 /// Whether the server knows `WAITAOF` (Redis/Valkey 7.2+).
 fn has_waitaof(connection: &mut Connection) -> bool {
     let info: RedisResult<redis::Value> = redis::cmd("COMMAND")
@@ -300,15 +354,17 @@ fn has_waitaof(connection: &mut Connection) -> bool {
 }
 
 impl Backend for RedisStore {
-    /// `HGET`: the stored bytes as they are (a value that is not UTF-8 is
-    /// unreadable, not a failure of the store).
+    /// `HGET`: the stored bytes as they are (a value that is not UTF-8, or
+    /// a key that is not a hash, is unreadable, not a failure of the store).
     fn read(&self, device: u16, register: u8) -> Result<Option<u16>, StoreError> {
-        let stored: Option<Vec<u8>> = self.pool.with_connection(|c, _| {
-            redis::cmd("HGET")
-                .arg(self.key(device))
-                .arg(format!("{register:02X}"))
-                .query(c)
-        })?;
+        let key = self.key(device);
+        let mut hget = redis::cmd("HGET");
+        hget.arg(&key).arg(format!("{register:02X}"));
+        let stored: Option<Vec<u8>> =
+            match self.pool.with_connection(|c, _| on_key(c, &key, &hget))? {
+                OnKey::Hash(stored) => stored,
+                OnKey::NotAHash(kind) => return Err(self.not_a_hash(device, &kind)),
+            };
         stored
             .map(|stored| self.verdict(device, register, &stored))
             .transpose()
@@ -316,11 +372,19 @@ impl Backend for RedisStore {
 
     /// `HGETALL` of the device's hash, within the same time limit as `read`;
     /// each register gets the verdict `read` gives it. A field that is not a
-    /// register (no read can ask for it) is logged and left out.
+    /// register (no read can ask for it) is logged and left out. A key that
+    /// is not a hash makes the whole device unreadable, as `read` finds it.
     fn device(&self, device: u16) -> Result<DeviceRegisters, StoreError> {
-        let fields: std::collections::HashMap<Vec<u8>, Vec<u8>> = self
+        let key = self.key(device);
+        let mut hgetall = redis::cmd("HGETALL");
+        hgetall.arg(&key);
+        let fields: std::collections::HashMap<Vec<u8>, Vec<u8>> = match self
             .pool
-            .with_connection(|c, _| redis::cmd("HGETALL").arg(self.key(device)).query(c))?;
+            .with_connection(|c, _| on_key(c, &key, &hgetall))?
+        {
+            OnKey::Hash(fields) => fields,
+            OnKey::NotAHash(kind) => return Err(self.not_a_hash(device, &kind)),
+        };
         let mut registers = DeviceRegisters::default();
         for (field, stored) in fields {
             match text::register(&field) {
@@ -328,11 +392,14 @@ impl Backend for RedisStore {
                     Ok(value) => registers.values.push((register, value)),
                     Err(_) => registers.unreadable.push(register),
                 },
-                None => self.unreadable_log.log(format_args!(
-                    "{}: field \"{}\" is not a register (2 hex digits); left out",
-                    self.key(device),
-                    Escaped(&field[..field.len().min(LOGGED_VALUE_BYTES)])
-                )),
+                None => self.pool.warnings.log(
+                    Warning::NotARegister,
+                    format_args!(
+                        "{}: field \"{}\" is not a register (2 hex digits); left out",
+                        self.key(device),
+                        Escaped(&field[..field.len().min(LOGGED_VALUE_BYTES)])
+                    ),
+                ),
             }
         }
         registers.values.sort_unstable();
@@ -353,7 +420,7 @@ impl Backend for RedisStore {
             // from now at the earliest: the fence refuses it after that.
             write.run(c, clock.deadline(Instant::now() + self.pool.timeout))
         })?;
-        self.report(outcome)
+        self.report(device, outcome)
     }
 
     /// Answers from the last command; after a failure, asks Redis (a `PING`,
@@ -423,6 +490,29 @@ mod tests {
                 started.elapsed()
             );
         }
+    }
+
+    #[test]
+    fn a_key_of_another_type_is_told_by_its_error_code() {
+        let reply = |line: &str| {
+            redis::parse_redis_value(format!("-{line}\r\n").as_bytes())
+                .and_then(redis::Value::extract_error)
+                .expect_err("an error reply")
+        };
+        assert!(is_wrong_type(&reply(
+            "WRONGTYPE Operation against a key holding the wrong kind of value"
+        )));
+        // The code decides, not words in the message.
+        assert!(is_wrong_type(&reply("WRONGTYPE")));
+        for other in [
+            "ERR WRONGTYPE in the message of another error",
+            "READONLY You can't write against a read only replica.",
+            "NOSCRIPT No matching script.",
+        ] {
+            assert!(!is_wrong_type(&reply(other)), "{other}");
+        }
+        let lost: RedisError = std::io::Error::other("WRONGTYPE").into();
+        assert!(!is_wrong_type(&lost));
     }
 
     #[test]

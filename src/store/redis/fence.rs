@@ -51,10 +51,22 @@ const MAX_CLOCK_AGE: Duration = Duration::from_secs(10);
 /// this write; 1 when written, 0 when refused. A write that reaches Redis
 /// after its front end gave up on it is never applied, so it cannot land on
 /// a newer acknowledged one.
+///
+/// A key that holds another type than a hash (set by hand or by another
+/// program) is not the device's registers: the write is not made, the key is
+/// left as it is, and its type is the answer. Asked with `TYPE` rather than
+/// told by `HSET`'s `WRONGTYPE` error, whose code does not reliably reach this
+/// side from a script in a pipeline (Redis before 7.0 reports it as the
+/// script's `ERR`; the client keeps a pipeline's error codes only when it
+/// knows them).
 const FENCE_SCRIPT: &str = "\
 local t = redis.call('TIME')
 if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[1]) then
   return 0
+end
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'hash' and kind ~= 'none' then
+  return kind
 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 return 1
@@ -86,12 +98,16 @@ impl Confirmation {
 }
 
 /// What became of a write that Redis answered.
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Outcome {
     Done,
     /// The fence refused it: it arrived after its deadline.
     Late,
     /// Applied, but not confirmed by the replicas or the append-only file.
     Unconfirmed,
+    /// Not made: the device's key holds this type (`string`, `list`, …),
+    /// not a hash.
+    NotAHash(String),
 }
 
 /// The SHA1 of [`FENCE_SCRIPT`], for `EVALSHA`.
@@ -159,7 +175,14 @@ impl FencedWrite<'_> {
         let Confirmation { replicas, aof, .. } = self.confirm;
         let mut answers = answers.into_iter();
         let mut next = || answers.next().unwrap_or(Value::Nil);
-        let applied: i64 = redis::from_redis_value(next()).unwrap_or(0);
+        let applied: i64 = match next() {
+            // The script answers the key's type when it is not a hash.
+            Value::BulkString(kind) => {
+                return Outcome::NotAHash(String::from_utf8_lossy(&kind).into_owned());
+            }
+            Value::SimpleString(kind) => return Outcome::NotAHash(kind),
+            applied => redis::from_redis_value(applied).unwrap_or(0),
+        };
         if applied != 1 {
             return Outcome::Late;
         }
@@ -178,5 +201,38 @@ impl FencedWrite<'_> {
         } else {
             Outcome::Unconfirmed
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(replicas: u32) -> FencedWrite<'static> {
+        FencedWrite {
+            key: "wwep:0BB0".to_string(),
+            field: "01".to_string(),
+            text: "1234".to_string(),
+            confirm: Confirmation::new(replicas, false, Duration::from_millis(200)),
+            sha: "",
+        }
+    }
+
+    #[test]
+    fn the_fence_answers_judged() {
+        let int = Value::Int;
+        assert_eq!(write(0).judge(vec![int(1)]), Outcome::Done);
+        assert_eq!(write(0).judge(vec![int(0)]), Outcome::Late);
+        assert_eq!(write(1).judge(vec![int(1), int(1)]), Outcome::Done);
+        assert_eq!(write(1).judge(vec![int(1), int(0)]), Outcome::Unconfirmed);
+        assert_eq!(write(0).judge(Vec::new()), Outcome::Late);
+        assert_eq!(
+            write(1).judge(vec![Value::BulkString(b"string".to_vec()), int(0)]),
+            Outcome::NotAHash("string".to_string())
+        );
+        assert_eq!(
+            write(0).judge(vec![Value::SimpleString("list".to_string())]),
+            Outcome::NotAHash("list".to_string())
+        );
     }
 }

@@ -14,7 +14,8 @@
 //! - [`connect`]: one connection within a time limit;
 //! - [`pool`]: the connections, the back-off, a command on a connection;
 //! - [`fence`]: Redis's clock and the write that refuses to land late;
-//! - [`backend`]: [`RedisStore`], opening it and the register commands.
+//! - [`backend`]: [`RedisStore`], opening it and the register commands;
+//! - [`warnings`]: what it logs, limited and counted by kind.
 
 mod backend;
 mod connect;
@@ -22,6 +23,7 @@ mod fence;
 mod location;
 mod pool;
 mod sentinel;
+mod warnings;
 
 pub use self::backend::{RedisOpenError, RedisStore};
 pub use self::location::{DEFAULT_PREFIX, RedisSettings, StoreLocation};

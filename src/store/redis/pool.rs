@@ -15,8 +15,8 @@ use super::connect::{Attempts, describe, time_left};
 use super::fence::Clock;
 use super::location::StoreLocation;
 use super::sentinel::SentinelSource;
+use super::warnings::{Warning, Warnings};
 use crate::protocol::Transport;
-use crate::rate_limited::RateLimitedLog;
 use crate::store::backend::StoreError;
 
 /// Where new connections come from.
@@ -108,7 +108,8 @@ pub(crate) struct Pool {
     backoff: Mutex<Backoff>,
     /// The last command failed (cleared by the next one that works).
     failing: AtomicBool,
-    pub(crate) failure_log: RateLimitedLog,
+    /// Every warning the store logs, limited and counted by kind.
+    pub(crate) warnings: Warnings,
 }
 
 impl Pool {
@@ -133,7 +134,7 @@ impl Pool {
                 epoch: 0,
             }),
             failing: AtomicBool::new(false),
-            failure_log: RateLimitedLog::new(log::Level::Warn, Duration::from_secs(1)),
+            warnings: Warnings::new(),
         }
     }
 
@@ -191,13 +192,18 @@ impl Pool {
         self.returned.notify_all();
     }
 
-    fn failed(&self, what: &str, e: &redis::RedisError) {
+    /// A failure of the store: logged under its kind, and the pool is
+    /// failing (health checks ask Redis) until a command works again.
+    fn failed(&self, kind: Warning, what: &str, e: &redis::RedisError) {
         self.failing.store(true, Ordering::Release);
-        self.failure_log.log(format_args!(
-            "{} {what}: {}; answering X until it recovers",
-            self.location,
-            self.describe(e)
-        ));
+        self.warnings.log(
+            kind,
+            format_args!(
+                "{} {what}: {}; answering X until it recovers",
+                self.location,
+                self.describe(e)
+            ),
+        );
     }
 
     /// [`describe`], with the time limit in milliseconds.
@@ -266,7 +272,7 @@ impl Pool {
         {
             self.discard_idle(idle);
             self.failing.store(true, Ordering::Release);
-            self.failure_log.log(format_args!(
+            self.warnings.log(Warning::SentinelsSilent, format_args!(
                 "{}: no Sentinel has answered for {} ms (longer than down-after {} ms); the primary is not known, answering X",
                 self.location,
                 silent.as_millis(),
@@ -314,7 +320,7 @@ impl Pool {
             }
             Err(e) => {
                 self.back_off(epoch);
-                self.failed("cannot be reached", &e);
+                self.failed(Warning::connecting(&e), "cannot be reached", &e);
                 Err(StoreError::Unavailable)
             }
         }
@@ -373,10 +379,13 @@ impl Pool {
                     // command ran: a write it took may be discarded when it
                     // is made a replica, so it is not acknowledged.
                     self.discard(connection);
-                    self.failure_log.log(format_args!(
-                        "{}: the primary changed during a command; answered X",
-                        self.location
-                    ));
+                    self.warnings.log(
+                        Warning::PrimaryChanged,
+                        format_args!(
+                            "{}: the primary changed during a command; answered X",
+                            self.location
+                        ),
+                    );
                     return Err(StoreError::Unavailable);
                 }
                 Ok(value) => {
@@ -398,7 +407,7 @@ impl Pool {
                 self.discard_idle(&mut self.idle());
             }
             if !(stale && origin == Origin::Idle && started.elapsed() < self.timeout) {
-                self.failed("failed", &e);
+                self.failed(Warning::command(&e), "failed", &e);
                 return Err(StoreError::Unavailable);
             }
             (connection, origin) = self.lend()?;
