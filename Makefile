@@ -12,7 +12,7 @@ SYSTEMD_DIR ?= /etc/systemd/system
 SYSUSERS_DIR ?= /usr/lib/sysusers.d
 CONF_DIR ?= /etc/wwep
 
-.PHONY: all build release run test bench bench-fleet bench-partition bench-generator microbench certs clean install deb
+.PHONY: all build release run test bench bench-fleet bench-events bench-partition bench-generator microbench certs clean install deb
 
 all: build
 
@@ -58,6 +58,7 @@ deb:
 bench: microbench
 	./scripts/bench.sh
 	./scripts/bench-fleet.sh
+	./scripts/bench-events.sh
 
 # Write latency during compaction with all 16,777,216 registers written; see
 # scripts/bench-data.sh for its settings (REGISTERS, WRITERS, FSYNC, DIR, ...).
@@ -68,6 +69,11 @@ bench-data:
 # The memory store against Redis, one front end and two behind a balancer.
 bench-fleet:
 	./scripts/bench-fleet.sh
+
+# /api/events: a write's A to its event (p99 under 50 ms, or FAIL), and the
+# WWEP rate with no watcher, 10 stuck ones and 10 reading ones.
+bench-events:
+	./scripts/bench-events.sh
 
 # tests/store/fleet_partition.rs with every scenario run longer (root: namespaces).
 bench-partition:

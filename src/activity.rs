@@ -8,6 +8,9 @@
 //! longest ago. The record is allocated up front (about 300 KB), so recording
 //! never allocates, whatever the mix of devices.
 //!
+//! Each acknowledged write is also handed to the watchers of
+//! `GET /api/events` as it is recorded ([`crate::events`]).
+//!
 //! Recording stays off the shared record: each worker thread appends to its
 //! own small buffer (a lock only that thread and a reader take, so it stays
 //! in the thread's core), and the buffer is merged into the record when it is
@@ -23,6 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Serialize, Serializer};
 
+use crate::events::{Feed, WriteEvent};
 use crate::json::{Hex, Text};
 use crate::protocol::Transport;
 use crate::protocol::{Escaped, Reply};
@@ -208,6 +212,8 @@ thread_local! {
 /// The record behind the live page.
 pub struct Activity {
     shared: Arc<Shared>,
+    /// The acknowledged writes, for the watchers of `/api/events`.
+    feed: Arc<Feed>,
 }
 
 impl Default for Activity {
@@ -223,6 +229,7 @@ impl Default for Activity {
                 buffers: Mutex::new(Vec::new()),
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             }),
+            feed: Arc::new(Feed::new()),
         }
     }
 }
@@ -254,6 +261,11 @@ pub struct Transaction<'a> {
 impl Activity {
     pub fn new() -> Activity {
         Activity::default()
+    }
+
+    /// The acknowledged writes as they happen, for the watchers.
+    pub fn feed(&self) -> &Arc<Feed> {
+        &self.feed
     }
 
     /// Runs `f` on this thread's buffer, registered with the record on first use.
@@ -310,6 +322,18 @@ impl Activity {
                 pending.clear();
             }
         });
+        // After the record: whoever reads `/api/state` once it has seen this
+        // event finds the write there too.
+        if let Some((device, register, value)) = written {
+            self.feed.publish(WriteEvent {
+                n: tx.n,
+                at_us,
+                device,
+                register,
+                value,
+                transport: tx.port,
+            });
+        }
     }
 
     /// Merges every thread's buffer into the record.
@@ -527,6 +551,37 @@ mod tests {
         assert!(json.contains(r#""devices":[]"#), "{json}");
         assert!(json.contains(r#""request":"R0FAC0B\\n\\\"\\\\""#), "{json}");
         assert!(json.contains(r#""peer":"[::1]:4000""#), "{json}");
+    }
+
+    #[test]
+    fn an_acknowledged_write_reaches_the_feed_and_nothing_else_does() {
+        let a = Activity::new();
+        let (_watching, from) = a.feed().watch();
+        write(&a, 7, 0x0FAC, 0x0B, 0x1234);
+        let read_back = Transaction {
+            request: b"R0FAC0B",
+            reply: b"A0FAC0B1234",
+            ..write_tx(8, 0x0FAC, 0x0B, 0x1234)
+        };
+        a.record_at(&read_back, 8);
+        let refused = Transaction {
+            verdict: Reply::Failed(crate::protocol::Failure::Storage),
+            ..write_tx(9, 0x0FAC, 0x0B, 0x1234)
+        };
+        a.record_at(&refused, 9);
+        let mut got = Vec::new();
+        assert_eq!(a.feed().read(from, 10, &mut got), Ok(from + 1));
+        assert_eq!(
+            got,
+            [WriteEvent {
+                n: 7,
+                at_us: 7,
+                device: 0x0FAC,
+                register: 0x0B,
+                value: 0x1234,
+                transport: Transport::Plain,
+            }]
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! what the log's timestamps and the data file's kept-copy names print. A leaf:
 //! it imports nothing of the crate.
 
+use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A moment in UTC, to the microsecond. Moments before 1970 read as 1970-01-01.
@@ -31,6 +32,17 @@ impl UtcTime {
             second: rem % 60,
             micros: since.subsec_micros(),
         }
+    }
+}
+
+/// `2026-11-25T20:15:46.123456Z`: RFC 3339 in UTC, to the microsecond.
+impl fmt::Display for UtcTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            self.year, self.month, self.day, self.hour, self.minute, self.second, self.micros
+        )
     }
 }
 

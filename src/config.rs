@@ -156,7 +156,7 @@ pub struct HttpConfig {
     /// only). An empty list allows everyone, as `--allow` does.
     pub allow: Vec<Cidr>,
     /// Open HTTP connections at most (`--http-max-connections`); when full,
-    /// the oldest idle one is shed.
+    /// one is shed by the connection policy's order (`crate::policy`).
     pub max_connections: usize,
 }
 

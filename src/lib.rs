@@ -11,7 +11,8 @@
 //!   [`input_file`] the files an operator names, read only when they are
 //!   files of bounded size; [`io_cause`] why a file operation failed, by kind;
 //! - [`acl`] who may read or write which registers; [`tls`] certificates and
-//!   handshakes; [`activity`] the live page's record;
+//!   handshakes; [`activity`] the live page's record, and [`events`] the
+//!   writes acknowledged, as they happen, for its watchers;
 //! - [`facts`] what is known of one connection; [`metrics`] the counters;
 //!   [`policy`] who may connect, how many at once and for how long (both
 //!   listening sides);
@@ -35,6 +36,7 @@ pub mod civil_date;
 pub mod client;
 pub mod config;
 pub mod connection;
+pub mod events;
 pub mod facts;
 pub mod http;
 pub mod input_file;

@@ -202,12 +202,7 @@ struct Timestamp(SystemTime);
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = UtcTime::at(self.0);
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-            t.year, t.month, t.day, t.hour, t.minute, t.second, t.micros
-        )
+        UtcTime::at(self.0).fmt(f)
     }
 }
 

@@ -327,13 +327,19 @@ pub struct Snapshot {
 }
 
 /// The HTTP side's connections: refused at accept for their address, shed
-/// (the table full, or a request past its deadline), and open now.
+/// (the table full, or a request past its deadline), and open now; and the
+/// watchers of `/api/events`: open now, the events queued for them, and
+/// those dropped for falling behind or for not reading.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HttpCounts {
     pub refused_address: u64,
     pub shed_full: u64,
     pub shed_deadline: u64,
     pub open: u64,
+    pub watchers: u64,
+    pub watcher_events: u64,
+    pub watchers_dropped_behind: u64,
+    pub watchers_dropped_stalled: u64,
 }
 
 /// Label sets of one, two and four labels.
@@ -608,6 +614,9 @@ mod described {
     pub const HTTP_CONNECTIONS_REFUSED: Described = ("http_connections_refused", "HTTP connections refused at accept, by reason");
     pub const HTTP_CONNECTIONS_SHED: Described = ("http_connections_shed", "HTTP connections closed by the server, by reason");
     pub const HTTP_CONNECTIONS_OPEN: Described = ("http_connections_open", "HTTP connections open now");
+    pub const HTTP_WATCHERS: Described = ("http_watchers", "Watchers of /api/events now (of the HTTP connections open)");
+    pub const HTTP_WATCHER_EVENTS: Described = ("http_watcher_events", "Write events queued for watchers of /api/events (one per write per watcher)");
+    pub const HTTP_WATCHERS_DROPPED: Described = ("http_watchers_dropped", "Watchers of /api/events dropped, by reason (behind: too many writes behind; stalled: not reading)");
     pub const CERTIFICATE_NOT_AFTER: Described = ("tls_certificate_not_after_seconds", "Expiry of the served certificate (the earliest, when two are served), as Unix time");
     pub const CLIENT_CRL_NEXT_UPDATE: Described = ("tls_client_crl_next_update_seconds", "When a --client-crl list goes stale (per client CA the freshest list's nextUpdate, the earliest of those), as Unix time; past it, that CA's clients are refused");
 }
@@ -630,6 +639,15 @@ fn register_http(registry: &mut Registry, http: HttpCounts) {
     let shed = by_reason(&[("full", http.shed_full), ("deadline", http.shed_deadline)]);
     put(registry, HTTP_CONNECTIONS_SHED, shed);
     put(registry, HTTP_CONNECTIONS_OPEN, gauge(http.open));
+    put(registry, HTTP_WATCHERS, gauge(http.watchers));
+    let events: Counter = Counter::default();
+    events.inc_by(http.watcher_events);
+    put(registry, HTTP_WATCHER_EVENTS, events);
+    let dropped = by_reason(&[
+        ("behind", http.watchers_dropped_behind),
+        ("stalled", http.watchers_dropped_stalled),
+    ]);
+    put(registry, HTTP_WATCHERS_DROPPED, dropped);
 }
 
 /// A gauge reading `value` (the largest gauge value if it does not fit).

@@ -2,15 +2,45 @@
 //! WWEP ports (`--allow`, `--max-connections`, `--timeout-ms`) and the HTTP
 //! side (`--http-allow`, `--http-max-connections`, its request deadline): who
 //! may connect, how many may be open at once, which one makes room for a
-//! newcomer when that many are (the oldest idle one), and how long a request
-//! may take. Each side keeps its own connections and answers in its own
-//! protocol; the rules are this one type. No I/O.
+//! newcomer when that many are, and how long a request may take. Each side
+//! keeps its own connections and answers in its own protocol; the rules are
+//! this one type. No I/O.
+//!
+//! Whom a full table sheds for a newcomer: first an idle connection, the one
+//! idle the longest; then, among the connections past their first second
+//! ([`SHED_GRACE`]), the oldest still sending its request, then the oldest
+//! being answered, then the oldest following a stream. So a newcomer (a
+//! balancer's health probe) is refused only when every connection held is
+//! busy and within its first second: a crowd of slow clients can delay a
+//! probe by a second at most, never keep it out.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::allow::{self, Cidr};
 use crate::facts::Refusal;
+
+/// A busy connection is not shed for a newcomer until it has been busy this
+/// long: a request that has only just begun gets its chance.
+pub const SHED_GRACE: Duration = Duration::from_secs(1);
+
+/// What a busy connection is doing, in the order a full table sheds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    /// Still sending its request (an HTTP request head not yet complete):
+    /// the cheapest to lose, and what a slow client holds the table with.
+    Request,
+    /// Its request is complete and its answer is being made or written.
+    Answer,
+    /// Following a stream that has no end (`GET /api/events`): it reconnects
+    /// by itself, so it goes last.
+    Stream,
+}
+
+impl Busy {
+    /// Every kind, in the order a full table sheds them.
+    pub const SHED_ORDER: [Busy; 3] = [Busy::Request, Busy::Answer, Busy::Stream];
+}
 
 /// Where a side keeps its open connections, as the policy sees it.
 pub trait Places {
@@ -23,6 +53,15 @@ pub trait Places {
     /// Closes the connection that has been idle the longest; false when none
     /// is idle.
     fn shed_oldest_idle(&mut self) -> bool;
+    /// Closes the connection that has been `busy` the longest, if it began
+    /// before `began_before`; false when there is none. The WWEP side keeps
+    /// this default and sheds only silent connections: its messages are a
+    /// few bytes, its unfinished connections are capped per address
+    /// (`--max-per-ip`) and its deadline is `--timeout-ms`.
+    fn shed_oldest_busy(&mut self, busy: Busy, began_before: Instant) -> bool {
+        let _ = (busy, began_before);
+        false
+    }
 }
 
 /// Who may connect, how many at once, and for how long.
@@ -68,12 +107,48 @@ impl ConnectionPolicy {
         open >= self.max_connections
     }
 
-    /// A place for a newcomer from `ip`: when the table is full, the oldest
-    /// idle connection is shed to make room, and the place taken again.
+    /// A place for a newcomer from `ip`: when the table is full, one
+    /// connection is shed to make room (the module's order), and the place
+    /// taken again.
     pub fn make_room<P: Places>(&self, places: &mut P, ip: IpAddr) -> Result<P::Place, Refusal> {
         match places.take(ip) {
-            Err(Refusal::Full) if places.shed_oldest_idle() => places.take(ip),
+            // The clock is read only when the table is full.
+            Err(Refusal::Full) => self.shed_then_take(places, ip, Instant::now()),
             taken => taken,
+        }
+    }
+
+    /// [`ConnectionPolicy::make_room`] at the moment `now`.
+    pub fn make_room_at<P: Places>(
+        &self,
+        places: &mut P,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<P::Place, Refusal> {
+        match places.take(ip) {
+            Err(Refusal::Full) => self.shed_then_take(places, ip, now),
+            taken => taken,
+        }
+    }
+
+    /// The table is full: one connection is shed, in the module's order, and
+    /// the place taken again; `Full` when none may be.
+    fn shed_then_take<P: Places>(
+        &self,
+        places: &mut P,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<P::Place, Refusal> {
+        let shed = places.shed_oldest_idle()
+            || now.checked_sub(SHED_GRACE).is_some_and(|before| {
+                Busy::SHED_ORDER
+                    .iter()
+                    .any(|&busy| places.shed_oldest_busy(busy, before))
+            });
+        if shed {
+            places.take(ip)
+        } else {
+            Err(Refusal::Full)
         }
     }
 
@@ -91,12 +166,29 @@ impl ConnectionPolicy {
 mod tests {
     use super::*;
 
-    /// A table of `open` connections, `idle` of them idle.
+    /// A table of `open` connections, `idle` of them idle, and the busy ones
+    /// listed with when they began.
     struct Table {
         open: usize,
         idle: usize,
+        busy: Vec<(Busy, Instant)>,
         max: usize,
         shed: usize,
+        /// What was shed, in order.
+        shed_busy: Vec<(Busy, Instant)>,
+    }
+
+    impl Table {
+        fn new(open: usize, idle: usize, max: usize) -> Table {
+            Table {
+                open,
+                idle,
+                busy: Vec::new(),
+                max,
+                shed: 0,
+                shed_busy: Vec::new(),
+            }
+        }
     }
 
     impl Places for Table {
@@ -115,6 +207,19 @@ mod tests {
                 return false;
             }
             self.idle -= 1;
+            self.open -= 1;
+            self.shed += 1;
+            true
+        }
+
+        fn shed_oldest_busy(&mut self, busy: Busy, began_before: Instant) -> bool {
+            let oldest = (0..self.busy.len())
+                .filter(|&i| self.busy[i].0 == busy && self.busy[i].1 < began_before)
+                .min_by_key(|&i| self.busy[i].1);
+            let Some(i) = oldest else {
+                return false;
+            };
+            self.shed_busy.push(self.busy.remove(i));
             self.open -= 1;
             self.shed += 1;
             true
@@ -156,12 +261,7 @@ mod tests {
             ((2, 0), (Err(Refusal::Full), 0)),
         ];
         for ((open, idle), (expected, shed)) in cases {
-            let mut table = Table {
-                open,
-                idle,
-                max: policy.max_connections(),
-                shed: 0,
-            };
+            let mut table = Table::new(open, idle, policy.max_connections());
             assert_eq!(
                 policy.make_room(&mut table, newcomer),
                 expected,
@@ -170,6 +270,84 @@ mod tests {
             assert_eq!(table.shed, shed, "{open} open, {idle} idle");
         }
         assert!(policy.is_full(2) && !policy.is_full(1));
+    }
+
+    #[test]
+    fn a_full_table_of_busy_connections_sheds_by_kind_then_age_after_the_grace() {
+        use Busy::{Answer, Request, Stream};
+        let policy = ConnectionPolicy::new(Vec::new(), 3, Duration::from_secs(5));
+        let now = Instant::now() + Duration::from_secs(60);
+        let ago = |ms: u64| now - Duration::from_millis(ms);
+        let newcomer = ip("127.0.0.1");
+        // (busy connections held) → what is shed for the newcomer, if anything
+        type Held = (Busy, Instant);
+        let cases: [(&[Held], Option<Held>); 7] = [
+            (
+                &[
+                    (Stream, ago(9000)),
+                    (Answer, ago(5000)),
+                    (Request, ago(1500)),
+                ],
+                Some((Request, ago(1500))),
+            ),
+            (
+                &[
+                    (Request, ago(1200)),
+                    (Request, ago(3000)),
+                    (Request, ago(2000)),
+                ],
+                Some((Request, ago(3000))),
+            ),
+            (
+                &[
+                    (Request, ago(900)),
+                    (Answer, ago(1100)),
+                    (Stream, ago(9000)),
+                ],
+                Some((Answer, ago(1100))),
+            ),
+            (
+                &[(Request, ago(900)), (Answer, ago(100)), (Stream, ago(9000))],
+                Some((Stream, ago(9000))),
+            ),
+            (
+                &[(Request, ago(999)), (Answer, ago(10)), (Stream, ago(0))],
+                None,
+            ),
+            (
+                &[
+                    (Stream, ago(2000)),
+                    (Stream, ago(1000)),
+                    (Stream, ago(4000)),
+                ],
+                Some((Stream, ago(4000))),
+            ),
+            (
+                &[(Request, ago(0)), (Request, ago(1)), (Request, ago(2))],
+                None,
+            ),
+        ];
+        for (held, expected) in cases {
+            let mut table = Table::new(3, 0, 3);
+            table.busy = held.to_vec();
+            let result = policy.make_room_at(&mut table, newcomer, now);
+            assert_eq!(table.shed_busy.first().copied(), expected, "{held:?}");
+            assert_eq!(table.shed, usize::from(expected.is_some()), "one at most");
+            assert_eq!(
+                result,
+                if expected.is_some() {
+                    Ok(3)
+                } else {
+                    Err(Refusal::Full)
+                },
+                "{held:?}"
+            );
+        }
+        // An idle connection goes before any busy one, whatever its age.
+        let mut table = Table::new(3, 1, 3);
+        table.busy = vec![(Request, ago(9000)), (Stream, ago(9000))];
+        assert_eq!(policy.make_room_at(&mut table, newcomer, now), Ok(3));
+        assert!(table.shed_busy.is_empty() && table.idle == 0);
     }
 
     #[test]

@@ -182,8 +182,9 @@ struct Args {
     /// ...and at least this many bytes.
     #[arg(long, env = "WWEP_COMPACT_MIN_BYTES", default_value_t = 1 << 20)]
     compact_min_bytes: u64,
-    /// Serve /metrics (Prometheus), /health, /ready and a live register page
-    /// over HTTP on ADDR, e.g. 127.0.0.1:9708 (port 0 picks a free port). Off by default.
+    /// Serve /metrics (Prometheus), /health, /ready, a live register page and
+    /// /api/events (each write as it is acknowledged) over HTTP on ADDR, e.g.
+    /// 127.0.0.1:9708 (port 0 picks a free port). Off by default.
     #[arg(long, env = "WWEP_HTTP", value_name = "ADDR")]
     http: Option<SocketAddr>,
     /// Addresses or CIDR ranges that may use --http (repeatable, or
@@ -195,7 +196,8 @@ struct Args {
         value_delimiter = ','
     )]
     http_allow: Vec<Cidr>,
-    /// Open HTTP connections at most; when full, the oldest idle one is shed.
+    /// Open HTTP connections at most (watchers of /api/events included); when
+    /// full, the oldest idle one is shed, else the oldest busy past its first second.
     #[arg(
         long,
         env = "WWEP_HTTP_MAX_CONNECTIONS",

@@ -1,7 +1,8 @@
 //! The HTTP side (`--http`): `/metrics` for Prometheus, `/health` and
-//! `/ready` for load balancers and service managers, and `/`, a live page of
-//! the devices' registers and the last transactions. Read-only: nothing here
-//! changes a register.
+//! `/ready` for load balancers and service managers, `/`, a live page of
+//! the devices' registers and the last transactions, and `/api/events`, the
+//! writes as they are acknowledged. Read-only: nothing here changes a
+//! register.
 //!
 //! One thread runs a `mio` event loop ([`server`]) that accepts, parses
 //! (with `httparse`) and answers every request; no thread is ever started per
@@ -9,6 +10,7 @@
 //! can say the server is still starting) and stops after the WWEP ports.
 
 mod devices;
+mod events;
 mod message;
 mod routes;
 mod server;

@@ -1,7 +1,7 @@
 //! One answer per path, in one `match`.
 
 use super::message::{Head, Response};
-use super::{Health, State, devices};
+use super::{Health, State, devices, events};
 
 /// The live page: HTML, CSS and script in one file, no external assets.
 const PAGE: &str = include_str!("page.html");
@@ -46,6 +46,20 @@ pub(super) fn refusal(status: u16) -> Response {
 /// lookup. Everything else is answered from memory.
 pub(super) fn reads_store(request: &Head) -> bool {
     matches!(request.method.as_str(), "GET" | "HEAD") && request.path.starts_with(devices::PREFIX)
+}
+
+/// `GET` (or `HEAD`) `/api/events`: the device the watcher asks for
+/// (`None`: every device), or the 400 its query gets; `None` for any other
+/// request. The stream itself is the event loop's.
+pub(super) fn watch(request: &Head) -> Option<Result<Option<u16>, Response>> {
+    if !matches!(request.method.as_str(), "GET" | "HEAD") {
+        return None;
+    }
+    let (path, query) = match request.path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (request.path.as_str(), None),
+    };
+    (path == events::PATH).then(|| events::filter(query).map_err(events::refusal))
 }
 
 pub(super) fn answer(request: &Head, state: &State) -> Response {

@@ -1,12 +1,17 @@
 //! The HTTP side's event loop: one thread, one `mio` poll, every connection
 //! held to the same [`ConnectionPolicy`] as the WWEP ports. The allow-list is
 //! applied at accept, before a byte is read; open connections are capped (when
-//! full, the oldest idle one is shed); a request has an absolute deadline from
+//! full, one is shed by the policy's order: the oldest idle, then, past its
+//! first second, the oldest still sending its head, being answered, or
+//! watching); a request has an absolute deadline from
 //! its first byte to the last byte of its answer, and an idle keep-alive
 //! connection is closed after [`IDLE_DEADLINE`]. `httparse` parses request heads; a request never
 //! has a body (this side is read-only), so one with a body is refused (413).
+//! A `GET /api/events` turns its connection into a watcher ([`super::events`]),
+//! fed from the acknowledged writes whenever the feed wakes the loop and
+//! whenever its socket takes more.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,10 +25,11 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::State;
+use super::events::{self, Dropped, Watcher};
 use super::message::{Head, MAX_HEAD, Parsed, Response, parse};
 use crate::facts::Refusal;
 use crate::metrics::HttpCounts;
-use crate::policy::{ConnectionPolicy, Places};
+use crate::policy::{Busy, ConnectionPolicy, Places};
 use crate::rate_limited::RateLimitedLog;
 
 pub(super) const LISTENER: Token = Token(0);
@@ -45,6 +51,10 @@ pub(super) struct Counters {
     pub shed_full: AtomicU64,
     pub shed_deadline: AtomicU64,
     pub open: AtomicU64,
+    pub watchers: AtomicU64,
+    pub watcher_events: AtomicU64,
+    pub watchers_dropped_behind: AtomicU64,
+    pub watchers_dropped_stalled: AtomicU64,
 }
 
 impl Counters {
@@ -56,6 +66,10 @@ impl Counters {
             shed_full: get(&self.shed_full),
             shed_deadline: get(&self.shed_deadline),
             open: get(&self.open),
+            watchers: get(&self.watchers),
+            watcher_events: get(&self.watcher_events),
+            watchers_dropped_behind: get(&self.watchers_dropped_behind),
+            watchers_dropped_stalled: get(&self.watchers_dropped_stalled),
         }
     }
 }
@@ -77,6 +91,8 @@ struct Connection {
     read_done: bool,
     /// Its answer is being computed on the lookup thread.
     waiting: bool,
+    /// Following `/api/events`: no more requests are read.
+    watch: Option<Watcher>,
 }
 
 impl Connection {
@@ -85,11 +101,36 @@ impl Connection {
             && self.output.is_empty()
             && self.refused_at.is_none()
             && !self.waiting
+            && self.watch.is_none()
+    }
+
+    /// Bytes queued that its socket has not taken yet.
+    fn pending(&self) -> usize {
+        self.output.len() - self.written
+    }
+
+    /// What it is busy with and since when, as the shed rule ranks it;
+    /// `None` when it is idle or lingering after a refusal.
+    fn busy(&self) -> Option<(Busy, Instant)> {
+        if let Some(watch) = &self.watch {
+            return Some((Busy::Stream, watch.started));
+        }
+        if self.refused_at.is_some() {
+            return None;
+        }
+        let since = self.request_since?;
+        if self.waiting || !self.output.is_empty() {
+            Some((Busy::Answer, since))
+        } else {
+            Some((Busy::Request, since))
+        }
     }
 
     fn deadline(&self, policy: &ConnectionPolicy) -> Instant {
         if let Some(at) = self.refused_at {
             at + REFUSED_LINGER
+        } else if let Some(watch) = &self.watch {
+            watch.deadline(self.pending() > 0)
         } else if let Some(at) = self.request_since {
             policy.deadline_from(at)
         } else {
@@ -98,10 +139,22 @@ impl Connection {
     }
 }
 
+/// Why a connection is driven.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// Its socket is ready, or its answer is: everything that can be done.
+    Ready,
+    /// The feed has new writes for a watcher: no read (its socket said
+    /// nothing), only writing.
+    Fed,
+}
+
 /// What became of a connection after it was driven.
 enum Fate {
     Open,
     Close,
+    /// A watcher let go, saying why when it can.
+    Drop(Dropped),
 }
 
 pub(super) struct EventLoop {
@@ -112,6 +165,12 @@ pub(super) struct EventLoop {
     next: usize,
     log: RateLimitedLog,
     lookups: Lookups,
+    /// The connections following `/api/events`.
+    watchers: BTreeSet<usize>,
+    /// When the watchers were last fed, and when they will be next (a wake
+    /// from the feed is due).
+    last_feed: Instant,
+    feed_at: Option<Instant>,
 }
 
 /// Answers that read the store run on one thread of their own: a device
@@ -173,7 +232,12 @@ impl EventLoop {
         state: Arc<State>,
         waker: Arc<Waker>,
     ) -> io::Result<Self> {
-        let lookups = Lookups::start(Arc::clone(&state), waker)?;
+        let lookups = Lookups::start(Arc::clone(&state), Arc::clone(&waker))?;
+        // A write acknowledged while someone watches wakes the loop (once
+        // until the loop has read the feed).
+        state.activity.feed().on_publish(Box::new(move || {
+            let _ = waker.wake();
+        }));
         Ok(EventLoop {
             poll,
             listener,
@@ -182,6 +246,9 @@ impl EventLoop {
             next: FIRST_CONNECTION,
             log: RateLimitedLog::new(log::Level::Warn, Duration::from_secs(10)),
             lookups,
+            watchers: BTreeSet::new(),
+            last_feed: Instant::now(),
+            feed_at: None,
         })
     }
 
@@ -193,6 +260,7 @@ impl EventLoop {
                 .connections
                 .values()
                 .map(|c| c.deadline(policy))
+                .chain(self.feed_at)
                 .min()
                 .map(|d| d.saturating_duration_since(Instant::now()) + Duration::from_millis(1));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
@@ -204,19 +272,113 @@ impl EventLoop {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
-                    WAKER => self.deliver_lookups(),
-                    Token(id) => {
-                        if let Some(conn) = self.connections.get_mut(&id)
-                            && let Fate::Close = drive(id, conn, &self.state, &self.lookups)
-                        {
-                            self.close(id);
-                        }
+                    WAKER => {
+                        self.deliver_lookups();
+                        self.schedule_feed();
                     }
+                    Token(id) => self.drive_one(id),
+                }
+            }
+            if self.feed_at.is_some_and(|at| at <= Instant::now()) {
+                self.feed_at = None;
+                if self.state.activity.feed().woken() {
+                    self.last_feed = Instant::now();
+                    self.feed_watchers();
                 }
             }
             self.expire();
         }
+        for id in std::mem::take(&mut self.watchers) {
+            if let Some(conn) = self.connections.get_mut(&id) {
+                farewell(conn, Dropped::Stopping);
+            }
+        }
         self.lookups.stop();
+    }
+
+    /// Reads, answers and writes what connection `id` can now, and closes it
+    /// when it is done.
+    fn drive_one(&mut self, id: usize) {
+        self.drive_for(id, Wake::Ready);
+    }
+
+    fn drive_for(&mut self, id: usize, wake: Wake) {
+        let Some(conn) = self.connections.get_mut(&id) else {
+            return;
+        };
+        match drive(id, conn, &self.state, &self.lookups, wake) {
+            Fate::Open => {
+                if conn.watch.is_some() {
+                    self.watchers.insert(id);
+                }
+            }
+            Fate::Close => self.close(id),
+            Fate::Drop(why) => self.drop_watcher(id, why),
+        }
+    }
+
+    /// New writes are waiting: the watchers are fed now, or a feeding
+    /// interval after the last time.
+    fn schedule_feed(&mut self) {
+        if self.feed_at.is_none() && self.state.activity.feed().is_due() {
+            let next = self.last_feed + events::FEED_INTERVAL;
+            self.feed_at = Some(next.max(Instant::now()));
+        }
+    }
+
+    /// Hands every watcher the writes it has not seen. One whose socket
+    /// takes nothing now is only checked for falling behind: it is driven
+    /// again when its socket is writable, so a stuck watcher costs no system
+    /// call per feeding.
+    fn feed_watchers(&mut self) {
+        let ids: Vec<usize> = self.watchers.iter().copied().collect();
+        let now = Instant::now();
+        for id in ids {
+            let Some(conn) = self.connections.get_mut(&id) else {
+                continue;
+            };
+            let pending = conn.pending();
+            if pending < events::BUFFER_BYTES {
+                self.drive_for(id, Wake::Fed);
+                continue;
+            }
+            let feed = self.state.activity.feed();
+            if let Some(watch) = conn.watch.as_mut()
+                && watch.fill(feed, &mut conn.output, pending, now).is_err()
+            {
+                self.drop_watcher(id, Dropped::Behind);
+            }
+        }
+    }
+
+    /// Lets a watcher go: its last event says why where it can, the drop is
+    /// counted and logged (rate-limited).
+    fn drop_watcher(&mut self, id: usize, why: Dropped) {
+        if let Some(conn) = self.connections.get_mut(&id) {
+            farewell(conn, why);
+            let peer = conn.peer;
+            let counters = &self.state.counters;
+            match why {
+                Dropped::Behind => self.count(
+                    &counters.watchers_dropped_behind,
+                    format_args!(
+                        "http: watcher {peer} dropped: more than {} writes behind",
+                        crate::events::CAPACITY
+                    ),
+                ),
+                Dropped::Stalled => self.count(
+                    &counters.watchers_dropped_stalled,
+                    format_args!(
+                        "http: watcher {peer} dropped: its socket took nothing for {} s",
+                        events::STALL.as_secs()
+                    ),
+                ),
+                // Counted where they happen: a shed with the others, a stop
+                // not at all.
+                Dropped::Shed | Dropped::Stopping => {}
+            }
+        }
+        self.close(id);
     }
 
     /// Sends the answers the lookup thread has finished (a connection closed
@@ -226,9 +388,7 @@ impl EventLoop {
             if let Some(conn) = self.connections.get_mut(&id) {
                 conn.waiting = false;
                 set_answer(conn, &head, response, &self.state);
-                if let Fate::Close = drive(id, conn, &self.state, &self.lookups) {
-                    self.close(id);
-                }
+                self.drive_one(id);
             }
         }
     }
@@ -301,6 +461,7 @@ impl EventLoop {
             refused_at: refused.then_some(now),
             read_done: false,
             waiting: false,
+            watch: None,
         };
         self.connections.insert(id, connection);
     }
@@ -315,6 +476,24 @@ impl EventLoop {
             .map(|(id, _)| *id)
             .collect();
         for id in due {
+            if let Some(c) = self.connections.get_mut(&id)
+                && c.watch.is_some()
+            {
+                if c.pending() > 0 {
+                    self.drop_watcher(id, Dropped::Stalled);
+                } else {
+                    // Silent for KEEP_ALIVE: a comment, so that proxies and
+                    // clients know the stream is alive.
+                    c.output.clear();
+                    c.written = 0;
+                    c.output.extend_from_slice(events::KEEP_ALIVE_COMMENT);
+                    if let Some(watch) = c.watch.as_mut() {
+                        watch.last_queued = now;
+                    }
+                    self.drive_one(id);
+                }
+                continue;
+            }
             if let Some(c) = self.connections.get(&id)
                 && c.refused_at.is_none()
                 && c.request_since.is_some()
@@ -342,6 +521,10 @@ impl EventLoop {
         if let Some(mut c) = self.connections.remove(&id) {
             let _ = self.poll.registry().deregister(&mut c.stream);
             self.state.counters.open.fetch_sub(1, Ordering::Relaxed);
+            if c.watch.is_some() {
+                self.watchers.remove(&id);
+                self.state.counters.watchers.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -394,27 +577,97 @@ impl Places for EventLoop {
         self.close(id);
         true
     }
+
+    /// Sheds the connection busy the longest with `busy`, if it began before
+    /// `began_before` (a watcher is told why when it can be).
+    fn shed_oldest_busy(&mut self, busy: Busy, began_before: Instant) -> bool {
+        let victim = self
+            .connections
+            .iter()
+            .filter_map(|(id, c)| match c.busy() {
+                Some((b, since)) if b == busy && since < began_before => Some((since, *id)),
+                _ => None,
+            })
+            .min();
+        let Some((since, id)) = victim else {
+            return false;
+        };
+        let what = match busy {
+            Busy::Request => "still sending its request",
+            Busy::Answer => "being answered",
+            Busy::Stream => "watching /api/events",
+        };
+        if let Some(conn) = self.connections.get_mut(&id) {
+            if busy == Busy::Stream {
+                farewell(conn, Dropped::Shed);
+            }
+            let peer = conn.peer;
+            self.count(
+                &self.state.counters.shed_full,
+                format_args!(
+                    "http: {peer} shed after {} ms {what}: --http-max-connections {} reached",
+                    since.elapsed().as_millis(),
+                    self.state.policy.max_connections()
+                ),
+            );
+        }
+        self.close(id);
+        true
+    }
+}
+
+/// A dropped watcher's last event, when nothing else is half-sent before it
+/// and its socket takes it now.
+fn farewell(conn: &mut Connection, why: Dropped) {
+    if conn.pending() == 0 {
+        let _ = conn.stream.write(&events::dropped_event(why));
+    }
 }
 
 /// Reads, answers and writes what can be done now without blocking.
-fn drive(id: usize, conn: &mut Connection, state: &State, lookups: &Lookups) -> Fate {
+fn drive(id: usize, conn: &mut Connection, state: &State, lookups: &Lookups, wake: Wake) -> Fate {
     loop {
         let mut progress = match write_pending(conn) {
             Some(progress) => progress,
             None => return Fate::Close,
         };
         // Read, up to one head's worth beyond what is buffered.
-        if !conn.read_done && conn.input.len() <= MAX_HEAD {
+        if wake == Wake::Ready && !conn.read_done && conn.input.len() <= MAX_HEAD {
             match read_more(conn) {
                 Some(read) => progress |= read,
                 None => return Fate::Close,
             }
         }
         // Answer the next request once the previous answer is out.
-        if conn.output.is_empty() && !conn.closing && !conn.waiting && !conn.input.is_empty() {
+        if conn.output.is_empty()
+            && !conn.closing
+            && !conn.waiting
+            && conn.watch.is_none()
+            && !conn.input.is_empty()
+        {
             match answer_next(id, conn, state, lookups) {
                 Some(answered) => progress |= answered,
                 None => return Fate::Close,
+            }
+        }
+        // A watcher takes the writes it has not seen, as far as its buffer
+        // allows.
+        if let Some(watch) = conn.watch.as_mut() {
+            let pending = conn.output.len() - conn.written;
+            if pending < events::BUFFER_BYTES {
+                conn.output.drain(..conn.written);
+                conn.written = 0;
+            }
+            // Even with its buffer full: that is when it falls behind.
+            let feed = state.activity.feed();
+            match watch.fill(feed, &mut conn.output, pending, Instant::now()) {
+                Ok(0) => {}
+                Ok(n) => {
+                    let events = &state.counters.watcher_events;
+                    events.fetch_add(n, Ordering::Relaxed);
+                    progress = true;
+                }
+                Err(_) => return Fate::Drop(Dropped::Behind),
             }
         }
         if !progress {
@@ -434,6 +687,9 @@ fn write_pending(conn: &mut Connection) -> Option<bool> {
             Ok(n) => {
                 conn.written += n;
                 progress = true;
+                if let Some(watch) = conn.watch.as_mut() {
+                    watch.last_progress = Instant::now();
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -443,7 +699,11 @@ fn write_pending(conn: &mut Connection) -> Option<bool> {
     if !conn.output.is_empty() && conn.written == conn.output.len() {
         conn.output.clear();
         conn.written = 0;
-        conn.request_since = None;
+        if conn.watch.is_some() {
+            return Some(progress);
+        }
+        // A pipelined request already begun is timed from now.
+        conn.request_since = (!conn.input.is_empty()).then(Instant::now);
         conn.idle_since = Instant::now();
         if conn.closing && conn.refused_at.is_none() {
             let _ = conn.stream.shutdown(Shutdown::Write);
@@ -458,6 +718,9 @@ fn write_pending(conn: &mut Connection) -> Option<bool> {
 fn read_more(conn: &mut Connection) -> Option<bool> {
     let mut chunk = [0u8; 4096];
     match conn.stream.read(&mut chunk) {
+        // A watcher that closes is gone (nobody half-closes a stream it
+        // still reads).
+        Ok(0) if conn.watch.is_some() => None,
         Ok(0) => {
             conn.read_done = true;
             let nothing_owed = conn.output.is_empty() && !conn.waiting;
@@ -467,8 +730,8 @@ fn read_more(conn: &mut Connection) -> Option<bool> {
             Some(false)
         }
         Ok(n) => {
-            // Refused or ending: what the client sends is discarded.
-            if !conn.closing {
+            // Refused, ending or watching: what the client sends is discarded.
+            if !conn.closing && conn.watch.is_none() {
                 if conn.input.is_empty() && conn.request_since.is_none() {
                     conn.request_since = Some(Instant::now());
                 }
@@ -505,6 +768,15 @@ fn answer_next(id: usize, conn: &mut Connection, state: &State, lookups: &Lookup
         let mut head = head;
         head.keep_alive = false;
         set_answer(conn, &head, super::routes::refusal(413), state);
+    } else if let Some(asked) = super::routes::watch(&head) {
+        match asked {
+            Err(response) => set_answer(conn, &head, response, state),
+            Ok(_) if head.method == "HEAD" => {
+                conn.output = events::stream_head(true);
+                conn.closing = true;
+            }
+            Ok(device) => start_watching(conn, device, state),
+        }
     } else if !super::routes::reads_store(&head) {
         let response = super::routes::answer(&head, state);
         set_answer(conn, &head, response, state);
@@ -522,6 +794,21 @@ fn answer_next(id: usize, conn: &mut Connection, state: &State, lookups: &Lookup
         }
     }
     Some(true)
+}
+
+/// Turns the connection into a watcher: the stream's head goes out, and
+/// the writes acknowledged from now on follow it. Requests sent after this
+/// one are never answered.
+fn start_watching(conn: &mut Connection, device: Option<u16>, state: &State) {
+    let now = Instant::now();
+    conn.output = events::stream_head(false);
+    conn.written = 0;
+    conn.input.clear();
+    conn.closing = false;
+    conn.request_since = None;
+    let _ = socket2::SockRef::from(&conn.stream).set_send_buffer_size(events::SOCKET_BUFFER_BYTES);
+    conn.watch = Some(Watcher::start(state.activity.feed(), device, now));
+    state.counters.watchers.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Puts a request's answer in the connection's output.

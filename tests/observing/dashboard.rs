@@ -320,3 +320,110 @@ fn the_live_page_fits_its_window_from_320_to_1920_pixels_wide() {
         overflows.join("\n")
     );
 }
+
+/// How many times the page has read `/api/state`, from the browser's own
+/// record of the resources it fetched.
+const STATE_READS: &str = r#"performance.getEntriesByType("resource").filter(e => new URL(e.name).pathname === "/api/state").length"#;
+
+/// Waits until `expression` is `want` in the page, failing the test with
+/// `what` after `limit`.
+fn until_page(
+    browser: &mut Browser,
+    expression: &str,
+    want: serde_json::Value,
+    limit: Duration,
+    what: &str,
+) {
+    let until = Instant::now() + limit;
+    loop {
+        let got = browser.eval(expression);
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < until, "{what}: {got} after {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Writes `request` on the open port and waits for the page to show its
+/// value in the register's card and the write at the head of its
+/// transactions, within 2 s.
+fn shown_within_two_seconds(browser: &mut Browser, plain: SocketAddr, request: &str) {
+    let (device, register, value) = (&request[1..5], &request[5..7], &request[7..11]);
+    assert_eq!(
+        transact(&mut connect(plain), request.as_bytes()),
+        format!("A{}", &request[1..]).as_bytes()
+    );
+    let shown = format!(
+        r##"(document.querySelector('#devices [data-device="{device}"][data-register="{register}"] .value')?.textContent ?? "") === "{value}"
+          && (document.querySelector("#recent tr")?.textContent ?? "").includes("{request}")"##
+    );
+    until_page(
+        browser,
+        &shown,
+        true.into(),
+        Duration::from_secs(2),
+        &format!("{request} shown"),
+    );
+}
+
+#[test]
+fn the_live_page_follows_the_stream_and_polls_only_while_it_is_down() {
+    if !have_tool("chromium") || !have_tool("mkfifo") {
+        return;
+    }
+    let server = ServerProcess::start(&["--no-tls", "--http", "127.0.0.1:0"]);
+    let http = server.await_http_addr();
+    let plain = server.plain.expect("the open port");
+    let mut browser = Browser::start();
+    // The stream blocked from the start, as a proxy that cannot pass it would.
+    browser.open("about:blank");
+    browser.call("Network.enable", serde_json::json!({}));
+    let block = |browser: &mut Browser, urls: &[&str]| {
+        browser.call(
+            "Network.setBlockedURLs",
+            serde_json::json!({ "urls": urls }),
+        );
+    };
+    block(&mut browser, &["*/api/events*"]);
+    browser.call(
+        "Page.navigate",
+        serde_json::json!({ "url": format!("http://{http}/") }),
+    );
+    let mode = r#"document.getElementById("status").dataset.mode + " " + document.getElementById("status").textContent"#;
+    until_page(
+        &mut browser,
+        mode,
+        "polling live".into(),
+        Duration::from_secs(20),
+        "the page's mode",
+    );
+    shown_within_two_seconds(&mut browser, plain, "W0FAC0B1111");
+    let reads = browser.eval(STATE_READS).as_u64().unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(2500));
+    let polled = browser.eval(STATE_READS).as_u64().unwrap_or(0);
+    assert!(
+        polled >= reads + 2,
+        "no polling without the stream: {reads} then {polled} reads of /api/state"
+    );
+
+    // The stream back: the page follows it and stops polling.
+    block(&mut browser, &[]);
+    until_page(
+        &mut browser,
+        mode,
+        "stream live".into(),
+        Duration::from_secs(30),
+        "the page's mode",
+    );
+    shown_within_two_seconds(&mut browser, plain, "W0FAC0B2222");
+    shown_within_two_seconds(&mut browser, plain, "W0ABC050001");
+    let reads = browser.eval(STATE_READS).as_u64().unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(3000));
+    shown_within_two_seconds(&mut browser, plain, "W0FAC0B3333");
+    let later = browser.eval(STATE_READS).as_u64().unwrap_or(0);
+    assert_eq!(later, reads, "/api/state read while the stream is up");
+    let first =
+        browser.eval(r##"document.querySelector("#devices .device")?.dataset.device ?? null"##);
+    assert_eq!(first, "0FAC", "the device written last comes first");
+}

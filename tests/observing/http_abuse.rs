@@ -207,6 +207,49 @@ fn a_full_table_sheds_the_oldest_idle_connection() {
     );
 }
 
+/// 300 connections each holding a partial request head fill the table (at
+/// its default size, 256); once they are past their first second, a health
+/// probe sheds the oldest of them and is answered at once, probe after probe.
+#[test]
+fn health_probes_get_through_a_table_full_of_slow_heads() {
+    const HEADS: usize = 300;
+    let wanted = (HEADS + 200) as u64;
+    let got = rlimit::increase_nofile_limit(wanted).unwrap_or(0);
+    if got < wanted {
+        skip(&format!("the open-files limit is {got}, below {wanted}"));
+        return;
+    }
+    let server = ServerProcess::start(&["--no-tls", "--http", "127.0.0.1:0"]);
+    let addr = answering(&server, "/health");
+    let mut heads = Vec::new();
+    for _ in 0..HEADS {
+        let mut c = try_connect_from("127.0.0.1", addr).expect("connect");
+        c.write_all(b"GET /health HTTP/1.1\r\nHo")
+            .expect("a partial head");
+        heads.push(c);
+    }
+    // The heads are held: past the first second that protects a request
+    // just begun, and well within the 5 s request deadline.
+    std::thread::sleep(Duration::from_millis(1500));
+    for probe in 1..=5 {
+        let start = Instant::now();
+        let status = get(addr, "/health");
+        let took = start.elapsed();
+        assert_eq!(status, 200, "probe {probe} among {HEADS} slow heads");
+        assert!(took < Duration::from_secs(1), "probe {probe} took {took:?}");
+    }
+    // Each probe took the place of a slow head.
+    let metrics = http_get_from(Some("127.0.0.1"), addr, "/metrics").expect("/metrics");
+    let full: f64 = metrics
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("wwep_http_connections_shed_total{reason=\"full\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(full >= 5.0, "shed for room: {full}");
+    drop(heads);
+}
+
 /// HEAD has the headers without the body; other methods get 405; an
 /// oversized head 431; a body 413.
 #[test]

@@ -116,6 +116,9 @@ pub enum Command {
     DeviceId { mac: String },
     /// Load benchmark: concurrent one-shot transactions; prints rate and latency.
     Bench(BenchArgs),
+    /// Print each write the server acknowledges, as it happens, one line each
+    /// (read from its --http side's /api/events).
+    Watch(crate::watch::WatchArgs),
 }
 
 #[derive(Args, Debug)]

@@ -11,6 +11,7 @@ use wwep::tls::TlsVersion;
 mod args;
 mod cli;
 mod output;
+mod watch;
 
 use args::parse_hex;
 use cli::{BenchArgs, Cli, Command, ConnectionArgs};
@@ -88,6 +89,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Command::Send { message } => exchange(c, &args::unescape(message)?, json),
         Command::Toggle { device } => toggle(c, device.as_deref(), mac_device, json),
+        Command::Watch(w) => watch::run(w, c, mac_device, json),
     }
 }
 
