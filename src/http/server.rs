@@ -157,6 +157,33 @@ enum Fate {
     Drop(Dropped),
 }
 
+/// The kinds of line the HTTP side logs about its clients, each limited and
+/// counted apart (a flood of one kind never hides another, and a line's
+/// "more like this" count is its own kind's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    /// `accept(2)` failed (e.g. out of file descriptors).
+    Accept,
+    /// An address outside `--http-allow`.
+    RefusedAddress,
+    /// A newcomer turned away: the table full of busy connections.
+    ShedNewcomer,
+    /// The oldest idle connection shed for a newcomer.
+    ShedIdle,
+    /// A connection busy past its first second shed for a newcomer.
+    ShedBusy,
+    /// A request not done within the request deadline.
+    Deadline,
+    /// A watcher too many writes behind.
+    WatcherBehind,
+    /// A watcher whose socket took nothing for too long.
+    WatcherStalled,
+}
+
+impl Line {
+    const COUNT: usize = 8;
+}
+
 pub(super) struct EventLoop {
     pub poll: Poll,
     pub listener: TcpListener,
@@ -244,7 +271,7 @@ impl EventLoop {
             state,
             connections: HashMap::new(),
             next: FIRST_CONNECTION,
-            log: RateLimitedLog::new(log::Level::Warn, Duration::from_secs(10)),
+            log: RateLimitedLog::per_kind(log::Level::Warn, Duration::from_secs(10), Line::COUNT),
             lookups,
             watchers: BTreeSet::new(),
             last_feed: Instant::now(),
@@ -361,6 +388,7 @@ impl EventLoop {
             match why {
                 Dropped::Behind => self.count(
                     &counters.watchers_dropped_behind,
+                    Line::WatcherBehind,
                     format_args!(
                         "http: watcher {peer} dropped: more than {} writes behind",
                         crate::events::CAPACITY
@@ -368,6 +396,7 @@ impl EventLoop {
                 ),
                 Dropped::Stalled => self.count(
                     &counters.watchers_dropped_stalled,
+                    Line::WatcherStalled,
                     format_args!(
                         "http: watcher {peer} dropped: its socket took nothing for {} s",
                         events::STALL.as_secs()
@@ -400,7 +429,8 @@ impl EventLoop {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    self.log.log(format_args!("http: accept: {e}"));
+                    self.log
+                        .log_kind(Line::Accept as usize, format_args!("http: accept: {e}"));
                     return;
                 }
             };
@@ -419,6 +449,7 @@ impl EventLoop {
         if refused {
             self.count(
                 &state.counters.refused_address,
+                Line::RefusedAddress,
                 format_args!("http: refused {peer}: not in --http-allow"),
             );
             let answer = super::routes::forbidden().to_bytes(false, false);
@@ -431,10 +462,13 @@ impl EventLoop {
             // had its 403).
             state.counters.shed_full.fetch_add(1, Ordering::Relaxed);
             if !refused {
-                self.log.log(format_args!(
-                    "http: {peer} shed: --http-max-connections {} reached",
-                    state.policy.max_connections()
-                ));
+                self.log.log_kind(
+                    Line::ShedNewcomer as usize,
+                    format_args!(
+                        "http: {peer} shed: --http-max-connections {} reached",
+                        state.policy.max_connections()
+                    ),
+                );
             }
             return;
         }
@@ -500,6 +534,7 @@ impl EventLoop {
             {
                 self.count(
                     &self.state.counters.shed_deadline,
+                    Line::Deadline,
                     format_args!(
                         "http: {} shed: request not done within {}s",
                         c.peer,
@@ -512,9 +547,9 @@ impl EventLoop {
     }
 
     /// Counts a connection refused or shed, and logs why (rate-limited).
-    fn count(&self, counter: &AtomicU64, why: std::fmt::Arguments<'_>) {
+    fn count(&self, counter: &AtomicU64, line: Line, why: std::fmt::Arguments<'_>) {
         counter.fetch_add(1, Ordering::Relaxed);
-        self.log.log(why);
+        self.log.log_kind(line as usize, why);
     }
 
     fn close(&mut self, id: usize) {
@@ -568,6 +603,7 @@ impl Places for EventLoop {
         {
             self.count(
                 &self.state.counters.shed_full,
+                Line::ShedIdle,
                 format_args!(
                     "http: oldest idle connection shed: --http-max-connections {} reached",
                     self.state.policy.max_connections()
@@ -604,6 +640,7 @@ impl Places for EventLoop {
             let peer = conn.peer;
             self.count(
                 &self.state.counters.shed_full,
+                Line::ShedBusy,
                 format_args!(
                     "http: {peer} shed after {} ms {what}: --http-max-connections {} reached",
                     since.elapsed().as_millis(),
