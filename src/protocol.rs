@@ -279,7 +279,8 @@ pub enum Failure {
     /// The shared store (Redis) did not answer, or did not confirm the write.
     Unavailable,
     /// The register holds a value this server cannot read (a shared store's
-    /// hash field that is not 4 hex digits).
+    /// hash field that is not 4 hex digits, or a device key that is not a
+    /// hash, which a write is refused for too).
     Unreadable,
     /// The request is not allowed on this listener.
     Forbidden,

@@ -16,7 +16,9 @@ pub enum StoreError {
     /// durability not confirmed).
     Unavailable,
     /// The register holds a value this server cannot read (in a shared store,
-    /// something other than 4 hex digits): the store answered, the value is bad.
+    /// a field that is not 4 hex digits, or a device key that is not a hash at
+    /// all, which also refuses writes): the store answered, what it holds is
+    /// bad, and nothing is overwritten.
     Unreadable,
 }
 
