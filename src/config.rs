@@ -8,7 +8,9 @@ use crate::allow::Cidr;
 use crate::protocol::ErrorDetail;
 use crate::store::DataConfig;
 use crate::store::redis::{DEFAULT_PREFIX, RedisSettings};
-use crate::tls::{ClientAuth, IdentitySource, MAX_SESSION_LIFETIME_SECS, TlsSettings};
+use crate::tls::{
+    ClientAuth, IdentitySource, MAX_SESSION_LIFETIME_SECS, MAX_TLS_TICKETS, TlsSettings,
+};
 use std::path::PathBuf;
 
 pub use crate::protocol::{DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT};
@@ -72,6 +74,7 @@ pub const FLAG_RULES: &[(&str, FlagRule)] = &[
         "--tls-session-lifetime",
         FlagRule::ConflictsWith("--no-tls"),
     ),
+    ("--tls-tickets", FlagRule::ConflictsWith("--no-tls")),
     ("--plain-read-only", FlagRule::ConflictsWith("--no-plain")),
     ("--proxy-protocol", FlagRule::Needs("--proxy-from")),
     ("--proxy-from", FlagRule::Needs("--proxy-protocol")),
@@ -482,6 +485,12 @@ impl ServerConfig {
                 max: MAX_SESSION_LIFETIME_SECS,
             });
         }
+        if self.tls.tickets > MAX_TLS_TICKETS {
+            return Err(ConfigError::TooLarge {
+                flag: "--tls-tickets",
+                max: MAX_TLS_TICKETS as u64,
+            });
+        }
         Ok(())
     }
 
@@ -649,6 +658,19 @@ mod tests {
                     ..base.clone()
                 },
                 ConfigError::GapBeyondTimeout,
+            ),
+            (
+                ServerConfig {
+                    tls: TlsSettings {
+                        tickets: MAX_TLS_TICKETS + 1,
+                        ..TlsSettings::default()
+                    },
+                    ..base.clone()
+                },
+                ConfigError::TooLarge {
+                    flag: "--tls-tickets",
+                    max: MAX_TLS_TICKETS as u64,
+                },
             ),
         ];
         for (config, want) in cases {

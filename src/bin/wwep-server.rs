@@ -21,7 +21,8 @@ use wwep::store::DataConfig;
 use wwep::store::journal::{CompactionPolicy, Fsync};
 use wwep::store::redis::{DEFAULT_PREFIX, RedisSettings, StoreLocation};
 use wwep::tls::{
-    ClientAuth, DEFAULT_SESSION_CACHE, MAX_SESSION_LIFETIME_SECS, TlsSettings, TlsVersion,
+    ClientAuth, DEFAULT_SESSION_CACHE, DEFAULT_TLS_TICKETS, MAX_SESSION_LIFETIME_SECS, TlsSettings,
+    TlsVersion,
 };
 
 /// WWEP register server: an open port and a TLS port served at once.
@@ -90,6 +91,11 @@ struct Args {
     /// the session cache and ticket keys are renewed this often.
     #[arg(long, env = "WWEP_TLS_SESSION_LIFETIME", default_value_t = MAX_SESSION_LIFETIME_SECS)]
     tls_session_lifetime: u64,
+    /// Session tickets sent after each TLS 1.3 handshake (0–8; 0 sends none).
+    /// A client that resumes once per connection needs one; browsers and
+    /// clients that open several connections at once may want more.
+    #[arg(long, env = "WWEP_TLS_TICKETS", value_name = "N", default_value_t = DEFAULT_TLS_TICKETS)]
+    tls_tickets: usize,
     /// Accept connections only from these addresses or CIDR ranges (repeatable,
     /// or comma-separated); others are closed without a reply. Default: everyone.
     #[arg(long, env = "WWEP_ALLOW", value_name = "CIDR", value_delimiter = ',')]
@@ -238,6 +244,7 @@ impl Args {
                 client_crls: self.client_crl,
                 session_cache: self.tls_session_cache,
                 session_lifetime: Duration::from_secs(self.tls_session_lifetime),
+                tickets: self.tls_tickets,
             },
             bind: self.bind,
             plain_port: (!self.no_plain).then_some(self.plain_port),

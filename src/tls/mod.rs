@@ -529,6 +529,8 @@ pub struct TlsSettings {
     /// How long a session (cached or in a ticket) may be resumed: the session
     /// cache and the ticket keys are renewed this often.
     pub session_lifetime: std::time::Duration,
+    /// Session tickets sent after each TLS 1.3 handshake (0 sends none).
+    pub tickets: usize,
 }
 
 /// Sessions kept by default: a board's session is ~200 bytes in OpenSSL's cache.
@@ -536,6 +538,14 @@ pub const DEFAULT_SESSION_CACHE: usize = 20_480;
 /// OpenSSL's default session timeout; the openssl crate has no call to set
 /// another, so sessions cannot live longer.
 pub const MAX_SESSION_LIFETIME_SECS: u64 = 300;
+/// Session tickets sent after a TLS 1.3 handshake by default: a board that
+/// connects once per message resumes with one, and makes one connection at a
+/// time (OpenSSL's own default is 2, the second for a client that opens two
+/// connections at once).
+pub const DEFAULT_TLS_TICKETS: usize = 1;
+/// The most tickets `--tls-tickets` may ask for: each costs the server an
+/// encryption and a record on every full handshake.
+pub const MAX_TLS_TICKETS: usize = 8;
 
 impl Default for TlsSettings {
     fn default() -> Self {
@@ -546,6 +556,7 @@ impl Default for TlsSettings {
             client_crls: Vec::new(),
             session_cache: DEFAULT_SESSION_CACHE,
             session_lifetime: std::time::Duration::from_secs(MAX_SESSION_LIFETIME_SECS),
+            tickets: DEFAULT_TLS_TICKETS,
         }
     }
 }

@@ -593,7 +593,9 @@ fn set_identities(b: &mut SslAcceptorBuilder, material: &Material) -> Result<(),
 }
 
 /// Sessions (with or without client certificates) resume only within a
-/// context that names itself; the cache is off or sized as set.
+/// context that names itself; the cache is off or sized as set; TLS 1.3
+/// handshakes end with as many tickets as `--tls-tickets` says (OpenSSL sends
+/// two unless told otherwise; each costs an encryption and a record).
 fn set_session_cache(
     b: &mut SslAcceptorBuilder,
     settings: &TlsSettings,
@@ -606,6 +608,8 @@ fn set_session_cache(
         b.set_session_cache_mode(SslSessionCacheMode::SERVER);
         b.set_session_cache_size(settings.session_cache.min(i32::MAX as usize) as i32);
     }
+    b.set_num_tickets(settings.tickets)
+        .map_err(|e| TlsError::refused(Path::new("--tls-tickets"), &e))?;
     Ok(())
 }
 

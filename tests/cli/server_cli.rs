@@ -127,6 +127,41 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
+fn tls_tickets_outside_0_to_8_are_refused_naming_the_flag() {
+    let pki = Pki::new(KeyKind::EcP256);
+    let with_identity = || {
+        let mut cmd = server_cmd();
+        cmd.arg("--cert")
+            .arg(pki.path("server.pem"))
+            .arg("--key")
+            .arg(pki.path("server.key"));
+        cmd
+    };
+    // Past the maximum, on the command line or in the variable: one line.
+    let stderr = refuses_to_start(with_identity().args(["--tls-tickets", "9"]), 2);
+    assert!(
+        stderr.contains("--tls-tickets must be at most 8"),
+        "{stderr}"
+    );
+    let stderr = refuses_to_start(with_identity().env("WWEP_TLS_TICKETS", "9"), 2);
+    assert!(stderr.contains("--tls-tickets"), "{stderr}");
+    // Not a count at all: the argument parser's usage error, its first line
+    // naming the flag.
+    for value in ["--tls-tickets=-1", "--tls-tickets=one"] {
+        let out = run_with_input(with_identity().arg(value), b"");
+        assert_eq!(out.status.code(), Some(2), "{value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(first.contains("--tls-tickets"), "{value}: {stderr}");
+    }
+    let stderr = refuses_to_start(server_cmd().args(["--no-tls", "--tls-tickets", "2"]), 2);
+    assert!(
+        stderr.contains("--tls-tickets") && stderr.contains("--no-tls"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn help_lists_every_flag_with_its_variable() {
     let out = Command::new(env!("CARGO_BIN_EXE_wwep-server"))
         .arg("--help")

@@ -1,7 +1,8 @@
 //! The TLS port's policy, as clients see it: protocol versions, the one set of
 //! cipher suites (with and without client certificates), RSA and ECDSA side by
-//! side, session resumption, revocation, reloads that cannot break the port, and
-//! no delayed-ACK stalls for clients that leave Nagle's algorithm on.
+//! side, session resumption and the tickets per TLS 1.3 handshake, revocation,
+//! reloads that cannot break the port, and no delayed-ACK stalls for clients
+//! that leave Nagle's algorithm on.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -9,10 +10,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+use openssl::ssl::{SslConnector, SslMethod, SslSessionCacheMode, SslVerifyMode, SslVersion};
 use wwep::tls::{ClientAuth, DEFAULT_TLS12_CIPHERS, DEFAULT_TLS13_CIPHERSUITES, IdentitySource};
 
 /// `openssl s_client` against `addr`, verifying it with the test CA; reads until
@@ -223,6 +225,40 @@ fn sessions_resume_by_id_and_by_ticket_with_and_without_client_certificates() {
             );
             assert!(stdout(&out).contains("A0000000001"), "{name}: {text}");
         }
+    }
+}
+
+/// The session tickets a TLS 1.3 client (OpenSSL) receives over one
+/// transaction with `s`: the handshake, a write, and its reply read to the
+/// server's close, so every ticket sent has arrived. OpenSSL's client calls
+/// its new-session callback once per ticket.
+fn tickets_after_one_handshake(s: &TestServer) -> usize {
+    let count = Arc::new(AtomicUsize::new(0));
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_ca_file(s.pki.path("ca.pem")).unwrap();
+    b.set_min_proto_version(Some(SslVersion::TLS1_3)).unwrap();
+    b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
+    let seen = Arc::clone(&count);
+    b.set_new_session_callback(move |_, _| {
+        seen.fetch_add(1, Ordering::SeqCst);
+    });
+    let mut tls = b.build().connect("localhost", connect(s.tls())).unwrap();
+    assert_eq!(tls.ssl().version_str(), "TLSv1.3");
+    assert_eq!(transact(&mut tls, b"W0000000001"), b"A0000000001");
+    count.load(Ordering::SeqCst)
+}
+
+#[test]
+fn a_tls_1_3_handshake_ends_with_as_many_tickets_as_set_one_by_default() {
+    let default = TestServer::start();
+    assert_eq!(tickets_after_one_handshake(&default), 1, "the default");
+    for tickets in [0, 2, 8] {
+        let s = TestServer::with(|c| c.tls.tickets = tickets);
+        assert_eq!(
+            tickets_after_one_handshake(&s),
+            tickets,
+            "--tls-tickets {tickets}"
+        );
     }
 }
 
