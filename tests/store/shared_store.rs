@@ -442,14 +442,20 @@ fn a_lower_case_field_is_not_a_register_on_any_path() {
     let device = http_get(http, "/api/devices/0BB5");
     assert_eq!(
         (device.status, device.body.as_str()),
-        (404, "{\"error\":\"nothing has been written to this device\"}\n")
+        (
+            404,
+            "{\"error\":\"nothing has been written to this device\"}\n"
+        )
     );
 
     assert_eq!(read(b"R0BB40A"), b"A0BB40A2222");
     let device = http_get(http, "/api/devices/0BB4");
     assert_eq!(
         (device.status, device.body.as_str()),
-        (200, "{\"device\":\"0BB4\",\"registers\":{\"0A\":\"2222\"}}\n")
+        (
+            200,
+            "{\"device\":\"0BB4\",\"registers\":{\"0A\":\"2222\"}}\n"
+        )
     );
 
     assert_eq!(read(b"R0BB30A"), b"A0BB30A1234");
