@@ -114,6 +114,9 @@ fn route(path: &str, state: &State) -> Response {
             let (status, content_type, body) = devices::answer(path, server.map(|s| &**s));
             reply(status, content_type, body)
         }
-        _ => text(404, "not found: try /, /metrics, /health or /ready"),
+        _ => text(
+            404,
+            "not found: try /, /metrics, /health, /ready, /api/state, /api/events or /api/devices/0FAC (any device id)",
+        ),
     }
 }

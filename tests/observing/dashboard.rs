@@ -398,6 +398,14 @@ fn the_live_page_follows_the_stream_and_polls_only_while_it_is_down() {
         Duration::from_secs(20),
         "the page's mode",
     );
+    // Read, and nothing written yet: only now does the page say so.
+    until_page(
+        &mut browser,
+        r#"document.getElementById("devices").textContent"#,
+        "No register written since the server started.".into(),
+        Duration::from_secs(5),
+        "the empty devices' note",
+    );
     shown_within_two_seconds(&mut browser, plain, "W0FAC0B1111");
     let reads = browser.eval(STATE_READS).as_u64().unwrap_or(0);
     std::thread::sleep(Duration::from_millis(2500));

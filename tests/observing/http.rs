@@ -277,6 +277,34 @@ fn health_and_ready_answer_200_on_a_running_server() {
     assert!(page.body.contains("/api/state"));
 }
 
+/// The page read without JavaScript (`curl /`, a text browser) says it needs
+/// it and where the same figures are, and claims nothing about the registers
+/// before its script has read them: with two registers written, the static
+/// part never says none was.
+#[test]
+fn the_page_without_javascript_points_at_the_json_and_claims_nothing() {
+    let s = TestServer::with(with_http);
+    let http = s.server().http_addr().unwrap();
+    for request in [&b"W0FAC0B1234"[..], b"W0ABC050001"] {
+        assert_eq!(s.plain_transact(request)[0], b'A');
+    }
+    let page = http_get(http, "/");
+    assert_eq!(page.status, 200);
+    let (markup, _script) = page
+        .body
+        .split_once("<script>")
+        .unwrap_or_else(|| panic!("a script in {}", page.body));
+    let (_, noscript) = markup
+        .split_once("<noscript>")
+        .unwrap_or_else(|| panic!("a <noscript> in {markup}"));
+    let (noscript, _) = noscript.split_once("</noscript>").expect("closed");
+    assert!(noscript.contains("needs JavaScript"), "{noscript}");
+    assert!(noscript.contains("href=\"/api/state\""), "{noscript}");
+    assert!(noscript.contains("href=\"/metrics\""), "{noscript}");
+    assert!(markup.contains("loading…"), "{markup}");
+    assert!(!markup.contains("No register written"), "{markup}");
+}
+
 /// Three requests written at once on one connection are answered in the order
 /// they were sent, each whole, and the connection closes after the one that
 /// asked for it.
@@ -316,7 +344,7 @@ fn pipelined_requests_are_answered_in_order() {
         ("HTTP/1.1 200 OK", "ok\n"),
         (
             "HTTP/1.1 404 Not Found",
-            "not found: try /, /metrics, /health or /ready\n",
+            "not found: try /, /metrics, /health, /ready, /api/state, /api/events or /api/devices/0FAC (any device id)\n",
         ),
         ("HTTP/1.1 200 OK", "ready\n"),
     ];

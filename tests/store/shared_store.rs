@@ -410,6 +410,81 @@ fn a_value_wwep_cannot_read_gets_one_verdict_on_every_path() {
     );
 }
 
+/// A hash field in lower case (`HSET wwep:0BB5 0b 00ab`, by hand or by
+/// another program) is not a register: a read asks `HGET` for the field in
+/// upper case, as wwep writes it, and finds nothing (`X not found`), so
+/// `/api/devices` does not list it either — one verdict per register, and
+/// never one register twice in the JSON. The field is left as it is and
+/// logged; values keep their rule (either case reads, on both paths).
+#[test]
+fn a_lower_case_field_is_not_a_register_on_any_path() {
+    let Some(redis) = RedisServer::start(&[]) else {
+        return;
+    };
+    let pki = Pki::new(KeyKind::EcP256);
+    let server = front_end(&pki, &redis, &["--http", "127.0.0.1:0"]);
+    let plain = server.plain.unwrap();
+    let http = server.await_http_addr();
+    let hset = |args: &[&str]| {
+        let mut command = vec!["HSET"];
+        command.extend_from_slice(args);
+        let added: i64 = redis.query(&command).unwrap();
+        assert_eq!(added as usize, (args.len() - 1) / 2, "{args:?}");
+    };
+    hset(&["wwep:0BB5", "0b", "00ab"]);
+    hset(&["wwep:0BB4", "0a", "1111", "0A", "2222"]);
+    hset(&["wwep:0BB3", "0a", "ff", "0A", "1234"]);
+    // A lower-case value under an upper-case field reads on both paths.
+    hset(&["wwep:0BB3", "0C", "00ab"]);
+
+    let read = |request: &[u8]| transact(&mut connect(plain), request);
+    assert_eq!(read(b"R0BB50B"), b"X not found");
+    let device = http_get(http, "/api/devices/0BB5");
+    assert_eq!(
+        (device.status, device.body.as_str()),
+        (
+            404,
+            "{\"error\":\"nothing has been written to this device\"}\n"
+        )
+    );
+
+    assert_eq!(read(b"R0BB40A"), b"A0BB40A2222");
+    let device = http_get(http, "/api/devices/0BB4");
+    assert_eq!(
+        (device.status, device.body.as_str()),
+        (
+            200,
+            "{\"device\":\"0BB4\",\"registers\":{\"0A\":\"2222\"}}\n"
+        )
+    );
+
+    assert_eq!(read(b"R0BB30A"), b"A0BB30A1234");
+    assert_eq!(read(b"R0BB30C"), b"A0BB30C00AB");
+    let device = http_get(http, "/api/devices/0BB3");
+    assert_eq!(
+        (device.status, device.body.as_str()),
+        (
+            200,
+            "{\"device\":\"0BB3\",\"registers\":{\"0A\":\"1234\",\"0C\":\"00AB\"}}\n"
+        )
+    );
+
+    server.assert_logs_within(
+        "wwep:0BB5: field \"0b\" is not a register",
+        Duration::from_secs(5),
+    );
+    // Left as they are: wwep reads the store, it does not tidy it.
+    let kept: Option<String> = redis.query(&["HGET", "wwep:0BB4", "0a"]).unwrap();
+    assert_eq!(kept.as_deref(), Some("1111"));
+    // A write through wwep makes the register, in upper case, on both paths.
+    assert_eq!(read(b"W0BB50B0001"), b"A0BB50B0001");
+    assert_eq!(read(b"R0BB50B"), b"A0BB50B0001");
+    assert_eq!(
+        http_get(http, "/api/devices/0BB5").body,
+        "{\"device\":\"0BB5\",\"registers\":{\"0B\":\"0001\"}}\n"
+    );
+}
+
 /// `INFO stats`' count of connections Redis has accepted since it started.
 fn connections_received(redis: &RedisServer) -> u64 {
     let info: String = redis.query(&["INFO", "stats"]).unwrap();

@@ -353,6 +353,31 @@ fn has_waitaof(connection: &mut Connection) -> bool {
     matches!(info, Ok(redis::Value::Array(entries)) if entries.first().is_some_and(|e| *e != redis::Value::Nil))
 }
 
+/// A device's registers from the fields of its hash: each field that is a
+/// register ([`text::register`], the spelling a read asks `HGET` for) with
+/// the `verdict` a read of it gets (its value, or `None`: unreadable);
+/// every other field goes to `not_a_register` and is left out, as no read
+/// can reach it. One field per register, so none is listed twice.
+fn listing(
+    fields: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    mut verdict: impl FnMut(u8, &[u8]) -> Option<u16>,
+    mut not_a_register: impl FnMut(&[u8]),
+) -> DeviceRegisters {
+    let mut registers = DeviceRegisters::default();
+    for (field, stored) in fields {
+        match text::register(&field) {
+            Some(register) => match verdict(register, &stored) {
+                Some(value) => registers.values.push((register, value)),
+                None => registers.unreadable.push(register),
+            },
+            None => not_a_register(&field),
+        }
+    }
+    registers.values.sort_unstable();
+    registers.unreadable.sort_unstable();
+    registers
+}
+
 impl Backend for RedisStore {
     /// `HGET`: the stored bytes as they are (a value that is not UTF-8, or
     /// a key that is not a hash, is unreadable, not a failure of the store).
@@ -385,26 +410,26 @@ impl Backend for RedisStore {
             OnKey::Hash(fields) => fields,
             OnKey::NotAHash(kind) => return Err(self.not_a_hash(device, &kind)),
         };
-        let mut registers = DeviceRegisters::default();
-        for (field, stored) in fields {
-            match text::register(&field) {
-                Some(register) => match self.verdict(device, register, &stored) {
-                    Ok(value) => registers.values.push((register, value)),
-                    Err(_) => registers.unreadable.push(register),
-                },
-                None => self.pool.warnings.log(
+        Ok(listing(
+            fields,
+            |register, stored| self.verdict(device, register, stored).ok(),
+            |field| {
+                self.pool.warnings.log(
                     Warning::NotARegister,
                     format_args!(
-                        "{}: field \"{}\" is not a register (2 hex digits); left out",
+                        "{}: field \"{}\"{} is not a register (2 upper-case hex digits, as wwep \
+                         writes them and a read asks for them); left out",
                         self.key(device),
-                        Escaped(&field[..field.len().min(LOGGED_VALUE_BYTES)])
+                        Escaped(&field[..field.len().min(LOGGED_VALUE_BYTES)]),
+                        if field.len() > LOGGED_VALUE_BYTES {
+                            "…"
+                        } else {
+                            ""
+                        }
                     ),
-                ),
-            }
-        }
-        registers.values.sort_unstable();
-        registers.unreadable.sort_unstable();
-        Ok(registers)
+                )
+            },
+        ))
     }
 
     fn write(&self, device: u16, register: u8, value: u16) -> Result<(), StoreError> {
@@ -513,6 +538,51 @@ mod tests {
         }
         let lost: RedisError = std::io::Error::other("WRONGTYPE").into();
         assert!(!is_wrong_type(&lost));
+    }
+
+    /// What `listing` makes of a hash's fields, with the value grammar as
+    /// the verdict: the registers, and the fields it called not registers.
+    fn listed(fields: &[(&str, &str)]) -> (DeviceRegisters, Vec<String>) {
+        let mut others = Vec::new();
+        let registers = listing(
+            fields
+                .iter()
+                .map(|(f, v)| (f.as_bytes().to_vec(), v.as_bytes().to_vec())),
+            |_, stored| text::value(stored),
+            |field| others.push(String::from_utf8_lossy(field).into_owned()),
+        );
+        others.sort();
+        (registers, others)
+    }
+
+    #[test]
+    fn a_listing_has_each_register_once_in_the_spelling_a_read_asks_for() {
+        // `HSET … 0a 1111 0A 2222`: only 0A is the register a read finds.
+        let (registers, others) = listed(&[("0a", "1111"), ("0A", "2222")]);
+        assert_eq!(registers.values, [(0x0A, 0x2222)]);
+        assert!(registers.unreadable.is_empty());
+        assert_eq!(others, ["0a"]);
+        // `HSET … 0a ff 0A 1234`: 0A is listed once, as readable.
+        let (registers, others) = listed(&[("0a", "ff"), ("0A", "1234")]);
+        assert_eq!(registers.values, [(0x0A, 0x1234)]);
+        assert!(registers.unreadable.is_empty());
+        assert_eq!(others, ["0a"]);
+        // `HSET … 0b 00ab`: no register at all, as a read of 0B finds none.
+        let (registers, others) = listed(&[("0b", "00ab")]);
+        assert!(registers.is_empty());
+        assert_eq!(others, ["0b"]);
+        // Values in either case read; bad ones are unreadable; all sorted.
+        let (registers, others) = listed(&[
+            ("FF", "abcd"),
+            ("0C", "ff"),
+            ("01", "0001"),
+            ("02", "12345"),
+            ("x", "0001"),
+            ("0B0", "0001"),
+        ]);
+        assert_eq!(registers.values, [(0x01, 0x0001), (0xFF, 0xABCD)]);
+        assert_eq!(registers.unreadable, [0x02, 0x0C]);
+        assert_eq!(others, ["0B0", "x"]);
     }
 
     #[test]
