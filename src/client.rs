@@ -31,7 +31,10 @@ pub struct ServerAddress {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AddressError {
     /// `[V6` with no closing bracket.
-    MissingBracket { flag: &'static str, text: String },
+    MissingBracket {
+        flag: &'static str,
+        text: String,
+    },
     /// What follows the host is not `:PORT` with a port from 0 to 65535;
     /// the port as given, without its colon (empty when there is none).
     BadPort {
@@ -39,7 +42,10 @@ pub enum AddressError {
         text: String,
         port: String,
     },
-    MissingHost { flag: &'static str, text: String },
+    MissingHost {
+        flag: &'static str,
+        text: String,
+    },
     /// `::1:27708`: an IPv6 address and a port, which only brackets tell
     /// apart; what was probably meant is `[host]:port`.
     UnbracketedIpv6 {
@@ -59,7 +65,10 @@ impl fmt::Display for AddressError {
                 write!(f, "missing port after ':' in {flag} '{text}'")
             }
             AddressError::BadPort { flag, text, port } => {
-                write!(f, "invalid port '{port}' in {flag} '{text}' (expected 0-65535)")
+                write!(
+                    f,
+                    "invalid port '{port}' in {flag} '{text}' (expected 0-65535)"
+                )
             }
             AddressError::MissingHost { flag, text } => {
                 write!(f, "missing host in {flag} '{text}'")
@@ -841,7 +850,10 @@ fn exchange<S: Read + Write>(
             }
             // An HTTP server answers a WWEP message with an error but keeps
             // the connection open: what came says which port this is.
-            Err(e) if (is_timeout(&e) || Instant::now() >= deadline) && buf[..len].starts_with(HTTP) => {
+            Err(e)
+                if (is_timeout(&e) || Instant::now() >= deadline)
+                    && buf[..len].starts_with(HTTP) =>
+            {
                 return Err(ClientError::HttpPort);
             }
             Err(e) if is_timeout(&e) || Instant::now() >= deadline => {

@@ -124,8 +124,7 @@ fn a_field_one_digit_too_long_is_refused_not_read_as_another_device() {
     // `0FAC0` is a typo for 0FAC, or for FAC0: neither is written.
     wwep(&["--server", &srv, "write", "0FAC0", "05", "0001"])
         .fails_with("invalid DEVICE '0FAC0': 5 hex digits, expected at most 4 (0000-FFFF)");
-    wwep(&["--server", &srv, "write", "0FAC", "005", "0001"])
-        .fails_with("invalid REGISTER '005'");
+    wwep(&["--server", &srv, "write", "0FAC", "005", "0001"]).fails_with("invalid REGISTER '005'");
     wwep(&["--server", &srv, "write", "0FAC", "05", "00001"]).fails_with("invalid VALUE '00001'");
     wwep(&["--server", &srv, "toggle", "0x0FAC0"]).fails_with("invalid DEVICE '0x0FAC0'");
     let store = s.server().store().unwrap();

@@ -582,9 +582,18 @@ fn wwep_watch_says_why_the_stream_ended() {
     );
     // A reason given is said.
     for (reason, said) in [
-        (&b"behind"[..], "the server dropped this watcher: it fell too far behind"),
-        (b"stalled", "the server dropped this watcher: it stopped reading"),
-        (b"shed", "the server dropped this watcher to make room (--http-max-connections)"),
+        (
+            &b"behind"[..],
+            "the server dropped this watcher: it fell too far behind",
+        ),
+        (
+            b"stalled",
+            "the server dropped this watcher: it stopped reading",
+        ),
+        (
+            b"shed",
+            "the server dropped this watcher to make room (--http-max-connections)",
+        ),
         (b"stopping", "the server is stopping"),
     ] {
         let answer = [
@@ -615,7 +624,7 @@ fn wwep_watch_against_the_wrong_port_says_so() {
     let server = http_server(|_| {});
     let stderr = one_line(&[], server.plain());
     assert!(
-        stderr.contains("does not look like the server's HTTP port: it answered \"X")
+        stderr.contains("does not look like the server's HTTP port: it answered \"X\", not HTTP")
             && stderr.contains("the one given to wwep-server --http"),
         "{stderr}"
     );
@@ -665,10 +674,16 @@ fn wwep_watch_takes_its_address_as_server_does_or_as_a_url() {
     // Refused before any connection, in --server's words, naming --http.
     let port = http.port();
     for (given, said) in [
-        (format!(":{port}"), format!("missing host in --http ':{port}'")),
-        ("localhost:".to_string(), "missing port after ':' in --http 'localhost:'".to_string()),
         (
-            format!("[::1]:99999"),
+            format!(":{port}"),
+            format!("missing host in --http ':{port}'"),
+        ),
+        (
+            "localhost:".to_string(),
+            "missing port after ':' in --http 'localhost:'".to_string(),
+        ),
+        (
+            "[::1]:99999".to_string(),
             "invalid port '99999' in --http '[::1]:99999' (expected 0-65535)".to_string(),
         ),
         (
@@ -679,7 +694,10 @@ fn wwep_watch_takes_its_address_as_server_does_or_as_a_url() {
             format!("https://{http}"),
             "the server's HTTP side is plain HTTP, not HTTPS".to_string(),
         ),
-        (format!("http://{http}/api/events"), "without a path".to_string()),
+        (
+            format!("http://{http}/api/events"),
+            "without a path".to_string(),
+        ),
     ] {
         let (mut child, _out) = watch_given(&given);
         let (code, stderr) = exit_within(&mut child, IO_TIMEOUT);

@@ -198,6 +198,7 @@ fn open(
     let mut head: Vec<u8> = Vec::new();
     let not_http = |head: &[u8]| {
         let first = head.split(|&b| b == b'\n').next().unwrap_or_default();
+        let first = first.strip_suffix(b"\r").unwrap_or(first);
         let first = &first[..first.len().min(40)];
         format!(
             "cannot watch --http {given}: it does not look like the server's HTTP port: it answered \"{}\", not HTTP (the HTTP port is the one given to wwep-server --http)",
@@ -217,14 +218,22 @@ fn open(
             Ok(0) => return Err(cannot("answer", &"cut short")),
             Ok(_) if head.len() > MAX_HEAD => return Err(cannot("answer", &"head too long")),
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 let waited = timeout.as_millis();
                 return Err(if head.is_empty() {
                     format!(
                         "cannot watch --http {given}: no answer within {waited} ms (is it the server's --http address?)"
                     )
                 } else {
-                    cannot("answer", &format!("cut short: nothing more within {waited} ms"))
+                    cannot(
+                        "answer",
+                        &format!("cut short: nothing more within {waited} ms"),
+                    )
                 });
             }
             Err(e) => return Err(cannot("answer", &e)),
@@ -300,7 +309,11 @@ fn wait(stream: &TcpStream, watch_out: &mut bool) -> Waited {
             PollFd::new(stream, PollFlags::IN),
             PollFd::new(&stdout, PollFlags::empty()),
         ];
-        let polled = if *watch_out { &mut fds[..] } else { &mut fds[..1] };
+        let polled = if *watch_out {
+            &mut fds[..]
+        } else {
+            &mut fds[..1]
+        };
         match rustix::event::poll(polled, Some(&silence)) {
             Ok(0) => return Waited::Silent,
             Ok(_) => {}
