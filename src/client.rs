@@ -26,24 +26,30 @@ pub struct ServerAddress {
     pub port: Option<u16>,
 }
 
-/// Why a `--server` value is not an address.
+/// Why a `--server` (or `wwep watch --http`) value is not an address; each
+/// names the flag it was given to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AddressError {
     /// `[V6` with no closing bracket.
     MissingBracket {
+        flag: &'static str,
         text: String,
     },
-    /// What follows the host is not `:PORT` with a port from 0 to 65535.
+    /// What follows the host is not `:PORT` with a port from 0 to 65535;
+    /// the port as given, without its colon (empty when there is none).
     BadPort {
+        flag: &'static str,
         text: String,
         port: String,
     },
     MissingHost {
+        flag: &'static str,
         text: String,
     },
     /// `::1:27708`: an IPv6 address and a port, which only brackets tell
     /// apart; what was probably meant is `[host]:port`.
     UnbracketedIpv6 {
+        flag: &'static str,
         host: String,
         port: u16,
     },
@@ -52,14 +58,24 @@ pub enum AddressError {
 impl fmt::Display for AddressError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AddressError::MissingBracket { text } => write!(f, "missing ']' in --server '{text}'"),
-            AddressError::BadPort { text, port } => {
-                write!(f, "invalid port '{port}' in --server '{text}'")
+            AddressError::MissingBracket { flag, text } => {
+                write!(f, "missing ']' in {flag} '{text}'")
             }
-            AddressError::MissingHost { text } => write!(f, "missing host in --server '{text}'"),
-            AddressError::UnbracketedIpv6 { host, port } => write!(
+            AddressError::BadPort { flag, text, port } if port.is_empty() => {
+                write!(f, "missing port after ':' in {flag} '{text}'")
+            }
+            AddressError::BadPort { flag, text, port } => {
+                write!(
+                    f,
+                    "invalid port '{port}' in {flag} '{text}' (expected 0-65535)"
+                )
+            }
+            AddressError::MissingHost { flag, text } => {
+                write!(f, "missing host in {flag} '{text}'")
+            }
+            AddressError::UnbracketedIpv6 { flag, host, port } => write!(
                 f,
-                "IPv6 addresses need brackets: --server [{host}]:{port}, not {host}:{port}"
+                "IPv6 addresses need brackets: {flag} [{host}]:{port}, not {host}:{port}"
             ),
         }
     }
@@ -68,15 +84,25 @@ impl fmt::Display for AddressError {
 impl std::error::Error for AddressError {}
 
 impl ServerAddress {
+    /// A `--server` value.
     pub fn parse(text: &str) -> Result<ServerAddress, AddressError> {
+        ServerAddress::parse_flag(text, "--server")
+    }
+
+    /// An address given to `flag`, which its errors name.
+    pub fn parse_flag(text: &str, flag: &'static str) -> Result<ServerAddress, AddressError> {
+        // The port as typed, without the colon that introduces it, whichever
+        // form the host has (`h:99999` and `[::1]:99999` both say '99999').
         let bad_port = |p: &str| AddressError::BadPort {
+            flag,
             text: text.to_string(),
-            port: p.to_string(),
+            port: p.strip_prefix(':').unwrap_or(p).to_string(),
         };
         if let Some(rest) = text.strip_prefix('[') {
             let (host, after) =
                 rest.split_once(']')
                     .ok_or_else(|| AddressError::MissingBracket {
+                        flag,
                         text: text.to_string(),
                     })?;
             let port = match after {
@@ -108,6 +134,7 @@ impl ServerAddress {
             // unless it is not one but becomes one without its last `:PORT`.
             _ => match unbracketed_port(text) {
                 Some((host, port)) => Err(AddressError::UnbracketedIpv6 {
+                    flag,
                     host: host.to_string(),
                     port,
                 }),
@@ -120,6 +147,7 @@ impl ServerAddress {
         .and_then(|a| {
             if a.host.is_empty() {
                 Err(AddressError::MissingHost {
+                    flag,
                     text: text.to_string(),
                 })
             } else {
@@ -314,6 +342,9 @@ pub enum ClientError {
     /// A plain connection answered with what starts like a TLS record (an
     /// alert): the port is probably a TLS one.
     TlsRecord,
+    /// A plain connection answered with an HTTP response: the port is an
+    /// HTTP one (`wwep-server --http`), not a WWEP port.
+    HttpPort,
     /// A TLS connection answered in clear text; the first bytes that came.
     ClearText {
         first: Vec<u8>,
@@ -341,7 +372,10 @@ impl ClientError {
             | ClientError::Handshake { .. }
             | ClientError::TlsRecord
             | ClientError::ClearText { .. } => "tls",
-            ClientError::Io { .. } | ClientError::NoReply | ClientError::NoReplyButTls => "io",
+            ClientError::Io { .. }
+            | ClientError::NoReply
+            | ClientError::NoReplyButTls
+            | ClientError::HttpPort => "io",
             ClientError::Mismatch(_) => "mismatch",
             ClientError::MaybePort { source, .. } => source.kind(),
         }
@@ -372,6 +406,14 @@ impl fmt::Display for ClientError {
             ),
             ClientError::TlsRecord => f.write_str(
                 "the server answered with a TLS record, not WWEP: it may be a TLS port (try --tls)",
+            ),
+            ClientError::HttpPort => f.write_str(
+                "the server answered in HTTP: this is an HTTP port (wwep-server --http), not a WWEP port",
+            ),
+            ClientError::ClearText { first } if first.starts_with(b"HTTP/") => write!(
+                f,
+                "the server answered in clear text HTTP (\"{}\") where TLS was expected: this is an HTTP port (wwep-server --http), not a WWEP port",
+                Escaped(first)
             ),
             ClientError::ClearText { first } => write!(
                 f,
@@ -413,6 +455,10 @@ impl ClientError {
         }
     }
 }
+
+/// How an HTTP response starts: a reply that does, on a WWEP connection,
+/// came from an HTTP port.
+const HTTP: &[u8] = b"HTTP/";
 
 fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
@@ -573,6 +619,9 @@ impl Client {
                 // bytes at least, to be sure) is a TLS server's alert.
                 if len >= 2 && looks_like_tls(&reply[..len]) {
                     return Err(ClientError::TlsRecord);
+                }
+                if reply[..len].starts_with(HTTP) {
+                    return Err(ClientError::HttpPort);
                 }
                 Ok(len)
             }
@@ -799,6 +848,14 @@ fn exchange<S: Read + Write>(
                     reason: format!("the server refused the connection ({alert})"),
                 });
             }
+            // An HTTP server answers a WWEP message with an error but keeps
+            // the connection open: what came says which port this is.
+            Err(e)
+                if (is_timeout(&e) || Instant::now() >= deadline)
+                    && buf[..len].starts_with(HTTP) =>
+            {
+                return Err(ClientError::HttpPort);
+            }
             Err(e) if is_timeout(&e) || Instant::now() >= deadline => {
                 return Err(ClientError::TimedOut {
                     stage: Stage::WaitingForReply,
@@ -847,6 +904,7 @@ mod tests {
         // An IPv6 address and a port without brackets: what was meant, said.
         let unbracketed = |host: &str, port| {
             Err(AddressError::UnbracketedIpv6 {
+                flag: "--server",
                 host: host.to_string(),
                 port,
             })
@@ -859,6 +917,29 @@ mod tests {
         assert_eq!(
             ServerAddress::parse("::1:40508").unwrap_err().to_string(),
             "IPv6 addresses need brackets: --server [::1]:40508, not ::1:40508"
+        );
+        // The port as typed, whichever form the host has; the flag named.
+        assert_eq!(
+            ServerAddress::parse("[::1]:99999").unwrap_err().to_string(),
+            "invalid port '99999' in --server '[::1]:99999' (expected 0-65535)"
+        );
+        assert_eq!(
+            ServerAddress::parse("127.0.0.1:99999")
+                .unwrap_err()
+                .to_string(),
+            "invalid port '99999' in --server '127.0.0.1:99999' (expected 0-65535)"
+        );
+        assert_eq!(
+            ServerAddress::parse_flag("h:", "--http")
+                .unwrap_err()
+                .to_string(),
+            "missing port after ':' in --http 'h:'"
+        );
+        assert_eq!(
+            ServerAddress::parse_flag(":80", "--http")
+                .unwrap_err()
+                .to_string(),
+            "missing host in --http ':80'"
         );
         // Not an address either way: left to the resolver to refuse.
         assert_eq!(ServerAddress::parse("::1:70000"), a("::1:70000", None));

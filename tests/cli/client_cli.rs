@@ -118,10 +118,29 @@ fn toggle_flips_the_led_register_of_the_mac_device() {
 }
 
 #[test]
+fn a_field_one_digit_too_long_is_refused_not_read_as_another_device() {
+    let s = TestServer::start();
+    let srv = plain_server(&s);
+    // `0FAC0` is a typo for 0FAC, or for FAC0: neither is written.
+    wwep(&["--server", &srv, "write", "0FAC0", "05", "0001"])
+        .fails_with("invalid DEVICE '0FAC0': 5 hex digits, expected at most 4 (0000-FFFF)");
+    wwep(&["--server", &srv, "write", "0FAC", "005", "0001"]).fails_with("invalid REGISTER '005'");
+    wwep(&["--server", &srv, "write", "0FAC", "05", "00001"]).fails_with("invalid VALUE '00001'");
+    wwep(&["--server", &srv, "toggle", "0x0FAC0"]).fails_with("invalid DEVICE '0x0FAC0'");
+    let store = s.server().store().unwrap();
+    assert_eq!(store.read(0xFAC0, 0x05), None);
+    assert_eq!(store.read(0x0FAC, 0x05), None);
+    // Shorter forms and either case, as the README has them.
+    wwep(&["--server", &srv, "write", "fac0", "5", "1"]).expect(0, "AFAC0050001\n");
+}
+
+#[test]
 fn usage_errors_exit_2_with_one_line() {
-    wwep(&["read", "10000", "00"]).fails_with("DEVICE '10000' is out of range");
-    wwep(&["read", "1", "100"]).fails_with("REGISTER '100' is out of range");
-    wwep(&["write", "1", "1", "fffff"]).fails_with("VALUE 'fffff' is out of range");
+    wwep(&["read", "10000", "00"]).fails_with("invalid DEVICE '10000': 5 hex digits");
+    wwep(&["read", "1", "100"]).fails_with("invalid REGISTER '100': 3 hex digits");
+    wwep(&["write", "1", "1", "fffff"]).fails_with("invalid VALUE 'fffff': 5 hex digits");
+    wwep(&["--server", "h:99999", "read", "1", "1"]).fails_with("invalid port '99999'");
+    wwep(&["--server", "[::1]:99999", "read", "1", "1"]).fails_with("invalid port '99999'");
     wwep(&["read", "xyz", "00"]).fails_with("invalid DEVICE 'xyz'");
     wwep(&["device-id", "aa:bb"]).fails_with("invalid MAC address 'aa:bb'");
     wwep(&["toggle", "--device-from-mac", "nonsense"]).fails_with("invalid MAC");

@@ -282,3 +282,38 @@ fn an_ipv6_address_with_a_port_needs_brackets() {
         wwep(&args).fails_with(&[&hint]);
     }
 }
+
+#[test]
+fn the_http_port_is_named_when_a_wwep_client_meets_it() {
+    let s = TestServer::with(|c| {
+        c.http = Some(wwep::config::HttpConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+        ));
+    });
+    let http = s.server().http_addr().expect("an HTTP address");
+    let http = format!("localhost:{}", http.port());
+    // Plain: a message with its line end is a request line the HTTP side
+    // answers at once (400), and that answer says which port this is.
+    wwep(&["--server", &http, "send", "W0FAC0B1234\\n"])
+        .fails_with(&["this is an HTTP port (wwep-server --http), not a WWEP port"]);
+    wwep(&["--server", &http, "--json", "send", "R0FAC0B\\n"])
+        .fails_with(&["this is an HTTP port"]);
+    // TLS: the HTTP side answers the ClientHello in clear text HTTP.
+    let ca = s.pki.path("ca.pem");
+    let ca = ca.to_str().unwrap();
+    for resume in [&[][..], &["--resume"]] {
+        let args = [
+            &["--server", &http, "--tls", "--ca", ca][..],
+            resume,
+            &["write", "1", "2", "3"],
+        ]
+        .concat();
+        let run = wwep(&args);
+        run.fails_with(&[
+            "answered in clear text HTTP (\"HTTP/",
+            "this is an HTTP port (wwep-server --http), not a WWEP port",
+        ]);
+        assert!(!run.text.contains("drop --tls"), "{}", run.text);
+    }
+    assert_eq!(s.server().store().unwrap().read(0x0FAC, 0x0B), None);
+}

@@ -498,8 +498,10 @@ fn wwep_watch_prints_each_write_and_filters_by_device() {
 fn wwep_watch_ends_quietly_when_its_reader_goes_and_says_why_otherwise() {
     let server = http_server(|_| {});
     let http = http_addr(&server);
-    // `wwep watch | head -1`: the reader goes after one line; the next
-    // write ends the watcher, with status 0 and nothing said.
+    // `wwep watch | head -1`: the reader goes after one line, and the
+    // watcher ends then, with status 0 and nothing said, though no other
+    // write comes to fail to print (the server's keep-alive comments, every
+    // 15 s, print nothing; the limit is well inside that).
     let (mut piped, out) = watch(http, &[]);
     watchers_become(http, 1.0);
     assert_eq!(server.plain_transact(b"W0FAC0B1234"), b"A0FAC0B1234");
@@ -508,19 +510,8 @@ fn wwep_watch_ends_quietly_when_its_reader_goes_and_says_why_otherwise() {
     out.read_line(&mut first).unwrap();
     assert!(first.starts_with("0FAC 0B 1234 plain "), "{first}");
     drop(out);
-    let mut code = (None, String::new());
-    assert!(
-        eventually(IO_TIMEOUT, || {
-            let _ = server.plain_transact(b"W0FAC0B4321");
-            code = match piped.try_wait() {
-                Ok(Some(_)) => exit_within(&mut piped, IO_TIMEOUT),
-                _ => return false,
-            };
-            true
-        }),
-        "still running with its output closed"
-    );
-    assert_eq!((code.0, code.1.as_str()), (Some(0), ""));
+    let (code, stderr) = exit_within(&mut piped, IO_TIMEOUT);
+    assert_eq!((code, stderr.as_str()), (Some(0), ""));
 
     // A stream that cannot be opened: exit 2, one line naming --http.
     let closed = {
@@ -548,7 +539,182 @@ fn wwep_watch_ends_quietly_when_its_reader_goes_and_says_why_otherwise() {
     assert_eq!(code, Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
-        stderr.contains("stopping") || stderr.contains("ended the stream"),
+        stderr.contains("the server is stopping") || stderr.contains("ended without a reason"),
         "{stderr}"
+    );
+}
+
+/// A stand-in for the HTTP side that answers every connection with
+/// `answer` and then closes it (or, given nothing, holds it open and
+/// silent); its address.
+fn fake_http(answer: &'static [u8]) -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            // The request head first, as a server reads it.
+            let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
+            let _ = conn.read(&mut [0u8; 1024]);
+            if answer.is_empty() {
+                held.push(conn);
+            } else {
+                let _ = conn.write_all(answer);
+            }
+        }
+    });
+    addr
+}
+
+const STREAM_HEAD: &str = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n";
+
+#[test]
+fn wwep_watch_says_why_the_stream_ended() {
+    // An end with no `event: dropped` is not called the server stopping.
+    let cut = fake_http(STREAM_HEAD.as_bytes());
+    let (mut child, _out) = watch(cut, &[]);
+    let (code, stderr) = exit_within(&mut child, IO_TIMEOUT);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        "wwep: the stream ended without a reason (the server may have dropped this watcher for falling behind, or gone away)\n"
+    );
+    // A reason given is said.
+    for (reason, said) in [
+        (
+            &b"behind"[..],
+            "the server dropped this watcher: it fell too far behind",
+        ),
+        (
+            b"stalled",
+            "the server dropped this watcher: it stopped reading",
+        ),
+        (
+            b"shed",
+            "the server dropped this watcher to make room (--http-max-connections)",
+        ),
+        (b"stopping", "the server is stopping"),
+    ] {
+        let answer = [
+            STREAM_HEAD.as_bytes(),
+            b"event: dropped\ndata: {\"reason\":\"",
+            reason,
+            b"\"}\n\n",
+        ]
+        .concat();
+        let server = fake_http(answer.leak());
+        let (mut child, _out) = watch(server, &[]);
+        let (code, stderr) = exit_within(&mut child, IO_TIMEOUT);
+        assert_eq!(code, Some(1), "{stderr}");
+        assert_eq!(stderr, format!("wwep: {said}\n"));
+    }
+}
+
+#[test]
+fn wwep_watch_against_the_wrong_port_says_so() {
+    let one_line = |args: &[&str], http: SocketAddr| {
+        let (mut child, _out) = watch(http, args);
+        let (code, stderr) = exit_within(&mut child, IO_TIMEOUT);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        stderr
+    };
+    // The WWEP port answers `X`: not HTTP, and which port is.
+    let server = http_server(|_| {});
+    let stderr = one_line(&[], server.plain());
+    assert!(
+        stderr.contains("does not look like the server's HTTP port: it answered \"X\", not HTTP")
+            && stderr.contains("the one given to wwep-server --http"),
+        "{stderr}"
+    );
+    // A port that takes the connection and says nothing.
+    let silent = fake_http(b"");
+    let stderr = one_line(&["--timeout-ms", "300"], silent);
+    assert!(stderr.contains("no answer within 300 ms"), "{stderr}");
+}
+
+/// `wwep watch --http GIVEN`, its output piped.
+fn watch_given(given: &str) -> (Child, BufReader<ChildStdout>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wwep"))
+        .args(["watch", "--http", given])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn wwep watch");
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    (child, stdout)
+}
+
+#[test]
+fn wwep_watch_takes_its_address_as_server_does_or_as_a_url() {
+    let server = http_server(|_| {});
+    let http = http_addr(&server);
+    let forms = [
+        format!("http://{http}"),
+        format!("http://{http}/"),
+        format!("{http}/"),
+        format!("localhost:{}", http.port()),
+    ];
+    let mut children = Vec::new();
+    for given in &forms {
+        let (child, out) = watch_given(given);
+        children.push((given, child, lines(out)));
+    }
+    watchers_become(http, forms.len() as f64);
+    assert_eq!(server.plain_transact(b"W0FAC0B1234"), b"A0FAC0B1234");
+    for (given, mut child, rx) in children {
+        let line = rx.recv_timeout(IO_TIMEOUT).expect("a line");
+        assert!(line.starts_with("0FAC 0B 1234 plain "), "{given}: {line}");
+        signal(&child, "INT");
+        let (code, stderr) = exit_within(&mut child, IO_TIMEOUT);
+        assert_eq!((code, stderr.as_str()), (Some(0), ""), "{given}");
+    }
+    // Refused before any connection, in --server's words, naming --http.
+    let port = http.port();
+    for (given, said) in [
+        (
+            format!(":{port}"),
+            format!("missing host in --http ':{port}'"),
+        ),
+        (
+            "localhost:".to_string(),
+            "missing port after ':' in --http 'localhost:'".to_string(),
+        ),
+        (
+            "[::1]:99999".to_string(),
+            "invalid port '99999' in --http '[::1]:99999' (expected 0-65535)".to_string(),
+        ),
+        (
+            format!("::1:{port}"),
+            format!("IPv6 addresses need brackets: --http [::1]:{port}, not ::1:{port}"),
+        ),
+        (
+            format!("https://{http}"),
+            "the server's HTTP side is plain HTTP, not HTTPS".to_string(),
+        ),
+        (
+            format!("http://{http}/api/events"),
+            "without a path".to_string(),
+        ),
+    ] {
+        let (mut child, _out) = watch_given(&given);
+        let (code, stderr) = exit_within(&mut child, IO_TIMEOUT);
+        assert_eq!(code, Some(2), "{given}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{given}: {stderr}");
+        assert!(stderr.contains(&said), "{given}: {stderr}");
+    }
+}
+
+#[test]
+fn wwep_watch_refuses_a_device_one_digit_too_long() {
+    let server = http_server(|_| {});
+    let (mut child, _out) = watch(http_addr(&server), &["0FAC0"]);
+    let (code, stderr) = exit_within(&mut child, IO_TIMEOUT);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(
+        stderr,
+        "wwep: invalid DEVICE '0FAC0': 5 hex digits, expected at most 4 (0000-FFFF)\n"
     );
 }

@@ -6,7 +6,10 @@ use std::net::IpAddr;
 use wwep::bench::{self, Mix};
 use wwep::protocol::{Reply, WRITE_LEN};
 
-/// Parses a hex field as people type it (`0FAC`, `0x0fac`, `fac`), up to `max`.
+/// Parses a hex field as people type it (`0FAC`, `0x0fac`, `fac`), up to `max`:
+/// at most the field's width in digits (4, or 2 for a field up to FF). A
+/// digit too many is a typo, never read as another id: `0FAC0` is not
+/// device 0FAC0's last four digits, FAC0.
 pub fn parse_hex(text: &str, name: &str, max: u32) -> Result<u32, String> {
     let digits = text
         .strip_prefix("0x")
@@ -14,8 +17,14 @@ pub fn parse_hex(text: &str, name: &str, max: u32) -> Result<u32, String> {
         .unwrap_or(text);
     let width = if max > 0xFF { 4 } else { 2 };
     let range = format!("{:0w$X}-{max:0w$X}", 0, w = width);
-    if digits.is_empty() || digits.len() > 8 || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(format!("invalid {name} '{text}': expected hex {range}"));
+    }
+    if digits.len() > width {
+        return Err(format!(
+            "invalid {name} '{text}': {} hex digits, expected at most {width} ({range})",
+            digits.len()
+        ));
     }
     match u32::from_str_radix(digits, 16) {
         Ok(v) if v <= max => Ok(v),
@@ -223,12 +232,16 @@ mod tests {
         assert_eq!(parse_hex("0", "VALUE", 0xFFFF), Ok(0));
         assert_eq!(
             parse_hex("100", "REGISTER", 0xFF),
-            Err("REGISTER '100' is out of range: expected hex 00-FF".to_string())
+            Err("invalid REGISTER '100': 3 hex digits, expected at most 2 (00-FF)".to_string())
         );
+        // A digit too many is refused, never read as another device.
         assert_eq!(
-            parse_hex("10000", "DEVICE", 0xFFFF),
-            Err("DEVICE '10000' is out of range: expected hex 0000-FFFF".to_string())
+            parse_hex("0FAC0", "DEVICE", 0xFFFF),
+            Err("invalid DEVICE '0FAC0': 5 hex digits, expected at most 4 (0000-FFFF)".to_string())
         );
+        assert!(parse_hex("0x0FAC0", "DEVICE", 0xFFFF).is_err());
+        assert!(parse_hex("00012", "VALUE", 0xFFFF).is_err());
+        assert!(parse_hex("005", "REGISTER", 0xFF).is_err());
         for bad in ["", "0x", "xyz", "-1", "12 3", "0xfffffffff"] {
             let err = parse_hex(bad, "VALUE", 0xFFFF).unwrap_err();
             assert!(err.contains("VALUE"), "{err}");
