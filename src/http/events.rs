@@ -214,7 +214,8 @@ pub(super) struct Watcher {
     /// Dropped for falling behind, and finishing its last words (the event
     /// its socket had begun, then `event: dropped`) before it is closed.
     pub(super) leaving: bool,
-    _watching: Watching,
+    /// Its share of the feed, let go when it is leaving.
+    watching: Option<Watching>,
 }
 
 impl Watcher {
@@ -228,7 +229,7 @@ impl Watcher {
             last_progress: now,
             tail: [0; 2],
             leaving: false,
-            _watching: watching,
+            watching: Some(watching),
         }
     }
 
@@ -284,6 +285,7 @@ impl Watcher {
     /// dropped: it is behind anyway), and `event: dropped` follows.
     pub(super) fn leave(&mut self, out: &mut Vec<u8>, written: usize) {
         self.leaving = true;
+        self.watching = None;
         let end = event_end(&out[written..], self.tail).map_or(out.len(), |n| written + n);
         out.truncate(end);
         out.extend_from_slice(&dropped_event(Dropped::Behind));

@@ -364,7 +364,7 @@ impl EventLoop {
         };
         match drive(id, conn, &self.state, &self.lookups, wake) {
             Fate::Open => {
-                if conn.watch.is_some() {
+                if conn.watch.as_ref().is_some_and(|w| !w.leaving) {
                     self.watchers.insert(id);
                 }
             }
@@ -436,6 +436,10 @@ impl EventLoop {
         if let Some(conn) = self.connections.get_mut(&id) {
             if why == Dropped::Behind {
                 stays = last_words(conn);
+                // No longer a watcher, at most its last words.
+                self.watchers.remove(&id);
+                let watchers = &self.state.counters.watchers;
+                watchers.fetch_sub(1, Ordering::Relaxed);
             } else {
                 farewell(conn, why);
             }
@@ -627,7 +631,8 @@ impl EventLoop {
         if let Some(mut c) = self.connections.remove(&id) {
             let _ = self.poll.registry().deregister(&mut c.stream);
             self.state.counters.open.fetch_sub(1, Ordering::Relaxed);
-            if c.watch.is_some() {
+            // One leaving was counted out when it began to leave.
+            if c.watch.as_ref().is_some_and(|w| !w.leaving) {
                 self.watchers.remove(&id);
                 self.state.counters.watchers.fetch_sub(1, Ordering::Relaxed);
             }
