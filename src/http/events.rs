@@ -12,9 +12,10 @@
 //! of silence. A watcher is an HTTP connection like any other (it counts
 //! against `--http-max-connections`) that never waits for anyone: it is
 //! dropped when it falls more than [`CAPACITY`](crate::events::CAPACITY) writes behind, or when its
-//! socket has taken nothing for [`STALL`] while it has something to send;
-//! when its stream is not cut in the middle of an event, its last event says
-//! why (`event: dropped`). The stream's bytes, with no I/O; the event loop
+//! socket has taken nothing for [`STALL`] while it has something to send.
+//! One behind is sent the rest of the event its socket had begun and a last
+//! event saying why (`event: dropped`), never half an event; one stalled or
+//! shed is told why only when no event is half-sent. The stream's bytes, with no I/O; the event loop
 //! (`server.rs`) sends them.
 
 use std::io::Write as _;

@@ -3,7 +3,11 @@
 //! applied at accept, before a byte is read; open connections are capped (when
 //! full, one is shed by the policy's order: the oldest idle, then, past its
 //! first second, the oldest still sending its head, being answered, or
-//! watching); a request has an absolute deadline from
+//! watching, then, when every connection is within its first second, the
+//! youngest still sending its head, the oldest silent, the youngest
+//! watcher); a new connection is read the moment it is accepted; what a
+//! client sends that is only discarded is read up to [`DISCARD_LIMIT`]; a
+//! request has an absolute deadline from
 //! its first byte to the last byte of its answer, and an idle keep-alive
 //! connection is closed after [`IDLE_DEADLINE`]. `httparse` parses request heads; a request never
 //! has a body (this side is read-only), so one with a body is refused (413).
@@ -798,7 +802,8 @@ fn last_words(conn: &mut Connection) -> bool {
 }
 
 /// A dropped watcher's last event, when nothing else is half-sent before it
-/// and its socket takes it now.
+/// and its socket takes it now (one dropped for falling behind has
+/// [`last_words`] instead).
 fn farewell(conn: &mut Connection, why: Dropped) {
     if conn.pending() == 0 {
         let _ = conn.stream.write(&events::dropped_event(why));
