@@ -382,7 +382,11 @@ mod tests {
         let now = Instant::now() + Duration::from_secs(60);
         let ago = |ms: u64| now - Duration::from_millis(ms);
         let newcomer = ip("127.0.0.1");
-        let held = vec![(Request, ago(800)), (Request, ago(10)), (Request, ago(1200))];
+        let held = vec![
+            (Request, ago(800)),
+            (Request, ago(10)),
+            (Request, ago(1200)),
+        ];
         // Anything past its first second goes first.
         let mut table = Table::new(3, 0, 3);
         table.busy = held.clone();

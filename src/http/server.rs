@@ -798,7 +798,7 @@ fn last_words(conn: &mut Connection) -> bool {
         return false;
     };
     watch.leave(&mut conn.output, conn.written);
-    matches!(write_pending(conn), Some(_)) && conn.pending() > 0
+    write_pending(conn).is_some() && conn.pending() > 0
 }
 
 /// A dropped watcher's last event, when nothing else is half-sent before it

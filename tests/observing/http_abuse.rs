@@ -360,7 +360,10 @@ fn health_probes_get_through_slow_heads_that_reconnect_before_their_first_second
         "{answered} of {PROBES} probes answered among slow heads reconnecting at {AGE:?}\n{}",
         server.log_text()
     );
-    server.assert_logs_within("every connection within its first second", Duration::from_secs(5));
+    server.assert_logs_within(
+        "every connection within its first second",
+        Duration::from_secs(5),
+    );
 }
 
 /// HEAD has the headers without the body; other methods get 405; an
