@@ -9,10 +9,14 @@
 //! Whom a full table sheds for a newcomer: first an idle connection, the one
 //! idle the longest; then, among the connections past their first second
 //! ([`SHED_GRACE`]), the oldest still sending its request, then the oldest
-//! being answered, then the oldest following a stream. So a newcomer (a
-//! balancer's health probe) is refused only when every connection held is
-//! busy and within its first second: a crowd of slow clients can delay a
-//! probe by a second at most, never keep it out.
+//! being answered, then the oldest following a stream. When every connection
+//! is within its first second (clients that reconnect before they are a
+//! second old), the side may shed a young one too
+//! ([`Places::shed_young`]; the HTTP side sheds the youngest still sending
+//! its request head, else the oldest that has sent nothing yet): otherwise a
+//! crowd that reconnects fast enough would keep a newcomer (a balancer's
+//! health probe) out for good. A newcomer is refused only when nothing may
+//! be shed.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -60,6 +64,13 @@ pub trait Places {
     /// (`--max-per-ip`) and its deadline is `--timeout-ms`.
     fn shed_oldest_busy(&mut self, busy: Busy, began_before: Instant) -> bool {
         let _ = (busy, began_before);
+        false
+    }
+    /// Nothing is idle and nothing is past its first second: closes a
+    /// connection within its first second, if the side has one it would
+    /// rather lose than the newcomer; false when there is none. The WWEP side
+    /// keeps this default (it sheds only silent connections, above).
+    fn shed_young(&mut self) -> bool {
         false
     }
 }
@@ -144,7 +155,8 @@ impl ConnectionPolicy {
                 Busy::SHED_ORDER
                     .iter()
                     .any(|&busy| places.shed_oldest_busy(busy, before))
-            });
+            })
+            || places.shed_young();
         if shed {
             places.take(ip)
         } else {
@@ -176,6 +188,8 @@ mod tests {
         shed: usize,
         /// What was shed, in order.
         shed_busy: Vec<(Busy, Instant)>,
+        /// Young connections the side would rather lose than a newcomer.
+        young: usize,
     }
 
     impl Table {
@@ -187,6 +201,7 @@ mod tests {
                 max,
                 shed: 0,
                 shed_busy: Vec::new(),
+                young: 0,
             }
         }
     }
@@ -220,6 +235,16 @@ mod tests {
                 return false;
             };
             self.shed_busy.push(self.busy.remove(i));
+            self.open -= 1;
+            self.shed += 1;
+            true
+        }
+
+        fn shed_young(&mut self) -> bool {
+            if self.young == 0 {
+                return false;
+            }
+            self.young -= 1;
             self.open -= 1;
             self.shed += 1;
             true
@@ -348,6 +373,40 @@ mod tests {
         table.busy = vec![(Request, ago(9000)), (Stream, ago(9000))];
         assert_eq!(policy.make_room_at(&mut table, newcomer, now), Ok(3));
         assert!(table.shed_busy.is_empty() && table.idle == 0);
+    }
+
+    #[test]
+    fn a_table_of_young_connections_sheds_a_young_one_last_and_only_if_the_side_offers_one() {
+        use Busy::Request;
+        let policy = ConnectionPolicy::new(Vec::new(), 3, Duration::from_secs(5));
+        let now = Instant::now() + Duration::from_secs(60);
+        let ago = |ms: u64| now - Duration::from_millis(ms);
+        let newcomer = ip("127.0.0.1");
+        let held = vec![
+            (Request, ago(800)),
+            (Request, ago(10)),
+            (Request, ago(1200)),
+        ];
+        // Anything past its first second goes first.
+        let mut table = Table::new(3, 0, 3);
+        table.busy = held.clone();
+        table.young = 2;
+        assert_eq!(policy.make_room_at(&mut table, newcomer, now), Ok(3));
+        assert_eq!(table.shed_busy, [(Request, ago(1200))]);
+        assert_eq!(table.young, 2);
+        // Every one young: one the side offers, else the newcomer is refused
+        // (the WWEP side's default offers none).
+        for (young, expected) in [(1, Ok(3)), (0, Err(Refusal::Full))] {
+            let mut table = Table::new(3, 0, 3);
+            table.busy = held[..2].to_vec();
+            table.young = young;
+            assert_eq!(
+                policy.make_room_at(&mut table, newcomer, now),
+                expected,
+                "{young}"
+            );
+            assert!(table.shed_busy.is_empty());
+        }
     }
 
     #[test]

@@ -203,7 +203,8 @@ struct Args {
     )]
     http_allow: Vec<Cidr>,
     /// Open HTTP connections at most (watchers of /api/events included); when
-    /// full, the oldest idle one is shed, else the oldest busy past its first second.
+    /// full, the oldest idle one is shed, else the oldest busy past its first second,
+    /// else the youngest still sending its request head.
     #[arg(
         long,
         env = "WWEP_HTTP_MAX_CONNECTIONS",

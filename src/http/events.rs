@@ -12,9 +12,10 @@
 //! of silence. A watcher is an HTTP connection like any other (it counts
 //! against `--http-max-connections`) that never waits for anyone: it is
 //! dropped when it falls more than [`CAPACITY`](crate::events::CAPACITY) writes behind, or when its
-//! socket has taken nothing for [`STALL`] while it has something to send;
-//! when its stream is not cut in the middle of an event, its last event says
-//! why (`event: dropped`). The stream's bytes, with no I/O; the event loop
+//! socket has taken nothing for [`STALL`] while it has something to send.
+//! One behind is sent the rest of the event its socket had begun and a last
+//! event saying why (`event: dropped`), never half an event; one stalled or
+//! shed is told why only when no event is half-sent. The stream's bytes, with no I/O; the event loop
 //! (`server.rs`) sends them.
 
 use std::io::Write as _;
@@ -179,6 +180,25 @@ pub(super) fn dropped_event(why: Dropped) -> Vec<u8> {
     .into_bytes()
 }
 
+/// How many of `unsent`'s bytes finish the event (or the stream's head)
+/// whose beginning went out before them, `sent_tail` being the last two
+/// bytes that did: 0 when the stream sent so far ends between two events.
+/// Every part of the stream ends with a blank line, and no part holds one
+/// inside (a field is one line), so the first `\n\n` ends it; `None` when
+/// `unsent` does not finish it.
+fn event_end(unsent: &[u8], sent_tail: [u8; 2]) -> Option<usize> {
+    if sent_tail == *b"\n\n" {
+        return Some(0);
+    }
+    if sent_tail[1] == b'\n' && unsent.first() == Some(&b'\n') {
+        return Some(1);
+    }
+    unsent
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|at| at + 2)
+}
+
 /// A connection following the stream.
 pub(super) struct Watcher {
     /// Its next write in the feed.
@@ -189,7 +209,14 @@ pub(super) struct Watcher {
     pub(super) last_queued: Instant,
     /// When its socket last took a byte.
     pub(super) last_progress: Instant,
-    _watching: Watching,
+    /// The last two bytes its socket took: whether the stream sent so far
+    /// ends between two events.
+    pub(super) tail: [u8; 2],
+    /// Dropped for falling behind, and finishing its last words (the event
+    /// its socket had begun, then `event: dropped`) before it is closed.
+    pub(super) leaving: bool,
+    /// Its share of the feed, let go when it is leaving.
+    watching: Option<Watching>,
 }
 
 impl Watcher {
@@ -201,7 +228,9 @@ impl Watcher {
             started: now,
             last_queued: now,
             last_progress: now,
-            _watching: watching,
+            tail: [0; 2],
+            leaving: false,
+            watching: Some(watching),
         }
     }
 
@@ -239,6 +268,28 @@ impl Watcher {
             self.last_queued = now;
         }
         Ok(queued)
+    }
+
+    /// Its socket took `sent` more bytes.
+    pub(super) fn took(&mut self, sent: &[u8], now: Instant) {
+        self.last_progress = now;
+        match sent {
+            [] => {}
+            [b] => self.tail = [self.tail[1], *b],
+            [.., a, b] => self.tail = [*a, *b],
+        }
+    }
+
+    /// Ends its stream for falling behind, never in the middle of an event:
+    /// of `out`'s unsent bytes (from `written`) it keeps the rest of the
+    /// event its socket has begun (the whole events queued after it are
+    /// dropped: it is behind anyway), and `event: dropped` follows.
+    pub(super) fn leave(&mut self, out: &mut Vec<u8>, written: usize) {
+        self.leaving = true;
+        self.watching = None;
+        let end = event_end(&out[written..], self.tail).map_or(out.len(), |n| written + n);
+        out.truncate(end);
+        out.extend_from_slice(&dropped_event(Dropped::Behind));
     }
 
     /// When it next needs attention with nothing new: the keep-alive, or,
@@ -396,6 +447,47 @@ mod tests {
             now + STALL,
             "patience counts from the last byte taken"
         );
+    }
+
+    #[test]
+    fn a_watcher_left_behind_finishes_the_event_it_began_and_no_more() {
+        let feed = Arc::new(Feed::new());
+        let now = Instant::now();
+        let mut one = Vec::new();
+        write_event(&mut one, &event(1, 1));
+        let mut two = one.clone();
+        write_event(&mut two, &event(2, 1));
+        let dropped = dropped_event(Dropped::Behind);
+        // (bytes of `two` its socket took) → what is left to send
+        let len = one.len();
+        let cases: [(usize, &[u8]); 5] = [
+            (0, &one),
+            (5, &one[5..]),
+            (len - 1, b"\n"),
+            (len, b""),
+            (len + 3, &two[len + 3..]),
+        ];
+        for (sent, rest) in cases {
+            let mut w = Watcher::start(&feed, None, now);
+            w.took(&two[..sent], now);
+            let mut out = two.clone();
+            w.leave(&mut out, sent);
+            assert_eq!(&out[..sent], &two[..sent], "{sent}");
+            assert_eq!(
+                String::from_utf8_lossy(&out[sent..]),
+                String::from_utf8_lossy(&[rest, &dropped[..]].concat()),
+                "{sent}"
+            );
+            assert!(w.leaving);
+        }
+        // What went out before a drain still counts: one byte at a time.
+        let mut w = Watcher::start(&feed, None, now);
+        for b in &one {
+            w.took(std::slice::from_ref(b), now);
+        }
+        let mut out = two[len..].to_vec();
+        w.leave(&mut out, 0);
+        assert_eq!(out, dropped);
     }
 
     #[test]

@@ -3,7 +3,11 @@
 //! applied at accept, before a byte is read; open connections are capped (when
 //! full, one is shed by the policy's order: the oldest idle, then, past its
 //! first second, the oldest still sending its head, being answered, or
-//! watching); a request has an absolute deadline from
+//! watching, then, when every connection is within its first second, the
+//! youngest still sending its head, the oldest silent, the youngest
+//! watcher); a new connection is read the moment it is accepted; what a
+//! client sends that is only discarded is read up to [`DISCARD_LIMIT`]; a
+//! request has an absolute deadline from
 //! its first byte to the last byte of its answer, and an idle keep-alive
 //! connection is closed after [`IDLE_DEADLINE`]. `httparse` parses request heads; a request never
 //! has a body (this side is read-only), so one with a body is refused (413).
@@ -29,7 +33,7 @@ use super::events::{self, Dropped, Watcher};
 use super::message::{Head, MAX_HEAD, Parsed, Response, parse};
 use crate::facts::Refusal;
 use crate::metrics::HttpCounts;
-use crate::policy::{Busy, ConnectionPolicy, Places};
+use crate::policy::{Busy, ConnectionPolicy, Places, SHED_GRACE};
 use crate::rate_limited::RateLimitedLog;
 
 pub(super) const LISTENER: Token = Token(0);
@@ -43,6 +47,11 @@ pub const IDLE_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a refused connection is kept to read what the client sent, so
 /// that the `403` is not lost to a reset.
 const REFUSED_LINGER: Duration = Duration::from_secs(1);
+/// What a connection may send that is read only to be discarded (a watcher
+/// past its request, whose input only tells of a hang-up; one refused or
+/// closing after its answer): past this, a watcher is closed and the others
+/// are no longer read, so a flood of bytes costs the loop nothing.
+const DISCARD_LIMIT: usize = 4096;
 
 /// Counters for `/metrics`.
 #[derive(Default)]
@@ -77,6 +86,14 @@ impl Counters {
 struct Connection {
     stream: TcpStream,
     peer: SocketAddr,
+    /// When it was accepted.
+    opened: Instant,
+    /// It has sent at least a byte.
+    heard: bool,
+    /// Bytes read and discarded (see [`DISCARD_LIMIT`]).
+    discarded: usize,
+    /// It sent more than [`DISCARD_LIMIT`] to be discarded (not yet logged).
+    flooded: bool,
     input: Vec<u8>,
     output: Vec<u8>,
     written: usize,
@@ -102,6 +119,13 @@ impl Connection {
             && self.refused_at.is_none()
             && !self.waiting
             && self.watch.is_none()
+    }
+
+    /// Idle, and shed as idle for a newcomer: one that has sent nothing yet
+    /// is given its first second to send its request (a newcomer does not
+    /// shed a probe accepted a moment before it).
+    fn is_idle_to_shed(&self, now: Instant) -> bool {
+        self.is_idle() && (self.heard || self.opened + SHED_GRACE <= now)
     }
 
     /// Bytes queued that its socket has not taken yet.
@@ -155,6 +179,9 @@ enum Fate {
     Close,
     /// A watcher let go, saying why when it can.
     Drop(Dropped),
+    /// It sent more than [`DISCARD_LIMIT`] to be discarded: a watcher is
+    /// closed, another is no longer read.
+    Flooded,
 }
 
 /// The kinds of line the HTTP side logs about its clients, each limited and
@@ -172,6 +199,12 @@ enum Line {
     ShedIdle,
     /// A connection busy past its first second shed for a newcomer.
     ShedBusy,
+    /// A connection within its first second shed for a newcomer: every
+    /// connection was.
+    ShedYoung,
+    /// A connection that sent more than [`DISCARD_LIMIT`] it was not asked
+    /// for.
+    Flood,
     /// A request not done within the request deadline.
     Deadline,
     /// A watcher too many writes behind.
@@ -181,7 +214,7 @@ enum Line {
 }
 
 impl Line {
-    const COUNT: usize = 8;
+    const COUNT: usize = 10;
 }
 
 pub(super) struct EventLoop {
@@ -335,12 +368,31 @@ impl EventLoop {
         };
         match drive(id, conn, &self.state, &self.lookups, wake) {
             Fate::Open => {
-                if conn.watch.is_some() {
+                if conn.watch.as_ref().is_some_and(|w| !w.leaving) {
                     self.watchers.insert(id);
                 }
             }
             Fate::Close => self.close(id),
             Fate::Drop(why) => self.drop_watcher(id, why),
+            Fate::Flooded => {
+                conn.flooded = false;
+                let peer = conn.peer;
+                let watching = conn.watch.is_some();
+                let what = if watching {
+                    "watcher closed"
+                } else {
+                    "no longer read"
+                };
+                self.log.log_kind(
+                    Line::Flood as usize,
+                    format_args!(
+                        "http: {peer} {what}: sent more than {DISCARD_LIMIT} bytes it was not asked for"
+                    ),
+                );
+                if watching {
+                    self.close(id);
+                }
+            }
         }
     }
 
@@ -371,6 +423,7 @@ impl EventLoop {
             }
             let feed = self.state.activity.feed();
             if let Some(watch) = conn.watch.as_mut()
+                && !watch.leaving
                 && watch.fill(feed, &mut conn.output, pending, now).is_err()
             {
                 self.drop_watcher(id, Dropped::Behind);
@@ -379,10 +432,21 @@ impl EventLoop {
     }
 
     /// Lets a watcher go: its last event says why where it can, the drop is
-    /// counted and logged (rate-limited).
+    /// counted and logged (rate-limited). One behind finishes the event its
+    /// socket has begun and is told why, as long as its socket takes
+    /// something within [`events::STALL`]; it is closed once that is out.
     fn drop_watcher(&mut self, id: usize, why: Dropped) {
+        let mut stays = false;
         if let Some(conn) = self.connections.get_mut(&id) {
-            farewell(conn, why);
+            if why == Dropped::Behind {
+                stays = last_words(conn);
+                // No longer a watcher, at most its last words.
+                self.watchers.remove(&id);
+                let watchers = &self.state.counters.watchers;
+                watchers.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                farewell(conn, why);
+            }
             let peer = conn.peer;
             let counters = &self.state.counters;
             match why {
@@ -407,7 +471,9 @@ impl EventLoop {
                 Dropped::Shed | Dropped::Stopping => {}
             }
         }
-        self.close(id);
+        if !stays {
+            self.close(id);
+        }
     }
 
     /// Sends the answers the lookup thread has finished (a connection closed
@@ -486,6 +552,10 @@ impl EventLoop {
         let connection = Connection {
             stream,
             peer,
+            opened: now,
+            heard: false,
+            discarded: 0,
+            flooded: false,
             input: Vec::new(),
             output: Vec::new(),
             written: 0,
@@ -498,6 +568,11 @@ impl EventLoop {
             watch: None,
         };
         self.connections.insert(id, connection);
+        // Read at once: a request already here (a health probe's) is
+        // answered before the next newcomer is admitted, and one that has
+        // sent nothing yet has had its read (a newcomer sheds such a
+        // connection only after every other it may shed, and oldest first).
+        self.drive_one(id);
     }
 
     fn expire(&mut self) {
@@ -511,9 +586,13 @@ impl EventLoop {
             .collect();
         for id in due {
             if let Some(c) = self.connections.get_mut(&id)
-                && c.watch.is_some()
+                && let Some(watch) = &c.watch
             {
-                if c.pending() > 0 {
+                if watch.leaving {
+                    // Its last words not taken within the stall limit:
+                    // counted when it was dropped.
+                    self.close(id);
+                } else if c.pending() > 0 {
                     self.drop_watcher(id, Dropped::Stalled);
                 } else {
                     // Silent for KEEP_ALIVE: a comment, so that proxies and
@@ -556,7 +635,8 @@ impl EventLoop {
         if let Some(mut c) = self.connections.remove(&id) {
             let _ = self.poll.registry().deregister(&mut c.stream);
             self.state.counters.open.fetch_sub(1, Ordering::Relaxed);
-            if c.watch.is_some() {
+            // One leaving was counted out when it began to leave.
+            if c.watch.as_ref().is_some_and(|w| !w.leaving) {
                 self.watchers.remove(&id);
                 self.state.counters.watchers.fetch_sub(1, Ordering::Relaxed);
             }
@@ -587,9 +667,10 @@ impl Places for EventLoop {
             .map(|(id, _)| *id)
             .next()
             .or_else(|| {
+                let now = Instant::now();
                 self.connections
                     .iter()
-                    .filter(|(_, c)| c.is_idle())
+                    .filter(|(_, c)| c.is_idle_to_shed(now))
                     .min_by_key(|(_, c)| c.idle_since)
                     .map(|(id, _)| *id)
             });
@@ -651,10 +732,78 @@ impl Places for EventLoop {
         self.close(id);
         true
     }
+
+    /// Every connection is within its first second (a crowd that reconnects
+    /// before its connections are a second old): the newcomer takes the
+    /// place of the youngest still sending its request head (it has invested
+    /// least; a slow head is what such a crowd holds the table with), else
+    /// of the oldest that has sent nothing yet (each has had its read; the
+    /// oldest has had the longest to send), else of the youngest watcher
+    /// (told why; it reconnects by itself). One whose request has arrived
+    /// and is being answered is never shed in its first second.
+    fn shed_young(&mut self) -> bool {
+        let now = Instant::now();
+        let youngest = |busy: Busy| {
+            self.connections
+                .iter()
+                .filter_map(|(id, c)| match c.busy() {
+                    Some((b, since)) if b == busy => Some((since, *id)),
+                    _ => None,
+                })
+                .max()
+        };
+        let silent = || {
+            self.connections
+                .iter()
+                .filter(|(_, c)| c.is_idle() && !c.heard)
+                .map(|(id, c)| (c.opened, *id))
+                .min()
+        };
+        let (victim, what) = if let Some((since, id)) = youngest(Busy::Request) {
+            ((since, id), "still sending its request")
+        } else if let Some((opened, id)) = silent() {
+            ((opened, id), "having sent nothing")
+        } else if let Some((since, id)) = youngest(Busy::Stream) {
+            ((since, id), "watching /api/events")
+        } else {
+            return false;
+        };
+        let (since, id) = victim;
+        if let Some(conn) = self.connections.get_mut(&id) {
+            if conn.watch.is_some() {
+                farewell(conn, Dropped::Shed);
+            }
+            let peer = conn.peer;
+            self.count(
+                &self.state.counters.shed_full,
+                Line::ShedYoung,
+                format_args!(
+                    "http: {peer} shed after {} ms {what}, every connection within its first second: --http-max-connections {} reached",
+                    now.saturating_duration_since(since).as_millis(),
+                    self.state.policy.max_connections()
+                ),
+            );
+        }
+        self.close(id);
+        true
+    }
+}
+
+/// A watcher dropped for falling behind: its stream ends with the rest of
+/// the event its socket had begun and `event: dropped` (the events queued
+/// after that one are dropped), written as far as its socket takes it now;
+/// true when some is left, for its socket to take within the stall limit.
+fn last_words(conn: &mut Connection) -> bool {
+    let Some(watch) = conn.watch.as_mut() else {
+        return false;
+    };
+    watch.leave(&mut conn.output, conn.written);
+    write_pending(conn).is_some() && conn.pending() > 0
 }
 
 /// A dropped watcher's last event, when nothing else is half-sent before it
-/// and its socket takes it now.
+/// and its socket takes it now (one dropped for falling behind has
+/// [`last_words`] instead).
 fn farewell(conn: &mut Connection, why: Dropped) {
     if conn.pending() == 0 {
         let _ = conn.stream.write(&events::dropped_event(why));
@@ -668,9 +817,21 @@ fn drive(id: usize, conn: &mut Connection, state: &State, lookups: &Lookups, wak
             Some(progress) => progress,
             None => return Fate::Close,
         };
+        // A watcher dropped for falling behind goes once its last words are
+        // out.
+        if let Some(watch) = &conn.watch
+            && watch.leaving
+        {
+            return if conn.pending() == 0 {
+                Fate::Close
+            } else {
+                Fate::Open
+            };
+        }
         // Read, up to one head's worth beyond what is buffered.
         if wake == Wake::Ready && !conn.read_done && conn.input.len() <= MAX_HEAD {
             match read_more(conn) {
+                Some(_) if conn.flooded => return Fate::Flooded,
                 Some(read) => progress |= read,
                 None => return Fate::Close,
             }
@@ -722,11 +883,11 @@ fn write_pending(conn: &mut Connection) -> Option<bool> {
         match conn.stream.write(&conn.output[conn.written..]) {
             Ok(0) => return None,
             Ok(n) => {
+                if let Some(watch) = conn.watch.as_mut() {
+                    watch.took(&conn.output[conn.written..][..n], Instant::now());
+                }
                 conn.written += n;
                 progress = true;
-                if let Some(watch) = conn.watch.as_mut() {
-                    watch.last_progress = Instant::now();
-                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -767,8 +928,16 @@ fn read_more(conn: &mut Connection) -> Option<bool> {
             Some(false)
         }
         Ok(n) => {
-            // Refused, ending or watching: what the client sends is discarded.
-            if !conn.closing && conn.watch.is_none() {
+            conn.heard = true;
+            // Refused, ending or watching: what the client sends is discarded,
+            // up to a limit.
+            if conn.closing || conn.watch.is_some() {
+                conn.discarded += n;
+                if conn.discarded > DISCARD_LIMIT {
+                    conn.read_done = true;
+                    conn.flooded = true;
+                }
+            } else {
                 if conn.input.is_empty() && conn.request_since.is_none() {
                     conn.request_since = Some(Instant::now());
                 }

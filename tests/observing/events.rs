@@ -718,3 +718,126 @@ fn wwep_watch_refuses_a_device_one_digit_too_long() {
         "wwep: invalid DEVICE '0FAC0': 5 hex digits, expected at most 4 (0000-FFFF)\n"
     );
 }
+
+/// A watcher connection on a socket with a small receive window, so that
+/// what it does not read soon waits in the server; its request sent.
+fn small_window_watcher(addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream
+        .write_all(b"GET /api/events HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    stream
+}
+
+/// A watcher that stops reading during a burst of writes and is dropped for
+/// falling behind: when it reads again, its stream ends with whole events and
+/// `event: dropped` (reason `behind`), never half an event.
+#[test]
+fn a_watcher_dropped_behind_gets_whole_events_and_is_told_why() {
+    let server = http_server(|_| {});
+    let addr = http_addr(&server);
+    let mut stuck = small_window_watcher(addr);
+    assert!(
+        eventually(IO_TIMEOUT, || metric(addr, "wwep_http_watchers") == 1.0),
+        "the watcher never counted"
+    );
+    let writers = Writers::start(server.plain(), 8);
+    let limit = Instant::now() + Duration::from_secs(120);
+    let dropped = || metric(addr, "wwep_http_watchers_dropped_total{reason=\"behind\"}");
+    while dropped() < 1.0 && Instant::now() < limit && writers.written() < 200_000 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    writers.finish();
+    assert_eq!(dropped(), 1.0, "never dropped");
+    // It reads again: everything the server still sends, to the end.
+    stuck.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut stream = Vec::new();
+    let end = stuck.read_to_end(&mut stream);
+    let text = String::from_utf8_lossy(&stream);
+    assert!(end.is_ok(), "{end:?} after {} bytes", stream.len());
+    let farewell = "event: dropped\ndata: {\"reason\":\"behind\"}\n\n";
+    assert!(
+        text.ends_with(farewell),
+        "the stream's end: {:?}",
+        &text[text.len().saturating_sub(300)..]
+    );
+    // Every part before it whole: the head, `retry`, then write events.
+    let (head, body) = text.split_once("\r\n\r\n").expect("the stream's head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let body = &body[..body.len() - farewell.len()];
+    assert!(body.ends_with("\n\n"), "ends in half an event: {body:?}");
+    let mut events = 0;
+    for part in body.trim_end_matches('\n').split("\n\n") {
+        if part.starts_with("retry:") || part.starts_with(':') {
+            continue;
+        }
+        let lines: Vec<&str> = part.lines().collect();
+        assert!(
+            lines.len() == 3
+                && lines[0].starts_with("id: ")
+                && lines[1] == "event: write"
+                && lines[2].starts_with("data: {")
+                && lines[2].ends_with('}'),
+            "not a whole event: {part:?}"
+        );
+        events += 1;
+    }
+    eprintln!("{events} whole events, then told why");
+    assert!(events > 0, "no event before the drop");
+}
+
+/// Bytes a client sends that the server only discards (a watcher's, or a
+/// connection's after the answer that closes it) are not read without end:
+/// a flooding watcher is closed, a closing connection is no longer read.
+#[test]
+fn a_client_that_floods_what_is_discarded_is_not_read_without_end() {
+    let server = http_server(|_| {});
+    let addr = http_addr(&server);
+    /// Far more than the socket buffers on either side hold.
+    const FLOOD: usize = 256 << 20;
+    /// Sends up to FLOOD bytes; how many went before a write failed or
+    /// stalled (`None`: all went).
+    fn flood(c: &mut TcpStream) -> Option<usize> {
+        c.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        let chunk = vec![b'x'; 1 << 16];
+        let mut sent = 0;
+        while sent < FLOOD {
+            match c.write(&chunk) {
+                Ok(n) if n > 0 => sent += n,
+                _ => return Some(sent),
+            }
+        }
+        None
+    }
+    let mut watcher = Watcher::open(addr, "/api/events");
+    let sent = flood(watcher.reader.get_mut());
+    eprintln!("a flooding watcher sent {sent:?} bytes");
+    assert!(
+        sent.is_some_and(|n| n < FLOOD / 4),
+        "the watcher's {sent:?} bytes were all read"
+    );
+    assert!(
+        eventually(IO_TIMEOUT, || metric(addr, "wwep_http_watchers") == 0.0),
+        "the flooding watcher is still watching"
+    );
+
+    let mut closing = connect(addr);
+    closing
+        .write_all(b"GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = [0u8; 12];
+    closing.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    let sent = flood(&mut closing);
+    eprintln!("a flooding closing connection sent {sent:?} bytes");
+    assert!(
+        sent.is_some_and(|n| n < FLOOD / 4),
+        "the closing connection's {sent:?} bytes were all read"
+    );
+    // The server still answers.
+    assert_eq!(http_get(addr, "/health").status, 200);
+}

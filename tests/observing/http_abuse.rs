@@ -253,6 +253,119 @@ fn health_probes_get_through_a_table_full_of_slow_heads() {
     drop(heads);
 }
 
+/// One `/health` probe on a fresh connection, as a balancer's `curl -m 2`:
+/// whether it was answered 200 within `limit`.
+fn probe_within(addr: SocketAddr, limit: Duration) -> bool {
+    let start = Instant::now();
+    let Ok(mut c) = TcpStream::connect_timeout(&addr, limit) else {
+        return false;
+    };
+    if c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"\r\n\r\nok\n") {
+        let Some(left) = limit.checked_sub(start.elapsed()).filter(|l| !l.is_zero()) else {
+            return false;
+        };
+        let _ = c.set_read_timeout(Some(left));
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got.starts_with(b"HTTP/1.1 200")
+}
+
+/// Clients that hold the table with partial request heads and reconnect
+/// each connection before it is a second old, so that every connection held
+/// is always within its first second: a health probe still gets in (it takes
+/// the place of the youngest slow head) and is answered.
+#[test]
+fn health_probes_get_through_slow_heads_that_reconnect_before_their_first_second() {
+    const TABLE: usize = 32;
+    /// More than the table holds, so it stays full.
+    const HEADS: usize = 48;
+    const THREADS: usize = 2;
+    const AGE: Duration = Duration::from_millis(800);
+    const PROBES: usize = 20;
+    let server = ServerProcess::start(&[
+        "--no-tls",
+        "--http",
+        "127.0.0.1:0",
+        "--http-max-connections",
+        &TABLE.to_string(),
+    ]);
+    let addr = answering(&server, "/health");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reconnects = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let churners: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (stop, reconnects) = (stop.clone(), reconnects.clone());
+            std::thread::spawn(move || {
+                use std::sync::atomic::Ordering::Relaxed;
+                let per = HEADS / THREADS;
+                // Ages spread over AGE, so that reconnections are steady.
+                let step = AGE / (HEADS as u32);
+                let start = Instant::now();
+                let mut held: Vec<(Instant, Option<TcpStream>)> = (0..per)
+                    .map(|i| (start + step * (i * THREADS + t) as u32, None))
+                    .collect();
+                while !stop.load(Relaxed) {
+                    let now = Instant::now();
+                    for (due, c) in &mut held {
+                        if *due > now {
+                            continue;
+                        }
+                        drop(c.take());
+                        *due = now + AGE;
+                        if let Ok(mut fresh) = TcpStream::connect(addr) {
+                            let _ = fresh.write_all(b"GET /health HTTP/1.1\r\nHo");
+                            *c = Some(fresh);
+                            reconnects.fetch_add(1, Relaxed);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        })
+        .collect();
+    // The churn fills the table and keeps every connection young.
+    std::thread::sleep(Duration::from_millis(2000));
+    let mut answered = 0;
+    for _ in 0..PROBES {
+        let start = Instant::now();
+        if probe_within(addr, Duration::from_secs(2)) {
+            answered += 1;
+        }
+        if let Some(rest) = Duration::from_millis(100).checked_sub(start.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in churners {
+        c.join().expect("a churning thread");
+    }
+    let reconnected = reconnects.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{answered} of {PROBES} probes answered; {reconnected} slow heads opened");
+    assert!(
+        reconnected > 2 * HEADS as u64,
+        "the slow heads did not churn: {reconnected} opened"
+    );
+    assert!(
+        answered >= PROBES - 2,
+        "{answered} of {PROBES} probes answered among slow heads reconnecting at {AGE:?}\n{}",
+        server.log_text()
+    );
+    server.assert_logs_within(
+        "every connection within its first second",
+        Duration::from_secs(5),
+    );
+}
+
 /// HEAD has the headers without the body; other methods get 405; an
 /// oversized head 431; a body 413.
 #[test]
