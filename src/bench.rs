@@ -705,14 +705,15 @@ fn rounded(x: f64, decimals: i32) -> f64 {
 
 impl Report {
     /// `wwep bench --json`: latencies in microseconds, seconds to the
-    /// millisecond and rates to a tenth.
+    /// microsecond (a `--requests` run may last a few milliseconds) and
+    /// rates to a tenth.
     pub fn to_json(&self) -> String {
         let s = &self.summary;
         let us = |d: Duration| d.as_micros();
         let json = ReportJson {
             completed: s.completed,
             requested: self.requested,
-            seconds: rounded(s.elapsed.as_secs_f64(), 3),
+            seconds: rounded(s.elapsed.as_secs_f64(), 6),
             per_second: rounded(s.per_second, 1),
             p50_us: us(s.p50),
             p90_us: us(s.p90),
@@ -740,7 +741,7 @@ impl Report {
         let s = &self.summary;
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let mut out = format!(
-            "{} transactions in {:.2} s: {:.0} transactions/s\n",
+            "{} transactions in {:.3} s: {:.0} transactions/s\n",
             s.completed,
             s.elapsed.as_secs_f64(),
             s.per_second,
