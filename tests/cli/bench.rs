@@ -314,7 +314,11 @@ fn replies_that_are_not_wwep_complete_nothing() {
     bounded.fails_with("no transaction completed");
     assert_eq!(bounded.number(None, "completed"), 0.0, "{}", bounded.text);
     assert_eq!(bounded.number(None, "requested"), 10.0, "{}", bounded.text);
-    assert!(bounded.number(None, "bad_replies") > 0.0, "{}", bounded.text);
+    assert!(
+        bounded.number(None, "bad_replies") > 0.0,
+        "{}",
+        bounded.text
+    );
     assert!(
         bounded.took < Duration::from_secs(6),
         "took {:?}: {}",
