@@ -60,7 +60,23 @@ pub enum Load {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Until {
     Elapsed(Duration),
-    Completed(u64),
+    /// Exactly `count` completed transactions (those that complete after the
+    /// last of them are not counted), or fewer if `within` runs out first: a
+    /// server that never completes one would otherwise keep the run going.
+    Completed {
+        count: u64,
+        within: Option<Duration>,
+    },
+}
+
+impl Until {
+    /// The most the measurement lasts, if anything bounds it in time.
+    fn time_limit(self) -> Option<Duration> {
+        match self {
+            Until::Elapsed(d) => Some(d),
+            Until::Completed { within, .. } => within,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -113,12 +129,10 @@ impl BenchConfig {
         {
             return Err(format!("--devices must be from 1 to {MAX_DEVICES}"));
         }
-        if let Until::Elapsed(d) = self.until
-            && d.is_zero()
-        {
+        if self.until.time_limit().is_some_and(|d| d.is_zero()) {
             return Err("--duration must be more than 0 seconds".into());
         }
-        if let Until::Completed(0) = self.until {
+        if let Until::Completed { count: 0, .. } = self.until {
             return Err("--requests must be at least 1".into());
         }
         if self.abuse.idle + self.abuse.slow > MAX_ABUSE_CONNECTIONS {
@@ -144,7 +158,13 @@ pub struct Report {
     pub summary: Summary,
     /// Transactions that failed, by kind (connect, tls, timeout, io).
     pub errors: BTreeMap<&'static str, u64>,
-    /// Replies that were not what the request called for.
+    /// With `--requests`: how many were asked for (the summary says how many
+    /// completed; fewer only when `--duration` ran out first).
+    pub requested: Option<u64>,
+    /// `X` replies to writes: the server answered that it failed. Completed
+    /// transactions (the protocol's answer), counted among them too.
+    pub refused: u64,
+    /// Replies that are not WWEP at all; not counted as completed.
     pub bad_replies: u64,
     /// `A` replies for another register or value than the request's; not
     /// counted as completed.
@@ -261,12 +281,22 @@ fn pick_request(rng: &mut XorShift, config: &BenchConfig) -> Request {
 enum Judged {
     /// The right kind of answer to the request.
     Fits,
-    /// An answer, but not the kind the request calls for (an `X` to a
-    /// write, or not WWEP at all); still a completed transaction.
-    Bad,
+    /// An `X` to a write: the server's answer that it failed, which the
+    /// protocol allows (a full store); still a completed transaction.
+    Refused,
+    /// Not WWEP at all (an HTTP error page, an echo): no answer, so no
+    /// completed transaction.
+    NotWwep,
     /// An `A` for another register or value than the request's: the server
     /// did not do what it says, so it is no completed transaction.
     Mismatched,
+}
+
+impl Judged {
+    /// Whether the transaction counts as completed (in the rate and latencies).
+    fn completes(self) -> bool {
+        matches!(self, Judged::Fits | Judged::Refused)
+    }
 }
 
 fn judge(request: &Request, reply: &[u8], expected: Option<&Reply>) -> Judged {
@@ -280,10 +310,11 @@ fn judge(request: &Request, reply: &[u8], expected: Option<&Reply>) -> Judged {
         return Judged::Mismatched;
     }
     match (request, parsed) {
+        (_, None) => Judged::NotWwep,
         (Request::Write { .. }, Some(Reply::Accepted { .. })) => Judged::Fits,
+        (Request::Write { .. }, Some(Reply::Failed(_))) => Judged::Refused,
         // A read of a register nobody wrote is rightly X.
         (Request::Read { .. }, Some(_)) => Judged::Fits,
-        _ => Judged::Bad,
     }
 }
 
@@ -292,11 +323,15 @@ fn judge(request: &Request, reply: &[u8], expected: Option<&Reply>) -> Judged {
 struct Tally {
     latencies: Histogram,
     errors: BTreeMap<&'static str, u64>,
+    refused: u64,
     bad_replies: u64,
     mismatched: u64,
     late: u64,
     /// Open loop: the worker's next unstarted slot and the spacing of its slots.
     owed: Option<(Instant, Duration)>,
+    /// When the last transaction counted as completed ended: with
+    /// `--requests`, the measurement ends at the latest of these.
+    last_completed: Option<Instant>,
 }
 
 impl Tally {
@@ -304,10 +339,12 @@ impl Tally {
         Tally {
             latencies: Histogram::new(),
             errors: BTreeMap::new(),
+            refused: 0,
             bad_replies: 0,
             mismatched: 0,
             late: 0,
             owed: None,
+            last_completed: None,
         }
     }
 }
@@ -315,8 +352,11 @@ impl Tally {
 struct Shared {
     recording: AtomicBool,
     stop: AtomicBool,
-    /// Transactions recorded, counted only for `Until::Completed`.
+    /// With `Until::Completed`: completions claimed so far, the ones past the
+    /// count included; a transaction counts only if its claim is under it.
     completed: AtomicU64,
+    /// The thread waiting for the end, woken by the claim that reaches the count.
+    waiting: std::thread::Thread,
     /// Each worker's recorded transactions, for the progress line; a line each
     /// so that workers on different cores do not contend.
     progress: Vec<PerWorker>,
@@ -388,17 +428,29 @@ fn work(
         if !shared.recording.load(Ordering::Relaxed) {
             continue;
         }
+        let outcome = result
+            .map(|len| judge(&request, &reply[..len], config.expected_reply.as_ref()))
+            .map_err(|e| e.kind());
+        let counted = match outcome {
+            Ok(verdict) if verdict.completes() => shared.claim(config.until),
+            _ => shared.still_counting(config.until),
+        };
+        if !counted {
+            continue;
+        }
         mine.late += u64::from(late);
-        match result {
-            Ok(len) => match judge(&request, &reply[..len], config.expected_reply.as_ref()) {
-                Judged::Mismatched => mine.mismatched += 1,
-                verdict => {
-                    mine.bad_replies += u64::from(verdict == Judged::Bad);
-                    mine.latencies.record(ended - measured_from);
-                    shared.completed(worker, mine.latencies.len(), config.until);
-                }
-            },
-            Err(e) => *mine.errors.entry(e.kind()).or_insert(0) += 1,
+        match outcome {
+            Ok(Judged::Mismatched) => mine.mismatched += 1,
+            Ok(Judged::NotWwep) => mine.bad_replies += 1,
+            Ok(verdict) => {
+                mine.refused += u64::from(verdict == Judged::Refused);
+                mine.latencies.record(ended - measured_from);
+                mine.last_completed = Some(ended);
+                shared.progress[worker]
+                    .0
+                    .store(mine.latencies.len(), Ordering::Relaxed);
+            }
+            Err(kind) => *mine.errors.entry(kind).or_insert(0) += 1,
         }
     }
     mine.owed = schedule;
@@ -418,10 +470,20 @@ pub fn run(client: &Client, config: &BenchConfig) -> Result<Report, String> {
         None
     };
     let shared = Arc::new(Shared::new(config));
-    let workers = start_workers(client, config, &shared);
-    std::thread::sleep(config.warmup);
-    shared.recording.store(true, Ordering::Relaxed);
-    let started = Instant::now();
+    // Without a warm-up the workers record from their first transaction, so
+    // the measurement starts before the first of them does.
+    let epoch = Instant::now();
+    let workers = start_workers(client, config, &shared, epoch);
+    let started = if config.warmup.is_zero() {
+        epoch
+    } else {
+        std::thread::sleep(config.warmup);
+        // Taken before recording starts, so every recorded transaction ends
+        // inside the measurement.
+        let started = Instant::now();
+        shared.recording.store(true, Ordering::Relaxed);
+        started
+    };
     let progress = if config.progress && std::io::stderr().is_terminal() {
         Progress::OnTerminal
     } else {
@@ -430,12 +492,25 @@ pub fn run(client: &Client, config: &BenchConfig) -> Result<Report, String> {
     wait_for_the_end(config, &shared, started, progress);
     shared.recording.store(false, Ordering::Relaxed);
     shared.stop.store(true, Ordering::Relaxed);
-    let ended = Instant::now();
-    let (all, missed) = gather(workers, started, ended);
+    let stopped = Instant::now();
+    let tallies = join(workers);
+    // With --requests reached, the measurement ends when the last counted
+    // transaction did, not when this thread noticed.
+    let ended = match config.until {
+        Until::Completed { count, .. } if shared.completed.load(Ordering::Relaxed) >= count => {
+            tallies
+                .iter()
+                .filter_map(|t| t.last_completed)
+                .max()
+                .unwrap_or(stopped)
+        }
+        _ => stopped,
+    };
+    let (all, missed) = gather(tallies, started, ended);
     if progress == Progress::OnTerminal {
         eprintln!();
     }
-    let elapsed = ended - started;
+    let elapsed = ended.saturating_duration_since(started);
     let schedule = match config.load {
         Load::Closed => None,
         Load::Open { per_second } => Some(Schedule {
@@ -448,6 +523,11 @@ pub fn run(client: &Client, config: &BenchConfig) -> Result<Report, String> {
     Ok(Report {
         summary: Summary::from_histogram(&all.latencies, elapsed),
         errors: all.errors,
+        requested: match config.until {
+            Until::Completed { count, .. } => Some(count),
+            Until::Elapsed(_) => None,
+        },
+        refused: all.refused,
         bad_replies: all.bad_replies,
         mismatched: all.mismatched,
         schedule,
@@ -462,20 +542,36 @@ impl Shared {
             recording: AtomicBool::new(config.warmup.is_zero()),
             stop: AtomicBool::new(false),
             completed: AtomicU64::new(0),
+            waiting: std::thread::current(),
             progress: (0..config.concurrency)
                 .map(|_| PerWorker::default())
                 .collect(),
         }
     }
 
-    /// `worker` has recorded `so_far` transactions, one just now; the one that
-    /// reaches `--requests` stops the run.
-    fn completed(&self, worker: usize, so_far: u64, until: Until) {
-        self.progress[worker].0.store(so_far, Ordering::Relaxed);
-        if let Until::Completed(limit) = until
-            && self.completed.fetch_add(1, Ordering::Relaxed) + 1 >= limit
-        {
+    /// A transaction completed: whether it counts. With `--requests` it
+    /// claims a place under the count; the claim that takes the last place
+    /// stops the run, and any after it do not count.
+    fn claim(&self, until: Until) -> bool {
+        let Until::Completed { count, .. } = until else {
+            return true;
+        };
+        let before = self.completed.fetch_add(1, Ordering::Relaxed);
+        if before + 1 == count {
+            self.recording.store(false, Ordering::Relaxed);
             self.stop.store(true, Ordering::Relaxed);
+            self.waiting.unpark();
+        }
+        before < count
+    }
+
+    /// Whether a transaction that did not complete (failed, mismatched, not
+    /// WWEP) still falls inside the measurement: with `--requests`, only
+    /// until the last one counted.
+    fn still_counting(&self, until: Until) -> bool {
+        match until {
+            Until::Elapsed(_) => true,
+            Until::Completed { count, .. } => self.completed.load(Ordering::Relaxed) < count,
         }
     }
 
@@ -502,8 +598,8 @@ fn start_workers(
     client: &Client,
     config: &BenchConfig,
     shared: &Arc<Shared>,
+    epoch: Instant,
 ) -> Vec<JoinHandle<Tally>> {
-    let epoch = Instant::now();
     (0..config.concurrency)
         .map(|w| {
             let client = client.clone();
@@ -515,20 +611,16 @@ fn start_workers(
 }
 
 /// Waits, from `started`, until the time is up or a worker counted the last
-/// transaction; a progress line on the terminal every second if asked.
+/// transaction (it wakes this thread); a progress line on the terminal every
+/// second if asked.
 fn wait_for_the_end(config: &BenchConfig, shared: &Shared, started: Instant, progress: Progress) {
     let mut last = (started, 0u64);
+    let limit = config.until.time_limit();
     loop {
-        let wait = match config.until {
-            Until::Elapsed(d) => d
-                .saturating_sub(started.elapsed())
-                .min(Duration::from_millis(100)),
-            Until::Completed(_) => Duration::from_millis(100),
-        };
-        std::thread::sleep(wait);
-        if shared.stop.load(Ordering::Relaxed)
-            || matches!(config.until, Until::Elapsed(d) if started.elapsed() >= d)
-        {
+        let tick = Duration::from_millis(100);
+        let wait = limit.map_or(tick, |d| d.saturating_sub(started.elapsed()).min(tick));
+        std::thread::park_timeout(wait);
+        if shared.stop.load(Ordering::Relaxed) || limit.is_some_and(|d| started.elapsed() >= d) {
             return;
         }
         if progress == Progress::OnTerminal && last.0.elapsed() >= Duration::from_secs(1) {
@@ -543,18 +635,23 @@ fn wait_for_the_end(config: &BenchConfig, shared: &Shared, started: Instant, pro
     }
 }
 
-/// Every worker's tally merged, and the open-loop slots they still owed
-/// between `started` and `ended`.
-fn gather(workers: Vec<JoinHandle<Tally>>, started: Instant, ended: Instant) -> (Tally, u64) {
+/// Every worker's tally, once each has finished its last transaction.
+fn join(workers: Vec<JoinHandle<Tally>>) -> Vec<Tally> {
+    // A worker that panicked has lost its tally; the others still count.
+    workers.into_iter().filter_map(|w| w.join().ok()).collect()
+}
+
+/// The tallies merged, and the open-loop slots they still owed between
+/// `started` and `ended`.
+fn gather(tallies: Vec<Tally>, started: Instant, ended: Instant) -> (Tally, u64) {
     let mut all = Tally::new();
     let mut missed = 0;
-    for w in workers {
-        // A worker that panicked has lost its tally; the others still count.
-        let Ok(mine) = w.join() else { continue };
+    for mine in tallies {
         all.latencies.merge(&mine.latencies);
         for (k, v) in mine.errors {
             *all.errors.entry(k).or_insert(0) += v;
         }
+        all.refused += mine.refused;
         all.bad_replies += mine.bad_replies;
         all.mismatched += mine.mismatched;
         all.late += mine.late;
@@ -569,6 +666,8 @@ fn gather(workers: Vec<JoinHandle<Tally>>, started: Instant, ended: Instant) -> 
 #[derive(Serialize)]
 struct ReportJson<'a> {
     completed: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requested: Option<u64>,
     seconds: f64,
     per_second: f64,
     p50_us: u128,
@@ -577,6 +676,7 @@ struct ReportJson<'a> {
     p999_us: u128,
     max_us: u128,
     errors: &'a BTreeMap<&'static str, u64>,
+    refused: u64,
     bad_replies: u64,
     mismatched: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -605,13 +705,15 @@ fn rounded(x: f64, decimals: i32) -> f64 {
 
 impl Report {
     /// `wwep bench --json`: latencies in microseconds, seconds to the
-    /// millisecond and rates to a tenth.
+    /// microsecond (a `--requests` run may last a few milliseconds) and
+    /// rates to a tenth.
     pub fn to_json(&self) -> String {
         let s = &self.summary;
         let us = |d: Duration| d.as_micros();
         let json = ReportJson {
             completed: s.completed,
-            seconds: rounded(s.elapsed.as_secs_f64(), 3),
+            requested: self.requested,
+            seconds: rounded(s.elapsed.as_secs_f64(), 6),
             per_second: rounded(s.per_second, 1),
             p50_us: us(s.p50),
             p90_us: us(s.p90),
@@ -619,6 +721,7 @@ impl Report {
             p999_us: us(s.p999),
             max_us: us(s.max),
             errors: &self.errors,
+            refused: self.refused,
             bad_replies: self.bad_replies,
             mismatched: self.mismatched,
             schedule: self.schedule.map(|p| ScheduleJson {
@@ -638,11 +741,16 @@ impl Report {
         let s = &self.summary;
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let mut out = format!(
-            "{} transactions in {:.2} s: {:.0} transactions/s\n",
+            "{} transactions in {:.3} s: {:.0} transactions/s\n",
             s.completed,
             s.elapsed.as_secs_f64(),
             s.per_second,
         );
+        if let Some(n) = self.requested.filter(|&n| n > s.completed) {
+            out.push_str(&format!(
+                "--duration ran out before the {n} transactions asked for completed\n"
+            ));
+        }
         if let Some(p) = &self.schedule {
             out.push_str(&format!(
                 "open loop at {:.0}/s: {} scheduled, {} late (started over {} ms after their time), {} missed\n",
@@ -677,7 +785,14 @@ impl Report {
                 .collect();
             out.push_str(&format!("errors: {errors} ({})\n", parts.join(", ")));
         }
-        out.push_str(&format!("bad replies: {}\n", self.bad_replies));
+        out.push_str(&format!(
+            "writes refused (X, counted as completed): {}\n",
+            self.refused
+        ));
+        out.push_str(&format!(
+            "bad replies (not WWEP, not completed): {}\n",
+            self.bad_replies
+        ));
         out.push_str(&format!(
             "mismatched replies (an A for another register or value): {}\n",
             self.mismatched
@@ -779,7 +894,20 @@ mod tests {
             })
             .contains("--rate")
         );
-        assert!(bad(|c| c.until = Until::Completed(0)).contains("--requests"));
+        assert!(
+            bad(|c| c.until = Until::Completed {
+                count: 0,
+                within: None
+            })
+            .contains("--requests")
+        );
+        assert!(
+            bad(|c| c.until = Until::Completed {
+                count: 5,
+                within: Some(Duration::ZERO)
+            })
+            .contains("--duration")
+        );
         assert!(bad(|c| c.until = Until::Elapsed(Duration::ZERO)).contains("--duration"));
         assert!(bad(|c| c.devices = Some(0)).contains("--devices"));
         assert!(bad(|c| c.devices = Some(MAX_DEVICES + 1)).contains("--devices"));
@@ -796,7 +924,13 @@ mod tests {
         let config = BenchConfig {
             mix: Mix::WritePercent(25),
             devices: Some(3),
-            ..BenchConfig::new(1, Until::Completed(1))
+            ..BenchConfig::new(
+                1,
+                Until::Completed {
+                    count: 1,
+                    within: None,
+                },
+            )
         };
         let mut rng = XorShift(42);
         let picks: Vec<Request> = (0..4000).map(|_| pick_request(&mut rng, &config)).collect();
@@ -822,10 +956,13 @@ mod tests {
             register: 2,
         };
         assert_eq!(judge(&w, b"A0001020003", None), Judged::Fits);
-        assert_eq!(judge(&w, b"X", None), Judged::Bad);
+        assert_eq!(judge(&w, b"X", None), Judged::Refused);
+        // Not WWEP: an echo of the request, an HTTP answer.
+        assert_eq!(judge(&w, b"W0001020003", None), Judged::NotWwep);
         assert_eq!(judge(&r, b"X", None), Judged::Fits);
         assert_eq!(judge(&r, b"A0001027777", None), Judged::Fits);
-        assert_eq!(judge(&r, b"HTTP/1.1 400", None), Judged::Bad);
+        assert_eq!(judge(&r, b"HTTP/1.1 400", None), Judged::NotWwep);
+        assert_eq!(judge(&r, b"R000102", None), Judged::NotWwep);
         // An A for another device, register or value is no answer at all.
         for other in [b"A1111020003", b"A0001030003", b"A0001020004"] {
             assert_eq!(judge(&w, other, None), Judged::Mismatched, "{other:?}");
@@ -838,7 +975,8 @@ mod tests {
             judge(&w, b"A0001020003", constant.as_ref()),
             Judged::Mismatched
         );
-        assert_eq!(judge(&w, b"X", constant.as_ref()), Judged::Bad);
+        assert_eq!(judge(&w, b"X", constant.as_ref()), Judged::Refused);
+        assert_eq!(judge(&w, b"", constant.as_ref()), Judged::NotWwep);
     }
 
     /// `text` holds every one of `present` and none of `absent`.
@@ -856,6 +994,8 @@ mod tests {
         let mut report = Report {
             summary: Summary::from_histogram(&histogram(&[100, 120]), Duration::from_secs(1)),
             errors: BTreeMap::from([("connect", 2)]),
+            requested: Some(5),
+            refused: 4,
             bad_replies: 1,
             mismatched: 3,
             schedule: None,
@@ -865,8 +1005,8 @@ mod tests {
         assert_holds(
             &report.to_json(),
             &[
-                "\"completed\":2",
-                "\"errors\":{\"connect\":2}",
+                "\"completed\":2,\"requested\":5,",
+                "\"errors\":{\"connect\":2},\"refused\":4,",
                 "\"p50_us\":100",
             ],
             &[],
@@ -881,11 +1021,16 @@ mod tests {
             &[
                 "2 transactions",
                 "errors: 2 (connect 2)",
-                "bad replies: 1",
+                "writes refused (X, counted as completed): 4",
+                "bad replies (not WWEP, not completed): 1",
+                "ran out before the 5 transactions asked for",
                 "mismatched replies (an A for another register or value): 3",
             ],
             &["open loop", "abuse"],
         );
+        report.requested = None;
+        assert!(!report.to_json().contains("requested"));
+        assert!(!report.to_text().contains("ran out"));
         report.schedule = Some(Schedule {
             per_second: 500.0,
             scheduled: 500,

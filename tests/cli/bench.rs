@@ -1,10 +1,12 @@
 //! `wwep bench` against a real `wwep-server` process on ephemeral loopback ports:
-//! the open-loop schedule, abuse connections beside the load, and bad values.
+//! the open-loop schedule, abuse connections beside the load, exact
+//! `--requests` counts, replies that are not WWEP, and bad values.
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
+use crate::reply_checks::FakeServer;
 
 struct Run {
     out: Output,
@@ -244,6 +246,107 @@ fn slow_tls_client_hellos() {
         run.took,
         run.text
     );
+}
+
+#[test]
+fn requests_are_counted_exactly_and_timed_to_the_last_of_them() {
+    let server = ServerProcess::start(&["--no-tls"]);
+    let json = |args: &[&str]| {
+        let base = ["--warmup", "0", "-q"];
+        let run = bench(&server, &["--json"], &[args, &base[..]].concat());
+        run.succeeded();
+        run
+    };
+    // Many workers, one transaction: exactly one is counted, however many
+    // were in flight when it completed.
+    let one = json(&["-c", "64", "--requests", "1"]);
+    assert_eq!(one.number(None, "completed"), 1.0, "{}", one.text);
+    assert_eq!(one.number(None, "requested"), 1.0, "{}", one.text);
+
+    let steady = json(&["-c", "8", "--duration", "1"]);
+    let steady_rate = steady.number(None, "per_second");
+    assert!(steady_rate > 0.0, "{}", steady.text);
+    // The clock stops at the 100th completion, so the rate is the server's,
+    // not 100 over however long the bench took to notice. A short run is at
+    // the mercy of the scheduler on a busy machine: the best of three.
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let run = json(&["-c", "8", "--requests", "100"]);
+        assert_eq!(run.number(None, "completed"), 100.0, "{}", run.text);
+        let seconds = run.number(None, "seconds");
+        assert!(
+            seconds <= run.took.as_secs_f64(),
+            "{seconds} s reported, {:?} taken: {}",
+            run.took,
+            run.text
+        );
+        best = best.max(run.number(None, "per_second"));
+    }
+    assert!(
+        best >= steady_rate / 5.0,
+        "100 requests at best {best}/s, {steady_rate}/s over a second"
+    );
+}
+
+/// The red team's server: whatever it is sent, it sends back.
+fn echo(message: &[u8]) -> Vec<u8> {
+    message.to_vec()
+}
+
+#[test]
+fn replies_that_are_not_wwep_complete_nothing() {
+    let fake = FakeServer::start(echo);
+    let args = |extra: &[&str]| {
+        let base = ["--server", fake.addr.as_str(), "--json", "bench"];
+        wwep(&[&base[..], &["-c", "2", "--warmup", "0", "-q"], extra].concat())
+    };
+    let run = args(&["--duration", "0.3"]);
+    run.fails_with("no transaction completed");
+    run.fails_with("bad replies");
+    assert_eq!(run.number(None, "completed"), 0.0, "{}", run.text);
+    assert_eq!(run.number(None, "per_second"), 0.0, "{}", run.text);
+    assert_eq!(run.number(None, "max_us"), 0.0, "{}", run.text);
+    assert!(run.number(None, "bad_replies") > 0.0, "{}", run.text);
+    assert_eq!(run.number(None, "mismatched"), 0.0, "{}", run.text);
+
+    // --requests never reached: --duration bounds the wait.
+    let bounded = args(&["--requests", "10", "--duration", "0.3"]);
+    bounded.fails_with("no transaction completed");
+    assert_eq!(bounded.number(None, "completed"), 0.0, "{}", bounded.text);
+    assert_eq!(bounded.number(None, "requested"), 10.0, "{}", bounded.text);
+    assert!(
+        bounded.number(None, "bad_replies") > 0.0,
+        "{}",
+        bounded.text
+    );
+    assert!(
+        bounded.took < Duration::from_secs(6),
+        "took {:?}: {}",
+        bounded.took,
+        bounded.text
+    );
+
+    let text = wwep(&[
+        "--server",
+        fake.addr.as_str(),
+        "bench",
+        "-c",
+        "1",
+        "--requests",
+        "5",
+        "--duration",
+        "0.2",
+        "--warmup",
+        "0",
+        "-q",
+    ]);
+    text.fails_with("no transaction completed");
+    text.says(&[
+        "0 transactions in",
+        "--duration ran out before the 5 transactions asked for completed",
+        "bad replies (not WWEP, not completed): ",
+        "writes refused (X, counted as completed): 0",
+    ]);
 }
 
 #[test]

@@ -398,8 +398,9 @@ fn bench_runs_a_bounded_load_and_reports_json() {
         .and_then(|r| r.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
-    // Workers already mid-transaction when the count is reached still finish.
-    assert!((300..=304).contains(&completed), "{out}");
+    // Exactly the count: transactions that complete after the last of them
+    // are not counted.
+    assert_eq!(completed, 300, "{out}");
     assert!(
         out.contains("\"errors\":{}") && out.contains("\"bad_replies\":0"),
         "{out}"

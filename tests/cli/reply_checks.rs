@@ -53,14 +53,14 @@ fn wwep(args: &[&str]) -> Run {
 /// A WWEP server of the test's own making: each connection's message (up to
 /// 11 bytes, as a device sends it, or a line) gets `answer(message)`; stops
 /// when dropped.
-struct FakeServer {
-    addr: String,
+pub(crate) struct FakeServer {
+    pub(crate) addr: String,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl FakeServer {
-    fn start(answer: fn(&[u8]) -> Vec<u8>) -> FakeServer {
+    pub(crate) fn start(answer: fn(&[u8]) -> Vec<u8>) -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         listener.set_nonblocking(true).unwrap();

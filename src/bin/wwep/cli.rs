@@ -127,10 +127,12 @@ pub struct BenchArgs {
     /// Concurrent workers, each one connection at a time.
     #[arg(allow_negative_numbers = true, short, long, default_value_t = bench::DEFAULT_CONCURRENCY as u64, value_parser = args::concurrency)]
     pub concurrency: u64,
-    /// Seconds to measure (after the warm-up).
-    #[arg(allow_negative_numbers = true, long, default_value_t = bench::DEFAULT_DURATION_SECS, value_name = "SECS", value_parser = args::duration, conflicts_with = "requests")]
-    pub duration: f64,
-    /// Stop after this many completed transactions instead of after --duration.
+    /// Seconds to measure (after the warm-up), 10 unless --requests is given;
+    /// with --requests, the most to wait for them.
+    #[arg(allow_negative_numbers = true, long, value_name = "SECS", value_parser = args::duration)]
+    pub duration: Option<f64>,
+    /// Stop after exactly this many completed transactions (or when --duration,
+    /// if given, runs out first).
     #[arg(allow_negative_numbers = true, long, value_parser = args::requests)]
     pub requests: Option<u64>,
     /// Seconds of load before measuring starts.
@@ -201,8 +203,13 @@ impl BenchArgs {
             concurrency: usize::try_from(self.concurrency)
                 .map_err(|_| "--concurrency is too large".to_string())?,
             until: match self.requests {
-                Some(n) => Until::Completed(n),
-                None => Until::Elapsed(Duration::from_secs_f64(self.duration)),
+                Some(count) => Until::Completed {
+                    count,
+                    within: self.duration.map(Duration::from_secs_f64),
+                },
+                None => Until::Elapsed(Duration::from_secs_f64(
+                    self.duration.unwrap_or(bench::DEFAULT_DURATION_SECS),
+                )),
             },
             warmup: Duration::from_secs_f64(self.warmup),
             load: match self.rate {

@@ -111,8 +111,9 @@ fn bench_command(c: &ConnectionArgs, b: &BenchArgs, json: bool) -> Result<ExitCo
     }
     // The report says why in its counts; the line says that it failed.
     eprintln!(
-        "wwep: no transaction completed ({} failed, {} mismatched replies)",
+        "wwep: no transaction completed ({} failed, {} bad replies that were not WWEP, {} mismatched replies)",
         report.errors.values().sum::<u64>(),
+        report.bad_replies,
         report.mismatched
     );
     Ok(ExitCode::from(2))
