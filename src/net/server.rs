@@ -20,7 +20,7 @@ use crate::facts::Refusal;
 use crate::http::{HttpServer, Status};
 use crate::metrics::{Metrics, Snapshot};
 use crate::net::context::{Context, Parts};
-use crate::net::linger::{self, Lingerer};
+use crate::net::linger::Lingerer;
 use crate::net::listener;
 use crate::net::record::{Limits, Record};
 use crate::net::session::Room;
@@ -308,7 +308,7 @@ fn launch(
     let plain = bind_port(&parts.config, parts.config.plain_port, Transport::Plain)?;
     let secure = bind_port(&parts.config, parts.config.tls_port, Transport::Tls)?;
     let lingerer = Lingerer::start(parts.config.max_connections).map_err(ServerError::Thread)?;
-    let room = Room::new().map_err(ServerError::Thread)?;
+    let room = Room::new(lingerer.holds()).map_err(ServerError::Thread)?;
     let ctx = Arc::new(Context::new(parts, lingerer));
     let stop_maintenance = Arc::new(AtomicBool::new(false));
     let mut server = RunningServer {
@@ -414,19 +414,9 @@ impl RunningServer {
             let (ctx, room) = (Arc::clone(&self.ctx), Arc::clone(&self.room));
             let worker = thread::Builder::new()
                 .name("wwep-worker".to_string())
-                .spawn(move || {
-                    // Each worker finishes the lingering closes of the
-                    // connections it served, between them: under load that
-                    // costs no wake-up of another thread. One about to sleep
-                    // hands them to the lingering thread.
-                    linger::finish_own_closes();
-                    room.serve(
-                        &ctx,
-                        || linger::sweep_own_closes(&ctx.lingerer),
-                        || linger::hand_on_own_closes(&ctx.lingerer),
-                    );
-                    linger::hand_over_own_closes(&ctx.lingerer);
-                })?;
+                // The lingering closes of what a worker served are the
+                // room's: the client's close is a readiness like any other.
+                .spawn(move || room.serve(&ctx))?;
             self.room_threads.push(worker);
         }
         Ok(())
