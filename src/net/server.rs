@@ -21,7 +21,7 @@ use crate::http::{HttpServer, Status};
 use crate::metrics::{Metrics, Snapshot};
 use crate::net::context::{Context, Parts};
 use crate::net::linger::Lingerer;
-use crate::net::listener;
+use crate::net::listener::{self, Stopper};
 use crate::net::record::{Limits, Record};
 use crate::net::session::Room;
 use crate::protocol::Transport;
@@ -109,7 +109,7 @@ pub struct RunningServer {
     /// thread and the tests' look inside); the connections see only the
     /// context's backend.
     memory: Option<Arc<RegisterStore>>,
-    wakers: Arc<Mutex<Vec<Waker>>>,
+    wakers: Arc<Mutex<Vec<Stopper>>>,
     plain_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
     accept_threads: Vec<JoinHandle<()>>,
@@ -123,8 +123,8 @@ pub struct RunningServer {
 #[derive(Clone)]
 pub struct ServerControl {
     ctx: Arc<Context>,
-    /// Wake the accept threads' pollers on shutdown.
-    wakers: Arc<Mutex<Vec<Waker>>>,
+    /// Wake the accept threads on shutdown.
+    wakers: Arc<Mutex<Vec<Stopper>>>,
 }
 
 /// Starts a server; with `config.data`, the store is first rebuilt from the data
@@ -427,19 +427,32 @@ impl RunningServer {
         let Some((listener, addr)) = bound else {
             return Ok(());
         };
-        let poll = Poll::new()?;
-        let waker = Waker::new(poll.registry(), listener::STOP)?;
+        let (ctx, room) = (Arc::clone(&self.ctx), Arc::clone(&self.room));
+        // A thread that serves connections itself waits in a poll, which
+        // also times the lingering closes it owes; one that hands every
+        // connection on blocks in accept.
+        let (stopper, body): (Stopper, Box<dyn FnOnce() + Send>) =
+            if listener::serves_here(transport, &ctx) {
+                let poll = Poll::new()?;
+                let waker = Waker::new(poll.registry(), listener::STOP)?;
+                let body = move || listener::accept_loop(listener, poll, transport, ctx, room);
+                (Stopper::Poll(waker), Box::new(body))
+            } else {
+                listener.set_nonblocking(false)?;
+                let stopper = Stopper::Accept(listener.try_clone()?);
+                let body = move || listener::accept_blocking(listener, transport, ctx, room);
+                (stopper, Box::new(body))
+            };
         self.wakers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(waker);
-        let (ctx, room) = (Arc::clone(&self.ctx), Arc::clone(&self.room));
-        let up = ctx.record.metrics().listening(transport);
+            .push(stopper);
+        let up = self.ctx.record.metrics().listening(transport);
         let handle = thread::Builder::new()
             .name(format!("wwep-accept-{transport}"))
             .spawn(move || {
                 let _up = up;
-                listener::accept_loop(listener, poll, transport, ctx, room)
+                body()
             })?;
         info!("{transport} listener on {addr}");
         self.accept_threads.push(handle);
@@ -531,8 +544,8 @@ impl ServerControl {
         if !self.ctx.stop() {
             return;
         }
-        for waker in self.wakers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = waker.wake();
+        for stopper in self.wakers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            stopper.wake();
         }
     }
 
