@@ -8,7 +8,9 @@
 //! was sent (a reply, a refusal's `X`, a TLS alert) is [`gracefully`]: the
 //! sending side is shut down, so the FIN follows what was sent at once, and
 //! the lingerer reads what the client still sends until it closes, so the
-//! close is never a reset.
+//! close is never a reset. (A session whose socket is in the waiting room's
+//! epoll set closes the same way, its lingering held by the room: see
+//! `Session::close_gracefully`.)
 
 use rustix::net::SendFlags;
 use std::net::{Shutdown, TcpStream};

@@ -8,13 +8,20 @@
 //! with non-blocking reads every millisecond until each client has closed
 //! or its linger time is up.
 //!
-//! A thread that serves connections — a worker, or an accept thread that
-//! serves some itself — finishes their closes itself too
-//! ([`finish_own_closes`]): it looks at them between its other work, when the
-//! clients have usually closed, which spares the hand-over (a wake-up of the
-//! lingering thread per close) and that thread's bursts of closes landing on a
-//! core someone is waiting for. The lingering thread takes what a thread holds
-//! beyond its share, and what it still holds when it stops.
+//! A socket in the waiting room's epoll set lingers there instead: the
+//! client's close is a readiness like any other, and the worker that sees it
+//! finishes the close (see `waiting_room`); its place is counted here
+//! ([`Holds`]), so all lingering closes together stay within one capacity.
+//! What never joined that set — the connections the open port's accept thread
+//! serves itself, refusals at accept — lingers here.
+//!
+//! An accept thread that serves connections itself finishes their closes
+//! itself too ([`finish_own_closes`]): it looks at them between its other
+//! work, when the clients have usually closed, which spares the hand-over (a
+//! wake-up of the lingering thread per close) and that thread's bursts of
+//! closes landing on a core someone is waiting for. The lingering thread takes
+//! what a thread holds beyond its share, and what it still holds when it
+//! stops.
 
 use rustix::net::RecvFlags;
 use std::cell::RefCell;
@@ -144,9 +151,16 @@ impl Lingerer {
         self.inner.held.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Sockets held now.
+    /// Sockets held now (the waiting room's lingering ones included).
     pub fn held(&self) -> usize {
         self.inner.held.load(Ordering::Acquire)
+    }
+
+    /// The count of held sockets, for the waiting room, which holds the
+    /// lingering closes of the sockets in its epoll set itself, within the
+    /// same capacity.
+    pub(crate) fn holds(&self) -> Holds {
+        Holds(Arc::clone(&self.inner))
     }
 
     /// Closes every held socket and ends the thread.
@@ -163,6 +177,33 @@ impl Lingerer {
 impl Drop for Lingerer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A place among the lingering closes, taken by whoever holds a close outside
+/// the lingerer (the waiting room), so that all of them together stay within
+/// the capacity the open-file limit was raised for.
+#[derive(Clone)]
+pub(crate) struct Holds(Arc<Inner>);
+
+impl Holds {
+    /// Takes a place; false when every place is taken (or the lingerer has
+    /// stopped): the socket is then closed at once.
+    pub(crate) fn take(&self) -> bool {
+        let inner = &self.0;
+        if inner.stop.load(Ordering::Acquire) {
+            return false;
+        }
+        if inner.held.fetch_add(1, Ordering::AcqRel) < inner.capacity {
+            return true;
+        }
+        inner.held.fetch_sub(1, Ordering::AcqRel);
+        false
+    }
+
+    /// Gives a place back (its socket is closed).
+    pub(crate) fn give_back(&self) {
+        self.0.held.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -225,13 +266,6 @@ pub(crate) fn sweep_own_closes(lingerer: &Lingerer) -> Option<Duration> {
 /// ending).
 pub(crate) fn hand_over_own_closes(lingerer: &Lingerer) {
     let held = OWN.with_borrow_mut(|own| own.take().unwrap_or_default());
-    give(lingerer, held);
-}
-
-/// Hands the closes this thread holds to the lingering thread, and goes on
-/// finishing the ones it starts from now on itself (a worker about to sleep).
-pub(crate) fn hand_on_own_closes(lingerer: &Lingerer) {
-    let held = OWN.with_borrow_mut(|own| own.as_mut().map(std::mem::take).unwrap_or_default());
     give(lingerer, held);
 }
 

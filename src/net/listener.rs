@@ -6,10 +6,13 @@
 //! silent connection when the table is full) and puts the new session in the
 //! waiting room, where the workers take it up once its first bytes are there,
 //! except the first few of a batch on the open port, which it serves itself
-//! when nothing in that can wait (see `serves_here`). It never waits on a
-//! client.
+//! when nothing in that can wait (see `serves_here`). A thread that serves
+//! nothing itself blocks in `accept` ([`accept_blocking`]); one that does
+//! waits in a poll, which also times the lingering closes it finishes
+//! ([`accept_loop`]). It never waits on a client.
 
 use rustix::io::Errno;
+use rustix::net::SocketFlags;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -159,6 +162,69 @@ pub(crate) fn accept_loop(
     debug!("{transport} accept loop stopped");
 }
 
+/// The accept thread of a port whose connections all go to the pool (see
+/// [`serves_here`]): it blocks in `accept` itself, as the design card draws
+/// it, so each connection costs one call, with no wait in a poll before it
+/// and no accept that finds the queue empty after it. The stop wakes it by
+/// shutting the listener's receiving side down ([`Stopper::Accept`]).
+pub(crate) fn accept_blocking(
+    listener: std::net::TcpListener,
+    transport: Transport,
+    ctx: Arc<Context>,
+    room: Arc<Room>,
+) {
+    // The new socket non-blocking from the start: no call to make it so.
+    let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+    while !ctx.is_stopping() {
+        match rustix::net::acceptfrom_with(&listener, flags) {
+            Ok((fd, Some(addr))) => {
+                let Ok(peer) = SocketAddr::try_from(addr) else {
+                    continue;
+                };
+                if let Some(session) = admit(TcpStream::from(fd), peer, transport, &ctx, &room) {
+                    session.wait_for_first_bytes(&ctx, &room);
+                }
+            }
+            // No address: not a TCP peer; dropping it closes it.
+            Ok((_, None)) => {}
+            Err(Errno::INTR | Errno::AGAIN) => {}
+            // The stop shut the listener down.
+            Err(Errno::INVAL) => break,
+            Err(e @ (Errno::MFILE | Errno::NFILE)) => {
+                ctx.trouble_log.log(format_args!(
+                    "{transport} listener cannot accept: {}; backing off",
+                    io::Error::from(e)
+                ));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => debug!("{transport} accept failed: {}", io::Error::from(e)),
+        }
+    }
+    debug!("{transport} accept loop stopped");
+}
+
+/// What wakes an accept thread for the stop.
+pub(crate) enum Stopper {
+    /// The thread waits in this poll.
+    Poll(mio::Waker),
+    /// The thread blocks in `accept` on this listener (a second handle to
+    /// it): shutting its receiving side down makes that `accept` fail.
+    Accept(std::net::TcpListener),
+}
+
+impl Stopper {
+    pub(crate) fn wake(&self) {
+        match self {
+            Stopper::Poll(waker) => {
+                let _ = waker.wake();
+            }
+            Stopper::Accept(listener) => {
+                let _ = rustix::net::shutdown(listener, rustix::net::Shutdown::Read);
+            }
+        }
+    }
+}
+
 /// Whether the accept thread serves connections itself: only where nothing can
 /// make it wait. On the open port, with registers in memory, a one-shot
 /// request has usually arrived with its connection, and answering it on the
@@ -166,7 +232,7 @@ pub(crate) fn accept_loop(
 /// transaction's cost. A connection without a complete message goes to the
 /// waiting room like any other. TLS handshakes, data files and shared stores
 /// always go to the pool.
-fn serves_here(transport: Transport, ctx: &Context) -> bool {
+pub(crate) fn serves_here(transport: Transport, ctx: &Context) -> bool {
     transport == Transport::Plain && ctx.backend.answers_from_memory()
 }
 

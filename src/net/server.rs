@@ -20,8 +20,8 @@ use crate::facts::Refusal;
 use crate::http::{Health, HttpServer, Status};
 use crate::metrics::{Metrics, Snapshot};
 use crate::net::context::{Context, Parts};
-use crate::net::linger::{self, Lingerer};
-use crate::net::listener;
+use crate::net::linger::Lingerer;
+use crate::net::listener::{self, Stopper};
 use crate::net::record::{Limits, Record};
 use crate::net::session::Room;
 use crate::protocol::Transport;
@@ -109,7 +109,7 @@ pub struct RunningServer {
     /// thread and the tests' look inside); the connections see only the
     /// context's backend.
     memory: Option<Arc<RegisterStore>>,
-    wakers: Arc<Mutex<Vec<Waker>>>,
+    wakers: Arc<Mutex<Vec<Stopper>>>,
     plain_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
     accept_threads: Vec<JoinHandle<()>>,
@@ -123,8 +123,8 @@ pub struct RunningServer {
 #[derive(Clone)]
 pub struct ServerControl {
     ctx: Arc<Context>,
-    /// Wake the accept threads' pollers on shutdown.
-    wakers: Arc<Mutex<Vec<Waker>>>,
+    /// Wake the accept threads on shutdown.
+    wakers: Arc<Mutex<Vec<Stopper>>>,
 }
 
 /// Starts a server; with `config.data`, the store is first rebuilt from the data
@@ -308,7 +308,7 @@ fn launch(
     let plain = bind_port(&parts.config, parts.config.plain_port, Transport::Plain)?;
     let secure = bind_port(&parts.config, parts.config.tls_port, Transport::Tls)?;
     let lingerer = Lingerer::start(parts.config.max_connections).map_err(ServerError::Thread)?;
-    let room = Room::new().map_err(ServerError::Thread)?;
+    let room = Room::new(lingerer.holds()).map_err(ServerError::Thread)?;
     let ctx = Arc::new(Context::new(parts, lingerer));
     let stop_maintenance = Arc::new(AtomicBool::new(false));
     let mut server = RunningServer {
@@ -430,19 +430,9 @@ impl RunningServer {
             let (ctx, room) = (Arc::clone(&self.ctx), Arc::clone(&self.room));
             let worker = thread::Builder::new()
                 .name("wwep-worker".to_string())
-                .spawn(move || {
-                    // Each worker finishes the lingering closes of the
-                    // connections it served, between them: under load that
-                    // costs no wake-up of another thread. One about to sleep
-                    // hands them to the lingering thread.
-                    linger::finish_own_closes();
-                    room.serve(
-                        &ctx,
-                        || linger::sweep_own_closes(&ctx.lingerer),
-                        || linger::hand_on_own_closes(&ctx.lingerer),
-                    );
-                    linger::hand_over_own_closes(&ctx.lingerer);
-                })?;
+                // The lingering closes of what a worker served are the
+                // room's: the client's close is a readiness like any other.
+                .spawn(move || room.serve(&ctx))?;
             self.room_threads.push(worker);
         }
         Ok(())
@@ -453,19 +443,32 @@ impl RunningServer {
         let Some((listener, addr)) = bound else {
             return Ok(());
         };
-        let poll = Poll::new()?;
-        let waker = Waker::new(poll.registry(), listener::STOP)?;
+        let (ctx, room) = (Arc::clone(&self.ctx), Arc::clone(&self.room));
+        // A thread that serves connections itself waits in a poll, which
+        // also times the lingering closes it owes; one that hands every
+        // connection on blocks in accept.
+        let (stopper, body): (Stopper, Box<dyn FnOnce() + Send>) =
+            if listener::serves_here(transport, &ctx) {
+                let poll = Poll::new()?;
+                let waker = Waker::new(poll.registry(), listener::STOP)?;
+                let body = move || listener::accept_loop(listener, poll, transport, ctx, room);
+                (Stopper::Poll(waker), Box::new(body))
+            } else {
+                listener.set_nonblocking(false)?;
+                let stopper = Stopper::Accept(listener.try_clone()?);
+                let body = move || listener::accept_blocking(listener, transport, ctx, room);
+                (stopper, Box::new(body))
+            };
         self.wakers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(waker);
-        let (ctx, room) = (Arc::clone(&self.ctx), Arc::clone(&self.room));
-        let up = ctx.record.metrics().listening(transport);
+            .push(stopper);
+        let up = self.ctx.record.metrics().listening(transport);
         let handle = thread::Builder::new()
             .name(format!("wwep-accept-{transport}"))
             .spawn(move || {
                 let _up = up;
-                listener::accept_loop(listener, poll, transport, ctx, room)
+                body()
             })?;
         info!("{transport} listener on {addr}");
         self.accept_threads.push(handle);
@@ -557,8 +560,8 @@ impl ServerControl {
         if !self.ctx.stop() {
             return;
         }
-        for waker in self.wakers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let _ = waker.wake();
+        for stopper in self.wakers.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            stopper.wake();
         }
     }
 

@@ -11,7 +11,7 @@
 
 use rustix::net::SendFlags;
 use std::io::{ErrorKind, Read};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
 
@@ -25,7 +25,7 @@ use crate::net::admission::Admission;
 use crate::net::close::{self, Reach};
 use crate::net::context::{Context, run_guarded};
 use crate::net::proxy::{self, Header, Origin};
-use crate::net::waiting_room::{Registration, Waiter, WaitingRoom, Wake};
+use crate::net::waiting_room::{Parking, Registration, Waiter, WaitingRoom, Wake};
 use crate::protocol::{Terminator, Transport};
 use crate::tls::server::{
     Acceptor, Handshake, HandshakeFailureKind, PendingHandshake, ServerStream,
@@ -128,7 +128,7 @@ impl Session {
             incoming: Incoming::default(),
             sending: None,
             admission,
-            registration: Registration::Off,
+            registration: Registration::default(),
         }
     }
 
@@ -150,23 +150,29 @@ impl Session {
         // not (nothing of its own is unacknowledged). Should a request come
         // in pieces, the wait after the first piece arms it, and arming it
         // sends the ACK that is pending.
-        if let Some(session) = room.park(self, Interest::READABLE, until) {
-            session.end_now(ctx, room);
+        match room.park(self, Interest::READABLE, until) {
+            Parking::Parked => {}
+            // Its first bytes came the moment it was parked: a worker runs it.
+            Parking::Again(session, wake) => room.hand_to_worker(session, wake),
+            Parking::Refused(session) => session.end_now(ctx, room),
         }
     }
 
-    /// Advances the session as far as it goes now, then parks it or ends it.
-    fn run(mut self, wake: Wake, ctx: &Context, room: &Room) {
-        match self.advance(wake, ctx, room) {
-            Step::Park(interest, until) => {
-                if interest.is_readable() {
-                    self.ack_at_once();
-                }
-                if let Some(session) = room.park(self, interest, until) {
-                    session.end_now(ctx, room);
-                }
+    /// Advances the session as far as it goes now, then parks it or ends it;
+    /// runs it again at once when readiness came while it ran.
+    fn run(mut self, mut wake: Wake, ctx: &Context, room: &Room) {
+        loop {
+            let Step::Park(interest, until) = self.advance(wake, ctx, room) else {
+                return;
+            };
+            if interest.is_readable() {
+                self.ack_at_once();
             }
-            Step::Done => {}
+            match room.park(self, interest, until) {
+                Parking::Parked => return,
+                Parking::Again(session, again) => (self, wake) = (session, again),
+                Parking::Refused(session) => return session.end_now(ctx, room),
+            }
         }
     }
 
@@ -368,9 +374,8 @@ impl Session {
             }
             Handshake::Failed(failure) => {
                 if let Some(tcp) = failure.socket {
-                    room.forget_fd(std::mem::take(&mut self.registration), Some(tcp.as_fd()));
                     // The alert that says why goes out before the FIN.
-                    close::gracefully(tcp, ctx);
+                    self.close_gracefully(tcp, ctx, room);
                 }
                 let ending = Ending::HandshakeFailed {
                     kind: failure.kind,
@@ -480,19 +485,35 @@ impl Session {
     /// Closes the connection (gracefully when a reply went out) and hands its
     /// facts to the record.
     fn finish(&mut self, ending: Ending, ctx: &Context, room: &Room) -> Step {
-        room.forget(self);
         self.facts.finished_at = Some(Instant::now());
         // A reply went out: the close must not destroy it.
         let replied = self.sending.is_some()
             && matches!(ending, Ending::Answered | Ending::TimedOut | Ending::Empty);
-        if let Some(tcp) = self.stage.take().into_tcp()
-            && replied
-        {
-            close::gracefully(tcp, ctx);
+        match self.stage.take().into_tcp() {
+            Some(tcp) if replied => self.close_gracefully(tcp, ctx, room),
+            tcp => {
+                room.closing(self);
+                drop(tcp);
+            }
         }
         ctx.record
             .finished(&self.facts, self.incoming.bytes(), &ending);
         Step::Done
+    }
+
+    /// The graceful close of [`close::gracefully`], its lingering held by the
+    /// waiting room when the socket is in its epoll set (the client's close is
+    /// then a readiness like any other), else by the lingerer.
+    fn close_gracefully(&mut self, tcp: TcpStream, ctx: &Context, room: &Room) {
+        if tcp.shutdown(Shutdown::Write).is_err() {
+            // The client reset it already: nothing to protect.
+            room.closing(self);
+            return;
+        }
+        let until = Instant::now() + ctx.config.linger;
+        if let Err(tcp) = room.linger(self, tcp, until) {
+            ctx.lingerer.close(tcp, ctx.config.linger);
+        }
     }
 
     /// Closes a silent connection to make room for a newcomer (accept thread;

@@ -3,37 +3,65 @@
 //!
 //! A connection waits here — costing a file descriptor and a few hundred bytes,
 //! never a thread — until its socket is ready or its timer fires (the end of the
-//! gap after a started message, or its deadline). Each waiting socket is armed
-//! once (epoll's one-shot interest) in one epoll set that every worker waits on
-//! itself: the kernel wakes one worker per ready socket, and that worker runs
-//! the connection at once. There is no thread in between handing connections
-//! over, so a TLS handshake's flights cost no wake-up but the worker's own (and
-//! none at all when the worker is busy: it finds the next ready socket without
-//! sleeping). Timers are the one thing epoll does not watch: a timer thread
-//! sleeps until the earliest one and puts the connections whose time has come
-//! in a queue that wakes a worker per entry through a counting eventfd. When
-//! the connection table is full, the oldest connection that has sent nothing is
+//! gap after a started message, or its deadline). Its socket joins one epoll
+//! set, which every worker waits on itself, once for its whole life here,
+//! edge-triggered: no call re-arms it after each flight. A connection has one
+//! owner at a time, kept in the room's map under its token: parked (the room
+//! holds it), running (a thread runs it), or lingering (its reply is out; the
+//! room holds its half-closed socket until the client closes). Readiness for a
+//! parked connection makes the worker that sees it its owner, which runs it
+//! until its socket would block and parks it again. Readiness that comes while
+//! a connection runs is marked on its entry, and the owner, instead of parking
+//! it, runs it again: an edge is never lost. There is no thread in between
+//! handing connections over, so a TLS handshake's flights cost no wake-up but
+//! the worker's own (and none at all when the worker is busy).
+//!
+//! A worker takes up to [`EVENTS_PER_WAIT`] ready sockets per wait, but only
+//! one while another worker sleeps (the kernel then wakes the sleeper for what
+//! is left ready), and it hands the ones it has not started back to the room,
+//! waking a sleeper, as soon as another worker falls asleep: no ready socket
+//! waits behind another's work while a worker is idle.
+//!
+//! Timers are the one thing epoll does not watch: a timer thread sleeps until
+//! the earliest one (or [`TIMER_NAP`], which bounds how late a lingering
+//! close's end is noticed) and puts the connections whose time has come in a
+//! queue that wakes a worker per entry through a counting eventfd. When the
+//! connection table is full, the oldest connection that has sent nothing is
 //! shed from here to make room for a newcomer.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::mem::MaybeUninit;
+use std::net::TcpStream;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use log::{debug, error};
 use mio::{Interest, Token};
 use rustix::event::epoll::{self, EventData, EventFlags};
-use rustix::event::{EventfdFlags, Timespec, eventfd};
+use rustix::event::{EventfdFlags, eventfd};
+
+use crate::net::linger::{self, Drained, Holds};
 
 /// The due queue's eventfd (a counting semaphore: one unit per queued entry).
 const DUE: u64 = u64::MAX;
 /// The stop eventfd (level-triggered and never read: once written, every
 /// worker's wait returns at once).
 const STOP: u64 = u64::MAX - 1;
+/// Ready sockets a worker takes in one wait while no other worker sleeps.
+/// Each costs at most one flight's work (a TLS 1.2 resumption's half, a full
+/// handshake's server flight) before the next is started, and the ones not
+/// started yet are handed back as soon as another worker sleeps.
+const EVENTS_PER_WAIT: usize = 16;
+/// Shards of the map of connections: a lookup locks one, so threads rarely
+/// meet on a lock (and never wait on it in the kernel).
+const SHARDS: usize = 64;
+/// The longest the timer thread sleeps. Connection timers that fall due
+/// sooner wake it when they are set; a lingering close's end does not (it may
+/// be noticed up to this late: the socket is only held a little longer).
+const TIMER_NAP: Duration = Duration::from_millis(100);
 
 /// Why a waiting connection is handed back now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,18 +78,22 @@ pub(crate) enum Wake {
     Shutdown,
 }
 
-/// Where a connection's socket stands with the room's epoll set.
+/// Where a connection stands with the room, kept by the connection (read and
+/// changed only by its owner).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) enum Registration {
-    /// Not in the set.
-    #[default]
-    Off,
-    /// In the set and armed: one readiness will be reported.
-    Armed,
-    /// In the set, its one readiness reported: nothing more will be until it
-    /// is armed again, so closing the socket needs no removal (the kernel
-    /// drops a closed socket from the set itself).
-    Fired,
+pub(crate) struct Registration {
+    /// Its socket is in the epoll set (edge-triggered, until it is closed or
+    /// forgotten).
+    in_set: bool,
+    /// Writability is watched too (asked for once, by a connection that
+    /// could not send all it had).
+    writable: bool,
+    /// It has an entry in the room's map.
+    in_map: bool,
+    /// The instant of its entry in the timer book.
+    timer: Option<Instant>,
+    /// It is on the book's list of connections that had sent nothing.
+    silent: bool,
 }
 
 /// What the room needs to know of a connection it holds.
@@ -80,359 +112,720 @@ pub(crate) trait Waiter: Send + Sized + 'static {
     fn fd(&self) -> Option<BorrowedFd<'_>>;
     /// Nothing has arrived on it yet: the first to go when the table is full.
     fn is_silent(&self) -> bool;
-    /// Where its socket stands with the room's epoll set.
+    /// Where it stands with the room.
     fn registration(&mut self) -> &mut Registration;
 }
 
-struct Parked<S> {
-    session: S,
-    until: Instant,
+/// What became of a connection handed to [`WaitingRoom::park`].
+#[must_use = "a connection handed back must be run or ended"]
+pub(crate) enum Parking<S> {
+    /// The room holds it until its socket is ready or its timer fires.
+    Parked,
+    /// Readiness (or its timer) came while it ran: run it again now, as the
+    /// readiness would have.
+    Again(S, Wake),
+    /// The room cannot hold it (the room has stopped, or its socket cannot be
+    /// watched): end it now.
+    Refused(S),
 }
 
-struct Room<S> {
-    parked: HashMap<Token, Parked<S>>,
-    /// Parked connections that have sent nothing, oldest (lowest token) first.
+/// A connection's entry in the room's map.
+enum Entry<S> {
+    /// Waiting for its socket or its timer.
+    Parked(S),
+    /// A thread runs it. `ready`: readiness came meanwhile; `timer`: its timer
+    /// at that instant fired meanwhile (and left the book).
+    Running { ready: bool, timer: Option<Instant> },
+    /// Its reply is out and its sending side shut down: the room holds the
+    /// socket until the client closes (the readiness that says so) or `until`.
+    Lingering { stream: TcpStream, until: Instant },
+}
+
+impl<S> Entry<S> {
+    fn running() -> Entry<S> {
+        Entry::Running {
+            ready: false,
+            timer: None,
+        }
+    }
+}
+
+/// The timers and the list of connections that had sent nothing, under one
+/// lock taken once or twice per connection.
+#[derive(Default)]
+struct Book {
+    /// When each connection must be looked at (a lingering one: when its
+    /// linger is up).
+    timers: BTreeSet<(Instant, Token)>,
+    /// Connections that had sent nothing when last parked, oldest (lowest
+    /// token) first; a connection that has spoken since stays until it is
+    /// looked at (when shedding) or leaves.
     silent: BTreeSet<Token>,
-    /// When each parked connection must be looked at; entries whose instant no
-    /// longer matches the parked connection's are stale and skipped.
-    timers: BinaryHeap<Reverse<(Instant, Token)>>,
-    /// Connections taken out by their timer (or the stop), each waiting for a
-    /// worker; one unit of the due eventfd per entry.
-    due: VecDeque<(S, Wake)>,
-    /// What the timer thread sleeps until now (`None`: no timer, or awake).
+    /// What the timer thread sleeps until now (`None`: it is awake, and looks
+    /// at the book before it sleeps again).
     next_wake: Option<Instant>,
     /// Answer every silent connection at once (the server is stopping).
     flush_silent: bool,
     stop: bool,
 }
 
-impl<S> Default for Room<S> {
-    fn default() -> Self {
-        Room {
-            parked: HashMap::new(),
-            silent: BTreeSet::new(),
-            timers: BinaryHeap::new(),
-            due: VecDeque::new(),
-            next_wake: None,
-            flush_silent: false,
-            stop: false,
-        }
-    }
+/// Work for a worker from outside its own wait.
+enum Due<S> {
+    /// A connection whose timer fired (or the stop came), or that found its
+    /// first bytes the moment the accept thread parked it.
+    Session(S, Wake),
+    /// Ready sockets a busy worker handed back.
+    Ready(Vec<(u64, EventFlags)>),
 }
 
-impl<S> Room<S> {
-    fn take(&mut self, token: Token) -> Option<S> {
-        let parked = self.parked.remove(&token)?;
-        self.silent.remove(&token);
-        Some(parked.session)
-    }
-}
+type Shard<S> = Mutex<HashMap<Token, Entry<S>>>;
 
 pub(crate) struct WaitingRoom<S> {
     epoll: OwnedFd,
     /// Counts the entries of the due queue: each unit wakes one worker.
-    due: OwnedFd,
+    due_fd: OwnedFd,
     /// Written once at stop: every worker leaves.
-    stop: OwnedFd,
-    room: Mutex<Room<S>>,
+    stop_fd: OwnedFd,
+    shards: Box<[Shard<S>]>,
+    book: Mutex<Book>,
     /// Wakes the timer thread when an earlier timer is set, or at stop.
     timer_changed: Condvar,
+    due: Mutex<VecDeque<Due<S>>>,
     stopped: AtomicBool,
+    /// Workers in their wait now (or about to be).
+    sleeping: AtomicUsize,
+    /// Places among the lingering closes, shared with the lingerer.
+    holds: Holds,
 }
 
-fn one_shot(interest: Interest) -> EventFlags {
-    let mut flags = EventFlags::ONESHOT;
-    if interest.is_readable() {
-        // A peer's close (or half-close) is a readiness too.
-        flags |= EventFlags::IN | EventFlags::RDHUP;
-    }
-    if interest.is_writable() {
+/// The interest a socket is registered with, once: bytes, the peer's close
+/// (or half-close), and, once asked for, room to write; edge-triggered.
+fn edges(writable: bool) -> EventFlags {
+    let mut flags = EventFlags::IN | EventFlags::RDHUP | EventFlags::ET;
+    if writable {
         flags |= EventFlags::OUT;
     }
     flags
 }
 
+/// What readiness says to the connection it wakes.
+fn wake_for(flags: EventFlags) -> Wake {
+    let ended = EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR;
+    if flags.contains(EventFlags::IN) && !flags.intersects(ended) {
+        Wake::Bytes
+    } else {
+        Wake::Ready
+    }
+}
+
 impl<S: Waiter> WaitingRoom<S> {
-    pub(crate) fn new() -> io::Result<WaitingRoom<S>> {
+    pub(crate) fn new(holds: Holds) -> io::Result<WaitingRoom<S>> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        let due = eventfd(
+        let due_fd = eventfd(
             0,
             EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK | EventfdFlags::SEMAPHORE,
         )?;
-        let stop = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        let stop_fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
         epoll::add(
             &epoll,
-            &due,
+            &due_fd,
             EventData::new_u64(DUE),
             EventFlags::IN | EventFlags::ONESHOT,
         )?;
-        epoll::add(&epoll, &stop, EventData::new_u64(STOP), EventFlags::IN)?;
+        epoll::add(&epoll, &stop_fd, EventData::new_u64(STOP), EventFlags::IN)?;
         Ok(WaitingRoom {
             epoll,
-            due,
-            stop,
-            room: Mutex::new(Room::default()),
+            due_fd,
+            stop_fd,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            book: Mutex::new(Book::default()),
             timer_changed: Condvar::new(),
+            due: Mutex::new(VecDeque::new()),
             stopped: AtomicBool::new(false),
+            sleeping: AtomicUsize::new(0),
+            holds,
         })
     }
 
-    /// A panic never leaves the room half-updated (each change is a few map
-    /// operations that cannot panic), so a poisoned lock is safe to use.
-    fn room(&self) -> MutexGuard<'_, Room<S>> {
-        self.room.lock().unwrap_or_else(|p| p.into_inner())
+    /// A panic never leaves the room's maps half-updated (each change is a few
+    /// map operations that cannot panic), so a poisoned lock is safe to use.
+    fn shard(&self, token: Token) -> MutexGuard<'_, HashMap<Token, Entry<S>>> {
+        self.shards[token.0 % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Parks a session until its socket is ready for `interest` or `until`;
-    /// hands it back when it cannot wait (the room has stopped, or its socket
-    /// cannot be watched), for the caller to end it now.
-    #[must_use = "a session handed back must be ended"]
-    pub(crate) fn park(&self, mut session: S, interest: Interest, until: Instant) -> Option<S> {
-        let token = session.token();
-        let mut room = self.room();
-        if room.stop {
-            drop(room);
+    fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Parks a session until its socket is ready for `interest` or `until`.
+    /// The caller owns it (it is running, or new) and has read or written
+    /// until its socket would block.
+    pub(crate) fn park(&self, mut session: S, interest: Interest, until: Instant) -> Parking<S> {
+        if self.is_stopped() {
             self.forget(&mut session);
-            return Some(session);
+            return Parking::Refused(session);
         }
-        let registered = *session.registration() != Registration::Off;
-        let event = EventData::new_u64(token.0 as u64);
-        // Arming happens under the room's lock: a worker woken by it waits for
-        // the lock, and by then the session is in the room. Arming after the read that would block is enough, since
-        // epoll reports a socket that is already ready when it is armed.
-        let armed = match session.fd() {
-            None => return Some(session),
-            Some(fd) if registered => epoll::modify(&self.epoll, fd, event, one_shot(interest)),
-            Some(fd) => epoll::add(&self.epoll, fd, event, one_shot(interest)),
-        };
-        if let Err(e) = armed {
-            drop(room);
+        if let Err(e) = self.watch(&mut session, interest) {
             debug!("cannot wait on a connection: {e}");
             self.forget(&mut session);
-            return Some(session);
+            return Parking::Refused(session);
         }
-        *session.registration() = Registration::Armed;
-        if session.is_silent() {
-            room.silent.insert(token);
+        if until <= Instant::now() {
+            return Parking::Again(session, Wake::Timer);
         }
-        room.timers.push(Reverse((until, token)));
-        room.parked.insert(token, Parked { session, until });
-        if room.next_wake.is_some_and(|at| until < at) {
-            room.next_wake = Some(until);
-            drop(room);
-            self.timer_changed.notify_one();
-        } else if room.next_wake.is_none() {
-            drop(room);
-            self.timer_changed.notify_one();
+        self.book_timer(&mut session, until);
+        let token = session.token();
+        let mut shard = self.shard(token);
+        let (ready, fired) = match shard.get(&token) {
+            Some(Entry::Running { ready, timer }) => (*ready, *timer),
+            _ => (false, None),
+        };
+        if ready || fired.is_some() {
+            shard.insert(token, Entry::running());
+            drop(shard);
+            let registration = session.registration();
+            if fired.is_some() && registration.timer == fired {
+                // The timer thread took its entry out of the book.
+                registration.timer = None;
+            }
+            let wake = if ready { Wake::Ready } else { Wake::Timer };
+            return Parking::Again(session, wake);
         }
-        None
+        shard.insert(token, Entry::Parked(session));
+        drop(shard);
+        // A stop that came meanwhile may have swept the room before this
+        // session was in it: take it back and end it, unless the sweep did.
+        if self.is_stopped()
+            && let Some(mut session) = self.take_parked(token)
+        {
+            self.forget(&mut session);
+            return Parking::Refused(session);
+        }
+        Parking::Parked
     }
 
-    /// Stops watching a session's socket for good (before it is closed or
-    /// handed on to a lingering close).
+    /// Puts the session's socket in the epoll set (once; with writability
+    /// from the first time it is asked for).
+    fn watch(&self, session: &mut S, interest: Interest) -> rustix::io::Result<()> {
+        let token = session.token();
+        let registration = *session.registration();
+        let writable = interest.is_writable() || registration.writable;
+        if registration.in_set && writable == registration.writable {
+            return Ok(());
+        }
+        let data = EventData::new_u64(token.0 as u64);
+        if !registration.in_map {
+            // In the map before the set: readiness reported at once finds it
+            // running and is kept for its owner.
+            self.shard(token).insert(token, Entry::running());
+            session.registration().in_map = true;
+        }
+        match session.fd() {
+            None => return Err(rustix::io::Errno::BADF),
+            Some(fd) if registration.in_set => epoll::modify(&self.epoll, fd, data, edges(true))?,
+            Some(fd) => epoll::add(&self.epoll, fd, data, edges(writable))?,
+        }
+        let registration = session.registration();
+        registration.in_set = true;
+        registration.writable = writable;
+        Ok(())
+    }
+
+    /// Books the session's timer at `until` (and puts it on the silent list if
+    /// it has sent nothing), unless it is booked so already.
+    fn book_timer(&self, session: &mut S, until: Instant) {
+        let token = session.token();
+        let silent = session.is_silent();
+        let registration = session.registration();
+        let add_silent = silent && !registration.silent;
+        if registration.timer == Some(until) && !add_silent {
+            return;
+        }
+        let mut book = self.book();
+        if let Some(old) = registration.timer.replace(until) {
+            book.timers.remove(&(old, token));
+        }
+        book.timers.insert((until, token));
+        if add_silent {
+            book.silent.insert(token);
+            registration.silent = true;
+        }
+        let sooner = book.next_wake.is_some_and(|at| until < at);
+        drop(book);
+        if sooner {
+            self.timer_changed.notify_one();
+        }
+    }
+
+    /// Takes a session out of the map if it is parked there.
+    fn take_parked(&self, token: Token) -> Option<S> {
+        let mut shard = self.shard(token);
+        if !matches!(shard.get(&token), Some(Entry::Parked(_))) {
+            return None;
+        }
+        match shard.insert(token, Entry::running()) {
+            Some(Entry::Parked(session)) => Some(session),
+            _ => None,
+        }
+    }
+
+    /// Takes the session's entries out of the map and the book.
+    fn unbook(&self, session: &mut S) {
+        let token = session.token();
+        let registration = session.registration();
+        if std::mem::take(&mut registration.in_map) {
+            self.shard(token).remove(&token);
+        }
+        let timer = registration.timer.take();
+        let silent = std::mem::take(&mut registration.silent);
+        if timer.is_some() || silent {
+            let mut book = self.book();
+            if let Some(at) = timer {
+                book.timers.remove(&(at, token));
+            }
+            if silent {
+                book.silent.remove(&token);
+            }
+        }
+    }
+
+    /// The session leaves the room for good, and its socket stays open
+    /// elsewhere (handed to the lingerer): the room stops watching it.
     pub(crate) fn forget(&self, session: &mut S) {
-        let registration = std::mem::take(session.registration());
-        self.forget_fd(registration, session.fd());
-    }
-
-    /// [`forget`](WaitingRoom::forget) for a socket already taken out of its
-    /// connection (a failed handshake hands it back on its own).
-    pub(crate) fn forget_fd(&self, registration: Registration, fd: Option<BorrowedFd<'_>>) {
-        // Only an armed socket can still be reported; one whose readiness
-        // was reported stays silent until closed, so it costs no call.
-        if registration == Registration::Armed
-            && let Some(fd) = fd
+        self.unbook(session);
+        if std::mem::take(&mut session.registration().in_set)
+            && let Some(fd) = session.fd()
         {
             let _ = epoll::delete(&self.epoll, fd);
         }
     }
 
+    /// The session leaves the room for good and its socket is closed now
+    /// (which takes it out of the epoll set without a call).
+    pub(crate) fn closing(&self, session: &mut S) {
+        self.unbook(session);
+        session.registration().in_set = false;
+    }
+
+    /// The session's reply (or alert) is out and its sending side shut down:
+    /// the room holds `stream`, still in the epoll set, until the client
+    /// closes (the readiness that says so ends it) or `until`, so the close is
+    /// never a reset. Hands the stream back when the room cannot hold it (it
+    /// is not in the set, the room has stopped, or every lingering place is
+    /// taken); the session has then left the room and no longer watches it.
+    pub(crate) fn linger(
+        &self,
+        session: &mut S,
+        stream: TcpStream,
+        until: Instant,
+    ) -> Result<(), TcpStream> {
+        let in_set = session.registration().in_set;
+        if !in_set || self.is_stopped() || !self.holds.take() {
+            self.unbook(session);
+            if std::mem::take(&mut session.registration().in_set) {
+                let _ = epoll::delete(&self.epoll, &stream);
+            }
+            return Err(stream);
+        }
+        let token = session.token();
+        // The entry and its place in the book pass to the lingering socket.
+        let registration = std::mem::take(session.registration());
+        {
+            let mut book = self.book();
+            if let Some(at) = registration.timer {
+                book.timers.remove(&(at, token));
+            }
+            if registration.silent {
+                book.silent.remove(&token);
+            }
+            book.timers.insert((until, token));
+        }
+        self.settle_lingering(token, stream, until);
+        Ok(())
+    }
+
+    /// Finishes a lingering close whose owner is the caller: the socket is
+    /// closed once the client has closed (or its linger is up), else it
+    /// waits in the map for its next readiness.
+    fn settle_lingering(&self, token: Token, stream: TcpStream, until: Instant) {
+        let mut readiness_seen = false;
+        loop {
+            let closed = readiness_seen && linger::drain_now(&stream) == Drained::Closed;
+            let mut shard = self.shard(token);
+            let (ready, fired) = match shard.get(&token) {
+                Some(Entry::Running { ready, timer }) => (*ready, timer.is_some()),
+                _ => (false, false),
+            };
+            if closed || fired || Instant::now() >= until {
+                shard.remove(&token);
+                drop(shard);
+                if !fired {
+                    self.book().timers.remove(&(until, token));
+                }
+                self.holds.give_back();
+                return;
+            }
+            if ready {
+                // The client wrote or closed meanwhile: look again.
+                shard.insert(token, Entry::running());
+                readiness_seen = true;
+                continue;
+            }
+            shard.insert(token, Entry::Lingering { stream, until });
+            return;
+        }
+    }
+
     /// Takes out the oldest connection that has sent nothing, if any.
     pub(crate) fn shed_oldest_silent(&self) -> Option<S> {
-        let mut room = self.room();
-        let token = room.silent.first().copied()?;
-        room.take(token)
+        let mut book = self.book();
+        let mut gone = Vec::new();
+        let mut shed = None;
+        for &token in &book.silent {
+            let mut shard = self.shard(token);
+            match shard.get_mut(&token) {
+                // Being served: it has sent something, or is about to.
+                Some(Entry::Running { .. }) => {}
+                Some(Entry::Parked(session)) if session.is_silent() => {
+                    if let Some(Entry::Parked(mut session)) = shard.insert(token, Entry::running())
+                    {
+                        session.registration().silent = false;
+                        shed = Some((token, session));
+                    }
+                    break;
+                }
+                Some(Entry::Parked(session)) => {
+                    session.registration().silent = false;
+                    gone.push(token);
+                }
+                _ => gone.push(token),
+            }
+        }
+        for token in gone {
+            book.silent.remove(&token);
+        }
+        let (token, session) = shed?;
+        book.silent.remove(&token);
+        Some(session)
     }
 
     /// Connections waiting now.
     pub(crate) fn len(&self) -> usize {
-        self.room().parked.len()
+        self.shards
+            .iter()
+            .map(|shard| {
+                let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+                let parked = shard.values().filter(|e| matches!(e, Entry::Parked(_)));
+                parked.count()
+            })
+            .sum()
     }
 
     /// The server is stopping: every connection that has sent nothing is
     /// answered now rather than at its deadline.
     pub(crate) fn flush_silent(&self) {
-        self.room().flush_silent = true;
+        self.book().flush_silent = true;
         self.timer_changed.notify_one();
     }
 
     /// Ends the timer thread and the workers (each finishes the connection it
     /// is running); connections still waiting are closed.
     pub(crate) fn stop(&self) {
-        self.room().stop = true;
+        self.book().stop = true;
         self.stopped.store(true, Ordering::Release);
         self.timer_changed.notify_one();
-        let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
+        let _ = rustix::io::write(&self.stop_fd, &1u64.to_ne_bytes());
     }
 
-    /// A worker's loop: waits in the shared epoll set and wakes each
-    /// connection whose socket is ready, or whose timer fired, until the stop.
-    /// Between connections, `between` finishes the worker's own lingering
-    /// closes that are due and says when the next look is (`None`: it holds
-    /// none). A worker holding closes looks whether a socket is ready without
-    /// sleeping; only when none is, it hands its closes on (`idle`) and
-    /// sleeps: so many workers sleeping with closes in hand never wake each
-    /// millisecond to look at them.
-    pub(crate) fn serve(
-        &self,
-        served: &S::Served,
-        mut between: impl FnMut() -> Option<Duration>,
-        mut idle: impl FnMut(),
-    ) {
-        let mut events = [MaybeUninit::<epoll::Event>::uninit(); 1];
-        let now = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        while !self.stopped.load(Ordering::Acquire) {
-            let holding = between().is_some();
-            let mut ready = self.wait(&mut events, holding.then_some(&now));
-            if holding && matches!(ready, Ok(None)) {
-                idle();
-                ready = self.wait(&mut events, None);
-            }
-            let (data, flags) = match ready {
-                Ok(Some(ready)) => ready,
-                Ok(None) | Err(rustix::io::Errno::INTR) => continue,
+    /// Queues work for the workers, one unit of the due eventfd per entry.
+    fn queue(&self, work: impl IntoIterator<Item = Due<S>>) {
+        let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
+        let before = due.len();
+        due.extend(work);
+        let added = due.len() - before;
+        drop(due);
+        if added > 0 {
+            let _ = rustix::io::write(&self.due_fd, &(added as u64).to_ne_bytes());
+        }
+    }
+
+    /// Has a worker run `session` after `wake` (the accept thread found its
+    /// first bytes there the moment it parked it).
+    pub(crate) fn hand_to_worker(&self, session: S, wake: Wake) {
+        self.queue([Due::Session(session, wake)]);
+    }
+
+    /// A worker's loop: waits in the shared epoll set and runs each connection
+    /// whose socket is ready, or whose timer fired, until the stop.
+    pub(crate) fn serve(&self, served: &S::Served) {
+        let mut events = [MaybeUninit::<epoll::Event>::uninit(); EVENTS_PER_WAIT];
+        let mut batch = Vec::with_capacity(EVENTS_PER_WAIT);
+        while !self.is_stopped() {
+            // With another worker asleep, one ready socket is this worker's
+            // share: the kernel wakes the sleeper for the rest.
+            let take = if self.sleeping.load(Ordering::Relaxed) > 0 {
+                1
+            } else {
+                EVENTS_PER_WAIT
+            };
+            self.sleeping.fetch_add(1, Ordering::Relaxed);
+            let waited = epoll::wait(&self.epoll, &mut events[..take], None);
+            self.sleeping.fetch_sub(1, Ordering::Relaxed);
+            batch.clear();
+            match waited {
+                Ok((ready, _)) => {
+                    batch.extend(ready.iter().map(|event| {
+                        let (data, flags) = (event.data, event.flags);
+                        (data.u64(), flags)
+                    }));
+                }
+                Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => {
                     error!("worker: waiting for sockets failed: {e}");
                     std::thread::sleep(Duration::from_millis(10));
                     continue;
                 }
-            };
-            match data {
-                STOP => break,
-                DUE => {
-                    let taken = rustix::io::read(&self.due, &mut [0u8; 8]).is_ok();
-                    // Re-armed at once: while units remain, another worker wakes.
-                    let _ = epoll::modify(
-                        &self.epoll,
-                        &self.due,
-                        EventData::new_u64(DUE),
-                        EventFlags::IN | EventFlags::ONESHOT,
-                    );
-                    if !taken {
-                        continue;
-                    }
-                    let next = self.room().due.pop_front();
-                    if let Some((session, wake)) = next {
-                        session.wake(wake, served, self);
-                    }
-                }
-                token => {
-                    let session = self.room().take(Token(token as usize));
-                    // None: its timer took it first (or it was shed).
-                    if let Some(mut session) = session {
-                        *session.registration() = Registration::Fired;
-                        let ended = EventFlags::RDHUP | EventFlags::HUP | EventFlags::ERR;
-                        let wake = if flags.contains(EventFlags::IN) && !flags.intersects(ended) {
-                            Wake::Bytes
-                        } else {
-                            Wake::Ready
-                        };
-                        session.wake(wake, served, self);
-                    }
-                }
             }
+            self.run_batch(&batch, served);
         }
         // Wake the next sleeping worker: each wake-up reaches only one.
-        let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
+        let _ = rustix::io::write(&self.stop_fd, &1u64.to_ne_bytes());
     }
 
-    /// One wait in the epoll set: the token of the socket (or eventfd) that is
-    /// ready and what it is ready for, `None` when `timeout` passed first.
-    fn wait(
-        &self,
-        events: &mut [MaybeUninit<epoll::Event>; 1],
-        timeout: Option<&Timespec>,
-    ) -> rustix::io::Result<Option<(u64, EventFlags)>> {
-        let (ready, _) = epoll::wait(&self.epoll, events, timeout)?;
-        Ok(ready.first().map(|event| {
-            let (data, flags) = (event.data, event.flags);
-            (data.u64(), flags)
-        }))
+    /// Runs what a wait reported, in order; what is not started yet goes back
+    /// to the room as soon as another worker sleeps, so it does not wait
+    /// behind this worker's work while that one idles.
+    fn run_batch(&self, batch: &[(u64, EventFlags)], served: &S::Served) {
+        for (i, &(data, flags)) in batch.iter().enumerate() {
+            if self.is_stopped() {
+                return;
+            }
+            if i > 0 && self.sleeping.load(Ordering::Relaxed) > 0 {
+                self.hand_back(&batch[i..]);
+                return;
+            }
+            match data {
+                STOP => return,
+                DUE => self.run_due(served),
+                token => self.on_ready(Token(token as usize), flags, served),
+            }
+        }
+    }
+
+    /// Gives ready sockets not started yet back to the room, for a sleeping
+    /// worker. The due queue's own readiness (one-shot, so reported to this
+    /// worker alone) is armed again instead of handed on; the stop's stays
+    /// reported to every wait anyway.
+    fn hand_back(&self, rest: &[(u64, EventFlags)]) {
+        if rest.iter().any(|&(data, _)| data == DUE) {
+            self.arm_due();
+        }
+        let sockets: Vec<_> = rest
+            .iter()
+            .copied()
+            .filter(|&(data, _)| data != DUE && data != STOP)
+            .collect();
+        if !sockets.is_empty() {
+            self.queue([Due::Ready(sockets)]);
+        }
+    }
+
+    /// Arms the due queue's readiness again: while units remain, it wakes
+    /// another worker.
+    fn arm_due(&self) {
+        let _ = epoll::modify(
+            &self.epoll,
+            &self.due_fd,
+            EventData::new_u64(DUE),
+            EventFlags::IN | EventFlags::ONESHOT,
+        );
+    }
+
+    /// One unit of the due queue: a connection to run, or ready sockets
+    /// handed back.
+    fn run_due(&self, served: &S::Served) {
+        let taken = rustix::io::read(&self.due_fd, &mut [0u8; 8]).is_ok();
+        self.arm_due();
+        if !taken {
+            return;
+        }
+        let next = self
+            .due
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
+        match next {
+            Some(Due::Session(session, wake)) => session.wake(wake, served, self),
+            Some(Due::Ready(batch)) => self.run_batch(&batch, served),
+            None => {}
+        }
+    }
+
+    /// Readiness of a connection's socket: its owner from now on runs it (or
+    /// finishes its lingering close); if it runs already, the mark makes its
+    /// owner run it again instead of parking it.
+    fn on_ready(&self, token: Token, flags: EventFlags, served: &S::Served) {
+        let mut shard = self.shard(token);
+        let taken = match shard.get_mut(&token) {
+            // Closed and gone: readiness reported before it left.
+            None => return,
+            Some(Entry::Running { ready, .. }) => {
+                *ready = true;
+                return;
+            }
+            Some(entry) => std::mem::replace(entry, Entry::running()),
+        };
+        drop(shard);
+        match taken {
+            Entry::Parked(session) => session.wake(wake_for(flags), served, self),
+            Entry::Lingering { stream, until } => {
+                if linger::drain_now(&stream) == Drained::Closed {
+                    self.shard(token).remove(&token);
+                    self.book().timers.remove(&(until, token));
+                    self.holds.give_back();
+                } else {
+                    self.settle_lingering(token, stream, until);
+                }
+            }
+            Entry::Running { .. } => {}
+        }
     }
 
     /// The timer thread: queues each connection whose timer is due for the
-    /// workers, until the stop; then ends what still waits.
+    /// workers, and closes each lingering socket whose linger is up, until the
+    /// stop; then ends what still waits.
     pub(crate) fn run_timers(&self, served: &S::Served) {
-        let mut room = self.room();
+        let mut book = self.book();
         loop {
-            if room.stop {
-                let parked = room.parked.drain().map(|(_, p)| p.session);
-                let mut left: Vec<S> = parked.collect();
-                left.extend(room.due.drain(..).map(|(session, _)| session));
-                room.silent.clear();
-                drop(room);
-                for mut session in left {
-                    self.forget(&mut session);
-                    session.end_now(served, self);
-                }
+            if book.stop {
+                drop(book);
+                self.end_all(served);
                 return;
             }
-            let queued = room.due.len();
             let now = Instant::now();
-            while let Some(&Reverse((at, token))) = room.timers.peek() {
+            let mut due = Vec::new();
+            while let Some(&(at, token)) = book.timers.first() {
                 if at > now {
                     break;
                 }
-                room.timers.pop();
-                if room.parked.get(&token).is_some_and(|p| p.until == at)
-                    && let Some(session) = room.take(token)
-                {
-                    room.due.push_back((session, Wake::Timer));
-                }
+                book.timers.pop_first();
+                due.push((at, token));
             }
-            if std::mem::take(&mut room.flush_silent) {
-                let silent: Vec<Token> = room.silent.iter().copied().collect();
-                for token in silent {
-                    if let Some(session) = room.take(token) {
-                        room.due.push_back((session, Wake::Shutdown));
-                    }
-                }
-            }
-            if room.timers.len() > 4 * room.parked.len() + 1024 {
-                // Drop stale timers so re-parking cannot grow the heap without bound.
-                let live: Vec<_> = room
-                    .parked
-                    .iter()
-                    .map(|(token, p)| Reverse((p.until, *token)))
-                    .collect();
-                room.timers = live.into();
-            }
-            let added = room.due.len() - queued;
-            if added > 0 {
-                drop(room);
-                let _ = rustix::io::write(&self.due, &(added as u64).to_ne_bytes());
-                room = self.room();
+            let flush = std::mem::take(&mut book.flush_silent)
+                .then(|| book.silent.iter().copied().collect::<Vec<_>>());
+            if due.is_empty() && flush.is_none() {
+                let nap_end = now + TIMER_NAP;
+                let wake_at = book
+                    .timers
+                    .first()
+                    .map_or(nap_end, |&(at, _)| at.min(nap_end));
+                book.next_wake = Some(wake_at);
+                book = self
+                    .timer_changed
+                    .wait_timeout(book, wake_at.saturating_duration_since(now))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                book.next_wake = None;
                 continue;
             }
-            let next = room.timers.peek().map(|Reverse((at, _))| *at);
-            room.next_wake = next;
-            room = match next {
-                Some(at) => {
-                    let wait = at.saturating_duration_since(Instant::now());
-                    self.timer_changed
-                        .wait_timeout(room, wait)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
+            drop(book);
+            let mut work = Vec::new();
+            for (at, token) in due {
+                self.timer_fired(at, token, &mut work);
+            }
+            for token in flush.into_iter().flatten() {
+                if let Some(session) = self.take_silent(token) {
+                    work.push(Due::Session(session, Wake::Shutdown));
                 }
-                None => self
-                    .timer_changed
-                    .wait(room)
-                    .unwrap_or_else(|p| p.into_inner()),
-            };
-            room.next_wake = None;
+            }
+            self.queue(work);
+            book = self.book();
+        }
+    }
+
+    /// A timer at `at` fired for `token`: a parked connection is queued for a
+    /// worker, a running one is marked for its owner, a lingering socket is
+    /// closed.
+    fn timer_fired(&self, at: Instant, token: Token, work: &mut Vec<Due<S>>) {
+        let mut shard = self.shard(token);
+        match shard.get_mut(&token) {
+            Some(Entry::Running { timer, .. }) => *timer = Some(at),
+            Some(Entry::Parked(session)) => {
+                if session.registration().timer != Some(at) {
+                    // An entry it no longer has (it was booked again since).
+                    return;
+                }
+                session.registration().timer = None;
+                if let Some(Entry::Parked(session)) = shard.insert(token, Entry::running()) {
+                    work.push(Due::Session(session, Wake::Timer));
+                }
+            }
+            Some(Entry::Lingering { until, .. }) if *until == at => {
+                let lingering = shard.remove(&token);
+                drop(shard);
+                drop(lingering);
+                self.holds.give_back();
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes a parked connection that still has sent nothing (the stop's
+    /// flush).
+    fn take_silent(&self, token: Token) -> Option<S> {
+        let mut shard = self.shard(token);
+        match shard.get(&token) {
+            Some(Entry::Parked(session)) if session.is_silent() => {}
+            _ => return None,
+        }
+        match shard.insert(token, Entry::running()) {
+            Some(Entry::Parked(session)) => Some(session),
+            _ => None,
+        }
+    }
+
+    /// At the stop: ends every connection still waiting (or queued) and closes
+    /// every lingering socket. A connection running now ends when its owner
+    /// parks it.
+    fn end_all(&self, served: &S::Served) {
+        let mut left = Vec::new();
+        let mut lingering = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (_, entry) in shard.drain() {
+                match entry {
+                    Entry::Parked(session) => left.push(session),
+                    Entry::Lingering { .. } => lingering += 1,
+                    Entry::Running { .. } => {}
+                }
+            }
+        }
+        for _ in 0..lingering {
+            self.holds.give_back();
+        }
+        let queued: Vec<Due<S>> = self
+            .due
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        left.extend(queued.into_iter().filter_map(|due| match due {
+            Due::Session(session, _) => Some(session),
+            Due::Ready(_) => None,
+        }));
+        *self.book() = Book {
+            stop: true,
+            ..Book::default()
+        };
+        for mut session in left {
+            self.forget(&mut session);
+            session.end_now(served, self);
         }
     }
 }
@@ -441,34 +834,76 @@ impl<S: Waiter> WaitingRoom<S> {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener};
     use std::os::fd::AsFd;
-    use std::os::unix::net::UnixStream;
     use std::sync::Arc;
     use std::sync::mpsc::{self, Receiver, Sender};
     use std::thread::JoinHandle;
 
+    use crate::net::linger::Lingerer;
+
     const LONG: Duration = Duration::from_secs(30);
     const PATIENCE: Duration = Duration::from_secs(5);
 
-    /// A connection as the room sees it, over one end of a socket pair; its
-    /// wake-ups are reported to the test.
+    /// What a fake connection does when it is woken, besides reporting it.
+    enum Script {
+        /// Nothing: it is dropped (its socket closed).
+        Report,
+        /// Reads what has arrived; then tells the test it runs and waits for
+        /// its word, and parks again (run again at once if readiness came
+        /// meanwhile).
+        ReadPauseAndPark(Sender<()>, Receiver<()>),
+        /// Reads what has arrived, shuts its sending side down and leaves its
+        /// socket to the room's lingering close, for this long at most.
+        Linger(Duration),
+    }
+
+    /// A connection as the room sees it, over the server's end of a loopback
+    /// TCP connection; its wake-ups are reported to the test.
     struct Fake {
         token: Token,
-        socket: UnixStream,
+        socket: Option<TcpStream>,
         silent: bool,
         registration: Registration,
+        script: Script,
     }
 
     impl Waiter for Fake {
         type Served = Sender<(usize, Wake)>;
 
-        fn wake(self, wake: Wake, served: &Self::Served, _room: &WaitingRoom<Self>) {
+        fn wake(mut self, wake: Wake, served: &Self::Served, room: &WaitingRoom<Self>) {
             let _ = served.send((self.token.0, wake));
+            if let Some(socket) = &mut self.socket {
+                let mut scratch = [0u8; 64];
+                while matches!(socket.read(&mut scratch), Ok(n) if n > 0) {}
+            }
+            match std::mem::replace(&mut self.script, Script::Report) {
+                Script::Report => {}
+                Script::ReadPauseAndPark(running, go) => {
+                    running.send(()).unwrap();
+                    go.recv().unwrap();
+                    match room.park(self, Interest::READABLE, Instant::now() + LONG) {
+                        Parking::Again(fake, wake) => fake.wake(wake, served, room),
+                        Parking::Parked => {}
+                        Parking::Refused(_) => panic!("refused"),
+                    }
+                }
+                Script::Linger(linger) => {
+                    let socket = self.socket.take().unwrap();
+                    socket.shutdown(Shutdown::Write).unwrap();
+                    let kept = room.linger(&mut self, socket, Instant::now() + linger);
+                    assert!(kept.is_ok(), "the room holds the lingering close");
+                }
+            }
         }
 
-        fn end_now(self, served: &Self::Served, _room: &WaitingRoom<Self>) {
+        fn end_now(mut self, served: &Self::Served, _room: &WaitingRoom<Self>) {
             let _ = served.send((self.token.0, Wake::Shutdown));
-            assert_eq!(self.registration, Registration::Off, "forgotten first");
+            let registration = *self.registration();
+            assert!(
+                !registration.in_set && !registration.in_map && registration.timer.is_none(),
+                "forgotten first"
+            );
         }
 
         fn token(&self) -> Token {
@@ -476,7 +911,7 @@ mod tests {
         }
 
         fn fd(&self) -> Option<BorrowedFd<'_>> {
-            Some(self.socket.as_fd())
+            self.socket.as_ref().map(|s| s.as_fd())
         }
 
         fn is_silent(&self) -> bool {
@@ -488,16 +923,24 @@ mod tests {
         }
     }
 
-    /// A fake connection and the client's end of its socket.
-    fn fake(token: usize, silent: bool) -> (Fake, UnixStream) {
-        let (ours, theirs) = UnixStream::pair().unwrap();
+    /// A fake connection that reports its wake-ups and is dropped, and the
+    /// client's end of its socket.
+    fn fake(token: usize, silent: bool) -> (Fake, TcpStream) {
+        scripted(token, silent, Script::Report)
+    }
+
+    fn scripted(token: usize, silent: bool, script: Script) -> (Fake, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let theirs = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
         ours.set_nonblocking(true).unwrap();
         theirs.set_read_timeout(Some(PATIENCE)).unwrap();
         let fake = Fake {
             token: Token(token),
-            socket: ours,
+            socket: Some(ours),
             silent,
-            registration: Registration::Off,
+            registration: Registration::default(),
+            script,
         };
         (fake, theirs)
     }
@@ -505,34 +948,57 @@ mod tests {
     /// Parks `fake` for `interest`, for `wait` from now at most: it must wait.
     fn park(room: &WaitingRoom<Fake>, fake: Fake, interest: Interest, wait: Duration) {
         let until = Instant::now() + wait;
-        assert!(room.park(fake, interest, until).is_none(), "parked");
+        let parked = room.park(fake, interest, until);
+        assert!(matches!(parked, Parking::Parked), "parked");
     }
 
-    /// A room with its timer thread and one worker; stopped and joined on
-    /// drop.
+    /// A room with its timer thread and `workers` workers; stopped and joined
+    /// on drop.
     struct Running {
         room: Arc<WaitingRoom<Fake>>,
+        lingerer: Lingerer,
+        tell: Sender<(usize, Wake)>,
         woken: Receiver<(usize, Wake)>,
         threads: Vec<JoinHandle<()>>,
     }
 
     impl Running {
         fn start() -> Running {
-            let room = Arc::new(WaitingRoom::new().unwrap());
+            Self::with_workers(1)
+        }
+
+        fn with_workers(workers: usize) -> Running {
+            let lingerer = Lingerer::start(16).unwrap();
+            let room = Arc::new(WaitingRoom::new(lingerer.holds()).unwrap());
             let (tell, woken) = mpsc::channel();
+            let mut threads = Vec::new();
             let timers = {
                 let room = Arc::clone(&room);
                 let tell = tell.clone();
                 std::thread::spawn(move || room.run_timers(&tell))
             };
-            let worker = {
+            threads.push(timers);
+            for _ in 0..workers {
                 let room = Arc::clone(&room);
-                std::thread::spawn(move || room.serve(&tell, || None, || {}))
-            };
+                let tell = tell.clone();
+                threads.push(std::thread::spawn(move || room.serve(&tell)));
+            }
             Running {
                 room,
+                lingerer,
+                tell,
                 woken,
-                threads: vec![timers, worker],
+                threads,
+            }
+        }
+
+        /// Parks `fake` as a worker would: run again at once when it was
+        /// ready already (readiness came while the caller owned it).
+        fn park(&self, fake: Fake, interest: Interest, wait: Duration) {
+            match self.room.park(fake, interest, Instant::now() + wait) {
+                Parking::Parked => {}
+                Parking::Again(fake, wake) => fake.wake(wake, &self.tell, &self.room),
+                Parking::Refused(_) => panic!("refused"),
             }
         }
 
@@ -540,6 +1006,15 @@ mod tests {
             self.woken
                 .recv_timeout(PATIENCE)
                 .expect("a wake-up in time")
+        }
+
+        /// Waits until the lingering closes held number `n`.
+        fn held_becomes(&self, n: usize) -> bool {
+            let until = Instant::now() + PATIENCE;
+            while self.lingerer.held() != n && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.lingerer.held() == n
         }
     }
 
@@ -569,6 +1044,115 @@ mod tests {
     }
 
     #[test]
+    fn sockets_ready_together_are_each_woken_once_by_one_worker() {
+        let running = Running::start();
+        let mut clients = Vec::new();
+        for token in 1..=40 {
+            let (waiter, client) = fake(token, true);
+            park(&running.room, waiter, Interest::READABLE, LONG);
+            clients.push(client);
+        }
+        for client in &mut clients {
+            client.write_all(b"R0FAC0B").unwrap();
+        }
+        let mut woken: Vec<usize> = (0..40).map(|_| running.next_wake().0).collect();
+        woken.sort_unstable();
+        assert_eq!(woken, (1..=40).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(running.woken.try_recv().is_err(), "one wake-up each");
+    }
+
+    #[test]
+    fn readiness_that_comes_while_a_connection_runs_is_not_lost() {
+        // Two workers: the readiness of the late bytes reaches the one that
+        // does not run the connection.
+        let running = Running::with_workers(2);
+        let (to_test, runs) = mpsc::channel();
+        let (go, to_fake) = mpsc::channel();
+        let script = Script::ReadPauseAndPark(to_test, to_fake);
+        let (waiter, mut client) = scripted(1, true, script);
+        park(&running.room, waiter, Interest::READABLE, LONG);
+        client.write_all(b"W0005").unwrap();
+        assert_eq!(running.next_wake(), (1, Wake::Bytes));
+        runs.recv_timeout(PATIENCE).expect("running");
+        // The rest arrives while it runs, after it has read what was there;
+        // the other worker sees its readiness while the first owns it.
+        client.write_all(b"051234").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        go.send(()).unwrap();
+        assert_eq!(
+            running.next_wake(),
+            (1, Wake::Ready),
+            "run again rather than parked with bytes unread"
+        );
+    }
+
+    #[test]
+    fn what_a_busy_worker_hands_back_reaches_a_sleeping_one_due_queue_included() {
+        let lingerer = Lingerer::start(16).unwrap();
+        let room = Arc::new(WaitingRoom::<Fake>::new(lingerer.holds()).unwrap());
+        let (queued, _a) = fake(1, false);
+        let (ready, mut client) = fake(2, true);
+        park(&room, ready, Interest::READABLE, LONG);
+        client.write_all(b"R0FAC0B").unwrap();
+        room.hand_to_worker(queued, Wake::Timer);
+        // One wait reports both the socket and the due queue (whose readiness
+        // is one-shot: reported to this wait alone).
+        let mut events = [MaybeUninit::<epoll::Event>::uninit(); 4];
+        let mut batch = Vec::new();
+        let until = Instant::now() + PATIENCE;
+        while batch.len() < 2 && Instant::now() < until {
+            let zero = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 10_000_000,
+            };
+            let (got, _) = epoll::wait(&room.epoll, &mut events, Some(&zero)).unwrap();
+            batch.extend(got.iter().map(|e| (e.data.u64(), e.flags)));
+        }
+        let mut reported: Vec<u64> = batch.iter().map(|&(data, _)| data).collect();
+        reported.sort_unstable();
+        assert_eq!(reported, [2, DUE]);
+        // Another worker sleeps: all of it goes back to the room at once.
+        room.hand_back(&batch);
+        // A worker that waits now is woken for both.
+        let (tell, woken) = mpsc::channel();
+        let worker = {
+            let room = Arc::clone(&room);
+            std::thread::spawn(move || room.serve(&tell))
+        };
+        let mut got: Vec<usize> = (0..2)
+            .map(|_| woken.recv_timeout(PATIENCE).expect("a wake-up in time").0)
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, [1, 2]);
+        room.stop();
+        worker.join().unwrap();
+    }
+
+    #[test]
+    fn a_lingering_close_ends_when_the_client_closes_or_at_its_time() {
+        let running = Running::start();
+        let (closer, mut client) = scripted(1, true, Script::Linger(LONG));
+        let (silent, mut stays) = scripted(2, true, Script::Linger(Duration::from_millis(50)));
+        park(&running.room, closer, Interest::READABLE, LONG);
+        park(&running.room, silent, Interest::READABLE, LONG);
+        client.write_all(b"R0FAC0B").unwrap();
+        assert_eq!(running.next_wake(), (1, Wake::Bytes));
+        // The server's FIN arrives; the close is held until the client's.
+        assert_eq!(client.read(&mut [0u8; 8]).unwrap(), 0);
+        assert!(running.held_becomes(1), "held until the client closes");
+        drop(client);
+        assert!(running.held_becomes(0), "released once the client closed");
+        // A client that never closes: released when its linger is up, and
+        // its close was a FIN, never a reset.
+        stays.write_all(b"R0FAC0B").unwrap();
+        assert_eq!(running.next_wake(), (2, Wake::Bytes));
+        assert_eq!(stays.read(&mut [0u8; 8]).unwrap(), 0);
+        assert!(running.held_becomes(0), "released at its time");
+        assert!(stays.take_error().unwrap().is_none());
+    }
+
+    #[test]
     fn a_quiet_connection_is_woken_by_its_timer_the_earliest_first() {
         let running = Running::start();
         let (quiet, _client) = fake(1, false);
@@ -592,7 +1176,8 @@ mod tests {
 
     #[test]
     fn shedding_takes_the_oldest_silent_connection_first_and_never_a_talking_one() {
-        let room = WaitingRoom::<Fake>::new().unwrap();
+        let lingerer = Lingerer::start(16).unwrap();
+        let room = WaitingRoom::<Fake>::new(lingerer.holds()).unwrap();
         let mut clients = Vec::new();
         for (token, silent) in [(3, true), (1, false), (2, true)] {
             let (waiter, client) = fake(token, silent);
@@ -623,12 +1208,7 @@ mod tests {
         let (silent, _a) = fake(1, true);
         let (talking, _b) = fake(2, false);
         park(&running.room, silent, Interest::READABLE, LONG);
-        park(
-            &running.room,
-            talking,
-            Interest::WRITABLE | Interest::READABLE,
-            LONG,
-        );
+        running.park(talking, Interest::WRITABLE | Interest::READABLE, LONG);
         // The talking one is writable at once: woken by its readiness.
         assert_eq!(running.next_wake(), (2, Wake::Ready));
         let (talking, _b2) = fake(4, false);
@@ -644,13 +1224,14 @@ mod tests {
         );
         // Parking after the stop hands the connection back to be ended.
         let (late, mut client) = fake(5, true);
+        let parked = running
+            .room
+            .park(late, Interest::READABLE, Instant::now() + LONG);
         assert!(
-            running
-                .room
-                .park(late, Interest::READABLE, Instant::now() + LONG)
-                .is_some(),
+            matches!(parked, Parking::Refused(_)),
             "handed back after the stop"
         );
+        drop(parked);
         assert_eq!(client.read(&mut [0u8; 1]).unwrap(), 0, "closed");
     }
 }
