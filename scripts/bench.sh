@@ -28,7 +28,7 @@
 # each round is listed beside them. For the resumed cases it checks that the
 # handshakes did resume, and it counts the session tickets each server sends
 # after a TLS 1.3 full handshake (`openssl s_client -msg`). It ends with the
-# bar of issue 33 (docs/performance.md), met or not, case by case.
+# bar of docs/performance.md, met or not, case by case.
 #
 # Then it checks the generator itself: `wwep bench` against scripts/refgen.c (the
 # smallest one-shot generator: blocking threads doing socket, connect, write,
