@@ -1246,6 +1246,12 @@ mod tests {
     #[test]
     fn with_a_lane_per_worker_a_connection_stays_with_one_worker_and_both_get_some() {
         let running = Running::with_lanes(2, 2);
+        // Both workers in their wait first: a new connection joins a
+        // sleeping worker's lane, in turn when both sleep.
+        let until = Instant::now() + PATIENCE;
+        while !running.room.lanes.iter().all(Lane::is_sleeping) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let (seen, saw) = mpsc::channel();
         let mut clients = Vec::new();
         for token in 1..=4 {
