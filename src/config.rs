@@ -365,6 +365,20 @@ impl ServerConfig {
         }
     }
 
+    /// The waiting room's lanes (epoll sets, each served by its own
+    /// workers): one per worker when nothing a worker does can wait, so that
+    /// a connection stays with the worker that began it (its TLS state is
+    /// allocated and freed by one thread, and its flights wake no other);
+    /// one shared by every worker when a transaction can wait on a disk or a
+    /// shared store, so that a waiting worker holds up no other connection.
+    pub fn worker_lanes(&self) -> usize {
+        if self.store.location.is_memory() && self.data.is_none() {
+            self.worker_threads()
+        } else {
+            1
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.check_listeners()?;
         self.check_limits()?;

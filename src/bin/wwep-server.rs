@@ -18,6 +18,11 @@ use wwep::logging::LogFormat;
 use wwep::protocol::ErrorDetail;
 use wwep::service::Signal;
 use wwep::store::DataConfig;
+
+/// mimalloc, also in place of the C library's malloc (the `override`
+/// feature), so OpenSSL allocates from it too: see README, "Dependencies".
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use wwep::store::journal::{CompactionPolicy, Fsync};
 use wwep::store::redis::{DEFAULT_PREFIX, RedisSettings, StoreLocation};
 use wwep::tls::{

@@ -173,6 +173,9 @@ pub(crate) fn accept_blocking(
     ctx: Arc<Context>,
     room: Arc<Room>,
 ) {
+    if let Err(why) = run_as_batch() {
+        debug!("{transport} accept thread stays a normal thread: {why}");
+    }
     // The new socket non-blocking from the start: no call to make it so.
     let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
     while !ctx.is_stopping() {
@@ -201,6 +204,40 @@ pub(crate) fn accept_blocking(
         }
     }
     debug!("{transport} accept loop stopped");
+}
+
+/// Makes the calling thread a batch thread (`SCHED_BATCH`, its nice value
+/// kept). An accept thread that hands every connection on is woken once per
+/// connection; as a normal thread, having slept, it preempts the worker on
+/// its core at once, in the middle of a flight, and the worker pays a switch
+/// out and back. A batch thread woken does not preempt: it runs when the
+/// core is next free (within a scheduler tick), and accepts every connection
+/// that came meanwhile in one go. Measured on the TLS port (docs/
+/// performance.md): context switches per TLS 1.2 resumption 1.85 to 1.25,
+/// the accept thread's CPU per connection 13.6 to 5.2 µs.
+fn run_as_batch() -> Result<(), String> {
+    use thread_priority::{
+        NormalThreadSchedulePolicy, ThreadPriority, ThreadPriorityValue, ThreadSchedulePolicy,
+        set_thread_priority_and_policy, thread_native_id, thread_schedule_policy,
+    };
+    let batch = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Batch);
+    // The crate sets a nice value with the policy; the thread's own is put
+    // back after it (the crate's 48 of 99 is nice 0).
+    let nice = rustix::process::getpriority_process(None).map_err(|e| e.to_string())?;
+    let priority = ThreadPriorityValue::try_from(48u8).map_err(|e| e.to_string())?;
+    let set = set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Crossplatform(priority),
+        batch,
+    );
+    let _ = rustix::process::setpriority_process(None, nice);
+    match thread_schedule_policy() {
+        Ok(policy) if policy == batch => Ok(()),
+        _ => Err(match set {
+            Err(e) => format!("{e:?}"),
+            Ok(()) => "the policy did not change".to_string(),
+        }),
+    }
 }
 
 /// What wakes an accept thread for the stop.

@@ -308,7 +308,8 @@ fn launch(
     let plain = bind_port(&parts.config, parts.config.plain_port, Transport::Plain)?;
     let secure = bind_port(&parts.config, parts.config.tls_port, Transport::Tls)?;
     let lingerer = Lingerer::start(parts.config.max_connections).map_err(ServerError::Thread)?;
-    let room = Room::new(lingerer.holds()).map_err(ServerError::Thread)?;
+    let lanes = parts.config.worker_lanes();
+    let room = Room::new(lingerer.holds(), lanes).map_err(ServerError::Thread)?;
     let ctx = Arc::new(Context::new(parts, lingerer));
     let stop_maintenance = Arc::new(AtomicBool::new(false));
     let mut server = RunningServer {
@@ -426,13 +427,13 @@ impl RunningServer {
             .name("wwep-timers".to_string())
             .spawn(move || room.run_timers(&ctx))?;
         self.room_threads.push(timers);
-        for _ in 0..self.ctx.config.worker_threads() {
+        for worker in 0..self.ctx.config.worker_threads() {
             let (ctx, room) = (Arc::clone(&self.ctx), Arc::clone(&self.room));
             let worker = thread::Builder::new()
                 .name("wwep-worker".to_string())
                 // The lingering closes of what a worker served are the
                 // room's: the client's close is a readiness like any other.
-                .spawn(move || room.serve(&ctx))?;
+                .spawn(move || room.serve(worker, &ctx))?;
             self.room_threads.push(worker);
         }
         Ok(())

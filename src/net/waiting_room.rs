@@ -4,8 +4,9 @@
 //! A connection waits here — costing a file descriptor and a few hundred bytes,
 //! never a thread — until its socket is ready or its timer fires (the end of the
 //! gap after a started message, or its deadline). Its socket joins one epoll
-//! set, which every worker waits on itself, once for its whole life here,
-//! edge-triggered: no call re-arms it after each flight. A connection has one
+//! set, a lane's, once for its whole life here, edge-triggered: no call
+//! re-arms it after each flight. The workers of a lane wait on its set
+//! themselves. A connection has one
 //! owner at a time, kept in the room's map under its token: parked (the room
 //! holds it), running (a thread runs it), or lingering (its reply is out; the
 //! room holds its half-closed socket until the client closes). Readiness for a
@@ -16,16 +17,30 @@
 //! handing connections over, so a TLS handshake's flights cost no wake-up but
 //! the worker's own (and none at all when the worker is busy).
 //!
+//! Lanes: when nothing a worker does can wait (registers in memory), each
+//! worker has a lane of its own, and a new connection joins the lane of a
+//! worker that sleeps, else the next in turn; it stays there, so one thread
+//! allocates and frees its TLS state (no allocator lock taken for another
+//! thread's memory) and its flights wake no other worker. When a worker can
+//! wait on a disk or a shared store, all share one lane, so that a waiting
+//! worker holds up no connection ([`crate::config::ServerConfig::worker_lanes`]).
+//!
 //! A worker takes up to [`EVENTS_PER_WAIT`] ready sockets per wait, but only
-//! one while another worker sleeps (the kernel then wakes the sleeper for what
-//! is left ready), and it hands the ones it has not started back to the room,
-//! waking a sleeper, as soon as another worker falls asleep: no ready socket
-//! waits behind another's work while a worker is idle.
+//! one while another worker of its lane sleeps (the kernel then wakes the
+//! sleeper for what is left ready), and it hands the ones it has not started
+//! back to its lane, waking a sleeper, as soon as another of the lane's
+//! workers falls asleep. With a lane per worker, as with nginx's worker
+//! processes, a socket that becomes ready while its worker runs waits for
+//! that worker (the flights it took in the same wait, [`EVENTS_PER_WAIT`] at
+//! most) even if another worker idles: handing it over would cost more than
+//! the wait saves (see [`WaitingRoom::run_batch`]). New connections and due
+//! timers go to a sleeping worker first, which keeps the lanes' loads even.
 //!
 //! Timers are the one thing epoll does not watch: a timer thread sleeps until
 //! the earliest one (or [`TIMER_NAP`], which bounds how late a lingering
-//! close's end is noticed) and puts the connections whose time has come in a
-//! queue that wakes a worker per entry through a counting eventfd. When the
+//! close's end is noticed) and puts the connections whose time has come in
+//! their lane's queue (another's when its worker sleeps and theirs does not),
+//! which wakes a worker per entry through a counting eventfd. When the
 //! connection table is full, the oldest connection that has sent nothing is
 //! shed from here to make room for a newcomer.
 
@@ -90,6 +105,8 @@ pub(crate) struct Registration {
     writable: bool,
     /// It has an entry in the room's map.
     in_map: bool,
+    /// The lane whose epoll set its socket is in (chosen when it joins one).
+    lane: usize,
     /// The instant of its entry in the timer book.
     timer: Option<Instant>,
     /// It is on the book's list of connections that had sent nothing.
@@ -180,20 +197,55 @@ enum Due<S> {
 
 type Shard<S> = Mutex<HashMap<Token, Entry<S>>>;
 
-pub(crate) struct WaitingRoom<S> {
+/// One epoll set, the workers that wait on it, and their due queue.
+struct Lane<S> {
     epoll: OwnedFd,
     /// Counts the entries of the due queue: each unit wakes one worker.
     due_fd: OwnedFd,
-    /// Written once at stop: every worker leaves.
+    due: Mutex<VecDeque<Due<S>>>,
+    /// Workers of this lane in their wait now (or about to be).
+    sleeping: AtomicUsize,
+}
+
+impl<S> Lane<S> {
+    fn new(stop_fd: &OwnedFd) -> io::Result<Lane<S>> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let due_fd = eventfd(
+            0,
+            EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK | EventfdFlags::SEMAPHORE,
+        )?;
+        epoll::add(
+            &epoll,
+            &due_fd,
+            EventData::new_u64(DUE),
+            EventFlags::IN | EventFlags::ONESHOT,
+        )?;
+        epoll::add(&epoll, stop_fd, EventData::new_u64(STOP), EventFlags::IN)?;
+        Ok(Lane {
+            epoll,
+            due_fd,
+            due: Mutex::new(VecDeque::new()),
+            sleeping: AtomicUsize::new(0),
+        })
+    }
+
+    fn is_sleeping(&self) -> bool {
+        self.sleeping.load(Ordering::Relaxed) > 0
+    }
+}
+
+pub(crate) struct WaitingRoom<S> {
+    lanes: Box<[Lane<S>]>,
+    /// The next lane a new connection joins, when no lane's worker sleeps.
+    next_lane: AtomicUsize,
+    /// Written once at stop (and in every lane's set, level-triggered):
+    /// every worker leaves.
     stop_fd: OwnedFd,
     shards: Box<[Shard<S>]>,
     book: Mutex<Book>,
     /// Wakes the timer thread when an earlier timer is set, or at stop.
     timer_changed: Condvar,
-    due: Mutex<VecDeque<Due<S>>>,
     stopped: AtomicBool,
-    /// Workers in their wait now (or about to be).
-    sleeping: AtomicUsize,
     /// Places among the lingering closes, shared with the lingerer.
     holds: Holds,
 }
@@ -219,32 +271,44 @@ fn wake_for(flags: EventFlags) -> Wake {
 }
 
 impl<S: Waiter> WaitingRoom<S> {
-    pub(crate) fn new(holds: Holds) -> io::Result<WaitingRoom<S>> {
-        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        let due_fd = eventfd(
-            0,
-            EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK | EventfdFlags::SEMAPHORE,
-        )?;
+    /// A room of `lanes` epoll sets (at least one): see [`Lanes`].
+    pub(crate) fn new(holds: Holds, lanes: usize) -> io::Result<WaitingRoom<S>> {
         let stop_fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        epoll::add(
-            &epoll,
-            &due_fd,
-            EventData::new_u64(DUE),
-            EventFlags::IN | EventFlags::ONESHOT,
-        )?;
-        epoll::add(&epoll, &stop_fd, EventData::new_u64(STOP), EventFlags::IN)?;
+        let lanes = (0..lanes.max(1))
+            .map(|_| Lane::new(&stop_fd))
+            .collect::<io::Result<_>>()?;
         Ok(WaitingRoom {
-            epoll,
-            due_fd,
+            lanes,
+            next_lane: AtomicUsize::new(0),
             stop_fd,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             book: Mutex::new(Book::default()),
             timer_changed: Condvar::new(),
-            due: Mutex::new(VecDeque::new()),
             stopped: AtomicBool::new(false),
-            sleeping: AtomicUsize::new(0),
             holds,
         })
+    }
+
+    /// The lane a new connection joins: one whose worker sleeps (it starts
+    /// at once), else the next in turn.
+    fn pick_lane(&self) -> usize {
+        let n = self.lanes.len();
+        if n == 1 {
+            return 0;
+        }
+        let start = self.next_lane.fetch_add(1, Ordering::Relaxed) % n;
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&lane| self.lanes[lane].is_sleeping())
+            .unwrap_or(start)
+    }
+
+    /// A lane with a sleeping worker, `mine` first.
+    fn sleeper(&self, mine: usize) -> Option<usize> {
+        if self.lanes[mine].is_sleeping() {
+            return Some(mine);
+        }
+        (0..self.lanes.len()).find(|&lane| self.lanes[lane].is_sleeping())
     }
 
     /// A panic never leaves the room's maps half-updated (each change is a few
@@ -326,12 +390,19 @@ impl<S: Waiter> WaitingRoom<S> {
             self.shard(token).insert(token, Entry::running());
             session.registration().in_map = true;
         }
+        let lane = if registration.in_set {
+            registration.lane
+        } else {
+            self.pick_lane()
+        };
+        let epoll = &self.lanes[lane].epoll;
         match session.fd() {
             None => return Err(rustix::io::Errno::BADF),
-            Some(fd) if registration.in_set => epoll::modify(&self.epoll, fd, data, edges(true))?,
-            Some(fd) => epoll::add(&self.epoll, fd, data, edges(writable))?,
+            Some(fd) if registration.in_set => epoll::modify(epoll, fd, data, edges(true))?,
+            Some(fd) => epoll::add(epoll, fd, data, edges(writable))?,
         }
         let registration = session.registration();
+        registration.lane = lane;
         registration.in_set = true;
         registration.writable = writable;
         Ok(())
@@ -399,10 +470,11 @@ impl<S: Waiter> WaitingRoom<S> {
     /// elsewhere (handed to the lingerer): the room stops watching it.
     pub(crate) fn forget(&self, session: &mut S) {
         self.unbook(session);
+        let lane = session.registration().lane;
         if std::mem::take(&mut session.registration().in_set)
             && let Some(fd) = session.fd()
         {
-            let _ = epoll::delete(&self.epoll, fd);
+            let _ = epoll::delete(&self.lanes[lane].epoll, fd);
         }
     }
 
@@ -428,8 +500,9 @@ impl<S: Waiter> WaitingRoom<S> {
         let in_set = session.registration().in_set;
         if !in_set || self.is_stopped() || !self.holds.take() {
             self.unbook(session);
+            let lane = session.registration().lane;
             if std::mem::take(&mut session.registration().in_set) {
-                let _ = epoll::delete(&self.epoll, &stream);
+                let _ = epoll::delete(&self.lanes[lane].epoll, &stream);
             }
             return Err(stream);
         }
@@ -543,40 +616,48 @@ impl<S: Waiter> WaitingRoom<S> {
         let _ = rustix::io::write(&self.stop_fd, &1u64.to_ne_bytes());
     }
 
-    /// Queues work for the workers, one unit of the due eventfd per entry.
-    fn queue(&self, work: impl IntoIterator<Item = Due<S>>) {
-        let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
+    /// Queues work for a lane's workers, one unit of its due eventfd per
+    /// entry.
+    fn queue(&self, lane: usize, work: impl IntoIterator<Item = Due<S>>) {
+        let lane = &self.lanes[lane];
+        let mut due = lane.due.lock().unwrap_or_else(|p| p.into_inner());
         let before = due.len();
         due.extend(work);
         let added = due.len() - before;
         drop(due);
         if added > 0 {
-            let _ = rustix::io::write(&self.due_fd, &(added as u64).to_ne_bytes());
+            let _ = rustix::io::write(&lane.due_fd, &(added as u64).to_ne_bytes());
         }
     }
 
-    /// Has a worker run `session` after `wake` (the accept thread found its
-    /// first bytes there the moment it parked it).
-    pub(crate) fn hand_to_worker(&self, session: S, wake: Wake) {
-        self.queue([Due::Session(session, wake)]);
+    /// Has a worker run `session` after `wake` (its timer fired, or it found
+    /// its first bytes the moment the accept thread parked it): one of its
+    /// own lane when that one sleeps, else a sleeping one, else its own.
+    pub(crate) fn hand_to_worker(&self, mut session: S, wake: Wake) {
+        let mine = session.registration().lane;
+        let lane = self.sleeper(mine).unwrap_or(mine);
+        self.queue(lane, [Due::Session(session, wake)]);
     }
 
-    /// A worker's loop: waits in the shared epoll set and runs each connection
-    /// whose socket is ready, or whose timer fired, until the stop.
-    pub(crate) fn serve(&self, served: &S::Served) {
+    /// A worker's loop: waits in its lane's epoll set (worker `worker` serves
+    /// lane `worker` modulo the lanes) and runs each connection whose socket
+    /// is ready, or whose timer fired, until the stop.
+    pub(crate) fn serve(&self, worker: usize, served: &S::Served) {
+        let mine = worker % self.lanes.len();
+        let lane = &self.lanes[mine];
         let mut events = [MaybeUninit::<epoll::Event>::uninit(); EVENTS_PER_WAIT];
         let mut batch = Vec::with_capacity(EVENTS_PER_WAIT);
         while !self.is_stopped() {
-            // With another worker asleep, one ready socket is this worker's
-            // share: the kernel wakes the sleeper for the rest.
-            let take = if self.sleeping.load(Ordering::Relaxed) > 0 {
+            // With another worker of this lane asleep, one ready socket is
+            // this worker's share: the kernel wakes the sleeper for the rest.
+            let take = if lane.is_sleeping() {
                 1
             } else {
                 EVENTS_PER_WAIT
             };
-            self.sleeping.fetch_add(1, Ordering::Relaxed);
-            let waited = epoll::wait(&self.epoll, &mut events[..take], None);
-            self.sleeping.fetch_sub(1, Ordering::Relaxed);
+            lane.sleeping.fetch_add(1, Ordering::Relaxed);
+            let waited = epoll::wait(&lane.epoll, &mut events[..take], None);
+            lane.sleeping.fetch_sub(1, Ordering::Relaxed);
             batch.clear();
             match waited {
                 Ok((ready, _)) => {
@@ -592,39 +673,43 @@ impl<S: Waiter> WaitingRoom<S> {
                     continue;
                 }
             }
-            self.run_batch(&batch, served);
+            self.run_batch(mine, &batch, served);
         }
         // Wake the next sleeping worker: each wake-up reaches only one.
         let _ = rustix::io::write(&self.stop_fd, &1u64.to_ne_bytes());
     }
 
-    /// Runs what a wait reported, in order; what is not started yet goes back
-    /// to the room as soon as another worker sleeps, so it does not wait
-    /// behind this worker's work while that one idles.
-    fn run_batch(&self, batch: &[(u64, EventFlags)], served: &S::Served) {
+    /// Runs what a wait in lane `mine` reported, in order; what is not
+    /// started yet goes back to the lane as soon as another of its workers
+    /// sleeps, so it does not wait behind this worker's work while that one
+    /// idles. It never goes to another lane: a flight handed there costs a
+    /// wake-up, a queue and a re-arm (1.6 more system calls per TLS 1.2 full
+    /// handshake, 3-5 % of the rate) and moves the connection's memory to
+    /// another thread.
+    fn run_batch(&self, mine: usize, batch: &[(u64, EventFlags)], served: &S::Served) {
         for (i, &(data, flags)) in batch.iter().enumerate() {
             if self.is_stopped() {
                 return;
             }
-            if i > 0 && self.sleeping.load(Ordering::Relaxed) > 0 {
-                self.hand_back(&batch[i..]);
+            if i > 0 && self.lanes[mine].is_sleeping() {
+                self.hand_back(mine, &batch[i..]);
                 return;
             }
             match data {
                 STOP => return,
-                DUE => self.run_due(served),
+                DUE => self.run_due(mine, served),
                 token => self.on_ready(Token(token as usize), flags, served),
             }
         }
     }
 
-    /// Gives ready sockets not started yet back to the room, for a sleeping
-    /// worker. The due queue's own readiness (one-shot, so reported to this
+    /// Gives ready sockets of lane `mine` not started yet back to its
+    /// workers. The due queue's own readiness (one-shot, so reported to this
     /// worker alone) is armed again instead of handed on; the stop's stays
     /// reported to every wait anyway.
-    fn hand_back(&self, rest: &[(u64, EventFlags)]) {
+    fn hand_back(&self, mine: usize, rest: &[(u64, EventFlags)]) {
         if rest.iter().any(|&(data, _)| data == DUE) {
-            self.arm_due();
+            self.arm_due(mine);
         }
         let sockets: Vec<_> = rest
             .iter()
@@ -632,37 +717,39 @@ impl<S: Waiter> WaitingRoom<S> {
             .filter(|&(data, _)| data != DUE && data != STOP)
             .collect();
         if !sockets.is_empty() {
-            self.queue([Due::Ready(sockets)]);
+            self.queue(mine, [Due::Ready(sockets)]);
         }
     }
 
-    /// Arms the due queue's readiness again: while units remain, it wakes
-    /// another worker.
-    fn arm_due(&self) {
+    /// Arms a lane's due queue's readiness again: while units remain, it
+    /// wakes another of its workers.
+    fn arm_due(&self, lane: usize) {
+        let lane = &self.lanes[lane];
         let _ = epoll::modify(
-            &self.epoll,
-            &self.due_fd,
+            &lane.epoll,
+            &lane.due_fd,
             EventData::new_u64(DUE),
             EventFlags::IN | EventFlags::ONESHOT,
         );
     }
 
-    /// One unit of the due queue: a connection to run, or ready sockets
-    /// handed back.
-    fn run_due(&self, served: &S::Served) {
-        let taken = rustix::io::read(&self.due_fd, &mut [0u8; 8]).is_ok();
-        self.arm_due();
+    /// One unit of lane `mine`'s due queue: a connection to run, or ready
+    /// sockets handed on.
+    fn run_due(&self, mine: usize, served: &S::Served) {
+        let lane = &self.lanes[mine];
+        let taken = rustix::io::read(&lane.due_fd, &mut [0u8; 8]).is_ok();
+        self.arm_due(mine);
         if !taken {
             return;
         }
-        let next = self
+        let next = lane
             .due
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop_front();
         match next {
             Some(Due::Session(session, wake)) => session.wake(wake, served, self),
-            Some(Due::Ready(batch)) => self.run_batch(&batch, served),
+            Some(Due::Ready(batch)) => self.run_batch(mine, &batch, served),
             None => {}
         }
     }
@@ -741,10 +828,12 @@ impl<S: Waiter> WaitingRoom<S> {
             }
             for token in flush.into_iter().flatten() {
                 if let Some(session) = self.take_silent(token) {
-                    work.push(Due::Session(session, Wake::Shutdown));
+                    work.push((session, Wake::Shutdown));
                 }
             }
-            self.queue(work);
+            for (session, wake) in work {
+                self.hand_to_worker(session, wake);
+            }
             book = self.book();
         }
     }
@@ -752,7 +841,7 @@ impl<S: Waiter> WaitingRoom<S> {
     /// A timer at `at` fired for `token`: a parked connection is queued for a
     /// worker, a running one is marked for its owner, a lingering socket is
     /// closed.
-    fn timer_fired(&self, at: Instant, token: Token, work: &mut Vec<Due<S>>) {
+    fn timer_fired(&self, at: Instant, token: Token, work: &mut Vec<(S, Wake)>) {
         let mut shard = self.shard(token);
         match shard.get_mut(&token) {
             Some(Entry::Running { timer, .. }) => *timer = Some(at),
@@ -763,7 +852,7 @@ impl<S: Waiter> WaitingRoom<S> {
                 }
                 session.registration().timer = None;
                 if let Some(Entry::Parked(session)) = shard.insert(token, Entry::running()) {
-                    work.push(Due::Session(session, Wake::Timer));
+                    work.push((session, Wake::Timer));
                 }
             }
             Some(Entry::Lingering { until, .. }) if *until == at => {
@@ -810,10 +899,12 @@ impl<S: Waiter> WaitingRoom<S> {
             self.holds.give_back();
         }
         let queued: Vec<Due<S>> = self
-            .due
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
+            .lanes
+            .iter()
+            .flat_map(|lane| {
+                let mut due = lane.due.lock().unwrap_or_else(|p| p.into_inner());
+                due.drain(..).collect::<Vec<_>>()
+            })
             .collect();
         left.extend(queued.into_iter().filter_map(|due| match due {
             Due::Session(session, _) => Some(session),
@@ -853,6 +944,9 @@ mod tests {
         /// its word, and parks again (run again at once if readiness came
         /// meanwhile).
         ReadPauseAndPark(Sender<()>, Receiver<()>),
+        /// Reads what has arrived, tells the test which thread ran it, and
+        /// parks again, for good.
+        ReadAndParkAgain(Sender<(usize, String)>),
         /// Reads what has arrived, shuts its sending side down and leaves its
         /// socket to the room's lingering close, for this long at most.
         Linger(Duration),
@@ -882,6 +976,16 @@ mod tests {
                 Script::ReadPauseAndPark(running, go) => {
                     running.send(()).unwrap();
                     go.recv().unwrap();
+                    match room.park(self, Interest::READABLE, Instant::now() + LONG) {
+                        Parking::Again(fake, wake) => fake.wake(wake, served, room),
+                        Parking::Parked => {}
+                        Parking::Refused(_) => panic!("refused"),
+                    }
+                }
+                Script::ReadAndParkAgain(seen) => {
+                    let thread = std::thread::current().name().unwrap_or("").to_string();
+                    seen.send((self.token.0, thread)).unwrap();
+                    self.script = Script::ReadAndParkAgain(seen);
                     match room.park(self, Interest::READABLE, Instant::now() + LONG) {
                         Parking::Again(fake, wake) => fake.wake(wake, served, room),
                         Parking::Parked => {}
@@ -968,8 +1072,14 @@ mod tests {
         }
 
         fn with_workers(workers: usize) -> Running {
+            Self::with_lanes(workers, 1)
+        }
+
+        /// `workers` workers on `lanes` lanes, each worker named `lane-N`
+        /// after its lane.
+        fn with_lanes(workers: usize, lanes: usize) -> Running {
             let lingerer = Lingerer::start(16).unwrap();
-            let room = Arc::new(WaitingRoom::new(lingerer.holds()).unwrap());
+            let room = Arc::new(WaitingRoom::new(lingerer.holds(), lanes).unwrap());
             let (tell, woken) = mpsc::channel();
             let mut threads = Vec::new();
             let timers = {
@@ -978,10 +1088,14 @@ mod tests {
                 std::thread::spawn(move || room.run_timers(&tell))
             };
             threads.push(timers);
-            for _ in 0..workers {
+            for worker in 0..workers {
                 let room = Arc::clone(&room);
                 let tell = tell.clone();
-                threads.push(std::thread::spawn(move || room.serve(&tell)));
+                let thread = std::thread::Builder::new()
+                    .name(format!("lane-{}", worker % lanes))
+                    .spawn(move || room.serve(worker, &tell))
+                    .unwrap();
+                threads.push(thread);
             }
             Running {
                 room,
@@ -1090,7 +1204,7 @@ mod tests {
     #[test]
     fn what_a_busy_worker_hands_back_reaches_a_sleeping_one_due_queue_included() {
         let lingerer = Lingerer::start(16).unwrap();
-        let room = Arc::new(WaitingRoom::<Fake>::new(lingerer.holds()).unwrap());
+        let room = Arc::new(WaitingRoom::<Fake>::new(lingerer.holds(), 1).unwrap());
         let (queued, _a) = fake(1, false);
         let (ready, mut client) = fake(2, true);
         park(&room, ready, Interest::READABLE, LONG);
@@ -1106,25 +1220,110 @@ mod tests {
                 tv_sec: 0,
                 tv_nsec: 10_000_000,
             };
-            let (got, _) = epoll::wait(&room.epoll, &mut events, Some(&zero)).unwrap();
+            let (got, _) = epoll::wait(&room.lanes[0].epoll, &mut events, Some(&zero)).unwrap();
             batch.extend(got.iter().map(|e| (e.data.u64(), e.flags)));
         }
         let mut reported: Vec<u64> = batch.iter().map(|&(data, _)| data).collect();
         reported.sort_unstable();
         assert_eq!(reported, [2, DUE]);
         // Another worker sleeps: all of it goes back to the room at once.
-        room.hand_back(&batch);
+        room.hand_back(0, &batch);
         // A worker that waits now is woken for both.
         let (tell, woken) = mpsc::channel();
         let worker = {
             let room = Arc::clone(&room);
-            std::thread::spawn(move || room.serve(&tell))
+            std::thread::spawn(move || room.serve(0, &tell))
         };
         let mut got: Vec<usize> = (0..2)
             .map(|_| woken.recv_timeout(PATIENCE).expect("a wake-up in time").0)
             .collect();
         got.sort_unstable();
         assert_eq!(got, [1, 2]);
+        room.stop();
+        worker.join().unwrap();
+    }
+
+    #[test]
+    fn with_a_lane_per_worker_a_connection_stays_with_one_worker_and_both_get_some() {
+        let running = Running::with_lanes(2, 2);
+        // Both workers in their wait first: a new connection joins a
+        // sleeping worker's lane, in turn when both sleep.
+        let until = Instant::now() + PATIENCE;
+        while !running.room.lanes.iter().all(Lane::is_sleeping) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let (seen, saw) = mpsc::channel();
+        let mut clients = Vec::new();
+        for token in 1..=4 {
+            let script = Script::ReadAndParkAgain(seen.clone());
+            let (fake, client) = scripted(token, false, script);
+            running.park(fake, Interest::READABLE, LONG);
+            clients.push(client);
+        }
+        let mut served_by: HashMap<usize, BTreeSet<String>> = HashMap::new();
+        for _ in 0..3 {
+            for client in &mut clients {
+                client.write_all(b"R").unwrap();
+                let (token, thread) = saw.recv_timeout(PATIENCE).expect("a wake-up in time");
+                served_by.entry(token).or_default().insert(thread);
+            }
+        }
+        assert_eq!(served_by.len(), 4, "every connection was woken");
+        for (token, threads) in &served_by {
+            assert_eq!(threads.len(), 1, "connection {token} ran on {threads:?}");
+        }
+        let lanes: BTreeSet<_> = served_by.values().flatten().collect();
+        assert_eq!(lanes.len(), 2, "both lanes took connections: {served_by:?}");
+    }
+
+    #[test]
+    fn a_batch_stays_in_its_lane_while_another_lane_sleeps() {
+        let lingerer = Lingerer::start(16).unwrap();
+        let room = Arc::new(WaitingRoom::<Fake>::new(lingerer.holds(), 2).unwrap());
+        // Both connections join lane 0 (no worker sleeps: lanes in turn,
+        // the turn set back to lane 0 for the second).
+        let (seen, saw) = mpsc::channel();
+        let (first, mut a) = scripted(1, false, Script::ReadAndParkAgain(seen.clone()));
+        let (second, mut b) = scripted(2, false, Script::ReadAndParkAgain(seen));
+        park(&room, first, Interest::READABLE, LONG);
+        room.next_lane.store(0, Ordering::Relaxed);
+        park(&room, second, Interest::READABLE, LONG);
+        a.write_all(b"R").unwrap();
+        b.write_all(b"R").unwrap();
+        let mut events = [MaybeUninit::<epoll::Event>::uninit(); 4];
+        let mut batch = Vec::new();
+        let until = Instant::now() + PATIENCE;
+        while batch.len() < 2 && Instant::now() < until {
+            let zero = rustix::event::Timespec {
+                tv_sec: 0,
+                tv_nsec: 10_000_000,
+            };
+            let (got, _) = epoll::wait(&room.lanes[0].epoll, &mut events, Some(&zero)).unwrap();
+            batch.extend(got.iter().map(|e| (e.data.u64(), e.flags)));
+        }
+        assert_eq!(batch.len(), 2, "both ready in lane 0");
+        // Lane 1's worker sleeps; lane 0's (this thread) runs both.
+        let (tell, _woken) = mpsc::channel();
+        let worker = {
+            let room = Arc::clone(&room);
+            let tell = tell.clone();
+            std::thread::Builder::new()
+                .name("lane-1".to_string())
+                .spawn(move || room.serve(1, &tell))
+                .unwrap()
+        };
+        let until = Instant::now() + PATIENCE;
+        while !room.lanes[1].is_sleeping() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(room.lanes[1].is_sleeping());
+        room.run_batch(0, &batch, &tell);
+        let here = std::thread::current().name().unwrap_or("").to_string();
+        let mut ran: Vec<(usize, String)> = (0..2)
+            .map(|_| saw.recv_timeout(PATIENCE).expect("a wake-up in time"))
+            .collect();
+        ran.sort();
+        assert_eq!(ran, [(1, here.clone()), (2, here)]);
         room.stop();
         worker.join().unwrap();
     }
@@ -1177,7 +1376,7 @@ mod tests {
     #[test]
     fn shedding_takes_the_oldest_silent_connection_first_and_never_a_talking_one() {
         let lingerer = Lingerer::start(16).unwrap();
-        let room = WaitingRoom::<Fake>::new(lingerer.holds()).unwrap();
+        let room = WaitingRoom::<Fake>::new(lingerer.holds(), 1).unwrap();
         let mut clients = Vec::new();
         for (token, silent) in [(3, true), (1, false), (2, true)] {
             let (waiter, client) = fake(token, silent);

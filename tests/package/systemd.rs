@@ -33,10 +33,11 @@ const MIRROR: &str = "http://deb.debian.org/debian";
 /// `systemctl enable --now` must wait for (Type=notify).
 const PRELOAD: u32 = 1_000_000;
 /// The checks in the order checks.sh runs them; each must say `ok`.
-const CHECKS: [&str; 12] = [
+const CHECKS: [&str; 13] = [
     "install",
     "notify-ready",
     "tls-port",
+    "accept-threads-batch",
     "reload-rotated",
     "reload-expired-kept",
     "kill9-restart-data-kept",

@@ -367,3 +367,55 @@ fn held_back_handshake_failures_are_counted_by_kind() {
         }
     }
 }
+
+/// `SCHED_BATCH`, as `/proc/PID/task/TID/stat` shows a thread's policy.
+const SCHED_BATCH: u32 = 3;
+
+/// Each thread's name (as `/proc` shortens it) and scheduling policy.
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let mut threads = Vec::new();
+    for task in tasks {
+        let dir = task.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap();
+        // The fields after the name's closing parenthesis start at the
+        // third (the state); the policy is the 41st.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let policy = after_name.split(' ').nth(41 - 3).unwrap().parse().unwrap();
+        threads.push((name.trim().to_string(), policy));
+    }
+    threads
+}
+
+#[test]
+fn the_tls_accept_thread_is_a_batch_thread_and_no_other_is() {
+    let pki = Pki::new(KeyKind::EcP256);
+    let server = ServerProcess::with_pki(&pki, &[]);
+    // A thread names itself, and sets its policy, once it runs: give the
+    // accept thread its moment.
+    let pid = server.child.id();
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut threads = thread_policies(pid);
+    let batch_accept = |threads: &[(String, u32)]| {
+        let batch = (String::from("wwep-accept-tls"), SCHED_BATCH);
+        threads.contains(&batch)
+    };
+    while !batch_accept(&threads) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+        threads = thread_policies(pid);
+    }
+    let policy_of = |name: &str| -> Vec<u32> {
+        let of_name = threads.iter().filter(|(n, _)| n == name);
+        of_name.map(|&(_, policy)| policy).collect()
+    };
+    assert_eq!(policy_of("wwep-accept-tls"), [SCHED_BATCH], "{threads:?}");
+    // The plain port's accept thread serves connections itself.
+    assert_eq!(policy_of("wwep-accept-pla"), [0], "{threads:?}");
+    let workers = policy_of("wwep-worker");
+    assert!(
+        !workers.is_empty() && workers.iter().all(|&p| p == 0),
+        "{threads:?}"
+    );
+    assert!(!server.log_text().contains("stays a normal thread"));
+}

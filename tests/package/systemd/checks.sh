@@ -123,6 +123,26 @@ else
 fi
 within 10 serves "$(fingerprint "$in/first.pem")" || fail "first-certificate not served: '$(served_fingerprint)'"
 
+# --- the unit's system-call filter lets the accept threads lower their claim ----
+# Both hand every connection on (with a data file, even the open port's), so
+# each makes itself a batch thread (SCHED_BATCH, policy 3 in /proc's stat);
+# a filter that refused the call would kill the server.
+accept_threads_batch() {
+  local pid task name policy found=0
+  pid=$(systemctl show -p MainPID --value wwep)
+  for task in /proc/"$pid"/task/*; do
+    name=$(cat "$task/comm")
+    case $name in wwep-accept-*) ;; *) continue ;; esac
+    # Field 41 of stat; the fields after the name start at the third.
+    policy=$(sed 's/.*) //' "$task/stat" | awk '{print $39}')
+    echo "$name: policy $policy"
+    [ "$policy" = 3 ] || return 1
+    found=$((found + 1))
+  done
+  [ "$found" = 2 ]
+}
+check accept-threads-batch accept_threads_batch
+
 # --- reload ----------------------------------------------------------------------
 reload_rotated() {
   put_cert second
