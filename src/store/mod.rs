@@ -640,9 +640,19 @@ mod tests {
     }
 
     fn open(dir: &Path, fsync: Fsync, compaction: CompactionPolicy) -> RegisterStore {
-        RegisterStore::open(&dir.join("data"), fsync, compaction, false)
-            .unwrap()
+        open_at(&dir.join("data"), fsync, compaction, false)
+            .unwrap_or_else(|e| panic!("{e}"))
             .0
+    }
+
+    /// [`RegisterStore::open`], waiting out a lock that names this process.
+    fn open_at(
+        path: &Path,
+        fsync: Fsync,
+        compaction: CompactionPolicy,
+        repair: bool,
+    ) -> Result<(RegisterStore, OpenReport), JournalError> {
+        journal::wait_out_own_lock(|| RegisterStore::open(path, fsync, compaction, repair))
     }
 
     /// A store in `dir` whose data file holds one live record and nine dead ones.
@@ -855,7 +865,7 @@ mod tests {
         bytes[12] ^= 0x01;
         std::fs::write(&path, &bytes).unwrap();
         assert!(matches!(
-            RegisterStore::open(&path, Fsync::Never, CompactionPolicy::default(), false),
+            open_at(&path, Fsync::Never, CompactionPolicy::default(), false),
             Err(JournalError::Corrupt {
                 first: format::Region { offset: 8, .. },
                 records: 999,
@@ -863,7 +873,7 @@ mod tests {
             })
         ));
         let (store, report) =
-            RegisterStore::open(&path, Fsync::Never, CompactionPolicy::default(), true).unwrap();
+            open_at(&path, Fsync::Never, CompactionPolicy::default(), true).unwrap();
         assert_eq!((report.records, report.repaired_bytes), (999, 9));
         assert_eq!(store.len(), 999);
         assert_eq!(
@@ -876,7 +886,7 @@ mod tests {
         store.write(5000, 1, 1).unwrap();
         drop(store);
         let (store, report) =
-            RegisterStore::open(&path, Fsync::Never, CompactionPolicy::default(), false).unwrap();
+            open_at(&path, Fsync::Never, CompactionPolicy::default(), false).unwrap();
         assert_eq!((report.records, store.len()), (1000, 1000));
     }
 
@@ -1015,13 +1025,11 @@ mod tests {
         std::os::unix::fs::symlink(&real, &link).unwrap();
         {
             let (store, _) =
-                RegisterStore::open(&link, Fsync::Never, CompactionPolicy::default(), false)
-                    .unwrap();
+                open_at(&link, Fsync::Never, CompactionPolicy::default(), false).unwrap();
             store.write(1, 1, 1).unwrap();
         }
         std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let (store, _) =
-            RegisterStore::open(&link, Fsync::Never, CompactionPolicy::default(), false).unwrap();
+        let (store, _) = open_at(&link, Fsync::Never, CompactionPolicy::default(), false).unwrap();
         store.write(1, 1, 2).unwrap();
         store.compact(true).unwrap().expect("compacted");
         assert!(
@@ -1041,8 +1049,7 @@ mod tests {
         );
         store.write(1, 1, 3).unwrap();
         drop(store);
-        let (store, _) =
-            RegisterStore::open(&link, Fsync::Never, CompactionPolicy::default(), false).unwrap();
+        let (store, _) = open_at(&link, Fsync::Never, CompactionPolicy::default(), false).unwrap();
         assert_eq!(store.read(1, 1), Some(3));
     }
 
@@ -1088,7 +1095,7 @@ mod tests {
     fn only_registers_without_a_data_file_answer_from_memory() {
         assert!(RegisterStore::new().answers_from_memory());
         let dir = tempfile::tempdir().unwrap();
-        let (logged, _) = RegisterStore::open(
+        let (logged, _) = open_at(
             &dir.path().join("wwep.data"),
             Fsync::Never,
             CompactionPolicy::default(),

@@ -11,9 +11,30 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use wwep::store::RegisterStore;
-use wwep::store::journal::{CompactionPolicy, Fsync, MAGIC, encode_record};
+use wwep::store::journal::{CompactionPolicy, Fsync, JournalError, MAGIC, encode_record};
 
 const EXIT_LIMIT: Duration = Duration::from_secs(15);
+
+/// Opens the store in this process again once the last copy of its lock is
+/// closed. Dropping the store closes this process's lock descriptor, but a
+/// server another test spawned at that moment holds a copy of every
+/// descriptor between its fork and its exec (close-on-exec closes it only
+/// then), and the kernel releases an `flock` only when the last copy closes.
+/// So a refusal naming this process is waited out; any other refusal fails.
+fn reopen(data: &Path, policy: CompactionPolicy) -> RegisterStore {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match RegisterStore::open(data, Fsync::Never, policy, false) {
+            Ok((store, _)) => return store,
+            Err(JournalError::Locked { pid: Some(pid), .. })
+                if pid == std::process::id() && Instant::now() < deadline =>
+            {
+                thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("reopening {}: {e}", data.display()),
+        }
+    }
+}
 
 fn data_server(data: &Path, extra: &[&str]) -> ServerProcess {
     let mut args = vec!["--no-tls", "--data", data.to_str().unwrap()];
@@ -954,7 +975,7 @@ fn compaction_does_not_stall_writers() {
         .map(|i| store.read((i >> 8) as u16, i as u8))
         .collect();
     drop(store);
-    let (store, _) = RegisterStore::open(&data, Fsync::Never, policy, false).unwrap();
+    let store = reopen(&data, policy);
     assert_eq!(store.len(), live);
     let again: Vec<_> = (0..registers)
         .step_by(4099)

@@ -644,6 +644,28 @@ impl Journal {
     }
 }
 
+/// Runs `open` again while it is refused by a lock that names this process.
+/// A test that drops a journal and opens its file again can race another
+/// test's child process, which holds a copy of every descriptor (the lock's
+/// too) between its fork and its exec; the kernel releases an `flock` only
+/// when the last copy closes. Any other refusal, or ten seconds, returns.
+#[cfg(test)]
+pub(crate) fn wait_out_own_lock<T>(
+    mut open: impl FnMut() -> Result<T, JournalError>,
+) -> Result<T, JournalError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open() {
+            Err(JournalError::Locked { pid: Some(pid), .. })
+                if pid == std::process::id() && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            opened => return opened,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,16 +699,18 @@ mod tests {
     type Opened = (Journal, OpenReport, Vec<(Key, u16)>);
 
     fn open(path: &Path, repair: bool) -> Result<Opened, JournalError> {
-        let mut replay = Vec::new();
-        let (j, r) = Journal::open(
-            path,
-            Fsync::Never,
-            CompactionPolicy::default(),
-            repair,
-            &AtomicBool::new(false),
-            &mut |k, v| replay.push((k, v)),
-        )?;
-        Ok((j, r, replay))
+        wait_out_own_lock(|| {
+            let mut replay = Vec::new();
+            let (j, r) = Journal::open(
+                path,
+                Fsync::Never,
+                CompactionPolicy::default(),
+                repair,
+                &AtomicBool::new(false),
+                &mut |k, v| replay.push((k, v)),
+            )?;
+            Ok((j, r, replay))
+        })
     }
 
     #[test]

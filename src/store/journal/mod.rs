@@ -18,6 +18,8 @@ mod policy;
 mod reserve;
 
 pub use self::compaction::{CompactionReport, Replaced, Rewrite};
+#[cfg(test)]
+pub(crate) use self::log_file::wait_out_own_lock;
 pub use self::log_file::{Journal, JournalError, OpenReport, Publish, StorageError};
 pub use self::policy::{CompactionPolicy, Fsync};
 pub use crate::store::format::{Key, MAGIC, RECORD_BYTES, encode_record};
